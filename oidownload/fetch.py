@@ -1,0 +1,236 @@
+"""HTTP: the session factory, and `fetch_body`: one URL → its body bytes or a failure
+status, with retries (full-jitter exponential backoff, Retry-After honoured), a
+per-host limiter that backs off on 429/503, and a total deadline per image.
+
+aiohttp's exceptions become statuses here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from .config import NetConfig
+from .limits import HostLimiter
+from .records import Status, is_final
+
+PLACEHOLDER_MARK = "photo_unavailable"
+# Reserved against the byte budget when a response has no Content-Length.
+GUESS_BYTES = 512 * 1024
+
+
+@dataclass(slots=True)
+class Fetched:
+    body: bytes
+    http_status: int
+    reserved: int  # bytes held in the budget for this body, released by the caller
+
+
+@dataclass(slots=True)
+class Failure:
+    status: Status
+    detail: str
+    http_status: int | None = None
+    retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class Attempts:
+    """What fetch_body returns: the last result and how many requests it took."""
+
+    result: Fetched | Failure
+    attempts: int
+
+
+Reserve = Callable[[int], Awaitable[None]]
+Release = Callable[[int], None]
+
+
+def make_session(net: NetConfig) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=net.concurrency,
+        limit_per_host=net.per_host,
+        use_dns_cache=True,
+        ttl_dns_cache=300,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=net.total_timeout,
+        sock_connect=net.connect_timeout,
+        sock_read=net.read_timeout,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        # Identity: a compressed transfer would not match OriginalSize or the MD5.
+        headers={"User-Agent": net.user_agent, "Accept-Encoding": "identity"},
+        cookie_jar=aiohttp.DummyCookieJar(),
+        read_bufsize=2**18,
+        trust_env=False,
+    )
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait, from either form of Retry-After (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _status_failure(resp: aiohttp.ClientResponse) -> Failure | None:
+    code = resp.status
+    if 200 <= code < 300:
+        return None
+    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+    if code == 429:
+        return Failure(Status.HTTP_429, "429 Too Many Requests", code, retry_after)
+    if code == 408:
+        return Failure(Status.TIMEOUT, "408 Request Timeout", code)
+    if code >= 500:
+        return Failure(Status.HTTP_5XX, f"{code} {resp.reason or ''}".strip(), code, retry_after)
+    if code >= 400:
+        return Failure(Status.HTTP_4XX, f"{code} {resp.reason or ''}".strip(), code)
+    return Failure(Status.BAD_REDIRECT, f"unexpected {code} without a usable Location", code)
+
+
+def _is_placeholder(resp: aiohttp.ClientResponse) -> bool:
+    return any(PLACEHOLDER_MARK in r.url.path for r in (*resp.history, resp))
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def fetch_once(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    expected_size: int | None,
+    net: NetConfig,
+    reserve: Reserve,
+    release: Release,
+    timeout: float,
+) -> Fetched | Failure:
+    """One request. Exceptions are mapped most specific first, because aiohttp's
+    hierarchy nests them (a DNS error is a connector error is a connection error)."""
+    reserved = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async with session.get(url, max_redirects=net.max_redirects) as resp:
+                if _is_placeholder(resp):
+                    return Failure(Status.UNAVAILABLE, f"redirected to {resp.url}", resp.status)
+                failure = _status_failure(resp)
+                if failure is not None:
+                    return failure
+                length = resp.content_length
+                if expected_size is not None and length is not None and length != expected_size:
+                    return Failure(
+                        Status.SIZE_MISMATCH,
+                        f"Content-Length {length}, OriginalSize is {expected_size}",
+                        resp.status,
+                    )
+                if length is not None and length > net.max_body_bytes:
+                    return Failure(Status.TOO_LARGE, f"Content-Length {length} over the cap of {net.max_body_bytes}", resp.status)
+                reserved = length if length is not None else (expected_size or GUESS_BYTES)
+                await reserve(reserved)
+                body = await _read_capped(resp, net.max_body_bytes)
+                if body is None:
+                    return Failure(Status.TOO_LARGE, f"body over the cap of {net.max_body_bytes} bytes", resp.status)
+                result = Fetched(body, resp.status, reserved)
+                reserved = 0  # now owned by the result
+                return result
+    except TimeoutError:
+        return Failure(Status.TIMEOUT, f"no complete answer within {timeout:.0f}s")
+    except aiohttp.TooManyRedirects:
+        return Failure(Status.BAD_REDIRECT, f"more than {net.max_redirects} redirects")
+    except (aiohttp.NonHttpUrlRedirectClientError, aiohttp.InvalidUrlRedirectClientError) as exc:
+        return Failure(Status.BAD_REDIRECT, f"redirect to a refused URL: {exc}")
+    except (aiohttp.NonHttpUrlClientError, aiohttp.InvalidURL) as exc:
+        return Failure(Status.BAD_ROW, f"refused URL: {exc}")
+    except aiohttp.ClientConnectorDNSError as exc:
+        return Failure(Status.DNS, f"cannot resolve {exc.host}")
+    except aiohttp.ClientPayloadError as exc:
+        return Failure(Status.TRUNCATED, f"body cut short: {exc}")
+    except aiohttp.ServerDisconnectedError:
+        return Failure(Status.CONNECTION, "server closed the connection")
+    except aiohttp.ClientError as exc:
+        return Failure(Status.CONNECTION, f"{type(exc).__name__}: {exc}")
+    except OSError as exc:
+        return Failure(Status.CONNECTION, f"{type(exc).__name__}: {exc}")
+    finally:
+        if reserved:
+            release(reserved)
+
+
+def backoff(attempt: int, net: NetConfig, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))] (AWS's analysis
+    shows it spreads retries best when many clients back off at once)."""
+    return rng.uniform(0.0, min(net.backoff_max, net.backoff_base * 2 ** (attempt - 1)))
+
+
+async def fetch_body(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    expected_size: int | None,
+    net: NetConfig,
+    limiter: HostLimiter,
+    reserve: Reserve,
+    release: Release,
+    deadline: float,
+    rng: random.Random,
+) -> Attempts:
+    """Fetches url, retrying retryable failures until `net.retries` retries or the
+    loop-time `deadline` is spent; final failures are returned at once."""
+    loop = asyncio.get_running_loop()
+    host = URL(url).host or ""
+    attempt = 0
+    while True:
+        attempt += 1
+        left = deadline - loop.time()
+        if left <= 0:
+            return Attempts(Failure(Status.TIMEOUT, "the image's total deadline passed"), attempt - 1)
+        async with limiter.slot(host):
+            left = deadline - loop.time()
+            result = await fetch_once(
+                session, url, expected_size=expected_size, net=net,
+                reserve=reserve, release=release, timeout=max(0.001, min(net.total_timeout, left)),
+            )
+        if isinstance(result, Fetched):
+            limiter.reward(host)
+            return Attempts(result, attempt)
+        if result.http_status in (429, 503):
+            limiter.penalise(host, result.retry_after)
+        if is_final(result.status) or attempt > net.retries:
+            return Attempts(result, attempt)
+        delay = backoff(attempt, net, rng)
+        if result.retry_after is not None:
+            if result.retry_after > net.retry_after_max:
+                result.detail += f" (Retry-After {result.retry_after:.0f}s is past --retry-after-max)"
+                return Attempts(result, attempt)
+            delay = max(delay, result.retry_after)
+        if loop.time() + delay >= deadline:
+            return Attempts(result, attempt)
+        await asyncio.sleep(delay)

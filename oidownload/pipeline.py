@@ -1,0 +1,469 @@
+"""The run: CSV reader → bounded queue → fetch workers → process pool → journal + progress.
+
+The only module that knows about the event loop's tasks, the queue, the pool, the
+budgets and signals. Everything a row becomes passes through `_record`, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import errno
+import functools
+import itertools
+import multiprocessing
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from .config import Config, SourceChoice
+from .errors import InputError, OidownloadError, OutputError
+from .fetch import Failure, fetch_body, make_session
+from .journal import DoneSet, Journal, other_done_sets
+from .layout import remove_temp_files, state_dir
+from .limits import ByteBudget, HostLimiter
+from .process import Job, WorkerSettings, init_worker, process_in_worker
+from .progress import Progress, Tally
+from .records import BadRow, Outcome, Row, Source, Status
+from .rows import Format, count_lines, iter_rows, read_header
+from .selection import SelectionFilter
+from .shard import Shard
+
+# A full disk or a read-only mount fails every later write too: stop, don't record.
+FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+_READ_BATCH = 512
+_FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FATAL = 1
+    USAGE = 2
+    TOO_MANY_FAILURES = 3
+    MAX_RUNTIME = 75  # EX_TEMPFAIL: stopped on time, rerun to resume
+    SIGINT = 130
+    SIGTERM = 143
+
+
+@dataclass
+class RunResult:
+    tally: Tally
+    exit_code: int
+    wall: float
+    cpu: float
+    message: str = ""
+
+
+def choose_source(row: Row, choice: SourceChoice) -> tuple[Source, str]:
+    """(source, URL) for a row; the URL is empty when the row has none for the choice."""
+    if choice is SourceChoice.ORIGINAL:
+        return Source.ORIGINAL, row.original_url
+    if choice is SourceChoice.THUMBNAIL:
+        return Source.THUMBNAIL, row.thumbnail_url
+    if row.thumbnail_url:
+        return Source.THUMBNAIL, row.thumbnail_url
+    return Source.ORIGINAL, row.original_url
+
+
+def _limited(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow]:
+    # Runs in the reader thread, in file order, so rows skipped as done before a row
+    # have been counted by the time that row is tested against the limit.
+    emitted = 0
+    for row in rows:
+        if limit is not None and emitted + flt.done_skipped >= limit:
+            return
+        yield row
+        emitted += 1
+
+
+class _Run:
+    def __init__(self, cfg: Config, shard: Shard, progress: Progress, journal: Journal,
+                 pool: ProcessPoolExecutor, formats: list[Format], done: DoneSet) -> None:
+        self.cfg = cfg
+        self.shard = shard
+        self.progress = progress
+        self.journal = journal
+        self.pool = pool
+        self.formats = formats
+        self.filter = SelectionFilter(shard, done, cfg.select.ids)
+        n = cfg.net.concurrency
+        self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
+        self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
+        # Enough queued work that no pool worker idles while a body is being pickled.
+        self.pool_slots = asyncio.Semaphore(max(2, 3 * cfg.run.processes))
+        self.limiter = HostLimiter(cfg.net.per_host)
+        self.rng = random.Random()
+        self.pending: list[Outcome] = []
+        self.in_pool: set[asyncio.Future[Outcome]] = set()
+        self.inflight: set[str] = set()
+        self.stopping = asyncio.Event()
+        self.abort = asyncio.Event()
+        self.stop_code: int | None = None
+        self.fatal: OidownloadError | None = None
+        self.abandoned = False
+        self.journal_thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self.reader_thread = ThreadPoolExecutor(1, thread_name_prefix="reader")
+        self.flush_lock = asyncio.Lock()
+        self.enqueued = 0
+        self.reader_finished = False
+        self.counted: int | None = None
+
+    # -- stopping ---------------------------------------------------------------------
+    def request_stop(self, code: int, why: str) -> None:
+        if self.stopping.is_set():
+            if code in (ExitCode.SIGINT, ExitCode.SIGTERM):
+                self.progress.log("abort", "second signal: stopping now; the journal is flushed, unfinished images resume next run")
+                self.abort.set()
+            return
+        self.stop_code = code
+        self.progress.log("stop", f"{why}: finishing in-flight images (up to {self.cfg.run.grace:.0f}s, signal again to stop now)")
+        self.stopping.set()
+        # Rows still queued are simply not started; the next run picks them up.
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        for _ in range(self.cfg.net.concurrency):
+            self.queue.put_nowait(None)
+
+    def fail(self, exc: OidownloadError) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+            self.request_stop(ExitCode.FATAL, "fatal error")
+
+    # -- stages -----------------------------------------------------------------------
+    async def read(self) -> None:
+        loop = asyncio.get_running_loop()
+        sel = self.cfg.select
+        accept = (lambda row: row.subset in sel.subsets) if sel.subsets else None
+        rows = itertools.chain.from_iterable(
+            iter_rows(path, fmt, self.filter, accept) for path, fmt in zip(self.cfg.inputs, self.formats, strict=True)
+        )
+        limited = _limited(rows, self.filter, sel.limit)
+        take = functools.partial(lambda it: list(itertools.islice(it, _READ_BATCH)), limited)
+        try:
+            while not self.stopping.is_set():
+                batch = await loop.run_in_executor(self.reader_thread, take)
+                if not batch:
+                    break
+                for row in batch:
+                    if isinstance(row, BadRow) and not row.raw_id and self.shard.index != 0:
+                        continue  # no id to shard by: the first task reports it
+                    if self.stopping.is_set():
+                        return
+                    await self.queue.put(row)
+                    self.enqueued += 1
+        except InputError as exc:
+            self.fail(exc)
+            return
+        self.reader_finished = True
+        self.progress.set_total(self.enqueued)
+        if not self.stopping.is_set():
+            for _ in range(self.cfg.net.concurrency):
+                await self.queue.put(None)
+
+    async def fetch_worker(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            row = await self.queue.get()
+            if row is None or self.stopping.is_set():
+                return
+            if isinstance(row, BadRow):
+                self.record(Outcome(row.raw_id, Status.BAD_ROW, row.detail, file=row.file, line=row.line))
+                continue
+            if row.image_id in self.inflight:
+                continue  # the same id twice in the input: one download is enough
+            await self.handle(session, row)
+
+    async def handle(self, session: aiohttp.ClientSession, row: Row) -> None:
+        loop = asyncio.get_running_loop()
+        source, url = choose_source(row, self.cfg.select.source)
+        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=source, file=row.file, line=row.line)
+        if not url:
+            base.status, base.detail = Status.NO_URL, f"the row has no {source.value} URL"
+            self.record(base)
+            return
+        self.inflight.add(row.image_id)
+        t0 = loop.time()
+        original = source is Source.ORIGINAL
+        got = await fetch_body(
+            session, url,
+            expected_size=row.original_size if original else None,
+            net=self.cfg.net, limiter=self.limiter,
+            reserve=self.budget.acquire, release=self.budget.release,
+            deadline=t0 + self.cfg.net.image_deadline, rng=self.rng,
+        )
+        base.attempts = got.attempts
+        result = got.result
+        if isinstance(result, Failure):
+            base.status, base.detail, base.http_status = result.status, result.detail, result.http_status
+            base.seconds = loop.time() - t0
+            self.record(base)
+            return
+        reserved = result.reserved
+        if len(result.body) != reserved:
+            self.budget.adjust(reserved, len(result.body))
+            reserved = len(result.body)
+        job = Job(
+            row.image_id, row.subset, source,
+            expected_size=row.original_size if original else None,
+            expected_md5=row.original_md5 if original else None,
+            rotation=row.rotation, has_rotation_column=row.has_rotation_column,
+            file=row.file, line=row.line,
+        )
+        await self.pool_slots.acquire()
+        try:
+            fut = loop.run_in_executor(self.pool, process_in_worker, job, result.body)
+        except (BrokenProcessPool, RuntimeError) as exc:
+            self.pool_slots.release()
+            self.budget.release(reserved)
+            self.fail(OutputError(f"the process pool stopped working: {exc}"))
+            return
+        self.in_pool.add(fut)
+        fut.add_done_callback(functools.partial(self.processed, base, reserved, t0, result.http_status))
+
+    def processed(self, base: Outcome, reserved: int, t0: float, http_status: int, fut: asyncio.Future[Outcome]) -> None:
+        self.in_pool.discard(fut)
+        self.pool_slots.release()
+        self.budget.release(reserved)
+        if fut.cancelled():
+            self.inflight.discard(base.image_id)
+            return
+        exc = fut.exception()
+        if isinstance(exc, BrokenProcessPool):
+            self.inflight.discard(base.image_id)
+            self.fail(OutputError(
+                "a pool worker died unexpectedly (killed by the out-of-memory killer?); "
+                "rerun to resume, perhaps with fewer --processes or a smaller --max-bytes-in-flight"
+            ))
+            return
+        if exc is not None:
+            base.status, base.detail = Status.CORRUPT, f"worker error: {type(exc).__name__}: {exc}"
+            outcome = base
+        else:
+            outcome = fut.result()
+            outcome.attempts = base.attempts
+        outcome.http_status = http_status
+        outcome.seconds = asyncio.get_running_loop().time() - t0
+        self.record(outcome)
+
+    def record(self, outcome: Outcome) -> None:
+        """The one place an outcome goes: progress, the journal batch, fatal checks."""
+        self.inflight.discard(outcome.image_id)
+        if outcome.status is Status.WRITE_ERROR and outcome.errno in FATAL_ERRNOS:
+            self.fail(OutputError(
+                f"cannot write under {self.cfg.out}: {outcome.detail}. The journal is intact: "
+                "free some space (or fix the mount) and run the same command again to resume"
+            ))
+            return  # not journaled: it is the disk's fault, not the image's
+        self.progress.add(outcome)
+        self.pending.append(outcome)
+
+    async def flush(self) -> None:
+        async with self.flush_lock:
+            if not self.pending:
+                return
+            batch, self.pending = self.pending, []
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self.journal_thread, self.journal.record, batch)
+            except OutputError as exc:
+                self.fail(OutputError(f"{exc}. Free some space and run the same command again to resume"))
+
+    def write_progress(self, running: bool) -> None:
+        rate, _ = self.progress.rates()
+        planned = self.enqueued + self.filter.done_skipped if self.reader_finished else self.counted
+        self.journal.set_progress(
+            running=running, planned=planned, skipped=self.filter.done_skipped,
+            processed=self.progress.tally.done, rate=rate,
+        )
+
+    async def ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_progress = 0.0
+        while True:
+            await asyncio.sleep(_FLUSH_EVERY)
+            self.progress.tally.skipped = self.filter.done_skipped
+            self.progress.tick()
+            await self.flush()
+            if loop.time() - last_progress >= 5.0:
+                last_progress = loop.time()
+                try:
+                    await loop.run_in_executor(self.journal_thread, self.write_progress, True)
+                except OutputError as exc:
+                    self.fail(exc)
+
+    def estimate_total(self, done_at_start: int) -> None:
+        """Background: line counts give the bar a total before the reader gets there."""
+        lines = sum(count_lines(p) for p in self.cfg.inputs)
+        share = lines // self.shard.count
+        if self.cfg.select.limit is not None:
+            share = min(share, self.cfg.select.limit)
+        self.counted = share
+        if not self.reader_finished:
+            self.progress.set_total(max(0, share - done_at_start))
+
+    async def drain(self, workers: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*workers)
+        while self.in_pool:
+            await asyncio.wait(list(self.in_pool))
+
+    async def main(self, done_at_start: int) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, code in ((signal.SIGINT, ExitCode.SIGINT), (signal.SIGTERM, ExitCode.SIGTERM)):
+            loop.add_signal_handler(sig, self.request_stop, code, f"{signal.Signals(sig).name} received")
+        if self.cfg.run.max_runtime is not None:
+            loop.call_later(self.cfg.run.max_runtime, self.request_stop, ExitCode.MAX_RUNTIME,
+                            f"--max-runtime {self.cfg.run.max_runtime:.0f}s reached")
+        threading.Thread(target=self.estimate_total, args=(done_at_start,), daemon=True, name="count").start()
+        session = make_session(self.cfg.net)
+        try:
+            workers = [asyncio.create_task(self.fetch_worker(session)) for _ in range(self.cfg.net.concurrency)]
+            reader = asyncio.create_task(self.read())
+            ticker = asyncio.create_task(self.ticker())
+            drain = asyncio.create_task(self.drain(workers))
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait([drain, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not drain.done():
+                abort = asyncio.create_task(self.abort.wait())
+                await asyncio.wait([drain, abort], timeout=self.cfg.run.grace, return_when=asyncio.FIRST_COMPLETED)
+                abort.cancel()
+                if not drain.done():
+                    self.abandoned = True
+                    for task in (*workers, drain):
+                        task.cancel()
+                    for fut in list(self.in_pool):
+                        fut.cancel()
+            stop.cancel()
+            reader.cancel()
+            ticker.cancel()
+            await asyncio.gather(drain, reader, ticker, stop, return_exceptions=True)
+            if drain.done() and not drain.cancelled() and drain.exception() is not None:
+                raise drain.exception()  # type: ignore[misc]
+        finally:
+            await session.close()
+            await self.flush()
+            try:
+                await loop.run_in_executor(self.journal_thread, self.write_progress, False)
+            except OutputError as exc:
+                self.fail(exc)
+            self.journal_thread.shutdown(wait=True)
+            self.reader_thread.shutdown(wait=False, cancel_futures=True)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # uvloop does not exist on Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _cpu_seconds() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _prepare_out(out: Path) -> None:
+    try:
+        state_dir(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; pick a writable -o folder") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{out} is not writable; pick a writable -o folder or fix its permissions")
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    # Abandoned work may be mid-write; killed workers leave only temporary files,
+    # which the next run removes. _processes is the only handle on the workers.
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.kill()
+        except Exception:
+            pass
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
+    """Runs one task's share to the end, a stop, or a fatal error. Fatal errors are
+    raised (after the journal is flushed); everything else is in the result."""
+    if not cfg.inputs:
+        raise InputError("no input CSV given")
+    formats = [read_header(p) for p in cfg.inputs]  # a bad header stops us before any request
+    _prepare_out(cfg.out)
+    started = time.monotonic()
+    cpu0 = _cpu_seconds()
+    journal = Journal(cfg.out, shard)
+    try:
+        marker = state_dir(cfg.out) / f"running-{shard.tag}"
+        if marker.exists():
+            removed = remove_temp_files(cfg.out, shard.owns)
+            progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; removed {removed} temporary files")
+        marker.touch()
+        done = journal.done_set(retry_failed=cfg.select.retry_failed)
+        others = other_done_sets(cfg.out, shard, retry_failed=cfg.select.retry_failed)
+        if others:
+            done = DoneSet.merge([done, *others])
+        progress.log(
+            "start",
+            f"oidownload: {shard.describe()}; {len(cfg.inputs)} input file(s); "
+            f"{len(done)} image(s) already done in {cfg.out}",
+            shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
+        )
+        settings = WorkerSettings.build(cfg.image, cfg.out)
+        pool = ProcessPoolExecutor(
+            max_workers=cfg.run.processes,
+            # spawn: forking a process that runs an event loop and threads is unsafe.
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(settings, os.getpid()),
+        )
+        run = _Run(cfg, shard, progress, journal, pool, formats, done)
+        try:
+            with asyncio.Runner(loop_factory=_new_loop) as runner:
+                runner.run(run.main(len(done)))
+        finally:
+            if run.abandoned:
+                _kill_pool(pool)
+            else:
+                pool.shutdown(wait=True)
+        if not run.abandoned:
+            marker.unlink(missing_ok=True)
+    finally:
+        journal.close()
+    tally = progress.tally
+    tally.skipped = run.filter.done_skipped
+    wall = time.monotonic() - started
+    cpu = _cpu_seconds() - cpu0
+    progress.summary(wall=wall, cpu=cpu)
+    if run.fatal is not None:
+        raise run.fatal
+    code = run.stop_code if run.stop_code is not None else ExitCode.OK
+    message = ""
+    mfr = cfg.run.max_failure_rate
+    if code == ExitCode.OK and mfr is not None and tally.done and tally.failure_rate() > mfr:
+        code = ExitCode.TOO_MANY_FAILURES
+        message = f"{tally.failed} of {tally.done} images failed ({tally.failure_rate():.1%}), over --max-failure-rate {mfr:.1%}"
+    if code == ExitCode.MAX_RUNTIME:
+        message = "stopped at --max-runtime; run the same command again to resume"
+    return RunResult(tally, int(code), wall, cpu, message)
+
+
+def replace(cfg: Config, **parts: object) -> Config:
+    """dataclasses.replace, re-exported for callers that vary one part of a Config."""
+    return dataclasses.replace(cfg, **parts)  # type: ignore[arg-type]
+
+
+__all__ = ["ExitCode", "RunResult", "choose_source", "replace", "run_download", "sys"]

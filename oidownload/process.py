@@ -1,0 +1,278 @@
+"""Runs in the process pool: fetched bytes → verify → decode → orient → resize → encode
+→ atomic write → a small `Outcome` (never image bytes).
+
+Pure functions of (job, body, settings); never imports aiohttp, so tests call
+`process` directly with plain bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno as errno_mod
+import hashlib
+import io
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .config import ImageConfig, Orientation, OutputFormat, ResizeMode
+from .layout import atomic_write, image_path, original_path
+from .records import Outcome, Source, Status
+
+# What --format writes, as (Pillow format, file extension).
+_ENCODERS: dict[OutputFormat, tuple[str, str]] = {
+    OutputFormat.JPEG: ("JPEG", "jpg"),
+    OutputFormat.WEBP: ("WEBP", "webp"),
+    OutputFormat.PNG: ("PNG", "png"),
+}
+# Extensions for bytes kept as fetched, by Pillow's format name.
+_KEEP_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
+
+# EXIF Orientation → the transpose that makes the pixels upright (as ImageOps.exif_transpose).
+_EXIF_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# The Rotation column, degrees counter-clockwise → the same turn.
+_ROTATION_TRANSPOSE: dict[int, Image.Transpose] = {
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_270,
+}
+_SWAPS_AXES = {Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE}
+
+# Resampling after a draft decode; see benchmarks/RESULTS.md for the quality figures.
+RESAMPLE = Image.Resampling.LANCZOS
+EXIF_ORIENTATION = 0x0112
+
+
+def _builtin_placeholders() -> frozenset[str]:
+    data = resources.files("oidownload").joinpath("data/photo_unavailable.png").read_bytes()
+    return frozenset({md5_b64(data)})
+
+
+def md5_b64(data: bytes | memoryview) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What a worker needs to know about one row, besides the bytes."""
+
+    image_id: str
+    subset: str
+    source: Source
+    expected_size: int | None = None
+    expected_md5: str | None = None
+    rotation: int | None = None
+    has_rotation_column: bool = False
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    image: ImageConfig
+    out: Path
+    placeholder_md5s: frozenset[str]
+
+    @classmethod
+    def build(cls, image: ImageConfig, out: Path) -> WorkerSettings:
+        return cls(image, out, _builtin_placeholders() | image.placeholder_md5s)
+
+
+_settings: WorkerSettings | None = None
+
+
+def init_worker(settings: WorkerSettings, parent_pid: int) -> None:
+    """Pool initializer: keeps settings, leaves signals to the parent, and exits if the
+    parent dies (a SIGKILLed parent must not leave workers behind)."""
+    global _settings
+    _settings = settings
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and raises above; a bomb is a
+    # bomb either way.
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def process_in_worker(job: Job, body: bytes) -> Outcome:
+    assert _settings is not None, "init_worker was not run"
+    return process(job, body, _settings)
+
+
+def process(job: Job, body: bytes, settings: WorkerSettings) -> Outcome:
+    """The whole per-image work. Broad excepts live here only: Pillow raises many kinds."""
+    outcome = Outcome(job.image_id, Status.OK, subset=job.subset, source=job.source, nbytes=len(body), file=job.file, line=job.line)
+    digest = md5_b64(body)
+    if digest in settings.placeholder_md5s:
+        return _fail(outcome, Status.UNAVAILABLE, "the body is the 'photo unavailable' placeholder")
+    if job.source is Source.ORIGINAL:
+        if job.expected_size is not None and len(body) != job.expected_size:
+            return _fail(outcome, Status.SIZE_MISMATCH, f"got {len(body)} bytes, OriginalSize is {job.expected_size}")
+        if job.expected_md5 is not None and digest != job.expected_md5:
+            return _fail(outcome, Status.MD5_MISMATCH, f"md5 {digest}, OriginalMD5 is {job.expected_md5}")
+        outcome.verified = True
+    try:
+        data, ext, size = _render(job, body, settings.image)
+    except Image.DecompressionBombError as exc:
+        return _fail(outcome, Status.TOO_LARGE, f"decompression bomb guard: {exc}")
+    except Image.DecompressionBombWarning as exc:
+        return _fail(outcome, Status.TOO_LARGE, f"decompression bomb guard: {exc}")
+    except UnidentifiedImageError:
+        return _fail(outcome, Status.CORRUPT, f"not an image (starts {bytes(body[:8])!r})")
+    except MemoryError:
+        return _fail(outcome, Status.TOO_LARGE, "out of memory decoding the image")
+    except Exception as exc:  # Pillow: OSError, SyntaxError, ValueError, struct.error...
+        return _fail(outcome, Status.CORRUPT, f"cannot decode: {type(exc).__name__}: {exc}")
+    outcome.width, outcome.height = size
+    outcome.ext = ext
+    out = settings.out
+    try:
+        if settings.image.keep_original and job.source is Source.ORIGINAL:
+            atomic_write(original_path(out, job.subset, job.image_id, _sniff_ext(body)), body)
+        atomic_write(image_path(out, job.subset, job.image_id, ext), data)
+    except OSError as exc:
+        outcome.errno = exc.errno
+        name = errno_mod.errorcode.get(exc.errno or 0, "OSError")
+        return _fail(outcome, Status.WRITE_ERROR, f"{name}: {exc.strerror or exc}")
+    outcome.out_bytes = len(data)
+    return outcome
+
+
+def _fail(outcome: Outcome, status: Status, detail: str) -> Outcome:
+    outcome.status = status
+    outcome.detail = detail
+    outcome.ext = ""
+    return outcome
+
+
+def _sniff_ext(body: bytes) -> str:
+    if body[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if body[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if body[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        return "webp"
+    return "bin"
+
+
+def target_size(size: tuple[int, int], cfg: ImageConfig) -> tuple[int, int] | None:
+    """The pixel size after resizing, before any turn; None when nothing shrinks
+    (we never upscale)."""
+    w, h = size
+    n = cfg.resize
+    if n is None or cfg.resize_mode is ResizeMode.NONE:
+        return None
+    if cfg.resize_mode is ResizeMode.FIT:
+        if max(w, h) <= n:
+            return None
+        scale = n / max(w, h)
+        return max(1, round(w * scale)), max(1, round(h * scale))
+    side = min(n, w, h)
+    if side == w == h:
+        return None
+    return side, side
+
+
+def _orientation(im: Image.Image, job: Job, cfg: ImageConfig) -> Image.Transpose | None:
+    if cfg.orientation is Orientation.RAW:
+        return None
+    if job.has_rotation_column:
+        # The column was derived from the EXIF tag: applying both would turn twice.
+        return _ROTATION_TRANSPOSE.get(job.rotation or 0)
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # a broken EXIF block must not lose the image
+        return None
+    return _EXIF_TRANSPOSE.get(value) if isinstance(value, int) else None
+
+
+def _render(job: Job, body: bytes, cfg: ImageConfig) -> tuple[bytes, str, tuple[int, int]]:
+    """(bytes to write, extension, (width, height) of what is written)."""
+    im: Image.Image = Image.open(io.BytesIO(body))
+    if cfg.format is OutputFormat.KEEP:
+        # No decode: only the header is parsed, for the size and the format.
+        return body, _KEEP_EXT.get(im.format or "", _sniff_ext(body)), im.size
+    pil_format, ext = _ENCODERS[cfg.format]
+    turn = _orientation(im, job, cfg)
+    target = target_size(im.size, cfg)
+    if target is None and turn is None and _same_format(im.format, pil_format):
+        if job.source is not Source.ORIGINAL:
+            im.load()  # unverified bytes kept as they are must at least decode
+        return body, ext, im.size
+    box: tuple[float, float, float, float] | None = None
+    if target is not None:
+        w, h = im.size
+        if cfg.resize_mode is ResizeMode.FILL:
+            side = min(w, h)
+            scale = target[0] / side
+            want = (math.ceil(w * scale), math.ceil(h * scale))
+        else:
+            want = target
+        if im.format == "JPEG":
+            im.draft("RGB" if im.mode == "RGB" else None, want)
+        if cfg.resize_mode is ResizeMode.FILL:
+            dw, dh = im.size  # drafting may have shrunk it
+            side_d = min(dw, dh)
+            box = ((dw - side_d) / 2, (dh - side_d) / 2, (dw + side_d) / 2, (dh + side_d) / 2)
+    im = _normalise_mode(im, pil_format)
+    if target is not None:
+        im = im.resize(target, RESAMPLE, box=box)
+    if turn is not None:
+        im = im.transpose(turn)
+    buf = io.BytesIO()
+    params: dict[str, object] = {}
+    icc = im.info.get("icc_profile")
+    if icc:
+        params["icc_profile"] = icc
+    if pil_format in ("JPEG", "WEBP"):
+        params["quality"] = cfg.quality
+    # No exif= is passed: a re-encoded file carries no Orientation tag, so viewers
+    # show exactly the pixels written.
+    im.save(buf, pil_format, **params)
+    return buf.getvalue(), ext, im.size
+
+
+def _same_format(source: str | None, target: str) -> bool:
+    return source == target or (source == "MPO" and target == "JPEG")
+
+
+def _normalise_mode(im: Image.Image, pil_format: str) -> Image.Image:
+    mode = im.mode
+    if pil_format == "JPEG":
+        if mode in ("RGB", "L"):
+            return im
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            return flat
+        return im.convert("RGB")
+    if mode in ("RGB", "RGBA", "L", "LA"):
+        return im
+    if mode == "P" and "transparency" in im.info:
+        return im.convert("RGBA")
+    return im.convert("RGB")

@@ -1,0 +1,194 @@
+"""What the user sees while a run goes: a tqdm bar on a terminal, a log line every few
+seconds otherwise (text or JSON lines), and the summary at the end. Everything goes
+to stderr, so stdout stays clean for pipes. Consumes Outcomes; knows nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from .config import LogFormat, ProgressMode
+from .records import STATUS_MEANING, Outcome, Status
+
+_RATE_WINDOW = 30.0  # seconds of history behind the current rate and the ETA
+
+
+@dataclass
+class Tally:
+    """Counts for one run; the summary and --max-failure-rate read it."""
+
+    by_status: collections.Counter[Status] = field(default_factory=collections.Counter)
+    nbytes: int = 0
+    out_bytes: int = 0
+    skipped: int = 0
+
+    @property
+    def done(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def ok(self) -> int:
+        return self.by_status[Status.OK]
+
+    @property
+    def failed(self) -> int:
+        return self.done - self.ok
+
+    def failure_rate(self) -> float:
+        return self.failed / self.done if self.done else 0.0
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def human_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Progress:
+    def __init__(
+        self,
+        mode: ProgressMode = ProgressMode.AUTO,
+        log_format: LogFormat = LogFormat.TEXT,
+        interval: float = 5.0,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.log_format = log_format
+        if mode is ProgressMode.AUTO:
+            mode = ProgressMode.BAR if self.stream.isatty() and log_format is LogFormat.TEXT else ProgressMode.LOG
+        self.mode = mode
+        self.interval = interval
+        self.tally = Tally()
+        self.total: int | None = None
+        self.started = time.monotonic()
+        self._last_log = self.started
+        self._window: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._bar: tqdm[Any] | None = None
+        if mode is ProgressMode.BAR:
+            self._bar = tqdm(total=None, unit="img", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+
+    # -- events -------------------------------------------------------------------------
+    def log(self, event: str, message: str, **fields: Any) -> None:
+        """A one-off line (start, warnings, errors), kept clear of the bar."""
+        if self.log_format is LogFormat.JSON:
+            line = json.dumps({"time": round(time.time(), 3), "event": event, "message": message, **fields})
+        else:
+            line = message
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
+    def add(self, outcome: Outcome) -> None:
+        t = self.tally
+        t.by_status[outcome.status] += 1
+        t.nbytes += outcome.nbytes
+        t.out_bytes += outcome.out_bytes
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def tick(self) -> None:
+        """Called about once a second by the pipeline."""
+        now = time.monotonic()
+        self._window.append((now, self.tally.done, self.tally.nbytes))
+        while self._window and now - self._window[0][0] > _RATE_WINDOW:
+            self._window.popleft()
+        if self._bar is not None:
+            _, mbps = self.rates()
+            self._bar.set_postfix_str(
+                f"ok={self.tally.ok} failed={self.tally.failed} {mbps / 1e6:.1f}MB/s", refresh=False
+            )
+        elif self.mode is ProgressMode.LOG and now - self._last_log >= self.interval:
+            self._last_log = now
+            self.emit_progress()
+
+    # -- figures --------------------------------------------------------------------------
+    def rates(self) -> tuple[float, float]:
+        """(images/s, bytes/s) over the recent window, or the whole run when short."""
+        if len(self._window) >= 2 and self._window[-1][0] - self._window[0][0] >= 1.0:
+            (t0, d0, b0), (t1, d1, b1) = self._window[0], self._window[-1]
+        else:
+            t0, d0, b0 = self.started, 0, 0
+            t1, d1, b1 = time.monotonic(), self.tally.done, self.tally.nbytes
+        span = max(t1 - t0, 1e-6)
+        return (d1 - d0) / span, (b1 - b0) / span
+
+    def eta(self) -> float | None:
+        if self.total is None:
+            return None
+        rate, _ = self.rates()
+        left = max(0, self.total - self.tally.done)
+        return left / rate if rate > 0 else None
+
+    def emit_progress(self) -> None:
+        t = self.tally
+        rate, bps = self.rates()
+        eta = self.eta()
+        if self.log_format is LogFormat.JSON:
+            self.log(
+                "progress", "progress", done=t.done, total=self.total, ok=t.ok, failed=t.failed,
+                images_per_s=round(rate, 2), mb_per_s=round(bps / 1e6, 2),
+                eta_s=None if eta is None else round(eta),
+            )
+            return
+        of = f"/{self.total}" if self.total is not None else ""
+        self.log(
+            "progress",
+            f"{t.done}{of} done, ok={t.ok} failed={t.failed}, {rate:.1f} img/s, "
+            f"{bps / 1e6:.1f} MB/s, ETA {human_seconds(eta)}",
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def summary(self, *, wall: float, cpu: float, extra: dict[str, Any] | None = None) -> None:
+        self.close()
+        t = self.tally
+        if self.log_format is LogFormat.JSON:
+            self.log(
+                "summary", "summary", done=t.done, ok=t.ok, failed=t.failed, skipped=t.skipped,
+                by_status={s.value: n for s, n in sorted(t.by_status.items())},
+                bytes=t.nbytes, written_bytes=t.out_bytes, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
+                **(extra or {}),
+            )
+            return
+        lines = [f"{'status':<15}{'count':>10}  meaning"]
+        for status in Status:
+            n = t.by_status.get(status, 0)
+            if n:
+                lines.append(f"{status.value:<15}{n:>10}  {STATUS_MEANING[status]}")
+        lines.append(f"{'total':<15}{t.done:>10}  ({t.skipped} already done, skipped)")
+        lines.append(
+            f"fetched {human_bytes(t.nbytes)}, wrote {human_bytes(t.out_bytes)}; "
+            f"wall {wall:.1f}s, CPU {cpu:.1f}s"
+            + (f", {t.done / wall:.1f} img/s" if wall > 0 else "")
+        )
+        self.log("summary", "\n".join(lines))

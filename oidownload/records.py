@@ -1,0 +1,135 @@
+"""The records every stage shares: a validated input `Row`, a `BadRow`, and the one
+`Outcome` each image ends as, with the `Status` taxonomy (which statuses are final).
+
+Pure data: no I/O, importable from the pool workers and the reader alike.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Status(enum.StrEnum):
+    """What became of one row. The order here is the order of summaries."""
+
+    OK = "ok"
+    HTTP_4XX = "http_4xx"
+    HTTP_429 = "http_429"
+    HTTP_5XX = "http_5xx"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    TRUNCATED = "truncated"
+    DNS = "dns"
+    SIZE_MISMATCH = "size_mismatch"
+    MD5_MISMATCH = "md5_mismatch"
+    UNAVAILABLE = "unavailable"
+    CORRUPT = "corrupt"
+    TOO_LARGE = "too_large"
+    BAD_REDIRECT = "bad_redirect"
+    NO_URL = "no_url"
+    BAD_ROW = "bad_row"
+    WRITE_ERROR = "write_error"
+
+
+# A retryable status is a fault of the moment (the network, the server's load, our
+# disk); everything else is an answer that asking again will not change.
+RETRYABLE: frozenset[Status] = frozenset(
+    {
+        Status.HTTP_429,
+        Status.HTTP_5XX,
+        Status.TIMEOUT,
+        Status.CONNECTION,
+        Status.TRUNCATED,
+        Status.DNS,
+        Status.WRITE_ERROR,
+    }
+)
+
+# One line per status, for `--help`, `status` and the README's table.
+STATUS_MEANING: dict[Status, str] = {
+    Status.OK: "verified (originals) and written",
+    Status.HTTP_4XX: "the server answered 4xx (404, 410, 403...): the image is gone",
+    Status.HTTP_429: "the server kept answering 429 Too Many Requests",
+    Status.HTTP_5XX: "the server kept answering 5xx",
+    Status.TIMEOUT: "connect, read or total deadline passed",
+    Status.CONNECTION: "connection refused or reset",
+    Status.TRUNCATED: "the body ended before its Content-Length",
+    Status.DNS: "the host name did not resolve",
+    Status.SIZE_MISMATCH: "the original's size is not OriginalSize",
+    Status.MD5_MISMATCH: "the original's MD5 is not OriginalMD5",
+    Status.UNAVAILABLE: "Flickr's 'photo unavailable' placeholder, not the image",
+    Status.CORRUPT: "the body is not a decodable image",
+    Status.TOO_LARGE: "the body or the decoded image is over the cap",
+    Status.BAD_REDIRECT: "too many redirects, or a redirect to a non-http(s) URL",
+    Status.NO_URL: "the row has no URL for the chosen --source",
+    Status.BAD_ROW: "the input row is malformed (see detail for file:line)",
+    Status.WRITE_ERROR: "the file could not be written",
+}
+
+
+def is_final(status: Status) -> bool:
+    return status not in RETRYABLE
+
+
+class Source(enum.StrEnum):
+    ORIGINAL = "original"
+    THUMBNAIL = "thumbnail"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One validated image row. `rotation` is None when unknown or not in the input;
+    `has_rotation_column` says which, because upright orientation must never apply
+    both the column and the EXIF tag."""
+
+    image_id: str
+    subset: str
+    original_url: str
+    original_size: int
+    original_md5: str
+    thumbnail_url: str
+    rotation: int | None
+    has_rotation_column: bool
+    file: str
+    line: int
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row that failed validation; it is journaled and the run goes on."""
+
+    file: str
+    line: int
+    detail: str
+    raw_id: str
+    fields: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The single record each row ends as. `nbytes` counts bytes fetched, `out_bytes`
+    bytes written; `ext` names the written file's extension (empty when none)."""
+
+    image_id: str
+    status: Status
+    detail: str = ""
+    http_status: int | None = None
+    nbytes: int = 0
+    out_bytes: int = 0
+    width: int | None = None
+    height: int | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+    subset: str = ""
+    ext: str = ""
+    source: Source | None = None
+    verified: bool = False
+    file: str = ""
+    line: int = 0
+    errno: int | None = None
+
+    @property
+    def final(self) -> bool:
+        return is_final(self.status)
