@@ -59,7 +59,10 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 # click's ParamType became generic in 8.2; subscript it for mypy only.
-_ParamType = click.ParamType[float] if TYPE_CHECKING else click.ParamType
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float]
+else:
+    _ParamType = click.ParamType
 
 
 class Duration(_ParamType):
@@ -71,9 +74,9 @@ class Duration(_ParamType):
         if isinstance(value, int | float):
             return float(value)
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
-        if not m:
+        if m is None:
             self.fail(f"{value!r} is not a duration like 90, 45m or 7.5h", param, ctx)
-        return float(m.group(1)) * _UNITS[m.group(2)]
+        return float(m.group(1)) * float(_UNITS[m.group(2)])
 
 
 def _enum(cls: type[Any]) -> click.Choice[str]:
@@ -211,6 +214,48 @@ def download(**params: Any) -> None:
     if result.message:
         click.echo(f"oidownload: {result.message}", err=True)
     sys.exit(result.exit_code)
+
+
+@main.command()
+@opt("-n", "--images", "n", type=click.IntRange(min=1), default=500, help="Images per scenario.")
+@opt("--scenario", "scenarios", multiple=True, type=click.Choice(["originals-fit640", "thumbnails-keep"]),
+     help="Which to run (repeatable); default: both.")
+@opt("--mix", type=click.Choice(["light", "openimages", "tiny"]), default="light",
+     help="Originals' size mix: light (mean 1.3 MB), openimages (the real V3 mix, mean 2.1 MB), tiny.")
+@opt("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Median latency the origin adds.")
+@opt("--jitter", type=click.FloatRange(min=0), default=0.0, help="Lognormal sigma of the latency.")
+@opt("--faults", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01' (see oidownload.origin).")
+@opt("--processes", type=click.IntRange(min=1), help="Passed to download.")
+@opt("--concurrency", type=click.IntRange(min=1), help="Passed to download.")
+def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitter: float, faults: str,
+          processes: int | None, concurrency: int | None) -> None:
+    """Measure the whole pipeline on this machine, against the built-in local origin.
+
+    Starts the origin on 127.0.0.1, runs `oidownload download` on N synthetic images
+    and prints one JSON line per scenario: images/s, MB/s, CPU ms per image (pool
+    workers included) and peak memory. The first run generates and caches the images.
+    """
+    import dataclasses
+    import json
+
+    from .bench import DEFAULT_SCENARIOS, run_scenario
+
+    chosen = [s for s in DEFAULT_SCENARIOS if not scenarios or s.name in scenarios]
+    for scn in chosen:
+        scn = dataclasses.replace(scn, n=n, mix=mix, latency_ms=latency_ms, jitter=jitter, faults=faults,
+                                  processes=processes, concurrency=concurrency)
+        click.echo(f"bench: {scn.name}: {n} images ({mix} mix) ...", err=True)
+        try:
+            result = run_scenario(scn)
+        except RuntimeError as exc:
+            _fail(OidownloadError(str(exc)))
+        click.echo(json.dumps(result))
+        click.echo(
+            f"bench: {scn.name}: {result['images_per_s']} images/s, {result['mb_per_s']} MB/s, "
+            f"{result['cpu_ms_per_image']} ms CPU/image, peak RSS {result['peak_rss_mb']} MB "
+            f"(tree {result['peak_tree_rss_mb']} MB)",
+            err=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,194 @@
+"""`oidownload bench`: the full pipeline against the local origin, measured from the
+outside. The download runs as a child process so that its CPU time (pool workers
+included, via wait4) and its memory (sampled from /proc, whole process tree) are
+its own; the origin runs in this process and is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
+from .synth import describe
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    mix: str = "light"
+    source: str = "original"
+    resize: int | None = 640
+    fmt: str = "jpeg"
+    n: int = 500
+    latency_ms: float = 0.0
+    jitter: float = 0.0
+    faults: str = ""
+    processes: int | None = None
+    concurrency: int | None = None
+    extra_args: tuple[str, ...] = ()
+    seed: int = 0
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(k) for k in f.read().split())
+    except OSError:
+        pass
+    return kids
+
+
+@dataclass
+class TreeSampler:
+    """Peak RSS of the largest process and of the whole tree under `pid`, sampled."""
+
+    pid: int
+    interval: float = 0.05
+    peak_tree_kb: int = 0
+    peak_single_kb: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def sample(self) -> None:
+        todo, total, single = [self.pid], 0, 0
+        while todo:
+            p = todo.pop()
+            rss = _rss_kb(p)
+            total += rss
+            single = max(single, rss)
+            todo.extend(_children(p))
+        self.peak_tree_kb = max(self.peak_tree_kb, total)
+        self.peak_single_kb = max(self.peak_single_kb, single)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread = threading.Thread(target=self.run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Measured:
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    peak_tree_rss_mb: float
+    exit_code: int
+    stderr: str
+
+
+def measure(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+    """Runs cmd to the end; CPU is user+sys of it and every descendant it reaped."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    err_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
+    reader.start()
+    with TreeSampler(proc.pid) as sampler:
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    reader.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=max(sampler.peak_single_kb, usage.ru_maxrss) / 1024,
+        peak_tree_rss_mb=sampler.peak_tree_kb / 1024,
+        exit_code=proc.returncode,
+        stderr=b"".join(err_chunks).decode("utf-8", "replace"),
+    )
+
+
+def download_cmd(scn: Scenario, manifest: Path, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(out),
+           "--source", scn.source, "--format", scn.fmt, "--progress", "none", "--log-format", "json"]
+    if scn.resize:
+        cmd += ["--resize", str(scn.resize)]
+    if scn.processes:
+        cmd += ["--processes", str(scn.processes)]
+    if scn.concurrency:
+        cmd += ["--concurrency", str(scn.concurrency)]
+    return cmd + list(scn.extra_args)
+
+
+def _summary(stderr: str) -> dict[str, Any]:
+    for line in reversed(stderr.splitlines()):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "summary":
+            return dict(event)
+    return {}
+
+
+def corpus_for(scn: Scenario) -> Corpus:
+    thumbs = "tiny-thumbs" if scn.mix.startswith("tiny") else "thumbnails"
+    return Corpus.generate(scn.n, mix=scn.mix, thumbs=thumbs, seed=scn.seed, fault_rates=parse_fault_rates(scn.faults))
+
+
+def run_scenario(scn: Scenario, workdir: Path | None = None) -> dict[str, Any]:
+    """One measured run; returns the JSON-able figures."""
+    corpus = corpus_for(scn)
+    latency = Latency(scn.latency_ms / 1000, scn.jitter)
+    with tempfile.TemporaryDirectory(prefix="oidl-bench-", dir=workdir) as tmp, OriginThread(Origin(corpus, latency)) as origin:
+        manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_url)
+        out = Path(tmp) / "out"
+        m = measure(download_cmd(scn, manifest, out))
+        summary = _summary(m.stderr)
+    if m.exit_code != 0:
+        raise RuntimeError(f"download exited {m.exit_code}:\n{m.stderr[-2000:]}")
+    done = int(summary.get("done", 0))
+    fetched = int(summary.get("bytes", 0))
+    sizes = [len(corpus.original(i)) if scn.source == "original" else len(corpus.thumbnail(i)) for i in corpus.ids]
+    return {
+        "scenario": scn.name,
+        "images": scn.n,
+        "ok": int(summary.get("ok", 0)),
+        "failed": int(summary.get("failed", 0)),
+        "images_per_s": round(done / m.wall_s, 2),
+        "mb_per_s": round(fetched / 1e6 / m.wall_s, 2),
+        "cpu_ms_per_image": round(1000 * m.cpu_s / max(1, done), 2),
+        "wall_s": round(m.wall_s, 3),
+        "cpu_s": round(m.cpu_s, 3),
+        "peak_rss_mb": round(m.peak_rss_mb, 1),
+        "peak_tree_rss_mb": round(m.peak_tree_rss_mb, 1),
+        "sizes": describe(sizes),
+        "settings": {k: v for k, v in asdict(scn).items() if k not in ("name", "extra_args")},
+    }
+
+
+DEFAULT_SCENARIOS = (
+    Scenario("originals-fit640", mix="light", source="original", resize=640, fmt="jpeg"),
+    Scenario("thumbnails-keep", mix="light", source="thumbnail", resize=None, fmt="keep"),
+)
