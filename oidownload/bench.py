@@ -122,7 +122,8 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
     return Measured(
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=max(sampler.peak_single_kb, usage.ru_maxrss) / 1024,
+        # Not ru_maxrss: Linux carries the forking parent's RSS into the child's peak.
+        peak_rss_mb=sampler.peak_single_kb / 1024,
         peak_tree_rss_mb=sampler.peak_tree_kb / 1024,
         exit_code=proc.returncode,
         stderr=b"".join(err_chunks).decode("utf-8", "replace"),

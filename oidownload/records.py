@@ -7,6 +7,7 @@ Pure data: no I/O, importable from the pool workers and the reader alike.
 from __future__ import annotations
 
 import enum
+import html
 from dataclasses import dataclass
 
 
@@ -94,6 +95,15 @@ class Row:
     file: str
     line: int
     fields: tuple[str, ...]
+
+    # Author and Title are published HTML-escaped (O&#x27;Neil); these are the text.
+    @property
+    def author(self) -> str:
+        return html.unescape(self.fields[6])
+
+    @property
+    def title(self) -> str:
+        return html.unescape(self.fields[7])
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,12 +135,12 @@ def read_header(path: Path) -> Format:
     raise InputError(f"{path}: unknown header '{shown}'; {_expected()}")
 
 
-def _logical_records(lines: Iterable[str]) -> Iterator[tuple[int, str | None]]:
+def _logical_records(lines: Iterable[str], first_line: int = 1) -> Iterator[tuple[int, str | None]]:
     """(first line number, record text), one per CSV record, joining lines while a
     quote is open; None for a record whose quote never closes within MAX_RECORD_LINES."""
     it = iter(lines)
     replay: deque[tuple[int, str]] = deque()
-    n = 0
+    n = first_line - 1
     while True:
         if replay:
             start, line = replay.popleft()
@@ -253,7 +253,7 @@ def iter_rows(
         lines = iter(f)
         try:
             next(lines)  # the header, already checked
-            for line, text in _logical_records(lines):
+            for line, text in _logical_records(lines, first_line=2):
                 if text is None:
                     yield BadRow(name, line, f"{name}:{line}: a quoted field never closes", "", ())
                     continue

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real Open Images fixture files, a local origin in a thread,
+and a runner for the real `oidownload` command in a child process."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from oidownload.origin import Corpus, Origin, OriginThread
+
+FIXTURES = Path(__file__).parent / "fixtures"
+V3 = FIXTURES / "openimages-v3"
+V4 = FIXTURES / "openimages-v4plus"
+
+
+@pytest.fixture(scope="session")
+def synth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("synth-cache")
+    os.environ["OIDOWNLOAD_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture
+def make_origin(synth_cache: Path) -> Iterator[object]:
+    """make_origin(corpus, **kw) → a started Origin, stopped after the test."""
+    threads: list[OriginThread] = []
+
+    def start(corpus: Corpus, **kw: object) -> Origin:
+        t = OriginThread(Origin(corpus, **kw))  # type: ignore[arg-type]
+        threads.append(t)
+        return t.__enter__()
+
+    yield start
+    for t in threads:
+        t.__exit__(None, None, None)
+
+
+def run_cli(*args: object, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs `python -m oidownload ARGS` to completion, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "oidownload", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=full_env,
+    )
+
+
+def journal_rows(out: Path) -> dict[str, tuple[str, str, int]]:
+    """image id → (status, detail, attempts), read straight from every journal file."""
+    rows: dict[str, tuple[str, str, int]] = {}
+    for path in sorted((out / ".oidownload").glob("journal-*.sqlite")):
+        conn = sqlite3.connect(path)
+        for rid, status, detail, attempts in conn.execute("SELECT id, status, detail, attempts FROM outcomes"):
+            rows[format(rid % (1 << 64), "016x")] = (status, detail, attempts)
+        conn.close()
+    return rows
