@@ -217,6 +217,61 @@ def download(**params: Any) -> None:
 
 
 @main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@opt("--json", "as_json", is_flag=True, default=False, help="One JSON object instead of tables.")
+def status(out: Path, as_json: bool) -> None:
+    """Counts per status, bytes, rate and ETA across every journal in OUT.
+
+    Works while runs are in progress (each cluster task is shown) and after they end.
+    """
+    import json
+
+    from .progress import human_bytes, human_seconds
+    from .records import STATUS_MEANING, Status
+    from .report import out_status
+
+    try:
+        st = out_status(out)
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(st.as_json()))
+        return
+    click.echo(f"{out}: {st.total} images journaled, {human_bytes(sum(c.bytes for c in st.counts.values()))} fetched")
+    click.echo(f"{'status':<15}{'count':>10}{'bytes':>12}  meaning")
+    for name, c in st.counts.items():
+        meaning = STATUS_MEANING.get(Status(name), "") if name in Status.__members__.values() else ""
+        click.echo(f"{name:<15}{c.n:>10}{human_bytes(c.bytes):>12}  {meaning}")
+    click.echo(f"{'shard':<12}{'state':<10}{'done':>10}{'planned':>10}{'rate/s':>9}{'ETA':>9}  host")
+    for s in st.shards:
+        planned = "?" if s.planned is None else str(s.planned)
+        rate = "" if s.rate is None or s.state != "running" else f"{s.rate:.1f}"
+        click.echo(f"{s.tag:<12}{s.state:<10}{s.done:>10}{planned:>10}{rate:>9}{human_seconds(s.eta) if s.eta is not None else '':>9}  {s.host} {s.pid or ''}")
+    if any(s.state == "running" for s in st.shards):
+        click.echo(f"total rate {st.rate:.1f} images/s, ETA {human_seconds(st.eta)}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@opt("-d", "--dest", type=click.Path(path_type=Path, file_okay=False), help="Folder for the CSVs [default: OUT/report].")
+def report(out: Path, dest: Path | None) -> None:
+    """Write success.csv and failure.csv: the input columns plus status, detail,
+    http_status, attempts and the written path, for every journaled row in OUT."""
+    from .report import write_report
+
+    try:
+        res = write_report(out, dest)
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    for missing in res.missing_inputs:
+        click.echo(f"oidownload: warning: {missing} is gone; its rows carry only the ImageID", err=True)
+    click.echo(f"{res.ok} rows in {res.success}")
+    click.echo(f"{res.failed} rows in {res.failure}")
+
+
+@main.command()
 @opt("-n", "--images", "n", type=click.IntRange(min=1), default=500, help="Images per scenario.")
 @opt("--scenario", "scenarios", multiple=True, type=click.Choice(["originals-fit640", "thumbnails-keep"]),
      help="Which to run (repeatable); default: both.")

@@ -22,6 +22,10 @@ from .limits import HostLimiter
 from .records import Status, is_final
 
 PLACEHOLDER_MARK = "photo_unavailable"
+# An original whose Content-Length is wrong is rejected unread, unless it is this
+# small: then it may be the placeholder served in its place, which the worker
+# recognises by its MD5 (and reports as unavailable rather than a size mismatch).
+PLACEHOLDER_MAX_BYTES = 64 * 1024
 # Reserved against the byte budget when a response has no Content-Length.
 GUESS_BYTES = 512 * 1024
 
@@ -145,7 +149,7 @@ async def fetch_once(
                 if failure is not None:
                     return failure
                 length = resp.content_length
-                if expected_size is not None and length is not None and length != expected_size:
+                if expected_size is not None and length is not None and length != expected_size and length > PLACEHOLDER_MAX_BYTES:
                     return Failure(
                         Status.SIZE_MISMATCH,
                         f"Content-Length {length}, OriginalSize is {expected_size}",
@@ -161,8 +165,10 @@ async def fetch_once(
                 result = Fetched(body, resp.status, reserved)
                 reserved = 0  # now owned by the result
                 return result
+    except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: must come first
+        return Failure(Status.TIMEOUT, f"{exc or 'read timeout'}")
     except TimeoutError:
-        return Failure(Status.TIMEOUT, f"no complete answer within {timeout:.0f}s")
+        return Failure(Status.TIMEOUT, f"no complete answer within {timeout:.1f}s")
     except aiohttp.TooManyRedirects:
         return Failure(Status.BAD_REDIRECT, f"more than {net.max_redirects} redirects")
     except (aiohttp.NonHttpUrlRedirectClientError, aiohttp.InvalidUrlRedirectClientError) as exc:
@@ -172,6 +178,10 @@ async def fetch_once(
     except aiohttp.ClientConnectorDNSError as exc:
         return Failure(Status.DNS, f"cannot resolve {exc.host}")
     except aiohttp.ClientPayloadError as exc:
+        # aiohttp keeps the socket error only in the message (its __cause__ is the
+        # length check), so a reset mid-body is told apart from a clean short close here.
+        if _caused_by(exc, ConnectionResetError) or "ConnectionResetError" in str(exc):
+            return Failure(Status.CONNECTION, f"connection reset mid-body: {exc}")
         return Failure(Status.TRUNCATED, f"body cut short: {exc}")
     except aiohttp.ServerDisconnectedError:
         return Failure(Status.CONNECTION, "server closed the connection")
@@ -182,6 +192,15 @@ async def fetch_once(
     finally:
         if reserved:
             release(reserved)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def backoff(attempt: int, net: NetConfig, rng: random.Random) -> float:

@@ -120,7 +120,7 @@ def journal_files(out: Path) -> list[Path]:
     return sorted(state_dir(out).glob("journal-*.sqlite"))
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, check_same_thread=False)
     else:
@@ -180,7 +180,7 @@ class Journal:
             raise OutputError(f"cannot create {self.path.parent}: {exc.strerror or exc}") from None
         self._lock_fd = self._lock(self.path.with_suffix(".lock"))
         try:
-            self.conn = _connect(self.path)
+            self.conn = connect(self.path)
             self.conn.execute("PRAGMA journal_mode=DELETE")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(_SCHEMA)
@@ -286,7 +286,7 @@ def other_done_sets(out: Path, shard: Shard, *, retry_failed: bool) -> list[Done
     for path in journal_files(out):
         if path.name.endswith(f"-of-{shard.count}.sqlite"):
             continue
-        conn = _connect(path, readonly=True)
+        conn = connect(path, readonly=True)
         try:
             sets.append(load_done(conn, where))
         finally:
@@ -309,7 +309,7 @@ class ProgressRow:
 
 
 def read_counts(path: Path) -> tuple[list[StatusCount], list[ProgressRow]]:
-    conn = _connect(path, readonly=True)
+    conn = connect(path, readonly=True)
     try:
         counts = [StatusCount(s, n, b) for s, n, b in conn.execute("SELECT status, n, bytes FROM counts WHERE n > 0")]
         progress = [ProgressRow(*r) for r in conn.execute("SELECT * FROM progress")]
@@ -337,7 +337,7 @@ class JournalRow:
 
 
 def iter_outcomes(path: Path, where: str = "1") -> Iterator[JournalRow]:
-    conn = _connect(path, readonly=True)
+    conn = connect(path, readonly=True)
     try:
         cur = conn.execute(
             "SELECT o.id, o.status, o.detail, o.http_status, o.nbytes, o.width, o.height, o.attempts, "
@@ -354,7 +354,7 @@ def iter_outcomes(path: Path, where: str = "1") -> Iterator[JournalRow]:
 
 
 def iter_bad_rows(path: Path) -> Iterator[tuple[str, int, str, str]]:
-    conn = _connect(path, readonly=True)
+    conn = connect(path, readonly=True)
     try:
         yield from conn.execute(
             "SELECT i.path, b.line, b.detail, b.raw_id FROM bad_rows b JOIN inputs i ON i.id = b.input"

@@ -25,6 +25,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -223,6 +224,7 @@ class Origin:
         self.extra_files = dict(extra_files or {})
         self.requests: collections.Counter[str] = collections.Counter()
         self.served_ok: collections.Counter[str] = collections.Counter()
+        self.times: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
         self.rng = random.Random(1)
         self.port = 0
         self.placeholder = placeholder_bytes()
@@ -244,7 +246,11 @@ class Origin:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # handler_cancellation: a client that gives up on a stalled answer frees its
+        # handler; shutdown_timeout: `hang` handlers must not hold up stop().
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
@@ -281,6 +287,7 @@ class Origin:
     async def serve(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests[path] += 1
+        self.times[path].append(time.monotonic())
         name = request.match_info["name"]
         kind = request.match_info.get("kind") or path.split("/")[1]
         image_id = name.split("_")[0]
@@ -294,7 +301,10 @@ class Origin:
             await asyncio.sleep(delay)
         body = self.corpus.original(image_id) if kind == "o" else self.corpus.thumbnail(image_id)
         if fault is not None and (fault.times is None or self.requests[path] <= fault.times):
-            return await self._fault(request, fault, body, kind, name)
+            try:
+                return await self._fault(request, fault, body, kind, name)
+            except ConnectionError:  # the client hung up on a broken answer: as intended
+                return web.Response(status=499)
         self.served_ok[path] += 1
         return await self._send(request, body, "image/jpeg")
 

@@ -238,6 +238,40 @@ def _fast_id(text: str) -> str | None:
     return None
 
 
+def iter_records(path: Path, skip: Callable[[str], bool] | None = None) -> Iterator[tuple[int, list[str] | str]]:
+    """(line, fields) for each record after the header, or (line, why) for a record that
+    is not CSV. Records whose raw id `skip` rejects are dropped before they are parsed.
+    A truncated .gz raises InputError after the rows before the damage."""
+    with open_text(path) as f:
+        lines = iter(f)
+        try:
+            next(lines, None)  # the header, checked by read_header
+            for line, text in _logical_records(lines, first_line=2):
+                if text is None:
+                    yield line, "a quoted field never closes"
+                    continue
+                fast = _fast_id(text)
+                if fast is not None and skip is not None and skip(fast):
+                    continue
+                try:
+                    fields = _parse_fields(text)
+                except (csv.Error, StopIteration) as exc:
+                    yield line, f"not CSV: {exc}"
+                    continue
+                if not fields or fields == [""]:
+                    continue  # a blank line
+                if fast is None and skip is not None and skip(fields[0]):
+                    continue
+                yield line, fields
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise InputError(
+                f"{path}: the compressed data is truncated or corrupt ({exc}); "
+                "rows before that point were read, re-download the file to read the rest"
+            ) from None
+        except OSError as exc:
+            raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
+
+
 def iter_rows(
     path: Path,
     fmt: Format | None = None,
@@ -247,38 +281,14 @@ def iter_rows(
     """Streams one file's rows after its header. Rows whose raw id the filter skips are
     never parsed; `accept` is a last test on parsed rows (subset, class...)."""
     fmt = fmt or read_header(path)
-    skip = (row_filter or RowFilter()).skip
     name = str(path)
-    with open_text(path) as f:
-        lines = iter(f)
-        try:
-            next(lines)  # the header, already checked
-            for line, text in _logical_records(lines, first_line=2):
-                if text is None:
-                    yield BadRow(name, line, f"{name}:{line}: a quoted field never closes", "", ())
-                    continue
-                fast = _fast_id(text)
-                if fast is not None and skip(fast):
-                    continue
-                try:
-                    fields = _parse_fields(text)
-                except (csv.Error, StopIteration) as exc:
-                    yield BadRow(name, line, f"{name}:{line}: not CSV: {exc}", "", ())
-                    continue
-                if not fields or fields == [""]:
-                    continue  # blank line
-                if fast is None and skip(fields[0]):
-                    continue
-                row = parse_row(fields, fmt, name, line)
-                if isinstance(row, BadRow) or accept is None or accept(row):
-                    yield row
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise InputError(
-                f"{path}: the compressed data is truncated or corrupt ({exc}); "
-                "rows before that point were read, re-download the file to read the rest"
-            ) from None
-        except OSError as exc:
-            raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
+    for line, fields in iter_records(path, row_filter.skip if row_filter else None):
+        if isinstance(fields, str):
+            yield BadRow(name, line, f"{name}:{line}: {fields}", "", ())
+            continue
+        row = parse_row(fields, fmt, name, line)
+        if isinstance(row, BadRow) or accept is None or accept(row):
+            yield row
 
 
 def count_lines(path: Path) -> int:
