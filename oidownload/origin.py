@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -325,8 +326,6 @@ class Origin:
         if k == "429":
             return web.Response(status=429, text="slow down\n", headers={"Retry-After": "1"})
         if k == "429date":
-            import time
-            from email.utils import formatdate
             return web.Response(status=429, text="slow down\n", headers={"Retry-After": formatdate(time.time() + 1, usegmt=True)})
         if k in ("reset", "truncate"):
             resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
