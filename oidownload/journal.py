@@ -222,10 +222,15 @@ class Journal:
         self._inputs[path] = int(row[0])
         return int(row[0])
 
-    def record(self, outcomes: Iterable[Outcome], bad_rows: Iterable[tuple[str, int, str, str]] = ()) -> None:
+    def record(self, outcomes: Iterable[Outcome]) -> None:
         """Writes a batch in one transaction. Raises OutputError when the disk is full or
-        the file is unwritable: a lost batch only means those images are fetched again."""
+        the file is unwritable: a lost batch only means those images are fetched again.
+        Bad rows go to their own table, keyed by file and line: they may have no id."""
         now = time.time()
+        good: list[Outcome] = []
+        bad: list[Outcome] = []
+        for o in outcomes:
+            (bad if o.status is Status.BAD_ROW else good).append(o)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             rows = [
@@ -235,12 +240,12 @@ class Journal:
                     round(o.seconds, 4), o.subset, o.ext, o.source.value if o.source else None,
                     int(o.verified), self.input_id(o.file) if o.file else None, o.line, now,
                 )
-                for o in outcomes
+                for o in good
             ]
             self.conn.executemany(_UPSERT, rows)
             self.conn.executemany(
                 "INSERT OR IGNORE INTO bad_rows VALUES(?,?,?,?,?)",
-                [(self.input_id(f), line, detail, raw, now) for f, line, detail, raw in bad_rows],
+                [(self.input_id(o.file), o.line, o.detail, o.image_id, now) for o in bad],
             )
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:

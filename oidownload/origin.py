@@ -326,7 +326,7 @@ class Origin:
         if k == "429":
             return web.Response(status=429, text="slow down\n", headers={"Retry-After": "1"})
         if k == "429date":
-            return web.Response(status=429, text="slow down\n", headers={"Retry-After": formatdate(time.time() + 1, usegmt=True)})
+            return web.Response(status=429, text="slow down\n", headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)})
         if k in ("reset", "truncate"):
             resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
             resp.content_length = len(body)

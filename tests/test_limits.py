@@ -1,0 +1,100 @@
+"""Retry-After parsing, backoff, and the per-host limiter's back-off and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from email.utils import formatdate
+
+from oidownload.config import NetConfig
+from oidownload.fetch import backoff, parse_retry_after
+from oidownload.limits import ByteBudget, HostLimiter
+
+
+def test_retry_after_both_forms() -> None:
+    assert parse_retry_after("7") == 7.0
+    now = time.time()
+    assert abs((parse_retry_after(formatdate(now + 30, usegmt=True), now=now) or 0) - 30) <= 1
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_full_jitter_backoff_is_bounded_and_grows() -> None:
+    net = NetConfig(backoff_base=0.5, backoff_max=4.0)
+    rng = random.Random(1)
+    for attempt, cap in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)):
+        samples = [backoff(attempt, net, rng) for _ in range(200)]
+        assert all(0 <= s <= cap for s in samples)
+        assert max(samples) > cap * 0.8  # spread over the whole range, not a constant
+
+
+def test_host_limiter_halves_on_overload_and_recovers() -> None:
+    async def scenario() -> list[int]:
+        lim = HostLimiter(8)
+        seen = [lim.limit("a")]
+        lim.penalise("a")
+        seen.append(lim.limit("a"))
+        lim.penalise("a")
+        lim.penalise("a")
+        lim.penalise("a")
+        seen.append(lim.limit("a"))
+        for _ in range(200):
+            lim.reward("a")
+        seen.append(lim.limit("a"))
+        seen.append(lim.limit("b"))
+        return seen
+
+    assert asyncio.run(scenario()) == [8, 4, 1, 8, 8]
+
+
+def test_host_limiter_caps_concurrency_and_waits_for_retry_after() -> None:
+    async def scenario() -> tuple[int, float]:
+        lim = HostLimiter(4)
+        lim.penalise("h")  # limit 2
+        active = peak = 0
+
+        async def one() -> None:
+            nonlocal active, peak
+            async with lim.slot("h"):
+                active += 1
+                peak = max(peak, active)
+                await asyncio.sleep(0.01)
+                active -= 1
+
+        await asyncio.gather(*(one() for _ in range(20)))
+        lim.penalise("h", retry_after=0.3)
+        t0 = time.monotonic()
+        await one()
+        return peak, time.monotonic() - t0
+
+    peak, waited = asyncio.run(scenario())
+    assert peak == 2
+    assert waited >= 0.28
+
+
+def test_byte_budget_bounds_bytes_and_lets_a_giant_through_alone() -> None:
+    async def scenario() -> list[str]:
+        budget = ByteBudget(100)
+        log: list[str] = []
+        await budget.acquire(60)
+
+        async def take(n: int, name: str) -> None:
+            await budget.acquire(n)
+            log.append(name)
+
+        t1 = asyncio.create_task(take(50, "fifty"))
+        t2 = asyncio.create_task(take(500, "giant"))
+        await asyncio.sleep(0.01)
+        assert log == [] and budget.used == 60
+        budget.release(60)
+        await asyncio.sleep(0.01)
+        assert log == ["fifty"]  # the giant waits for the budget to empty
+        budget.release(50)
+        await asyncio.sleep(0.01)
+        await asyncio.gather(t1, t2)
+        assert budget.used == 500 and budget.peak == 500
+        return log
+
+    assert asyncio.run(scenario()) == ["fifty", "giant"]
