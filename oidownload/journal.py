@@ -25,6 +25,9 @@ from .records import Outcome, Source, Status, is_final
 from .shard import Shard
 
 SCHEMA_VERSION = 1
+# Disk space held back for the journal: freed when the disk fills, so the outcomes
+# of images already written can still be committed before the run stops.
+RESERVE_BYTES = 512 * 1024
 _U64 = 1 << 64
 _I64 = 1 << 63
 
@@ -191,6 +194,25 @@ class Journal:
             raise OutputError(f"cannot open the journal {self.path}: {exc}") from None
         self._inputs: dict[str, int] = {}
         self.started = time.time()
+        self._reserve = self.path.with_suffix(".reserve")
+        self._make_reserve()
+
+    def _make_reserve(self) -> None:
+        try:
+            if self._reserve.exists() and self._reserve.stat().st_size >= RESERVE_BYTES:
+                return
+            with open(self._reserve, "wb") as f:
+                f.write(bytes(RESERVE_BYTES))  # real blocks, not a sparse file
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self.release_reserve()  # no room even for that: carry on without it
+
+    def release_reserve(self) -> None:
+        try:
+            self._reserve.unlink()
+        except OSError:
+            pass
 
     def _lock(self, path: Path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -136,10 +136,12 @@ class _Run:
         for _ in range(self.cfg.net.concurrency):
             self.queue.put_nowait(None)
 
-    def fail(self, exc: OidownloadError) -> None:
+    def fail(self, exc: OidownloadError, *, disk_full: bool = False) -> None:
+        if disk_full:
+            self.journal.release_reserve()
         if self.fatal is None:
             self.fatal = exc
-            self.request_stop(ExitCode.FATAL, "fatal error")
+            self.request_stop(ExitCode.FATAL, "fatal error, stopping")
 
     # -- stages -----------------------------------------------------------------------
     async def read(self) -> None:
@@ -263,7 +265,7 @@ class _Run:
             self.fail(OutputError(
                 f"cannot write under {self.cfg.out}: {outcome.detail}. The journal is intact: "
                 "free some space (or fix the mount) and run the same command again to resume"
-            ))
+            ), disk_full=True)
             return  # not journaled: it is the disk's fault, not the image's
         self.progress.add(outcome)
         self.pending.append(outcome)
@@ -277,7 +279,11 @@ class _Run:
             try:
                 await loop.run_in_executor(self.journal_thread, self.journal.record, batch)
             except OutputError as exc:
-                self.fail(OutputError(f"{exc}. Free some space and run the same command again to resume"))
+                if self.fatal is not None:
+                    return  # the last try, with the reserve already freed
+                # Keep the batch: the final flush retries it once the reserve is freed.
+                self.pending[:0] = batch
+                self.fail(OutputError(f"{exc}. Free some space and run the same command again to resume"), disk_full=True)
 
     def write_progress(self, running: bool) -> None:
         rate, _ = self.progress.rates()
