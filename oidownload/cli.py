@@ -206,6 +206,9 @@ def download(**params: Any) -> None:
         shard = resolve_with_count(params["shard_index"], params["num_shards"], os.environ)
         progress = Progress(cfg.run.progress, cfg.run.log_format, cfg.run.progress_interval)
         result = run_download(cfg, shard, progress)
+    except KeyboardInterrupt:  # before the loop's own handler is in place
+        click.echo("oidownload: interrupted", err=True)
+        sys.exit(130)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except OidownloadError as exc:

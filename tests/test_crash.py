@@ -3,6 +3,7 @@ ever at a final path, and the same command resumes without re-fetching finished 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -55,26 +56,32 @@ def check_disk_matches_journal(out: Path, corpus: Corpus) -> dict[str, tuple[str
 
 
 def test_sigterm_exits_143_and_the_same_command_resumes(tmp_path: Path, make_origin: StartOrigin) -> None:
-    corpus = Corpus.generate(200, mix="tiny", seed=21)
+    corpus = Corpus.generate(500, mix="tiny", seed=21)
     origin = make_origin(corpus, latency=Latency(0.15))
     manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
     out = tmp_path / "out"
     args = ("download", manifest, "-o", out, "--concurrency", "4", "--progress", "log", "--resize", "64")
     proc = start(*args)
     wait_for_journal(out, 5)
+    time.sleep(5.5)  # progress rows are refreshed every 5 s
+    live = json.loads(run_cli("status", out, "--json").stdout)
+    assert live["shards"][0]["state"] == "running" and live["total"] >= 5
+    assert live["rate_per_s"] > 0 and live["eta_s"] is not None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
     assert "SIGTERM received" in err
     journal = check_disk_matches_journal(out, corpus)
-    assert 5 <= len(journal) < 200
+    assert 5 <= len(journal) < 500
+    after = json.loads(run_cli("status", out, "--json").stdout)
+    assert after["shards"][0]["state"] == "stopped" and after["total"] == len(journal)
     done_before = {i for i, (s, _, _) in journal.items() if s == "ok"}
     counts_before = {i: origin.requests[f"/o/{i}_o.jpg"] for i in done_before}
 
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
     journal = check_disk_matches_journal(out, corpus)
-    assert len(journal) == 200 and all(s == "ok" for s, _, _ in journal.values())
+    assert len(journal) == 500 and all(s == "ok" for s, _, _ in journal.values())
     assert all(origin.requests[f"/o/{i}_o.jpg"] == n for i, n in counts_before.items())
 
 

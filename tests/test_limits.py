@@ -98,3 +98,14 @@ def test_byte_budget_bounds_bytes_and_lets_a_giant_through_alone() -> None:
         return log
 
     assert asyncio.run(scenario()) == ["fifty", "giant"]
+
+
+def test_readme_status_table_matches_the_code() -> None:
+    from pathlib import Path
+
+    from oidownload.records import STATUS_MEANING, Status, is_final
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for status in Status:
+        kind = "final" if is_final(status) else "retryable"
+        assert f"| `{status.value}` | {kind} | {STATUS_MEANING[status]} |" in readme
