@@ -210,3 +210,26 @@ def test_status_and_report(tmp_path: Path, make_origin: StartOrigin, fmt: str) -
 def test_status_of_an_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
     res = run_cli("status", tmp_path)
     assert res.returncode == 1 and "no journal" in res.stderr
+
+
+def test_wrong_content_length_is_rejected_before_the_body(tmp_path: Path, make_origin: StartOrigin) -> None:
+    import io
+    import os
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.frombytes("RGB", (300, 300), os.urandom(300 * 300 * 3)).save(buf, "JPEG", quality=95)
+    assert len(buf.getvalue()) > 100_000  # bigger than a placeholder could be
+    small = Corpus.generate(1, mix="tiny", seed=18)
+    corpus = Corpus([buf.getvalue()], small.thumbnails)
+    corpus.entries = small.entries
+    image_id = corpus.ids[0]
+    corpus.entries[image_id].original = 0
+    corpus.entries[image_id].fault = Fault("wrongsize")
+    origin = make_origin(corpus, trickle_delay=0.3)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    res = run_cli("download", manifest, "-o", tmp_path / "out", "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    status, detail, _ = journal_rows(tmp_path / "out")[image_id]
+    assert status == "size_mismatch" and detail.startswith("Content-Length ")
