@@ -390,7 +390,13 @@ class OriginThread:
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
-        self.loop = asyncio.new_event_loop()
+        self.loop: asyncio.AbstractEventLoop
+        try:
+            import uvloop  # the origin competes with the client for the same cores: keep it cheap
+
+            self.loop = uvloop.new_event_loop()
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="origin")
 
     def __enter__(self) -> Origin:

@@ -7,7 +7,6 @@ budgets and signals. Everything a row becomes passes through `_record`, once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import errno
 import functools
@@ -402,6 +401,23 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+def start_pool(cfg: Config) -> ProcessPoolExecutor:
+    """The image workers, started now. Forked when this process has no other thread yet
+    (fast, and the workers share the imported modules); spawned otherwise, because
+    forking a process that runs threads can deadlock the child."""
+    method = "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
+    pool = ProcessPoolExecutor(
+        max_workers=cfg.run.processes,
+        mp_context=multiprocessing.get_context(method),
+        initializer=init_worker,
+        initargs=(WorkerSettings.build(cfg.image, cfg.out), os.getpid()),
+    )
+    # With fork, the first submit starts every worker (Python does not fork on demand
+    # once threads may exist); with spawn this only warms one up.
+    pool.submit(os.getpid).result()
+    return pool
+
+
 def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     """Runs one task's share to the end, a stop, or a fatal error. Fatal errors are
     raised (after the journal is flushed); everything else is in the result."""
@@ -411,44 +427,38 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     _prepare_out(cfg.out)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
-    journal = Journal(cfg.out, shard)
+    pool = start_pool(cfg)
+    run: _Run | None = None
     try:
-        marker = state_dir(cfg.out) / f"running-{shard.tag}"
-        if marker.exists():
-            removed = remove_temp_files(cfg.out, shard.owns)
-            progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; removed {removed} temporary files")
-        marker.touch()
-        done = journal.done_set(retry_failed=cfg.select.retry_failed)
-        others = other_done_sets(cfg.out, shard, retry_failed=cfg.select.retry_failed)
-        if others:
-            done = DoneSet.merge([done, *others])
-        progress.log(
-            "start",
-            f"oidownload: {shard.describe()}; {len(cfg.inputs)} input file(s); "
-            f"{len(done)} image(s) already done in {cfg.out}",
-            shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
-        )
-        settings = WorkerSettings.build(cfg.image, cfg.out)
-        pool = ProcessPoolExecutor(
-            max_workers=cfg.run.processes,
-            # spawn: forking a process that runs an event loop and threads is unsafe.
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
-            initargs=(settings, os.getpid()),
-        )
-        run = _Run(cfg, shard, progress, journal, pool, formats, done)
+        journal = Journal(cfg.out, shard)
         try:
+            marker = state_dir(cfg.out) / f"running-{shard.tag}"
+            if marker.exists():
+                removed = remove_temp_files(cfg.out, shard.owns)
+                progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; removed {removed} temporary files")
+            marker.touch()
+            done = journal.done_set(retry_failed=cfg.select.retry_failed)
+            others = other_done_sets(cfg.out, shard, retry_failed=cfg.select.retry_failed)
+            if others:
+                done = DoneSet.merge([done, *others])
+            progress.log(
+                "start",
+                f"oidownload: {shard.describe()}; {len(cfg.inputs)} input file(s); "
+                f"{len(done)} image(s) already done in {cfg.out}",
+                shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
+            )
+            run = _Run(cfg, shard, progress, journal, pool, formats, done)
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
         finally:
-            if run.abandoned:
-                _kill_pool(pool)
-            else:
-                pool.shutdown(wait=True)
-        if not run.abandoned:
-            marker.unlink(missing_ok=True)
+            journal.close()
     finally:
-        journal.close()
+        if run is not None and run.abandoned:
+            _kill_pool(pool)
+        else:
+            pool.shutdown(wait=True)
+    if not run.abandoned:
+        marker.unlink(missing_ok=True)
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
     wall = time.monotonic() - started
@@ -467,9 +477,3 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     return RunResult(tally, int(code), wall, cpu, message)
 
 
-def replace(cfg: Config, **parts: object) -> Config:
-    """dataclasses.replace, re-exported for callers that vary one part of a Config."""
-    return dataclasses.replace(cfg, **parts)  # type: ignore[arg-type]
-
-
-__all__ = ["ExitCode", "RunResult", "choose_source", "replace", "run_download", "sys"]

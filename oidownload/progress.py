@@ -17,6 +17,8 @@ from tqdm import tqdm
 from .config import LogFormat, ProgressMode
 from .records import STATUS_MEANING, Outcome, Status
 
+# No tqdm monitor thread: the process pool forks before any thread exists.
+tqdm.monitor_interval = 0
 _RATE_WINDOW = 30.0  # seconds of history behind the current rate and the ETA
 
 
