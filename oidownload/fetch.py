@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from .body import BodyWriter
 from .config import NetConfig
 from .limits import HostLimiter
 from .records import Status, is_final
@@ -32,7 +33,7 @@ GUESS_BYTES = 512 * 1024
 
 @dataclass(slots=True)
 class Fetched:
-    body: bytes
+    body: BodyWriter  # the caller hands it off to the pool, then closes it
     http_status: int
     reserved: int  # bytes held in the budget for this body, released by the caller
 
@@ -55,6 +56,7 @@ class Attempts:
 
 Reserve = Callable[[int], Awaitable[None]]
 Release = Callable[[int], None]
+NewWriter = Callable[[], BodyWriter]
 
 
 def make_session(net: NetConfig) -> aiohttp.ClientSession:
@@ -116,15 +118,13 @@ def _is_placeholder(resp: aiohttp.ClientResponse) -> bool:
     return any(PLACEHOLDER_MARK in r.url.path for r in (*resp.history, resp))
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
-    chunks: list[bytes] = []
-    total = 0
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, writer: BodyWriter) -> bool:
+    """Streams the body into writer; False as soon as it passes the cap."""
     async for chunk in resp.content.iter_any():
-        total += len(chunk)
-        if total > cap:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if writer.size + len(chunk) > cap:
+            return False
+        writer.write(chunk)
+    return True
 
 
 async def fetch_once(
@@ -135,11 +135,13 @@ async def fetch_once(
     net: NetConfig,
     reserve: Reserve,
     release: Release,
+    new_writer: NewWriter,
     timeout: float,
 ) -> Fetched | Failure:
     """One request. Exceptions are mapped most specific first, because aiohttp's
     hierarchy nests them (a DNS error is a connector error is a connection error)."""
     reserved = 0
+    writer: BodyWriter | None = None
     try:
         async with asyncio.timeout(timeout):
             async with session.get(url, max_redirects=net.max_redirects) as resp:
@@ -159,11 +161,11 @@ async def fetch_once(
                     return Failure(Status.TOO_LARGE, f"Content-Length {length} over the cap of {net.max_body_bytes}", resp.status)
                 reserved = length if length is not None else (expected_size or GUESS_BYTES)
                 await reserve(reserved)
-                body = await _read_capped(resp, net.max_body_bytes)
-                if body is None:
+                writer = new_writer()
+                if not await _read_capped(resp, net.max_body_bytes, writer):
                     return Failure(Status.TOO_LARGE, f"body over the cap of {net.max_body_bytes} bytes", resp.status)
-                result = Fetched(body, resp.status, reserved)
-                reserved = 0  # now owned by the result
+                result = Fetched(writer, resp.status, reserved)
+                reserved, writer = 0, None  # now owned by the result
                 return result
     except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: must come first
         return Failure(Status.TIMEOUT, f"{exc or 'read timeout'}")
@@ -192,6 +194,8 @@ async def fetch_once(
     finally:
         if reserved:
             release(reserved)
+        if writer is not None:
+            writer.close()
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -218,6 +222,7 @@ async def fetch_body(
     limiter: HostLimiter,
     reserve: Reserve,
     release: Release,
+    new_writer: NewWriter,
     deadline: float,
     rng: random.Random,
 ) -> Attempts:
@@ -235,7 +240,8 @@ async def fetch_body(
             left = deadline - loop.time()
             result = await fetch_once(
                 session, url, expected_size=expected_size, net=net,
-                reserve=reserve, release=release, timeout=max(0.001, min(net.total_timeout, left)),
+                reserve=reserve, release=release, new_writer=new_writer,
+                timeout=max(0.001, min(net.total_timeout, left)),
             )
         if isinstance(result, Fetched):
             limiter.reward(host)

@@ -11,6 +11,7 @@ start with a dot and the ImageID, so a later run can find and remove its own.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -49,7 +50,7 @@ def state_dir(out: Path) -> Path:
     return out / STATE_DIR
 
 
-def atomic_write(path: Path, data: bytes | memoryview, *, fsync: bool = False) -> None:
+def atomic_write(path: Path, data: bytes | memoryview | mmap.mmap, *, fsync: bool = False) -> None:
     """Writes data to path so that path is either absent or whole, even under SIGKILL.
     The temporary file sits in the same folder, so the rename never crosses a device."""
     folder = path.parent

@@ -20,20 +20,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from .config import Config, SourceChoice
+from .body import BodyWriter, memfd_supported, probe
+from .config import Config, OutputFormat, SourceChoice
 from .errors import InputError, OidownloadError, OutputError
 from .fetch import Failure, fetch_body, make_session
 from .journal import DoneSet, Journal, other_done_sets
 from .layout import remove_temp_files, state_dir
 from .limits import ByteBudget, HostLimiter
-from .process import Job, WorkerSettings, init_worker, process_in_worker
+from .process import Job, WorkerSettings, init_worker, process_in_worker, process_ref
 from .progress import Progress, Tally
 from .records import BadRow, Outcome, Row, Source, Status
 from .rows import Format, count_lines, iter_rows, read_header
@@ -89,12 +90,12 @@ def _limited(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | No
 
 class _Run:
     def __init__(self, cfg: Config, shard: Shard, progress: Progress, journal: Journal,
-                 pool: ProcessPoolExecutor, formats: list[Format], done: DoneSet) -> None:
+                 workers: Workers, formats: list[Format], done: DoneSet) -> None:
         self.cfg = cfg
         self.shard = shard
         self.progress = progress
         self.journal = journal
-        self.pool = pool
+        self.workers = workers
         self.formats = formats
         self.filter = SelectionFilter(shard, done, cfg.select.ids)
         n = cfg.net.concurrency
@@ -118,6 +119,9 @@ class _Run:
         self.enqueued = 0
         self.reader_finished = False
         self.counted: int | None = None
+
+    def new_writer(self) -> BodyWriter:
+        return BodyWriter(self.workers.use_memfd)
 
     # -- stopping ---------------------------------------------------------------------
     def request_stop(self, code: int, why: str) -> None:
@@ -201,7 +205,7 @@ class _Run:
             expected_size=row.original_size if original else None,
             net=self.cfg.net, limiter=self.limiter,
             reserve=self.budget.acquire, release=self.budget.release,
-            deadline=t0 + self.cfg.net.image_deadline, rng=self.rng,
+            new_writer=self.new_writer, deadline=t0 + self.cfg.net.image_deadline, rng=self.rng,
         )
         base.attempts = got.attempts
         result = got.result
@@ -211,9 +215,10 @@ class _Run:
             self.record(base)
             return
         reserved = result.reserved
-        if len(result.body) != reserved:
-            self.budget.adjust(reserved, len(result.body))
-            reserved = len(result.body)
+        body = result.body
+        if body.size != reserved:
+            self.budget.adjust(reserved, body.size)
+            reserved = body.size
         job = Job(
             row.image_id, row.subset, source,
             expected_size=row.original_size if original else None,
@@ -221,24 +226,33 @@ class _Run:
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
             file=row.file, line=row.line,
         )
-        await self.pool_slots.acquire()
         try:
-            fut = loop.run_in_executor(self.pool, process_in_worker, job, result.body)
+            await self.pool_slots.acquire()
+            fut = self.workers.submit(loop, job, body)
         except (BrokenProcessPool, RuntimeError) as exc:
             self.pool_slots.release()
             self.budget.release(reserved)
+            body.close()
             self.fail(OutputError(f"the process pool stopped working: {exc}"))
             return
+        except BaseException:
+            self.budget.release(reserved)
+            body.close()
+            raise
         self.in_pool.add(fut)
-        fut.add_done_callback(functools.partial(self.processed, base, reserved, t0, result.http_status))
+        fut.add_done_callback(functools.partial(self.processed, base, reserved, body, t0, result.http_status))
 
-    def processed(self, base: Outcome, reserved: int, t0: float, http_status: int, fut: asyncio.Future[Outcome]) -> None:
+    def processed(self, base: Outcome, reserved: int, body: BodyWriter, t0: float, http_status: int,
+                  fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
         self.budget.release(reserved)
         if fut.cancelled():
+            # The worker may still be reading the memfd: closing it now could let its
+            # descriptor number be reused under the worker. The process is stopping.
             self.inflight.discard(base.image_id)
             return
+        body.close()
         exc = fut.exception()
         if isinstance(exc, BrokenProcessPool):
             self.inflight.discard(base.image_id)
@@ -401,21 +415,58 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start_pool(cfg: Config) -> ProcessPoolExecutor:
-    """The image workers, started now. Forked when this process has no other thread yet
-    (fast, and the workers share the imported modules); spawned otherwise, because
+@dataclass
+class Workers:
+    """Where the per-image work runs. Pixel work (decode, resize, encode) runs in a
+    process pool. Without it (--format keep) the work is an MD5 and a file write,
+    both of which release the GIL, so threads of this process do it: a hop to another
+    process would cost more than the work itself."""
+
+    executor: Executor
+    settings: WorkerSettings
+    in_process: bool
+    use_memfd: bool
+
+    def submit(self, loop: asyncio.AbstractEventLoop, job: Job, body: BodyWriter) -> asyncio.Future[Outcome]:
+        if self.in_process:
+            return loop.run_in_executor(self.executor, process_ref, job, body.handoff(), self.settings)
+        return loop.run_in_executor(self.executor, process_in_worker, job, body.handoff())
+
+    def shutdown(self, *, kill: bool) -> None:
+        if kill and isinstance(self.executor, ProcessPoolExecutor):
+            _kill_pool(self.executor)
+        else:
+            self.executor.shutdown(wait=True)
+
+
+def start_workers(cfg: Config) -> Workers:
+    """The workers, started now. A pool is forked when this process has no other thread
+    yet (fast, and the workers share the imported modules), spawned otherwise, because
     forking a process that runs threads can deadlock the child."""
+    settings = WorkerSettings.build(cfg.image, cfg.out)
+    if cfg.image.format is OutputFormat.KEEP:
+        return Workers(ThreadPoolExecutor(cfg.run.processes, thread_name_prefix="work"), settings, True, False)
     method = "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
     pool = ProcessPoolExecutor(
         max_workers=cfg.run.processes,
         mp_context=multiprocessing.get_context(method),
         initializer=init_worker,
-        initargs=(WorkerSettings.build(cfg.image, cfg.out), os.getpid()),
+        initargs=(settings, os.getpid()),
     )
     # With fork, the first submit starts every worker (Python does not fork on demand
     # once threads may exist); with spawn this only warms one up.
     pool.submit(os.getpid).result()
-    return pool
+    use_memfd = False
+    if memfd_supported():
+        probe_body = BodyWriter(True)
+        try:
+            probe_body.write(b"probe")
+            use_memfd = pool.submit(probe, probe_body.handoff()).result(timeout=30) == 5
+        except Exception:
+            use_memfd = False  # a hardened /proc: bodies go through the pipe instead
+        finally:
+            probe_body.close()
+    return Workers(pool, settings, False, use_memfd)
 
 
 def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
@@ -427,7 +478,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     _prepare_out(cfg.out)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
-    pool = start_pool(cfg)
+    workers = start_workers(cfg)
     run: _Run | None = None
     try:
         journal = Journal(cfg.out, shard)
@@ -447,16 +498,13 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                 f"{len(done)} image(s) already done in {cfg.out}",
                 shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
             )
-            run = _Run(cfg, shard, progress, journal, pool, formats, done)
+            run = _Run(cfg, shard, progress, journal, workers, formats, done)
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
         finally:
             journal.close()
     finally:
-        if run is not None and run.abandoned:
-            _kill_pool(pool)
-        else:
-            pool.shutdown(wait=True)
+        workers.shutdown(kill=run is not None and run.abandoned)
     if not run.abandoned:
         marker.unlink(missing_ok=True)
     tally = progress.tally

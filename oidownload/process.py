@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .body import BodyRef, Buffer, opened
 from .config import ImageConfig, Orientation, OutputFormat, ResizeMode
 from .layout import atomic_write, image_path, original_path
 from .records import Outcome, Source, Status
@@ -66,7 +67,7 @@ def _builtin_placeholders() -> frozenset[str]:
     return frozenset({md5_b64(data)})
 
 
-def md5_b64(data: bytes | memoryview) -> str:
+def md5_b64(data: Buffer | memoryview) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
 
 
@@ -118,12 +119,17 @@ def init_worker(settings: WorkerSettings, parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def process_in_worker(job: Job, body: bytes) -> Outcome:
+def process_in_worker(job: Job, ref: BodyRef) -> Outcome:
     assert _settings is not None, "init_worker was not run"
-    return process(job, body, _settings)
+    return process_ref(job, ref, _settings)
 
 
-def process(job: Job, body: bytes, settings: WorkerSettings) -> Outcome:
+def process_ref(job: Job, ref: BodyRef, settings: WorkerSettings) -> Outcome:
+    with opened(ref) as body:
+        return process(job, body, settings)
+
+
+def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
     """The whole per-image work. Broad excepts live here only: Pillow raises many kinds."""
     outcome = Outcome(job.image_id, Status.OK, subset=job.subset, source=job.source, nbytes=len(body), file=job.file, line=job.line)
     digest = md5_b64(body)
@@ -169,7 +175,7 @@ def _fail(outcome: Outcome, status: Status, detail: str) -> Outcome:
     return outcome
 
 
-def _sniff_ext(body: bytes) -> str:
+def _sniff_ext(body: Buffer) -> str:
     if body[:3] == b"\xff\xd8\xff":
         return "jpg"
     if body[:8] == b"\x89PNG\r\n\x1a\n":
@@ -212,9 +218,14 @@ def _orientation(im: Image.Image, job: Job, cfg: ImageConfig) -> Image.Transpose
     return _EXIF_TRANSPOSE.get(value) if isinstance(value, int) else None
 
 
-def _render(job: Job, body: bytes, cfg: ImageConfig) -> tuple[bytes, str, tuple[int, int]]:
+def _render(job: Job, body: Buffer, cfg: ImageConfig) -> tuple[Buffer, str, tuple[int, int]]:
     """(bytes to write, extension, (width, height) of what is written)."""
-    im: Image.Image = Image.open(io.BytesIO(body))
+    if isinstance(body, bytes):
+        source: io.BytesIO | Buffer = io.BytesIO(body)
+    else:
+        body.seek(0)
+        source = body  # an mmap reads like a file: no copy of the whole body
+    im: Image.Image = Image.open(source)  # type: ignore[arg-type]
     if cfg.format is OutputFormat.KEEP:
         # No decode: only the header is parsed, for the size and the format.
         return body, _KEEP_EXT.get(im.format or "", _sniff_ext(body)), im.size

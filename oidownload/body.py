@@ -1,0 +1,93 @@
+"""How a fetched body reaches a pool worker, copied once.
+
+On Linux the fetch writes each chunk into a memfd as it arrives; the worker maps that
+memfd through /proc/<parent>/fd/<n> and reads it in place, so the body is never
+pickled nor pushed through the pool's pipe (about 1 ms per MB on both sides, saved).
+The parent closes its end when the worker is done; if either dies, the kernel frees
+the memory with the last open descriptor, so nothing can leak. Elsewhere, or if the
+worker cannot open the memfd (a hardened /proc), bodies travel as bytes.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+Buffer = bytes | mmap.mmap
+
+
+@dataclass(frozen=True, slots=True)
+class MemfdRef:
+    """What is pickled to the worker instead of the body."""
+
+    pid: int
+    fd: int
+    size: int
+
+
+BodyRef = bytes | MemfdRef
+
+
+class BodyWriter:
+    """Collects one body in the parent. `handoff` gives what the worker needs; `close`
+    must be called once the worker has finished (or the body is dropped)."""
+
+    __slots__ = ("_chunks", "_fd", "size")
+
+    def __init__(self, use_memfd: bool) -> None:
+        self.size = 0
+        self._fd = os.memfd_create("oidownload-body", os.MFD_CLOEXEC) if use_memfd else -1
+        self._chunks: list[bytes] = []
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._fd >= 0:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        else:
+            self._chunks.append(chunk)
+
+    def handoff(self) -> BodyRef:
+        if self._fd >= 0:
+            return MemfdRef(os.getpid(), self._fd, self.size)
+        data = b"".join(self._chunks)
+        self._chunks = []
+        return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._chunks = []
+
+
+def memfd_supported() -> bool:
+    return hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+
+@contextmanager
+def opened(ref: BodyRef) -> Iterator[Buffer]:
+    """The body's bytes, in the worker: a read-only map of the parent's memfd, or the
+    bytes themselves. Raises OSError when the memfd cannot be opened."""
+    if isinstance(ref, bytes):
+        yield ref
+        return
+    if ref.size == 0:
+        yield b""
+        return
+    fd = os.open(f"/proc/{ref.pid}/fd/{ref.fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with mmap.mmap(fd, ref.size, prot=mmap.PROT_READ) as mm:
+            yield mm
+    finally:
+        os.close(fd)
+
+
+def probe(ref: BodyRef) -> int:
+    """Run in a worker at start: can it read a body this way? Returns the size seen."""
+    with opened(ref) as buf:
+        return len(buf) if buf[:5] == b"probe" else -1
