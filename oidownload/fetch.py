@@ -98,6 +98,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _url(url: str) -> URL:
+    # Open Images URLs are plain ASCII and were validated by the reader: skip yarl's
+    # re-quoting (measurable at hundreds of requests a second).
+    return URL(url, encoded=True) if url.isascii() and "%" not in url else URL(url)
+
+
 def _status_failure(resp: aiohttp.ClientResponse) -> Failure | None:
     code = resp.status
     if 200 <= code < 300:
@@ -119,17 +125,23 @@ def _is_placeholder(resp: aiohttp.ClientResponse) -> bool:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int, writer: BodyWriter) -> bool:
-    """Streams the body into writer; False as soon as it passes the cap."""
-    async for chunk in resp.content.iter_any():
+    """Streams the body into writer; False as soon as it passes the cap. readchunk
+    hands over each buffered chunk as it is (readany would join them: a copy)."""
+    content = resp.content
+    while True:
+        chunk, end_of_http_chunk = await content.readchunk()
+        if not chunk:
+            if end_of_http_chunk:
+                continue
+            return True
         if writer.size + len(chunk) > cap:
             return False
         writer.write(chunk)
-    return True
 
 
 async def fetch_once(
     session: aiohttp.ClientSession,
-    url: str,
+    url: URL,
     *,
     expected_size: int | None,
     net: NetConfig,
@@ -145,7 +157,7 @@ async def fetch_once(
     try:
         async with asyncio.timeout(timeout):
             async with session.get(url, max_redirects=net.max_redirects) as resp:
-                if _is_placeholder(resp):
+                if resp.history and _is_placeholder(resp):
                     return Failure(Status.UNAVAILABLE, f"redirected to {resp.url}", resp.status)
                 failure = _status_failure(resp)
                 if failure is not None:
@@ -229,7 +241,8 @@ async def fetch_body(
     """Fetches url, retrying retryable failures until `net.retries` retries or the
     loop-time `deadline` is spent; final failures are returned at once."""
     loop = asyncio.get_running_loop()
-    host = URL(url).host or ""
+    parsed = _url(url)
+    host = parsed.host or ""
     attempt = 0
     while True:
         attempt += 1
@@ -239,7 +252,7 @@ async def fetch_body(
         async with limiter.slot(host):
             left = deadline - loop.time()
             result = await fetch_once(
-                session, url, expected_size=expected_size, net=net,
+                session, parsed, expected_size=expected_size, net=net,
                 reserve=reserve, release=release, new_writer=new_writer,
                 timeout=max(0.001, min(net.total_timeout, left)),
             )

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 
 class ByteBudget:
@@ -82,6 +80,20 @@ class _Host:
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
 
+class _Slot:
+    __slots__ = ("_host", "_limiter")
+
+    def __init__(self, limiter: HostLimiter, host: _Host) -> None:
+        self._limiter = limiter
+        self._host = host
+
+    async def __aenter__(self) -> None:
+        await self._limiter._acquire(self._host)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._limiter._release(self._host)
+
+
 class HostLimiter:
     """Per-host concurrency, additive-increase / multiplicative-decrease.
 
@@ -104,15 +116,21 @@ class HostLimiter:
             h = self._hosts[host] = _Host(self.maximum)
         return h
 
-    @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        h = self._host(host)
+    def slot(self, host: str) -> _Slot:
+        """`async with limiter.slot(host):` holds one of the host's slots."""
+        return _Slot(self, self._host(host))
+
+    async def _acquire(self, h: _Host) -> None:
+        if h.active < h.limit and not h.waiters and h.not_before == 0.0:
+            h.active += 1  # the common case, without touching the loop's clock
+            return
         loop = asyncio.get_running_loop()
         while True:
             wait = h.not_before - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
+            h.not_before = 0.0
             if h.active < h.limit and not h.waiters:
                 break
             fut: asyncio.Future[None] = loop.create_future()
@@ -128,10 +146,10 @@ class HostLimiter:
             if h.active < h.limit:
                 break
         h.active += 1
-        try:
-            yield
-        finally:
-            h.active -= 1
+
+    def _release(self, h: _Host) -> None:
+        h.active -= 1
+        if h.waiters:
             self._wake(h)
 
     def _wake(self, h: _Host) -> None:
