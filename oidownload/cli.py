@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -94,15 +94,80 @@ def main() -> None:
     """Download Open Images: verified, resized, sharded, resumable."""
 
 
+def _apply(f: F, decorators: Sequence[Callable[[Any], Any]]) -> F:
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def selection_options(f: F) -> F:
+    """Which rows: shared by `download` and `select`."""
+    file_ = click.Path(path_type=Path, dir_okay=False)
+    return _apply(f, [
+        opt("--subset", "subsets", multiple=True, help="Only rows whose Subset is this (repeatable)."),
+        opt("--limit", type=click.IntRange(min=0),
+            help="At most this many rows: the first ones, or a sample that is the same for a --seed."),
+        opt("--seed", type=int, help="Sample --limit rows deterministically with this seed."),
+        opt("--ids", "ids_file", type=file_, help="Only the ImageIDs listed in this file, one per line."),
+        opt("--class", "class_names", multiple=True,
+            help="Only images with this class (a name from --class-descriptions, or a MID); repeatable."),
+        opt("--classes-file", type=file_, help="Class names or MIDs, one a line."),
+        opt("--class-descriptions", type=file_, help="class-descriptions.csv (V3) or oidv6/7-class-descriptions.csv."),
+        opt("--annotations", "annotation_files", multiple=True, type=file_,
+            help="Box or image-label CSVs (V3 or V4+, plain or .gz) to select from; repeatable."),
+        opt("--label-source", type=click.Choice(["human", "machine", "any"]), default="any",
+            help="Which image-level labels count (boxes are all human)."),
+        opt("--min-confidence", type=click.FloatRange(0, 1), default=0.5,
+            help="Labels below this confidence do not count (human negatives are 0)."),
+        opt("--boxes-only", is_flag=True, default=False, help="Only images with a box of the class."),
+        opt("--exclude-occluded", is_flag=True, default=False, help="Boxes marked IsOccluded do not count."),
+        opt("--exclude-truncated", is_flag=True, default=False, help="Boxes marked IsTruncated do not count."),
+        opt("--exclude-group-of", is_flag=True, default=False, help="Boxes marked IsGroupOf do not count."),
+        opt("--exclude-depiction", is_flag=True, default=False, help="Boxes marked IsDepiction do not count."),
+        opt("--exclude-inside", is_flag=True, default=False, help="Boxes marked IsInside do not count."),
+    ])
+
+
+def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], log: Callable[[str], None]) -> Any:
+    """The id-level selection (--ids, classes, a seeded sample), worked out up front."""
+    from .annotations import LabelSource
+    from .classes import read_classes_file
+    from .selection import plan
+
+    names = list(p["class_names"])
+    if p["classes_file"]:
+        names += read_classes_file(p["classes_file"])
+    exclude = frozenset(
+        attr for flag, attr in (("exclude_occluded", "IsOccluded"), ("exclude_truncated", "IsTruncated"),
+                                ("exclude_group_of", "IsGroupOf"), ("exclude_depiction", "IsDepiction"),
+                                ("exclude_inside", "IsInside"))
+        if p[flag]
+    )
+    if p["seed"] is not None and p["limit"] is None:
+        raise ConfigError("--seed samples --limit rows: give --limit too")
+    result = plan(
+        inputs,
+        subsets=frozenset(p["subsets"]),
+        ids=_read_ids(p["ids_file"]) if p["ids_file"] else None,
+        class_names=names,
+        class_descriptions=p["class_descriptions"],
+        annotations=tuple(p["annotation_files"]),
+        class_filter={"label_source": LabelSource(p["label_source"]), "min_confidence": p["min_confidence"],
+                      "boxes_only": p["boxes_only"], "exclude": exclude},
+        limit=p["limit"],
+        seed=p["seed"],
+    )
+    for note in result.notes:
+        log(f"oidownload: {note}")
+    return result
+
+
 def download_options(f: F) -> F:
     decorators = [
         click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
         opt("-o", "--output", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
             help="Output folder (OUT); the journal lives in OUT/.oidownload/."),
-        opt("--subset", "subsets", multiple=True, help="Only rows whose Subset is this (repeatable)."),
-        opt("--limit", type=click.IntRange(min=0), help="At most this many rows of the selection."),
-        opt("--ids", "ids_file", type=click.Path(path_type=Path, dir_okay=False),
-            help="Only the ImageIDs listed in this file, one per line."),
+        selection_options,
         opt("--source", type=_enum(SourceChoice), default="original",
             help="original: the verified original; thumbnail: Thumbnail300KURL; auto: the thumbnail when there is one."),
         opt("--resize", type=click.IntRange(min=1), help="Target size in pixels (never upscales)."),
@@ -138,9 +203,7 @@ def download_options(f: F) -> F:
         opt("--progress-interval", type=Duration(), default="5", help="Seconds between progress log lines."),
         opt("--placeholder-md5", multiple=True, help="Base64 MD5 of another 'photo unavailable' image (repeatable)."),
     ]
-    for d in reversed(decorators):
-        f = d(f)
-    return f
+    return _apply(f, decorators)
 
 
 def _read_ids(path: Path) -> frozenset[str]:
@@ -159,7 +222,7 @@ def _read_ids(path: Path) -> frozenset[str]:
     return frozenset(ids)
 
 
-def build_config(p: dict[str, Any]) -> Config:
+def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None) -> Config:
     fmt = OutputFormat(p["fmt"])
     orientation = Orientation(p["orientation"])
     if fmt is OutputFormat.KEEP and (p["resize"] is not None or orientation is Orientation.UPRIGHT):
@@ -176,9 +239,14 @@ def build_config(p: dict[str, Any]) -> Config:
         resize=p["resize"], resize_mode=ResizeMode(p["resize_mode"]), format=fmt, quality=p["quality"],
         orientation=orientation, keep_original=p["keep_original"], placeholder_md5s=frozenset(p["placeholder_md5"]),
     )
+    chosen = plan_selection(tuple(p["inputs"]), p, log)
     select = SelectConfig(
-        subsets=frozenset(p["subsets"]), limit=p["limit"], source=SourceChoice(p["source"]),
-        retry_failed=p["retry_failed"], ids=_read_ids(p["ids_file"]) if p["ids_file"] else None,
+        subsets=frozenset(p["subsets"]),
+        # A seeded sample is already cut to --limit; otherwise the first rows count.
+        limit=None if p["seed"] is not None else p["limit"],
+        source=SourceChoice(p["source"]), retry_failed=p["retry_failed"], ids=chosen.ids,
+        classes=chosen.classes, annotations=tuple(a.resolve() for a in chosen.annotations),
+        class_descriptions=chosen.class_descriptions.resolve() if chosen.class_descriptions else None,
     )
     run = RunConfig(
         processes=p["processes"], max_bytes_in_flight=int(p["max_bytes_in_flight_mb"] * 1024 * 1024),
@@ -202,7 +270,7 @@ def download(**params: Any) -> None:
     from .shard import resolve_with_count
 
     try:
-        cfg = build_config(params)
+        cfg = build_config(params, lambda msg: click.echo(msg, err=True))
         shard = resolve_with_count(params["shard_index"], params["num_shards"], os.environ)
         progress = Progress(cfg.run.progress, cfg.run.log_format, cfg.run.progress_interval)
         result = run_download(cfg, shard, progress)
@@ -217,6 +285,114 @@ def download(**params: Any) -> None:
     if result.message:
         click.echo(f"oidownload: {result.message}", err=True)
     sys.exit(result.exit_code)
+
+
+@main.command("select")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@opt("-o", "--output", "dest", required=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="The new images CSV (same columns as the input).")
+@selection_options
+def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
+    """Write the rows of INPUTS that a selection picks, as a new images CSV.
+
+    Takes the same selection options as `download`, so a selection can be checked,
+    shared or split before anything is downloaded.
+    """
+    from .selection import write_selected
+
+    try:
+        chosen = plan_selection(inputs, p, lambda msg: click.echo(msg, err=True))
+        limit = None if p["seed"] is not None else p["limit"]
+        n = write_selected(inputs, dest, subsets=frozenset(p["subsets"]), ids=chosen.ids, limit=limit)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{n} rows written to {dest}", err=True)
+
+
+@main.command("annotations")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@opt("--format", "fmt", type=click.Choice(["csv", "coco", "yolo"]), default="coco", help="Output layout.")
+@opt("--annotations", "annotation_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Box or label CSVs [default: those the download selected with].")
+@opt("--class-descriptions", type=click.Path(path_type=Path, dir_okay=False),
+     help="For category names [default: the download's].")
+@opt("--class", "class_names", multiple=True, help="Only these classes (names or MIDs) [default: the download's].")
+@opt("-d", "--dest", type=click.Path(path_type=Path, file_okay=False), help="Output folder [default: OUT/annotations].")
+def annotations_cmd(out: Path, fmt: str, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
+                class_names: tuple[str, ...], dest: Path | None) -> None:
+    """Annotations of the images downloaded into OUT, in the frame of the written files.
+
+    csv: the Open Images rows, filtered; coco: one JSON file with file names relative
+    to OUT and boxes in pixels; yolo: a txt per image under labels/, and classes.txt.
+    Widths and heights come from the journal (after resizing and turning).
+    """
+    import json
+
+    from .classes import ClassDescriptions
+    from .export import ExportFormat, export
+    from .journal import read_meta
+
+    try:
+        remembered = [json.loads(v) for v in read_meta(out, "selection")]
+        files = list(annotation_files) or [Path(a) for m in remembered for a in m.get("annotations", [])]
+        files = list(dict.fromkeys(files))
+        descriptions = class_descriptions or next(
+            (Path(m["class_descriptions"]) for m in remembered if m.get("class_descriptions")), None)
+        classes: frozenset[str] | None = None
+        if class_names:
+            if descriptions is None and any(not n.startswith("/") for n in class_names):
+                raise ConfigError("class names need --class-descriptions")
+            classes = frozenset(ClassDescriptions.load(descriptions).resolve(class_names) if descriptions
+                                else class_names)
+        elif any(m.get("classes") for m in remembered):
+            classes = frozenset(c for m in remembered for c in m.get("classes", []))
+        res = export(out, ExportFormat(fmt), files, dest=dest, class_descriptions=descriptions, classes=classes)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    click.echo(
+        f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
+        + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
+        + f" -> {res.dest}",
+        err=True,
+    )
+    for f in res.files:
+        click.echo(str(f))
+
+
+@main.command()
+@opt("--version", "version", type=click.Choice(["v3", "v6", "v7"]), default="v7", help="Open Images version.")
+@opt("-o", "--output", "dest", type=click.Path(path_type=Path, file_okay=False), default="metadata",
+     help="Folder for the files.")
+@opt("--base-url", default="https://storage.googleapis.com/openimages/", help="Where the files are served from.")
+@opt("--only", multiple=True, help="Only files whose name matches this glob, e.g. 'validation-*' (repeatable).")
+@opt("--list", "list_only", is_flag=True, default=False, help="List the version's files and exit.")
+def metadata(version: str, dest: Path, base_url: str, only: tuple[str, ...], list_only: bool) -> None:
+    """Download the official metadata files (image lists, boxes, labels, classes).
+
+    Interrupted downloads resume from their .part file; every file's size is checked
+    against what the server announced.
+    """
+    from .metadata import download_metadata, select_files
+
+    try:
+        if list_only:
+            for rel in select_files(version, only):
+                click.echo(base_url.rstrip("/") + "/" + rel)
+            return
+        results = download_metadata(version, dest, base_url=base_url, only=only, bars=sys.stderr.isatty())
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    for r in results:
+        click.echo(f"{r.state:<14}{r.size:>14}  {r.path}")
 
 
 @main.command()

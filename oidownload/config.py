@@ -90,6 +90,10 @@ class SelectConfig:
     shard_index: int = 0
     retry_failed: bool = False
     ids: frozenset[str] | None = None
+    # What a class selection came from, remembered in the journal for `annotations`.
+    classes: frozenset[str] = frozenset()
+    annotations: tuple[Path, ...] = ()
+    class_descriptions: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

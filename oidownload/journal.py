@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS outcomes(
     verified INTEGER NOT NULL,
     input INTEGER,
     line INTEGER,
-    finished REAL NOT NULL
+    finished REAL NOT NULL,
+    orientation INTEGER NOT NULL DEFAULT 1,  -- EXIF-style code of the turn applied
+    crop TEXT                                -- "x0,y0,x1,y1" kept, normalised; NULL: all
 );
 CREATE TABLE IF NOT EXISTS bad_rows(
     input INTEGER NOT NULL,
@@ -92,8 +94,9 @@ CREATE TABLE IF NOT EXISTS progress(
 
 _UPSERT = """
 INSERT INTO outcomes(id, status, final, detail, http_status, nbytes, out_bytes, width, height,
-                     attempts, seconds, subset, ext, source, verified, input, line, finished)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                     attempts, seconds, subset, ext, source, verified, input, line, finished,
+                     orientation, crop)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(id) DO UPDATE SET
     status=excluded.status, final=excluded.final, detail=excluded.detail,
     http_status=excluded.http_status, nbytes=excluded.nbytes, out_bytes=excluded.out_bytes,
@@ -101,7 +104,7 @@ ON CONFLICT(id) DO UPDATE SET
     attempts=outcomes.attempts + excluded.attempts, seconds=excluded.seconds,
     subset=excluded.subset, ext=excluded.ext, source=excluded.source,
     verified=excluded.verified, input=excluded.input, line=excluded.line,
-    finished=excluded.finished
+    finished=excluded.finished, orientation=excluded.orientation, crop=excluded.crop
 """
 
 
@@ -261,6 +264,7 @@ class Journal:
                     o.http_status, o.nbytes, o.out_bytes, o.width, o.height, o.attempts,
                     round(o.seconds, 4), o.subset, o.ext, o.source.value if o.source else None,
                     int(o.verified), self.input_id(o.file) if o.file else None, o.line, now,
+                    o.orientation, ",".join(f"{v:.6f}" for v in o.crop) if o.crop else None,
                 )
                 for o in good
             ]
@@ -276,6 +280,9 @@ class Journal:
             except sqlite3.Error:
                 pass
             raise OutputError(f"cannot write the journal {self.path}: {exc}") from None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
 
     def set_progress(self, *, running: bool, planned: int | None, skipped: int, processed: int, rate: float | None) -> None:
         try:
@@ -388,3 +395,52 @@ def iter_bad_rows(path: Path) -> Iterator[tuple[str, int, str, str]]:
         )
     finally:
         conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """An image that is on disk, as the annotation export needs it."""
+
+    image_id: str
+    subset: str
+    ext: str
+    width: int
+    height: int
+    orientation: int
+    crop: tuple[float, float, float, float] | None
+
+    @property
+    def path(self) -> str:
+        return f"{self.subset}/{self.image_id[:3]}/{self.image_id}.{self.ext}"
+
+
+def downloaded(out: Path) -> dict[str, Downloaded]:
+    """Every image whose outcome is ok, across all the journals in OUT."""
+    found: dict[str, Downloaded] = {}
+    for path in journal_files(out):
+        conn = connect(path, readonly=True)
+        try:
+            cur = conn.execute(
+                "SELECT id, subset, ext, width, height, orientation, crop FROM outcomes WHERE status='ok'"
+            )
+            for rid, subset, ext, w, h, orient, crop in cur:
+                image_id = int_to_id(rid)
+                box = tuple(float(v) for v in crop.split(",")) if crop else None
+                found[image_id] = Downloaded(image_id, subset, ext, w or 0, h or 0, orient or 1, box)  # type: ignore[arg-type]
+        finally:
+            conn.close()
+    return found
+
+
+def read_meta(out: Path, key: str) -> list[str]:
+    """A meta value from every journal in OUT (each task writes its own)."""
+    values = []
+    for path in journal_files(out):
+        conn = connect(path, readonly=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                values.append(str(row[0]))
+        finally:
+            conn.close()
+    return values

@@ -122,13 +122,16 @@ class Corpus:
         fault_rates: Iterable[tuple[Fault, float]] = (),
         no_thumbnail_rate: float = 0.0,
         cache: Path | None = None,
+        ids: Iterable[str] | None = None,
     ) -> Corpus:
+        """n synthetic images (or one per given ImageID, e.g. real ids whose real
+        annotations should apply), with faults by table or by rate."""
         thumbs = thumbs or ("tiny-thumbs" if mix.startswith("tiny") else "thumbnails")
         corpus = cls(synth.templates(synth.MIXES[mix], seed, cache), synth.templates(synth.MIXES[thumbs], seed, cache))
         rng = random.Random(seed)
         rates = list(fault_rates)
-        for _ in range(n):
-            image_id = f"{rng.getrandbits(64):016x}"
+        chosen = list(ids) if ids is not None else [f"{rng.getrandbits(64):016x}" for _ in range(n)]
+        for image_id in chosen:
             entry = Entry(image_id, rng.randrange(len(corpus.originals)), rng.randrange(len(corpus.thumbnails)), subset=subset)
             entry.has_thumbnail = rng.random() >= no_thumbnail_rate
             roll = rng.random()
@@ -238,7 +241,7 @@ class Origin:
         app.router.add_get("/f/{fault}/{kind}/{name}", self.serve)
         app.router.add_get("/loop/{n}", self.redirect_loop)
         app.router.add_get("/photo_unavailable.png", self.serve_placeholder)
-        app.router.add_get("/files/{name:.+}", self.serve_file)
+        app.router.add_get("/files/{name:.+}", self.serve_file)  # also answers HEAD
         app.router.add_get("/stats", self.stats)
         return app
 
@@ -278,6 +281,22 @@ class Origin:
         data = self.extra_files.get(request.match_info["name"])
         if data is None:
             raise web.HTTPNotFound()
+        if request.method == "HEAD":  # aiohttp leaves the body out of a HEAD answer
+            return web.Response(body=data, content_type="application/octet-stream")
+        rng = request.http_range  # Range: bytes=N- resumes, as a static file server does
+        if rng.start is not None and request.method == "GET":
+            start = rng.start
+            if start >= len(data):
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            resp = web.StreamResponse(status=206, headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}",
+            })
+            resp.content_length = len(data) - start
+            await resp.prepare(request)
+            await resp.write(data[start:])
+            await resp.write_eof()
+            return resp
         return await self._send(request, data, "application/octet-stream")
 
     async def redirect_loop(self, request: web.Request) -> web.StreamResponse:

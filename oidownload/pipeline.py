@@ -11,6 +11,7 @@ import enum
 import errno
 import functools
 import itertools
+import json
 import multiprocessing
 import os
 import random
@@ -493,6 +494,12 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                 removed = remove_temp_files(cfg.out, shard.owns)
                 progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; removed {removed} temporary files")
             marker.touch()
+            sel = cfg.select
+            if sel.annotations or sel.classes:
+                journal.set_meta("selection", json.dumps({
+                    "annotations": [str(a) for a in sel.annotations], "classes": sorted(sel.classes),
+                    "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
+                }))
             done = journal.done_set(retry_failed=cfg.select.retry_failed)
             others = other_done_sets(cfg.out, shard, retry_failed=cfg.select.retry_failed)
             if others:

@@ -53,7 +53,8 @@ _ROTATION_TRANSPOSE: dict[int, Image.Transpose] = {
     180: Image.Transpose.ROTATE_180,
     270: Image.Transpose.ROTATE_270,
 }
-_SWAPS_AXES = {Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE}
+# The applied turn, recorded in the journal as the EXIF code that names it.
+_TRANSPOSE_CODE: dict[Image.Transpose, int] = {t: code for code, t in _EXIF_TRANSPOSE.items()}
 
 # Resampling after a draft decode, chosen by measurement (benchmarks/quality.py and
 # benchmarks/RESULTS.md): against a full decode + LANCZOS reference, BILINEAR loses
@@ -144,7 +145,7 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
             return _fail(outcome, Status.MD5_MISMATCH, f"md5 {digest}, OriginalMD5 is {job.expected_md5}")
         outcome.verified = True
     try:
-        data, ext, size = _render(job, body, settings.image)
+        r = _render(job, body, settings.image)
     except Image.DecompressionBombError as exc:
         return _fail(outcome, Status.TOO_LARGE, f"decompression bomb guard: {exc}")
     except Image.DecompressionBombWarning as exc:
@@ -155,18 +156,20 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
         return _fail(outcome, Status.TOO_LARGE, "out of memory decoding the image")
     except Exception as exc:  # Pillow: OSError, SyntaxError, ValueError, struct.error...
         return _fail(outcome, Status.CORRUPT, f"cannot decode: {type(exc).__name__}: {exc}")
-    outcome.width, outcome.height = size
-    outcome.ext = ext
+    outcome.width, outcome.height = r.size
+    outcome.ext = r.ext
+    outcome.orientation = r.orientation
+    outcome.crop = r.crop
     out = settings.out
     try:
         if settings.image.keep_original and job.source is Source.ORIGINAL:
             atomic_write(original_path(out, job.subset, job.image_id, _sniff_ext(body)), body)
-        atomic_write(image_path(out, job.subset, job.image_id, ext), data)
+        atomic_write(image_path(out, job.subset, job.image_id, r.ext), r.data)
     except OSError as exc:
         outcome.errno = exc.errno
         name = errno_mod.errorcode.get(exc.errno or 0, "OSError")
         return _fail(outcome, Status.WRITE_ERROR, f"{name}: {exc.strerror or exc}")
-    outcome.out_bytes = len(data)
+    outcome.out_bytes = len(r.data)
     return outcome
 
 
@@ -220,8 +223,20 @@ def _orientation(im: Image.Image, job: Job, cfg: ImageConfig) -> Image.Transpose
     return _EXIF_TRANSPOSE.get(value) if isinstance(value, int) else None
 
 
-def _render(job: Job, body: Buffer, cfg: ImageConfig) -> tuple[Buffer, str, tuple[int, int]]:
-    """(bytes to write, extension, (width, height) of what is written)."""
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """What to write, and how its frame relates to the stored pixels' (for boxes):
+    `crop` is the kept region of the stored frame, normalised; `orientation` the EXIF-
+    style code of the turn applied after it (1: none)."""
+
+    data: Buffer
+    ext: str
+    size: tuple[int, int]
+    orientation: int = 1
+    crop: tuple[float, float, float, float] | None = None
+
+
+def _render(job: Job, body: Buffer, cfg: ImageConfig) -> Rendered:
     if isinstance(body, bytes):
         source: io.BytesIO | Buffer = io.BytesIO(body)
     else:
@@ -230,15 +245,16 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> tuple[Buffer, str, tupl
     im: Image.Image = Image.open(source)  # type: ignore[arg-type]
     if cfg.format is OutputFormat.KEEP:
         # No decode: only the header is parsed, for the size and the format.
-        return body, _KEEP_EXT.get(im.format or "", _sniff_ext(body)), im.size
+        return Rendered(body, _KEEP_EXT.get(im.format or "", _sniff_ext(body)), im.size)
     pil_format, ext = _ENCODERS[cfg.format]
     turn = _orientation(im, job, cfg)
     target = target_size(im.size, cfg)
     if target is None and turn is None and _same_format(im.format, pil_format):
         if job.source is not Source.ORIGINAL:
             im.load()  # unverified bytes kept as they are must at least decode
-        return body, ext, im.size
+        return Rendered(body, ext, im.size)
     box: tuple[float, float, float, float] | None = None
+    crop: tuple[float, float, float, float] | None = None
     if target is not None:
         w, h = im.size
         if cfg.resize_mode is ResizeMode.FILL:
@@ -253,6 +269,7 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> tuple[Buffer, str, tupl
             dw, dh = im.size  # drafting may have shrunk it
             side_d = min(dw, dh)
             box = ((dw - side_d) / 2, (dh - side_d) / 2, (dw + side_d) / 2, (dh + side_d) / 2)
+            crop = (box[0] / dw, box[1] / dh, box[2] / dw, box[3] / dh)
     im = _normalise_mode(im, pil_format)
     if target is not None:
         im = im.resize(target, RESAMPLE, box=box)
@@ -268,7 +285,7 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> tuple[Buffer, str, tupl
     # No exif= is passed: a re-encoded file carries no Orientation tag, so viewers
     # show exactly the pixels written.
     im.save(buf, pil_format, **params)
-    return buf.getvalue(), ext, im.size
+    return Rendered(buf.getvalue(), ext, im.size, _TRANSPOSE_CODE[turn] if turn is not None else 1, crop)
 
 
 def _same_format(source: str | None, target: str) -> bool:

@@ -101,3 +101,31 @@ def plan(
         result.ids = sample(rows, limit, seed)  # nsmallest keeps only `limit` ids in memory
         result.notes.append(f"sampled {len(result.ids)} of the selection with seed {seed}")
     return result
+
+
+def write_selected(inputs: tuple[Path, ...], dest: Path, *, subsets: frozenset[str],
+                   ids: frozenset[str] | None, limit: int | None) -> int:
+    """The selected rows, fields as they were read, under the inputs' header (V4+ when
+    the inputs mix V3 and V4+: V3 rows get an empty Rotation)."""
+    import csv
+    import os
+
+    from .rows import V4_COLUMNS, Format
+
+    formats = [read_header(p) for p in inputs]
+    header = V4_COLUMNS if Format.V4 in formats else formats[0].value
+    accept = (lambda r: r.subset in subsets) if subsets else None
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    n = 0
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        for path, fmt in zip(inputs, formats, strict=True):
+            for row in iter_rows(path, fmt, SelectionFilter(Shard(), ids=ids), accept):
+                if limit is not None and n >= limit:
+                    break
+                if isinstance(row, Row):
+                    w.writerow(list(row.fields) + [""] * (len(header) - len(row.fields)))
+                    n += 1
+    os.replace(tmp, dest)
+    return n
