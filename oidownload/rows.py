@@ -186,47 +186,42 @@ def parse_rotation(value: str) -> int | None:
     return int(deg) % 360
 
 
-def parse_row(fields: list[str], fmt: Format, file: str, line: int) -> Row | BadRow:
-    """Validates one record's fields; every failure names the column and the value."""
-
-    def bad(detail: str) -> BadRow:
-        return BadRow(file, line, detail, fields[0] if fields else "", tuple(fields))
-
-    ncols = len(fmt.value)
-    if len(fields) != ncols:
-        return bad(f"{file}:{line}: expected {ncols} fields, found {len(fields)}")
-    image_id, subset, url = fields[0], fields[1], fields[2]
-    size, md5, thumb = fields[8], fields[9], fields[10]
+def _problem(fields: list[str], fmt: Format) -> str | None:
+    """What is wrong with a record, or None."""
+    if len(fields) != len(fmt.value):
+        return f"expected {len(fmt.value)} fields, found {len(fields)}"
+    image_id, subset, url, size, md5, thumb = fields[0], fields[1], fields[2], fields[8], fields[9], fields[10]
     if not _ID_RE.fullmatch(image_id):
-        return bad(f"{file}:{line}: ImageID {image_id[:40]!r} is not 16 hex digits")
+        return f"ImageID {image_id[:40]!r} is not 16 hex digits"
     if not _SUBSET_RE.fullmatch(subset) or subset in RESERVED_SUBSETS:
-        return bad(f"{file}:{line}: Subset {subset[:40]!r} is not a plain folder name")
+        return f"Subset {subset[:40]!r} is not a plain folder name"
     if not _URL_RE.fullmatch(url):
-        return bad(f"{file}:{line}: OriginalURL {url[:80]!r} is not an http(s) URL")
+        return f"OriginalURL {url[:80]!r} is not an http(s) URL"
     if thumb and not _URL_RE.fullmatch(thumb):
-        return bad(f"{file}:{line}: Thumbnail300KURL {thumb[:80]!r} is not an http(s) URL")
+        return f"Thumbnail300KURL {thumb[:80]!r} is not an http(s) URL"
     if not _SIZE_RE.fullmatch(size):
-        return bad(f"{file}:{line}: OriginalSize {size[:40]!r} is not a non-negative integer")
+        return f"OriginalSize {size[:40]!r} is not a non-negative integer"
     if not _MD5_RE.fullmatch(md5):
-        return bad(f"{file}:{line}: OriginalMD5 {md5[:40]!r} is not 24-character base64")
+        return f"OriginalMD5 {md5[:40]!r} is not 24-character base64"
+    return None
+
+
+def parse_row(fields: list[str], fmt: Format, file: str, line: int) -> Row | BadRow:
+    """Validates one record's fields; every failure names the file, line, column and value."""
+    problem = _problem(fields, fmt)
     rotation = None
-    if fmt.has_rotation:
+    if problem is None and fmt.has_rotation:
         try:
             rotation = parse_rotation(fields[11])
         except ValueError:
-            return bad(f"{file}:{line}: Rotation {fields[11][:20]!r} is not 0, 90, 180, 270 or empty")
+            problem = f"Rotation {fields[11][:20]!r} is not 0, 90, 180, 270 or empty"
+    if problem is not None:
+        return BadRow(file, line, f"{file}:{line}: {problem}", fields[0] if fields else "", tuple(fields))
+    image_id = fields[0]
     return Row(
-        image_id=image_id.lower(),
-        subset=subset,
-        original_url=url,
-        original_size=int(size),
-        original_md5=md5,
-        thumbnail_url=thumb,
-        rotation=rotation,
-        has_rotation_column=fmt.has_rotation,
-        file=file,
-        line=line,
-        fields=tuple(fields),
+        image_id if image_id.islower() or image_id.isdigit() else image_id.lower(),
+        fields[1], fields[2], int(fields[8]), fields[9], fields[10], rotation, fmt.has_rotation,
+        file, line, fields,
     )
 
 
