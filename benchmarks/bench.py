@@ -38,7 +38,7 @@ from typing import Any
 from PIL import Image
 
 from oidownload import process as worker
-from oidownload.bench import Measured, measure
+from oidownload.bench import measure, summary_of
 from oidownload.origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
 from oidownload.synth import cache_dir, describe
 
@@ -134,36 +134,26 @@ def i2d_ok(out: Path) -> int:
 
 # -- runs -------------------------------------------------------------------------------------
 
-def figures(m: Measured, n_done: int, fetched: int) -> dict[str, Any]:
-    return {
-        "images_per_s": round(n_done / m.wall_s, 2),
-        "mb_per_s": round(fetched / 1e6 / m.wall_s, 2),
-        "cpu_ms_per_image": round(1000 * m.cpu_s / max(1, n_done), 2),
-        "wall_s": round(m.wall_s, 2),
-        "peak_rss_mb": round(m.peak_rss_mb, 1),
-        "peak_tree_rss_mb": round(m.peak_tree_rss_mb, 1),
-    }
-
-
 def run_ours(manifest: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(out), "--processes", str(args.processes),
-           "--concurrency", str(args.concurrency), "--progress", "none", "--log-format", "json", "--source", args.source]
+           "--concurrency", str(args.concurrency), "--per-host", str(args.per_host), "--progress", "none",
+           "--log-format", "json", "--source", args.source]
     if args.format == "keep":
         cmd += ["--format", "keep"]
     else:
         cmd += ["--resize", str(args.resize), "--quality", str(args.quality)]
     m = measure(cmd)
-    summary = next((json.loads(x) for x in reversed(m.stderr.splitlines()) if '"summary"' in x), {})
+    summary = summary_of(m.stderr)
     if m.exit_code != 0 or not summary:
         raise SystemExit(f"oidownload failed ({m.exit_code}):\n{m.stderr[-3000:]}")
-    return {"tool": "oidownload", "ok": summary["ok"], **figures(m, summary["done"], summary["bytes"])}
+    return {"tool": "oidownload", "ok": summary["ok"], **m.figures(summary["done"], summary["bytes"])}
 
 
 def run_i2d(exe: Path, manifest: Path, out: Path, args: argparse.Namespace, fetched: int) -> dict[str, Any]:
     m = measure(i2d_cmd(exe, manifest, out, args), env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     if m.exit_code != 0:
         raise SystemExit(f"img2dataset failed ({m.exit_code}):\n{m.stderr[-3000:]}")
-    return {"tool": "img2dataset", "ok": i2d_ok(out), **figures(m, args.n, fetched)}
+    return {"tool": "img2dataset", "ok": i2d_ok(out), **m.figures(args.n, fetched)}
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float:
@@ -183,6 +173,8 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=90)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--per-host", type=int, default=16,
+                    help="the origin is one host; Flickr spreads images over 16+ (c1..c8, farm1..farm9)")
     ap.add_argument("--no-ceiling", action="store_true")
     args = ap.parse_args()
     thumbs = args.mix == "thumbnails"

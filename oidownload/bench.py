@@ -106,6 +106,18 @@ class Measured:
     exit_code: int
     stderr: str
 
+    def figures(self, done: int, fetched: int) -> dict[str, float]:
+        """Rates per second of wall time; CPU per image done."""
+        return {
+            "images_per_s": round(done / self.wall_s, 2),
+            "mb_per_s": round(fetched / 1e6 / self.wall_s, 2),
+            "cpu_ms_per_image": round(1000 * self.cpu_s / max(1, done), 2),
+            "wall_s": round(self.wall_s, 2),
+            "cpu_s": round(self.cpu_s, 2),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "peak_tree_rss_mb": round(self.peak_tree_rss_mb, 1),
+        }
+
 
 def measure(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
     """Runs cmd to the end; CPU is user+sys of it and every descendant it reaped."""
@@ -142,7 +154,8 @@ def download_cmd(scn: Scenario, manifest: Path, out: Path) -> list[str]:
     return cmd + list(scn.extra_args)
 
 
-def _summary(stderr: str) -> dict[str, Any]:
+def summary_of(stderr: str) -> dict[str, Any]:
+    """The JSON summary event of a `download --log-format json` run's stderr."""
     for line in reversed(stderr.splitlines()):
         try:
             event = json.loads(line)
@@ -166,7 +179,7 @@ def run_scenario(scn: Scenario, workdir: Path | None = None) -> dict[str, Any]:
         manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_url)
         out = Path(tmp) / "out"
         m = measure(download_cmd(scn, manifest, out))
-        summary = _summary(m.stderr)
+        summary = summary_of(m.stderr)
     if m.exit_code != 0:
         raise RuntimeError(f"download exited {m.exit_code}:\n{m.stderr[-2000:]}")
     done = int(summary.get("done", 0))
@@ -177,13 +190,7 @@ def run_scenario(scn: Scenario, workdir: Path | None = None) -> dict[str, Any]:
         "images": scn.n,
         "ok": int(summary.get("ok", 0)),
         "failed": int(summary.get("failed", 0)),
-        "images_per_s": round(done / m.wall_s, 2),
-        "mb_per_s": round(fetched / 1e6 / m.wall_s, 2),
-        "cpu_ms_per_image": round(1000 * m.cpu_s / max(1, done), 2),
-        "wall_s": round(m.wall_s, 3),
-        "cpu_s": round(m.cpu_s, 3),
-        "peak_rss_mb": round(m.peak_rss_mb, 1),
-        "peak_tree_rss_mb": round(m.peak_tree_rss_mb, 1),
+        **m.figures(done, fetched),
         "sizes": describe(sizes),
         "settings": {k: v for k, v in asdict(scn).items() if k not in ("name", "extra_args")},
     }

@@ -65,18 +65,34 @@ else:
     _ParamType = click.ParamType
 
 
+def parse_duration(text: str) -> float | None:
+    """Seconds from '90', '45m', '7.5h', '11h45m', '1d2h' or Slurm's '12:00:00'; None
+    when the text is none of these."""
+    text = text.strip().lower()
+    clock = re.fullmatch(r"(\d+):(\d{2})(?::(\d{2}))?", text)
+    if clock:
+        h, m, s = clock.groups()
+        return int(h) * 3600 + int(m) * 60 + int(s or 0) if s is not None else int(h) * 60 + int(m)
+    if re.fullmatch(r"[0-9]*\.?[0-9]+", text):
+        return float(text)
+    parts = re.findall(r"([0-9]*\.?[0-9]+)\s*([smhd])", text)
+    if not parts or re.sub(r"([0-9]*\.?[0-9]+)\s*([smhd])", "", text).strip():
+        return None
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
 class Duration(_ParamType):
-    """Seconds, or a number with s/m/h/d: '90', '45m', '7.5h'."""
+    """Seconds, or a duration like 45m, 7.5h, 11h45m or 12:00:00."""
 
     name = "duration"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, int | float):
             return float(value)
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
-        if m is None:
-            self.fail(f"{value!r} is not a duration like 90, 45m or 7.5h", param, ctx)
-        return float(m.group(1)) * float(_UNITS[m.group(2)])
+        seconds = parse_duration(str(value))
+        if seconds is None:
+            self.fail(f"{value!r} is not a duration like 90, 45m, 11h45m or 12:00:00", param, ctx)
+        return seconds
 
 
 def _enum(cls: type[Any]) -> click.Choice[str]:
@@ -448,6 +464,46 @@ def report(out: Path, dest: Path | None) -> None:
         click.echo(f"oidownload: warning: {missing} is gone; its rows carry only the ImageID", err=True)
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
+
+
+@main.command(hidden=True)
+@opt("-n", "--images", "n", type=click.IntRange(min=0), default=100, help="Images in the corpus.")
+@opt("--mix", type=click.Choice(["light", "openimages", "tiny"]), default="tiny", help="Originals' size mix.")
+@opt("--manifest", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Where to write images.csv.")
+@opt("--seed", type=int, default=0, help="Corpus seed.")
+@opt("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Median latency added.")
+@opt("--faults", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01'.")
+@opt("--port", type=click.IntRange(0, 65535), default=0, help="Port on 127.0.0.1 (0: any free one).")
+@opt("--host-alias", default="127.0.0.1", help="Host name written in the manifest's URLs (e.g. one a container can reach).")
+def origin(n: int, mix: str, manifest: Path, seed: int, latency_ms: float, faults: str, port: int, host_alias: str) -> None:
+    """Serve a synthetic corpus on 127.0.0.1 until stopped (for tests, CI and demos).
+
+    Writes the manifest, prints the base URL, and answers GET /stats with request
+    counts and user agents per path.
+    """
+    import asyncio
+    import signal as signal_mod
+
+    from .origin import Corpus, Latency, parse_fault_rates
+    from .origin import Origin as OriginServer
+
+    corpus = Corpus.generate(n, mix=mix, seed=seed, fault_rates=parse_fault_rates(faults))
+    server = OriginServer(corpus, Latency(latency_ms / 1000, 0.3 if latency_ms else 0.0))
+
+    async def serve() -> None:
+        await server.start(port=port)
+        base = server.base_url.replace("127.0.0.1", host_alias)
+        corpus.write_manifest(manifest, base)
+        click.echo(server.base_url, err=False)
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal_mod.SIGINT, signal_mod.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(serve())
 
 
 @main.command()

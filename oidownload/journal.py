@@ -126,6 +126,16 @@ def journal_files(out: Path) -> list[Path]:
     return sorted(state_dir(out).glob("journal-*.sqlite"))
 
 
+def shard_counts(out: Path) -> set[int]:
+    """The shard counts OUT's journals were written with."""
+    counts = set()
+    for path in journal_files(out):
+        tail = path.stem.rsplit("-of-", 1)
+        if len(tail) == 2 and tail[1].isdigit():
+            counts.add(int(tail[1]))
+    return counts
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, check_same_thread=False)

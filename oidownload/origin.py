@@ -229,6 +229,7 @@ class Origin:
         self.requests: collections.Counter[str] = collections.Counter()
         self.served_ok: collections.Counter[str] = collections.Counter()
         self.times: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
+        self.agents: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self.rng = random.Random(1)
         self.port = 0
         self.placeholder = placeholder_bytes()
@@ -270,7 +271,10 @@ class Origin:
 
     # -- handlers -----------------------------------------------------------------------
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"requests": dict(self.requests), "total": sum(self.requests.values())})
+        return web.json_response({
+            "requests": dict(self.requests), "total": sum(self.requests.values()),
+            "agents": {p: sorted(a) for p, a in self.agents.items()},
+        })
 
     async def serve_placeholder(self, request: web.Request) -> web.StreamResponse:
         self.requests[request.path] += 1
@@ -308,6 +312,7 @@ class Origin:
         path = request.path
         self.requests[path] += 1
         self.times[path].append(time.monotonic())
+        self.agents[path].add(request.headers.get("User-Agent", ""))
         name = request.match_info["name"]
         kind = request.match_info.get("kind") or path.split("/")[1]
         image_id = name.split("_")[0]

@@ -7,6 +7,7 @@ budgets and signals. Everything a row becomes passes through `_record`, once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import errno
 import functools
@@ -30,9 +31,9 @@ import aiohttp
 
 from .body import BodyWriter, MemfdPool, memfd_supported, probe
 from .config import Config, OutputFormat, SourceChoice
-from .errors import InputError, OidownloadError, OutputError
+from .errors import ConfigError, InputError, OidownloadError, OutputError
 from .fetch import Failure, fetch_body, make_session
-from .journal import DoneSet, Journal, other_done_sets
+from .journal import DoneSet, Journal, other_done_sets, shard_counts
 from .layout import remove_temp_files, state_dir
 from .limits import ByteBudget, HostLimiter
 from .process import Job, WorkerSettings, init_worker, process_in_worker, process_ref
@@ -46,6 +47,7 @@ from .shard import Shard
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _READ_BATCH = 512
 _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
+SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
 
 
 class ExitCode(enum.IntEnum):
@@ -113,6 +115,7 @@ class _Run:
         self.stopping = asyncio.Event()
         self.abort = asyncio.Event()
         self.stop_code: int | None = None
+        self.stopped_at = 0.0
         self.fatal: OidownloadError | None = None
         self.abandoned = False
         self.journal_thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
@@ -127,11 +130,16 @@ class _Run:
 
     # -- stopping ---------------------------------------------------------------------
     def request_stop(self, code: int, why: str) -> None:
+        now = time.monotonic()
         if self.stopping.is_set():
-            if code in (ExitCode.SIGINT, ExitCode.SIGTERM):
+            # One signal often arrives twice at once: schedulers signal the whole process
+            # group and a wrapper script may pass it on as well. Only a later one is a
+            # user's "stop now".
+            if code in (ExitCode.SIGINT, ExitCode.SIGTERM) and now - self.stopped_at > SIGNAL_DEBOUNCE:
                 self.progress.log("abort", "second signal: stopping now; the journal is flushed, unfinished images resume next run")
                 self.abort.set()
             return
+        self.stopped_at = now
         self.stop_code = code
         self.progress.log("stop", f"{why}: finishing in-flight images (up to {self.cfg.run.grace:.0f}s, signal again to stop now)")
         self.stopping.set()
@@ -346,7 +354,9 @@ class _Run:
             loop.call_later(self.cfg.run.max_runtime, self.request_stop, ExitCode.MAX_RUNTIME,
                             f"--max-runtime {self.cfg.run.max_runtime:.0f}s reached")
         threading.Thread(target=self.estimate_total, args=(done_at_start,), daemon=True, name="count").start()
-        session = make_session(self.cfg.net)
+        # The shard in the User-Agent lets an origin's logs tell cluster tasks apart.
+        agent = f"{self.cfg.net.user_agent} shard/{self.shard.tag}"
+        session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
         try:
             workers = [asyncio.create_task(self.fetch_worker(session)) for _ in range(self.cfg.net.concurrency)]
             reader = asyncio.create_task(self.read())
@@ -406,6 +416,21 @@ def _prepare_out(out: Path) -> None:
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}; pick a writable -o folder") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise OutputError(f"{out} is not writable; pick a writable -o folder or fix its permissions")
+
+
+def _check_split(out: Path, shard: Shard) -> None:
+    """A share worked out from the scheduler's environment must match the split OUT
+    already has: resubmitting one array task as an array of one would otherwise make it
+    take every row (and race the other tasks for them). Explicit flags may re-split."""
+    if shard.origin in ("flags", "single task"):
+        return
+    others = shard_counts(out) - {shard.count}
+    if others:
+        raise ConfigError(
+            f"{out} is split {'/'.join(map(str, sorted(others)))} ways (OUT/.oidownload/journal-*-of-N), but this task "
+            f"is {shard.describe()}. To rerun one array task keep its array: `scontrol requeue JOBID_TASKID`, or "
+            f"pass --num-shards N --shard-index I (or OIDOWNLOAD_NUM_SHARDS/OIDOWNLOAD_SHARD_INDEX)"
+        )
 
 
 def _kill_pool(pool: ProcessPoolExecutor) -> None:
@@ -482,6 +507,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
         raise InputError("no input CSV given")
     formats = [read_header(p) for p in cfg.inputs]  # a bad header stops us before any request
     _prepare_out(cfg.out)
+    _check_split(cfg.out, shard)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
     workers = start_workers(cfg)

@@ -59,3 +59,13 @@ def journal_rows(out: Path) -> dict[str, tuple[str, str, int]]:
             rows[format(rid % (1 << 64), "016x")] = (status, detail, attempts)
         conn.close()
     return rows
+
+
+def require(condition: bool, what: str) -> None:
+    """A test that needs a real tool or engine: in CI (CI=true) its absence is a
+    failure, never a silent skip; on a workstation it is skipped with the reason."""
+    if condition:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must provide {what} (see .ci/run)")
+    pytest.skip(f"needs {what}")
