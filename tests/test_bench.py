@@ -17,3 +17,22 @@ def test_bench_prints_one_json_line_per_scenario(synth_cache: Path) -> None:
         assert r["images"] == 20 and r["ok"] == 20 and r["failed"] == 0
         for key in ("images_per_s", "mb_per_s", "cpu_ms_per_image", "peak_rss_mb", "peak_tree_rss_mb"):
             assert isinstance(r[key], float | int) and r[key] > 0
+
+
+def test_benchmark_script_prints_json_lines(synth_cache: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent.parent / "benchmarks" / "bench.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--n", "12", "--mix", "tiny", "--runs", "1", "--latency-ms", "0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["setup", "run", "result"]
+    assert events[0]["ceiling"]["images_per_s_2core"] > 0
+    run = events[1]
+    assert run["tool"] == "oidownload" and run["ok"] == 12
+    assert 0 < run["efficiency"] and run["cpu_ms_per_image"] > 0 and run["peak_tree_rss_mb"] > 0
+    assert events[2]["oidownload"]["images_per_s"] == run["images_per_s"]
