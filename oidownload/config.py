@@ -86,8 +86,6 @@ class SelectConfig:
     subsets: frozenset[str] = frozenset()
     limit: int | None = None
     source: SourceChoice = SourceChoice.ORIGINAL
-    num_shards: int = 1
-    shard_index: int = 0
     retry_failed: bool = False
     ids: frozenset[str] | None = None
     # What a class selection came from, remembered in the journal for `annotations`.

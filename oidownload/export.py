@@ -12,7 +12,7 @@ import csv
 import enum
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -273,7 +273,3 @@ class _open_out:
         else:
             self.tmp.unlink(missing_ok=True)
 
-
-def parse_classes(values: Iterable[str]) -> frozenset[str] | None:
-    got = frozenset(v for v in values if v)
-    return got or None

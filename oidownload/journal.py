@@ -15,13 +15,13 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OutputError
 from .layout import state_dir
-from .records import Outcome, Source, Status, is_final
+from .records import Outcome, Status, is_final
 from .shard import Shard
 
 SCHEMA_VERSION = 1
@@ -358,51 +358,6 @@ def read_counts(path: Path) -> tuple[list[StatusCount], list[ProgressRow]]:
         counts = [StatusCount(s, n, b) for s, n, b in conn.execute("SELECT status, n, bytes FROM counts WHERE n > 0")]
         progress = [ProgressRow(*r) for r in conn.execute("SELECT * FROM progress")]
         return counts, progress
-    finally:
-        conn.close()
-
-
-@dataclass(frozen=True, slots=True)
-class JournalRow:
-    image_id: str
-    status: Status
-    detail: str
-    http_status: int | None
-    nbytes: int
-    width: int | None
-    height: int | None
-    attempts: int
-    subset: str
-    ext: str
-    source: Source | None
-    verified: bool
-    input: str | None
-    line: int | None
-
-
-def iter_outcomes(path: Path, where: str = "1") -> Iterator[JournalRow]:
-    conn = connect(path, readonly=True)
-    try:
-        cur = conn.execute(
-            "SELECT o.id, o.status, o.detail, o.http_status, o.nbytes, o.width, o.height, o.attempts, "
-            "o.subset, o.ext, o.source, o.verified, i.path, o.line "
-            f"FROM outcomes o LEFT JOIN inputs i ON i.id = o.input WHERE {where}"
-        )
-        for r in cur:
-            yield JournalRow(
-                int_to_id(r[0]), Status(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
-                Source(r[10]) if r[10] else None, bool(r[11]), r[12], r[13],
-            )
-    finally:
-        conn.close()
-
-
-def iter_bad_rows(path: Path) -> Iterator[tuple[str, int, str, str]]:
-    conn = connect(path, readonly=True)
-    try:
-        yield from conn.execute(
-            "SELECT i.path, b.line, b.detail, b.raw_id FROM bad_rows b JOIN inputs i ON i.id = b.input"
-        )
     finally:
         conn.close()
 

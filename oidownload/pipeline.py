@@ -39,7 +39,7 @@ from .limits import ByteBudget, HostLimiter
 from .process import Job, WorkerSettings, init_worker, process_in_worker, process_ref
 from .progress import Progress, Tally
 from .records import BadRow, Outcome, Row, Source, Status
-from .rows import Format, count_lines, iter_rows, read_header
+from .rows import Format, count_lines, decode_errors, iter_rows, read_header
 from .selection import SelectionFilter
 from .shard import Shard
 
@@ -547,6 +547,9 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
         marker.unlink(missing_ok=True)
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
+    if decode_errors():
+        progress.log("warning", f"{decode_errors()} run(s) of bytes in the input were not UTF-8 and were read as U+FFFD",
+                     undecodable=decode_errors())
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
     progress.summary(wall=wall, cpu=cpu)

@@ -143,7 +143,3 @@ class Outcome:
     # How the written frame relates to the stored pixels, so that boxes can follow:
     orientation: int = 1  # the EXIF-style code of the turn applied (1: none)
     crop: tuple[float, float, float, float] | None = None  # kept region, normalised
-
-    @property
-    def final(self) -> bool:
-        return is_final(self.status)

@@ -8,7 +8,6 @@ cost stays that of a real photo of that size. Templates are cached on disk.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -158,9 +157,3 @@ def describe(sizes: Sequence[int]) -> dict[str, float]:
         "max_mb": round(s[-1] / MB, 3),
     }
 
-
-def md5_of(parts: Sequence[bytes]) -> hashlib._Hash:
-    h = hashlib.md5()
-    for p in parts:
-        h.update(p)
-    return h

@@ -165,3 +165,15 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_missing_input_is_fatal(tmp_path: Path) -> None:
     res = run_cli("download", tmp_path / "nope.csv", "-o", tmp_path / "out")
     assert res.returncode == 1 and "no such file" in res.stderr
+
+
+def test_stray_bytes_are_read_and_reported(tmp_path: Path, make_origin: StartOrigin) -> None:
+    corpus = Corpus.generate(3, mix="tiny", seed=10)
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    data = manifest.read_bytes().replace(b"Synthetic O&#x27;Origin", b"Synth\xe9tic \xff", 1)
+    manifest.write_bytes(data)
+    res = run_cli("download", manifest, "-o", tmp_path / "out", "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    assert "not UTF-8" in res.stderr
+    assert len(journal_rows(tmp_path / "out")) == 3  # the row with stray bytes downloads too
