@@ -105,7 +105,7 @@ class _Run:
         n = cfg.net.concurrency
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
         self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
-        # Enough queued work that no pool worker idles while a body is being pickled.
+        # Enough queued jobs that no pool worker idles while the next one is handed over.
         self.pool_slots = asyncio.Semaphore(max(2, 3 * cfg.run.processes))
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
