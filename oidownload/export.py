@@ -12,7 +12,7 @@ import csv
 import enum
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,23 +31,22 @@ class ExportFormat(enum.StrEnum):
     YOLO = "yolo"
 
 
+# Where a normalised point (x, y) of the stored frame lands after each EXIF-style turn
+# (the codes process.py records): 8 is 90 degrees counter-clockwise, 6 clockwise.
+_TURNS: dict[int, Callable[[float, float], tuple[float, float]]] = {
+    2: lambda x, y: (1 - x, y),
+    3: lambda x, y: (1 - x, 1 - y),
+    4: lambda x, y: (x, 1 - y),
+    5: lambda x, y: (y, x),
+    6: lambda x, y: (1 - y, x),
+    7: lambda x, y: (1 - y, 1 - x),
+    8: lambda x, y: (y, 1 - x),
+}
+
+
 def _turn_point(code: int, x: float, y: float) -> tuple[float, float]:
-    """Where a normalised point of the stored frame lands after the EXIF-style turn."""
-    if code == 2:
-        return 1 - x, y
-    if code == 3:
-        return 1 - x, 1 - y
-    if code == 4:
-        return x, 1 - y
-    if code == 5:
-        return y, x
-    if code == 6:
-        return 1 - y, x
-    if code == 7:
-        return 1 - y, 1 - x
-    if code == 8:
-        return y, 1 - x
-    return x, y
+    turn = _TURNS.get(code)
+    return turn(x, y) if turn else (x, y)
 
 
 def to_written_frame(box: Box, image: Downloaded) -> Box | None:
