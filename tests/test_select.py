@@ -287,3 +287,25 @@ def test_metadata_download_resumes_and_checks_sizes(tmp_path: Path, make_origin:
     assert "resumed" in res.stdout and not list(dest.glob("*.part"))
     res = run_cli("metadata", "--version", "v3", "-o", dest, "--base-url", f"{origin.base_url}/files/")
     assert res.stdout.count("already there") == len(files)
+
+
+@pytest.mark.parametrize("code", range(1, 9))
+def test_box_transform_matches_pillows_turns(code: int) -> None:
+    """A painted box, turned by Pillow the way the worker turns images, lands where the
+    export puts it; also through a fill crop."""
+    from oidownload.export import to_written_frame
+    from oidownload.journal import Downloaded
+    from oidownload.process import _EXIF_TRANSPOSE
+
+    w, h = 200, 100
+    box = (0.1, 0.35, 0.2, 0.7)  # xmin, xmax, ymin, ymax
+    im = Image.new("L", (w, h), 0)
+    im.paste(255, (round(box[0] * w), round(box[2] * h), round(box[1] * w), round(box[3] * h)))
+    for crop in (None, (0.25, 0.0, 0.75, 1.0)):
+        src = im if crop is None else im.crop((round(crop[0] * w), 0, round(crop[2] * w), h))
+        turned = src.transpose(_EXIF_TRANSPOSE[code]) if code != 1 else src
+        x0, y0, x1, y1 = turned.getbbox()  # type: ignore[misc]
+        got = to_written_frame(box, Downloaded("0" * 16, "t", "jpg", turned.width, turned.height, code, crop))
+        assert got is not None
+        want = (x0 / turned.width, x1 / turned.width, y0 / turned.height, y1 / turned.height)
+        assert all(abs(a - b) < 0.011 for a, b in zip(got, want, strict=True)), (code, crop, got, want)
