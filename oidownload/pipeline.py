@@ -39,7 +39,7 @@ from .limits import ByteBudget, HostLimiter
 from .process import Job, WorkerSettings, init_worker, process_in_worker, process_ref
 from .progress import Progress, Tally
 from .records import BadRow, Outcome, Row, Source, Status
-from .rows import Format, count_lines, decode_errors, iter_rows, read_header
+from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter
 from .shard import Shard
 
@@ -332,8 +332,9 @@ class _Run:
                     self.fail(exc)
 
     def estimate_total(self, done_at_start: int) -> None:
-        """Background: line counts give the bar a total before the reader gets there."""
-        lines = sum(count_lines(p) for p in self.cfg.inputs)
+        """Background: an estimate gives the bar a total before the reader gets there;
+        the exact count replaces it when the reader reaches the end."""
+        lines = sum(estimate_rows(p) for p in self.cfg.inputs)
         share = lines // self.shard.count
         if self.cfg.select.limit is not None:
             share = min(share, self.cfg.select.limit)

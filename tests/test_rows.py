@@ -11,7 +11,7 @@ import pytest
 
 from oidownload.errors import InputError
 from oidownload.records import BadRow, Row
-from oidownload.rows import V3_COLUMNS, Format, count_lines, iter_rows, read_header
+from oidownload.rows import V3_COLUMNS, Format, estimate_rows, iter_rows, read_header
 from tests.conftest import V3, V4
 
 V3_FILES = [V3 / "train" / "images.csv", V3 / "validation" / "images.csv"]
@@ -126,7 +126,15 @@ def test_gzip_by_magic_not_by_name(tmp_path: Path) -> None:
     path = _write(tmp_path, gzip.compress((HEADER + GOOD + _good("00000000000000ff")).encode()), "list.csv")
     rows = list(iter_rows(path))
     assert [r.image_id for r in rows if isinstance(r, Row)] == ["000002b66c9c498e", "00000000000000ff"]
-    assert count_lines(path) == 2
+    assert estimate_rows(path) == 2
+
+
+def test_row_estimate_without_a_second_read(tmp_path: Path) -> None:
+    body = HEADER + "".join(_good(f"{i:016x}") for i in range(5000))
+    plain = _write(tmp_path, body, "big.csv")
+    packed = _write(tmp_path, gzip.compress(body.encode()), "big.csv.gz")
+    for path in (plain, packed):
+        assert abs(estimate_rows(path) - 5000) < 50
 
 
 def test_truncated_gzip_reads_what_it_can_then_says_so(tmp_path: Path) -> None:
