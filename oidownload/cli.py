@@ -422,7 +422,7 @@ def status(out: Path, as_json: bool) -> None:
     import json
 
     from .progress import human_bytes, human_seconds
-    from .records import STATUS_MEANING, Status
+    from .records import STATUS_MEANING
     from .report import out_status
 
     try:
@@ -436,7 +436,7 @@ def status(out: Path, as_json: bool) -> None:
     click.echo(f"{out}: {st.total} images journaled, {human_bytes(sum(c.bytes for c in st.counts.values()))} fetched")
     click.echo(f"{'status':<15}{'count':>10}{'bytes':>12}  meaning")
     for name, c in st.counts.items():
-        meaning = STATUS_MEANING.get(Status(name), "") if name in Status.__members__.values() else ""
+        meaning = {s.value: m for s, m in STATUS_MEANING.items()}.get(name, "")
         click.echo(f"{name:<15}{c.n:>10}{human_bytes(c.bytes):>12}  {meaning}")
     click.echo(f"{'shard':<12}{'state':<10}{'done':>10}{'planned':>10}{'rate/s':>9}{'ETA':>9}  host")
     for s in st.shards:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OutputError
-from .layout import state_dir
+from .layout import relative_path, state_dir
 from .records import Outcome, Status, is_final
 from .shard import Shard
 
@@ -376,7 +376,7 @@ class Downloaded:
 
     @property
     def path(self) -> str:
-        return f"{self.subset}/{self.image_id[:3]}/{self.image_id}.{self.ext}"
+        return relative_path(self.subset, self.image_id, self.ext)
 
 
 def downloaded(out: Path) -> dict[str, Downloaded]:
