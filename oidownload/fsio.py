@@ -123,17 +123,22 @@ def read_below(root: str | Path, parts: Sequence[str], name: str) -> bytes:
         return f.read()
 
 
-def walk_files(root_fd: int, depth: int) -> Iterator[tuple[tuple[str, ...], os.DirEntry[str]]]:
-    """(folder parts, entry) of every regular file exactly `depth` folders below the
-    root, without following symlinks (a linked folder or file is not ours: skipped)."""
+Found = tuple[tuple[str, ...], os.DirEntry[str], int]
 
-    def walk(fd: int, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], os.DirEntry[str]]]:
+
+def walk_files(root_fd: int, depth: int) -> Iterator[Found]:
+    """(folder parts, entry, folder descriptor) of every regular file exactly `depth`
+    folders below the root, without following symlinks (a linked folder or file is not
+    ours: skipped). The descriptor is valid until the next item; open the entry with
+    `os.open(entry.name, ..., dir_fd=fd)` (its `path` is only its name)."""
+
+    def walk(fd: int, parts: tuple[str, ...]) -> Iterator[Found]:
         with os.scandir(fd) as it:
             entries = list(it)
         for entry in entries:
             if len(parts) == depth:
                 if entry.is_file(follow_symlinks=False):
-                    yield parts, entry
+                    yield parts, entry, fd
             elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
                 try:
                     sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)

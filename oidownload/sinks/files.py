@@ -109,15 +109,15 @@ class FilesSink(Sink):
         except OSError:
             return
         try:
-            for (subset, prefix), entry in fsio.walk_files(root_fd, 2):
+            for (subset, prefix), entry, dir_fd in fsio.walk_files(root_fd, 2):
                 m = _FILE_RE.fullmatch(entry.name)
                 if (m is None or prefix != m.group(1)[:3] or subset == ORIGINAL_DIR
                         or not _SUBSET_RE.fullmatch(subset) or not owns(m.group(1))):
                     continue
                 image_id, ext = m.groups()
-                width = height = None
                 try:
-                    with Image.open(entry.path) as im:
+                    fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                    with os.fdopen(fd, "rb") as f, Image.open(f) as im:
                         width, height = im.size
                 except Exception:  # not an image after all: leave it to be fetched again
                     continue
@@ -146,7 +146,7 @@ def remove_temp_files(out: Path, mine: Callable[[str], bool]) -> int:
             except OSError:
                 continue
             try:
-                found = [(parts, e.name) for parts, e in fsio.walk_files(start, depth - len(base))
+                found = [(parts, e.name) for parts, e, _ in fsio.walk_files(start, depth - len(base))
                          if (m := _TMP_RE.fullmatch(e.name)) and mine(m.group(1))]
             finally:
                 os.close(start)
