@@ -98,11 +98,21 @@ CREATE TABLE IF NOT EXISTS progress(
     rate REAL                   -- outcomes per second over the last minute
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_line ON outcomes(input, line);
+-- Written images per source (original, thumbnail, cvdf), for `status`.
+CREATE TABLE IF NOT EXISTS source_counts(source TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS ok_source_ins AFTER INSERT ON outcomes WHEN new.status = 'ok' BEGIN
+    INSERT INTO source_counts VALUES(coalesce(new.source, ''), 1) ON CONFLICT(source) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS ok_source_upd AFTER UPDATE ON outcomes WHEN old.status = 'ok' OR new.status = 'ok' BEGIN
+    UPDATE source_counts SET n = n - 1 WHERE old.status = 'ok' AND source = coalesce(old.source, '');
+    INSERT INTO source_counts SELECT coalesce(new.source, ''), 1 WHERE new.status = 'ok'
+        ON CONFLICT(source) DO UPDATE SET n = n + 1;
+END;
 -- What the output's sink needs to continue after a crash (open shards' lengths...).
 CREATE TABLE IF NOT EXISTS sink_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progress", "sink_state"})
+_TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progress", "sink_state", "source_counts"})
 # Columns added after the first release; an older journal gains them when opened.
 _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outcomes": (("location", "TEXT"),),
@@ -311,6 +321,9 @@ class Journal:
             raise OutputError(f"{self.path} was written by a newer oidownload (journal schema {row[0]}); upgrade oidownload")
 
     def _migrate(self) -> None:
+        if self.conn.execute("SELECT 1 FROM source_counts LIMIT 1").fetchone() is None:
+            self.conn.execute("INSERT INTO source_counts SELECT coalesce(source, ''), count(*) FROM outcomes "
+                              "WHERE status = 'ok' GROUP BY 1")
         for table, columns in _ADDED_COLUMNS.items():
             have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
             for name, kind in columns:
