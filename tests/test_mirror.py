@@ -119,7 +119,7 @@ def test_fallback_takes_the_mirror_copy_when_the_original_is_gone(
         corpus.entries[image_id].fault = Fault(fault)
     origin = make_origin(corpus)
     manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
-    in_mirror = ids[:4] + [ids[5]] + ids[10:20]  # ids[4] is dead and not in the mirror
+    in_mirror = [*ids[:4], ids[5], *ids[10:20]]  # ids[4] is dead and not in the mirror
     tampered = ids[5]
     mirror(corpus, in_mirror)
     out = tmp_path / "out"
