@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
+from .accel import check as check_pillow
+from .accel import pillow_build
 from .config import (
     Config,
     Fallback,
@@ -110,9 +112,14 @@ def _fail(exc: OidownloadError) -> None:
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="oidownload")
+@click.version_option(__version__, prog_name="oidownload",
+                      message=f"%(prog)s, version %(version)s\n{pillow_build().describe()}")
 def main() -> None:
     """Download Open Images: verified, resized, sharded, resumable."""
+    try:
+        check_pillow()
+    except OidownloadError as exc:
+        _fail(exc)
 
 
 def _apply(f: F, decorators: Sequence[Callable[[Any], Any]]) -> F:

@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from .accel import pillow_build
 from .body import BodyWriter, MemfdPool
 from .config import Config
 from .errors import ConfigError, InputError, OidownloadError, OutputError
@@ -558,7 +559,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                      undecodable=decode_errors())
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
-    progress.summary(wall=wall, cpu=cpu)
+    progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe()})
     if run.fatal is not None:
         raise run.fatal
     code = run.stop_code if run.stop_code is not None else ExitCode.OK
