@@ -522,10 +522,11 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                 progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; removed {removed} temporary files")
             marker.touch()
             sel = cfg.select
-            if sel.annotations or sel.classes:
+            if sel.annotations or sel.classes or sel.db:
                 journal.set_meta("selection", json.dumps({
                     "annotations": [str(a) for a in sel.annotations], "classes": sorted(sel.classes),
                     "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
+                    "db": sel.db,
                 }))
             done = journal.done_set(retry_failed=cfg.select.retry_failed)
             others = other_done_sets(cfg.out, shard, retry_failed=cfg.select.retry_failed)
