@@ -163,8 +163,27 @@ def _archive_items(path: Path) -> Iterator[tuple[Item | None, str]]:
         raise InputError(f"{path}: not a readable tar archive ({exc})") from None
 
 
+class _Forward(io.RawIOBase):
+    """A forward-only view of a streamed tar member: tarfile's own object answers
+    seekable() by asking a stream that cannot, which TextIOWrapper does ask."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, b: Any) -> int:
+        data = self._f.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
 def _gunzip_if_needed(raw: IO[bytes]) -> IO[bytes]:
-    buffered = io.BufferedReader(raw)  # type: ignore[type-var]
+    buffered = io.BufferedReader(_Forward(raw), _TEXT_BUFFER)
     if buffered.peek(2)[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
     return buffered

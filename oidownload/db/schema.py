@@ -59,10 +59,11 @@ BOX_ATTRIBUTES = (
 )
 BOXES = (
     *LABELS,
-    Column("xmin", "XMin", "real"),
-    Column("xmax", "XMax", "real"),
-    Column("ymin", "YMin", "real"),
-    Column("ymax", "YMax", "real"),
+    # x_min, not xmin: PostgreSQL reserves xmin and xmax as system columns.
+    Column("x_min", "XMin", "real"),
+    Column("x_max", "XMax", "real"),
+    Column("y_min", "YMin", "real"),
+    Column("y_max", "YMax", "real"),
     *BOX_ATTRIBUTES,
     *(Column(f"xclick{k}{axis.lower()}", f"XClick{k}{axis}", "real", nullable=True)
       for axis in ("X", "Y") for k in range(1, 5)),
@@ -111,18 +112,19 @@ def create(db: Database) -> None:
             """CREATE OR REPLACE FUNCTION oi_id(hex TEXT) RETURNS BIGINT
                LANGUAGE SQL IMMUTABLE STRICT AS $$ SELECT ('x' || lpad(hex, 16, '0'))::bit(64)::bigint $$""",
         ]
-    for stmt in statements:
-        db.execute(stmt)
-    _views(db)
+    with db.transaction():
+        for stmt in statements:
+            db.execute(stmt)
+        _views(db)
 
 
 def _views(db: Database) -> None:
     hex_b, hex_l = hex_id_sql(db, "b.image_id"), hex_id_sql(db, "l.image_id")
     box_cols = ", ".join(f"b.{c.name}" for c in BOXES[4:])
     views = {
-        "boxes_named": f"""SELECT {hex_b} AS image_id, b.source, b.mid, c.name AS class_name, b.confidence,
+        "boxes_named": f"""SELECT {hex_b} AS image_id, b.image_id AS id, b.source, b.mid, c.name AS class_name, b.confidence,
             {box_cols} FROM boxes b LEFT JOIN classes c ON c.mid = b.mid""",
-        "labels_named": f"""SELECT {hex_l} AS image_id, l.source, l.mid, c.name AS class_name, l.confidence,
+        "labels_named": f"""SELECT {hex_l} AS image_id, l.image_id AS id, l.source, l.mid, c.name AS class_name, l.confidence,
             (l.source = 'machine') AS machine FROM labels l LEFT JOIN classes c ON c.mid = l.mid""",
     }
     for name, body in views.items():
