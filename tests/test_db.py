@@ -338,6 +338,30 @@ def test_malformed_rows_are_reported_and_strict_makes_them_fatal(db_url: str, tm
     assert count(db_url, "labels") == 2  # the old rows of the file stay, nothing of the new
 
 
+def test_bad_lines_deep_in_a_large_label_file_keep_their_line_numbers(db_url: str, tmp_path: Path) -> None:
+    """Label files load a block of lines at a time; a bad line anywhere still names its line,
+    and every good line of its block still loads, with the same values as the csv module reads."""
+    labels = tmp_path / "labels.csv"
+    write_labels(labels, 150_000, seed=4)
+    lines = labels.read_text().splitlines(keepends=True)
+    bad_at = {70_000: "0001eeaf4aed83f9,machine,/m/0k4j\n", 140_001: "00000000000000zz,machine,/m/0k4j,0.5\n"}
+    for n, text in bad_at.items():
+        lines[n - 1] = text  # file line n (line 1 is the header)
+    lines[100_000] = '"ffffffffffffffff",machine,/m/0k4j,0.25\n'  # quoted, but fine
+    labels.write_text("".join(lines))
+    res = load(db_url, labels)
+    assert f"{labels.resolve()}:70000: expected 4 fields, found 3" in res.stderr
+    assert f"{labels.resolve()}:140001: ImageID '00000000000000zz' is not 16 hex digits" in res.stderr
+    with open(labels, newline="", encoding="utf-8") as f:
+        good = [r for r in csv.DictReader(f) if len(r) == 4 and None not in r.values()
+                and re.fullmatch("[0-9a-f]{16}", r["ImageID"])]
+    assert count(db_url, "labels") == len(good) == 150_000 - 2
+    want = sum(float(r["Confidence"]) for r in good)
+    assert query(db_url, "SELECT sum(confidence) FROM labels")[0][0] == pytest.approx(want, rel=1e-12)
+    signed = query(db_url, "SELECT image_id FROM labels WHERE confidence = 0.25 AND image_id < 0")
+    assert (-1,) in signed  # ffff...ff is -1 as a signed 64-bit integer
+
+
 def test_an_unknown_file_is_refused_before_anything_loads(tmp_path: Path) -> None:
     folder = tmp_path / "meta"
     folder.mkdir()

@@ -128,6 +128,15 @@ class Database:
         except _ERRORS as exc:
             raise self._error(exc, f"loading {table} failed") from None
 
+    def copy_text(self, table: str, columns: Sequence[str], chunks: Iterable[str]) -> None:
+        """PostgreSQL only: COPY of text already in COPY's text format."""
+        try:
+            with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for chunk in chunks:
+                    copy.write(chunk)
+        except _ERRORS as exc:
+            raise self._error(exc, f"loading {table} failed") from None
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction: everything inside commits together or not at all (a SIGKILL

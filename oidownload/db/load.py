@@ -28,13 +28,17 @@ from ..hierarchy import Hierarchy
 from ..rows import open_text
 from . import Database, connect, schema
 from .formats import (
+    LABEL_COPY_COLUMNS,
+    STANDARD_LABELS,
+    Bad,
     Detected,
     Kind,
-    Outcome,
+    Tally,
     annotation_rows,
     class_rows,
     detect,
     image_rows,
+    label_rows,
     table_columns,
 )
 
@@ -257,35 +261,41 @@ class Loader:
             return
         if header:
             next(lines, None)  # the header, already recognised
+        tally = Tally()
+        bad = self._bad(item, result)
         if kind is Kind.CLASSES:
-            rows = self._checked(item, class_rows(lines, bool(header), file_id), result)
             self.db.executemany(
                 "INSERT INTO classes (mid, name, file_id) VALUES (?, ?, ?) "
-                "ON CONFLICT (mid) DO UPDATE SET name = excluded.name, file_id = excluded.file_id", list(rows))
-            return
-        if kind is Kind.IMAGES:
-            columns = [c.name for c in schema.IMAGES]
-            outcomes = image_rows(lines, header, file_id, item.key)
+                "ON CONFLICT (mid) DO UPDATE SET name = excluded.name, file_id = excluded.file_id",
+                list(class_rows(lines, bool(header), file_id, bad, tally)))
+        elif kind is Kind.IMAGES:
+            with _no_gc():  # millions of short-lived tuples: the cycle collector only costs time here
+                self.db.bulk("images", [*(c.name for c in schema.IMAGES), "file_id"],
+                             image_rows(lines, header, file_id, item.key, bad, tally))
+        elif kind is Kind.LABELS and header == STANDARD_LABELS:
+            with _no_gc():
+                if self.db.postgres:
+                    self.db.copy_text("labels", LABEL_COPY_COLUMNS,
+                                      label_rows(lines, file_id, bad, tally, copy_text=True))
+                else:
+                    self.db.bulk("labels", [*(c.name for c in schema.LABELS), "file_id"],
+                                 itertools.chain.from_iterable(label_rows(lines, file_id, bad, tally, copy_text=False)))
         else:
-            columns = [c.name for c in table_columns(kind, header)]
-            outcomes = annotation_rows(lines, kind, header, file_id, self.known_mids())
-        with _no_gc():  # millions of short-lived tuples: the cycle collector only costs time here
-            self.db.bulk(kind.value, [*columns, "file_id"], self._checked(item, outcomes, result))
+            columns = [*(c.name for c in table_columns(kind, header)), "file_id"]
+            with _no_gc():
+                self.db.bulk(kind.value, columns,
+                             annotation_rows(lines, kind, header, file_id, self.known_mids(), bad, tally))
+        result.rows, result.bad_rows = tally.rows, tally.bad
 
-    def _checked(self, item: Item, outcomes: Iterator[Outcome], result: FileResult) -> Iterator[tuple[Any, ...]]:
-        n = 0
-        for line, row in outcomes:
-            if isinstance(row, str):
-                result.bad_rows += 1
-                message = f"{item.key}:{line}: {row}"
-                if self.strict:
-                    raise InputError(f"{message} (--strict: nothing of this file was loaded)")
-                if len(result.bad_samples) < BAD_ROWS_SHOWN:
-                    result.bad_samples.append(message)
-                continue
-            n += 1
-            yield row
-        result.rows = n
+    def _bad(self, item: Item, result: FileResult) -> Bad:
+        def report(line: int, why: str) -> None:
+            message = f"{item.key}:{line}: {why}"
+            if self.strict:
+                raise InputError(f"{message} (--strict: nothing of this file was loaded)")
+            if len(result.bad_samples) < BAD_ROWS_SHOWN:
+                result.bad_samples.append(message)
+
+        return report
 
 
 def _json(text: str, name: str) -> object:
