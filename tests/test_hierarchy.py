@@ -15,22 +15,13 @@ import pytest
 
 from oidownload.origin import Corpus, Origin
 from tests.conftest import V3, V4, journal_rows, run_cli
+from tests.test_select import mid_of, rows_of
 
 HIERARCHY = V4 / "bbox_labels_600_hierarchy.json"
 DESCRIPTIONS = V3 / "class-descriptions.csv"
 VAL = V3 / "validation"
 BOXES = VAL / "annotations-human-bbox.csv"
 StartOrigin = Callable[..., Origin]
-
-
-def rows_of(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def mid_of(name: str) -> str:
-    with open(DESCRIPTIONS, newline="", encoding="utf-8") as f:
-        return next(m for m, n in csv.reader(f) if n == name)
 
 
 def under(mid: str, *, parts: bool) -> set[str]:
