@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def write_validation(folder: Path, seed: int = 7) -> list[Path]:
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float | str]:
     """Wall time and peak RSS of the process tree of one command, sampled every 20 ms."""
     started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     ps = psutil.Process(proc.pid)
@@ -113,9 +115,12 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
         time.sleep(0.02)
     out, err = proc.communicate()
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"seconds": round(seconds, 3), "peak_rss_mb": round(peak / 2**20, 1), "stdout": out, "stderr": err}
+    return {"seconds": round(seconds, 3), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak / 2**20, 1),
+            "stdout": out, "stderr": err}
 
 
 def file_rate(stderr: str, name: str) -> float:
@@ -171,7 +176,7 @@ def main() -> None:
         for backend in ("sqlite", "postgresql"):
             url = str(work / "big.sqlite") if backend == "sqlite" else fresh_pg(server, "bench_big")
             r = run_measured(oidownload("db", "load", big, "--db", url))
-            emit(scenario=f"labels {args.rows} rows", backend=backend, seconds=r["seconds"],
+            emit(scenario=f"labels {args.rows} rows", backend=backend, seconds=r["seconds"], loader_cpu_s=r["cpu_s"],
                  load_rows_per_s=file_rate(str(r["stderr"]), big.name),
                  rows_per_s_with_indexes=round(args.rows / float(r["seconds"])), peak_rss_mb=r["peak_rss_mb"])
 
@@ -179,7 +184,7 @@ def main() -> None:
         for backend in ("sqlite", "postgresql"):
             url = str(work / "val.sqlite") if backend == "sqlite" else fresh_pg(server, "bench_val")
             r = run_measured(oidownload("db", "load", DESCRIPTIONS, HIERARCHY, *val, "--db", url))
-            emit(scenario="V3 validation split", backend=backend, seconds=r["seconds"],
+            emit(scenario="V3 validation split", backend=backend, seconds=r["seconds"], loader_cpu_s=r["cpu_s"],
                  rows=sum(VALIDATION.values()) + 19_995, peak_rss_mb=r["peak_rss_mb"])
 
         # 3. Side by side on one server: db load of 1M label rows vs psql's \copy + the same indexes.

@@ -180,7 +180,7 @@ def _rows(path: Path) -> list[tuple[str, ...]]:
 
 def test_annotations_export_from_the_db_equals_the_files(db_url: str, tmp_path: Path,
                                                          make_origin: Callable[..., Any]) -> None:
-    from oidownload.origin import Corpus
+    from oidownload.testing.origin import Corpus
 
     load(db_url, DESCRIPTIONS, *VAL_ANNOTATIONS)
     real = [r["ImageID"] for r in dict_rows(VAL / "images.csv")]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.origin import Corpus, Origin
+from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import V3, V4, journal_rows, run_cli
 from tests.test_select import mid_of, rows_of
 
@@ -252,3 +252,23 @@ def test_shards_of_a_balanced_download_add_up_to_the_selection(tmp_path: Path, m
         assert res.returncode == 0, res.stderr
     assert set(journal_rows(out)) == want and len(want) >= 7
     assert sum(origin.requests.values()) == len(want)
+
+
+def test_annotations_of_a_hierarchy_download_carry_the_subcategories(tmp_path: Path, make_origin: StartOrigin) -> None:
+    real = rows_of(VAL / "images.csv")
+    corpus = Corpus.generate(0, mix="tiny", seed=43, ids=[r["ImageID"] for r in real], subset="validation")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    out = tmp_path / "out"
+    res = run_cli("download", manifest, "-o", out, "--class", "Vehicle", "--hierarchy", HIERARCHY,
+                  "--class-descriptions", DESCRIPTIONS, "--annotations", BOXES, "--resize", 32, "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    vehicle = under(mid_of("Vehicle"), parts=False)
+    assert set(journal_rows(out)) == images_with(vehicle)
+    for args in ([], ["--class", "Vehicle", "--hierarchy", HIERARCHY]):
+        res = run_cli("annotations", out, "--format", "csv", "-d", tmp_path / "ann", *args)
+        assert res.returncode == 0, res.stderr
+        got = rows_of(tmp_path / "ann" / BOXES.name)
+        want = [r for r in rows_of(BOXES) if r["LabelName"] in vehicle]
+        assert [(r["ImageID"], r["LabelName"]) for r in got] == [(r["ImageID"], r["LabelName"]) for r in want]
+        assert {r["LabelName"] for r in got} > {mid_of("Vehicle")}  # Car, Land vehicle... too
