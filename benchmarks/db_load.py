@@ -123,11 +123,12 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
             "stdout": out, "stderr": err}
 
 
-def file_rate(stderr: str, name: str) -> float:
-    """The rows/s the loader reported for one file (its own transaction, indexes excluded)."""
+def file_rate(stderr: str, name: str, what: str = "rows/s") -> float:
+    """A rate the loader reported for one file (its own transaction, indexes excluded):
+    rows/s of wall time, or rows "a CPU second" of the loader process."""
     for line in stderr.splitlines():
-        if name in line and "rows/s" in line:
-            m = re.search(r"([0-9,]+) rows/s", line)
+        if name in line and what in line:
+            m = re.search(rf"([0-9,]+) {re.escape(what)}", line)
             if m:
                 return float(m.group(1).replace(",", ""))
     return 0.0
@@ -178,6 +179,8 @@ def main() -> None:
             r = run_measured(oidownload("db", "load", big, "--db", url))
             emit(scenario=f"labels {args.rows} rows", backend=backend, seconds=r["seconds"], loader_cpu_s=r["cpu_s"],
                  load_rows_per_s=file_rate(str(r["stderr"]), big.name),
+                 load_rows_per_cpu_s=file_rate(str(r["stderr"]), big.name, "a CPU second"),
+                 load_avg_1m=round(os.getloadavg()[0], 2),
                  rows_per_s_with_indexes=round(args.rows / float(r["seconds"])), peak_rss_mb=r["peak_rss_mb"])
 
         # 2. The whole V3 validation split (with the classes and the hierarchy).
@@ -203,7 +206,7 @@ def main() -> None:
         theirs = run_measured([psql, "-q", "-v", "ON_ERROR_STOP=1", "-d", guide, "-f", str(script)])
         emit(scenario="1M label rows, keys and indexes included", oidownload_db_load_s=ours["seconds"],
              psql_copy_and_indexes_s=theirs["seconds"],
-             ratio=round(float(ours["seconds"]) / float(theirs["seconds"]), 2))
+             ratio=round(float(ours["seconds"]) / float(theirs["seconds"]), 2), load_avg_1m=round(os.getloadavg()[0], 2))
     finally:
         if args.pg is None:
             subprocess.run(["bash", str(ROOT / ".ci" / "postgres-up.sh"), str(state), "stop"], check=False)

@@ -192,7 +192,7 @@ def connect(url: str | None, *, create: bool) -> Database:
             path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=60000")
-        conn.execute("PRAGMA cache_size=-262144")  # 256 MB: index builds sort far less on disk
+        conn.execute("PRAGMA cache_size=-65536")  # 64 MB (and as much for an index build's sorter)
         conn.execute("PRAGMA temp_store=MEMORY" if not create else "PRAGMA temp_store=FILE")
         # Rollback journal, not WAL: a killed load is undone from the journal at the next open.
         conn.execute("PRAGMA journal_mode=DELETE")

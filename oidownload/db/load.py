@@ -67,6 +67,7 @@ class FileResult:
     rows: int = 0
     bad_rows: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of this process: the PostgreSQL server's own work is not in it
     bad_samples: list[str] = field(default_factory=list)
 
 
@@ -214,7 +215,7 @@ class Loader:
         old = self.db.execute("SELECT id, size, mtime_ns FROM loaded_files WHERE path = ?", (item.key,))
         if old and (old[0][1], old[0][2]) == (item.size, item.mtime_ns):
             return FileResult(item.key, kind.value, "unchanged")
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         result = FileResult(item.key, kind.value, "reloaded" if old else "loaded")
         with self.db.transaction():
             if old:
@@ -242,7 +243,7 @@ class Loader:
             self._known_mids = None
         if kind is Kind.HIERARCHY:
             self.hierarchy_changed = True
-        result.seconds = time.monotonic() - started
+        result.seconds, result.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
         return result
 
     def _delete(self, kind: Kind, file_id: int) -> None:
@@ -369,6 +370,7 @@ def _report(r: FileResult, log: Callable[[str], None]) -> FileResult:
     extra = f" ({more} more bad rows not shown)" if more > 0 else ""
     if r.state in ("loaded", "reloaded"):
         rate = f", {r.rows / r.seconds:,.0f} rows/s" if r.seconds > 0 and r.rows else ""
+        rate += f" ({r.rows / r.cpu_seconds:,.0f} a CPU second)" if r.cpu_seconds > 0 and r.rows else ""
         log(f"oidownload: {r.state} {r.key} ({r.kind}): {r.rows} rows, {r.bad_rows} bad{rate}{extra}")
     else:
         log(f"oidownload: {r.state}: {r.key} ({r.kind})")

@@ -153,6 +153,8 @@ def build_indexes(db: Database) -> list[str]:
         if name not in existing:
             db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({cols})")
             built.append(name)
+    if not db.postgres:
+        db.execute("PRAGMA analysis_limit=10000")  # sample, as PostgreSQL does, not read every index whole
     db.execute("ANALYZE")
     return built
 
