@@ -130,7 +130,10 @@ def export(
     files = source.tables()
     if not files:
         raise ConfigError("no annotations: pass --annotations or --db (they are remembered when download had them)")
-    dest = dest or Path(out) / "annotations"
+    if dest is None:
+        if "://" in str(out):
+            raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
+        dest = Path(out) / "annotations"
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

