@@ -197,7 +197,9 @@ def _plain_block(chunk: list[str], file_id: int, copy_text: bool) -> Any:
     if sys.byteorder == "little":
         values.byteswap()
     if not copy_text:
-        return zip(values, sources, mids, floats, itertools.repeat(file_id))
+        flat: list[Any] = [file_id] * (5 * n)  # the rows side by side, for bulk_flat
+        flat[0::5], flat[1::5], flat[2::5], flat[3::5] = values, sources, mids, floats
+        return flat
     tab = itertools.repeat("\t")
     return "".join(map("".join, zip(map(str, values), tab, sources, tab, mids, itertools.repeat(f"\t{file_id}\t"),
                                     confs, itertools.repeat("\n"))))
@@ -205,9 +207,10 @@ def _plain_block(chunk: list[str], file_id: int, copy_text: bool) -> Any:
 
 def label_rows(lines: Iterator[str], file_id: int, bad: Bad, tally: Tally, *, copy_text: bool) -> Iterator[Any]:
     """The hot path, for label files in the standard column order (79M rows in V3 train),
-    a block of lines at a time (_plain_block). Yields, per block, an iterable of row
-    tuples, or with copy_text a string of PostgreSQL COPY text in LABEL_COPY_COLUMNS
-    order. A block with anything unusual goes line by line through the general path."""
+    a block of lines at a time (_plain_block). Yields, per block, a flat list of the
+    rows' values (Database.bulk_flat), or with copy_text a string of PostgreSQL COPY text
+    in LABEL_COPY_COLUMNS order. A block with anything unusual goes line by line through
+    the general path."""
     first_line = 2
     while chunk := list(itertools.islice(lines, BLOCK)):
         plain = _plain_block(chunk, file_id, copy_text)
@@ -221,7 +224,7 @@ def label_rows(lines: Iterator[str], file_id: int, bad: Bad, tally: Tally, *, co
                 yield "".join("\t".join(_copy_field(x) for x in (v, src, mid, fid, c)) + "\n"
                               for v, src, mid, c, fid in rows)
             else:
-                yield rows
+                yield list(itertools.chain.from_iterable(rows))
         first_line += len(chunk)
 
 

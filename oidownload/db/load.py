@@ -279,8 +279,8 @@ class Loader:
                     self.db.copy_text("labels", LABEL_COPY_COLUMNS,
                                       label_rows(lines, file_id, bad, tally, copy_text=True))
                 else:
-                    self.db.bulk("labels", [*(c.name for c in schema.LABELS), "file_id"],
-                                 itertools.chain.from_iterable(label_rows(lines, file_id, bad, tally, copy_text=False)))
+                    self.db.bulk_flat("labels", [*(c.name for c in schema.LABELS), "file_id"],
+                                      label_rows(lines, file_id, bad, tally, copy_text=False))
         else:
             columns = [*(c.name for c in table_columns(kind, header)), "file_id"]
             with _no_gc():
