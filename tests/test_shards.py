@@ -160,9 +160,26 @@ def _journal_ok(state: Path) -> set[str]:
     ids: set[str] = set()
     for path in state.glob("journal-*.sqlite"):
         conn = sqlite3.connect(path)
-        ids |= {format(r % (1 << 64), "016x") for (r,) in conn.execute("SELECT id FROM outcomes WHERE status='ok'")}
-        conn.close()
+        try:
+            ids |= {format(r % (1 << 64), "016x") for (r,) in conn.execute("SELECT id FROM outcomes WHERE status='ok'")}
+        except sqlite3.OperationalError:
+            pass  # killed before its tables were made
+        finally:
+            conn.close()
     return ids
+
+
+def _statuses(state: Path, ids: set[str]) -> dict[str, str]:
+    import sqlite3
+
+    found = {}
+    for path in state.glob("journal-*.sqlite"):
+        conn = sqlite3.connect(path)
+        for r, status, detail, loc in conn.execute("SELECT id, status, detail, location FROM outcomes"):
+            if format(r % (1 << 64), "016x") in ids:
+                found[format(r % (1 << 64), "016x")] = f"{status} {detail} {loc}"
+        conn.close()
+    return found
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -189,6 +206,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, 
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(rng.uniform(0.3, 1.2))
         if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
             break  # it finished before the kill: the rest is checked below
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -203,7 +221,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, 
     assert final.returncode == 0, final.stderr[-3000:]
     for image_id in done_before:
         assert origin.requests[f"/o/{image_id}_o.jpg"] == requests_before.get(f"/o/{image_id}_o.jpg", 0)
-    assert _journal_ok(state) == set(corpus.ids)
+    missing = set(corpus.ids) - _journal_ok(state)
+    assert not missing, (sorted(missing)[:5], final.stderr[-3000:], _statuses(state, missing))
     _check_shards(out, s3, tmp_path, set(corpus.ids))
     staged = list((state / "staging").rglob("*"))
     assert not [p for p in staged if p.is_file()]
