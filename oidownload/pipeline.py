@@ -527,10 +527,11 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
             journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value}))
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
-            if sel.annotations or sel.classes:
+            if sel.annotations or sel.classes or sel.db:
                 journal.set_meta("selection", json.dumps({
                     "annotations": [str(a) for a in sel.annotations], "classes": sorted(sel.classes),
                     "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
+                    "db": sel.db,
                 }))
             done = journal.done_set(retry_failed=cfg.select.retry_failed)
             others = other_done_sets(state_dir, shard, retry_failed=cfg.select.retry_failed)
