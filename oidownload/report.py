@@ -172,7 +172,8 @@ def _entries(journal: Path, input_path: str) -> Iterator[_Entry]:
         conn.close()
 
 
-def _inputs(files: list[Path]) -> list[str]:
+def input_paths(files: list[Path]) -> list[str]:
+    """The input CSVs the journals name, in order of first use."""
     seen: dict[str, None] = {}
     for path in files:
         conn = connect(path, readonly=True)
@@ -204,7 +205,7 @@ def write_report(out: Path, dest: Path | None = None) -> ReportResult:
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
     result = ReportResult(dest / "success.csv", dest / "failure.csv")
-    inputs = _inputs(files)
+    inputs = input_paths(files)
     columns = list(V3_COLUMNS)
     for name in inputs:
         try:
