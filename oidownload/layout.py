@@ -54,9 +54,12 @@ def atomic_write(path: Path, data: bytes | memoryview | mmap.mmap, *, fsync: boo
     """Writes data to path so that path is either absent or whole, even under SIGKILL.
     The temporary file sits in the same folder, so the rename never crosses a device."""
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:  # a new folder: made only then, not tried before every file
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:

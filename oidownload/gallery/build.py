@@ -14,6 +14,7 @@ cost the first page what 100 do.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import zlib
@@ -30,7 +31,7 @@ from ..progress import Progress
 from ..records import Outcome, Status
 from . import charts, work
 from .collect import Collected, Entry, collect
-from .reads import status_counts, written_images
+from .reads import Written, status_counts, written_images
 from .render import render
 from .stats import figures
 
@@ -75,6 +76,28 @@ def build_gallery(
         raise InputError(f"{out} has no downloaded images (no journal, or no row with status ok)")
     dest = dest or out / "gallery"
     _prepare(dest)
+    workers = processes or os.cpu_count() or 1
+    with _pool(workers) as pool:
+        return _build(out, dest, images, pool, 4 * workers, annotation_paths=annotation_paths,
+                      class_descriptions=class_descriptions, classes=classes, image_lists=image_lists,
+                      page_size=page_size, progress=progress)
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[cf.ProcessPoolExecutor | None]:
+    """Worker processes, forked now: before the annotations are read, this process is
+    small, and workers that fork later would each count its hundreds of MB again."""
+    if workers == 1:
+        yield None
+        return
+    with cf.ProcessPoolExecutor(workers) as pool:
+        pool.submit(int).result()  # starts every worker (fork: all at the first task)
+        yield pool
+
+
+def _build(out: Path, dest: Path, images: list[Written], pool: cf.ProcessPoolExecutor | None, in_flight: int, *,
+           annotation_paths: list[Path], class_descriptions: Path | None, classes: frozenset[str] | None,
+           image_lists: list[Path], page_size: int, progress: Progress) -> GalleryResult:
     progress.log("gallery", f"gallery: {len(images)} images; reading annotations and attribution")
     data = collect(images, annotation_paths, class_descriptions=class_descriptions, classes=classes,
                    image_lists=image_lists)
@@ -85,7 +108,7 @@ def build_gallery(
         result.notes.append("no annotation files: the images are shown without boxes (pass --annotations)")
     progress.log("gallery", f"gallery: {result.boxes} boxes, {result.labels} labels; thumbnails and image pages")
     progress.set_total(len(images))
-    failed = _make_images(out, dest, data, processes, progress)
+    failed = _make_images(out, dest, data, pool, in_flight, progress)
     result.failed = sorted(failed.items())
     progress.close()
     progress.log("gallery", "gallery: index, data and statistics")
@@ -170,10 +193,10 @@ def _batches(jobs: Iterator[work.Job]) -> Iterator[list[work.Job]]:
         yield batch
 
 
-def _make_images(out: Path, dest: Path, data: Collected, processes: int | None, progress: Progress) -> dict[str, str]:
+def _make_images(out: Path, dest: Path, data: Collected, pool: cf.ProcessPoolExecutor | None,
+                 in_flight: int, progress: Progress) -> dict[str, str]:
     """Thumbnails, full-size copies and image pages. Returns the images that got no thumbnail."""
     failed: dict[str, str] = {}
-    workers = processes or os.cpu_count() or 1
 
     def record(done: list[work.Done]) -> None:
         for d in done:
@@ -182,21 +205,20 @@ def _make_images(out: Path, dest: Path, data: Collected, processes: int | None, 
             progress.add(Outcome(d.image_id, Status.CORRUPT if d.error else Status.OK, nbytes=d.nbytes))
         progress.tick()
 
-    if workers == 1:
+    if pool is None:
         for batch in _batches(_jobs(data)):
             record(work.make(out, dest, batch))
         return failed
     # Bounded in flight: the page contexts of 50,000 images need not all exist at once.
-    with cf.ProcessPoolExecutor(workers) as pool:
-        pending: set[cf.Future[list[work.Done]]] = set()
-        for batch in _batches(_jobs(data)):
-            if len(pending) >= 4 * workers:
-                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for f in finished:
-                    record(f.result())
-            pending.add(pool.submit(work.make, out, dest, batch))
-        for f in cf.as_completed(pending):
-            record(f.result())
+    pending: set[cf.Future[list[work.Done]]] = set()
+    for batch in _batches(_jobs(data)):
+        if len(pending) >= in_flight:
+            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+                record(f.result())
+        pending.add(pool.submit(work.make, out, dest, batch))
+    for f in cf.as_completed(pending):
+        record(f.result())
     return failed
 
 

@@ -10,6 +10,7 @@ without it: browsers would turn it, and the boxes are drawn in the stored pixels
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def make(out: Path, dest: Path, jobs: list[Job]) -> list[Done]:
 
 
 def _one(out: Path, dest: Path, job: Job) -> Done:
-    atomic_write(dest / job.page, render("image.html", job.context).encode())
+    _write_if_changed(dest / job.page, render("image.html", job.context).encode())
     thumb, full = dest / job.thumb, dest / job.full
     if thumb.exists() and full.exists():
         return Done(job.image_id, "", 0)  # made by an earlier build: images never change once ok
@@ -60,8 +61,11 @@ def _one(out: Path, dest: Path, job: Job) -> Done:
     try:
         with Image.open(io.BytesIO(data)) as im:
             turned = im.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
-            im.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # JPEG: decode at reduced scale
-            small = im.convert("RGB")
+            w, h = im.size
+            scale = min(1.0, THUMB_SIDE / max(w, h, 1))
+            # JPEG: decode at reduced scale, often straight to the thumbnail's size.
+            im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+            small = im if im.mode == "RGB" else im.convert("RGB")
             small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
             buf = io.BytesIO()
             small.save(buf, "JPEG", quality=THUMB_QUALITY)
@@ -78,17 +82,40 @@ def _one(out: Path, dest: Path, job: Job) -> Done:
     return Done(job.image_id, "", len(data))
 
 
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """A rebuild leaves a page alone when it would not change: reading a small file costs
+    far less than creating one."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return
+    except OSError:
+        pass
+    atomic_write(path, data)
+
+
 def _place_full(out: Path, location: str, full: Path, data: bytes) -> None:
     """A hard link to the written file when there is one on this filesystem, else a copy."""
     src = local_file(out, location)
-    if src is not None:
-        full.parent.mkdir(parents=True, exist_ok=True)
-        tmp = full.with_name(f".{full.name}.{os.getpid()}{TMP_SUFFIX}")
-        tmp.unlink(missing_ok=True)  # left by a killed build
-        try:
-            os.link(src, tmp)
-        except OSError:  # another filesystem, or links not allowed
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, full)
+    if src is None:
+        atomic_write(full, data)
         return
-    atomic_write(full, data)
+    tmp = full.with_name(f".{full.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        _link_or_copy(src, tmp)
+    except FileNotFoundError:  # a new folder: made only then, not tried before every file
+        full.parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(src, tmp)
+    os.replace(tmp, full)
+
+
+def _link_or_copy(src: Path, tmp: Path) -> None:
+    try:
+        os.link(src, tmp)
+    except FileNotFoundError:
+        raise
+    except FileExistsError:  # left by a killed build
+        tmp.unlink()
+        os.link(src, tmp)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copyfile(src, tmp)
