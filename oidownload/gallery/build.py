@@ -13,6 +13,7 @@ cost the first page what 100 do.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import json
@@ -54,9 +55,20 @@ class GalleryResult:
     notes: list[str] = field(default_factory=list)
 
 
-def colour(mid: str) -> str:
-    """A stable colour per class, the same on every page and in every build."""
-    return f"hsl({zlib.crc32(mid.encode()) % 360} 80% 45%)"
+# Distinct colours for the most frequent classes (Tableau 10, then two more); the rest
+# take a hue from their MID.
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+           "#9c755f", "#bab0ac", "#1f77b4", "#d62728")
+
+
+def colours(data: Collected) -> list[str]:
+    """A colour per class (by index), the same on every page of a gallery: the palette
+    in order of boxes drawn, then a hue from the MID."""
+    boxes = collections.Counter(b[0] for e in data.entries for b in e.boxes)
+    out = [f"hsl({zlib.crc32(mid.encode()) % 360} 75% 42%)" for mid in data.classes.mids]
+    for c, colour in zip(sorted(boxes, key=lambda c: (-boxes[c], data.classes.mids[c])), PALETTE, strict=False):
+        out[c] = colour
+    return out
 
 
 def build_gallery(
@@ -108,11 +120,12 @@ def _build(out: Path, dest: Path, images: list[Written], pool: cf.ProcessPoolExe
         result.notes.append("no annotation files: the images are shown without boxes (pass --annotations)")
     progress.log("gallery", f"gallery: {result.boxes} boxes, {result.labels} labels; thumbnails and image pages")
     progress.set_total(len(images))
-    failed = _make_images(out, dest, data, pool, in_flight, progress)
+    palette = colours(data)
+    failed = _make_images(out, dest, data, palette, pool, in_flight, progress)
     result.failed = sorted(failed.items())
     progress.close()
     progress.log("gallery", "gallery: index, data and statistics")
-    _write_site(out, dest, data, status_counts(out), page_size, failed, result)
+    _write_site(out, dest, data, palette, status_counts(out), page_size, failed, result)
     return result
 
 
@@ -134,7 +147,7 @@ def _rel(kind: str, image_id: str, ext: str) -> str:
 # -- per image, in the pool --------------------------------------------------------------
 
 
-def _jobs(data: Collected) -> Iterator[work.Job]:
+def _jobs(data: Collected, palette: list[str]) -> Iterator[work.Job]:
     entries = data.entries
     for i, e in enumerate(entries):
         im = e.written.image
@@ -142,16 +155,16 @@ def _jobs(data: Collected) -> Iterator[work.Job]:
         prev = entries[i - 1].image_id if i else None
         nxt = entries[i + 1].image_id if i + 1 < len(entries) else None
         yield work.Job(e.image_id, e.written.location, _rel("thumbs", e.image_id, "jpg"), full,
-                       _rel("pages", e.image_id, "html"), _page_context(e, data, full, prev, nxt, i, len(entries)))
+                       _rel("pages", e.image_id, "html"), _page_context(e, data, palette, full, prev, nxt, i, len(entries)))
 
 
-def _page_context(e: Entry, data: Collected, full: str, prev: str | None, nxt: str | None, i: int, n: int) -> dict[str, Any]:
+def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev: str | None, nxt: str | None, i: int, n: int) -> dict[str, Any]:
     im = e.written.image
     mids, names = data.classes.mids, data.classes.names
     boxes = []
     for c, xmin, xmax, ymin, ymax, attrs in e.boxes:
         boxes.append({
-            "mid": mids[c], "name": names[c], "colour": colour(mids[c]),
+            "mid": mids[c], "name": names[c], "colour": palette[c],
             "x": round(xmin * im.width, 1), "y": round(ymin * im.height, 1),
             "w": round((xmax - xmin) * im.width, 1), "h": round((ymax - ymin) * im.height, 1),
             "attrs": ["yes" if a == 1 else "no" if a == 0 else "?" for a in attrs],
@@ -193,7 +206,7 @@ def _batches(jobs: Iterator[work.Job]) -> Iterator[list[work.Job]]:
         yield batch
 
 
-def _make_images(out: Path, dest: Path, data: Collected, pool: cf.ProcessPoolExecutor | None,
+def _make_images(out: Path, dest: Path, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
                  in_flight: int, progress: Progress) -> dict[str, str]:
     """Thumbnails, full-size copies and image pages. Returns the images that got no thumbnail."""
     failed: dict[str, str] = {}
@@ -206,12 +219,12 @@ def _make_images(out: Path, dest: Path, data: Collected, pool: cf.ProcessPoolExe
         progress.tick()
 
     if pool is None:
-        for batch in _batches(_jobs(data)):
+        for batch in _batches(_jobs(data, palette)):
             record(work.make(out, dest, batch))
         return failed
     # Bounded in flight: the page contexts of 50,000 images need not all exist at once.
     pending: set[cf.Future[list[work.Done]]] = set()
-    for batch in _batches(_jobs(data)):
+    for batch in _batches(_jobs(data, palette)):
         if len(pending) >= in_flight:
             finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for f in finished:
@@ -230,7 +243,7 @@ def _js(name: str, value: object) -> bytes:
     return f"OIG.put({json.dumps(name)},{json.dumps(value, separators=(',', ':'))});\n".encode()
 
 
-def _write_site(out: Path, dest: Path, data: Collected, statuses: dict[str, int], page_size: int,
+def _write_site(out: Path, dest: Path, data: Collected, palette: list[str], statuses: dict[str, int], page_size: int,
                 failed: dict[str, str], result: GalleryResult) -> None:
     entries = data.entries
     mids, names = data.classes.mids, data.classes.names
@@ -249,7 +262,7 @@ def _write_site(out: Path, dest: Path, data: Collected, statuses: dict[str, int]
         atomic_write(dest / "data" / f"class-{c}.js", _js(f"class-{c}", members))
     for s, members in per_split.items():
         atomic_write(dest / "data" / f"split-{split_of[s]}.js", _js(f"split-{split_of[s]}", members))
-    meta = {"total": len(entries), "pageSize": page_size, "classes": [[m, names[c], colour(m)] for c, m in enumerate(mids)],
+    meta = {"total": len(entries), "pageSize": page_size, "classes": [[m, names[c], palette[c]] for c, m in enumerate(mids)],
             "splits": splits}
     atomic_write(dest / "data" / "meta.js", _js("meta", meta))
     for name in ("gallery.css", "gallery.js"):
