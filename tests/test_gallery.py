@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, origin: Callable[[Corpus], O
         w.writerow(["ImageID", "Subset", "OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL",
                     "Author", "Title", "OriginalSize", "OriginalMD5", "Thumbnail300KURL"])
         w.writerows(rows)
+        w.writerow(["../../etc/passwd", *rows[0][1:]])  # a bad row: journaled with its line, not downloaded
     descriptions = tmp / "class-descriptions.csv"
     with open(DESCRIPTIONS, newline="", encoding="utf-8") as src, open(descriptions, "w", newline="", encoding="utf-8") as dst:
         w = csv.writer(dst, lineterminator="\n")
@@ -344,8 +346,13 @@ def test_statistics_tables_equal_independent_counts(built: Built, session: Calla
     s = session(WIDTHS[0])
     page = s.open((built.gallery / "stats.html").as_uri())
     ok = set(built.ok)
-    # Outcome statuses, from the journal's rows (bad rows included: there are none here).
+    # Outcome statuses, from the journal's rows, and its bad rows (kept apart: they may have no id).
     want_status = collections.Counter(st for st, _, _ in journal_rows(built.out).values())
+    for path in (built.out / ".oidownload").glob("journal-*.sqlite"):
+        conn = sqlite3.connect(path)
+        want_status["bad_row"] += conn.execute("SELECT count(*) FROM bad_rows").fetchone()[0]
+        conn.close()
+    assert want_status["bad_row"] == 1 and want_status["http_4xx"] == want_status["corrupt"] == 1
     assert {k: int(v[0]) for k, v in _table(page, "status").items()} == dict(want_status)
     assert {k: int(v[0]) for k, v in _table(page, "source").items()} == {"original": len(ok)}
     # Class frequency: boxes per class, images with a box or a positive label.
@@ -474,3 +481,8 @@ def test_gallery_refuses_a_folder_that_is_not_a_gallery(built: Built, tmp_path: 
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     res = run_cli("gallery", built.out / "nothing-here")
     assert res.returncode == 1 and "no downloaded images" in res.stderr
+    # The image lists have moved: the gallery is made, without attribution, and says so.
+    res = run_cli("gallery", built.out, "-o", tmp_path / "g", "--images", tmp_path / "gone.csv", "--progress", "none")
+    assert res.returncode == 0 and "no attribution from" in res.stderr and "no such file" in res.stderr
+    page = (tmp_path / "g" / "pages" / built.ok[0][:3] / f"{built.ok[0]}.html").read_text()
+    assert "Not found in the image lists" in page
