@@ -39,8 +39,8 @@ from PIL import Image
 
 from oidownload import process as worker
 from oidownload.bench import measure, summary_of
-from oidownload.origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
-from oidownload.synth import cache_dir, describe
+from oidownload.testing.origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
+from oidownload.testing.synth import cache_dir, describe
 
 I2D_VERSION = "1.47.0"
 

@@ -33,7 +33,8 @@ from oidownload.journal import Journal
 from oidownload.records import Outcome, Source, Status
 from oidownload.rows import V3_COLUMNS
 from oidownload.shard import Shard
-from oidownload.synth import encode, photo
+from oidownload.state import default_state_dir
+from oidownload.testing.synth import encode, photo
 
 CLASSES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "openimages-v3" / "classes-bbox.txt"
 DESCRIPTIONS = CLASSES.with_name("class-descriptions.csv")
@@ -49,7 +50,7 @@ def make_download(root: Path, n: int, seed: int = 7) -> Path:
     out = root / "out"
     ids = sorted(f"{rng.getrandbits(64):016x}" for _ in range(n))
     images_csv = root / "images.csv"
-    journal = Journal(out, Shard())
+    journal = Journal(default_state_dir(str(out)), Shard(), str(out))
     batch: list[Outcome] = []
     with open(images_csv, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -69,14 +70,15 @@ def make_download(root: Path, n: int, seed: int = 7) -> Path:
                 batch.append(Outcome(image_id, failed, attempts=1, subset="train", file=str(images_csv), line=line))
             else:
                 k = rng.randrange(len(templates))
-                path = out / "train" / image_id[:3] / f"{image_id}.jpg"
+                location = f"train/{image_id[:3]}/{image_id}.jpg"
+                path = out / location
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(templates[k])
                 tw, th = shapes[k]
                 batch.append(Outcome(image_id, Status.OK, nbytes=len(templates[k]), out_bytes=len(templates[k]),
                                      width=tw, height=th, attempts=1, subset="train", ext="jpg",
                                      source=Source.THUMBNAIL if rng.random() < 0.1 else Source.ORIGINAL,
-                                     verified=True, file=str(images_csv), line=line))
+                                     verified=True, file=str(images_csv), line=line, location=location))
             if len(batch) >= 10_000:
                 journal.record(batch)
                 batch = []
@@ -115,8 +117,13 @@ def page_weight(gallery: Path) -> dict[str, Any]:
     first = index + sum((gallery / p).stat().st_size for p in
                         ("assets/gallery.css", "assets/gallery.js", "data/meta.js", "data/chunk-0.js"))
     chunk = json.loads((gallery / "data" / "chunk-0.js").read_text().split(",", 1)[1].rsplit(")", 1)[0])
-    thumbs = sum((gallery / "thumbs" / rec[0][:3] / f"{rec[0]}.jpg").stat().st_size for rec in chunk if rec[4])
-    parts = {k: folder_bytes(gallery / k) for k in ("thumbs", "images", "pages", "data")}
+    thumbs = sum((gallery / "images" / rec[0][:3] / f"{rec[0]}.t.jpg").stat().st_size for rec in chunk if rec[4])
+    kinds = {"thumbs": ".t.jpg", "pages": ".html"}
+    sizes = dict.fromkeys(["thumbs", "pages", "images"], 0)
+    for dirpath, _, names in os.walk(gallery / "images"):
+        for name in names:
+            kind = next((k for k, suffix in kinds.items() if name.endswith(suffix)), "images")
+            sizes[kind] += os.stat(os.path.join(dirpath, name)).st_size
     total, files = folder_bytes(gallery)
     return {
         "index_html_bytes": index,
@@ -124,8 +131,8 @@ def page_weight(gallery: Path) -> dict[str, Any]:
         "first_page_thumbnails": len(chunk),
         "stats_html_bytes": (gallery / "stats.html").stat().st_size,
         "total_bytes": total, "files": files,
-        "thumbs_bytes": parts["thumbs"][0], "pages_bytes": parts["pages"][0], "data_bytes": parts["data"][0],
-        "images_bytes_hard_linked": parts["images"][0],
+        "thumbs_bytes": sizes["thumbs"], "pages_bytes": sizes["pages"], "data_bytes": folder_bytes(gallery / "data")[0],
+        "images_bytes_hard_linked": sizes["images"],
     }
 
 

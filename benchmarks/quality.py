@@ -23,10 +23,11 @@ import time
 
 from PIL import Image, ImageChops, ImageStat
 
-from oidownload import process, synth
+from oidownload import process
 from oidownload.config import ImageConfig
 from oidownload.process import Job, WorkerSettings
 from oidownload.records import Source
+from oidownload.testing import synth
 
 CANDIDATES = {
     "lanczos": Image.Resampling.LANCZOS,

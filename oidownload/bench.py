@@ -13,13 +13,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
-from .synth import describe
+from .testing import synth
+from .testing.origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
+from .testing.synth import describe
 
 
 @dataclass(frozen=True)
@@ -166,14 +167,42 @@ def summary_of(stderr: str) -> dict[str, Any]:
     return {}
 
 
-def corpus_for(scn: Scenario) -> Corpus:
+def corpus_for(scn: Scenario, log: Callable[[str], None] | None = None) -> Corpus:
     thumbs = "tiny-thumbs" if scn.mix.startswith("tiny") else "thumbnails"
+    missing = [m for m in (scn.mix, thumbs) if not synth.cached(synth.MIXES[m], scn.seed)]
+    if missing and log is not None:
+        log(f"bench: generating the synthetic images for the {' and '.join(missing)} mix once "
+            f"(about a minute on 2 cores), cached in {synth.cache_dir()}")
     return Corpus.generate(scn.n, mix=scn.mix, thumbs=thumbs, seed=scn.seed, fault_rates=parse_fault_rates(scn.faults))
 
 
-def run_scenario(scn: Scenario, workdir: Path | None = None) -> dict[str, Any]:
+def serve_corpus(n: int, mix: str, latency_ms: float, jitter: float, faults: str, manifest: Path, port: int,
+                 log: Callable[[str], None]) -> None:
+    """Serves a synthetic corpus on 127.0.0.1 until SIGINT/SIGTERM, with its images.csv."""
+    import asyncio
+    import signal
+
+    corpus = corpus_for(Scenario("serve", mix=mix, n=n, faults=faults), log)
+    origin = Origin(corpus, Latency(latency_ms / 1000, jitter))
+
+    async def serve() -> None:
+        await origin.start(port=port)
+        corpus.write_manifest(manifest, origin.base_url)
+        log(f"bench: serving {n} images ({mix} mix) at {origin.base_url}; their list is {manifest}")
+        log(f"bench: try `oidownload download {manifest} -o out --resize 640`; Ctrl-C stops the server")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await origin.stop()
+
+    asyncio.run(serve())
+
+
+def run_scenario(scn: Scenario, workdir: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One measured run; returns the JSON-able figures."""
-    corpus = corpus_for(scn)
+    corpus = corpus_for(scn, log)
     latency = Latency(scn.latency_ms / 1000, scn.jitter)
     with tempfile.TemporaryDirectory(prefix="oidl-bench-", dir=workdir) as tmp, OriginThread(Origin(corpus, latency)) as origin:
         manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_url)

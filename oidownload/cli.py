@@ -22,6 +22,7 @@ from .config import (
     LogFormat,
     NetConfig,
     Orientation,
+    OutputConfig,
     OutputFormat,
     ProgressMode,
     ResizeMode,
@@ -30,6 +31,7 @@ from .config import (
     SourceChoice,
 )
 from .errors import ConfigError, OidownloadError
+from .state import StateDir, default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -181,8 +183,12 @@ def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], log: Callable[[s
 def download_options(f: F) -> F:
     decorators = [
         click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
-        opt("-o", "--output", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
-            help="Output folder (OUT); the journal lives in OUT/.oidownload/."),
+        opt("-o", "--output", "out", required=True,
+            help="Output folder (OUT); the journal lives in OUT/.oidownload/ unless --state-dir says otherwise."),
+        opt("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+            help="Where the journal lives [default: OUT/.oidownload]."),
+        opt("--fsync", is_flag=True, default=False,
+            help="Sync each image to disk before the journal records it (survives a power cut; slower)."),
         selection_options,
         opt("--source", type=_enum(SourceChoice), default="original",
             help="original: the verified original; thumbnail: Thumbnail300KURL; auto: the thumbnail when there is one."),
@@ -270,7 +276,9 @@ def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None)
         log_format=LogFormat(p["log_format"]), progress=ProgressMode(p["progress_mode"]),
         progress_interval=p["progress_interval"],
     )
-    return Config(inputs=tuple(p["inputs"]), out=p["out"], net=net, image=image, select=select, run=run)
+    out = str(p["out"])
+    output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), fsync=p["fsync"])
+    return Config(inputs=tuple(p["inputs"]), output=output, net=net, image=image, select=select, run=run)
 
 
 @main.command(epilog=EXIT_CODES)
@@ -328,16 +336,20 @@ def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
     click.echo(f"{n} rows written to {dest}", err=True)
 
 
-def remembered_annotations(out: Path, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
+def state_dir_option(f: F) -> F:
+    return opt("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+               help="The download's --state-dir, if it had one [default: OUT/.oidownload].")(f)
+
+
+def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
                            class_names: tuple[str, ...]) -> tuple[list[Path], Path | None, frozenset[str] | None]:
     """(annotation files, class descriptions, classes) as given, or else as the download
     into OUT selected with (its journal remembers them); classes None: every class."""
     import json
 
     from .classes import ClassDescriptions
-    from .journal import read_meta
 
-    remembered = [json.loads(v) for v in read_meta(out, "selection")]
+    remembered = [json.loads(v) for v in state.meta("selection")]
     files = list(annotation_files) or [Path(a) for m in remembered for a in m.get("annotations", [])]
     files = list(dict.fromkeys(files))
     descriptions = class_descriptions or next(
@@ -354,7 +366,7 @@ def remembered_annotations(out: Path, annotation_files: tuple[Path, ...], class_
 
 
 @main.command("annotations")
-@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out")
 @opt("--format", "fmt", type=click.Choice(["csv", "coco", "yolo"]), default="coco", help="Output layout.")
 @opt("--annotations", "annotation_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
      help="Box or label CSVs [default: those the download selected with].")
@@ -362,8 +374,9 @@ def remembered_annotations(out: Path, annotation_files: tuple[Path, ...], class_
      help="For category names [default: the download's].")
 @opt("--class", "class_names", multiple=True, help="Only these classes (names or MIDs) [default: the download's].")
 @opt("-d", "--dest", type=click.Path(path_type=Path, file_okay=False), help="Output folder [default: OUT/annotations].")
-def annotations_cmd(out: Path, fmt: str, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
-                class_names: tuple[str, ...], dest: Path | None) -> None:
+@state_dir_option
+def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
+                    class_names: tuple[str, ...], dest: Path | None, state_dir: Path | None) -> None:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
     csv: the Open Images rows, filtered; coco: one JSON file with file names relative
@@ -373,8 +386,10 @@ def annotations_cmd(out: Path, fmt: str, annotation_files: tuple[Path, ...], cla
     from .export import ExportFormat, export
 
     try:
-        files, descriptions, classes = remembered_annotations(out, annotation_files, class_descriptions, class_names)
-        res = export(out, ExportFormat(fmt), files, dest=dest, class_descriptions=descriptions, classes=classes)
+        files, descriptions, classes = remembered_annotations(StateDir.open(out, state_dir), annotation_files,
+                                                              class_descriptions, class_names)
+        res = export(out, ExportFormat(fmt), files, dest=dest, class_descriptions=descriptions, classes=classes,
+                     state_dir=state_dir)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except OidownloadError as exc:
@@ -391,7 +406,7 @@ def annotations_cmd(out: Path, fmt: str, annotation_files: tuple[Path, ...], cla
 
 
 @main.command("gallery")
-@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out")
 @opt("-o", "--output", "dest", type=click.Path(path_type=Path, file_okay=False), envvar="OIDOWNLOAD_GALLERY_OUTPUT",
      help="Folder for the gallery [default: OUT/gallery].")
 @opt("--page-size", type=click.IntRange(1, 5000), default=100, help="Images per page of the grid.")
@@ -406,9 +421,10 @@ def annotations_cmd(out: Path, fmt: str, annotation_files: tuple[Path, ...], cla
 @opt("--processes", type=click.IntRange(min=1), default=os.cpu_count() or 1, help="Worker processes for thumbnails and pages.")
 @opt("--progress", "progress_mode", type=_enum(ProgressMode), default="auto",
      help="auto: a bar on a terminal, log lines otherwise.")
-def gallery_cmd(out: Path, dest: Path | None, page_size: int, annotation_files: tuple[Path, ...],
+@state_dir_option
+def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: tuple[Path, ...],
                 class_descriptions: Path | None, class_names: tuple[str, ...], all_classes: bool,
-                image_lists: tuple[Path, ...], processes: int, progress_mode: str) -> None:
+                image_lists: tuple[Path, ...], processes: int, progress_mode: str, state_dir: Path | None) -> None:
     """A static HTML gallery of the images downloaded into OUT, with their boxes drawn,
     a page per image (boxes, labels, attribution) and the dataset's statistics.
 
@@ -416,17 +432,17 @@ def gallery_cmd(out: Path, dest: Path | None, page_size: int, annotation_files: 
     Boxes are drawn in the frame of the written files, as the annotation exports are.
     """
     from .gallery import build_gallery
-    from .gallery.reads import input_lists
     from .progress import Progress
 
     try:
         if all_classes and class_names:
             raise ConfigError("--all-classes and --class contradict each other")
-        files, descriptions, classes = remembered_annotations(out, annotation_files, class_descriptions, class_names)
+        state = StateDir.open(out, state_dir)
+        files, descriptions, classes = remembered_annotations(state, annotation_files, class_descriptions, class_names)
         progress = Progress(ProgressMode(progress_mode), LogFormat.TEXT, 5.0)
         res = build_gallery(
-            out, dest, annotation_paths=files, class_descriptions=descriptions,
-            classes=None if all_classes else classes, image_lists=list(image_lists) or input_lists(out),
+            state, dest, annotation_paths=files, class_descriptions=descriptions,
+            classes=None if all_classes else classes, image_lists=list(image_lists) or None,
             page_size=page_size, processes=processes, progress=progress,
         )
     except ConfigError as exc:
@@ -479,9 +495,10 @@ def metadata(version: str, dest: Path, base_url: str, only: tuple[str, ...], lis
 
 
 @main.command()
-@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out")
 @opt("--json", "as_json", is_flag=True, default=False, help="One JSON object instead of tables.")
-def status(out: Path, as_json: bool) -> None:
+@state_dir_option
+def status(out: str, as_json: bool, state_dir: Path | None) -> None:
     """Counts per status, bytes, rate and ETA across every journal in OUT.
 
     Works while runs are in progress (each cluster task is shown) and after they end.
@@ -493,7 +510,7 @@ def status(out: Path, as_json: bool) -> None:
     from .report import out_status
 
     try:
-        st = out_status(out)
+        st = out_status(out, state_dir)
     except OidownloadError as exc:
         _fail(exc)
         return
@@ -515,62 +532,23 @@ def status(out: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out")
 @opt("-d", "--dest", type=click.Path(path_type=Path, file_okay=False), help="Folder for the CSVs [default: OUT/report].")
-def report(out: Path, dest: Path | None) -> None:
+@state_dir_option
+def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     """Write success.csv and failure.csv: the input columns plus status, detail,
-    http_status, attempts and the written path, for every journaled row in OUT."""
+    http_status, attempts, source and location, for every journaled row in OUT."""
     from .report import write_report
 
     try:
-        res = write_report(out, dest)
+        res = write_report(out, dest, state_dir)
     except OidownloadError as exc:
         _fail(exc)
         return
-    for missing in res.missing_inputs:
-        click.echo(f"oidownload: warning: {missing} is gone; its rows carry only the ImageID", err=True)
+    for warning in res.warnings:
+        click.echo(f"oidownload: warning: {warning}", err=True)
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
-
-
-@main.command(hidden=True)
-@opt("-n", "--images", "n", type=click.IntRange(min=0), default=100, help="Images in the corpus.")
-@opt("--mix", type=click.Choice(["light", "openimages", "tiny"]), default="tiny", help="Originals' size mix.")
-@opt("--manifest", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Where to write images.csv.")
-@opt("--seed", type=int, default=0, help="Corpus seed.")
-@opt("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Median latency added.")
-@opt("--faults", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01'.")
-@opt("--port", type=click.IntRange(0, 65535), default=0, help="Port on 127.0.0.1 (0: any free one).")
-@opt("--host-alias", default="127.0.0.1", help="Host name written in the manifest's URLs (e.g. one a container can reach).")
-def origin(n: int, mix: str, manifest: Path, seed: int, latency_ms: float, faults: str, port: int, host_alias: str) -> None:
-    """Serve a synthetic corpus on 127.0.0.1 until stopped (for tests, CI and demos).
-
-    Writes the manifest, prints the base URL, and answers GET /stats with request
-    counts and user agents per path.
-    """
-    import asyncio
-    import signal as signal_mod
-
-    from .origin import Corpus, Latency, parse_fault_rates
-    from .origin import Origin as OriginServer
-
-    corpus = Corpus.generate(n, mix=mix, seed=seed, fault_rates=parse_fault_rates(faults))
-    server = OriginServer(corpus, Latency(latency_ms / 1000, 0.3 if latency_ms else 0.0))
-
-    async def serve() -> None:
-        await server.start(port=port)
-        base = server.base_url.replace("127.0.0.1", host_alias)
-        corpus.write_manifest(manifest, base)
-        click.echo(server.base_url, err=False)
-        sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal_mod.SIGINT, signal_mod.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(serve())
 
 
 @main.command()
@@ -584,26 +562,37 @@ def origin(n: int, mix: str, manifest: Path, seed: int, latency_ms: float, fault
 @opt("--faults", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01' (see oidownload.origin).")
 @opt("--processes", type=click.IntRange(min=1), help="Passed to download.")
 @opt("--concurrency", type=click.IntRange(min=1), help="Passed to download.")
+@opt("--serve", is_flag=True, default=False,
+     help="Only serve the synthetic corpus (and write its images.csv) until Ctrl-C: a demo origin to download from.")
+@opt("--manifest", type=click.Path(path_type=Path, dir_okay=False), default="bench-images.csv",
+     help="With --serve: where to write the corpus's images.csv.")
+@opt("--port", type=click.IntRange(0, 65535), default=0, help="With --serve: the port on 127.0.0.1 (0: any free one).")
 def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitter: float, faults: str,
-          processes: int | None, concurrency: int | None) -> None:
+          processes: int | None, concurrency: int | None, serve: bool, manifest: Path, port: int) -> None:
     """Measure the whole pipeline on this machine, against the built-in local origin.
 
     Starts the origin on 127.0.0.1, runs `oidownload download` on N synthetic images
     and prints one JSON line per scenario: images/s, MB/s, CPU ms per image (pool
     workers included) and peak memory. The first run generates and caches the images.
+
+    With --serve it only serves the corpus until stopped, with its images.csv written
+    to --manifest, for trying `oidownload download` against it by hand.
     """
     import dataclasses
     import json
 
-    from .bench import DEFAULT_SCENARIOS, run_scenario
+    from .bench import DEFAULT_SCENARIOS, run_scenario, serve_corpus
 
+    if serve:
+        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True))
+        return
     chosen = [s for s in DEFAULT_SCENARIOS if not scenarios or s.name in scenarios]
     for scn in chosen:
         scn = dataclasses.replace(scn, n=n, mix=mix, latency_ms=latency_ms, jitter=jitter, faults=faults,
                                   processes=processes, concurrency=concurrency)
         click.echo(f"bench: {scn.name}: {n} images ({mix} mix) ...", err=True)
         try:
-            result = run_scenario(scn)
+            result = run_scenario(scn, log=lambda m: click.echo(m, err=True))
         except RuntimeError as exc:
             _fail(OidownloadError(str(exc)))
         click.echo(json.dumps(result))

@@ -35,6 +35,11 @@ class Orientation(enum.StrEnum):
     UPRIGHT = "upright"
 
 
+class OutputKind(enum.StrEnum):
+    FILES = "files"
+    WEBDATASET = "webdataset"
+
+
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -108,9 +113,22 @@ class RunConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """Where results go (`out`: a folder or a URI) and where the journal lives."""
+
+    out: str
+    state_dir: Path
+    kind: OutputKind = OutputKind.FILES
+    shard_size: int = 10_000
+    # Sync each image and its folder before the journal records it: survives a power
+    # cut, at a cost per image (benchmarks/RESULTS.md).
+    fsync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     inputs: tuple[Path, ...]
-    out: Path
+    output: OutputConfig
     net: NetConfig = NetConfig()
     image: ImageConfig = ImageConfig()
     select: SelectConfig = SelectConfig()

@@ -11,16 +11,16 @@ from __future__ import annotations
 import csv
 import enum
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .annotations import ATTRIBUTES, AnnotationFile, Kind
 from .classes import ClassDescriptions
 from .errors import ConfigError, InputError, OutputError
-from .journal import Downloaded, downloaded
+from .fsio import atomic_file
+from .state import StateDir, Written
 
 Box = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax, normalised
 
@@ -49,7 +49,7 @@ def _turn_point(code: int, x: float, y: float) -> tuple[float, float]:
     return turn(x, y) if turn else (x, y)
 
 
-def to_written_frame(box: Box, image: Downloaded) -> Box | None:
+def to_written_frame(box: Box, image: Written) -> Box | None:
     """The box in the written image's frame, normalised; None when a crop cut it away."""
     xmin, xmax, ymin, ymax = box
     if image.crop is not None:
@@ -65,7 +65,7 @@ def to_written_frame(box: Box, image: Downloaded) -> Box | None:
     return min(ax, bx), max(ax, bx), min(ay, by), max(ay, by)
 
 
-def _point_to_written(x: float, y: float, image: Downloaded) -> tuple[float, float]:
+def _point_to_written(x: float, y: float, image: Written) -> tuple[float, float]:
     if image.crop is not None:
         cx0, cy0, cx1, cy1 = image.crop
         x, y = (x - cx0) / (cx1 - cx0), (y - cy0) / (cy1 - cy0)
@@ -84,13 +84,13 @@ class ExportResult:
 
 @dataclass
 class BoxRow:
-    image: Downloaded
+    image: Written
     label: str
     box: Box
     attrs: dict[str, int]
 
 
-def box_rows(files: list[AnnotationFile], images: dict[str, Downloaded], result: ExportResult,
+def box_rows(files: list[AnnotationFile], images: dict[str, Written], result: ExportResult,
              mids: frozenset[str] | None) -> Iterator[BoxRow]:
     """The boxes of the given images (of the given classes) in the written frame; boxes a
     crop cut away are counted in result.dropped. The gallery draws exactly these."""
@@ -117,21 +117,22 @@ def box_rows(files: list[AnnotationFile], images: dict[str, Downloaded], result:
 
 
 def export(
-    out: Path,
+    out: str | Path,
     fmt: ExportFormat,
     annotation_paths: list[Path],
     *,
     dest: Path | None = None,
     class_descriptions: Path | None = None,
     classes: frozenset[str] | None = None,
+    state_dir: Path | None = None,
 ) -> ExportResult:
-    images = downloaded(out)
+    images = {w.image_id: w for w in StateDir.open(out, state_dir).written()}
     if not images:
-        raise InputError(f"{out} has no downloaded images (no journal, or no row with status ok)")
+        raise InputError(f"{out} has no downloaded images (no row with status ok in its journal)")
     if not annotation_paths:
         raise ConfigError("no annotation files: pass --annotations (they are remembered when download had --annotations)")
     files = [AnnotationFile.open(p) for p in annotation_paths]
-    dest = dest or out / "annotations"
+    dest = dest or Path(out) / "annotations"
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -147,7 +148,7 @@ def export(
     return result
 
 
-def _write_csv(files: list[AnnotationFile], images: dict[str, Downloaded], dest: Path, result: ExportResult,
+def _write_csv(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
                mids: frozenset[str] | None) -> None:
     """The Open Images rows of the downloaded images, coordinates in the written frame."""
     for f in files:
@@ -155,7 +156,7 @@ def _write_csv(files: list[AnnotationFile], images: dict[str, Downloaded], dest:
         i_id, i_label = f.index("ImageID"), f.index("LabelName")
         coords = [f.index(c) for c in ("XMin", "XMax", "YMin", "YMax")] if f.kind is Kind.BOXES else []
         clicks = [(f.index(f"XClick{k}X"), f.index(f"XClick{k}Y")) for k in range(1, 5) if f.has(f"XClick{k}X")]
-        with _open_out(target) as fh:
+        with atomic_file(target) as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(f.columns)
             for fields in f.rows(images):
@@ -194,7 +195,7 @@ def _categories(rows: list[BoxRow], mids: frozenset[str] | None) -> list[str]:
     return sorted(mids) if mids is not None else sorted({r.label for r in rows})
 
 
-def _write_coco(files: list[AnnotationFile], images: dict[str, Downloaded], dest: Path, result: ExportResult,
+def _write_coco(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None) -> None:
     rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
@@ -205,7 +206,7 @@ def _write_coco(files: list[AnnotationFile], images: dict[str, Downloaded], dest
         "info": {"description": "Open Images, downloaded by oidownload", "version": "1.0"},
         "licenses": [{"id": 1, "name": "CC BY 2.0", "url": "https://creativecommons.org/licenses/by/2.0/"}],
         "images": [
-            {"id": img_id[i], "file_name": images[i].path, "width": images[i].width, "height": images[i].height,
+            {"id": img_id[i], "file_name": images[i].location, "width": images[i].width, "height": images[i].height,
              "license": 1, "open_images_id": i}
             for i in order
         ],
@@ -226,12 +227,12 @@ def _write_coco(files: list[AnnotationFile], images: dict[str, Downloaded], dest
         })
     result.boxes = len(rows)
     target = dest / "coco.json"
-    with _open_out(target) as fh:
+    with atomic_file(target) as fh:
         json.dump(doc, fh)
     result.files.append(target)
 
 
-def _write_yolo(files: list[AnnotationFile], images: dict[str, Downloaded], dest: Path, result: ExportResult,
+def _write_yolo(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None) -> None:
     """labels/<subset>/<abc>/<ImageID>.txt next to the images' own layout, one line a box:
     `class x_center y_center width height` (normalised); classes.txt names the classes."""
@@ -254,23 +255,3 @@ def _write_yolo(files: list[AnnotationFile], images: dict[str, Downloaded], dest
     classes_txt.write_text("".join(f"{names.name(m) if names else m}\n" for m in cats))
     result.boxes = len(rows)
     result.files += [classes_txt, labels]
-
-
-class _open_out:
-    """A text file written under a temporary name and renamed when complete."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-    def __enter__(self) -> TextIO:
-        self.fh = open(self.tmp, "w", newline="", encoding="utf-8")
-        return self.fh
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.fh.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-

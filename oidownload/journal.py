@@ -1,35 +1,42 @@
-"""The journal: one SQLite file per cluster task under OUT/.oidownload/, one row per
-image. A row is written only after its file is in place, so the journal means "done".
+"""The journal's writer: one SQLite file per cluster task in the state dir (by default
+OUT/.oidownload/), one row per image. An outcome is written only once its sink says
+it is committed, so the journal means "done". Readers use `state.py`.
 
 Rollback-journal mode (DELETE), never WAL: WAL needs shared memory between the
 processes that open the file, which network filesystems do not give, and each task
-is the only writer of its own file anyway. `status` and `report` read every file.
+is the only writer of its own file anyway.
 """
 
 from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import fcntl
+import hashlib
 import os
 import socket
 import sqlite3
+import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OutputError
-from .layout import relative_path, state_dir
-from .records import Outcome, Status, is_final
+from .records import Outcome, Status, clean_text, is_final
 from .shard import Shard
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Disk space held back for the journal: freed when the disk fills, so the outcomes
 # of images already written can still be committed before the run stops.
 RESERVE_BYTES = 512 * 1024
+# A reader (`report` on a 9M-row journal) may hold the file for a while: the writer
+# waits and retries rather than give up, for up to this long per batch.
+BUSY_PATIENCE = 300.0
 _U64 = 1 << 64
 _I64 = 1 << 63
+_HEAD_BYTES = 1 << 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
@@ -90,13 +97,25 @@ CREATE TABLE IF NOT EXISTS progress(
     processed INTEGER NOT NULL, -- outcomes recorded by this run
     rate REAL                   -- outcomes per second over the last minute
 );
+CREATE INDEX IF NOT EXISTS outcomes_by_line ON outcomes(input, line);
+-- What the output's sink needs to continue after a crash (open shards' lengths...).
+CREATE TABLE IF NOT EXISTS sink_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Columns added after the first release; an older journal gains them when opened.
+_ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "outcomes": (("location", "TEXT"),),
+    "inputs": (("raw", "BLOB"), ("size", "INTEGER"), ("mtime_ns", "INTEGER"), ("head_md5", "TEXT")),
+}
+
+# An ok row is never replaced by a failure: the image is in the output, and a later
+# duplicate row (or a rerun with --retry-failed that hits a dead link) must not hide
+# it. A failure may be replaced by anything.
 _UPSERT = """
 INSERT INTO outcomes(id, status, final, detail, http_status, nbytes, out_bytes, width, height,
                      attempts, seconds, subset, ext, source, verified, input, line, finished,
-                     orientation, crop)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                     orientation, crop, location)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(id) DO UPDATE SET
     status=excluded.status, final=excluded.final, detail=excluded.detail,
     http_status=excluded.http_status, nbytes=excluded.nbytes, out_bytes=excluded.out_bytes,
@@ -104,7 +123,9 @@ ON CONFLICT(id) DO UPDATE SET
     attempts=outcomes.attempts + excluded.attempts, seconds=excluded.seconds,
     subset=excluded.subset, ext=excluded.ext, source=excluded.source,
     verified=excluded.verified, input=excluded.input, line=excluded.line,
-    finished=excluded.finished, orientation=excluded.orientation, crop=excluded.crop
+    finished=excluded.finished, orientation=excluded.orientation, crop=excluded.crop,
+    location=excluded.location
+WHERE outcomes.status != 'ok' OR excluded.status = 'ok'
 """
 
 
@@ -118,18 +139,18 @@ def int_to_id(v: int) -> str:
     return format(v % _U64, "016x")
 
 
-def journal_path(out: Path, shard: Shard) -> Path:
-    return state_dir(out) / f"journal-{shard.tag}.sqlite"
+def journal_path(state_dir: Path, shard: Shard) -> Path:
+    return state_dir / f"journal-{shard.tag}.sqlite"
 
 
-def journal_files(out: Path) -> list[Path]:
-    return sorted(state_dir(out).glob("journal-*.sqlite"))
+def journal_files(state_dir: Path) -> list[Path]:
+    return sorted(state_dir.glob("journal-*.sqlite"))
 
 
-def shard_counts(out: Path) -> set[int]:
-    """The shard counts OUT's journals were written with."""
+def shard_counts(state_dir: Path) -> set[int]:
+    """The shard counts the state dir's journals were written with."""
     counts = set()
-    for path in journal_files(out):
+    for path in journal_files(state_dir):
         tail = path.stem.rsplit("-of-", 1)
         if len(tail) == 2 and tail[1].isdigit():
             counts.add(int(tail[1]))
@@ -138,11 +159,35 @@ def shard_counts(out: Path) -> set[int]:
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, check_same_thread=False,
+                               isolation_level=None)
     else:
         conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+class JournalError(OutputError):
+    """A journal write failed; `full` when the disk (or quota) is full."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+def _describe(path: Path, exc: BaseException) -> JournalError:
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith("SQLITE_FULL"):
+        return JournalError(f"cannot write the journal {path}: the disk is full", full=True)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return JournalError(f"cannot write the journal {path}: another process held it for over "
+                            f"{BUSY_PATIENCE:.0f}s (a long `report`?)")
+    if name.startswith("SQLITE_READONLY"):
+        return JournalError(f"cannot write the journal {path}: it is read-only")
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return JournalError(f"the journal {path} is damaged ({exc}); move it aside and run again "
+                            "(images already in the output are found again)")
+    return JournalError(f"cannot write the journal {path}: {type(exc).__name__}: {clean_text(str(exc), 300)}")
 
 
 class DoneSet:
@@ -175,40 +220,109 @@ class DoneSet:
         return DoneSet(merged)
 
 
+def load_done(conn: sqlite3.Connection, where: str) -> DoneSet:
+    # Rowid order is signed; reading the non-negative half first keeps the unsigned
+    # array sorted without sorting 8M Python ints.
+    ids = array.array("Q")
+    for half in ("id >= 0", "id < 0"):
+        cur = conn.execute(f"SELECT id FROM outcomes WHERE {half} AND {where} ORDER BY id")
+        while batch := cur.fetchmany(65536):
+            ids.extend(v % _U64 for (v,) in batch)
+    return DoneSet(ids)
+
+
 @dataclass(frozen=True, slots=True)
-class StatusCount:
-    status: str
-    n: int
-    bytes: int
+class InputIdentity:
+    """What an input file was when a run read it, so that a later `report` can tell
+    whether the file at that path is still the same."""
+
+    display: str  # absolute path, as text safe to store
+    raw: bytes  # absolute path, as the filesystem's bytes
+    size: int | None
+    mtime_ns: int | None
+    head_md5: str | None
+
+    @classmethod
+    def of(cls, path: Path) -> InputIdentity:
+        absolute = os.path.abspath(path)
+        raw = os.fsencode(absolute)
+        display = clean_text(raw.decode("utf-8", "replace"), 4096)
+        try:
+            st = os.stat(absolute)
+            # A pipe or stdin must not be read here: its bytes would be lost to the reader.
+            if not stat.S_ISREG(st.st_mode):
+                return cls(display, raw, None, None, None)
+            with open(absolute, "rb") as f:
+                head = hashlib.md5(f.read(_HEAD_BYTES)).hexdigest()
+        except OSError:
+            return cls(display, raw, None, None, None)
+        return cls(display, raw, st.st_size, st.st_mtime_ns, head)
 
 
 class Journal:
     """The writer's handle. Holds an exclusive lock for its shard, so two processes
     never write the same journal (the same array task started twice, say)."""
 
-    def __init__(self, out: Path, shard: Shard) -> None:
-        self.out = out
+    def __init__(self, state_dir: Path, shard: Shard, out: str = "") -> None:
+        self.state_dir = state_dir
+        self.out = out or str(state_dir)
         self.shard = shard
-        self.path = journal_path(out, shard)
+        self.path = journal_path(state_dir, shard)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create {self.path.parent}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot create the state dir {self.path.parent}: {exc.strerror or exc}") from None
         self._lock_fd = self._lock(self.path.with_suffix(".lock"))
+        self.created = not self.path.exists() or self.path.stat().st_size == 0
         try:
             self.conn = connect(self.path)
             self.conn.execute("PRAGMA journal_mode=DELETE")
             self.conn.execute("PRAGMA synchronous=FULL")
+            self._check_schema()
             self.conn.executescript(_SCHEMA)
-            self.conn.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+            self._migrate()
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('shard', ?)", (shard.tag,))
         except sqlite3.Error as exc:
             os.close(self._lock_fd)
-            raise OutputError(f"cannot open the journal {self.path}: {exc}") from None
+            raise _describe(self.path, exc) from None
+        except OutputError:
+            os.close(self._lock_fd)
+            raise
         self._inputs: dict[str, int] = {}
         self.started = time.time()
         self._reserve = self.path.with_suffix(".reserve")
         self._make_reserve()
+
+    def _check_schema(self) -> None:
+        """Refuses a file that is some other program's database, or from a newer
+        oidownload: writing into it could lose what it holds."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return
+        if "outcomes" not in tables or "meta" not in tables:
+            raise OutputError(f"{self.path} is not an oidownload journal (tables: {', '.join(sorted(tables))[:200]}); "
+                              "move it aside or pick another --state-dir")
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
+            raise OutputError(f"{self.path} was written by a newer oidownload (journal schema {row[0]}); upgrade oidownload")
+
+    def _migrate(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                    if (table, name) == ("outcomes", "location"):
+                        self._fill_locations()
+
+    def _fill_locations(self) -> None:
+        # A journal from before locations existed wrote only the files layout.
+        from .sinks.files import relative_path
+
+        rows = self.conn.execute("SELECT id, subset, ext FROM outcomes WHERE status='ok' AND ext != ''").fetchall()
+        self.conn.executemany("UPDATE outcomes SET location=? WHERE id=?",
+                              [(relative_path(subset, int_to_id(rid), ext), rid) for rid, subset, ext in rows])
 
     def _make_reserve(self) -> None:
         try:
@@ -228,7 +342,10 @@ class Journal:
             pass
 
     def _lock(self, path: Path) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot open {path}: {exc.strerror or exc}") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -248,51 +365,94 @@ class Journal:
         finally:
             os.close(self._lock_fd)
 
+    def register_inputs(self, paths: Iterable[Path]) -> None:
+        """Records each input's absolute path and identity; rows name their input by
+        the path as it was given, and two spellings of one file are one input."""
+        try:
+            for path in paths:
+                ident = InputIdentity.of(path)
+                self.conn.execute(
+                    "INSERT INTO inputs(path, raw, size, mtime_ns, head_md5) VALUES(?,?,?,?,?) "
+                    "ON CONFLICT(path) DO UPDATE SET raw=excluded.raw, size=excluded.size, "
+                    "mtime_ns=excluded.mtime_ns, head_md5=excluded.head_md5",
+                    (ident.display, ident.raw, ident.size, ident.mtime_ns, ident.head_md5),
+                )
+                row = self.conn.execute("SELECT id FROM inputs WHERE path=?", (ident.display,)).fetchone()
+                self._inputs[str(path)] = int(row[0])
+        except sqlite3.Error as exc:
+            raise _describe(self.path, exc) from None
+
     def input_id(self, path: str) -> int:
         known = self._inputs.get(path)
-        if known is not None:
-            return known
-        self.conn.execute("INSERT OR IGNORE INTO inputs(path) VALUES(?)", (path,))
-        row = self.conn.execute("SELECT id FROM inputs WHERE path=?", (path,)).fetchone()
-        self._inputs[path] = int(row[0])
-        return int(row[0])
+        if known is None:
+            self.register_inputs([Path(path)])
+            known = self._inputs[path]
+        return known
 
-    def record(self, outcomes: Iterable[Outcome]) -> None:
-        """Writes a batch in one transaction. Raises OutputError when the disk is full or
-        the file is unwritable: a lost batch only means those images are fetched again.
-        Bad rows go to their own table, keyed by file and line: they may have no id."""
+    def record(self, outcomes: Iterable[Outcome], state: Mapping[str, str | None] | None = None) -> None:
+        """Writes a batch, and the sink's state, in one transaction. Any failure rolls
+        the whole batch back (so nothing is half-recorded and the next batch starts
+        clean) and raises JournalError saying what it was. A busy file is retried."""
         now = time.time()
         good: list[Outcome] = []
         bad: list[Outcome] = []
         for o in outcomes:
             (bad if o.status is Status.BAD_ROW else good).append(o)
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            rows = [
-                (
-                    id_to_int(o.image_id), o.status.value, int(is_final(o.status)), o.detail,
-                    o.http_status, o.nbytes, o.out_bytes, o.width, o.height, o.attempts,
-                    round(o.seconds, 4), o.subset, o.ext, o.source.value if o.source else None,
-                    int(o.verified), self.input_id(o.file) if o.file else None, o.line, now,
-                    o.orientation, ",".join(f"{v:.6f}" for v in o.crop) if o.crop else None,
-                )
-                for o in good
-            ]
-            self.conn.executemany(_UPSERT, rows)
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO bad_rows VALUES(?,?,?,?,?)",
-                [(self.input_id(o.file), o.line, o.detail, o.image_id, now) for o in bad],
-            )
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        deadline = time.monotonic() + BUSY_PATIENCE
+        delay = 0.05
+        while True:
             try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise OutputError(f"cannot write the journal {self.path}: {exc}") from None
+                self._write(good, bad, state or {}, now)
+                return
+            except sqlite3.OperationalError as exc:
+                name = getattr(exc, "sqlite_errorname", "")
+                if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    continue
+                raise _describe(self.path, exc) from None
+            except sqlite3.Error as exc:
+                raise _describe(self.path, exc) from None
+
+    def _write(self, good: list[Outcome], bad: list[Outcome], state: Mapping[str, str | None], now: float) -> None:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_UPSERT, [self._row(o, now) for o in good])
+            conn.executemany(
+                "INSERT OR IGNORE INTO bad_rows VALUES(?,?,?,?,?)",
+                [(self.input_id(o.file), o.line, clean_text(o.detail), clean_text(o.image_id, 64), now) for o in bad],
+            )
+            for key, value in state.items():
+                if value is None:
+                    conn.execute("DELETE FROM sink_state WHERE key=?", (key,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO sink_state VALUES(?, ?)", (key, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise
+
+    def _row(self, o: Outcome, now: float) -> tuple[object, ...]:
+        return (
+            id_to_int(o.image_id), o.status.value, int(is_final(o.status)), clean_text(o.detail),
+            o.http_status, o.nbytes, o.out_bytes, o.width, o.height, o.attempts,
+            round(o.seconds, 4), clean_text(o.subset, 64), clean_text(o.ext, 16), o.source.value if o.source else None,
+            int(o.verified), self.input_id(o.file) if o.file else None, o.line, now,
+            o.orientation, ",".join(f"{v:.6f}" for v in o.crop) if o.crop else None,
+            clean_text(o.location, 2048) or None,
+        )
 
     def set_meta(self, key: str, value: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
+        try:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
+        except sqlite3.Error as exc:
+            raise _describe(self.path, exc) from None
+
+    def sink_state(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, value FROM sink_state"))
 
     def set_progress(self, *, running: bool, planned: int | None, skipped: int, processed: int, rate: float | None) -> None:
         try:
@@ -302,110 +462,34 @@ class Journal:
                  int(running), planned, skipped, processed, rate),
             )
         except sqlite3.Error as exc:
-            raise OutputError(f"cannot write the journal {self.path}: {exc}") from None
+            raise _describe(self.path, exc) from None
+
+    def is_empty(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is None
 
     def done_set(self, *, retry_failed: bool) -> DoneSet:
         """Ids this task must not request again: every final outcome, or with
         retry_failed only the ok ones."""
-        where = "status='ok'" if retry_failed else "final=1"
-        return load_done(self.conn, where)
+        return load_done(self.conn, _done_where(retry_failed))
 
 
-def load_done(conn: sqlite3.Connection, where: str) -> DoneSet:
-    # Rowid order is signed; reading the non-negative half first keeps the unsigned
-    # array sorted without sorting 8M Python ints.
-    ids = array.array("Q")
-    for half in ("id >= 0", "id < 0"):
-        cur = conn.execute(f"SELECT id FROM outcomes WHERE {half} AND {where} ORDER BY id")
-        while batch := cur.fetchmany(65536):
-            ids.extend(v % _U64 for (v,) in batch)
-    return DoneSet(ids)
+def _done_where(retry_failed: bool) -> str:
+    return "status='ok'" if retry_failed else "final=1"
 
 
-def other_done_sets(out: Path, shard: Shard, *, retry_failed: bool) -> list[DoneSet]:
+def other_done_sets(state_dir: Path, shard: Shard, *, retry_failed: bool) -> list[DoneSet]:
     """Done ids from journals of a different sharding (the run was re-split): their
     images may now belong to this task and must not be fetched again."""
     sets = []
-    where = "status='ok'" if retry_failed else "final=1"
-    for path in journal_files(out):
+    for path in journal_files(state_dir):
         if path.name.endswith(f"-of-{shard.count}.sqlite"):
             continue
         conn = connect(path, readonly=True)
         try:
-            sets.append(load_done(conn, where))
+            sets.append(load_done(conn, _done_where(retry_failed)))
+        except sqlite3.Error as exc:
+            raise _describe(path, exc) from None
         finally:
             conn.close()
     return sets
 
-
-@dataclass(frozen=True, slots=True)
-class ProgressRow:
-    shard: str
-    pid: int
-    host: str
-    started: float
-    updated: float
-    running: bool
-    planned: int | None
-    skipped: int
-    processed: int
-    rate: float | None
-
-
-def read_counts(path: Path) -> tuple[list[StatusCount], list[ProgressRow]]:
-    conn = connect(path, readonly=True)
-    try:
-        counts = [StatusCount(s, n, b) for s, n, b in conn.execute("SELECT status, n, bytes FROM counts WHERE n > 0")]
-        progress = [ProgressRow(*r) for r in conn.execute("SELECT * FROM progress")]
-        return counts, progress
-    finally:
-        conn.close()
-
-
-@dataclass(frozen=True, slots=True)
-class Downloaded:
-    """An image that is on disk, as the annotation export needs it."""
-
-    image_id: str
-    subset: str
-    ext: str
-    width: int
-    height: int
-    orientation: int
-    crop: tuple[float, float, float, float] | None
-
-    @property
-    def path(self) -> str:
-        return relative_path(self.subset, self.image_id, self.ext)
-
-
-def downloaded(out: Path) -> dict[str, Downloaded]:
-    """Every image whose outcome is ok, across all the journals in OUT."""
-    found: dict[str, Downloaded] = {}
-    for path in journal_files(out):
-        conn = connect(path, readonly=True)
-        try:
-            cur = conn.execute(
-                "SELECT id, subset, ext, width, height, orientation, crop FROM outcomes WHERE status='ok'"
-            )
-            for rid, subset, ext, w, h, orient, crop in cur:
-                image_id = int_to_id(rid)
-                box = tuple(float(v) for v in crop.split(",")) if crop else None
-                found[image_id] = Downloaded(image_id, subset, ext, w or 0, h or 0, orient or 1, box)  # type: ignore[arg-type]
-        finally:
-            conn.close()
-    return found
-
-
-def read_meta(out: Path, key: str) -> list[str]:
-    """A meta value from every journal in OUT (each task writes its own)."""
-    values = []
-    for path in journal_files(out):
-        conn = connect(path, readonly=True)
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-            if row is not None:
-                values.append(str(row[0]))
-        finally:
-            conn.close()
-    return values

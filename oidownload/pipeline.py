@@ -9,42 +9,39 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import errno
 import functools
 import itertools
 import json
-import multiprocessing
 import os
 import random
 import resource
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from .body import BodyWriter, MemfdPool, memfd_supported, probe
-from .config import Config, OutputFormat, SourceChoice
+from .body import BodyWriter, MemfdPool
+from .config import Config, SourceChoice
 from .errors import ConfigError, InputError, OidownloadError, OutputError
 from .fetch import Failure, fetch_body, make_session
 from .journal import DoneSet, Journal, other_done_sets, shard_counts
-from .layout import remove_temp_files, state_dir
 from .limits import ByteBudget, HostLimiter
-from .process import Job, WorkerSettings, init_worker, process_in_worker, process_ref
+from .process import Job
 from .progress import Progress, Tally
+from .recorder import Recorder
 from .records import BadRow, Outcome, Row, Source, Status
 from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter
 from .shard import Shard
+from .sinks import Sink, open_sink
+from .workers import Workers, start_workers
 
-# A full disk or a read-only mount fails every later write too: stop, don't record.
-FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _READ_BATCH = 512
 _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
@@ -93,12 +90,14 @@ def _limited(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | No
 
 class _Run:
     def __init__(self, cfg: Config, shard: Shard, progress: Progress, journal: Journal,
-                 workers: Workers, formats: list[Format], done: DoneSet) -> None:
+                 workers: Workers, formats: list[Format], done: DoneSet, sink: Sink) -> None:
         self.cfg = cfg
         self.shard = shard
         self.progress = progress
         self.journal = journal
         self.workers = workers
+        self.sink = sink
+        self.recorder = Recorder(progress, journal, sink, self.fail, cfg.output.out)
         self.memfds = MemfdPool() if workers.use_memfd else None
         self.formats = formats
         self.filter = SelectionFilter(shard, done, cfg.select.ids)
@@ -109,7 +108,6 @@ class _Run:
         self.pool_slots = asyncio.Semaphore(max(2, 3 * cfg.run.processes))
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
-        self.pending: list[Outcome] = []
         self.in_pool: set[asyncio.Future[Outcome]] = set()
         self.inflight: set[str] = set()
         self.stopping = asyncio.Event()
@@ -118,9 +116,7 @@ class _Run:
         self.stopped_at = 0.0
         self.fatal: OidownloadError | None = None
         self.abandoned = False
-        self.journal_thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self.reader_thread = ThreadPoolExecutor(1, thread_name_prefix="reader")
-        self.flush_lock = asyncio.Lock()
         self.enqueued = 0
         self.reader_finished = False
         self.counted: int | None = None
@@ -149,7 +145,7 @@ class _Run:
         for _ in range(self.cfg.net.concurrency):
             self.queue.put_nowait(None)
 
-    def fail(self, exc: OidownloadError, *, disk_full: bool = False) -> None:
+    def fail(self, exc: OidownloadError, disk_full: bool = False) -> None:
         if disk_full:
             self.journal.release_reserve()
         if self.fatal is None:
@@ -250,9 +246,9 @@ class _Run:
             body.close()
             raise
         self.in_pool.add(fut)
-        fut.add_done_callback(functools.partial(self.processed, base, reserved, body, t0, result.http_status))
+        fut.add_done_callback(functools.partial(self.processed, base, row, reserved, body, t0, result.http_status))
 
-    def processed(self, base: Outcome, reserved: int, body: BodyWriter, t0: float, http_status: int,
+    def processed(self, base: Outcome, row: Row, reserved: int, body: BodyWriter, t0: float, http_status: int,
                   fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
@@ -279,34 +275,11 @@ class _Run:
             outcome.attempts = base.attempts
         outcome.http_status = http_status
         outcome.seconds = asyncio.get_running_loop().time() - t0
-        self.record(outcome)
+        self.record(outcome, row)
 
-    def record(self, outcome: Outcome) -> None:
-        """The one place an outcome goes: progress, the journal batch, fatal checks."""
+    def record(self, outcome: Outcome, row: Row | None = None) -> None:
         self.inflight.discard(outcome.image_id)
-        if outcome.status is Status.WRITE_ERROR and outcome.errno in FATAL_ERRNOS:
-            self.fail(OutputError(
-                f"cannot write under {self.cfg.out}: {outcome.detail}. The journal is intact: "
-                "free some space (or fix the mount) and run the same command again to resume"
-            ), disk_full=True)
-            return  # not journaled: it is the disk's fault, not the image's
-        self.progress.add(outcome)
-        self.pending.append(outcome)
-
-    async def flush(self) -> None:
-        async with self.flush_lock:
-            if not self.pending:
-                return
-            batch, self.pending = self.pending, []
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(self.journal_thread, self.journal.record, batch)
-            except OutputError as exc:
-                if self.fatal is not None:
-                    return  # the last try, with the reserve already freed
-                # Keep the batch: the final flush retries it once the reserve is freed.
-                self.pending[:0] = batch
-                self.fail(OutputError(f"{exc}. Free some space and run the same command again to resume"), disk_full=True)
+        self.recorder.record(outcome, row)
 
     def write_progress(self, running: bool) -> None:
         rate, _ = self.progress.rates()
@@ -323,11 +296,11 @@ class _Run:
             await asyncio.sleep(_FLUSH_EVERY)
             self.progress.tally.skipped = self.filter.done_skipped
             self.progress.tick()
-            await self.flush()
+            await self.recorder.flush()
             if loop.time() - last_progress >= 5.0:
                 last_progress = loop.time()
                 try:
-                    await loop.run_in_executor(self.journal_thread, self.write_progress, True)
+                    await self.recorder.run(self.write_progress, True)
                 except OutputError as exc:
                     self.fail(exc)
 
@@ -383,12 +356,12 @@ class _Run:
                 raise drain.exception()  # type: ignore[misc]
         finally:
             await session.close()
-            await self.flush()
+            await self.recorder.close(complete=not self.abandoned and self.fatal is None)
             try:
-                await loop.run_in_executor(self.journal_thread, self.write_progress, False)
+                await self.recorder.run(self.write_progress, False)
             except OutputError as exc:
                 self.fail(exc)
-            self.journal_thread.shutdown(wait=True)
+            self.recorder.shutdown()
             if self.memfds is not None and not self.abandoned:
                 self.memfds.close()
             self.reader_thread.shutdown(wait=False, cancel_futures=True)
@@ -410,95 +383,46 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _prepare_out(out: Path) -> None:
+def _prepare_state(state_dir: Path) -> None:
     try:
-        state_dir(out).mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; pick a writable -o folder") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"{out} is not writable; pick a writable -o folder or fix its permissions")
+        raise OutputError(f"cannot create the state dir {state_dir}: {exc.strerror or exc}; pick a writable --state-dir") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"the state dir {state_dir} is not writable; pick a writable --state-dir or fix its permissions")
 
 
-def _check_split(out: Path, shard: Shard) -> None:
+def _check_split(state_dir: Path, shard: Shard) -> None:
     """A share worked out from the scheduler's environment must match the split OUT
     already has: resubmitting one array task as an array of one would otherwise make it
     take every row (and race the other tasks for them). Explicit flags may re-split."""
     if shard.origin in ("flags", "single task"):
         return
-    others = shard_counts(out) - {shard.count}
+    others = shard_counts(state_dir) - {shard.count}
     if others:
         raise ConfigError(
-            f"{out} is split {'/'.join(map(str, sorted(others)))} ways (OUT/.oidownload/journal-*-of-N), but this task "
+            f"{state_dir} holds a split {'/'.join(map(str, sorted(others)))} ways (journal-*-of-N), but this task "
             f"is {shard.describe()}. To rerun one array task keep its array: `scontrol requeue JOBID_TASKID`, or "
             f"pass --num-shards N --shard-index I (or OIDOWNLOAD_NUM_SHARDS/OIDOWNLOAD_SHARD_INDEX)"
         )
 
 
-def _kill_pool(pool: ProcessPoolExecutor) -> None:
-    # Abandoned work may be mid-write; killed workers leave only temporary files,
-    # which the next run removes. _processes is the only handle on the workers.
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        try:
-            proc.kill()
-        except Exception:
-            pass
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-@dataclass
-class Workers:
-    """Where the per-image work runs. Pixel work (decode, resize, encode) runs in a
-    process pool. Without it (--format keep) the work is an MD5 and a file write,
-    both of which release the GIL, so threads of this process do it: a hop to another
-    process would cost more than the work itself."""
-
-    executor: Executor
-    settings: WorkerSettings
-    in_process: bool
-    use_memfd: bool
-
-    def submit(self, loop: asyncio.AbstractEventLoop, job: Job, body: BodyWriter) -> asyncio.Future[Outcome]:
-        if self.in_process:
-            return loop.run_in_executor(self.executor, process_ref, job, body.handoff(), self.settings)
-        return loop.run_in_executor(self.executor, process_in_worker, job, body.handoff())
-
-    def shutdown(self, *, kill: bool) -> None:
-        if kill and isinstance(self.executor, ProcessPoolExecutor):
-            _kill_pool(self.executor)
-        else:
-            self.executor.shutdown(wait=True)
-
-
-def start_workers(cfg: Config) -> Workers:
-    """The workers, started now. A pool is forked when this process has no other thread
-    yet (fast, and the workers share the imported modules), spawned otherwise, because
-    forking a process that runs threads can deadlock the child."""
-    settings = WorkerSettings.build(cfg.image, cfg.out)
-    if cfg.image.format is OutputFormat.KEEP:
-        return Workers(ThreadPoolExecutor(cfg.run.processes, thread_name_prefix="work"), settings, True, False)
-    method = "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
-    pool = ProcessPoolExecutor(
-        max_workers=cfg.run.processes,
-        mp_context=multiprocessing.get_context(method),
-        initializer=init_worker,
-        initargs=(settings, os.getpid()),
-    )
-    # With fork, the first submit starts every worker (Python does not fork on demand
-    # once threads may exist); with spawn this only warms one up.
-    pool.submit(os.getpid).result()
-    use_memfd = False
-    if memfd_supported():
-        probe_pool = MemfdPool()
-        probe_body = BodyWriter(probe_pool)
-        try:
-            probe_body.write(b"probe")
-            use_memfd = pool.submit(probe, probe_body.handoff()).result(timeout=30) == 5
-        except Exception:
-            use_memfd = False  # a hardened /proc: bodies go through the pipe instead
-        finally:
-            probe_body.close()
-            probe_pool.close()
-    return Workers(pool, settings, False, use_memfd)
+def _rebuild(journal: Journal, sink: Sink, shard: Shard, progress: Progress) -> None:
+    """A new journal next to an output that already holds images (the state dir was
+    lost, or moved): record what the output holds, so none of it is fetched again."""
+    batch: list[Outcome] = []
+    found = 0
+    for outcome in sink.rebuild(shard.owns):
+        batch.append(outcome)
+        if len(batch) >= 10_000:
+            journal.record(batch)
+            found += len(batch)
+            batch = []
+    journal.record(batch)
+    found += len(batch)
+    if found:
+        progress.log("rebuild", f"the journal was new: found {found} image(s) already in {sink.describe()}; "
+                     "they are not fetched again", rebuilt=found)
 
 
 def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
@@ -507,20 +431,29 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     if not cfg.inputs:
         raise InputError("no input CSV given")
     formats = [read_header(p) for p in cfg.inputs]  # a bad header stops us before any request
-    _prepare_out(cfg.out)
-    _check_split(cfg.out, shard)
+    state_dir = cfg.output.state_dir
+    sink = open_sink(cfg.output, shard)
+    _prepare_state(state_dir)
+    sink.prepare()
+    _check_split(state_dir, shard)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
-    workers = start_workers(cfg)
+    workers = start_workers(cfg.image, sink.target, cfg.run.processes)
     run: _Run | None = None
     try:
-        journal = Journal(cfg.out, shard)
+        journal = Journal(state_dir, shard, cfg.output.out)
         try:
-            marker = state_dir(cfg.out) / f"running-{shard.tag}"
-            if marker.exists():
-                removed = remove_temp_files(cfg.out, shard.owns)
-                progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; removed {removed} temporary files")
+            marker = state_dir / f"running-{shard.tag}"
+            crashed = marker.exists()
+            sink.recover(journal.sink_state(), shard.owns, crashed)
+            if crashed:
+                progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; "
+                             f"cleaned up after it in {sink.describe()}")
             marker.touch()
+            if journal.created:
+                _rebuild(journal, sink, shard, progress)
+            journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value}))
+            journal.register_inputs(cfg.inputs)
             sel = cfg.select
             if sel.annotations or sel.classes:
                 journal.set_meta("selection", json.dumps({
@@ -528,16 +461,17 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                     "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
                 }))
             done = journal.done_set(retry_failed=cfg.select.retry_failed)
-            others = other_done_sets(cfg.out, shard, retry_failed=cfg.select.retry_failed)
+            others = other_done_sets(state_dir, shard, retry_failed=cfg.select.retry_failed)
             if others:
                 done = DoneSet.merge([done, *others])
             progress.log(
                 "start",
-                f"oidownload: {shard.describe()}; {len(cfg.inputs)} input file(s); "
-                f"{len(done)} image(s) already done in {cfg.out}",
+                f"oidownload: {shard.describe()}; {len(cfg.inputs)} input file(s); output: {sink.describe()}; "
+                f"state: {state_dir}; {len(done)} image(s) already done",
                 shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
+                output=cfg.output.out, state_dir=str(state_dir),
             )
-            run = _Run(cfg, shard, progress, journal, workers, formats, done)
+            run = _Run(cfg, shard, progress, journal, workers, formats, done, sink)
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
         finally:
@@ -565,5 +499,3 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     if code == ExitCode.MAX_RUNTIME:
         message = "stopped at --max-runtime; run the same command again to resume"
     return RunResult(tally, int(code), wall, cpu, message)
-
-

@@ -12,10 +12,6 @@ import errno as errno_mod
 import hashlib
 import io
 import math
-import os
-import signal
-import threading
-import time
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -25,8 +21,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .body import BodyRef, Buffer, opened
 from .config import ImageConfig, Orientation, OutputFormat, ResizeMode
-from .layout import atomic_write, image_path, original_path
 from .records import Outcome, Source, Status
+from .sinks import Member, Target
 
 # What --format writes, as (Pillow format, file extension).
 _ENCODERS: dict[OutputFormat, tuple[str, str]] = {
@@ -92,39 +88,22 @@ class Job:
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     image: ImageConfig
-    out: Path
+    target: Target  # where finished images go: the output's worker side
     placeholder_md5s: frozenset[str]
 
     @classmethod
-    def build(cls, image: ImageConfig, out: Path) -> WorkerSettings:
-        return cls(image, out, _builtin_placeholders() | image.placeholder_md5s)
+    def build(cls, image: ImageConfig, target: Target | Path) -> WorkerSettings:
+        if isinstance(target, Path):  # a plain folder: the files output
+            from .sinks.files import FilesTarget
+
+            target = FilesTarget(str(target))
+        return cls(image, target, _builtin_placeholders() | image.placeholder_md5s)
 
 
-_settings: WorkerSettings | None = None
-
-
-def init_worker(settings: WorkerSettings, parent_pid: int) -> None:
-    """Pool initializer: keeps settings, leaves signals to the parent, and exits if the
-    parent dies (a SIGKILLed parent must not leave workers behind)."""
-    global _settings
-    _settings = settings
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def init_pillow() -> None:
     # Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and raises above; a bomb is a
     # bomb either way.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def process_in_worker(job: Job, ref: BodyRef) -> Outcome:
-    assert _settings is not None, "init_worker was not run"
-    return process_ref(job, ref, _settings)
 
 
 def process_ref(job: Job, ref: BodyRef, settings: WorkerSettings) -> Outcome:
@@ -160,15 +139,16 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
     outcome.ext = r.ext
     outcome.orientation = r.orientation
     outcome.crop = r.crop
-    out = settings.out
+    members: list[Member] = [(r.ext, r.data)]
+    if settings.image.keep_original and job.source is Source.ORIGINAL:
+        members.append((f"original.{_sniff_ext(body)}", body))
     try:
-        if settings.image.keep_original and job.source is Source.ORIGINAL:
-            atomic_write(original_path(out, job.subset, job.image_id, _sniff_ext(body)), body)
-        atomic_write(image_path(out, job.subset, job.image_id, r.ext), r.data)
+        placed = settings.target.place(job.subset, job.image_id, members)
     except OSError as exc:
         outcome.errno = exc.errno
         name = errno_mod.errorcode.get(exc.errno or 0, "OSError")
         return _fail(outcome, Status.WRITE_ERROR, f"{name}: {exc.strerror or exc}")
+    outcome.location, outcome.staged = placed.location, placed.staged
     outcome.out_bytes = len(r.data)
     return outcome
 

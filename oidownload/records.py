@@ -73,6 +73,21 @@ def is_final(status: Status) -> bool:
     return status not in RETRYABLE
 
 
+MAX_TEXT = 1000  # characters kept of any text that came from outside
+
+
+def clean_text(text: str, limit: int = MAX_TEXT) -> str:
+    """Text from the network, a file name or a CSV made safe to store and show: lone
+    surrogates (undecodable bytes kept by surrogateescape) and control characters
+    become U+FFFD, and it is cut to `limit` characters."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    if text.isprintable():
+        return text
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(c if c.isprintable() or c in "\t" else "\ufffd" for c in text)
+
+
 class Source(enum.StrEnum):
     ORIGINAL = "original"
     THUMBNAIL = "thumbnail"
@@ -121,7 +136,9 @@ class BadRow:
 @dataclass(slots=True)
 class Outcome:
     """The single record each row ends as. `nbytes` counts bytes fetched, `out_bytes`
-    bytes written; `ext` names the written file's extension (empty when none)."""
+    bytes written; `ext` names the written file's extension (empty when none).
+    `location` is where the output holds the image (its sink decides the form);
+    `staged` lists files the sink must still publish before the outcome is committed."""
 
     image_id: str
     status: Status
@@ -143,3 +160,5 @@ class Outcome:
     # How the written frame relates to the stored pixels, so that boxes can follow:
     orientation: int = 1  # the EXIF-style code of the turn applied (1: none)
     crop: tuple[float, float, float, float] | None = None  # kept region, normalised
+    location: str = ""
+    staged: tuple[str, ...] = ()

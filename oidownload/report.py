@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import heapq
 import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, OutputError
-from .journal import ProgressRow, StatusCount, connect, int_to_id, journal_files, read_counts
-from .layout import relative_path, state_dir
+from .fsio import atomic_file
+from .journal import InputIdentity
 from .records import Status, is_final
 from .rows import V3_COLUMNS, V4_COLUMNS, iter_records, read_header
+from .state import Entry, InputInfo, ProgressRow, StateDir, StatusCount
 
 # A running task refreshes its progress row every few seconds; older than this and
 # the process is gone (SIGKILL, node lost).
@@ -114,17 +113,12 @@ def _shard_state(p: ProgressRow, journal: Path, done: int, now: float) -> ShardS
     return ShardStatus(p.shard, state, done, p.planned, p.rate, p.updated, p.host, p.pid)
 
 
-def out_status(out: Path) -> OutStatus:
-    files = journal_files(out)
-    if not files:
-        raise InputError(f"{out} has no journal (no {state_dir(out)}/journal-*.sqlite): nothing was downloaded there yet")
-    status = OutStatus(out)
+def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:
+    state = StateDir.open(out, state_dir)
+    status = OutStatus(Path(out))
     now = time.time()
-    for path in files:
-        try:
-            counts, progress = read_counts(path)
-        except sqlite3.Error as exc:
-            raise InputError(f"cannot read the journal {path}: {exc}") from None
+    for jc in state.counts():
+        path, counts, progress = jc.path, jc.counts, jc.progress
         for c in counts:
             prev = status.counts.get(c.status)
             status.counts[c.status] = StatusCount(c.status, c.n + (prev.n if prev else 0), c.bytes + (prev.bytes if prev else 0))
@@ -138,51 +132,7 @@ def out_status(out: Path) -> OutStatus:
 
 # -- report -----------------------------------------------------------------------------
 
-REPORT_EXTRA = ("status", "detail", "http_status", "attempts", "path")
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class _Entry:
-    line: int
-    image_id: str
-    status: str
-    detail: str
-    http_status: int | None
-    attempts: int
-    path: str
-
-
-def _entries(journal: Path, input_path: str) -> Iterator[_Entry]:
-    conn = connect(journal, readonly=True)
-    try:
-        row = conn.execute("SELECT id FROM inputs WHERE path=?", (input_path,)).fetchone()
-        if row is None:
-            return
-        cur = conn.execute(
-            "SELECT line, id, status, detail, http_status, attempts, subset, ext FROM outcomes WHERE input=? "
-            "UNION ALL SELECT line, NULL, 'bad_row', detail, NULL, 0, '', '' FROM bad_rows WHERE input=? "
-            "ORDER BY 1",
-            (row[0], row[0]),
-        )
-        for line, rid, status, detail, http, attempts, subset, ext in cur:
-            image_id = int_to_id(rid) if rid is not None else ""
-            path = relative_path(subset, image_id, ext) if status == "ok" and ext else ""
-            yield _Entry(line, image_id, status, detail, http, attempts, path)
-    finally:
-        conn.close()
-
-
-def input_paths(files: list[Path]) -> list[str]:
-    """The input CSVs the journals name, in order of first use."""
-    seen: dict[str, None] = {}
-    for path in files:
-        conn = connect(path, readonly=True)
-        try:
-            for (p,) in conn.execute("SELECT path FROM inputs ORDER BY id"):
-                seen.setdefault(p, None)
-        finally:
-            conn.close()
-    return list(seen)
+REPORT_EXTRA = ("status", "detail", "http_status", "attempts", "source", "location")
 
 
 @dataclass
@@ -191,58 +141,94 @@ class ReportResult:
     failure: Path
     ok: int = 0
     failed: int = 0
-    missing_inputs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def write_report(out: Path, dest: Path | None = None) -> ReportResult:
-    """success.csv and failure.csv under dest (default OUT/report/)."""
-    files = journal_files(out)
-    if not files:
-        raise InputError(f"{out} has no journal: nothing was downloaded there yet")
-    dest = dest or out / "report"
+def _changed(info: InputInfo) -> str | None:
+    """Why the input at the recorded path is not the file the download read, or None."""
+    path = info.path
+    if not path.exists():
+        return f"{info.display} is gone; its rows carry only what the journal knows"
+    if info.size is None:
+        return None  # read from a pipe, or a journal from before identities were kept
+    now = InputIdentity.of(path)
+    if (now.size, now.head_md5) != (info.size, info.head_md5):
+        return f"{info.display} changed since the download; rows are matched by ImageID"
+    return None
+
+
+def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | None = None) -> ReportResult:
+    """success.csv and failure.csv under dest (default OUT/report/): the input columns
+    of each journaled row, joined by file and line and checked by ImageID, plus what
+    became of it."""
+    state = StateDir.open(out, state_dir)
+    if dest is None:
+        if "://" in str(out):
+            raise InputError(f"{out} is not a local folder: pass -d/--dest for the report")
+        dest = Path(out) / "report"
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
     result = ReportResult(dest / "success.csv", dest / "failure.csv")
-    inputs = input_paths(files)
+    inputs = state.inputs()
     columns = list(V3_COLUMNS)
-    for name in inputs:
+    for info in inputs:
         try:
-            if len(read_header(Path(name)).value) == len(V4_COLUMNS):
+            if len(read_header(info.path).value) == len(V4_COLUMNS):
                 columns = list(V4_COLUMNS)
         except InputError:
             pass
     header = [*columns, *REPORT_EXTRA]
-    with open(result.success, "w", newline="", encoding="utf-8") as fs, open(result.failure, "w", newline="", encoding="utf-8") as ff:
-        ok_w, fail_w = csv.writer(fs, lineterminator="\n"), csv.writer(ff, lineterminator="\n")
-        ok_w.writerow(header)
-        fail_w.writerow(header)
-        for name in inputs:
-            merged = heapq.merge(*(_entries(j, name) for j in files))
-            records = _records_or_nothing(Path(name), result)
-            fields_at: tuple[int, list[str] | str] | None = next(records, None)
-            for entry in merged:
-                while fields_at is not None and fields_at[0] < entry.line:
-                    fields_at = next(records, None)
-                fields: list[str]
-                if fields_at is not None and fields_at[0] == entry.line and isinstance(fields_at[1], list):
-                    fields = fields_at[1]
-                else:
-                    fields = [entry.image_id]  # the input moved or changed: keep what we know
-                fields = (fields + [""] * len(columns))[: len(columns)]
-                extra = [entry.status, entry.detail, "" if entry.http_status is None else entry.http_status, entry.attempts, entry.path]
-                if entry.status == Status.OK:
-                    ok_w.writerow([*fields, *extra])
-                    result.ok += 1
-                else:
-                    fail_w.writerow([*fields, *extra])
-                    result.failed += 1
+    try:
+        with atomic_file(result.success) as fs, atomic_file(result.failure) as ff:
+            ok_w, fail_w = csv.writer(fs, lineterminator="\n"), csv.writer(ff, lineterminator="\n")
+            ok_w.writerow(header)
+            fail_w.writerow(header)
+            for info in inputs:
+                why = _changed(info)
+                if why:
+                    result.warnings.append(why)
+                mismatched = 0
+                records = _records_or_nothing(info.path)
+                fields_at: tuple[int, list[str] | str] | None = next(records, None)
+                for entry in state.entries(info.display):
+                    while fields_at is not None and fields_at[0] < entry.line:
+                        fields_at = next(records, None)
+                    fields = _joined(entry, fields_at)
+                    if fields is None:
+                        fields = [entry.image_id]  # keep what the journal knows
+                        if fields_at is not None and entry.status != Status.BAD_ROW:
+                            mismatched += 1
+                    fields = (fields + [""] * len(columns))[: len(columns)]
+                    extra = [entry.status, entry.detail, "" if entry.http_status is None else entry.http_status,
+                             entry.attempts, entry.source, entry.location]
+                    if entry.status == Status.OK:
+                        ok_w.writerow([*fields, *extra])
+                        result.ok += 1
+                    else:
+                        fail_w.writerow([*fields, *extra])
+                        result.failed += 1
+                if mismatched:
+                    result.warnings.append(f"{info.display}: {mismatched} rows no longer match their line's ImageID; "
+                                           "they carry only the journal's fields")
+    except OSError as exc:
+        raise OutputError(f"cannot write the report in {dest}: {exc.strerror or exc}") from None
     return result
 
 
-def _records_or_nothing(path: Path, result: ReportResult) -> Iterator[tuple[int, list[str] | str]]:
+def _joined(entry: Entry, fields_at: tuple[int, list[str] | str] | None) -> list[str] | None:
+    """The input fields at the entry's line, if they are that image's."""
+    if fields_at is None or fields_at[0] != entry.line or not isinstance(fields_at[1], list):
+        return None
+    fields = fields_at[1]
+    if entry.status == Status.BAD_ROW:
+        return fields
+    return fields if fields and fields[0].strip().lower() == entry.image_id else None
+
+
+def _records_or_nothing(path: Path) -> Iterator[tuple[int, list[str] | str]]:
     try:
         yield from iter_records(path)
     except InputError:
-        result.missing_inputs.append(str(path))
+        return

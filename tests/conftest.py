@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.origin import Corpus, Origin, OriginThread
+from oidownload.testing.origin import Corpus, Origin, OriginThread
 
 FIXTURES = Path(__file__).parent / "fixtures"
 V3 = FIXTURES / "openimages-v3"

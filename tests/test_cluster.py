@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.origin import Corpus, Latency, Origin
 from oidownload.shard import shard_of
+from oidownload.testing.origin import Corpus, Latency, Origin
 from tests.conftest import journal_rows, require, run_cli
 
 ROOT = Path(__file__).parent.parent

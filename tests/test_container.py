@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.origin import Corpus, Latency, Origin
+from oidownload.testing.origin import Corpus, Latency, Origin
 from tests.conftest import journal_rows, require
 
 ROOT = Path(__file__).parent.parent

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from oidownload.origin import Corpus, Fault, Latency, Origin
+from oidownload.testing.origin import Corpus, Fault, Latency, Origin
 from tests.conftest import journal_rows, run_cli
 
 StartOrigin = Callable[..., Origin]

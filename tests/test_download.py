@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from oidownload.origin import Corpus, Fault, Origin
+from oidownload.testing.origin import Corpus, Fault, Origin
 from tests.conftest import journal_rows, run_cli
 
 StartOrigin = Callable[..., Origin]

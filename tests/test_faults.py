@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from oidownload.origin import FAULT_KINDS, MIXED_FAULTS, Corpus, Fault, Origin, parse_fault_rates
+from oidownload.testing.origin import (
+    FAULT_KINDS,
+    MIXED_FAULTS,
+    Corpus,
+    Fault,
+    Origin,
+    parse_fault_rates,
+)
 from tests.conftest import journal_rows, run_cli
 
 StartOrigin = Callable[..., Origin]
@@ -204,7 +211,7 @@ def test_status_and_report(tmp_path: Path, make_origin: StartOrigin, fmt: str) -
         assert r["Title"] == source[r["ImageID"]]["Title"]  # the input columns, quoting intact
         assert r["OriginalMD5"] == source[r["ImageID"]]["OriginalMD5"]
         assert int(r["attempts"]) == 1
-    assert all((out / r["path"]).is_file() for r in ok)
+    assert all((out / r["location"]).is_file() for r in ok)
 
 
 def test_status_of_an_empty_folder_is_a_clear_error(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from oidownload.origin import Corpus, Fault, Origin, OriginThread
+from oidownload.testing.origin import Corpus, Fault, Origin, OriginThread
 from tests.conftest import V3, journal_rows, require, run_cli
 
 VAL = V3 / "validation"
@@ -290,7 +290,7 @@ def test_boxes_sit_on_the_annotation_at_two_widths(built: Built, session: Callab
         assert_on_screen(t["rects"], t["image"], want)
     # The image pages, full size (scaled down to the window when it is narrower).
     for image_id in built.ok[:6]:
-        page = s.open((built.gallery / "pages" / image_id[:3] / f"{image_id}.html").as_uri())
+        page = s.open((built.gallery / "images" / image_id[:3] / f"{image_id}.html").as_uri())
         image = page.evaluate("(() => { const r = document.querySelector('svg.frame image').getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()")
         rects = page.evaluate("[...document.querySelectorAll('rect.box')].map(b => { const q = b.getBoundingClientRect(); return {id: b.dataset.imageId, label: b.dataset.label, box: [q.x, q.y, q.width, q.height]}; })")
         assert image[2] <= width and all(r["id"] == image_id for r in rects)
@@ -391,7 +391,7 @@ def test_statistics_tables_equal_independent_counts(built: Built, session: Calla
 
 def test_hostile_text_stays_text(built: Built, session: Callable[[int], Session]) -> None:
     s = session(WIDTHS[0])
-    page = s.open((built.gallery / "pages" / built.hostile[:3] / f"{built.hostile}.html").as_uri())
+    page = s.open((built.gallery / "images" / built.hostile[:3] / f"{built.hostile}.html").as_uri())
     assert page.locator("dd.author").inner_text() == HOSTILE_AUTHOR
     assert page.locator("dd.title").inner_text() == HOSTILE_TITLE
     assert page.locator("h1").inner_text() == HOSTILE_TITLE
@@ -417,12 +417,14 @@ def test_upright_turns_and_fill_crops(tmp_path: Path, origin: Callable[[Corpus],
     server = origin(corpus)
     manifest = corpus.write_manifest(tmp_path / "images.csv", server.base_url, rotation_column=True)
     out = tmp_path / "out"
+    state = tmp_path / "state"  # the journal apart from the output
     res = run_cli("download", manifest, "-o", out, "--orientation", "upright", "--resize", "120",
-                  "--resize-mode", "fill", "--progress", "none")
+                  "--resize-mode", "fill", "--progress", "none", "--state-dir", state)
     assert res.returncode == 0, res.stderr
-    res = run_cli("gallery", out, "-o", tmp_path / "g", "--annotations", BOXES_CSV, "--progress", "none")
+    res = run_cli("gallery", out, "-o", tmp_path / "g", "--annotations", BOXES_CSV, "--progress", "none",
+                  "--state-dir", state)
     assert res.returncode == 0, res.stderr
-    res = run_cli("annotations", out, "--format", "coco", "--annotations", BOXES_CSV)
+    res = run_cli("annotations", out, "--format", "coco", "--annotations", BOXES_CSV, "--state-dir", state)
     assert res.returncode == 0, res.stderr
     coco = json.loads((out / "annotations" / "coco.json").read_text())
     # Independently: the centre square of the stored frame, then the turn (degrees counter-clockwise).
@@ -468,7 +470,7 @@ def test_screenshot_for_ci(built: Built, session: Callable[[int], Session]) -> N
     shot = artifacts()
     if shot:
         page.screenshot(path=str(shot / "gallery-index.png"))
-        image_page = s.open((built.gallery / "pages" / built.ok[0][:3] / f"{built.ok[0]}.html").as_uri())
+        image_page = s.open((built.gallery / "images" / built.ok[0][:3] / f"{built.ok[0]}.html").as_uri())
         image_page.screenshot(path=str(shot / "gallery-image.png"), full_page=True)
 
 
@@ -480,9 +482,33 @@ def test_gallery_refuses_a_folder_that_is_not_a_gallery(built: Built, tmp_path: 
     assert res.returncode == 1 and "not empty" in res.stderr and "Traceback" not in res.stderr
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     res = run_cli("gallery", built.out / "nothing-here")
-    assert res.returncode == 1 and "no downloaded images" in res.stderr
+    assert res.returncode == 1 and "has no journal" in res.stderr and "Traceback" not in res.stderr
     # The image lists have moved: the gallery is made, without attribution, and says so.
     res = run_cli("gallery", built.out, "-o", tmp_path / "g", "--images", tmp_path / "gone.csv", "--progress", "none")
     assert res.returncode == 0 and "no attribution from" in res.stderr and "no such file" in res.stderr
-    page = (tmp_path / "g" / "pages" / built.ok[0][:3] / f"{built.ok[0]}.html").read_text()
+    page = (tmp_path / "g" / "images" / built.ok[0][:3] / f"{built.ok[0]}.html").read_text()
     assert "Not found in the image lists" in page
+
+
+def test_full_images_are_hard_links_and_symlinks_in_out_are_refused(built: Built, tmp_path: Path) -> None:
+    image_id = built.ok[0]
+    (written,) = built.out.glob(f"*/{image_id[:3]}/{image_id}.jpg")
+    shown = built.gallery / "images" / image_id[:3] / f"{image_id}.jpg"
+    assert os.stat(shown).st_ino == os.stat(written).st_ino and shown.read_bytes() == written.read_bytes()
+    # An image swapped for a symlink to a file outside OUT is neither linked nor copied.
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(written.read_bytes())
+    victim = built.ok[1]
+    (path,) = built.out.glob(f"*/{victim[:3]}/{victim}.jpg")
+    saved = tmp_path / "saved.jpg"
+    os.replace(path, saved)
+    try:
+        path.symlink_to(secret)
+        res = run_cli("gallery", built.out, "-o", tmp_path / "g", "--progress", "none")
+    finally:
+        path.unlink()
+        os.replace(saved, path)
+    assert res.returncode == 0 and f"{victim}: cannot read the image" in res.stderr, res.stderr
+    folder = tmp_path / "g" / "images" / victim[:3]
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(victim)) == [f"{victim}.html"]
+    assert os.stat(secret).st_nlink == 1

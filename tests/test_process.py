@@ -13,10 +13,18 @@ import pytest
 from PIL import Image
 
 from oidownload.config import ImageConfig, Orientation, OutputFormat, ResizeMode
-from oidownload.layout import image_path, original_path
-from oidownload.origin import placeholder_bytes
 from oidownload.process import EXIF_ORIENTATION, Job, WorkerSettings, process, target_size
 from oidownload.records import Source, Status
+from oidownload.sinks.files import relative_path
+from oidownload.testing.origin import placeholder_bytes
+
+
+def image_path(out: Path, subset: str, image_id: str, ext: str) -> Path:
+    return out / relative_path(subset, image_id, ext)
+
+
+def original_path(out: Path, subset: str, image_id: str, ext: str) -> Path:
+    return out / relative_path(subset, image_id, f"original.{ext}")
 
 ID = "0123456789abcdef"
 

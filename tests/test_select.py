@@ -15,7 +15,7 @@ from PIL import Image
 
 from oidownload.classes import ClassDescriptions
 from oidownload.errors import ConfigError
-from oidownload.origin import Corpus, Origin
+from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import V3, journal_rows, run_cli
 
 StartOrigin = Callable[..., Origin]
@@ -294,8 +294,8 @@ def test_box_transform_matches_pillows_turns(code: int) -> None:
     """A painted box, turned by Pillow the way the worker turns images, lands where the
     export puts it; also through a fill crop."""
     from oidownload.export import to_written_frame
-    from oidownload.journal import Downloaded
     from oidownload.process import _EXIF_TRANSPOSE
+    from oidownload.state import Written
 
     w, h = 200, 100
     box = (0.1, 0.35, 0.2, 0.7)  # xmin, xmax, ymin, ymax
@@ -305,7 +305,7 @@ def test_box_transform_matches_pillows_turns(code: int) -> None:
         src = im if crop is None else im.crop((round(crop[0] * w), 0, round(crop[2] * w), h))
         turned = src.transpose(_EXIF_TRANSPOSE[code]) if code != 1 else src
         x0, y0, x1, y1 = turned.getbbox()  # type: ignore[misc]
-        got = to_written_frame(box, Downloaded("0" * 16, "t", "jpg", turned.width, turned.height, code, crop))
+        got = to_written_frame(box, Written("0" * 16, "t", "", "jpg", turned.width, turned.height, code, crop, "original", True, 0))
         assert got is not None
         want = (x0 / turned.width, x1 / turned.width, y0 / turned.height, y1 / turned.height)
         assert all(abs(a - b) < 0.011 for a, b in zip(got, want, strict=True)), (code, crop, got, want)

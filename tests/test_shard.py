@@ -81,7 +81,7 @@ def test_flags_win_and_go_together() -> None:
 
 
 def test_shards_split_a_real_download_and_env_vars_set_options(tmp_path: Path, make_origin: object) -> None:
-    from oidownload.origin import Corpus
+    from oidownload.testing.origin import Corpus
 
     corpus = Corpus.generate(60, mix="tiny", seed=41)
     origin = make_origin(corpus)  # type: ignore[operator]
@@ -108,7 +108,7 @@ def test_shards_split_a_real_download_and_env_vars_set_options(tmp_path: Path, m
 
 
 def test_max_runtime_stops_cleanly_with_75_and_resumes(tmp_path: Path, make_origin: object) -> None:
-    from oidownload.origin import Corpus, Latency
+    from oidownload.testing.origin import Corpus, Latency
 
     corpus = Corpus.generate(300, mix="tiny", seed=42)
     origin = make_origin(corpus, latency=Latency(0.1))  # type: ignore[operator]

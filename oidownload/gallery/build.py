@@ -4,7 +4,7 @@ a page per image, and stats.html (charts as inline SVG, with their tables).
 
     DIR/index.html, stats.html, assets/      the pages, the script and the style
     DIR/data/*.js                            the grid's data, loaded with <script src>
-    DIR/thumbs/, images/, pages/             per image: thumbnail, full size, page
+    DIR/images/<abc>/<id>.html, .t.jpg, .<ext>   per image: its page, thumbnail, full size
 
 Browsers refuse fetch() of file:// URLs, so data travels as script files that call
 OIG.put(name, value); the index loads one page's chunk at a time, so 50,000 images
@@ -26,15 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import InputError, OutputError
-from ..layout import atomic_write
+from ..errors import ConfigError, InputError, OutputError
 from ..progress import Progress
 from ..records import Outcome, Status
+from ..sinks import Reader, is_remote
+from ..state import StateDir, Written
 from . import charts, work
 from .collect import Collected, Entry, collect
-from .reads import Written, status_counts, written_images
+from .reads import input_lists, status_counts, written_images
 from .render import render
 from .stats import figures
+from .work import write_file
 
 MARKER = ".oidownload-gallery"
 BATCH = 32  # images per pool task: big enough that the hop to a worker is noise
@@ -72,26 +74,32 @@ def colours(data: Collected) -> list[str]:
 
 
 def build_gallery(
-    out: Path,
+    state: StateDir,
     dest: Path | None = None,
     *,
     annotation_paths: list[Path],
     class_descriptions: Path | None,
     classes: frozenset[str] | None,
-    image_lists: list[Path],
+    image_lists: list[Path] | None = None,
     page_size: int = 100,
     processes: int | None = None,
     progress: Progress,
 ) -> GalleryResult:
-    images = written_images(out)
+    """The gallery of the output `state` describes, in dest (default OUT/gallery).
+    image_lists: where the attribution comes from (default: the download's inputs)."""
+    images = written_images(state)
     if not images:
-        raise InputError(f"{out} has no downloaded images (no journal, or no row with status ok)")
-    dest = dest or out / "gallery"
+        raise InputError(f"{state.out} has no downloaded images (no row with status ok in its journal)")
+    if dest is None:
+        if is_remote(state.out):
+            raise ConfigError(f"{state.out} is not a local folder: give the gallery's folder with -o")
+        dest = Path(state.out) / "gallery"
     _prepare(dest)
+    lists = input_lists(state) if image_lists is None else image_lists
     workers = processes or os.cpu_count() or 1
     with _pool(workers) as pool:
-        return _build(out, dest, images, pool, 4 * workers, annotation_paths=annotation_paths,
-                      class_descriptions=class_descriptions, classes=classes, image_lists=image_lists,
+        return _build(state, dest, images, pool, 4 * workers, annotation_paths=annotation_paths,
+                      class_descriptions=class_descriptions, classes=classes, image_lists=lists,
                       page_size=page_size, progress=progress)
 
 
@@ -107,7 +115,7 @@ def _pool(workers: int) -> Iterator[cf.ProcessPoolExecutor | None]:
         yield pool
 
 
-def _build(out: Path, dest: Path, images: list[Written], pool: cf.ProcessPoolExecutor | None, in_flight: int, *,
+def _build(state: StateDir, dest: Path, images: list[Written], pool: cf.ProcessPoolExecutor | None, in_flight: int, *,
            annotation_paths: list[Path], class_descriptions: Path | None, classes: frozenset[str] | None,
            image_lists: list[Path], page_size: int, progress: Progress) -> GalleryResult:
     progress.log("gallery", f"gallery: {len(images)} images; reading annotations and attribution")
@@ -121,11 +129,11 @@ def _build(out: Path, dest: Path, images: list[Written], pool: cf.ProcessPoolExe
     progress.log("gallery", f"gallery: {result.boxes} boxes, {result.labels} labels; thumbnails and image pages")
     progress.set_total(len(images))
     palette = colours(data)
-    failed = _make_images(out, dest, data, palette, pool, in_flight, progress)
+    failed = _make_images(state.reader(), dest, data, palette, pool, in_flight, progress)
     result.failed = sorted(failed.items())
     progress.close()
     progress.log("gallery", "gallery: index, data and statistics")
-    _write_site(out, dest, data, palette, status_counts(out), page_size, failed, result)
+    _write_site(Path(state.out).name or state.out, dest, data, palette, status_counts(state), page_size, failed, result)
     return result
 
 
@@ -140,8 +148,9 @@ def _prepare(dest: Path) -> None:
         raise OutputError(f"cannot write to {dest}: {exc.strerror or exc}") from None
 
 
-def _rel(kind: str, image_id: str, ext: str) -> str:
-    return f"{kind}/{image_id[:3]}/{image_id}.{ext}"
+def _rel(image_id: str, suffix: str) -> str:
+    """Where an image's files go: its page, thumbnail and full-size copy share a folder."""
+    return f"images/{image_id[:3]}/{image_id}.{suffix}"
 
 
 # -- per image, in the pool --------------------------------------------------------------
@@ -150,16 +159,16 @@ def _rel(kind: str, image_id: str, ext: str) -> str:
 def _jobs(data: Collected, palette: list[str]) -> Iterator[work.Job]:
     entries = data.entries
     for i, e in enumerate(entries):
-        im = e.written.image
-        full = _rel("images", e.image_id, im.ext)
+        im = e.written
+        full = _rel(e.image_id, im.ext)
         prev = entries[i - 1].image_id if i else None
         nxt = entries[i + 1].image_id if i + 1 < len(entries) else None
-        yield work.Job(e.image_id, e.written.location, _rel("thumbs", e.image_id, "jpg"), full,
-                       _rel("pages", e.image_id, "html"), _page_context(e, data, palette, full, prev, nxt, i, len(entries)))
+        yield work.Job(e.image_id, e.written.location, _rel(e.image_id, "html"), _rel(e.image_id, "t.jpg"), full,
+                       _page_context(e, data, palette, f"{e.image_id}.{im.ext}", prev, nxt, i, len(entries)))
 
 
 def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev: str | None, nxt: str | None, i: int, n: int) -> dict[str, Any]:
-    im = e.written.image
+    im = e.written
     mids, names = data.classes.mids, data.classes.names
     boxes = []
     for c, xmin, xmax, ymin, ymax, attrs in e.boxes:
@@ -177,10 +186,10 @@ def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev
     crop = im.crop
     return {
         "root": "../../", "scripts": False, "version": __version__, "title": e.image_id,
-        "image": {"id": e.image_id, "subset": e.written.image.subset, "width": im.width, "height": im.height,
+        "image": {"id": e.image_id, "subset": im.subset, "width": im.width, "height": im.height,
                   "source": e.written.source or "unknown", "turn": _TURNS.get(im.orientation, str(im.orientation)),
                   "crop": None if crop is None else ", ".join(f"{v:.4f}" for v in crop),
-                  "src": "../../" + full, "location": e.written.location},
+                  "src": full, "location": e.written.location},
         "boxes": boxes, "labels": labels, "attribute_names": ATTRIBUTE_NAMES,
         "has_attributes": any(a != -1 for b in e.boxes for a in b[5]),
         "attribution": e.attribution, "prev": _sibling(prev), "next": _sibling(nxt), "position": i + 1, "count": n,
@@ -206,7 +215,7 @@ def _batches(jobs: Iterator[work.Job]) -> Iterator[list[work.Job]]:
         yield batch
 
 
-def _make_images(out: Path, dest: Path, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
+def _make_images(reader: Reader, dest: Path, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
                  in_flight: int, progress: Progress) -> dict[str, str]:
     """Thumbnails, full-size copies and image pages. Returns the images that got no thumbnail."""
     failed: dict[str, str] = {}
@@ -220,7 +229,7 @@ def _make_images(out: Path, dest: Path, data: Collected, palette: list[str], poo
 
     if pool is None:
         for batch in _batches(_jobs(data, palette)):
-            record(work.make(out, dest, batch))
+            record(work.make(reader, dest, batch))
         return failed
     # Bounded in flight: the page contexts of 50,000 images need not all exist at once.
     pending: set[cf.Future[list[work.Done]]] = set()
@@ -229,7 +238,7 @@ def _make_images(out: Path, dest: Path, data: Collected, palette: list[str], poo
             finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for f in finished:
                 record(f.result())
-        pending.add(pool.submit(work.make, out, dest, batch))
+        pending.add(pool.submit(work.make, reader, dest, batch))
     for f in cf.as_completed(pending):
         record(f.result())
     return failed
@@ -243,7 +252,7 @@ def _js(name: str, value: object) -> bytes:
     return f"OIG.put({json.dumps(name)},{json.dumps(value, separators=(',', ':'))});\n".encode()
 
 
-def _write_site(out: Path, dest: Path, data: Collected, palette: list[str], statuses: dict[str, int], page_size: int,
+def _write_site(out_name: str, dest: Path, data: Collected, palette: list[str], statuses: dict[str, int], page_size: int,
                 failed: dict[str, str], result: GalleryResult) -> None:
     entries = data.entries
     mids, names = data.classes.mids, data.classes.names
@@ -252,29 +261,29 @@ def _write_site(out: Path, dest: Path, data: Collected, palette: list[str], stat
     for i, e in enumerate(entries):
         for c in e.classes():
             per_class.setdefault(c, []).append(i)
-        per_split.setdefault(e.written.image.subset, []).append(i)
+        per_split.setdefault(e.written.subset, []).append(i)
     splits = sorted(per_split)
     split_of = {s: k for k, s in enumerate(splits)}
     for start in range(0, len(entries), page_size):
         chunk = [_tile(e, split_of, e.image_id not in failed) for e in entries[start : start + page_size]]
-        atomic_write(dest / "data" / f"chunk-{start // page_size}.js", _js(f"chunk-{start // page_size}", chunk))
+        write_file(dest / "data" / f"chunk-{start // page_size}.js", _js(f"chunk-{start // page_size}", chunk))
     for c, members in per_class.items():
-        atomic_write(dest / "data" / f"class-{c}.js", _js(f"class-{c}", members))
+        write_file(dest / "data" / f"class-{c}.js", _js(f"class-{c}", members))
     for s, members in per_split.items():
-        atomic_write(dest / "data" / f"split-{split_of[s]}.js", _js(f"split-{split_of[s]}", members))
+        write_file(dest / "data" / f"split-{split_of[s]}.js", _js(f"split-{split_of[s]}", members))
     meta = {"total": len(entries), "pageSize": page_size, "classes": [[m, names[c], palette[c]] for c, m in enumerate(mids)],
             "splits": splits}
-    atomic_write(dest / "data" / "meta.js", _js("meta", meta))
+    write_file(dest / "data" / "meta.js", _js("meta", meta))
     for name in ("gallery.css", "gallery.js"):
-        atomic_write(dest / "assets" / name, resources.files("oidownload.gallery").joinpath("static", name).read_bytes())
-    common = {"root": "", "version": __version__, "out_name": out.name or str(out), "summary": result}
+        write_file(dest / "assets" / name, resources.files("oidownload.gallery").joinpath("static", name).read_bytes())
+    common = {"root": "", "version": __version__, "out_name": out_name, "summary": result}
     class_options = sorted(((names[c], mids[c], c, len(m)) for c, m in per_class.items()), key=lambda t: (t[0].casefold(), t[1]))
-    atomic_write(dest / "index.html", render("index.html", {
+    write_file(dest / "index.html", render("index.html", {
         **common, "scripts": True, "title": "Gallery", "classes": class_options,
         "splits": [(k, s, len(per_split[s])) for k, s in enumerate(splits)], "page_size": page_size,
     }).encode())
     figs = figures(data, statuses)
-    atomic_write(dest / "stats.html", render("stats.html", {
+    write_file(dest / "stats.html", render("stats.html", {
         **common, "scripts": False, "title": "Statistics",
         "figures": [(f, charts.chart(f)) for f in figs], "data": data, "statuses": statuses,
     }).encode())
@@ -283,7 +292,7 @@ def _write_site(out: Path, dest: Path, data: Collected, palette: list[str], stat
 def _tile(e: Entry, split_of: dict[str, int], thumb: bool) -> list[Any]:
     """[id, split, width, height, thumbnail made, [class, x, y, w, h, ...], [classes]]: boxes
     in pixels of the written image, one decimal (a tenth of a pixel is below what shows)."""
-    im = e.written.image
+    im = e.written
     w, h = im.width, im.height
     flat: list[float] = []
     for c, xmin, xmax, ymin, ymax, _ in e.boxes:

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..export import ExportResult, box_rows
 from ..records import Row
 from ..rows import RowFilter, iter_rows, read_header
-from .reads import Written
+from ..state import Written
 
 # A label at or above this confidence says the image has the class (the default of
 # --min-confidence; human negatives are 0).
@@ -54,7 +54,7 @@ class Entry:
 
     @property
     def image_id(self) -> str:
-        return self.written.image.image_id
+        return self.written.image_id
 
     def classes(self) -> set[int]:
         """The classes the image has: a drawn box, or a positive image-level label."""
@@ -108,7 +108,7 @@ def collect(
     classes: frozenset[str] | None,
     image_lists: Iterable[Path],
 ) -> Collected:
-    entries = {w.image.image_id: Entry(w) for w in images}
+    entries = {w.image_id: Entry(w) for w in images}
     names = ClassDescriptions.load(class_descriptions) if class_descriptions else None
     result = Collected(list(entries.values()), Classes(), [])
     for path in annotation_paths:
@@ -135,7 +135,7 @@ def license_name(url: str) -> str:
 def _read_boxes(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
                 names: ClassDescriptions | None, mids: frozenset[str] | None) -> None:
     """The export's own box reader, so the gallery draws exactly the boxes it exports."""
-    images = {i: e.written.image for i, e in entries.items()}
+    images = {i: e.written for i, e in entries.items()}
     counts = ExportResult(Path())
     shared: dict[tuple[int, ...], tuple[int, ...]] = {}
     for row in box_rows([f], images, counts, mids):

@@ -1,64 +1,43 @@
-"""The gallery's only reads of a download: the images that are ok (size, turn, crop,
-source, where they are), one image's bytes, the count per status, and the input lists.
-
-Everything else in the gallery works on these records, so a new journal read API or
-another kind of output (tar shards, object storage) changes this file only.
+"""The gallery's only reads of a download, all through the read API (`state.StateDir`
+for the journal, the output's `sinks.Reader` for image bytes): the images that are ok,
+one image's bytes (or a hard link to it), the count per status, and the input lists.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
+import collections
 from pathlib import Path
 
-from ..errors import InputError
-from ..journal import Downloaded, connect, downloaded, int_to_id, journal_files
-from ..report import input_paths, out_status
+from ..sinks import Reader
+from ..sinks.files import FilesReader
+from ..state import StateDir, Written
 
 
-@dataclass(frozen=True, slots=True)
-class Written:
-    """One image that is in the output: its frame (size, turn, crop) and its origin."""
-
-    image: Downloaded
-    source: str  # original / thumbnail / ...; "" when the journal does not say
-    location: str  # where the output keeps it: a path relative to OUT, for the files output
-
-
-def written_images(out: Path) -> list[Written]:
+def written_images(state: StateDir) -> list[Written]:
     """Every image whose outcome is ok, in ImageID order."""
-    images = downloaded(out)
-    sources: dict[str, str] = {}
-    try:
-        for path in journal_files(out):
-            conn = connect(path, readonly=True)
-            try:
-                for rid, source in conn.execute("SELECT id, source FROM outcomes WHERE status='ok'"):
-                    sources[int_to_id(rid)] = source or ""
-            finally:
-                conn.close()
-    except sqlite3.Error as exc:
-        raise InputError(f"cannot read the journal in {out}: {exc}") from None
-    return [Written(images[i], sources.get(i, ""), images[i].path) for i in sorted(images)]
+    return sorted(state.written(), key=lambda w: w.image_id)
 
 
-def read_image(out: Path, location: str) -> bytes:
+def read_image(reader: Reader, location: str) -> bytes:
     """The written bytes of one image. Raises OSError when they are gone."""
-    return (out / location).read_bytes()
+    return reader.read(location)
 
 
-def local_file(out: Path, location: str) -> Path | None:
-    """The image as a file on this machine, when the output keeps it as one (so it can
-    be hard-linked rather than copied); None otherwise."""
-    path = out / location
-    return path if path.is_file() else None
+def link_image(reader: Reader, location: str, dest: Path) -> bool:
+    """Hard-links the image at `location` as `dest` when the output keeps it as a plain
+    file on this filesystem (no copy, no extra space); False when it cannot."""
+    return isinstance(reader, FilesReader) and reader.link(location, dest)
 
 
-def status_counts(out: Path) -> dict[str, int]:
-    """Outcomes per status across every journal in OUT, in the order of summaries."""
-    return {name: c.n for name, c in out_status(out).counts.items()}
+def status_counts(state: StateDir) -> dict[str, int]:
+    """Outcomes per status across every journal."""
+    totals: collections.Counter[str] = collections.Counter()
+    for journal in state.counts():
+        for c in journal.counts:
+            totals[c.status] += c.n
+    return dict(totals)
 
 
-def input_lists(out: Path) -> list[Path]:
-    """The image lists (CSV files) the downloads read, as the journals name them."""
-    return [Path(p) for p in input_paths(journal_files(out))]
+def input_lists(state: StateDir) -> list[Path]:
+    """The image lists (CSV files) the downloads read."""
+    return [i.path for i in state.inputs()]

@@ -62,7 +62,7 @@ def figures(data: Collected, statuses: dict[str, int]) -> list[Figure]:
     sizes = collections.Counter[tuple[int, int]]()
     sources = collections.Counter[str]()
     for e in entries:
-        im = e.written.image
+        im = e.written
         for b in e.boxes:
             boxes[b[0]] += 1
             areas[(b[2] - b[1]) * (b[4] - b[3])] += 1

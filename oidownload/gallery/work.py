@@ -1,7 +1,7 @@
-"""Runs in worker processes, per image: a small JPEG thumbnail, the full-size copy the
-image page shows, and the image page itself, all inside the gallery folder. Written
-images are read through `reads`, so any output kind works; a local file is hard-linked
-rather than copied.
+"""Runs in worker processes, per image: its page, a small JPEG thumbnail and the full-size
+copy the page shows, side by side in images/<abc>/ of the gallery folder. Written images
+are read through the output's Reader, so any output kind works; a plain file is
+hard-linked rather than copied.
 
 An image that still carries an EXIF orientation (`--format keep`) gets a re-encoded copy
 without it: browsers would turn it, and the boxes are drawn in the stored pixels' frame.
@@ -12,15 +12,15 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from ..layout import TMP_SUFFIX, atomic_write
-from .reads import local_file, read_image
+from ..fsio import atomic_file, temp_name
+from ..sinks import Reader
+from .reads import link_image, read_image
 from .render import render
 
 THUMB_SIDE = 320  # pixels, longest side: sharp in a tile about 200 CSS px wide on a 1.5x screen
@@ -32,30 +32,54 @@ _EXIF_ORIENTATION = 0x0112
 class Job:
     image_id: str
     location: str
-    thumb: str  # paths relative to the gallery folder
+    page: str  # paths relative to the gallery folder, all in one folder
+    thumb: str
     full: str
-    page: str
     context: dict[str, Any]  # the image page's
 
 
 @dataclass(frozen=True, slots=True)
 class Done:
     image_id: str
-    error: str  # "" when both files are in place
+    error: str  # "" when the thumbnail and the full-size image are in place
     nbytes: int  # bytes of the written image read (0 when nothing had to be made)
 
 
-def make(out: Path, dest: Path, jobs: list[Job]) -> list[Done]:
-    return [_one(out, dest, job) for job in jobs]
+def make(reader: Reader, dest: Path, jobs: list[Job]) -> list[Done]:
+    return [_one(reader, dest, job) for job in jobs]
 
 
-def _one(out: Path, dest: Path, job: Job) -> Done:
-    _write_if_changed(dest / job.page, render("image.html", job.context).encode())
+def write_file(path: Path, data: bytes) -> None:
+    """Whole or absent (a temporary name, then a rename); the folder is made only when
+    it is missing, not tried before every file."""
+    try:
+        with atomic_file(path, "wb") as f:
+            f.write(data)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path, "wb") as f:
+            f.write(data)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """A rebuild leaves a file alone when it would not change: reading a small file costs
+    far less than creating one."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return
+    except OSError:
+        pass
+    write_file(path, data)
+
+
+def _one(reader: Reader, dest: Path, job: Job) -> Done:
+    _write_if_changed(dest / job.page, render("image.html", job.context).encode())  # makes the folder
     thumb, full = dest / job.thumb, dest / job.full
     if thumb.exists() and full.exists():
         return Done(job.image_id, "", 0)  # made by an earlier build: images never change once ok
     try:
-        data = read_image(out, job.location)
+        data = read_image(reader, job.location)
     except OSError as exc:
         return Done(job.image_id, f"cannot read the image: {exc.strerror or exc}", 0)
     try:
@@ -69,53 +93,27 @@ def _one(out: Path, dest: Path, job: Job) -> Done:
             small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
             buf = io.BytesIO()
             small.save(buf, "JPEG", quality=THUMB_QUALITY)
-            atomic_write(thumb, buf.getbuffer())
+            write_file(thumb, buf.getvalue())
         if turned:
             with Image.open(io.BytesIO(data)) as im:  # again: the first decode was at reduced scale
                 buf = io.BytesIO()
                 im.convert("RGB").save(buf, "JPEG", quality=95)
-                atomic_write(full, buf.getbuffer())
+                write_file(full, buf.getvalue())
         else:
-            _place_full(out, job.location, full, data)
+            _place_full(reader, job.location, full, data)
     except Exception as exc:  # the pool's boundary: Pillow raises many kinds of errors
         return Done(job.image_id, f"cannot make a thumbnail: {exc}", len(data))
     return Done(job.image_id, "", len(data))
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
-    """A rebuild leaves a page alone when it would not change: reading a small file costs
-    far less than creating one."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(len(data) + 1) == data:
-                return
-    except OSError:
-        pass
-    atomic_write(path, data)
-
-
-def _place_full(out: Path, location: str, full: Path, data: bytes) -> None:
-    """A hard link to the written file when there is one on this filesystem, else a copy."""
-    src = local_file(out, location)
-    if src is None:
-        atomic_write(full, data)
+def _place_full(reader: Reader, location: str, full: Path, data: bytes) -> None:
+    """A hard link to the written file when it is one on this filesystem, else a copy."""
+    tmp = full.with_name(temp_name(full.name))
+    if link_image(reader, location, tmp):
+        try:
+            os.replace(tmp, full)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return
-    tmp = full.with_name(f".{full.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        _link_or_copy(src, tmp)
-    except FileNotFoundError:  # a new folder: made only then, not tried before every file
-        full.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(src, tmp)
-    os.replace(tmp, full)
-
-
-def _link_or_copy(src: Path, tmp: Path) -> None:
-    try:
-        os.link(src, tmp)
-    except FileNotFoundError:
-        raise
-    except FileExistsError:  # left by a killed build
-        tmp.unlink()
-        os.link(src, tmp)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copyfile(src, tmp)
+    write_file(full, data)

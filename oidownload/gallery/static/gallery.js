@@ -66,10 +66,10 @@ function tile(meta, rec) {
   fig.dataset.imageId = id;
   const a = document.createElement("a");
   a.className = "frame-link";
-  a.href = "pages/" + dir + "/" + id + ".html";
+  a.href = "images/" + dir + "/" + id + ".html";
   const svg = svgEl("svg", { class: "frame", viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "xMidYMid meet" });
   if (thumb) {
-    svg.appendChild(svgEl("image", { href: "thumbs/" + dir + "/" + id + ".jpg", x: 0, y: 0, width: w, height: h, preserveAspectRatio: "none" }));
+    svg.appendChild(svgEl("image", { href: "images/" + dir + "/" + id + ".t.jpg", x: 0, y: 0, width: w, height: h, preserveAspectRatio: "none" }));
   } else {
     const t = svgEl("text", { x: w / 2, y: h / 2, "text-anchor": "middle", class: "nothumb", "font-size": Math.max(w, h) / 12 });
     t.textContent = "no thumbnail";

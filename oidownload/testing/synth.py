@@ -127,9 +127,19 @@ def cache_dir() -> Path:
     return Path(root) / f"synth-v{CACHE_VERSION}"
 
 
+def _folder(mix: Mix, seed: int, cache: Path | None) -> Path:
+    return (cache or cache_dir()) / f"{mix.name}-{mix.templates}-{seed}"
+
+
+def cached(mix: Mix, seed: int = 0, cache: Path | None = None) -> bool:
+    """Whether the mix's templates are all on disk already."""
+    folder = _folder(mix, seed, cache)
+    return all((folder / f"{i:03d}.jpg").exists() for i in range(mix.templates))
+
+
 def templates(mix: Mix, seed: int = 0, cache: Path | None = None) -> list[bytes]:
     """The mix's templates, generated once and then read from the cache."""
-    folder = (cache or cache_dir()) / f"{mix.name}-{mix.templates}-{seed}"
+    folder = _folder(mix, seed, cache)
     out: list[bytes] = []
     for i, target in enumerate(mix.targets()):
         path = folder / f"{i:03d}.jpg"

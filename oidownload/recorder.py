@@ -1,0 +1,87 @@
+"""The one place an Outcome ends: progress, the sink's commit, and the journal batch.
+
+An outcome whose file the worker already published is committed at once; one whose
+files are staged is handed to the sink and journaled only when a later `sync` says
+its bytes are safe. Every flush writes the committed outcomes and the sink's state
+in one journal transaction, on the journal's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .errors import OidownloadError, OutputError
+from .journal import Journal, JournalError
+from .progress import Progress
+from .records import Outcome, Row, Status
+from .sinks import Sink
+
+# A full disk, a read-only mount or a folder we may not write fails every later write
+# too: stop the run rather than record a failure per image.
+FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+Fail = Callable[[OidownloadError, bool], None]
+
+
+class Recorder:
+    def __init__(self, progress: Progress, journal: Journal, sink: Sink, fail: Fail, where: str) -> None:
+        self.progress = progress
+        self.journal = journal
+        self.sink = sink
+        self.fail = fail
+        self.where = where
+        self.pending: list[Outcome] = []
+        self.pending_state: dict[str, str | None] = {}
+        self.failed = False
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._lock = asyncio.Lock()
+
+    def record(self, outcome: Outcome, row: Row | None = None) -> None:
+        if outcome.status is Status.WRITE_ERROR and outcome.errno in FATAL_ERRNOS:
+            hint = ("free some space (or fix the mount)" if outcome.errno not in (errno.EACCES, errno.EPERM)
+                    else "fix the permissions")
+            self.fail(OutputError(
+                f"cannot write under {self.where}: {outcome.detail}. The journal is intact: "
+                f"{hint} and run the same command again to resume"
+            ), outcome.errno in (errno.ENOSPC, errno.EDQUOT))
+            return  # not journaled: it is the disk's fault, not the image's
+        self.progress.add(outcome)
+        if outcome.status is Status.OK and outcome.staged:
+            self.sink.publish(outcome, row)
+        else:
+            self.pending.append(outcome)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Runs fn on the journal's thread (SQLite must not block the loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+    async def flush(self, synced_by: Callable[[], Any] | None = None) -> None:
+        async with self._lock:
+            synced = await (synced_by() if synced_by is not None else self.sink.sync())
+            batch, self.pending = self.pending + synced.committed, []
+            state = {**self.pending_state, **synced.state}
+            self.pending_state = {}
+            if not batch and not state:
+                return
+            try:
+                await self.run(self.journal.record, batch, state)
+            except JournalError as exc:
+                if self.failed:
+                    return  # the last try, with the reserve already freed
+                self.failed = True
+                # Keep the batch: the final flush retries it once the reserve is freed.
+                self.pending[:0] = batch
+                self.pending_state = {**state, **self.pending_state}
+                advice = ". Free some space and run the same command again to resume" if exc.full else ""
+                self.fail(OutputError(f"{exc}{advice}"), exc.full)
+
+    async def close(self, *, complete: bool) -> None:
+        """The sink's end of run, with the last flush."""
+        await self.flush(lambda: self.sink.close(complete=complete))
+
+    def shutdown(self) -> None:
+        self.thread.shutdown(wait=True)

@@ -1,0 +1,182 @@
+"""The `files` output, one file per image (the default):
+
+    OUT/<subset>/<first 3 hex of ImageID>/<ImageID>.<ext>     4,096 folders per subset
+    OUT/original/<subset>/<abc>/<ImageID>.<ext>               --keep-original
+
+The pool worker publishes each file itself (a temporary name, then os.replace), so
+an outcome is committed as soon as it is recorded. Folders below OUT are entered
+without following symlinks. After a crash, this task's leftover temporary files are
+removed; a lost journal is rebuilt by listing the files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .. import fsio
+from ..config import OutputConfig
+from ..errors import OutputError
+from ..records import Outcome, Status
+from ..shard import Shard
+from . import Member, Placed, Sink
+
+ORIGINAL_DIR = "original"
+_ID_RE = re.compile(r"[0-9a-f]{16}")
+_FILE_RE = re.compile(r"([0-9a-f]{16})\.([a-z0-9]{1,5})")
+# Temporary files of this sink: `.<ImageID>.<ext>.<random or pid>.oidtmp`.
+_TMP_RE = re.compile(r"\.([0-9a-f]{16})\.[^/]*" + re.escape(fsio.TMP_SUFFIX))
+_SUBSET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_id(image_id: str) -> str:
+    """The id itself if it is 16 lower-case hex digits; anything else could name a
+    path outside OUT, so it raises ValueError rather than being used."""
+    if not _ID_RE.fullmatch(image_id):
+        raise ValueError(f"not a 16-hex-digit ImageID: {image_id[:40]!r}")
+    return image_id
+
+
+def member_path(subset: str, image_id: str, suffix: str) -> tuple[tuple[str, ...], str]:
+    """(folders, file name) of a member, relative to OUT."""
+    check_id(image_id)
+    kind, _, ext = suffix.rpartition(".")
+    folders: tuple[str, ...] = (subset, image_id[:3])
+    if kind == "original":
+        folders = (ORIGINAL_DIR, *folders)
+    return folders, f"{image_id}.{ext}"
+
+
+def relative_path(subset: str, image_id: str, ext: str) -> str:
+    folders, name = member_path(subset, image_id, ext)
+    return "/".join((*folders, name))
+
+
+@dataclass(frozen=True, slots=True)
+class FilesTarget:
+    root: str
+    fsync: bool = False
+
+    def place(self, subset: str, image_id: str, members: Sequence[Member]) -> Placed:
+        root_fd = fsio.open_root(self.root)
+        try:
+            # The kept original first: once the image is there, so is its original.
+            for suffix, data in reversed(members):
+                folders, name = member_path(subset, image_id, suffix)
+                dfd = fsio.open_dir(root_fd, folders, create=True)
+                try:
+                    fsio.write_in(dfd, name, data, fsync=self.fsync)
+                finally:
+                    os.close(dfd)
+        finally:
+            os.close(root_fd)
+        folders, name = member_path(subset, image_id, members[0][0])
+        return Placed("/".join((*folders, name)))
+
+
+class FilesSink(Sink):
+    def __init__(self, output: OutputConfig, shard: Shard) -> None:
+        self.out = Path(output.out)
+        self.shard = shard
+        self.target = FilesTarget(os.path.abspath(self.out), output.fsync)
+
+    def describe(self) -> str:
+        return f"files in {self.out}"
+
+    def prepare(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise OutputError(f"{self.out} is a file, not a folder; pick another -o") from None
+        except OSError as exc:
+            raise OutputError(f"cannot create {self.out}: {exc.strerror or exc}; pick a writable -o folder") from None
+        if not os.access(self.out, os.W_OK | os.X_OK):
+            raise OutputError(f"{self.out} is not writable; pick a writable -o folder or fix its permissions")
+
+    def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> None:
+        if crashed:
+            self.removed = remove_temp_files(self.out, owns)
+
+    def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
+        try:
+            root_fd = fsio.open_root(self.out)
+        except OSError:
+            return
+        try:
+            for (subset, prefix), entry, dir_fd in fsio.walk_files(root_fd, 2):
+                m = _FILE_RE.fullmatch(entry.name)
+                if (m is None or prefix != m.group(1)[:3] or subset == ORIGINAL_DIR
+                        or not _SUBSET_RE.fullmatch(subset) or not owns(m.group(1))):
+                    continue
+                image_id, ext = m.groups()
+                try:
+                    fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                    with os.fdopen(fd, "rb") as f, Image.open(f) as im:
+                        width, height = im.size
+                except Exception:  # not an image after all: leave it to be fetched again
+                    continue
+                yield Outcome(
+                    image_id, Status.OK, "found in the output when the journal was rebuilt",
+                    out_bytes=entry.stat(follow_symlinks=False).st_size, width=width, height=height,
+                    subset=subset, ext=ext, location=relative_path(subset, image_id, ext),
+                )
+        finally:
+            os.close(root_fd)
+
+
+def remove_temp_files(out: Path, mine: Callable[[str], bool]) -> int:
+    """Removes leftover temporary files whose ImageID `mine` claims (other cluster
+    tasks' files may be in flight). Regular files only, never through a symlink.
+    Returns how many went."""
+    try:
+        root_fd = fsio.open_root(out)
+    except OSError:
+        return 0
+    removed = 0
+    try:
+        for depth, base in ((2, ()), (3, (ORIGINAL_DIR,))):
+            try:
+                start = fsio.open_dir(root_fd, base, create=False)
+            except OSError:
+                continue
+            try:
+                found = [(parts, e.name) for parts, e, _ in fsio.walk_files(start, depth - len(base))
+                         if (m := _TMP_RE.fullmatch(e.name)) and mine(m.group(1))]
+            finally:
+                os.close(start)
+            for parts, name in found:
+                if fsio.remove_below(root_fd, (*base, *parts), name):
+                    removed += 1
+    finally:
+        os.close(root_fd)
+    return removed
+
+
+class FilesReader:
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+
+    def _split(self, location: str) -> tuple[list[str], str]:
+        parts = location.split("/")
+        if not location or location.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise FileNotFoundError(errno.ENOENT, f"not a location inside the output: {location[:200]!r}")
+        return parts[:-1], parts[-1]
+
+    def read(self, location: str) -> bytes:
+        folders, name = self._split(location)
+        return fsio.read_below(self.out, folders, name)
+
+    def link(self, location: str, dest: Path) -> bool:
+        """Hard-links the image at a location as dest (a copy that costs no space); False
+        when it cannot be (another filesystem). Symlinks below OUT are refused, as by read."""
+        folders, name = self._split(location)
+        return fsio.link_below(self.out, folders, name, dest)
+
+    def describe(self, location: str) -> str:
+        return str(self.out / location)

@@ -1,0 +1,235 @@
+"""Reading a state dir back: the one read API of `status`, `report`, `annotations`,
+`verify` and `gallery`. None of them opens SQLite or rebuilds a path by itself.
+
+Every read is a short transaction over a chunk of rows, so a reader never holds a
+running download's journal for long (the writer would have to wait for it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import OutputKind
+from .errors import InputError
+from .journal import connect, int_to_id, journal_files
+from .sinks import Reader, is_remote, open_reader
+
+STATE_DIR = ".oidownload"
+_CHUNK = 20_000
+
+
+def default_state_dir(out: str) -> Path:
+    """OUT/.oidownload for a local output. An object store cannot hold a journal, so
+    a remote output's state lives under $XDG_STATE_HOME (~/.local/state) instead."""
+    if not is_remote(out):
+        return Path(out) / STATE_DIR
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    scheme, _, rest = out.partition("://")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", rest).strip("_.")[:80]
+    digest = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:8]
+    return base / "oidownload" / f"{scheme}-{safe}-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCount:
+    status: str
+    n: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressRow:
+    shard: str
+    pid: int
+    host: str
+    started: float
+    updated: float
+    running: bool
+    planned: int | None
+    skipped: int
+    processed: int
+    rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCounts:
+    path: Path
+    counts: list[StatusCount]
+    progress: list[ProgressRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """An image the output holds, with what the exports need to place its boxes."""
+
+    image_id: str
+    subset: str
+    location: str
+    ext: str
+    width: int
+    height: int
+    orientation: int
+    crop: tuple[float, float, float, float] | None
+    source: str
+    verified: bool
+    out_bytes: int
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Entry:
+    """One journaled row of one input file, for `report` (ordered by line)."""
+
+    line: int
+    image_id: str
+    status: str
+    detail: str
+    http_status: int | None
+    attempts: int
+    location: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputInfo:
+    display: str
+    raw: bytes | None
+    size: int | None
+    mtime_ns: int | None
+    head_md5: str | None
+
+    @property
+    def path(self) -> Path:
+        return Path(os.fsdecode(self.raw)) if self.raw else Path(self.display)
+
+
+class StateDir:
+    def __init__(self, path: Path, out: str = "") -> None:
+        self.path = path
+        self.out = out or str(path)
+        self.journals = journal_files(path)
+
+    @classmethod
+    def open(cls, out: str | Path, state_dir: Path | None = None) -> StateDir:
+        """The state of an output; InputError when it has no journal."""
+        out = str(out)
+        path = state_dir or default_state_dir(out)
+        found = cls(path, out)
+        if not found.journals:
+            hint = "" if state_dir else " (if the download used --state-dir, pass the same --state-dir)"
+            raise InputError(f"{out} has no journal in {path}: nothing was downloaded there yet{hint}")
+        return found
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _query(self, journal: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        try:
+            conn = connect(journal, readonly=True)
+        except sqlite3.Error as exc:
+            raise self._damaged(journal, exc) from None
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._damaged(journal, exc) from None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _damaged(journal: Path, exc: sqlite3.Error) -> InputError:
+        return InputError(
+            f"cannot read the journal {journal}: {exc}. If it is damaged, move it aside: the next download "
+            "finds the images already in the output again, and `oidownload verify` checks them"
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+    def counts(self) -> list[JournalCounts]:
+        return [
+            JournalCounts(
+                j,
+                [StatusCount(str(s), int(n), int(b)) for s, n, b in  # type: ignore[call-overload]
+                 self._query(j, "SELECT status, n, bytes FROM counts WHERE n > 0")],
+                [ProgressRow(*r) for r in self._query(j, "SELECT * FROM progress")],  # type: ignore[arg-type]
+            )
+            for j in self.journals
+        ]
+
+    def meta(self, key: str) -> list[str]:
+        """A meta value from every journal (each task writes its own)."""
+        return [str(r[0]) for j in self.journals for r in self._query(j, "SELECT value FROM meta WHERE key=?", (key,))]
+
+    def output(self) -> tuple[str, OutputKind]:
+        """Where the images went, as the download recorded it."""
+        for value in self.meta("output"):
+            try:
+                d = json.loads(value)
+                return str(d["out"]), OutputKind(d.get("kind", "files"))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return self.out, OutputKind.FILES
+
+    def reader(self) -> Reader:
+        out, kind = self.output()
+        if not is_remote(out) and not Path(out).exists() and not is_remote(self.out):
+            out = self.out  # the output folder moved, with its state dir inside it
+        return open_reader(out, kind)
+
+    def _chunks(self, journal: Path, columns: str, where: str) -> Iterator[tuple[object, ...]]:
+        last: int | None = None
+        while True:
+            cond = f"({where})" + ("" if last is None else " AND id > ?")
+            rows = self._query(journal, f"SELECT id, {columns} FROM outcomes WHERE {cond} ORDER BY id LIMIT {_CHUNK}",
+                               () if last is None else (last,))
+            yield from rows
+            if len(rows) < _CHUNK:
+                return
+            last = int(rows[-1][0])  # type: ignore[call-overload]
+
+    def written(self) -> Iterator[Written]:
+        """Every image whose outcome is ok, across all the journals."""
+        cols = "subset, location, ext, width, height, orientation, crop, source, verified, out_bytes"
+        for j in self.journals:
+            for rid, subset, location, ext, w, h, orient, crop, source, verified, out_bytes in self._chunks(j, cols, "status='ok'"):
+                box = tuple(float(v) for v in str(crop).split(",")) if crop else None
+                yield Written(int_to_id(int(rid)), str(subset), str(location or ""), str(ext), int(w or 0), int(h or 0),  # type: ignore[call-overload]
+                              int(orient or 1), box, str(source or ""), bool(verified), int(out_bytes or 0))  # type: ignore[arg-type, call-overload]
+
+    def inputs(self) -> list[InputInfo]:
+        seen: dict[str, InputInfo] = {}
+        for j in self.journals:
+            for display, raw, size, mtime, head in self._query(j, "SELECT path, raw, size, mtime_ns, head_md5 FROM inputs ORDER BY id"):
+                seen.setdefault(str(display), InputInfo(str(display), raw, size, mtime, head))  # type: ignore[arg-type]
+        return list(seen.values())
+
+    def entries(self, display: str) -> Iterator[Entry]:
+        """The journaled rows of one input, in line order, merged across journals."""
+        return heapq.merge(*(self._entries(j, display) for j in self.journals))
+
+    def _entries(self, journal: Path, display: str) -> Iterator[Entry]:
+        found = self._query(journal, "SELECT id FROM inputs WHERE path=?", (display,))
+        if not found:
+            return
+        input_id = found[0][0]
+        yield from heapq.merge(
+            self._by_line(journal, "SELECT line, id, status, detail, http_status, attempts, location, source "
+                                   "FROM outcomes WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id, True),
+            self._by_line(journal, "SELECT line, raw_id, 'bad_row', detail, NULL, 0, '', '' "
+                                   "FROM bad_rows WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id, False),
+        )
+
+    def _by_line(self, journal: Path, sql: str, input_id: object, ids_are_ints: bool) -> Iterator[Entry]:
+        last = -1
+        while True:
+            rows = self._query(journal, sql, (input_id, last, _CHUNK))
+            for line, rid, status, detail, http, attempts, location, source in rows:
+                image_id = int_to_id(int(rid)) if ids_are_ints else str(rid)  # type: ignore[call-overload]
+                yield Entry(int(line), image_id, str(status), str(detail), http, int(attempts), str(location or ""),  # type: ignore[arg-type, call-overload]
+                            str(source or ""))
+            if len(rows) < _CHUNK:
+                return
+            last = int(rows[-1][0])  # type: ignore[call-overload]
