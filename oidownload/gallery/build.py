@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .stats import figures
 from .work import write_file
 
 MARKER = ".oidownload-gallery"
+_EXT = re.compile(r"[a-z0-9]{1,5}")
 BATCH = 32  # images per pool task: big enough that the hop to a worker is noise
 ATTRIBUTE_NAMES = ("occluded", "truncated", "group of", "depiction", "inside")
 _TURNS = {1: "none", 2: "mirrored", 3: "180°", 4: "flipped", 5: "transposed", 6: "90° clockwise",
@@ -160,11 +162,13 @@ def _jobs(data: Collected, palette: list[str]) -> Iterator[work.Job]:
     entries = data.entries
     for i, e in enumerate(entries):
         im = e.written
-        full = _rel(e.image_id, im.ext)
+        # The extension names a file in the gallery: only a plain one (the journal is a file too).
+        ext = im.ext if _EXT.fullmatch(im.ext) else "img"
+        full = _rel(e.image_id, ext)
         prev = entries[i - 1].image_id if i else None
         nxt = entries[i + 1].image_id if i + 1 < len(entries) else None
         yield work.Job(e.image_id, e.written.location, _rel(e.image_id, "html"), _rel(e.image_id, "t.jpg"), full,
-                       _page_context(e, data, palette, f"{e.image_id}.{im.ext}", prev, nxt, i, len(entries)))
+                       _page_context(e, data, palette, f"{e.image_id}.{ext}", prev, nxt, i, len(entries)))
 
 
 def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev: str | None, nxt: str | None, i: int, n: int) -> dict[str, Any]:
