@@ -512,3 +512,53 @@ def test_full_images_are_hard_links_and_symlinks_in_out_are_refused(built: Built
     folder = tmp_path / "g" / "images" / victim[:3]
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(victim)) == [f"{victim}.html"]
     assert os.stat(secret).st_nlink == 1
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_webdataset_and_s3_outputs(tmp_path: Path, origin: Callable[[Corpus], Origin], session: Callable[[int], Session],
+                                   s3: Any, where: str) -> None:
+    """Images read back through the output's reader (tar members, a bucket): every tile's
+    thumbnail, every box of the COCO export, the full-size image equal to the sample's."""
+    import tarfile
+
+    boxed = {r["ImageID"] for r in rows_of(BOXES_CSV)}
+    ids = [r["ImageID"] for r in rows_of(VAL / "images.csv") if r["ImageID"] in boxed][50:62]
+    corpus = Corpus.generate(0, mix="tiny", seed=47, ids=ids, subset="validation")
+    server = origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", server.base_url)
+    env = dict(s3.env) | {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    if where == "s3":
+        s3.make_bucket("gallery-wds")
+        out = "s3://gallery-wds/v"
+    else:
+        out = str(tmp_path / "out")
+    res = run_cli("download", manifest, "-o", out, "--output-format", "webdataset", "--shard-size", "5",
+                  "--resize", "100", "--progress", "none", env=env)
+    assert res.returncode == 0, res.stderr
+    gallery = tmp_path / "g"
+    if where == "s3":  # no local OUT to put the gallery in
+        res = run_cli("gallery", out, "--annotations", BOXES_CSV, env=env)
+        assert res.returncode == 2 and "-o" in res.stderr
+    res = run_cli("gallery", out, "-o", gallery, "--annotations", BOXES_CSV, "--progress", "none", env=env)
+    assert res.returncode == 0, res.stderr
+    res = run_cli("annotations", out, "--format", "coco", "--annotations", BOXES_CSV, "-d", tmp_path / "ann", env=env)
+    assert res.returncode == 0, res.stderr
+    coco = json.loads((tmp_path / "ann" / "coco.json").read_text())
+    s = session(WIDTHS[0])
+    page = s.open((gallery / "index.html").as_uri())
+    wait_render(page, None)
+    tiles = page.evaluate(GRID_JS)
+    assert sorted(t["id"] for t in tiles) == sorted(ids)
+    assert sum(len(t["rects"]) for t in tiles) == len(coco["annotations"]) > 0
+    if where == "local":  # the full-size copy is the sample's image member, byte for byte
+        members: dict[str, bytes] = {}
+        for tar in Path(out).rglob("*.tar"):
+            with tarfile.open(tar) as tf:
+                for m in tf.getmembers():
+                    if m.name.endswith(".jpg"):
+                        members[m.name.split(".")[0]] = tf.extractfile(m).read()  # type: ignore[union-attr]
+        for i in ids:
+            assert (gallery / "images" / i[:3] / f"{i}.jpg").read_bytes() == members[i]
+    loaded = page.evaluate("""Promise.all([...document.querySelectorAll('#grid svg image')].map(i =>
+        new Promise(res => { const p = new Image(); p.onload = () => res(p.naturalWidth); p.onerror = () => res(0); p.src = i.href.baseVal; })))""")
+    assert len(loaded) == len(ids) and all(w > 0 for w in loaded)

@@ -30,7 +30,7 @@ from .. import __version__
 from ..errors import ConfigError, InputError, OutputError
 from ..progress import Progress
 from ..records import Outcome, Status
-from ..sinks import Reader, is_remote
+from ..sinks import is_remote
 from ..state import StateDir, Written
 from . import charts, work
 from .collect import Collected, Entry, collect
@@ -99,20 +99,21 @@ def build_gallery(
     _prepare(dest)
     lists = input_lists(state) if image_lists is None else image_lists
     workers = processes or os.cpu_count() or 1
-    with _pool(workers) as pool:
+    with _pool(workers, state) as pool:
         return _build(state, dest, images, pool, 4 * workers, annotation_paths=annotation_paths,
                       class_descriptions=class_descriptions, classes=classes, image_lists=lists,
                       page_size=page_size, progress=progress)
 
 
 @contextlib.contextmanager
-def _pool(workers: int) -> Iterator[cf.ProcessPoolExecutor | None]:
+def _pool(workers: int, state: StateDir) -> Iterator[cf.ProcessPoolExecutor | None]:
     """Worker processes, forked now: before the annotations are read, this process is
     small, and workers that fork later would each count its hundreds of MB again."""
     if workers == 1:
+        work.init(state)
         yield None
         return
-    with cf.ProcessPoolExecutor(workers) as pool:
+    with cf.ProcessPoolExecutor(workers, initializer=work.init, initargs=(state,)) as pool:
         pool.submit(int).result()  # starts every worker (fork: all at the first task)
         yield pool
 
@@ -131,7 +132,7 @@ def _build(state: StateDir, dest: Path, images: list[Written], pool: cf.ProcessP
     progress.log("gallery", f"gallery: {result.boxes} boxes, {result.labels} labels; thumbnails and image pages")
     progress.set_total(len(images))
     palette = colours(data)
-    failed = _make_images(state.reader(), dest, data, palette, pool, in_flight, progress)
+    failed = _make_images(dest, data, palette, pool, in_flight, progress)
     result.failed = sorted(failed.items())
     progress.close()
     progress.log("gallery", "gallery: index, data and statistics")
@@ -219,7 +220,7 @@ def _batches(jobs: Iterator[work.Job]) -> Iterator[list[work.Job]]:
         yield batch
 
 
-def _make_images(reader: Reader, dest: Path, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
+def _make_images(dest: Path, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
                  in_flight: int, progress: Progress) -> dict[str, str]:
     """Thumbnails, full-size copies and image pages. Returns the images that got no thumbnail."""
     failed: dict[str, str] = {}
@@ -233,7 +234,7 @@ def _make_images(reader: Reader, dest: Path, data: Collected, palette: list[str]
 
     if pool is None:
         for batch in _batches(_jobs(data, palette)):
-            record(work.make(reader, dest, batch))
+            record(work.make(dest, batch))
         return failed
     # Bounded in flight: the page contexts of 50,000 images need not all exist at once.
     pending: set[cf.Future[list[work.Done]]] = set()
@@ -242,7 +243,7 @@ def _make_images(reader: Reader, dest: Path, data: Collected, palette: list[str]
             finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for f in finished:
                 record(f.result())
-        pending.add(pool.submit(work.make, reader, dest, batch))
+        pending.add(pool.submit(work.make, dest, batch))
     for f in cf.as_completed(pending):
         record(f.result())
     return failed

@@ -8,8 +8,8 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from ..sinks import Reader
-from ..sinks.files import FilesReader
+from ..sinks import FileReader, Reader
+from ..sinks.files import LocalBlobs
 from ..state import StateDir, Written
 
 
@@ -26,7 +26,7 @@ def read_image(reader: Reader, location: str) -> bytes:
 def link_image(reader: Reader, location: str, dest: Path) -> bool:
     """Hard-links the image at `location` as `dest` when the output keeps it as a plain
     file on this filesystem (no copy, no extra space); False when it cannot."""
-    return isinstance(reader, FilesReader) and reader.link(location, dest)
+    return isinstance(reader, FileReader) and isinstance(reader.blobs, LocalBlobs) and reader.blobs.link(location, dest)
 
 
 def status_counts(state: StateDir) -> dict[str, int]:

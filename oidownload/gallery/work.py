@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..fsio import atomic_file, temp_name
 from ..sinks import Reader
+from ..state import StateDir
 from .reads import link_image, read_image
 from .render import render
 
@@ -45,8 +46,20 @@ class Done:
     nbytes: int  # bytes of the written image read (0 when nothing had to be made)
 
 
-def make(reader: Reader, dest: Path, jobs: list[Job]) -> list[Done]:
-    return [_one(reader, dest, job) for job in jobs]
+# Each worker opens the output's reader once (a tar shard's index is read once, a bucket
+# client made once), not once per batch of jobs.
+_reader: Reader | None = None
+
+
+def init(state: StateDir) -> None:
+    """The pool's initializer (also called in-process when there is no pool)."""
+    global _reader
+    _reader = state.reader()
+
+
+def make(dest: Path, jobs: list[Job]) -> list[Done]:
+    assert _reader is not None, "work.init() first"
+    return [_one(_reader, dest, job) for job in jobs]
 
 
 def write_file(path: Path, data: bytes) -> None:
