@@ -111,8 +111,10 @@ class ClassFilter:
         return test
 
 
-def select_ids(files: list[Path], flt: ClassFilter, within: Container[str] | None = None) -> set[str]:
-    """ImageIDs with at least one matching row in any of the files."""
+def select_ids(files: list[Path], flt: ClassFilter, within: Container[str] | None = None,
+               found: set[str] | None = None) -> set[str]:
+    """ImageIDs with at least one matching row in any of the files. `found`, when given,
+    gains the MID of every matching row (so a caller can name the classes that matched nothing)."""
     if not flt.mids:
         raise ConfigError("no classes to select by")
     picked: set[str] = set()
@@ -123,10 +125,12 @@ def select_ids(files: list[Path], flt: ClassFilter, within: Container[str] | Non
         if test is None:
             continue
         usable += 1
-        i_id = f.index("ImageID")
+        i_id, i_label = f.index("ImageID"), f.index("LabelName")
         for fields in f.rows(within):
             if test(fields):
                 picked.add(fields[i_id].lower())
+                if found is not None:
+                    found.add(fields[i_label])
     if not usable:
         raise ConfigError("--boxes-only needs at least one box file (with XMin,XMax,YMin,YMax) among --annotations")
     return picked

@@ -4,6 +4,7 @@ ones the journal says are done. Decided from the raw ImageID, before a row is pa
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import heapq
 from collections.abc import Container, Iterable
@@ -58,6 +59,9 @@ class Plan:
     annotations: tuple[Path, ...] = ()
     class_descriptions: Path | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Where `ids` came from, in words, for the message of an empty selection.
+    ids_from: str = "--ids"
 
 
 def plan(
@@ -77,19 +81,31 @@ def plan(
     Memory grows with the selected images, not with the files."""
     result = Plan(ids, annotations=annotations, class_descriptions=class_descriptions)
     if class_names:
-        mids = {n for n in class_names if MID_RE.fullmatch(n.strip())}
+        mids = {n.strip() for n in class_names if MID_RE.fullmatch(n.strip())}
         names = [n for n in class_names if not MID_RE.fullmatch(n.strip())]
+        described: ClassDescriptions | None = None
         if names:
             if class_descriptions is None:
                 raise ConfigError("class names need --class-descriptions (class-descriptions.csv); MIDs like /m/0152hh do not")
-            mids |= ClassDescriptions.load(class_descriptions).resolve(names)
+            described = ClassDescriptions.load(class_descriptions)
+            mids |= described.resolve(names)
         if not annotations:
             raise ConfigError("--class needs --annotations: the box or image-label CSVs to select from")
         flt = ClassFilter(frozenset(mids), **class_filter)  # type: ignore[arg-type]
-        picked = select_ids(list(annotations), flt, within=ids)
+        found: set[str] = set()
+        picked = select_ids(list(annotations), flt, within=ids, found=found)
         result.classes = frozenset(mids)
         result.ids = frozenset(picked)
+        result.ids_from = f"the class selection ({len(picked)} images in the annotations)"
         result.notes.append(f"{len(picked)} images carry {len(mids)} selected class(es)")
+        unmatched = sorted(mids - found)
+        if unmatched:
+            shown = ", ".join(f"{described.name(m)} ({m})" if described and described.name(m) != m else m
+                              for m in unmatched[:20])
+            result.warnings.append(
+                f"no row of the annotations ({', '.join(str(a) for a in annotations)[:300]}) carries class(es) "
+                f"{shown}{' ...' if len(unmatched) > 20 else ''} with the chosen filters"
+            )
     if limit is not None and seed is not None:
         accept = (lambda r: r.subset in subsets) if subsets else None
         rows = (
@@ -99,8 +115,53 @@ def plan(
             if isinstance(row, Row)
         )
         result.ids = sample(rows, limit, seed)  # nsmallest keeps only `limit` ids in memory
+        result.ids_from = f"the sample of seed {seed}"
         result.notes.append(f"sampled {len(result.ids)} of the selection with seed {seed}")
     return result
+
+
+class _Counting(RowFilter):
+    """Keeps rows of the id selection (or all) and counts what it sees."""
+
+    def __init__(self, ids: Container[str] | None) -> None:
+        self.ids = ids
+        self.rows = 0
+        self.in_ids = 0
+
+    def skip(self, raw_id: str) -> bool:
+        self.rows += 1
+        if self.ids is not None and raw_id.lower() not in self.ids:
+            return True
+        self.in_ids += 1
+        return False
+
+
+def empty_cause(inputs: tuple[Path, ...], *, subsets: frozenset[str], ids: frozenset[str] | None,
+                ids_from: str = "--ids") -> str | None:
+    """None when some row of the inputs is selected, whichever task's share it falls in;
+    otherwise why none is: the subsets the input has, or the ids that are not in it.
+    Reads the inputs once more, which only a run that selected nothing pays for."""
+    counting = _Counting(ids)
+    seen: collections.Counter[str] = collections.Counter()
+    for path in inputs:
+        for row in iter_rows(path, read_header(path), counting, None):
+            if isinstance(row, Row):
+                if not subsets or row.subset in subsets:
+                    return None
+                seen[row.subset] += 1
+    names = ", ".join(str(p) for p in inputs)[:300]
+    if not counting.rows:
+        return f"the input ({names}) has no rows"
+    if ids is not None and not ids:
+        return f"{ids_from} picked no image"
+    if ids is not None and not counting.in_ids:
+        return (f"none of the {len(ids)} image(s) of {ids_from} is in the input ({names}, {counting.rows} rows); "
+                "is it a list of another subset or version?")
+    found = ", ".join(f"{s!r} ({n} rows)" for s, n in seen.most_common(10))
+    close = sorted({s for s in seen for want in subsets if s.lower() == want.lower()})
+    hint = f"; did you mean --subset {' --subset '.join(close)}? (subsets match exactly)" if close else ""
+    where = " of the selected images" if ids is not None else ""
+    return f"--subset {' '.join(sorted(subsets))} matched no row; the Subset values{where} in the input are {found}{hint}"
 
 
 def write_selected(inputs: tuple[Path, ...], dest: Path, *, subsets: frozenset[str],

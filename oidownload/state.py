@@ -148,7 +148,8 @@ class StateDir:
         )
 
     # -- reads ------------------------------------------------------------------------------
-    def counts(self) -> list[JournalCounts]:
+    def counts(self, only: Path | None = None) -> list[JournalCounts]:
+        """Counts per status and progress rows, of every journal or `only` one."""
         return [
             JournalCounts(
                 j,
@@ -157,6 +158,7 @@ class StateDir:
                 [ProgressRow(*r) for r in self._query(j, "SELECT * FROM progress")],  # type: ignore[arg-type]
             )
             for j in self.journals
+            if only is None or j == only
         ]
 
     def meta(self, key: str) -> list[str]:
