@@ -47,6 +47,9 @@ def ws(synth_cache: Path) -> Iterator[Path]:
                       "--progress", "none")
         assert res.returncode == 0, res.stderr
     (base / "file").write_text("not a folder\n")
+    # Folders a user may not write that exist already: the export's writes meet them.
+    (base / "out" / "annotations").mkdir()
+    (base / "out" / "report").mkdir()
     (base / "ro").mkdir()
     (base / "ro").chmod(0o555)
     for path in (base / "out").rglob("*"):
