@@ -230,6 +230,30 @@ def boundary(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _python_warnings_as_json() -> None:
+    """With --log-format json, what Python itself would print on stderr (a library's
+    warnings, logging records such as asyncio's) becomes JSON lines too."""
+    import logging
+    import warnings
+
+    say = say_to_stderr(LogFormat.JSON)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        say("python_warning", _one_line(str(message)), level="warning", category=category.__name__,
+            where=f"{filename}:{lineno}")
+
+    class ToJson(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            level = "error" if record.levelno >= logging.ERROR else "warning" if record.levelno >= logging.WARNING else "info"
+            text = record.getMessage() + (" " + logging.Formatter().formatException(record.exc_info) if record.exc_info else "")
+            say("python_log", _one_line(text), level=level, logger=record.name)
+
+    warnings.showwarning = show
+    root = logging.getLogger()
+    root.handlers[:] = [ToJson(logging.WARNING)]
+
+
 class _Main(click.Group):
     """The group: prints a usage error as one JSON object when `download --log-format
     json` was asked for, and as click does otherwise."""
@@ -364,8 +388,8 @@ def download_options(f: F) -> F:
         opt("--keep-original", is_flag=True, default=False, help="Also keep the verified original bytes under OUT/original/."),
         opt("--concurrency", type=Int(1, MAX_CONCURRENCY), default=64, help="Requests in flight, in total."),
         opt("--per-host", type=Int(1, MAX_CONCURRENCY), default=16, help="Requests in flight per host (halved on 429/503)."),
-        opt("--processes", type=Int(1, MAX_PROCESSES), show_default="one per CPU this process may use (affinity, cgroup quota)",
-            help="Image-processing worker processes."),
+        opt("--processes", type=Int(1, MAX_PROCESSES), show_default="one per usable CPU",
+            help="Image-processing worker processes; the default counts the CPUs this process may use (affinity mask, cgroup CPU quota)."),
         opt("--connect-timeout", type=Duration(), default="10", help="Seconds to connect."),
         opt("--read-timeout", type=Duration(), default="30", help="Seconds without a byte before giving up."),
         opt("--timeout", type=Duration(), default="120", help="Total seconds for one request."),
@@ -473,6 +497,8 @@ def download(**params: Any) -> None:
     """
     from .api import execute
 
+    if LogFormat(params["log_format"]) is LogFormat.JSON:
+        _python_warnings_as_json()
     command = shlex.join(["oidownload", *sys.argv[1:]])
     _, result = execute(params, None, f"run the same command again: {command}")
     sys.exit(result.exit_code)
