@@ -15,10 +15,12 @@ project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.tom
 requirements = list(project["dependencies"])
 for extra in sys.argv[1:]:
     requirements += project["optional-dependencies"][extra]
+pins: dict[str, str] = {}
 for req in requirements:
     spec, _, marker = req.partition(";")
     name = re.match(r"\s*([A-Za-z0-9._-]+)", spec)
     floor = re.search(r">=\s*([^,\s]+)", spec)
     if name is None or floor is None:
         continue  # no floor: nothing to pin
-    print(f"{name.group(1)}=={floor.group(1)}" + (f"; {marker.strip()}" if marker.strip() else ""))
+    pins.setdefault(name.group(1).lower(), f"{name.group(1)}=={floor.group(1)}" + (f"; {marker.strip()}" if marker.strip() else ""))
+print("\n".join(pins.values()))

@@ -31,6 +31,7 @@ from .config import (
     Orientation,
     OutputConfig,
     OutputFormat,
+    OutputKind,
     ProgressMode,
     ResizeMode,
     RunConfig,
@@ -369,9 +370,13 @@ def download_options(f: F) -> F:
     decorators = [
         click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
         opt("-o", "--output", "out", required=True,
-            help="Output folder (OUT); the journal lives in OUT/.oidownload/ unless --state-dir says otherwise."),
+            help="Output folder (OUT), or s3://bucket/prefix; the journal lives in OUT/.oidownload/ "
+                 "(for s3://, under ~/.local/state/oidownload/) unless --state-dir says otherwise."),
         opt("--state-dir", type=FOLDER,
             help="Where the journal lives [default: OUT/.oidownload]."),
+        opt("--output-format", type=_enum(OutputKind), default="files",
+            help="files: OUT/<subset>/<abc>/<id>.<ext>; webdataset: tar shards of <id>.<ext> + <id>.json."),
+        opt("--shard-size", type=Int(1, 10_000_000), default=10_000, help="Samples per webdataset shard."),
         opt("--fsync", is_flag=True, default=False,
             help="Sync each image to disk before the journal records it (survives a power cut; slower)."),
         selection_options,
@@ -468,7 +473,8 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         progress_interval=p["progress_interval"],
     )
     out = str(p["out"])
-    output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), fsync=p["fsync"])
+    output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
+                          shard_size=p["shard_size"], fsync=p["fsync"])
     return Config(inputs=tuple(p["inputs"]), output=output, net=net, image=image, select=select, run=run)
 
 

@@ -130,7 +130,10 @@ def export(
     if not annotation_paths:
         raise ConfigError("no annotation files: pass --annotations (they are remembered when download had --annotations)")
     files = [AnnotationFile.open(p) for p in annotation_paths]
-    dest = dest or Path(out) / "annotations"
+    if dest is None:
+        if "://" in str(out):
+            raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
+        dest = Path(out) / "annotations"
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

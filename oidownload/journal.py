@@ -102,6 +102,7 @@ CREATE INDEX IF NOT EXISTS outcomes_by_line ON outcomes(input, line);
 CREATE TABLE IF NOT EXISTS sink_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progress", "sink_state"})
 # Columns added after the first release; an older journal gains them when opened.
 _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outcomes": (("location", "TEXT"),),
@@ -279,7 +280,8 @@ class Journal:
             self.conn.execute("PRAGMA journal_mode=DELETE")
             self.conn.execute("PRAGMA synchronous=FULL")
             self._check_schema()
-            self.conn.executescript(_SCHEMA)
+            # One transaction: a kill while the tables are made must not leave half a schema.
+            self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
             self._migrate()
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('shard', ?)", (shard.tag,))
@@ -298,11 +300,12 @@ class Journal:
         """Refuses a file that is some other program's database, or from a newer
         oidownload: writing into it could lose what it holds."""
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
-            return
-        if "outcomes" not in tables or "meta" not in tables:
-            raise OutputError(f"{self.path} is not an oidownload journal (tables: {', '.join(sorted(tables))[:200]}); "
+        foreign = tables - _TABLES
+        if foreign:
+            raise OutputError(f"{self.path} is not an oidownload journal (it has tables {', '.join(sorted(foreign))[:200]}); "
                               "move it aside or pick another --state-dir")
+        if "meta" not in tables:
+            return
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
             raise OutputError(f"{self.path} was written by a newer oidownload (journal schema {row[0]}); upgrade oidownload")

