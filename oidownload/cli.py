@@ -25,6 +25,7 @@ import click
 from . import __version__
 from .config import (
     Config,
+    Fallback,
     ImageConfig,
     LogFormat,
     NetConfig,
@@ -37,6 +38,7 @@ from .config import (
     RunConfig,
     SelectConfig,
     SourceChoice,
+    SourceConfig,
 )
 from .errors import ConfigError, OidownloadError
 from .exits import RESUMABLE, ExitCode, help_table
@@ -381,7 +383,15 @@ def download_options(f: F) -> F:
             help="Sync each image to disk before the journal records it (survives a power cut; slower)."),
         selection_options,
         opt("--source", type=_enum(SourceChoice), default="original",
-            help="original: the verified original; thumbnail: Thumbnail300KURL; auto: the thumbnail when there is one."),
+            help="original: the verified original; thumbnail: Thumbnail300KURL; auto: the thumbnail when there is one; "
+                 "cvdf: the copy on the CVDF mirror (at most 1024 px, checked by its ETag)."),
+        opt("--fallback", type=_enum(Fallback), default="none",
+            help="cvdf: when the original is gone for good (404/410, unavailable, MD5 or size mismatch, refused "
+                 "redirect), take the mirror's copy."),
+        opt("--mirror-url", default="https://open-images-dataset.s3.amazonaws.com",
+            help="Base URL of the CVDF mirror (<base>/<subset>/<ImageID>.jpg)."),
+        opt("--user-agent", help="User-Agent sent with every request [default: oidownload/VERSION]."),
+        opt("--header", "headers", multiple=True, help="An extra request header, 'Name: value' (repeatable)."),
         opt("--resize", type=Int(1, 65535), help="Target size in pixels (never upscales)."),
         opt("--resize-mode", type=_enum(ResizeMode), default="fit",
             help="fit: longest side <= N; fill: centre crop to NxN; none: keep the size."),
@@ -448,6 +458,8 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         if not re.fullmatch(r"[A-Za-z0-9+/]{22}==", md5):
             raise ConfigError(f"--placeholder-md5 {md5!r} is not a base64 MD5")
     net = NetConfig(
+        headers=_headers(p["headers"]),
+        **({"user_agent": p["user_agent"]} if p["user_agent"] else {}),
         concurrency=p["concurrency"], per_host=p["per_host"], connect_timeout=p["connect_timeout"],
         read_timeout=p["read_timeout"], total_timeout=p["timeout"], image_deadline=p["deadline"],
         retries=p["retries"], max_body_bytes=int(p["max_body_mb"] * 1024 * 1024), max_redirects=p["max_redirects"],
@@ -461,7 +473,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         subsets=frozenset(p["subsets"]),
         # A seeded sample is already cut to --limit; otherwise the first rows count.
         limit=None if p["seed"] is not None else p["limit"],
-        source=SourceChoice(p["source"]), retry_failed=p["retry_failed"], ids=chosen.ids,
+        retry_failed=p["retry_failed"], ids=chosen.ids,
         ids_from=chosen.ids_from if p["ids_file"] is None or chosen.ids_from != "--ids" else f"--ids {p['ids_file']}",
         classes=chosen.classes, annotations=tuple(a.resolve() for a in chosen.annotations),
         class_descriptions=chosen.class_descriptions.resolve() if chosen.class_descriptions else None,
@@ -475,7 +487,23 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     out = str(p["out"])
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
                           shard_size=p["shard_size"], fsync=p["fsync"])
-    return Config(inputs=tuple(p["inputs"]), output=output, net=net, image=image, select=select, run=run)
+    mirror = p["mirror_url"]
+    if not re.fullmatch(r"(?i:https?)://[^\s/?#]+(?:/[^\s?#]*)?", mirror):
+        raise ConfigError(f"--mirror-url {mirror!r} is not an http(s) URL")
+    source = SourceConfig(SourceChoice(p["source"]), mirror.rstrip("/"), Fallback(p["fallback"]) is Fallback.CVDF)
+    if source.fallback and source.choice in (SourceChoice.CVDF, SourceChoice.THUMBNAIL):
+        raise ConfigError(f"--fallback cvdf applies to --source original or auto, not {source.choice.value}")
+    return Config(inputs=tuple(p["inputs"]), output=output, net=net, source=source, image=image, select=select, run=run)
+
+
+def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    found = []
+    for value in values:
+        name, sep, text = value.partition(":")
+        if not sep or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()) or re.search(r"[\r\n\x00]", text):
+            raise ConfigError(f"--header {value!r} is not 'Name: value'")
+        found.append((name.strip(), text.strip()))
+    return tuple(found)
 
 
 def announce(say: Say, exit_code: int, message: str, resume: str) -> None:
@@ -679,6 +707,9 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
     for name, c in st.counts.items():
         meaning = {s.value: m for s, m in STATUS_MEANING.items()}.get(name, "")
         click.echo(f"{name:<15}{c.n:>10}{human_bytes(c.bytes):>12}  {meaning}")
+    if st.sources:
+        click.echo("written, by source: " + ", ".join(f"{n} from the {'mirror (cvdf)' if src == 'cvdf' else src}"
+                                                      for src, n in sorted(st.sources.items())))
     click.echo(f"{'shard':<12}{'state':<10}{'done':>10}{'planned':>10}{'rate/s':>9}{'ETA':>9}  host")
     for s in st.shards:
         planned = "?" if s.planned is None else str(s.planned)

@@ -22,11 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from .body import BodyWriter, MemfdPool
-from .config import Config, SourceChoice
+from .config import Config
 from .cpus import usable_cpus
 from .errors import ConfigError, InputError, OidownloadError, OutputError
 from .exits import ExitCode, JobCounts, Verdict, finished_verdict
@@ -36,17 +37,19 @@ from .limits import ByteBudget, HostLimiter
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
-from .records import RETRYABLE, BadRow, Outcome, Row, Source, Status, is_final
+from .records import RETRYABLE, BadRow, Outcome, Row, Source, Status, clean_text, is_final
 from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter, empty_cause
 from .shard import Shard
 from .sinks import Sink, open_sink
+from .sources import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
 from .state import StateDir
 from .workers import Workers, start_workers
 
 _READ_BATCH = 512
 _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
+MIRROR_403_LIMIT = 5  # 403s in a row from the mirror that stop the run
 
 
 @dataclass
@@ -92,15 +95,16 @@ class Stopper:
             pass  # the loop just closed: the run is over
 
 
-def choose_source(row: Row, choice: SourceChoice) -> tuple[Source, str]:
-    """(source, URL) for a row; the URL is empty when the row has none for the choice."""
-    if choice is SourceChoice.ORIGINAL:
-        return Source.ORIGINAL, row.original_url
-    if choice is SourceChoice.THUMBNAIL:
-        return Source.THUMBNAIL, row.thumbnail_url
-    if row.thumbnail_url:
-        return Source.THUMBNAIL, row.thumbnail_url
-    return Source.ORIGINAL, row.original_url
+@dataclass(frozen=True, slots=True)
+class _Tried:
+    """What came before an attempt at one row: when it started (the image's deadline
+    counts from there), requests so far, the original's failure when this is the
+    fallback to the mirror, and whether the mirror copy was fetched a second time."""
+
+    t0: float
+    attempts: int = 0
+    prior: Outcome | None = None
+    refetched: bool = False
 
 
 def _limited(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow]:
@@ -115,6 +119,8 @@ def _limited(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | No
 
 
 class _Run:
+    session: aiohttp.ClientSession
+
     def __init__(self, cfg: Config, shard: Shard, progress: Progress, journal: Journal,
                  workers: Workers, formats: list[Format], done: DoneSet, sink: Sink) -> None:
         self.cfg = cfg
@@ -135,6 +141,8 @@ class _Run:
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
+        self.extra: set[asyncio.Task[None]] = set()  # fallbacks and refetches under way
+        self.mirror_403s = 0
         self.inflight: set[str] = set()
         self.stopping = asyncio.Event()
         self.abort = asyncio.Event()
@@ -224,39 +232,52 @@ class _Run:
             await self.handle(session, row)
 
     async def handle(self, session: aiohttp.ClientSession, row: Row) -> None:
-        loop = asyncio.get_running_loop()
-        source, url = choose_source(row, self.cfg.select.source)
-        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=source, file=row.file, line=row.line, url=url)
-        if not url:
-            base.status, base.detail = Status.NO_URL, f"the row has no {source.value} URL"
-            self.record(base)
+        plan = plan_fetch(row, self.cfg.source)
+        if plan is None:
+            choice = self.cfg.source.choice.value
+            self.record(Outcome(row.image_id, Status.NO_URL, f"the row has no {choice} URL", subset=row.subset,
+                                file=row.file, line=row.line))
             return
         self.inflight.add(row.image_id)
-        t0 = loop.time()
-        original = source is Source.ORIGINAL
+        await self.attempt(row, plan, _Tried(asyncio.get_running_loop().time()))
+
+    async def attempt(self, row: Row, plan: FetchPlan, tried: _Tried) -> None:
+        """Fetches one plan for a row and hands the body to the pool; `finish` decides
+        what a final outcome leads to."""
+        loop = asyncio.get_running_loop()
+        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=plan.source, file=row.file, line=row.line,
+                       url=plan.url)
         got = await fetch_body(
-            session, url,
-            expected_size=row.original_size if original else None,
+            self.session, plan.url,
+            expected_size=plan.expected_size,
             net=self.cfg.net, limiter=self.limiter,
             reserve=self.budget.acquire, release=self.budget.release,
-            new_writer=self.new_writer, deadline=t0 + self.cfg.net.image_deadline, rng=self.rng,
+            new_writer=self.new_writer, deadline=tried.t0 + self.cfg.net.image_deadline, rng=self.rng,
         )
-        base.attempts = got.attempts
+        base.attempts = tried.attempts + got.attempts
         result = got.result
         if isinstance(result, Failure):
             base.status, base.detail, base.http_status = result.status, result.detail, result.http_status
-            base.seconds = loop.time() - t0
-            self.record(base)
+            if plan.source is Source.CVDF:
+                self.mirror_answered(base)
+            base.seconds = loop.time() - tried.t0
+            self.finish(base, row, plan, tried)
             return
+        if plan.source is Source.CVDF:
+            self.mirror_403s = 0
         reserved = result.reserved
         body = result.body
         if body.size != reserved:
             self.budget.adjust(reserved, body.size)
             reserved = body.size
+        expected_md5, checked_by, note = plan.expected_md5, "OriginalMD5", ""
+        if plan.check_etag:
+            expected_md5, checked_by = etag_md5(result.etag), "the ETag"
+            if expected_md5 is None:
+                note = f"not hash-checked: the ETag {clean_text(result.etag or 'none', 80)} is not an MD5"
         job = Job(
-            row.image_id, row.subset, source,
-            expected_size=row.original_size if original else None,
-            expected_md5=row.original_md5 if original else None,
+            row.image_id, row.subset, plan.source,
+            expected_size=plan.expected_size, expected_md5=expected_md5, checked_by=checked_by,
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
             file=row.file, line=row.line,
         )
@@ -274,10 +295,28 @@ class _Run:
             body.close()
             raise
         self.in_pool.add(fut)
-        fut.add_done_callback(functools.partial(self.processed, base, row, reserved, body, t0, result.http_status))
+        fut.add_done_callback(functools.partial(self.processed, base, row, plan, tried, note, reserved, body,
+                                                result.http_status))
 
-    def processed(self, base: Outcome, row: Row, reserved: int, body: BodyWriter, t0: float, http_status: int,
-                  fut: asyncio.Future[Outcome]) -> None:
+    def mirror_answered(self, outcome: Outcome) -> None:
+        """A mirror's 404 is final (it lacks the image); its 403 never is: a private
+        bucket or a wrong --mirror-url answers 403 to everything, so after a few in a row
+        the run stops instead of failing every row."""
+        if outcome.http_status in (404, 410):
+            outcome.status = Status.NOT_IN_MIRROR
+        elif outcome.http_status == 403:
+            outcome.status = Status.MIRROR_REFUSED
+            self.mirror_403s += 1
+            if self.mirror_403s >= MIRROR_403_LIMIT:
+                self.fail(OidownloadError(
+                    f"the mirror at {self.cfg.source.mirror_url} answered 403 Forbidden to {self.mirror_403s} "
+                    "requests in a row: is --mirror-url right, and is the bucket public? Rows it refused are "
+                    "tried again by the next run"))
+            return
+        self.mirror_403s = 0
+
+    def processed(self, base: Outcome, row: Row, plan: FetchPlan, tried: _Tried, note: str, reserved: int,
+                  body: BodyWriter, http_status: int, fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
         release = functools.partial(self.budget.release, reserved)
@@ -304,10 +343,34 @@ class _Run:
             outcome = fut.result()
             outcome.attempts = base.attempts
             outcome.url = base.url
+            if note and outcome.status is Status.OK:
+                outcome.detail = "; ".join(filter(None, (note, outcome.detail)))
         outcome.http_status = http_status
-        outcome.seconds = asyncio.get_running_loop().time() - t0
+        outcome.seconds = asyncio.get_running_loop().time() - tried.t0
         # A staged image keeps its share of the budget until its sink has it out of
         # the way (an upload, say): that is what bounds the bytes waiting there.
+        self.finish(outcome, row, plan, tried, release)
+
+    def finish(self, outcome: Outcome, row: Row, plan: FetchPlan, tried: _Tried,
+               release: Callable[[], None] = lambda: None) -> None:
+        """A fetch's outcome: recorded, or, when the original is gone for good and
+        --fallback allows, followed by one try of the mirror; a mirror copy whose MD5
+        disagrees with its ETag is fetched once more (a torn transfer)."""
+        again: tuple[FetchPlan, _Tried] | None = None
+        if tried.prior is None and wants_fallback(self.cfg.source, plan, outcome.status, outcome.http_status):
+            again = mirror_plan(row, self.cfg.source), dataclasses.replace(tried, attempts=outcome.attempts, prior=outcome)
+        elif plan.source is Source.CVDF and outcome.status is Status.MD5_MISMATCH and not tried.refetched:
+            again = plan, dataclasses.replace(tried, attempts=outcome.attempts, refetched=True)
+        if again is not None and not self.stopping.is_set():
+            release()
+            task = asyncio.get_running_loop().create_task(self.attempt(row, *again))
+            self.extra.add(task)
+            task.add_done_callback(self.extra.discard)
+            return
+        prior = tried.prior
+        if prior is not None:
+            why = f"the original was {prior.status.value}: {prior.detail}"
+            outcome.detail = why if outcome.status is Status.OK and not outcome.detail else f"{why}; mirror: {outcome.detail}"
         self.record(outcome, row, release)
 
     def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:
@@ -359,8 +422,9 @@ class _Run:
 
     async def drain(self, workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers)
-        while self.in_pool:
-            await asyncio.wait(list(self.in_pool))
+        while self.in_pool or self.extra:
+            waiting: list[asyncio.Future[Any]] = [*self.in_pool, *self.extra]
+            await asyncio.wait(waiting)
 
     async def main(self, done_at_start: int) -> None:
         loop = asyncio.get_running_loop()
@@ -378,7 +442,7 @@ class _Run:
         threading.Thread(target=self.estimate_total, args=(done_at_start, loop), daemon=True, name="count").start()
         # The shard in the User-Agent lets an origin's logs tell cluster tasks apart.
         agent = f"{self.cfg.net.user_agent} shard/{self.shard.tag}"
-        session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
+        session = self.session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
         self.sink.start()
         try:
             workers = [asyncio.create_task(self.fetch_worker(session)) for _ in range(self.cfg.net.concurrency)]
@@ -393,7 +457,7 @@ class _Run:
                 abort.cancel()
                 if not drain.done():
                     self.abandoned = True
-                    for task in (*workers, drain):
+                    for task in (*workers, drain, *self.extra):
                         task.cancel()
                     for fut in list(self.in_pool):
                         fut.cancel()
