@@ -469,7 +469,9 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
 @state_dir_option
 def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     """Write success.csv and failure.csv: the input columns plus status, detail,
-    http_status, attempts, source and location, for every journaled row in OUT."""
+    http_status, attempts, source and location, for every journaled row in OUT; and
+    conflicts.csv: rows skipped because an earlier row of their ImageID, with another
+    OriginalURL or OriginalMD5, came first (the first row wins)."""
     from .report import write_report
 
     try:
@@ -481,6 +483,7 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
         click.echo(f"oidownload: warning: {warning}", err=True)
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
+    click.echo(f"{res.conflicted} rows in {res.conflicts}")
 
 
 @main.command()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OutputError
-from .records import Outcome, Status, clean_text, is_final
+from .records import Conflict, Outcome, Status, clean_text, is_final
 from .shard import Shard
 
 SCHEMA_VERSION = 2
@@ -100,6 +100,17 @@ CREATE TABLE IF NOT EXISTS progress(
 CREATE INDEX IF NOT EXISTS outcomes_by_line ON outcomes(input, line);
 -- What the output's sink needs to continue after a crash (open shards' lengths...).
 CREATE TABLE IF NOT EXISTS sink_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- One ImageID, two answers: a later row that disagreed with the first (which won), or a
+-- failure that came after the image was already ok (which stays ok). Not in `counts`:
+-- the image is counted once, by its outcome.
+CREATE TABLE IF NOT EXISTS conflicts(
+    id INTEGER NOT NULL,
+    input INTEGER,
+    line INTEGER,
+    detail TEXT NOT NULL,
+    finished REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS conflicts_by_row ON conflicts(input, line, id);
 """
 
 # Columns added after the first release; an older journal gains them when opened.
@@ -196,20 +207,35 @@ class DoneSet:
 
     def __init__(self, ids: array.array[int]) -> None:
         self._ids = ids
+        self._met = bytearray(len(ids))  # 1 byte an id: whether a row of it was met
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __contains__(self, raw_id: object) -> bool:
+        return self._index(raw_id) >= 0
+
+    def meet(self, raw_id: str) -> int:
+        """0 when the id is not done; 1 the first time a row of a done id is met, 2
+        after that (a duplicate row: counted once)."""
+        i = self._index(raw_id)
+        if i < 0:
+            return 0
+        if self._met[i]:
+            return 2
+        self._met[i] = 1
+        return 1
+
+    def _index(self, raw_id: object) -> int:
         if not isinstance(raw_id, str) or len(raw_id) != 16:
-            return False
+            return -1
         try:
             v = int(raw_id, 16)
         except ValueError:
-            return False
+            return -1
         ids = self._ids
         i = bisect.bisect_left(ids, v)
-        return i < len(ids) and ids[i] == v
+        return i if i < len(ids) and ids[i] == v else -1
 
     @staticmethod
     def merge(sets: Iterable[DoneSet]) -> DoneSet:
@@ -389,21 +415,24 @@ class Journal:
             known = self._inputs[path]
         return known
 
-    def record(self, outcomes: Iterable[Outcome], state: Mapping[str, str | None] | None = None) -> None:
-        """Writes a batch, and the sink's state, in one transaction. Any failure rolls
-        the whole batch back (so nothing is half-recorded and the next batch starts
-        clean) and raises JournalError saying what it was. A busy file is retried."""
+    def record(self, outcomes: Iterable[Outcome], state: Mapping[str, str | None] | None = None,
+               conflicts: Iterable[Conflict] = ()) -> int:
+        """Writes a batch, the sink's state and the conflicts met, in one transaction.
+        Any failure rolls the whole batch back (so nothing is half-recorded and the next
+        batch starts clean) and raises JournalError saying what it was. A busy file is
+        retried. Returns how many conflicts were recorded, those found here included (a
+        failure for an image already ok is not recorded over it)."""
         now = time.time()
         good: list[Outcome] = []
         bad: list[Outcome] = []
         for o in outcomes:
             (bad if o.status is Status.BAD_ROW else good).append(o)
+        met = list(conflicts)
         deadline = time.monotonic() + BUSY_PATIENCE
         delay = 0.05
         while True:
             try:
-                self._write(good, bad, state or {}, now)
-                return
+                return self._write(good, bad, state or {}, met, now)
             except sqlite3.OperationalError as exc:
                 name = getattr(exc, "sqlite_errorname", "")
                 if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) and time.monotonic() < deadline:
@@ -411,14 +440,24 @@ class Journal:
                     delay = min(2.0, delay * 2)
                     continue
                 raise _describe(self.path, exc) from None
-            except sqlite3.Error as exc:
+            except Exception as exc:  # whatever it was, it is said, and the next batch starts clean
                 raise _describe(self.path, exc) from None
 
-    def _write(self, good: list[Outcome], bad: list[Outcome], state: Mapping[str, str | None], now: float) -> None:
+    def _write(self, good: list[Outcome], bad: list[Outcome], state: Mapping[str, str | None],
+               met: list[Conflict], now: float) -> int:
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_UPSERT, [self._row(o, now) for o in good])
+            kept = [o for o in good if o.status is not Status.OK and conn.execute(
+                "SELECT 1 FROM outcomes WHERE id=? AND status='ok'", (id_to_int(o.image_id),)).fetchone()]
+            conn.executemany(
+                "INSERT OR REPLACE INTO conflicts VALUES(?,?,?,?,?)",
+                [(id_to_int(c.image_id), self.input_id(c.file), c.line, clean_text(c.detail), now) for c in met]
+                + [(id_to_int(o.image_id), self.input_id(o.file) if o.file else None, o.line or None,
+                    clean_text(f"a later outcome, {o.status.value} ({o.detail}), was not recorded: "
+                               "the image is already ok"), now) for o in kept],
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO bad_rows VALUES(?,?,?,?,?)",
                 [(self.input_id(o.file), o.line, clean_text(o.detail), clean_text(o.image_id, 64), now) for o in bad],
@@ -429,6 +468,7 @@ class Journal:
                 else:
                     conn.execute("INSERT OR REPLACE INTO sink_state VALUES(?, ?)", (key, value))
             conn.execute("COMMIT")
+            return len(met) + len(kept)
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
@@ -450,6 +490,9 @@ class Journal:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
         except sqlite3.Error as exc:
             raise _describe(self.path, exc) from None
+
+    def conflicts(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM conflicts").fetchone()[0])
 
     def sink_state(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT key, value FROM sink_state"))

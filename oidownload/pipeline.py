@@ -35,7 +35,7 @@ from .limits import ByteBudget, HostLimiter
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
-from .records import BadRow, Outcome, Row, Source, Status
+from .records import BadRow, Conflict, Outcome, Row, Source, Status
 from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter
 from .shard import Shard
@@ -77,13 +77,22 @@ def choose_source(row: Row, choice: SourceChoice) -> tuple[Source, str]:
     return Source.ORIGINAL, row.original_url
 
 
-def _limited(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow]:
+def _selected(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow | Conflict]:
     # Runs in the reader thread, in file order, so rows skipped as done before a row
-    # have been counted by the time that row is tested against the limit.
+    # have been counted by the time that row is tested against the limit. A repeated
+    # ImageID is not a row of the selection: it counts neither against the limit nor
+    # in the progress.
     emitted = 0
     for row in rows:
         if limit is not None and emitted + flt.done_skipped >= limit:
             return
+        if isinstance(row, Row):
+            admitted = flt.admit(row)
+            if admitted is None:
+                continue
+            if isinstance(admitted, Conflict):
+                yield admitted
+                continue
         yield row
         emitted += 1
 
@@ -109,7 +118,6 @@ class _Run:
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
-        self.inflight: set[str] = set()
         self.stopping = asyncio.Event()
         self.abort = asyncio.Event()
         self.stop_code: int | None = None
@@ -160,7 +168,7 @@ class _Run:
         rows = itertools.chain.from_iterable(
             iter_rows(path, fmt, self.filter, accept) for path, fmt in zip(self.cfg.inputs, self.formats, strict=True)
         )
-        limited = _limited(rows, self.filter, sel.limit)
+        limited = _selected(rows, self.filter, sel.limit)
         take = functools.partial(lambda it: list(itertools.islice(it, _READ_BATCH)), limited)
         try:
             while not self.stopping.is_set():
@@ -168,6 +176,9 @@ class _Run:
                 if not batch:
                     break
                 for row in batch:
+                    if isinstance(row, Conflict):
+                        self.recorder.conflict(row)
+                        continue
                     if isinstance(row, BadRow) and not row.raw_id and self.shard.index != 0:
                         continue  # no id to shard by: the first task reports it
                     if self.stopping.is_set():
@@ -191,8 +202,6 @@ class _Run:
             if isinstance(row, BadRow):
                 self.record(Outcome(row.raw_id, Status.BAD_ROW, row.detail, file=row.file, line=row.line))
                 continue
-            if row.image_id in self.inflight:
-                continue  # the same id twice in the input: one download is enough
             await self.handle(session, row)
 
     async def handle(self, session: aiohttp.ClientSession, row: Row) -> None:
@@ -203,7 +212,6 @@ class _Run:
             base.status, base.detail = Status.NO_URL, f"the row has no {source.value} URL"
             self.record(base)
             return
-        self.inflight.add(row.image_id)
         t0 = loop.time()
         original = source is Source.ORIGINAL
         got = await fetch_body(
@@ -256,12 +264,10 @@ class _Run:
         if fut.cancelled():
             # The worker may still be reading the memfd: closing it now could let its
             # descriptor number be reused under the worker. The process is stopping.
-            self.inflight.discard(base.image_id)
             return
         body.close()
         exc = fut.exception()
         if isinstance(exc, BrokenProcessPool):
-            self.inflight.discard(base.image_id)
             self.fail(OutputError(
                 "a pool worker died unexpectedly (killed by the out-of-memory killer?); "
                 "rerun to resume, perhaps with fewer --processes or a smaller --max-bytes-in-flight"
@@ -278,7 +284,6 @@ class _Run:
         self.record(outcome, row)
 
     def record(self, outcome: Outcome, row: Row | None = None) -> None:
-        self.inflight.discard(outcome.image_id)
         self.recorder.record(outcome, row)
 
     def write_progress(self, running: bool) -> None:
@@ -482,6 +487,11 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
         marker.unlink(missing_ok=True)
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
+    if run.filter.duplicates or run.recorder.conflicts:
+        progress.log("duplicates", f"{run.filter.duplicates} row(s) repeated an ImageID already met and were skipped "
+                     f"without a request (one outcome per ImageID, the first row wins); {run.recorder.conflicts} "
+                     "disagreed with it (another OriginalURL or OriginalMD5): see conflicts.csv from `oidownload report`",
+                     duplicates=run.filter.duplicates, conflicts=run.recorder.conflicts)
     if decode_errors():
         progress.log("warning", f"{decode_errors()} run(s) of bytes in the input were not UTF-8 and were read as U+FFFD",
                      undecodable=decode_errors())

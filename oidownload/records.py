@@ -133,6 +133,17 @@ class BadRow:
     fields: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A row skipped because an earlier row of its ImageID came first (one outcome per
+    ImageID: the first row wins), and that disagrees with it; kept for the report."""
+
+    image_id: str
+    file: str
+    line: int
+    detail: str
+
+
 @dataclass(slots=True)
 class Outcome:
     """The single record each row ends as. `nbytes` counts bytes fetched, `out_bytes`

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import heapq
 import os
 import time
 from collections.abc import Iterator
@@ -139,8 +140,10 @@ REPORT_EXTRA = ("status", "detail", "http_status", "attempts", "source", "locati
 class ReportResult:
     success: Path
     failure: Path
+    conflicts: Path
     ok: int = 0
     failed: int = 0
+    conflicted: int = 0  # rows that lost to an earlier row of their ImageID
     warnings: list[str] = field(default_factory=list)
 
 
@@ -158,9 +161,10 @@ def _changed(info: InputInfo) -> str | None:
 
 
 def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | None = None) -> ReportResult:
-    """success.csv and failure.csv under dest (default OUT/report/): the input columns
-    of each journaled row, joined by file and line and checked by ImageID, plus what
-    became of it."""
+    """success.csv, failure.csv and conflicts.csv under dest (default OUT/report/): the
+    input columns of each journaled row, joined by file and line and checked by ImageID,
+    plus what became of it. conflicts.csv holds the rows that lost to an earlier row
+    of their ImageID (another OriginalURL or OriginalMD5)."""
     state = StateDir.open(out, state_dir)
     if dest is None:
         if "://" in str(out):
@@ -170,7 +174,7 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
-    result = ReportResult(dest / "success.csv", dest / "failure.csv")
+    result = ReportResult(dest / "success.csv", dest / "failure.csv", dest / "conflicts.csv")
     inputs = state.inputs()
     columns = list(V3_COLUMNS)
     for info in inputs:
@@ -181,10 +185,11 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
             pass
     header = [*columns, *REPORT_EXTRA]
     try:
-        with atomic_file(result.success) as fs, atomic_file(result.failure) as ff:
+        with atomic_file(result.success) as fs, atomic_file(result.failure) as ff, atomic_file(result.conflicts) as fc:
             ok_w, fail_w = csv.writer(fs, lineterminator="\n"), csv.writer(ff, lineterminator="\n")
-            ok_w.writerow(header)
-            fail_w.writerow(header)
+            conflict_w = csv.writer(fc, lineterminator="\n")
+            for w in (ok_w, fail_w, conflict_w):
+                w.writerow(header)
             for info in inputs:
                 why = _changed(info)
                 if why:
@@ -192,7 +197,7 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
                 mismatched = 0
                 records = _records_or_nothing(info.path)
                 fields_at: tuple[int, list[str] | str] | None = next(records, None)
-                for entry in state.entries(info.display):
+                for entry in heapq.merge(state.entries(info.display), state.conflicts(info.display)):
                     while fields_at is not None and fields_at[0] < entry.line:
                         fields_at = next(records, None)
                     fields = _joined(entry, fields_at)
@@ -203,7 +208,10 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
                     fields = (fields + [""] * len(columns))[: len(columns)]
                     extra = [entry.status, entry.detail, "" if entry.http_status is None else entry.http_status,
                              entry.attempts, entry.source, entry.location]
-                    if entry.status == Status.OK:
+                    if entry.status == "conflict":
+                        conflict_w.writerow([*fields, *extra])
+                        result.conflicted += 1
+                    elif entry.status == Status.OK:
                         ok_w.writerow([*fields, *extra])
                         result.ok += 1
                     else:

@@ -222,6 +222,19 @@ class StateDir:
                                    "FROM bad_rows WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id, False),
         )
 
+    def conflicts(self, display: str) -> Iterator[Entry]:
+        """The rows of one input that lost to an earlier row of their ImageID (status
+        `conflict`), in line order, merged across journals."""
+        return heapq.merge(*(self._conflicts(j, display) for j in self.journals))
+
+    def _conflicts(self, journal: Path, display: str) -> Iterator[Entry]:
+        if not self._query(journal, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='conflicts'"):
+            return  # a journal from before conflicts were kept
+        found = self._query(journal, "SELECT id FROM inputs WHERE path=?", (display,))
+        if found:
+            yield from self._by_line(journal, "SELECT line, id, 'conflict', detail, NULL, 0, '', '' FROM conflicts "
+                                              "WHERE input=? AND line > ? ORDER BY line LIMIT ?", found[0][0], True)
+
     def _by_line(self, journal: Path, sql: str, input_id: object, ids_are_ints: bool) -> Iterator[Entry]:
         last = -1
         while True:
