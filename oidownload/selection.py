@@ -134,16 +134,19 @@ def write_selected(inputs: tuple[Path, ...], dest: Path, *, subsets: frozenset[s
     """The selected rows, fields as they were read, under the inputs' header (V4+ when
     the inputs mix V3 and V4+: V3 rows get an empty Rotation)."""
     import csv
-    import os
 
+    from .fsio import atomic_file
     from .rows import V4_COLUMNS, Format
 
+    for path in inputs:
+        if _same_file(path, dest):
+            raise ConfigError(f"-o {dest} is the input {path}: writing it would lose the rows being read; "
+                              "pick another file")
     formats = [read_header(p) for p in inputs]
     header = V4_COLUMNS if Format.V4 in formats else formats[0].value
     accept = (lambda r: r.subset in subsets) if subsets else None
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     n = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(dest) as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         for path, fmt in zip(inputs, formats, strict=True):
@@ -153,5 +156,14 @@ def write_selected(inputs: tuple[Path, ...], dest: Path, *, subsets: frozenset[s
                 if isinstance(row, Row):
                     w.writerow(list(row.fields) + [""] * (len(header) - len(row.fields)))
                     n += 1
-    os.replace(tmp, dest)
     return n
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (another spelling, a symlink, a hard link)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False  # one of them does not exist (yet): not the same file
