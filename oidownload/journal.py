@@ -193,6 +193,9 @@ def _describe(path: Path, exc: BaseException) -> JournalError:
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return JournalError(f"cannot write the journal {path}: another process held it for over "
                             f"{BUSY_PATIENCE:.0f}s (a long `report`?)")
+    if name.startswith("SQLITE_CANTOPEN"):
+        return JournalError(f"cannot open the journal {path} or its rollback file ({exc}): too many open files "
+                            "(raise `ulimit -n`), or its folder is gone")
     if name.startswith("SQLITE_READONLY"):
         return JournalError(f"cannot write the journal {path}: it is read-only")
     if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
@@ -435,7 +438,9 @@ class Journal:
                 return self._write(good, bad, state or {}, met, now)
             except sqlite3.OperationalError as exc:
                 name = getattr(exc, "sqlite_errorname", "")
-                if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) and time.monotonic() < deadline:
+                # Busy: a reader holds the file. Cannot open: the rollback file, opened at
+                # every commit, found no free descriptor; requests in flight free some.
+                if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN")) and time.monotonic() < deadline:
                     time.sleep(delay)
                     delay = min(2.0, delay * 2)
                     continue

@@ -29,6 +29,7 @@ import aiohttp
 from .body import BodyWriter, MemfdPool
 from .config import Config, SourceChoice
 from .errors import ConfigError, InputError, OidownloadError, OutputError
+from .fds import fit_concurrency
 from .fetch import Failure, fetch_body, make_session
 from .journal import DoneSet, Journal, other_done_sets, shard_counts
 from .limits import ByteBudget, HostLimiter
@@ -97,6 +98,23 @@ def _selected(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | N
         emitted += 1
 
 
+def pool_slots(processes: int) -> int:
+    # Enough queued jobs that no pool worker idles while the next one is handed over.
+    return max(2, 3 * processes)
+
+
+def _fit_descriptors(cfg: Config, progress: Progress) -> Config:
+    """The config with a concurrency that fits the open-file limit, said when lowered."""
+    fit = fit_concurrency(cfg.net.concurrency, pool_slots(cfg.run.processes))
+    if not fit.lowered:
+        return cfg
+    progress.log("warning", f"the open-file limit (ulimit -n {fit.limit}) fits {fit.concurrency} requests at once: "
+                 f"--concurrency lowered from {cfg.net.concurrency}, so that the journal can always be written; "
+                 "raise the limit (ulimit -n 4096) to go faster", concurrency=fit.concurrency, nofile=fit.limit)
+    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=min(cfg.net.per_host, fit.concurrency))
+    return dataclasses.replace(cfg, net=net)
+
+
 class _Run:
     def __init__(self, cfg: Config, shard: Shard, progress: Progress, journal: Journal,
                  workers: Workers, formats: list[Format], done: DoneSet, sink: Sink) -> None:
@@ -113,8 +131,7 @@ class _Run:
         n = cfg.net.concurrency
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
         self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
-        # Enough queued jobs that no pool worker idles while the next one is handed over.
-        self.pool_slots = asyncio.Semaphore(max(2, 3 * cfg.run.processes))
+        self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes))
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
@@ -476,6 +493,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                 shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
                 output=cfg.output.out, state_dir=str(state_dir),
             )
+            cfg = _fit_descriptors(cfg, progress)
             run = _Run(cfg, shard, progress, journal, workers, formats, done, sink)
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
