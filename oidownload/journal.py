@@ -19,13 +19,16 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import OutputError
 from .records import Conflict, Outcome, Status, clean_text, is_final
 from .shard import Shard
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 # Disk space held back for the journal: freed when the disk fills, so the outcomes
@@ -301,6 +304,8 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create the state dir {self.path.parent}: {exc.strerror or exc}") from None
+        if self.path.exists() and not self.path.is_file():
+            raise OutputError(f"the journal {self.path} is not a file; move it aside or pick another --state-dir")
         self._lock_fd = self._lock(self.path.with_suffix(".lock"))
         self.created = not self.path.exists() or self.path.stat().st_size == 0
         try:
@@ -497,10 +502,17 @@ class Journal:
             raise _describe(self.path, exc) from None
 
     def conflicts(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM conflicts").fetchone()[0])
+        return int(self._read(lambda: self.conn.execute("SELECT count(*) FROM conflicts").fetchone()[0]))
 
     def sink_state(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT key, value FROM sink_state"))
+        return self._read(lambda: dict(self.conn.execute("SELECT key, value FROM sink_state")))
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        """A read of the writer's own journal; a damaged file is said as such."""
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            raise _describe(self.path, exc) from None
 
     def set_progress(self, *, running: bool, planned: int | None, skipped: int, processed: int, rate: float | None) -> None:
         try:
@@ -513,12 +525,12 @@ class Journal:
             raise _describe(self.path, exc) from None
 
     def is_empty(self) -> bool:
-        return self.conn.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is None
+        return self._read(lambda: self.conn.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is None)
 
     def done_set(self, *, retry_failed: bool) -> DoneSet:
         """Ids this task must not request again: every final outcome, or with
         retry_failed only the ok ones."""
-        return load_done(self.conn, _done_where(retry_failed))
+        return self._read(lambda: load_done(self.conn, _done_where(retry_failed)))
 
 
 def _done_where(retry_failed: bool) -> str:

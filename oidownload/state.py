@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .config import OutputKind
 from .errors import InputError
-from .journal import connect, int_to_id, journal_files
+from .journal import SCHEMA_VERSION, connect, int_to_id, journal_files
 from .sinks import Reader, is_remote, open_reader
 
 STATE_DIR = ".oidownload"
@@ -125,7 +125,19 @@ class StateDir:
         if not found.journals:
             hint = "" if state_dir else " (if the download used --state-dir, pass the same --state-dir)"
             raise InputError(f"{out} has no journal in {path}: nothing was downloaded there yet{hint}")
+        for journal in found.journals:
+            found._check(journal)
         return found
+
+    def _check(self, journal: Path) -> None:
+        """Refuses a file that is not a journal this version can read, saying why."""
+        tables = {str(r[0]) for r in self._query(journal, "SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"outcomes", "meta", "counts"} <= tables:
+            raise InputError(f"{journal} is not an oidownload journal (tables: {', '.join(sorted(tables))[:200] or 'none'}); "
+                             "move it aside (the next download finds the images already in the output)")
+        schema = self._query(journal, "SELECT value FROM meta WHERE key='schema'")
+        if schema and str(schema[0][0]).isdigit() and int(str(schema[0][0])) > SCHEMA_VERSION:
+            raise InputError(f"{journal} was written by a newer oidownload (journal schema {schema[0][0]}); upgrade oidownload")
 
     # -- plumbing -------------------------------------------------------------------------
     def _query(self, journal: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
