@@ -219,6 +219,8 @@ def download_options(f: F) -> F:
         opt("--max-runtime", type=Duration(), help="Stop cleanly after this long (exit 75), e.g. before a scheduler's limit."),
         opt("--num-shards", type=click.IntRange(min=1), help="Split the rows into this many shares (cluster runs)."),
         opt("--shard-index", type=click.IntRange(min=0), help="This task's share; detected from Slurm/Kubernetes when absent."),
+        opt("--resplit", is_flag=True, default=False,
+            help="Allow another split of the rows than the one OUT already has (e.g. 8 tasks after 4); finished images are not fetched again."),
         opt("--log-format", type=_enum(LogFormat), default="text", help="json: JSON-lines progress and summary on stderr."),
         opt("--progress", "progress_mode", type=_enum(ProgressMode), default="auto",
             help="auto: a bar on a terminal, log lines otherwise."),
@@ -274,7 +276,7 @@ def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None)
         processes=p["processes"], max_bytes_in_flight=int(p["max_bytes_in_flight_mb"] * 1024 * 1024),
         grace=p["grace"], max_failure_rate=p["max_failure_rate"], max_runtime=p["max_runtime"],
         log_format=LogFormat(p["log_format"]), progress=ProgressMode(p["progress_mode"]),
-        progress_interval=p["progress_interval"],
+        progress_interval=p["progress_interval"], resplit=p["resplit"],
     )
     out = str(p["out"])
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), fsync=p["fsync"])

@@ -110,6 +110,9 @@ class RunConfig:
     log_format: LogFormat = LogFormat.TEXT
     progress: ProgressMode = ProgressMode.AUTO
     progress_interval: float = 5.0
+    # A split of the rows other than the one the state dir's journals have is refused
+    # unless asked for: two splits running at once would fetch the same images twice.
+    resplit: bool = False
 
 
 @dataclass(frozen=True, slots=True)

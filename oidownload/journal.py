@@ -171,6 +171,23 @@ def shard_counts(state_dir: Path) -> set[int]:
     return counts
 
 
+def writer_alive(journal: Path) -> bool:
+    """Whether a live process holds the journal's writer lock."""
+    try:
+        fd = os.open(journal.with_suffix(".lock"), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, check_same_thread=False,
@@ -276,13 +293,21 @@ class InputIdentity:
 
     @classmethod
     def of(cls, path: Path) -> InputIdentity:
+        """The identity of the file at `path`, named by its resolved path (symlinks,
+        `.` and `..` undone), so that every spelling of one file is one input."""
         absolute = os.path.abspath(path)
+        try:
+            st = os.stat(absolute)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            absolute = os.path.realpath(absolute)
+        # A pipe's resolved name (pipe:[n]) changes every run: it keeps the name given.
         raw = os.fsencode(absolute)
         display = clean_text(raw.decode("utf-8", "replace"), 4096)
         try:
-            st = os.stat(absolute)
             # A pipe or stdin must not be read here: its bytes would be lost to the reader.
-            if not stat.S_ISREG(st.st_mode):
+            if st is None or not stat.S_ISREG(st.st_mode):
                 return cls(display, raw, None, None, None)
             with open(absolute, "rb") as f:
                 head = hashlib.md5(f.read(_HEAD_BYTES)).hexdigest()

@@ -31,7 +31,7 @@ from .config import Config, SourceChoice
 from .errors import ConfigError, InputError, OidownloadError, OutputError
 from .fds import fit_concurrency
 from .fetch import Failure, fetch_body, make_session
-from .journal import DoneSet, Journal, other_done_sets, shard_counts
+from .journal import DoneSet, Journal, journal_files, other_done_sets, shard_counts, writer_alive
 from .limits import ByteBudget, HostLimiter
 from .process import Job
 from .progress import Progress, Tally
@@ -414,18 +414,32 @@ def _prepare_state(state_dir: Path) -> None:
         raise OutputError(f"the state dir {state_dir} is not writable; pick a writable --state-dir or fix its permissions")
 
 
-def _check_split(state_dir: Path, shard: Shard) -> None:
-    """A share worked out from the scheduler's environment must match the split OUT
-    already has: resubmitting one array task as an array of one would otherwise make it
-    take every row (and race the other tasks for them). Explicit flags may re-split."""
-    if shard.origin in ("flags", "single task"):
+def _check_split(state_dir: Path, shard: Shard, resplit: bool) -> None:
+    """One split of the rows per output, unless a re-split is asked for; and never two
+    splits at once: their tasks would fetch the same images twice."""
+    others = [p for p in journal_files(state_dir) if not p.name.endswith(f"-of-{shard.count}.sqlite")]
+    if not others:
         return
-    others = shard_counts(state_dir) - {shard.count}
-    if others:
+    counts = "/".join(map(str, sorted(shard_counts(state_dir) - {shard.count})))
+    busy = [p.name for p in others if writer_alive(p)]
+    if busy:
         raise ConfigError(
-            f"{state_dir} holds a split {'/'.join(map(str, sorted(others)))} ways (journal-*-of-N), but this task "
-            f"is {shard.describe()}. To rerun one array task keep its array: `scontrol requeue JOBID_TASKID`, or "
-            f"pass --num-shards N --shard-index I (or OIDOWNLOAD_NUM_SHARDS/OIDOWNLOAD_SHARD_INDEX)"
+            f"{state_dir} is being written with another split of the rows ({', '.join(busy[:3])}), but this run is "
+            f"{shard.describe()}: both would fetch the same images. Wait for it to finish, or run with its split"
+        )
+    if shard.origin not in ("flags", "single task"):
+        # A share worked out from the scheduler's environment: resubmitting one array task
+        # as an array of one would otherwise make it take every row.
+        raise ConfigError(
+            f"{state_dir} holds a split {counts} ways (journal-*-of-N), but this task is {shard.describe()}. "
+            f"To rerun one array task keep its array: `scontrol requeue JOBID_TASKID`, or pass --num-shards N "
+            f"--shard-index I (or OIDOWNLOAD_NUM_SHARDS/OIDOWNLOAD_SHARD_INDEX)"
+        )
+    if not resplit:
+        raise ConfigError(
+            f"{state_dir} holds a split {counts} ways (journal-*-of-N), but this run is {shard.describe()}. "
+            "Pass --resplit to split the same output another way (finished images are not fetched again), "
+            f"or run with --num-shards {counts.split('/')[0]}"
         )
 
 
@@ -457,7 +471,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     sink = open_sink(cfg.output, shard)
     _prepare_state(state_dir)
     sink.prepare()
-    _check_split(state_dir, shard)
+    _check_split(state_dir, shard, cfg.run.resplit)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
     workers = start_workers(cfg.image, sink.target, cfg.run.processes)

@@ -9,9 +9,7 @@ the journal rows sorted by line, so it runs in constant memory on the 9M-row lis
 from __future__ import annotations
 
 import csv
-import fcntl
 import heapq
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any
 
 from .errors import InputError, OutputError
 from .fsio import atomic_file
-from .journal import InputIdentity
+from .journal import InputIdentity, writer_alive
 from .records import Status, is_final
 from .rows import V3_COLUMNS, V4_COLUMNS, iter_records, read_header
 from .state import Entry, InputInfo, ProgressRow, StateDir, StatusCount
@@ -85,26 +83,8 @@ class OutStatus:
         }
 
 
-def _lock_held(journal: Path) -> bool:
-    """Whether a live process holds the journal's writer lock."""
-    lock = journal.with_suffix(".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 def _shard_state(p: ProgressRow, journal: Path, done: int, now: float) -> ShardStatus:
-    if p.running and _lock_held(journal):
+    if p.running and writer_alive(journal):
         state = "running" if now - p.updated < STALE_AFTER else "stale"
     elif p.running:
         state = "stopped"  # killed: the journal says running but nobody holds the lock
@@ -126,6 +106,9 @@ def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:
         done = sum(c.n for c in counts)
         for p in progress:
             status.shards.append(_shard_state(p, path, done, now))
+    if state.split():
+        # Shards of different splits overlap: count each ImageID once.
+        status.counts = {c.status: c for c in state.distinct_counts()}
     order = {s.value: i for i, s in enumerate(Status)}
     status.counts = dict(sorted(status.counts.items(), key=lambda kv: order.get(kv[0], 99)))
     return status

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .config import OutputKind
 from .errors import InputError
-from .journal import SCHEMA_VERSION, connect, int_to_id, journal_files
+from .journal import SCHEMA_VERSION, connect, int_to_id, journal_files, shard_counts
 from .sinks import Reader, is_remote, open_reader
 
 STATE_DIR = ".oidownload"
@@ -170,6 +171,35 @@ class StateDir:
             )
             for j in self.journals
         ]
+
+    def split(self) -> bool:
+        """Whether the journals come from more than one way of splitting the rows (a
+        re-split output): then one ImageID may be in several of them."""
+        return len(shard_counts(self.path)) > 1
+
+    def distinct_counts(self) -> list[StatusCount]:
+        """Counts per status with each ImageID once, across journals that may overlap:
+        an id's outcome is its ok if any journal has one, else its latest. Reads every
+        row (in chunks); `counts` answers at once when the journals cannot overlap."""
+        tally: dict[str, list[int]] = {}
+
+        def add(status: str, nbytes: int) -> None:
+            n = tally.setdefault(status, [0, 0])
+            n[0] += 1
+            n[1] += nbytes
+
+        streams = [self._chunks(j, "status, nbytes, finished", "1") for j in self.journals]
+        for _, group in itertools.groupby(heapq.merge(*streams), key=lambda r: r[0]):
+            rows = list(group)
+            best = next((r for r in rows if r[1] == "ok"), None) or max(rows, key=lambda r: float(r[3]))  # type: ignore[arg-type]
+            add(str(best[1]), int(best[2]))  # type: ignore[call-overload]
+        bad: set[tuple[str, int]] = set()
+        for j in self.journals:
+            bad.update((str(p), int(line)) for p, line in self._query(  # type: ignore[call-overload]
+                j, "SELECT inputs.path, bad_rows.line FROM bad_rows JOIN inputs ON inputs.id = bad_rows.input"))
+        for _ in bad:
+            add("bad_row", 0)
+        return [StatusCount(k, n, b) for k, (n, b) in tally.items()]
 
     def meta(self, key: str) -> list[str]:
         """A meta value from every journal (each task writes its own)."""
