@@ -7,6 +7,7 @@ budgets and signals. Everything a row becomes passes through `_record`, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -136,6 +137,7 @@ class _Run:
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
         self.stopping = asyncio.Event()
+        self.ticked = asyncio.Event()  # set: the ticker's last flush, then it ends
         self.abort = asyncio.Event()
         self.stop_code: int | None = None
         self.stopped_at = 0.0
@@ -312,10 +314,13 @@ class _Run:
         )
 
     async def ticker(self) -> None:
+        """Flushes every _FLUSH_EVERY until `ticked` is set. It is stopped that way,
+        never cancelled: a cancel in the middle of a flush could drop its batch."""
         loop = asyncio.get_running_loop()
         last_progress = 0.0
-        while True:
-            await asyncio.sleep(_FLUSH_EVERY)
+        while not self.ticked.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ticked.wait(), _FLUSH_EVERY)
             self.progress.tally.skipped = self.filter.done_skipped
             self.progress.tick()
             await self.recorder.flush()
@@ -372,7 +377,7 @@ class _Run:
                         fut.cancel()
             stop.cancel()
             reader.cancel()
-            ticker.cancel()
+            self.ticked.set()
             await asyncio.gather(drain, reader, ticker, stop, return_exceptions=True)
             if drain.done() and not drain.cancelled() and drain.exception() is not None:
                 raise drain.exception()  # type: ignore[misc]
@@ -389,6 +394,13 @@ class _Run:
             self.reader_thread.shutdown(wait=False, cancel_futures=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+                # The work is over and journaled; a signal now must not kill the last steps
+                # (the summary, the exit code). A second one does.
+                signal.signal(sig, _late_signal)
+
+
+def _late_signal(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -75,7 +75,9 @@ class Recorder:
             if not batch and not state and not conflicts:
                 return
             try:
-                self.conflicts += await self.run(self.journal.record, batch, state, conflicts)
+                # Shielded: once a batch left `pending`, a cancelled caller must not drop it
+                # (a thread that has not started the write yet would otherwise never do it).
+                self.conflicts += await asyncio.shield(self.run(self.journal.record, batch, state, conflicts))
             except JournalError as exc:
                 if self.failed:
                     return  # the last try, with the reserve already freed

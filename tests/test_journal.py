@@ -48,3 +48,42 @@ def test_an_ok_is_never_replaced_by_a_failure(tmp_path: Path) -> None:
         journal.close()
     assert _rows(journal.path) == {A: "ok", B: "ok"}
     assert counts == {"ok": 2}
+
+
+def test_a_flush_cancelled_before_its_write_started_still_writes_its_batch(tmp_path: Path) -> None:
+    """The shutdown race (issue 15 item 12): the ticker's flush is cancelled at the end of
+    the run while the journal's thread has not yet started its write (a CPU-busy machine
+    is slow to schedule it). The batch must still reach the journal."""
+    import asyncio
+    import io
+    import time
+
+    from oidownload.config import OutputConfig, ProgressMode
+    from oidownload.progress import Progress
+    from oidownload.recorder import Recorder
+    from oidownload.sinks.files import FilesSink
+
+    journal = Journal(tmp_path / "state", Shard())
+    sink = FilesSink(OutputConfig(str(tmp_path / "out"), tmp_path / "state"), Shard())
+    failures: list[Exception] = []
+    recorder = Recorder(Progress(ProgressMode.NONE, stream=io.StringIO()), journal, sink,
+                        lambda exc, full: failures.append(exc), str(tmp_path / "out"))
+
+    async def end_of_run() -> None:
+        busy = asyncio.ensure_future(recorder.run(time.sleep, 0.3))  # the thread is not free yet
+        for i in range(50):
+            recorder.record(Outcome(f"{i:016x}", Status.OK, location=f"train/000/{i:016x}.jpg"))
+        ticker_flush = asyncio.ensure_future(recorder.flush())
+        await asyncio.sleep(0.05)
+        ticker_flush.cancel()  # the run ended: the ticker is stopped mid-flush
+        await asyncio.gather(ticker_flush, return_exceptions=True)
+        await busy
+        await recorder.close(complete=True)
+
+    try:
+        asyncio.run(end_of_run())
+        recorder.shutdown()
+    finally:
+        journal.close()
+    assert not failures
+    assert len(_rows(journal.path)) == 50
