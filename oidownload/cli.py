@@ -214,6 +214,8 @@ def download_options(f: F) -> F:
         opt("--max-redirects", type=click.IntRange(min=0), default=5, help="Redirects followed per request."),
         opt("--max-bytes-in-flight-mb", type=click.FloatRange(min=1), default=128.0,
             help="Bodies being read or processed, in MB: bounds memory."),
+        opt("--max-decode-mb", type=click.FloatRange(min=1), default=512.0,
+            help="Memory one image may take to decode and resize, estimated before decoding; over it: too_large."),
         opt("--grace", type=Duration(), default="10", help="On SIGINT/SIGTERM, seconds to let in-flight images finish."),
         opt("--max-failure-rate", type=click.FloatRange(0, 1), help="Exit 3 when more than this fraction failed."),
         opt("--max-runtime", type=Duration(), help="Stop cleanly after this long (exit 75), e.g. before a scheduler's limit."),
@@ -262,6 +264,7 @@ def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None)
     image = ImageConfig(
         resize=p["resize"], resize_mode=ResizeMode(p["resize_mode"]), format=fmt, quality=p["quality"],
         orientation=orientation, keep_original=p["keep_original"], placeholder_md5s=frozenset(p["placeholder_md5"]),
+        max_decode_bytes=int(p["max_decode_mb"] * 1024 * 1024),
     )
     chosen = plan_selection(tuple(p["inputs"]), p, log)
     select = SelectConfig(

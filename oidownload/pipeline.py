@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -47,6 +48,9 @@ from .workers import Workers, start_workers
 _READ_BATCH = 512
 _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
+# A pool whose workers keep dying for reasons of the machine, not of an image, must not
+# restart for ever.
+MAX_POOL_RESTARTS = 20
 
 
 class ExitCode(enum.IntEnum):
@@ -116,6 +120,19 @@ def _fit_descriptors(cfg: Config, progress: Progress) -> Config:
     return dataclasses.replace(cfg, net=net)
 
 
+@dataclass
+class _Pooled:
+    """A fetched body on its way through the pool, with what its outcome needs."""
+
+    base: Outcome
+    row: Row
+    job: Job
+    body: BodyWriter
+    reserved: int
+    t0: float
+    http_status: int
+
+
 class _Run:
     def __init__(self, cfg: Config, shard: Shard, progress: Progress, journal: Journal,
                  workers: Workers, formats: list[Format], done: DoneSet, sink: Sink) -> None:
@@ -136,6 +153,10 @@ class _Run:
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
+        self.recovering: set[asyncio.Future[None]] = set()  # jobs of a pool whose worker died
+        self.restart_lock = asyncio.Lock()
+        self.deaths: dict[str, int] = {}  # ImageID -> times its worker died under it
+        self.death_cause: dict[str, str] = {}
         self.stopping = asyncio.Event()
         self.ticked = asyncio.Event()  # set: the ticker's last flush, then it ends
         self.abort = asyncio.Event()
@@ -259,48 +280,111 @@ class _Run:
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
             file=row.file, line=row.line,
         )
-        try:
-            await self.pool_slots.acquire()
-            fut = self.workers.submit(loop, job, body)
-        except (BrokenProcessPool, RuntimeError) as exc:
-            self.pool_slots.release()
-            self.budget.release(reserved)
-            body.close()
-            self.fail(OutputError(f"the process pool stopped working: {exc}"))
-            return
-        except BaseException:
-            self.budget.release(reserved)
-            body.close()
-            raise
-        self.in_pool.add(fut)
-        fut.add_done_callback(functools.partial(self.processed, base, row, reserved, body, t0, result.http_status))
+        await self.to_pool(_Pooled(base, row, job, body, reserved, t0, result.http_status))
 
-    def processed(self, base: Outcome, row: Row, reserved: int, body: BodyWriter, t0: float, http_status: int,
-                  fut: asyncio.Future[Outcome]) -> None:
+    async def to_pool(self, p: _Pooled) -> None:
+        """Hands a body to the pool; a pool found broken is restarted first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            generation = self.workers.generation
+            try:
+                await self.pool_slots.acquire()
+                fut = self.workers.submit(loop, p.job, p.body)
+                break
+            except BrokenProcessPool:
+                self.pool_slots.release()
+                if await self.restart_pool(generation):
+                    continue
+                self.drop(p)
+                return
+            except RuntimeError as exc:
+                self.pool_slots.release()
+                self.drop(p)
+                self.fail(OutputError(f"the process pool stopped working: {exc}"))
+                return
+            except BaseException:
+                self.drop(p)
+                raise
+        self.in_pool.add(fut)
+        fut.add_done_callback(functools.partial(self.processed, p, generation))
+
+    def drop(self, p: _Pooled) -> None:
+        self.budget.release(p.reserved)
+        p.body.close()
+
+    def processed(self, p: _Pooled, generation: int, fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
-        self.budget.release(reserved)
         if fut.cancelled():
             # The worker may still be reading the memfd: closing it now could let its
             # descriptor number be reused under the worker. The process is stopping.
+            self.budget.release(p.reserved)
             return
-        body.close()
         exc = fut.exception()
         if isinstance(exc, BrokenProcessPool):
-            self.fail(OutputError(
-                "a pool worker died unexpectedly (killed by the out-of-memory killer?); "
-                "rerun to resume, perhaps with fewer --processes or a smaller --max-bytes-in-flight"
-            ))
+            # A worker died: every job of that pool fails with this. The body is kept
+            # for another try in a new pool.
+            task = asyncio.ensure_future(self.after_death(p, generation))
+            self.recovering.add(task)
+            task.add_done_callback(self.recovering.discard)
             return
+        self.drop(p)
+        base = p.base
         if exc is not None:
             base.status, base.detail = Status.CORRUPT, f"worker error: {type(exc).__name__}: {exc}"
             outcome = base
         else:
             outcome = fut.result()
             outcome.attempts = base.attempts
-        outcome.http_status = http_status
-        outcome.seconds = asyncio.get_running_loop().time() - t0
-        self.record(outcome, row)
+        outcome.http_status = p.http_status
+        outcome.seconds = asyncio.get_running_loop().time() - p.t0
+        self.record(outcome, p.row)
+
+    async def after_death(self, p: _Pooled, generation: int) -> None:
+        """One job of a pool whose worker died: tried again in the new pool, unless it
+        was in the dying worker twice (then it is what kills workers: worker_died)."""
+        if not await self.restart_pool(generation):
+            self.drop(p)
+            return
+        died = self.deaths.get(p.job.image_id, 0)
+        if died >= 2:
+            self.drop(p)
+            base = p.base
+            base.status = Status.WORKER_DIED
+            base.detail = (f"the pool worker processing this image died {died} times ({self.death_cause.get(p.job.image_id, '')}); "
+                           "out of memory? try a lower --max-decode-mb or fewer --processes")
+            base.http_status = p.http_status
+            base.seconds = asyncio.get_running_loop().time() - p.t0
+            self.record(base, p.row)
+            return
+        await self.to_pool(p)
+
+    async def restart_pool(self, generation: int) -> bool:
+        """Restarts the pool once per breakage (the first caller does it; the others
+        find it done). False when workers kept dying and the run stops."""
+        async with self.restart_lock:
+            if self.workers.generation != generation:
+                return self.fatal is None
+            if self.workers.generation >= MAX_POOL_RESTARTS:
+                self.fail(OutputError(
+                    f"pool workers died {self.workers.generation + 1} times (killed by the out-of-memory killer?); "
+                    "rerun with fewer --processes, a lower --max-decode-mb or a smaller --max-bytes-in-flight-mb"
+                ))
+                return False
+            try:
+                deaths = await asyncio.get_running_loop().run_in_executor(None, self.workers.restart)
+            except (BrokenProcessPool, OSError) as exc:
+                self.fail(OutputError(f"cannot restart the process pool: {exc}"))
+                return False
+            for death in deaths:
+                for image_id in death.image_ids:
+                    self.deaths[image_id] = self.deaths.get(image_id, 0) + 1
+                    self.death_cause[image_id] = death.describe()
+                held = ", ".join(death.image_ids) or "no image"
+                self.progress.log("worker-died", f"{death.describe()} while processing {held}; the pool was restarted. "
+                                  "An image whose worker dies twice ends as worker_died", pid=death.pid,
+                                  exitcode=death.exitcode, image_ids=list(death.image_ids))
+            return self.fatal is None
 
     def record(self, outcome: Outcome, row: Row | None = None) -> None:
         self.recorder.record(outcome, row)
@@ -344,8 +428,9 @@ class _Run:
 
     async def drain(self, workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers)
-        while self.in_pool:
-            await asyncio.wait(list(self.in_pool))
+        while self.in_pool or self.recovering:
+            pending: list[asyncio.Future[Any]] = [*self.in_pool, *self.recovering]
+            await asyncio.wait(pending)
 
     async def main(self, done_at_start: int) -> None:
         loop = asyncio.get_running_loop()
@@ -373,7 +458,8 @@ class _Run:
                     self.abandoned = True
                     for task in (*workers, drain):
                         task.cancel()
-                    for fut in list(self.in_pool):
+                    pending: list[asyncio.Future[Any]] = [*self.in_pool, *self.recovering]
+                    for fut in pending:
                         fut.cancel()
             stop.cancel()
             reader.cancel()

@@ -31,6 +31,7 @@ class Status(enum.StrEnum):
     NO_URL = "no_url"
     BAD_ROW = "bad_row"
     WRITE_ERROR = "write_error"
+    WORKER_DIED = "worker_died"
 
 
 # A retryable status is a fault of the moment (the network, the server's load, our
@@ -66,6 +67,7 @@ STATUS_MEANING: dict[Status, str] = {
     Status.NO_URL: "the row has no URL for the chosen --source",
     Status.BAD_ROW: "the input row is malformed (see detail for file:line)",
     Status.WRITE_ERROR: "the file could not be written",
+    Status.WORKER_DIED: "the worker processing the image died, twice (the out-of-memory killer?)",
 }
 
 
