@@ -134,10 +134,10 @@ def i2d_ok(out: Path) -> int:
 
 # -- runs -------------------------------------------------------------------------------------
 
-def run_ours(manifest: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_ours(manifest: Path, out: Path, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(out), "--processes", str(args.processes),
            "--concurrency", str(args.concurrency), "--per-host", str(args.per_host), "--progress", "none",
-           "--log-format", "json", "--source", args.source]
+           "--log-format", "json", "--source", args.source, *extra]
     if args.format == "keep":
         cmd += ["--format", "keep"]
     else:
