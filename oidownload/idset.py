@@ -1,6 +1,7 @@
 """The ImageIDs a run has already met, each with a fingerprint of the row it came from,
-in about 11 bytes an id (a Python set of str would take ~100): so that a second row of
-an id is skipped without a request, and a row that disagrees with the first is told.
+in about 17 bytes an id (52 MB for 3M ids; a Python set of str takes ~100 an id): so
+that a second row of an id is skipped without a request, and a row that disagrees
+with the first is told.
 """
 
 from __future__ import annotations
