@@ -51,7 +51,7 @@ def main() -> None:
                 OriginThread(Origin(corpus, Latency(args.latency_ms / 1000))) as origin:
             manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_url)
             for k in range(args.runs):
-                for mode, extra in (("plain", ()), ("fsync", ("--fsync",))):
+                for mode, extra in (("plain", []), ("fsync", ["--fsync"])):
                     r = run_ours(manifest, Path(tmp) / f"{mode}-{k}", args, extra)
                     runs[mode].append(r)
                     print(json.dumps({"event": "run", "scenario": name, "mode": mode, "run": k, **r}), flush=True)

@@ -15,6 +15,12 @@ class SourceChoice(enum.StrEnum):
     ORIGINAL = "original"
     THUMBNAIL = "thumbnail"
     AUTO = "auto"
+    CVDF = "cvdf"
+
+
+class Fallback(enum.StrEnum):
+    NONE = "none"
+    CVDF = "cvdf"
 
 
 class ResizeMode(enum.StrEnum):
@@ -72,6 +78,7 @@ class NetConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     max_redirects: int = 5
     user_agent: str = "oidownload/0.1 (+https://github.com/oidownload/oidownload)"
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +98,25 @@ class ImageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """Where images come from (sources.py): the choice, the mirror, and the fallback."""
+
+    choice: SourceChoice = SourceChoice.ORIGINAL
+    mirror_url: str = "https://open-images-dataset.s3.amazonaws.com"
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SelectConfig:
     subsets: frozenset[str] = frozenset()
     limit: int | None = None
-    source: SourceChoice = SourceChoice.ORIGINAL
     retry_failed: bool = False
     ids: frozenset[str] | None = None
     # What a class selection came from, remembered in the journal for `annotations`.
     classes: frozenset[str] = frozenset()
     annotations: tuple[Path, ...] = ()
     class_descriptions: Path | None = None
+    db: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +153,7 @@ class Config:
     inputs: tuple[Path, ...]
     output: OutputConfig
     net: NetConfig = NetConfig()
+    source: SourceConfig = SourceConfig()
     image: ImageConfig = ImageConfig()
     select: SelectConfig = SelectConfig()
     run: RunConfig = field(default_factory=RunConfig)

@@ -12,13 +12,13 @@ import csv
 import enum
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import fsio
-from .annotations import ATTRIBUTES, AnnotationFile, Kind
+from .annotations import ATTRIBUTES, AnnotationSource, AnnotationTable, Kind
 from .classes import ClassDescriptions
 from .errors import ConfigError, InputError, OutputError
 from .fsio import atomic_file
@@ -92,7 +92,7 @@ class _BoxRow:
     attrs: dict[str, int]
 
 
-def _box_rows(files: list[AnnotationFile], images: dict[str, Written], result: ExportResult,
+def _box_rows(files: Sequence[AnnotationTable], images: dict[str, Written], result: ExportResult,
               mids: frozenset[str] | None) -> Iterator[_BoxRow]:
     for f in files:
         if f.kind is not Kind.BOXES:
@@ -119,25 +119,27 @@ def _box_rows(files: list[AnnotationFile], images: dict[str, Written], result: E
 def export(
     out: str | Path,
     fmt: ExportFormat,
-    annotation_paths: list[Path],
+    source: AnnotationSource,
     *,
     dest: Path | None = None,
-    class_descriptions: Path | None = None,
+    names: ClassDescriptions | None = None,
     classes: frozenset[str] | None = None,
     state_dir: Path | None = None,
 ) -> ExportResult:
     images = {w.image_id: w for w in StateDir.open(out, state_dir).written()}
     if not images:
         raise InputError(f"{out} has no downloaded images (no row with status ok in its journal)")
-    if not annotation_paths:
-        raise ConfigError("no annotation files: pass --annotations (they are remembered when download had --annotations)")
-    files = [AnnotationFile.open(p) for p in annotation_paths]
-    dest = dest or Path(out) / "annotations"
+    files = source.tables()
+    if not files:
+        raise ConfigError("no annotations: pass --annotations or --db (they are remembered when download had them)")
+    if dest is None:
+        if "://" in str(out):
+            raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
+        dest = Path(out) / "annotations"
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
-    names = ClassDescriptions.load(class_descriptions) if class_descriptions else None
     result = ExportResult(dest, images=len(images))
     try:
         if fmt is ExportFormat.CSV:
@@ -151,11 +153,11 @@ def export(
     return result
 
 
-def _write_csv(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_csv(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                mids: frozenset[str] | None) -> None:
     """The Open Images rows of the downloaded images, coordinates in the written frame."""
     for f in files:
-        target = dest / _csv_name(f.path)
+        target = dest / f.name
         i_id, i_label = f.index("ImageID"), f.index("LabelName")
         coords = [f.index(c) for c in ("XMin", "XMax", "YMin", "YMax")] if f.kind is Kind.BOXES else []
         clicks = [(f.index(f"XClick{k}X"), f.index(f"XClick{k}Y")) for k in range(1, 5) if f.has(f"XClick{k}X")]
@@ -189,16 +191,11 @@ def _write_csv(files: list[AnnotationFile], images: dict[str, Written], dest: Pa
         result.files.append(target)
 
 
-def _csv_name(path: Path) -> str:
-    name = path.name
-    return name[:-3] if name.endswith(".gz") else name
-
-
 def _categories(rows: list[_BoxRow], mids: frozenset[str] | None) -> list[str]:
     return sorted(mids) if mids is not None else sorted({r.label for r in rows})
 
 
-def _write_coco(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_coco(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None) -> None:
     rows = list(_box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
@@ -235,7 +232,7 @@ def _write_coco(files: list[AnnotationFile], images: dict[str, Written], dest: P
     result.files.append(target)
 
 
-def _write_yolo(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_yolo(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None) -> None:
     """labels/<subset>/<abc>/<ImageID>.txt next to the images' own layout, one line a box:
     `class x_center y_center width height` (normalised); classes.txt names the classes."""

@@ -36,6 +36,7 @@ class Fetched:
     body: BodyWriter  # the caller hands it off to the pool, then closes it
     http_status: int
     reserved: int  # bytes held in the budget for this body, released by the caller
+    etag: str | None = None
 
 
 @dataclass(slots=True)
@@ -75,10 +76,12 @@ def make_session(net: NetConfig) -> aiohttp.ClientSession:
         connector=connector,
         timeout=timeout,
         # Identity: a compressed transfer would not match OriginalSize or the MD5.
-        headers={"User-Agent": net.user_agent, "Accept-Encoding": "identity"},
+        headers={"User-Agent": net.user_agent, "Accept-Encoding": "identity", **dict(net.headers)},
         cookie_jar=aiohttp.DummyCookieJar(),
         read_bufsize=2**18,
-        trust_env=False,
+        # HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as curl and requests honour them: cluster
+        # nodes often reach the internet only through a proxy.
+        trust_env=True,
     )
 
 
@@ -176,7 +179,7 @@ async def fetch_once(
                 writer = new_writer()
                 if not await _read_capped(resp, net.max_body_bytes, writer):
                     return Failure(Status.TOO_LARGE, f"body over the cap of {net.max_body_bytes} bytes", resp.status)
-                result = Fetched(writer, resp.status, reserved)
+                result = Fetched(writer, resp.status, reserved, resp.headers.get("ETag"))
                 reserved, writer = 0, None  # now owned by the result
                 return result
     except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: must come first

@@ -101,6 +101,16 @@ CREATE TABLE IF NOT EXISTS progress(
     rate REAL                   -- outcomes per second over the last minute
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_line ON outcomes(input, line);
+-- Written images per source (original, thumbnail, cvdf), for `status`.
+CREATE TABLE IF NOT EXISTS source_counts(source TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS ok_source_ins AFTER INSERT ON outcomes WHEN new.status = 'ok' BEGIN
+    INSERT INTO source_counts VALUES(coalesce(new.source, ''), 1) ON CONFLICT(source) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS ok_source_upd AFTER UPDATE ON outcomes WHEN old.status = 'ok' OR new.status = 'ok' BEGIN
+    UPDATE source_counts SET n = n - 1 WHERE old.status = 'ok' AND source = coalesce(old.source, '');
+    INSERT INTO source_counts SELECT coalesce(new.source, ''), 1 WHERE new.status = 'ok'
+        ON CONFLICT(source) DO UPDATE SET n = n + 1;
+END;
 -- What the output's sink needs to continue after a crash (open shards' lengths...).
 CREATE TABLE IF NOT EXISTS sink_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- One ImageID, two answers: a later row that disagreed with the first (which won), or a
@@ -116,6 +126,8 @@ CREATE TABLE IF NOT EXISTS conflicts(
 CREATE UNIQUE INDEX IF NOT EXISTS conflicts_by_row ON conflicts(input, line, id);
 """
 
+_TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progress", "sink_state", "source_counts",
+                     "conflicts"})
 # Columns added after the first release; an older journal gains them when opened.
 _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outcomes": (("location", "TEXT"),),
@@ -226,11 +238,19 @@ def _describe(path: Path, exc: BaseException) -> JournalError:
 
 class DoneSet:
     """ImageIDs whose outcome needs no new request, as a sorted array of unsigned
-    64-bit ints: 8 bytes an id, where a Python set of str would take ~100."""
+    64-bit ints: 8 bytes an id, where a Python set of str would take ~100.
+
+    Lookups keep a finger in the array: the published lists are sorted by ImageID, so
+    on a resumed run each lookup is usually one comparison with the next done id
+    rather than a binary search (a 9M-row list is skipped twice as fast)."""
 
     def __init__(self, ids: array.array[int]) -> None:
         self._ids = ids
         self._met = bytearray(len(ids))  # 1 byte an id: whether a row of it was met
+        # Invariant: every id before the finger is <= the last id looked up in order,
+        # and the id at the finger is greater than it.
+        self._finger = 0
+        self._last = -1
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -257,8 +277,23 @@ class DoneSet:
         except ValueError:
             return -1
         ids = self._ids
-        i = bisect.bisect_left(ids, v)
-        return i if i < len(ids) and ids[i] == v else -1
+        n = len(ids)
+        if v <= self._last:  # out of order, or again: a plain binary search
+            i = bisect.bisect_left(ids, v)
+            return i if i < n and ids[i] == v else -1
+        self._last = v
+        pos = self._finger
+        if pos < n:
+            here = ids[pos]
+            if here > v:
+                return -1
+            if here < v:
+                pos = bisect.bisect_left(ids, v, pos)
+            if pos < n and ids[pos] == v:
+                self._finger = pos + 1
+                return pos
+            self._finger = pos
+        return -1
 
     @staticmethod
     def merge(sets: Iterable[DoneSet]) -> DoneSet:
@@ -338,7 +373,8 @@ class Journal:
             self.conn.execute("PRAGMA journal_mode=DELETE")
             self.conn.execute("PRAGMA synchronous=FULL")
             self._check_schema()
-            self.conn.executescript(_SCHEMA)
+            # One transaction: a kill while the tables are made must not leave half a schema.
+            self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
             self._migrate()
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('shard', ?)", (shard.tag,))
@@ -357,16 +393,20 @@ class Journal:
         """Refuses a file that is some other program's database, or from a newer
         oidownload: writing into it could lose what it holds."""
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
-            return
-        if "outcomes" not in tables or "meta" not in tables:
-            raise OutputError(f"{self.path} is not an oidownload journal (tables: {', '.join(sorted(tables))[:200]}); "
+        foreign = tables - _TABLES
+        if foreign:
+            raise OutputError(f"{self.path} is not an oidownload journal (it has tables {', '.join(sorted(foreign))[:200]}); "
                               "move it aside or pick another --state-dir")
+        if "meta" not in tables:
+            return
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
             raise OutputError(f"{self.path} was written by a newer oidownload (journal schema {row[0]}); upgrade oidownload")
 
     def _migrate(self) -> None:
+        if self.conn.execute("SELECT 1 FROM source_counts LIMIT 1").fetchone() is None:
+            self.conn.execute("INSERT INTO source_counts SELECT coalesce(source, ''), count(*) FROM outcomes "
+                              "WHERE status = 'ok' GROUP BY 1")
         for table, columns in _ADDED_COLUMNS.items():
             have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
             for name, kind in columns:

@@ -19,7 +19,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -28,8 +28,9 @@ from typing import Any
 
 import aiohttp
 
+from .accel import pillow_build
 from .body import BodyWriter, MemfdPool
-from .config import Config, SourceChoice
+from .config import Config
 from .errors import ConfigError, InputError, OidownloadError, OutputError
 from .fds import fit_concurrency
 from .fetch import Failure, fetch_body, make_session
@@ -38,16 +39,18 @@ from .limits import ByteBudget, HostLimiter
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
-from .records import BadRow, Conflict, Outcome, Row, Source, Status
+from .records import BadRow, Conflict, Outcome, Row, Source, Status, clean_text
 from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter
 from .shard import Shard
 from .sinks import Sink, open_sink
+from .sources import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
 from .workers import Workers, start_workers
 
 _READ_BATCH = 512
 _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
+MIRROR_403_LIMIT = 5  # 403s in a row from the mirror that stop the run
 # A pool whose workers keep dying for reasons of the machine, not of an image, must not
 # restart for ever.
 MAX_POOL_RESTARTS = 20
@@ -72,15 +75,16 @@ class RunResult:
     message: str = ""
 
 
-def choose_source(row: Row, choice: SourceChoice) -> tuple[Source, str]:
-    """(source, URL) for a row; the URL is empty when the row has none for the choice."""
-    if choice is SourceChoice.ORIGINAL:
-        return Source.ORIGINAL, row.original_url
-    if choice is SourceChoice.THUMBNAIL:
-        return Source.THUMBNAIL, row.thumbnail_url
-    if row.thumbnail_url:
-        return Source.THUMBNAIL, row.thumbnail_url
-    return Source.ORIGINAL, row.original_url
+@dataclass(frozen=True, slots=True)
+class _Tried:
+    """What came before an attempt at one row: when it started (the image's deadline
+    counts from there), requests so far, the original's failure when this is the
+    fallback to the mirror, and whether the mirror copy was fetched a second time."""
+
+    t0: float
+    attempts: int = 0
+    prior: Outcome | None = None
+    refetched: bool = False
 
 
 def _selected(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow | Conflict]:
@@ -126,14 +130,18 @@ class _Pooled:
 
     base: Outcome
     row: Row
+    plan: FetchPlan
+    tried: _Tried
+    note: str
     job: Job
     body: BodyWriter
     reserved: int
-    t0: float
     http_status: int
 
 
 class _Run:
+    session: aiohttp.ClientSession
+
     def __init__(self, cfg: Config, shard: Shard, progress: Progress, journal: Journal,
                  workers: Workers, formats: list[Format], done: DoneSet, sink: Sink) -> None:
         self.cfg = cfg
@@ -153,7 +161,9 @@ class _Run:
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
-        self.recovering: set[asyncio.Future[None]] = set()  # jobs of a pool whose worker died
+        # Fallbacks, refetches, and jobs of a pool whose worker died, under way.
+        self.extra: set[asyncio.Task[None]] = set()
+        self.mirror_403s = 0
         self.restart_lock = asyncio.Lock()
         self.deaths: dict[str, int] = {}  # ImageID -> times its worker died under it
         self.death_cause: dict[str, str] = {}
@@ -245,42 +255,55 @@ class _Run:
             await self.handle(session, row)
 
     async def handle(self, session: aiohttp.ClientSession, row: Row) -> None:
-        loop = asyncio.get_running_loop()
-        source, url = choose_source(row, self.cfg.select.source)
-        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=source, file=row.file, line=row.line)
-        if not url:
-            base.status, base.detail = Status.NO_URL, f"the row has no {source.value} URL"
-            self.record(base)
+        plan = plan_fetch(row, self.cfg.source)
+        if plan is None:
+            choice = self.cfg.source.choice.value
+            self.record(Outcome(row.image_id, Status.NO_URL, f"the row has no {choice} URL", subset=row.subset,
+                                file=row.file, line=row.line))
             return
-        t0 = loop.time()
-        original = source is Source.ORIGINAL
+        await self.attempt(row, plan, _Tried(asyncio.get_running_loop().time()))
+
+    async def attempt(self, row: Row, plan: FetchPlan, tried: _Tried) -> None:
+        """Fetches one plan for a row and hands the body to the pool; `finish` decides
+        what a final outcome leads to."""
+        loop = asyncio.get_running_loop()
+        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=plan.source, file=row.file, line=row.line,
+                       url=plan.url)
         got = await fetch_body(
-            session, url,
-            expected_size=row.original_size if original else None,
+            self.session, plan.url,
+            expected_size=plan.expected_size,
             net=self.cfg.net, limiter=self.limiter,
             reserve=self.budget.acquire, release=self.budget.release,
-            new_writer=self.new_writer, deadline=t0 + self.cfg.net.image_deadline, rng=self.rng,
+            new_writer=self.new_writer, deadline=tried.t0 + self.cfg.net.image_deadline, rng=self.rng,
         )
-        base.attempts = got.attempts
+        base.attempts = tried.attempts + got.attempts
         result = got.result
         if isinstance(result, Failure):
             base.status, base.detail, base.http_status = result.status, result.detail, result.http_status
-            base.seconds = loop.time() - t0
-            self.record(base)
+            if plan.source is Source.CVDF:
+                self.mirror_answered(base)
+            base.seconds = loop.time() - tried.t0
+            self.finish(base, row, plan, tried)
             return
+        if plan.source is Source.CVDF:
+            self.mirror_403s = 0
         reserved = result.reserved
         body = result.body
         if body.size != reserved:
             self.budget.adjust(reserved, body.size)
             reserved = body.size
+        expected_md5, checked_by, note = plan.expected_md5, "OriginalMD5", ""
+        if plan.check_etag:
+            expected_md5, checked_by = etag_md5(result.etag), "the ETag"
+            if expected_md5 is None:
+                note = f"not hash-checked: the ETag {clean_text(result.etag or 'none', 80)} is not an MD5"
         job = Job(
-            row.image_id, row.subset, source,
-            expected_size=row.original_size if original else None,
-            expected_md5=row.original_md5 if original else None,
+            row.image_id, row.subset, plan.source,
+            expected_size=plan.expected_size, expected_md5=expected_md5, checked_by=checked_by,
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
             file=row.file, line=row.line,
         )
-        await self.to_pool(_Pooled(base, row, job, body, reserved, t0, result.http_status))
+        await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, reserved, result.http_status))
 
     async def to_pool(self, p: _Pooled) -> None:
         """Hands a body to the pool; a pool found broken is restarted first."""
@@ -312,23 +335,41 @@ class _Run:
         self.budget.release(p.reserved)
         p.body.close()
 
+    def mirror_answered(self, outcome: Outcome) -> None:
+        """A mirror's 404 is final (it lacks the image); its 403 never is: a private
+        bucket or a wrong --mirror-url answers 403 to everything, so after a few in a row
+        the run stops instead of failing every row."""
+        if outcome.http_status in (404, 410):
+            outcome.status = Status.NOT_IN_MIRROR
+        elif outcome.http_status == 403:
+            outcome.status = Status.MIRROR_REFUSED
+            self.mirror_403s += 1
+            if self.mirror_403s >= MIRROR_403_LIMIT:
+                self.fail(OidownloadError(
+                    f"the mirror at {self.cfg.source.mirror_url} answered 403 Forbidden to {self.mirror_403s} "
+                    "requests in a row: is --mirror-url right, and is the bucket public? Rows it refused are "
+                    "tried again by the next run"))
+            return
+        self.mirror_403s = 0
+
     def processed(self, p: _Pooled, generation: int, fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
+        release = functools.partial(self.budget.release, p.reserved)
         if fut.cancelled():
             # The worker may still be reading the memfd: closing it now could let its
             # descriptor number be reused under the worker. The process is stopping.
-            self.budget.release(p.reserved)
+            release()
             return
         exc = fut.exception()
         if isinstance(exc, BrokenProcessPool):
             # A worker died: every job of that pool fails with this. The body is kept
             # for another try in a new pool.
-            task = asyncio.ensure_future(self.after_death(p, generation))
-            self.recovering.add(task)
-            task.add_done_callback(self.recovering.discard)
+            task = asyncio.get_running_loop().create_task(self.after_death(p, generation))
+            self.extra.add(task)
+            task.add_done_callback(self.extra.discard)
             return
-        self.drop(p)
+        p.body.close()
         base = p.base
         if exc is not None:
             base.status, base.detail = Status.CORRUPT, f"worker error: {type(exc).__name__}: {exc}"
@@ -336,9 +377,14 @@ class _Run:
         else:
             outcome = fut.result()
             outcome.attempts = base.attempts
+            outcome.url = base.url
+            if p.note and outcome.status is Status.OK:
+                outcome.detail = "; ".join(filter(None, (p.note, outcome.detail)))
         outcome.http_status = p.http_status
-        outcome.seconds = asyncio.get_running_loop().time() - p.t0
-        self.record(outcome, p.row)
+        outcome.seconds = asyncio.get_running_loop().time() - p.tried.t0
+        # A staged image keeps its share of the budget until its sink has it out of
+        # the way (an upload, say): that is what bounds the bytes waiting there.
+        self.finish(outcome, p.row, p.plan, p.tried, release)
 
     async def after_death(self, p: _Pooled, generation: int) -> None:
         """One job of a pool whose worker died: tried again in the new pool, unless it
@@ -347,17 +393,17 @@ class _Run:
             self.drop(p)
             return
         died = self.deaths.get(p.job.image_id, 0)
-        if died >= 2:
-            self.drop(p)
-            base = p.base
-            base.status = Status.WORKER_DIED
-            base.detail = (f"the pool worker processing this image died {died} times ({self.death_cause.get(p.job.image_id, '')}); "
-                           "out of memory? try a lower --max-decode-mb or fewer --processes")
-            base.http_status = p.http_status
-            base.seconds = asyncio.get_running_loop().time() - p.t0
-            self.record(base, p.row)
+        if died < 2:
+            await self.to_pool(p)
             return
-        await self.to_pool(p)
+        p.body.close()
+        base = p.base
+        base.status = Status.WORKER_DIED
+        base.detail = (f"the pool worker processing this image died {died} times ({self.death_cause.get(p.job.image_id, '')}); "
+                       "out of memory? try a lower --max-decode-mb or fewer --processes")
+        base.http_status = p.http_status
+        base.seconds = asyncio.get_running_loop().time() - p.tried.t0
+        self.finish(base, p.row, p.plan, p.tried, functools.partial(self.budget.release, p.reserved))
 
     async def restart_pool(self, generation: int) -> bool:
         """Restarts the pool once per breakage (the first caller does it; the others
@@ -386,8 +432,30 @@ class _Run:
                                   exitcode=death.exitcode, image_ids=list(death.image_ids))
             return self.fatal is None
 
-    def record(self, outcome: Outcome, row: Row | None = None) -> None:
-        self.recorder.record(outcome, row)
+    def finish(self, outcome: Outcome, row: Row, plan: FetchPlan, tried: _Tried,
+               release: Callable[[], None] = lambda: None) -> None:
+        """A fetch's outcome: recorded, or, when the original is gone for good and
+        --fallback allows, followed by one try of the mirror; a mirror copy whose MD5
+        disagrees with its ETag is fetched once more (a torn transfer)."""
+        again: tuple[FetchPlan, _Tried] | None = None
+        if tried.prior is None and wants_fallback(self.cfg.source, plan, outcome.status, outcome.http_status):
+            again = mirror_plan(row, self.cfg.source), dataclasses.replace(tried, attempts=outcome.attempts, prior=outcome)
+        elif plan.source is Source.CVDF and outcome.status is Status.MD5_MISMATCH and not tried.refetched:
+            again = plan, dataclasses.replace(tried, attempts=outcome.attempts, refetched=True)
+        if again is not None and not self.stopping.is_set():
+            release()
+            task = asyncio.get_running_loop().create_task(self.attempt(row, *again))
+            self.extra.add(task)
+            task.add_done_callback(self.extra.discard)
+            return
+        prior = tried.prior
+        if prior is not None:
+            why = f"the original was {prior.status.value}: {prior.detail}"
+            outcome.detail = why if outcome.status is Status.OK and not outcome.detail else f"{why}; mirror: {outcome.detail}"
+        self.record(outcome, row, release)
+
+    def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:
+        self.recorder.record(outcome, row, release)
 
     def write_progress(self, running: bool) -> None:
         rate, _ = self.progress.rates()
@@ -428,9 +496,9 @@ class _Run:
 
     async def drain(self, workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers)
-        while self.in_pool or self.recovering:
-            pending: list[asyncio.Future[Any]] = [*self.in_pool, *self.recovering]
-            await asyncio.wait(pending)
+        while self.in_pool or self.extra:
+            waiting: list[asyncio.Future[Any]] = [*self.in_pool, *self.extra]
+            await asyncio.wait(waiting)
 
     async def main(self, done_at_start: int) -> None:
         loop = asyncio.get_running_loop()
@@ -442,7 +510,8 @@ class _Run:
         threading.Thread(target=self.estimate_total, args=(done_at_start,), daemon=True, name="count").start()
         # The shard in the User-Agent lets an origin's logs tell cluster tasks apart.
         agent = f"{self.cfg.net.user_agent} shard/{self.shard.tag}"
-        session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
+        session = self.session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
+        self.sink.start()
         try:
             workers = [asyncio.create_task(self.fetch_worker(session)) for _ in range(self.cfg.net.concurrency)]
             reader = asyncio.create_task(self.read())
@@ -456,10 +525,9 @@ class _Run:
                 abort.cancel()
                 if not drain.done():
                     self.abandoned = True
-                    for task in (*workers, drain):
+                    for task in (*workers, drain, *self.extra):
                         task.cancel()
-                    pending: list[asyncio.Future[Any]] = [*self.in_pool, *self.recovering]
-                    for fut in pending:
+                    for fut in list(self.in_pool):
                         fut.cancel()
             stop.cancel()
             reader.cancel()
@@ -579,7 +647,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
         try:
             marker = state_dir / f"running-{shard.tag}"
             crashed = marker.exists()
-            sink.recover(journal.sink_state(), shard.owns, crashed)
+            found = sink.recover(journal.sink_state(), shard.owns, crashed)
+            journal.record(found.committed, found.state)
             if crashed:
                 progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; "
                              f"cleaned up after it in {sink.describe()}")
@@ -589,10 +658,11 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
             journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value}))
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
-            if sel.annotations or sel.classes:
+            if sel.annotations or sel.classes or sel.db:
                 journal.set_meta("selection", json.dumps({
                     "annotations": [str(a) for a in sel.annotations], "classes": sorted(sel.classes),
                     "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
+                    "db": sel.db,
                 }))
             done = journal.done_set(retry_failed=cfg.select.retry_failed)
             others = other_done_sets(state_dir, shard, retry_failed=cfg.select.retry_failed)
@@ -627,7 +697,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                      undecodable=decode_errors())
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
-    progress.summary(wall=wall, cpu=cpu)
+    progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe()})
     if run.fatal is not None:
         raise run.fatal
     code = run.stop_code if run.stop_code is not None else ExitCode.OK

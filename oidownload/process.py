@@ -78,7 +78,8 @@ class Job:
     subset: str
     source: Source
     expected_size: int | None = None
-    expected_md5: str | None = None
+    expected_md5: str | None = None  # base64; checked whatever the source
+    checked_by: str = "OriginalMD5"  # where expected_md5 came from, for the failure detail
     rotation: int | None = None
     has_rotation_column: bool = False
     file: str = ""
@@ -117,11 +118,11 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
     digest = md5_b64(body)
     if digest in settings.placeholder_md5s:
         return _fail(outcome, Status.UNAVAILABLE, "the body is the 'photo unavailable' placeholder")
-    if job.source is Source.ORIGINAL:
-        if job.expected_size is not None and len(body) != job.expected_size:
-            return _fail(outcome, Status.SIZE_MISMATCH, f"got {len(body)} bytes, OriginalSize is {job.expected_size}")
-        if job.expected_md5 is not None and digest != job.expected_md5:
-            return _fail(outcome, Status.MD5_MISMATCH, f"md5 {digest}, OriginalMD5 is {job.expected_md5}")
+    if job.expected_size is not None and len(body) != job.expected_size:
+        return _fail(outcome, Status.SIZE_MISMATCH, f"got {len(body)} bytes, OriginalSize is {job.expected_size}")
+    if job.expected_md5 is not None:
+        if digest != job.expected_md5:
+            return _fail(outcome, Status.MD5_MISMATCH, f"md5 {digest}, {job.checked_by} is {job.expected_md5}")
         outcome.verified = True
     try:
         r = _render(job, body, settings.image)
@@ -138,6 +139,12 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
     except Exception as exc:  # Pillow: OSError, SyntaxError, ValueError, struct.error...
         return _fail(outcome, Status.CORRUPT, f"cannot decode: {type(exc).__name__}: {exc}")
     outcome.width, outcome.height = r.size
+    cfg = settings.image
+    if (job.source is not Source.ORIGINAL and cfg.resize and cfg.resize_mode is not ResizeMode.NONE
+            and max(r.size) < cfg.resize):
+        # Copies are smaller than originals (the mirror's at most 1024 px): say so, so a
+        # user who needs the full resolution can find these rows.
+        outcome.detail = f"the {job.source.value} copy is {r.size[0]}x{r.size[1]}, smaller than --resize {cfg.resize}"
     outcome.ext = r.ext
     outcome.orientation = r.orientation
     outcome.crop = r.crop
@@ -267,7 +274,7 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> Rendered:
     turn = _orientation(im, job, cfg)
     target = target_size(im.size, cfg)
     if target is None and turn is None and _same_format(im.format, pil_format):
-        if job.source is not Source.ORIGINAL:
+        if job.expected_md5 is None:
             _check_decode(im, im.format or "", None, cfg)
             im.load()  # unverified bytes kept as they are must at least decode
         return Rendered(body, ext, im.size)

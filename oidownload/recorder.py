@@ -18,7 +18,7 @@ from .errors import OidownloadError, OutputError
 from .journal import Journal, JournalError
 from .progress import Progress
 from .records import Conflict, Outcome, Row, Status
-from .sinks import Sink
+from .sinks import Release, Sink
 
 # A full disk, a read-only mount or a folder we may not write fails every later write
 # too: stop the run rather than record a failure per image.
@@ -42,7 +42,9 @@ class Recorder:
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._lock = asyncio.Lock()
 
-    def record(self, outcome: Outcome, row: Row | None = None) -> None:
+    def record(self, outcome: Outcome, row: Row | None = None, release: Release = lambda: None) -> None:
+        """`release` gives back the outcome's share of the byte budget: at once, or,
+        for a staged outcome, when the sink is done with its bytes."""
         if outcome.status is Status.WRITE_ERROR and outcome.errno in FATAL_ERRNOS:
             hint = ("free some space (or fix the mount)" if outcome.errno not in (errno.EACCES, errno.EPERM)
                     else "fix the permissions")
@@ -50,11 +52,13 @@ class Recorder:
                 f"cannot write under {self.where}: {outcome.detail}. The journal is intact: "
                 f"{hint} and run the same command again to resume"
             ), outcome.errno in (errno.ENOSPC, errno.EDQUOT))
+            release()
             return  # not journaled: it is the disk's fault, not the image's
         self.progress.add(outcome)
         if outcome.status is Status.OK and outcome.staged:
-            self.sink.publish(outcome, row)
+            self.sink.publish(outcome, row, release)
         else:
+            release()
             self.pending.append(outcome)
 
     def conflict(self, conflict: Conflict) -> None:
@@ -68,6 +72,8 @@ class Recorder:
     async def flush(self, synced_by: Callable[[], Any] | None = None) -> None:
         async with self._lock:
             synced = await (synced_by() if synced_by is not None else self.sink.sync())
+            if synced.error is not None:
+                self.fail(synced.error, False)
             batch, self.pending = self.pending + synced.committed, []
             state = {**self.pending_state, **synced.state}
             conflicts, self.pending_conflicts = self.pending_conflicts, []

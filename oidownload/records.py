@@ -29,6 +29,8 @@ class Status(enum.StrEnum):
     TOO_LARGE = "too_large"
     BAD_REDIRECT = "bad_redirect"
     NO_URL = "no_url"
+    NOT_IN_MIRROR = "not_in_mirror"
+    MIRROR_REFUSED = "mirror_refused"
     BAD_ROW = "bad_row"
     WRITE_ERROR = "write_error"
     WORKER_DIED = "worker_died"
@@ -44,6 +46,7 @@ RETRYABLE: frozenset[Status] = frozenset(
         Status.CONNECTION,
         Status.TRUNCATED,
         Status.DNS,
+        Status.MIRROR_REFUSED,
         Status.WRITE_ERROR,
     }
 )
@@ -59,12 +62,14 @@ STATUS_MEANING: dict[Status, str] = {
     Status.TRUNCATED: "the body ended before its Content-Length",
     Status.DNS: "the host name did not resolve",
     Status.SIZE_MISMATCH: "the original's size is not OriginalSize",
-    Status.MD5_MISMATCH: "the original's MD5 is not OriginalMD5",
+    Status.MD5_MISMATCH: "the body's MD5 is not OriginalMD5 (or, for a mirror copy, its ETag)",
     Status.UNAVAILABLE: "Flickr's 'photo unavailable' placeholder, not the image",
     Status.CORRUPT: "the body is not a decodable image",
     Status.TOO_LARGE: "the body or the decoded image is over the cap",
     Status.BAD_REDIRECT: "too many redirects, or a redirect to a non-http(s) URL",
     Status.NO_URL: "the row has no URL for the chosen --source",
+    Status.NOT_IN_MIRROR: "the CVDF mirror has no copy (404); with --fallback, the original's failure is in the detail",
+    Status.MIRROR_REFUSED: "the mirror answered 403 Forbidden: not the image's fault, tried again next run",
     Status.BAD_ROW: "the input row is malformed (see detail for file:line)",
     Status.WRITE_ERROR: "the file could not be written",
     Status.WORKER_DIED: "the worker processing the image died, twice (the out-of-memory killer?)",
@@ -93,6 +98,7 @@ def clean_text(text: str, limit: int = MAX_TEXT) -> str:
 class Source(enum.StrEnum):
     ORIGINAL = "original"
     THUMBNAIL = "thumbnail"
+    CVDF = "cvdf"  # the Common Visual Data Foundation's mirror
 
 
 @dataclass(slots=True)
@@ -175,3 +181,4 @@ class Outcome:
     crop: tuple[float, float, float, float] | None = None  # kept region, normalised
     location: str = ""
     staged: tuple[str, ...] = ()
+    url: str = ""  # what was fetched (not journaled: the input row has it)

@@ -51,6 +51,7 @@ class OutStatus:
     out: Path
     counts: dict[str, StatusCount] = field(default_factory=dict)
     shards: list[ShardStatus] = field(default_factory=list)
+    sources: dict[str, int] = field(default_factory=dict)  # written images per source
 
     @property
     def total(self) -> int:
@@ -72,6 +73,7 @@ class OutStatus:
             "total": self.total,
             "by_status": {k: {"count": c.n, "bytes": c.bytes, "final": is_final(Status(k))} for k, c in self.counts.items()},
             "bytes": sum(c.bytes for c in self.counts.values()),
+            "ok_by_source": dict(self.sources),
             "rate_per_s": round(self.rate, 2),
             "eta_s": None if self.eta is None else round(self.eta),
             "shards": [
@@ -100,6 +102,8 @@ def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:
     now = time.time()
     for jc in state.counts():
         path, counts, progress = jc.path, jc.counts, jc.progress
+        for src, n in jc.sources.items():
+            status.sources[src] = status.sources.get(src, 0) + n
         for c in counts:
             prev = status.counts.get(c.status)
             status.counts[c.status] = StatusCount(c.status, c.n + (prev.n if prev else 0), c.bytes + (prev.bytes if prev else 0))

@@ -65,6 +65,7 @@ class JournalCounts:
     path: Path
     counts: list[StatusCount]
     progress: list[ProgressRow]
+    sources: dict[str, int]  # written images per source
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,7 @@ class StateDir:
                 [StatusCount(str(s), int(n), int(b)) for s, n, b in  # type: ignore[call-overload]
                  self._query(j, "SELECT status, n, bytes FROM counts WHERE n > 0")],
                 [ProgressRow(*r) for r in self._query(j, "SELECT * FROM progress")],  # type: ignore[arg-type]
+                self._sources(j),
             )
             for j in self.journals
         ]
@@ -200,6 +202,13 @@ class StateDir:
         for _ in bad:
             add("bad_row", 0)
         return [StatusCount(k, n, b) for k, (n, b) in tally.items()]
+
+    def _sources(self, journal: Path) -> dict[str, int]:
+        try:
+            rows = self._query(journal, "SELECT source, n FROM source_counts WHERE n > 0")
+        except InputError:
+            rows = self._query(journal, "SELECT coalesce(source, ''), count(*) FROM outcomes WHERE status='ok' GROUP BY 1")
+        return {str(src) or "unknown": int(n) for src, n in rows}  # type: ignore[call-overload]
 
     def meta(self, key: str) -> list[str]:
         """A meta value from every journal (each task writes its own)."""

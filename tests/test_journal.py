@@ -1,14 +1,18 @@
-"""The journal's writer on real SQLite files: a failed batch rolls back whole and never
-poisons the next one, and one ImageID has one outcome (an ok is never replaced)."""
+"""The journal on real SQLite files: a failed batch rolls back whole and never poisons
+the next one; one ImageID has one outcome (an ok is never replaced); the done-set's
+lookups in any order agree with a plain set (its finger makes sorted lookups cheap,
+and must never make one wrong)."""
 
 from __future__ import annotations
 
+import array
+import random
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from oidownload.journal import Journal, JournalError
+from oidownload.journal import DoneSet, Journal, JournalError
 from oidownload.records import Outcome, Status
 from oidownload.shard import Shard
 
@@ -87,3 +91,25 @@ def test_a_flush_cancelled_before_its_write_started_still_writes_its_batch(tmp_p
         journal.close()
     assert not failures
     assert len(_rows(journal.path)) == 50
+
+
+def test_done_set_agrees_with_a_set_in_any_order() -> None:
+    rng = random.Random(1)
+    for _ in range(2000):
+        pool = sorted({rng.getrandbits(64) for _ in range(rng.randrange(0, 40))})
+        done = sorted(rng.sample(pool, rng.randrange(0, len(pool) + 1)))
+        ds, expected = DoneSet(array.array("Q", done)), set(done)
+        queries = [format(v, "016x") for v in pool] + [format(rng.getrandbits(64), "016x") for _ in range(4)]
+        if rng.random() < 0.5:
+            rng.shuffle(queries)
+        else:
+            queries.sort()
+        for q in queries * 2:  # and again: a repeated id is still found
+            assert (q in ds) == (int(q, 16) in expected), q
+    assert "not-hex-at-all!!" not in DoneSet(array.array("Q", [1]))
+
+
+def test_done_set_meets_each_done_id_once() -> None:
+    ds = DoneSet(array.array("Q", [3, 7, 11]))
+    seen = [ds.meet(format(v, "016x")) for v in (3, 5, 7, 7, 11, 3, 12)]
+    assert seen == [1, 0, 1, 2, 1, 2, 0]
