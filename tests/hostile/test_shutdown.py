@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from oidownload.testing.origin import Corpus, Latency, Origin
 from tests.conftest import journal_rows
+from tests.test_crash import wait_for_journal
 
 StartOrigin = Callable[..., Origin]
 
@@ -48,18 +48,6 @@ def _ok_in_summary(stderr: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _wait_for_rows(out: Path, n: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if len(journal_rows(out)) >= n:
-                return
-        except sqlite3.Error:
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {n} journal rows after 60 s")
-
-
 def _check(out: Path, stderr: str, n_before: int) -> int:
     journal = journal_rows(out)
     ok = {i for i, (s, _, _) in journal.items() if s == "ok"}
@@ -83,7 +71,7 @@ def test_every_recorded_outcome_is_flushed_under_cpu_load(
                                  "keep", "--progress", "none", "--concurrency", "4"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if k % 2:
-            _wait_for_rows(out, done + 3 * k)  # stopped mid-run, once outcomes are arriving
+            wait_for_journal(out, done + 3 * k)  # stopped mid-run, once outcomes are arriving
             proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode in (0, 143), err
