@@ -36,7 +36,7 @@ from .config import (
     SourceConfig,
 )
 from .errors import ConfigError, OidownloadError
-from .state import default_state_dir
+from .state import StateDir, default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -407,6 +407,30 @@ def state_dir_option(f: F) -> F:
                help="The download's --state-dir, if it had one [default: OUT/.oidownload].")(f)
 
 
+def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
+                           class_names: tuple[str, ...]) -> tuple[list[Path], Path | None, frozenset[str] | None]:
+    """(annotation files, class descriptions, classes) as given, or else as the download
+    into OUT selected with (its journal remembers them); classes None: every class."""
+    import json
+
+    from .classes import ClassDescriptions
+
+    remembered = [json.loads(v) for v in state.meta("selection")]
+    files = list(annotation_files) or [Path(a) for m in remembered for a in m.get("annotations", [])]
+    files = list(dict.fromkeys(files))
+    descriptions = class_descriptions or next(
+        (Path(m["class_descriptions"]) for m in remembered if m.get("class_descriptions")), None)
+    classes: frozenset[str] | None = None
+    if class_names:
+        if descriptions is None and any(not n.startswith("/") for n in class_names):
+            raise ConfigError("class names need --class-descriptions")
+        classes = frozenset(ClassDescriptions.load(descriptions).resolve(class_names) if descriptions
+                            else class_names)
+    elif any(m.get("classes") for m in remembered):
+        classes = frozenset(c for m in remembered for c in m.get("classes", []))
+    return files, descriptions, classes
+
+
 @main.command("annotations")
 @click.argument("out")
 @opt("--format", "fmt", type=click.Choice(["csv", "coco", "yolo"]), default="coco", help="Output layout.")
@@ -550,6 +574,65 @@ def db_load(paths: tuple[Path, ...], db: str, strict: bool) -> None:
     click.echo(f"{len(loaded)} file(s) loaded ({rows} rows, {bad} bad), "
                f"{sum(f.state == 'unchanged' for f in res.files)} unchanged, "
                f"{len(res.indexes)} index(es) built in {res.seconds:.1f} s -> {db}")
+
+
+@main.command("gallery")
+@click.argument("out")
+@opt("-o", "--output", "dest", type=click.Path(path_type=Path, file_okay=False), envvar="OIDOWNLOAD_GALLERY_OUTPUT",
+     help="Folder for the gallery [default: OUT/gallery].")
+@opt("--page-size", type=click.IntRange(1, 5000), default=100, help="Images per page of the grid.")
+@opt("--annotations", "annotation_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Box and image-label CSVs [default: those the download selected with].")
+@opt("--class-descriptions", type=click.Path(path_type=Path, dir_okay=False),
+     help="For class names [default: the download's].")
+@opt("--class", "class_names", multiple=True, help="Draw only these classes (names or MIDs) [default: the download's].")
+@opt("--all-classes", is_flag=True, default=False, help="Draw every class's boxes, not only the download's classes.")
+@opt("--images", "image_lists", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Image lists (CSV) for the attribution [default: the download's inputs].")
+@opt("--processes", type=click.IntRange(min=1), default=os.cpu_count() or 1, help="Worker processes for thumbnails and pages.")
+@opt("--progress", "progress_mode", type=_enum(ProgressMode), default="auto",
+     help="auto: a bar on a terminal, log lines otherwise.")
+@state_dir_option
+def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: tuple[Path, ...],
+                class_descriptions: Path | None, class_names: tuple[str, ...], all_classes: bool,
+                image_lists: tuple[Path, ...], processes: int, progress_mode: str, state_dir: Path | None) -> None:
+    """A static HTML gallery of the images downloaded into OUT, with their boxes drawn,
+    a page per image (boxes, labels, attribution) and the dataset's statistics.
+
+    It works from disk (file://) with no server and no network: open DIR/index.html.
+    Boxes are drawn in the frame of the written files, as the annotation exports are.
+    """
+    from .gallery import build_gallery
+    from .progress import Progress
+
+    try:
+        if all_classes and class_names:
+            raise ConfigError("--all-classes and --class contradict each other")
+        state = StateDir.open(out, state_dir)
+        files, descriptions, classes = remembered_annotations(state, annotation_files, class_descriptions, class_names)
+        progress = Progress(ProgressMode(progress_mode), LogFormat.TEXT, 5.0)
+        res = build_gallery(
+            state, dest, annotation_paths=files, class_descriptions=descriptions,
+            classes=None if all_classes else classes, image_lists=list(image_lists) or None,
+            page_size=page_size, processes=processes, progress=progress,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    for note in res.notes:
+        click.echo(f"oidownload: {note}", err=True)
+    for image_id, why in res.failed[:10]:
+        click.echo(f"oidownload: warning: {image_id}: {why}", err=True)
+    if len(res.failed) > 10:
+        click.echo(f"oidownload: warning: {len(res.failed) - 10} more images without a thumbnail", err=True)
+    click.echo(
+        f"{res.images} images, {res.boxes} boxes of {res.classes} classes, {res.labels} labels"
+        + (f", {res.dropped} boxes outside a crop" if res.dropped else "") + f" -> {res.dest}",
+        err=True,
+    )
+    click.echo(str(res.dest / "index.html"))
 
 
 @main.command()

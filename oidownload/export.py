@@ -85,15 +85,17 @@ class ExportResult:
 
 
 @dataclass
-class _BoxRow:
+class BoxRow:
     image: Written
     label: str
     box: Box
     attrs: dict[str, int]
 
 
-def _box_rows(files: Sequence[AnnotationTable], images: dict[str, Written], result: ExportResult,
-              mids: frozenset[str] | None) -> Iterator[_BoxRow]:
+def box_rows(files: Sequence[AnnotationTable], images: dict[str, Written], result: ExportResult,
+             mids: frozenset[str] | None) -> Iterator[BoxRow]:
+    """The boxes of the given images (of the given classes) in the written frame; boxes a
+    crop cut away are counted in result.dropped. The gallery draws exactly these."""
     for f in files:
         if f.kind is not Kind.BOXES:
             continue
@@ -113,7 +115,7 @@ def _box_rows(files: Sequence[AnnotationTable], images: dict[str, Written], resu
                 result.dropped += 1
                 continue
             attrs = {a: int(fields[i]) for a, i in i_attr.items() if fields[i] in ("0", "1")}
-            yield _BoxRow(image, fields[i_label], box, attrs)
+            yield BoxRow(image, fields[i_label], box, attrs)
 
 
 def export(
@@ -191,13 +193,13 @@ def _write_csv(files: Sequence[AnnotationTable], images: dict[str, Written], des
         result.files.append(target)
 
 
-def _categories(rows: list[_BoxRow], mids: frozenset[str] | None) -> list[str]:
+def _categories(rows: list[BoxRow], mids: frozenset[str] | None) -> list[str]:
     return sorted(mids) if mids is not None else sorted({r.label for r in rows})
 
 
 def _write_coco(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None) -> None:
-    rows = list(_box_rows(files, images, result, mids))
+    rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
     cat_id = {mid: i + 1 for i, mid in enumerate(cats)}
     order = sorted(images)
@@ -236,7 +238,7 @@ def _write_yolo(files: Sequence[AnnotationTable], images: dict[str, Written], de
                 mids: frozenset[str] | None, names: ClassDescriptions | None) -> None:
     """labels/<subset>/<abc>/<ImageID>.txt next to the images' own layout, one line a box:
     `class x_center y_center width height` (normalised); classes.txt names the classes."""
-    rows = list(_box_rows(files, images, result, mids))
+    rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
     index = {mid: i for i, mid in enumerate(cats)}
     per_image: dict[str, list[str]] = {i: [] for i in images}
