@@ -59,7 +59,7 @@ def test_a_second_split_is_refused_unless_asked_for_and_status_counts_once(
     manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
     out = tmp_path / "out"
     first = run_cli("download", manifest, "-o", out, "--format", "keep", "--retries", "0")
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 5, first.stderr  # incomplete: the flaky ones are left
 
     halves = [("--num-shards", "2", "--shard-index", str(k)) for k in range(2)]
     refused = run_cli("download", manifest, "-o", out, "--format", "keep", *halves[0])
