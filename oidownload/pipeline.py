@@ -619,10 +619,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds(children: bool = True) -> float:
+    """CPU seconds of this process (its threads included), and of the pool workers it
+    reaped when `children`: the main process's share is what benchmarks/ tracks."""
     me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    total = me.ru_utime + me.ru_stime
+    if children:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += kids.ru_utime + kids.ru_stime
+    return total
 
 
 def _prepare_state(state_dir: Path) -> None:
@@ -694,6 +699,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     _check_split(state_dir, shard, cfg.run.resplit)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
+    main0 = _cpu_seconds(children=False)
     if cfg.run.processes is None:
         cpus = usable_cpus()
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, processes=cpus.count))
@@ -761,7 +767,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
                      level="warning", undecodable=decode_errors())
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
-    progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe()})
+    progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe(),
+                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3)})
     if run.fatal is not None:
         raise run.fatal
     verdict = _verdict(cfg, shard, run, tally)
