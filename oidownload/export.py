@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import enum
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import fsio
 from .annotations import ATTRIBUTES, AnnotationSource, AnnotationTable, Kind
 from .classes import ClassDescriptions
 from .errors import ConfigError, InputError, OutputError
@@ -141,12 +143,15 @@ def export(
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
     result = ExportResult(dest, images=len(images))
-    if fmt is ExportFormat.CSV:
-        _write_csv(files, images, dest, result, classes)
-    elif fmt is ExportFormat.COCO:
-        _write_coco(files, images, dest, result, classes, names)
-    else:
-        _write_yolo(files, images, dest, result, classes, names)
+    try:
+        if fmt is ExportFormat.CSV:
+            _write_csv(files, images, dest, result, classes)
+        elif fmt is ExportFormat.COCO:
+            _write_coco(files, images, dest, result, classes, names)
+        else:
+            _write_yolo(files, images, dest, result, classes, names)
+    except OSError as exc:
+        raise OutputError(f"cannot write the export in {dest}: {exc.strerror or exc}") from None
     return result
 
 
@@ -243,12 +248,21 @@ def _write_yolo(files: Sequence[AnnotationTable], images: dict[str, Written], de
             f"{index[r.label]} {(xmin + xmax) / 2:.6f} {(ymin + ymax) / 2:.6f} {xmax - xmin:.6f} {ymax - ymin:.6f}"
         )
     labels = dest / "labels"
-    for image_id, lines in per_image.items():
-        image = images[image_id]
-        path = labels / image.subset / image_id[:3] / f"{image_id}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in lines))  # empty: an image without boxes
+    # Each file atomically, in folders entered without following symlinks: like the
+    # images, the labels never land outside the export folder.
+    root_fd = fsio.open_root(dest)
+    try:
+        for image_id, lines in per_image.items():
+            dir_fd = fsio.open_dir(root_fd, ("labels", images[image_id].subset, image_id[:3]), create=True)
+            try:
+                # Empty: an image without boxes.
+                fsio.write_in(dir_fd, f"{image_id}.txt", "".join(line + "\n" for line in lines).encode())
+            finally:
+                os.close(dir_fd)
+    finally:
+        os.close(root_fd)
     classes_txt = dest / "classes.txt"
-    classes_txt.write_text("".join(f"{names.name(m) if names else m}\n" for m in cats))
+    with atomic_file(classes_txt) as fh:
+        fh.write("".join(f"{names.name(m) if names else m}\n" for m in cats))
     result.boxes = len(rows)
     result.files += [classes_txt, labels]

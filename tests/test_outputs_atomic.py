@@ -1,0 +1,77 @@
+"""Issue 14 item 4: `select -o` refuses to overwrite one of its inputs (by any
+spelling), and every file a command writes is whole or absent and never written
+through a link: the YOLO labels and classes.txt like the rest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from oidownload.testing.origin import Corpus, Origin
+from tests.conftest import V3, run_cli
+from tests.test_select import wheel_download  # noqa: F401  (the fixture)
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot", "symlink", "hardlink"])
+def test_select_refuses_to_overwrite_its_input(tmp_path: Path, spelling: str) -> None:
+    source = tmp_path / "images.csv"
+    source.write_bytes((V3 / "validation" / "images.csv").read_bytes())
+    before = source.read_bytes()
+    (tmp_path / "sub").mkdir()
+    dest = {"same": str(source), "dot": f"{tmp_path}/sub/.././images.csv", "symlink": str(tmp_path / "link.csv"),
+            "hardlink": str(tmp_path / "hard.csv")}[spelling]
+    if spelling == "symlink":
+        Path(dest).symlink_to(source)
+    elif spelling == "hardlink":
+        os.link(source, dest)
+    res = run_cli("select", source, "-o", dest, "--limit", "3")
+    assert res.returncode == 2, res.stderr
+    assert "is the input" in res.stderr and "Traceback" not in res.stderr
+    assert source.read_bytes() == before
+
+
+def test_select_replaces_a_link_at_its_output_rather_than_writing_through_it(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    dest = tmp_path / "sel.csv"
+    dest.symlink_to(outside)
+    res = run_cli("select", V3 / "validation" / "images.csv", "-o", dest, "--limit", "3")
+    assert res.returncode == 0, res.stderr
+    assert outside.read_text() == "keep me"
+    assert not dest.is_symlink() and len(dest.read_text().splitlines()) == 4
+
+
+def test_yolo_export_never_writes_through_links(
+        wheel_download: tuple[Path, Corpus, Origin, set[str]]) -> None:  # noqa: F811
+    out, _, _, expected = wheel_download
+    outside = out.parent / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("keep me")
+    dest = out / "yolo"
+    dest.mkdir()
+    (dest / "classes.txt").symlink_to(victim)
+    image_id = sorted(expected)[0]
+    folder = dest / "labels" / "validation" / image_id[:3]
+    folder.mkdir(parents=True)
+    (folder / f"{image_id}.txt").symlink_to(victim)
+    res = run_cli("annotations", out, "--format", "yolo", "-d", dest)
+    assert res.returncode == 0, res.stderr
+    assert victim.read_text() == "keep me"
+    assert (dest / "classes.txt").read_text() == "Wheel\n" and not (dest / "classes.txt").is_symlink()
+    label = folder / f"{image_id}.txt"
+    assert not label.is_symlink() and label.read_text().startswith("0 ")
+
+    # A linked labels folder is refused with a message, and nothing is written outside.
+    other = sorted(expected)[-1]
+    linked = dest / "labels" / "validation" / other[:3]
+    if linked.is_dir() and not linked.is_symlink():
+        for f in linked.iterdir():
+            f.unlink()
+        linked.rmdir()
+    linked.symlink_to(outside, target_is_directory=True)
+    res = run_cli("annotations", out, "--format", "yolo", "-d", dest)
+    assert res.returncode == 1 and "symlink" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
