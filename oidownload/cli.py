@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -518,6 +519,85 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
         click.echo(f"oidownload: warning: {warning}", err=True)
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
+
+
+VERIFY_EXIT_CODES = """\b
+Exit codes:
+  0    every written image checked out
+  1    fatal error: no journal in OUT, a download is writing it, unreadable journal
+  4    some images are missing or damaged (listed, and marked unless --no-mark)
+  130  interrupted (nothing was marked)
+"""
+VERIFY_DAMAGED = 4
+
+
+@main.command(epilog=VERIFY_EXIT_CODES)
+@click.argument("out")
+@opt("--processes", type=click.IntRange(min=1), default=os.cpu_count() or 1, help="Worker processes reading and decoding.")
+@opt("--mark/--no-mark", default=True,
+     help="Mark what is missing or damaged in the journal, so that the next download fetches exactly that again.")
+@opt("--progress", "progress_mode", type=_enum(ProgressMode), default="auto",
+     help="auto: a bar on a terminal, log lines otherwise.")
+@opt("--progress-interval", type=Duration(), default="5", help="Seconds between progress log lines.")
+@state_dir_option
+def verify(out: str, processes: int, mark: bool, progress_mode: str, progress_interval: float,
+           state_dir: Path | None) -> None:
+    """Check every image the journal of OUT records as written: it is there (file, tar
+    member or object), it decodes, its width, height and byte count are the journal's,
+    and a kept original (--keep-original) still matches its OriginalMD5.
+
+    Prints what is missing or damaged (tab-separated: kind, ImageID, where, why) and a
+    summary. Those rows become `damaged` in the journal, a retryable status: running the
+    same download again fetches exactly them. Refuses to run while a download of OUT is
+    running (use --no-mark for a read-only check).
+    """
+    from .verify import VerifyResult
+    from .verify import verify as run_verify
+
+    mode = ProgressMode(progress_mode)
+    if mode is ProgressMode.AUTO:
+        mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
+    bar: Any = None
+    last = [time.monotonic()]
+
+    def show(r: VerifyResult) -> None:
+        nonlocal bar
+        if mode is ProgressMode.BAR:
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=r.expected, unit="img", desc="verify", file=sys.stderr, dynamic_ncols=True)
+            bar.n = r.checked
+            bar.set_postfix_str(f"missing {r.missing}, damaged {r.damaged}", refresh=True)
+        elif mode is ProgressMode.LOG and time.monotonic() - last[0] >= progress_interval:
+            last[0] = time.monotonic()
+            click.echo(f"verify: {r.checked}/{r.expected} checked, {r.missing} missing, {r.damaged} damaged", err=True)
+
+    try:
+        res = run_verify(out, state_dir, processes=processes, mark=mark, on_progress=show)
+    except KeyboardInterrupt:
+        click.echo("oidownload: verify interrupted; nothing was marked", err=True)
+        sys.exit(130)
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    finally:
+        if bar is not None:
+            bar.close()
+    for p in res.problems:
+        click.echo(f"{'missing' if p.missing else 'damaged'}\t{p.image_id}\t{p.where}\t{p.why}")
+    rate = res.checked / res.seconds if res.seconds > 0 else 0.0
+    click.echo(f"verify: {res.checked} images checked in {res.seconds:.1f}s ({rate:.0f}/s): "
+               f"{res.checked - len(res.problems)} ok, {res.missing} missing, {res.damaged} damaged"
+               + (f"; {res.originals} kept originals checked against OriginalMD5" if res.originals else ""), err=True)
+    if not res.problems:
+        return
+    if mark:
+        click.echo(f"verify: {res.marked} rows marked damaged in the journal; run the same download again to fetch "
+                   "exactly them", err=True)
+    else:
+        click.echo("verify: nothing marked (--no-mark)", err=True)
+    sys.exit(VERIFY_DAMAGED)
 
 
 @main.command()

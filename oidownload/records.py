@@ -33,6 +33,7 @@ class Status(enum.StrEnum):
     MIRROR_REFUSED = "mirror_refused"
     BAD_ROW = "bad_row"
     WRITE_ERROR = "write_error"
+    DAMAGED = "damaged"
 
 
 # A retryable status is a fault of the moment (the network, the server's load, our
@@ -47,6 +48,7 @@ RETRYABLE: frozenset[Status] = frozenset(
         Status.DNS,
         Status.MIRROR_REFUSED,
         Status.WRITE_ERROR,
+        Status.DAMAGED,
     }
 )
 
@@ -71,6 +73,7 @@ STATUS_MEANING: dict[Status, str] = {
     Status.MIRROR_REFUSED: "the mirror answered 403 Forbidden: not the image's fault, tried again next run",
     Status.BAD_ROW: "the input row is malformed (see detail for file:line)",
     Status.WRITE_ERROR: "the file could not be written",
+    Status.DAMAGED: "`verify` found the written image missing or damaged: the next download fetches it again",
 }
 
 

@@ -28,12 +28,19 @@ _settings: WorkerSettings | None = None
 
 def init_worker(settings: WorkerSettings, parent_pid: int) -> None:
     """Pool initializer: keeps settings, leaves signals to the parent, and exits if the
-    parent dies (a SIGKILLed parent must not leave workers behind)."""
+    parent dies."""
     global _settings
     _settings = settings
+    follow_parent(parent_pid)
+    init_pillow()
+
+
+def follow_parent(parent_pid: int) -> None:
+    """In a pool worker: SIGINT/SIGTERM are left to the parent (which drains or stops
+    the pool), and the worker exits when the parent dies: a SIGKILLed parent must not
+    leave workers behind."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    init_pillow()
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -83,18 +90,23 @@ class Workers:
             self.executor.shutdown(wait=True)
 
 
+def pool_context() -> multiprocessing.context.BaseContext:
+    """fork while this process has no other thread yet (fast, and the workers share the
+    imported modules), spawn otherwise: forking a process that runs threads can
+    deadlock the child."""
+    method = "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
+    return multiprocessing.get_context(method)
+
+
 def start_workers(image: ImageConfig, target: Target, processes: int) -> Workers:
-    """The workers, started now. A pool is forked when this process has no other thread
-    yet (fast, and the workers share the imported modules), spawned otherwise, because
-    forking a process that runs threads can deadlock the child."""
+    """The workers, started now, in a pool from `pool_context`."""
     settings = WorkerSettings.build(image, target)
     if image.format is OutputFormat.KEEP:
         init_pillow()
         return Workers(ThreadPoolExecutor(processes, thread_name_prefix="work"), settings, True, False)
-    method = "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
     pool = ProcessPoolExecutor(
         max_workers=processes,
-        mp_context=multiprocessing.get_context(method),
+        mp_context=pool_context(),
         initializer=init_worker,
         initargs=(settings, os.getpid()),
     )
