@@ -378,7 +378,8 @@ def state_dir_option(f: F) -> F:
 
 @main.command("annotations")
 @click.argument("out")
-@opt("--format", "fmt", type=click.Choice(["csv", "coco", "yolo"]), default="coco", help="Output layout.")
+@opt("--format", "fmt", type=click.Choice(["csv", "coco", "yolo", "hf", "attribution"]), default="coco",
+     help="Output layout.")
 @opt("--annotations", "annotation_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
      help="Box or label CSVs [default: those the download selected with].")
 @opt("--class-descriptions", type=click.Path(path_type=Path, dir_okay=False),
@@ -390,9 +391,17 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], clas
                     class_names: tuple[str, ...], dest: Path | None, state_dir: Path | None) -> None:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
-    csv: the Open Images rows, filtered; coco: one JSON file with file names relative
-    to OUT and boxes in pixels; yolo: a txt per image under labels/, and classes.txt.
-    Widths and heights come from the journal (after resizing and turning).
+    \b
+    csv:  the Open Images rows, filtered
+    coco: coco.json, file names relative to OUT, boxes in pixels (and as polygons),
+          each image's licence, author and flickr_url
+    yolo: DEST/yolo/ for Ultralytics: images/<split>/ (links to the files),
+          labels/<split>/, data.yaml
+    hf:   OUT/<subset>/metadata.jsonl for Hugging Face's imagefolder
+    attribution: ATTRIBUTION.csv and ATTRIBUTION.html (credits, grouped by licence)
+
+    Widths and heights come from the journal (after resizing and turning). yolo and hf
+    need the files output in a local folder.
     """
     import json
 
@@ -421,12 +430,17 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], clas
     except OidownloadError as exc:
         _fail(exc)
         return
-    click.echo(
-        f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
-        + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
-        + f" -> {res.dest}",
-        err=True,
-    )
+    if fmt == "attribution":
+        click.echo(f"{res.images} images credited -> {res.dest}", err=True)
+    else:
+        click.echo(
+            f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
+            + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
+            + f" -> {res.dest}",
+            err=True,
+        )
+    for note in res.notes:
+        click.echo(f"oidownload: note: {note}", err=True)
     for f in res.files:
         click.echo(str(f))
 

@@ -206,10 +206,12 @@ class StateDir:
         return any(d.get("keep_original") is True for d in self._outputs())
 
     def where(self) -> tuple[str, OutputKind]:
-        """The output to read images from: as recorded, or OUT when it moved."""
+        """The output to read images from: the local folder named as OUT (an output that
+        was moved or copied is read where it is now, not where it was written), else
+        the output the download recorded."""
         out, kind = self.output()
-        if not is_remote(out) and not Path(out).exists() and not is_remote(self.out):
-            out = self.out  # the output folder moved, with its state dir inside it
+        if not is_remote(self.out) and (Path(self.out).is_dir() or (not is_remote(out) and not Path(out).exists())):
+            out = self.out
         return out, kind
 
     def reader(self) -> Reader:
