@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -193,3 +194,36 @@ def test_an_open_shard_is_read_from_its_headers(tmp_path: Path, make_origin: Sta
     with pytest.raises(FileNotFoundError):
         reader.read(f"validation/{shard.name}#{'f' * 16}")
     assert run_cli("verify", out, "--no-mark", "--progress", "none").returncode == 0
+
+
+def test_verify_objects_in_a_bucket(tmp_path: Path, make_origin: StartOrigin, s3: Any) -> None:
+    import obstore
+
+    corpus = Corpus.generate(0, mix="tiny", seed=43, ids=_real_ids(12), subset="validation")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    s3.make_bucket("out-verify")
+    out = "s3://out-verify/files"
+    env = dict(s3.env) | {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    cmd = ["download", manifest, "-o", out, "--resize", "96", "--keep-original", "--progress", "none"]
+    assert run_cli(*cmd, env=env).returncode == 0
+    assert run_cli("verify", out, "--progress", "none", env=env).returncode == 0
+    store = s3.store("out-verify")
+    ids = sorted(corpus.ids)
+    deleted, overwritten, flipped = ids[1], ids[5], ids[9]
+    obstore.delete(store, f"files/validation/{deleted[:3]}/{deleted}.jpg")
+    obstore.put(store, f"files/validation/{overwritten[:3]}/{overwritten}.jpg", _other_jpeg((31, 17)))
+    key = f"files/original/validation/{flipped[:3]}/{flipped}.jpg"
+    raw = bytearray(bytes(obstore.get(store, key).bytes()))
+    raw[100] ^= 0x01
+    obstore.put(store, key, bytes(raw))
+
+    res = run_cli("verify", out, "--progress", "none", env=env)
+    assert res.returncode == VERIFY_DAMAGED, res.stderr
+    assert _listed(res.stdout) == {deleted: "missing", overwritten: "damaged", flipped: "damaged"}
+    assert "s3://out-verify/files/validation/" in res.stdout
+    before = Counter(origin.requests)
+    assert run_cli(*cmd, env=env).returncode == 0
+    assert _refetched(origin, before) == Counter({f"/o/{i}_o.jpg": 1 for i in (deleted, overwritten, flipped)})
+    res = run_cli("verify", out, "--progress", "none", env=env)
+    assert res.returncode == 0 and "12 ok" in res.stderr, res.stdout + res.stderr
