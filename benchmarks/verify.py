@@ -28,10 +28,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--output-format", choices=["files", "webdataset"], default="files")
     ap.add_argument("--processes", type=int, help="Passed to verify [default: one per core].")
+    ap.add_argument("--thumbs", default="thumbnails", help="The synthetic size mix of the images (see synth.MIXES).")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="oid-verify-bench-") as tmp:
         work = Path(tmp)
-        corpus = Corpus.generate(args.n, mix="tiny", thumbs="thumbnails", seed=7, subset="validation")
+        corpus = Corpus.generate(args.n, mix="tiny", thumbs=args.thumbs, seed=7, subset="validation")
         out = work / "out"
         with OriginThread(Origin(corpus)) as origin:
             manifest = corpus.write_manifest(work / "images.csv", origin.base_url)

@@ -599,7 +599,8 @@ def verify(out: str, processes: int, mark: bool, progress_mode: str, progress_in
         if bar is not None:
             bar.close()
     for p in res.problems:
-        click.echo(f"{'missing' if p.missing else 'damaged'}\t{p.image_id}\t{p.where}\t{p.why}")
+        where, why = (text.replace("\t", " ") for text in (p.where, p.why))  # one problem, four columns
+        click.echo(f"{'missing' if p.missing else 'damaged'}\t{p.image_id}\t{where}\t{why}")
     rate = res.checked / res.seconds if res.seconds > 0 else 0.0
     click.echo(f"verify: {res.checked} images checked in {res.seconds:.1f}s ({rate:.0f}/s): "
                f"{res.checked - len(res.problems)} ok, {res.missing} missing, {res.damaged} damaged"

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from .config import OutputKind
+from .errors import OutputError
 from .journal import HeldJournals
 from .process import init_pillow, md5_b64
 from .records import Status, clean_text
@@ -162,7 +163,10 @@ def verify(out: str, state_dir: Path | None = None, *, processes: int | None = N
     downloads for the whole check (OutputError at once if one is running) and the
     problems are marked `damaged`. InputError when OUT has no journal."""
     state = StateDir.open(out, state_dir)
-    held = HeldJournals(state.path, "verify") if mark else None
+    try:
+        held = HeldJournals(state.path, "verify") if mark else None
+    except OutputError as exc:
+        raise OutputError(f"{exc} (`verify --no-mark` checks without changing the journal)") from None
     try:
         return _verify(state, processes or os.cpu_count() or 1, held, on_progress)
     finally:

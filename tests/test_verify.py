@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +112,9 @@ def test_no_mark_changes_nothing_and_a_running_download_is_respected(tmp_path: P
     out, _, _, _, _ = _download(tmp_path, make_origin, 6)
     victim = sorted(journal_rows(out))[2]
     (out / "validation" / victim[:3] / f"{victim}.jpg").unlink()
-    res = run_cli("verify", out, "--no-mark", "--progress", "none")
+    res = run_cli("verify", out, "--no-mark", "--progress", "log", "--progress-interval", "0")
     assert res.returncode == VERIFY_DAMAGED and _listed(res.stdout) == {victim: "missing"}
+    assert "verify: 6/6 checked, 1 missing, 0 damaged" in res.stderr  # the progress log line
     assert journal_rows(out)[victim][0] == "ok"
     # A download of the same shard holds the journal's writer lock: verify refuses, marks nothing.
     holder = Journal(out / ".oidownload", Shard(0, 1), str(out))
@@ -227,3 +230,13 @@ def test_verify_objects_in_a_bucket(tmp_path: Path, make_origin: StartOrigin, s3
     assert _refetched(origin, before) == Counter({f"/o/{i}_o.jpg": 1 for i in (deleted, overwritten, flipped)})
     res = run_cli("verify", out, "--progress", "none", env=env)
     assert res.returncode == 0 and "12 ok" in res.stderr, res.stdout + res.stderr
+
+
+def test_verify_benchmark_prints_its_figures(synth_cache: Path) -> None:
+    script = Path(__file__).parent.parent / "benchmarks" / "verify.py"
+    res = subprocess.run([sys.executable, str(script), "--n", "30", "--runs", "1", "--thumbs", "tiny-thumbs"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.splitlines()[-1])
+    assert got["n"] == 30 and got["runs"] == 1
+    assert got["median"]["images_per_s"] > 0 and got["median"]["peak_tree_rss_mb"] > 0
