@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
+from .accel import check as check_pillow
+from .accel import pillow_build
 from .config import (
     Config,
     Fallback,
@@ -35,7 +37,7 @@ from .config import (
     SourceConfig,
 )
 from .errors import ConfigError, OidownloadError
-from .state import default_state_dir
+from .state import StateDir, default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,9 +113,14 @@ def _fail(exc: OidownloadError) -> None:
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="oidownload")
+@click.version_option(__version__, prog_name="oidownload",
+                      message=f"%(prog)s, version %(version)s\n{pillow_build().describe()}")
 def main() -> None:
     """Download Open Images: verified, resized, sharded, resumable."""
+    try:
+        check_pillow()
+    except OidownloadError as exc:
+        _fail(exc)
 
 
 def _apply(f: F, decorators: Sequence[Callable[[Any], Any]]) -> F:
@@ -137,6 +144,15 @@ def selection_options(f: F) -> F:
         opt("--class-descriptions", type=file_, help="class-descriptions.csv (V3) or oidv6/7-class-descriptions.csv."),
         opt("--annotations", "annotation_files", multiple=True, type=file_,
             help="Box or image-label CSVs (V3 or V4+, plain or .gz) to select from; repeatable."),
+        opt("--db", help="Select from this database (see `oidownload db load`) instead of --annotations: "
+                         "a path, sqlite:///path or postgresql://user@host:port/dbname."),
+        opt("--hierarchy", type=file_,
+            help="bbox_labels_600_hierarchy.json: a class also selects its subcategories, at any depth."),
+        opt("--no-expand", is_flag=True, default=False, help="With --hierarchy: select only the classes named."),
+        opt("--with-parts", is_flag=True, default=False,
+            help="With --hierarchy: also follow Part relations (the parts of a Human body...)."),
+        opt("--limit-per-class", type=click.IntRange(min=1),
+            help="Up to N images per selected class, the same for a --seed whatever the row order; the union."),
         opt("--label-source", type=click.Choice(["human", "machine", "any"]), default="any",
             help="Which image-level labels count (boxes are all human)."),
         opt("--min-confidence", type=click.FloatRange(0, 1), default=0.5,
@@ -154,7 +170,7 @@ def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], log: Callable[[s
     """The id-level selection (--ids, classes, a seeded sample), worked out up front."""
     from .annotations import LabelSource
     from .classes import read_classes_file
-    from .selection import plan
+    from .selection import ClassChoice, plan
 
     names = list(p["class_names"])
     if p["classes_file"]:
@@ -165,20 +181,19 @@ def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], log: Callable[[s
                                 ("exclude_inside", "IsInside"))
         if p[flag]
     )
-    if p["seed"] is not None and p["limit"] is None:
-        raise ConfigError("--seed samples --limit rows: give --limit too")
-    result = plan(
-        inputs,
-        subsets=frozenset(p["subsets"]),
-        ids=_read_ids(p["ids_file"]) if p["ids_file"] else None,
-        class_names=names,
-        class_descriptions=p["class_descriptions"],
-        annotations=tuple(p["annotation_files"]),
-        class_filter={"label_source": LabelSource(p["label_source"]), "min_confidence": p["min_confidence"],
-                      "boxes_only": p["boxes_only"], "exclude": exclude},
-        limit=p["limit"],
-        seed=p["seed"],
+    if p["seed"] is not None and p["limit"] is None and p["limit_per_class"] is None:
+        raise ConfigError("--seed samples --limit rows or --limit-per-class images: give one of them too")
+    if (p["no_expand"] or p["with_parts"]) and not p["hierarchy"]:
+        raise ConfigError("--no-expand and --with-parts need --hierarchy")
+    choice = ClassChoice(
+        tuple(names), class_descriptions=p["class_descriptions"], annotations=tuple(p["annotation_files"]),
+        db=p["db"], hierarchy=p["hierarchy"], expand=not p["no_expand"], with_parts=p["with_parts"],
+        filter={"label_source": LabelSource(p["label_source"]), "min_confidence": p["min_confidence"],
+                "boxes_only": p["boxes_only"], "exclude": exclude},
+        limit_per_class=p["limit_per_class"],
     )
+    result = plan(inputs, subsets=frozenset(p["subsets"]), ids=_read_ids(p["ids_file"]) if p["ids_file"] else None,
+                  choice=choice, limit=p["limit"], seed=p["seed"])
     for note in result.notes:
         log(f"oidownload: {note}")
     return result
@@ -260,6 +275,17 @@ def _read_ids(path: Path) -> frozenset[str]:
     return frozenset(ids)
 
 
+def _absolute_db(url: str | None) -> str | None:
+    """The --db as the journal remembers it: a relative SQLite path made absolute, so
+    `annotations` finds it from any folder."""
+    if url is None:
+        return None
+    from .db import sqlite_path
+
+    path = sqlite_path(url)
+    return str(path.resolve()) if path is not None else url
+
+
 def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None) -> Config:
     fmt = OutputFormat(p["fmt"])
     orientation = Orientation(p["orientation"])
@@ -287,6 +313,7 @@ def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None)
         retry_failed=p["retry_failed"], ids=chosen.ids,
         classes=chosen.classes, annotations=tuple(a.resolve() for a in chosen.annotations),
         class_descriptions=chosen.class_descriptions.resolve() if chosen.class_descriptions else None,
+        db=_absolute_db(chosen.db),
     )
     run = RunConfig(
         processes=p["processes"], max_bytes_in_flight=int(p["max_bytes_in_flight_mb"] * 1024 * 1024),
@@ -376,19 +403,48 @@ def state_dir_option(f: F) -> F:
                help="The download's --state-dir, if it had one [default: OUT/.oidownload].")(f)
 
 
+def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
+                           class_names: tuple[str, ...]) -> tuple[list[Path], Path | None, frozenset[str] | None]:
+    """(annotation files, class descriptions, classes) as given, or else as the download
+    into OUT selected with (its journal remembers them); classes None: every class."""
+    import json
+
+    from .classes import ClassDescriptions
+
+    remembered = [json.loads(v) for v in state.meta("selection")]
+    files = list(annotation_files) or [Path(a) for m in remembered for a in m.get("annotations", [])]
+    files = list(dict.fromkeys(files))
+    descriptions = class_descriptions or next(
+        (Path(m["class_descriptions"]) for m in remembered if m.get("class_descriptions")), None)
+    classes: frozenset[str] | None = None
+    if class_names:
+        if descriptions is None and any(not n.startswith("/") for n in class_names):
+            raise ConfigError("class names need --class-descriptions")
+        classes = frozenset(ClassDescriptions.load(descriptions).resolve(class_names) if descriptions
+                            else class_names)
+    elif any(m.get("classes") for m in remembered):
+        classes = frozenset(c for m in remembered for c in m.get("classes", []))
+    return files, descriptions, classes
+
+
 @main.command("annotations")
 @click.argument("out")
 @opt("--format", "fmt", type=click.Choice(["csv", "coco", "yolo", "hf", "attribution"]), default="coco",
      help="Output layout.")
 @opt("--annotations", "annotation_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
      help="Box or label CSVs [default: those the download selected with].")
+@opt("--db", help="Export from this database instead of CSVs [default: the download's].")
 @opt("--class-descriptions", type=click.Path(path_type=Path, dir_okay=False),
-     help="For category names [default: the download's].")
+     help="For category names [default: the download's, or the database's classes].")
 @opt("--class", "class_names", multiple=True, help="Only these classes (names or MIDs) [default: the download's].")
+@opt("--hierarchy", type=click.Path(path_type=Path, dir_okay=False),
+     help="With --class: the classes' subcategories too (bbox_labels_600_hierarchy.json).")
+@opt("--with-parts", is_flag=True, default=False, help="With --hierarchy: their parts too.")
 @opt("-d", "--dest", type=click.Path(path_type=Path, file_okay=False), help="Output folder [default: OUT/annotations].")
 @state_dir_option
-def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
-                    class_names: tuple[str, ...], dest: Path | None, state_dir: Path | None) -> None:
+def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
+                    class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
+                    with_parts: bool, dest: Path | None, state_dir: Path | None) -> None:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
     \b
@@ -405,26 +461,36 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], clas
     """
     import json
 
-    from .classes import ClassDescriptions
     from .export import ExportFormat, export
+    from .hierarchy import Hierarchy, expand
+    from .selection import class_names as names_of
+    from .selection import open_annotations
     from .state import StateDir
 
     try:
         remembered = [json.loads(v) for v in StateDir.open(out, state_dir).meta("selection")]
-        files = list(annotation_files) or [Path(a) for m in remembered for a in m.get("annotations", [])]
+        files = list(annotation_files)
+        if not files and db is None:
+            files = [Path(a) for m in remembered for a in m.get("annotations", [])]
+            db = next((m["db"] for m in remembered if m.get("db")), None)
         files = list(dict.fromkeys(files))
         descriptions = class_descriptions or next(
             (Path(m["class_descriptions"]) for m in remembered if m.get("class_descriptions")), None)
-        classes: frozenset[str] | None = None
-        if class_names:
-            if descriptions is None and any(not n.startswith("/") for n in class_names):
-                raise ConfigError("class names need --class-descriptions")
-            classes = frozenset(ClassDescriptions.load(descriptions).resolve(class_names) if descriptions
-                                else class_names)
-        elif any(m.get("classes") for m in remembered):
-            classes = frozenset(c for m in remembered for c in m.get("classes", []))
-        res = export(out, ExportFormat(fmt), files, dest=dest, class_descriptions=descriptions, classes=classes,
-                     state_dir=state_dir)
+        with open_annotations(tuple(files), db) as source:
+            names = names_of(source, descriptions)
+            classes: frozenset[str] | None = None
+            if class_names:
+                if names is None and any(not n.startswith("/") for n in class_names):
+                    raise ConfigError("class names need --class-descriptions or --db")
+                classes = frozenset(names.resolve(class_names) if names else class_names)
+                if hierarchy is not None:
+                    classes = expand(sorted(classes), Hierarchy.load(hierarchy), with_parts=with_parts).mids
+            elif hierarchy is not None:
+                raise ConfigError("--hierarchy needs --class here: a download's classes are remembered expanded")
+            elif any(m.get("classes") for m in remembered):
+                classes = frozenset(c for m in remembered for c in m.get("classes", []))
+            res = export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
+                         state_dir=state_dir)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except OidownloadError as exc:
@@ -443,6 +509,140 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], clas
         click.echo(f"oidownload: note: {note}", err=True)
     for f in res.files:
         click.echo(str(f))
+
+
+@main.command("classes")
+@opt("--hierarchy", required=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="bbox_labels_600_hierarchy.json.")
+@opt("--class", "class_name", help="Show only the subtree of this class (a name or a MID).")
+@opt("--class-descriptions", type=click.Path(path_type=Path, dir_okay=False), help="For the names of the MIDs.")
+@opt("--db", help="A database with the classes loaded, for the names (instead of --class-descriptions).")
+@opt("--no-parts", is_flag=True, default=False, help="Leave out Part relations (not followed without --with-parts).")
+def classes_cmd(hierarchy: Path, class_name: str | None, class_descriptions: Path | None, db: str | None,
+                no_parts: bool) -> None:
+    """Print the class hierarchy as a tree with names, or the subtree of --class: what
+    `--class NAME --hierarchy FILE` selects. Parts are marked [part]."""
+    from .classes import MID_RE
+    from .hierarchy import Hierarchy
+    from .selection import class_names as names_of
+    from .selection import open_annotations
+
+    try:
+        tree = Hierarchy.load(hierarchy)
+        with open_annotations((), db) as source:
+            names = names_of(source, class_descriptions)
+        starts = [tree.root]
+        if class_name:
+            if MID_RE.fullmatch(class_name.strip()):
+                starts = [class_name.strip()]
+            elif names is None:
+                raise ConfigError("a class name needs --class-descriptions or --db; a MID like /m/07yv9 does not")
+            else:
+                starts = sorted(names.resolve([class_name]))
+            missing = [m for m in starts if m not in tree]
+            if missing:
+                raise ConfigError(f"{class_name} ({', '.join(missing)}) is not in {hierarchy}")
+        for start in starts:
+            for line in tree.render(names.name if names else str, start, with_parts=not no_parts):
+                click.echo(line)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OidownloadError as exc:
+        _fail(exc)
+
+
+@main.group("db")
+def db_group() -> None:
+    """The annotations in a database (SQLite built in, PostgreSQL with oidownload[postgres])."""
+
+
+@db_group.command("load")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@opt("--db", default="openimages.sqlite",
+     help="A path, sqlite:///path or postgresql://user@host:port/dbname (the password from PGPASSWORD or ~/.pgpass).")
+@opt("--strict", is_flag=True, default=False, help="A malformed row stops the load (its file is not loaded).")
+def db_load(paths: tuple[Path, ...], db: str, strict: bool) -> None:
+    """Load image lists, labels, boxes, class descriptions and the class hierarchy.
+
+    PATHS are files (.csv, .gz, the hierarchy JSON), folders of them, or the V3
+    .tar.gz archives (read as they are, not extracted). A rerun skips the files
+    already loaded and reloads the ones that changed; a killed load leaves no
+    partial file behind. Then select with `--db` instead of `--annotations`.
+    """
+    from .db.load import load
+
+    try:
+        res = load(db, list(paths), strict=strict, log=lambda msg: click.echo(msg, err=True))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    loaded = [f for f in res.files if f.state in ("loaded", "reloaded")]
+    rows = sum(f.rows for f in loaded)
+    bad = sum(f.bad_rows for f in res.files)
+    click.echo(f"{len(loaded)} file(s) loaded ({rows} rows, {bad} bad), "
+               f"{sum(f.state == 'unchanged' for f in res.files)} unchanged, "
+               f"{len(res.indexes)} index(es) built in {res.seconds:.1f} s -> {db}")
+
+
+@main.command("gallery")
+@click.argument("out")
+@opt("-o", "--output", "dest", type=click.Path(path_type=Path, file_okay=False), envvar="OIDOWNLOAD_GALLERY_OUTPUT",
+     help="Folder for the gallery [default: OUT/gallery].")
+@opt("--page-size", type=click.IntRange(1, 5000), default=100, help="Images per page of the grid.")
+@opt("--annotations", "annotation_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Box and image-label CSVs [default: those the download selected with].")
+@opt("--class-descriptions", type=click.Path(path_type=Path, dir_okay=False),
+     help="For class names [default: the download's].")
+@opt("--class", "class_names", multiple=True, help="Draw only these classes (names or MIDs) [default: the download's].")
+@opt("--all-classes", is_flag=True, default=False, help="Draw every class's boxes, not only the download's classes.")
+@opt("--images", "image_lists", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Image lists (CSV) for the attribution [default: the download's inputs].")
+@opt("--processes", type=click.IntRange(min=1), default=os.cpu_count() or 1, help="Worker processes for thumbnails and pages.")
+@opt("--progress", "progress_mode", type=_enum(ProgressMode), default="auto",
+     help="auto: a bar on a terminal, log lines otherwise.")
+@state_dir_option
+def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: tuple[Path, ...],
+                class_descriptions: Path | None, class_names: tuple[str, ...], all_classes: bool,
+                image_lists: tuple[Path, ...], processes: int, progress_mode: str, state_dir: Path | None) -> None:
+    """A static HTML gallery of the images downloaded into OUT, with their boxes drawn,
+    a page per image (boxes, labels, attribution) and the dataset's statistics.
+
+    It works from disk (file://) with no server and no network: open DIR/index.html.
+    Boxes are drawn in the frame of the written files, as the annotation exports are.
+    """
+    from .gallery import build_gallery
+    from .progress import Progress
+
+    try:
+        if all_classes and class_names:
+            raise ConfigError("--all-classes and --class contradict each other")
+        state = StateDir.open(out, state_dir)
+        files, descriptions, classes = remembered_annotations(state, annotation_files, class_descriptions, class_names)
+        progress = Progress(ProgressMode(progress_mode), LogFormat.TEXT, 5.0)
+        res = build_gallery(
+            state, dest, annotation_paths=files, class_descriptions=descriptions,
+            classes=None if all_classes else classes, image_lists=list(image_lists) or None,
+            page_size=page_size, processes=processes, progress=progress,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OidownloadError as exc:
+        _fail(exc)
+        return
+    for note in res.notes:
+        click.echo(f"oidownload: {note}", err=True)
+    for image_id, why in res.failed[:10]:
+        click.echo(f"oidownload: warning: {image_id}: {why}", err=True)
+    if len(res.failed) > 10:
+        click.echo(f"oidownload: warning: {len(res.failed) - 10} more images without a thumbnail", err=True)
+    click.echo(
+        f"{res.images} images, {res.boxes} boxes of {res.classes} classes, {res.labels} labels"
+        + (f", {res.dropped} boxes outside a crop" if res.dropped else "") + f" -> {res.dest}",
+        err=True,
+    )
+    click.echo(str(res.dest / "index.html"))
 
 
 @main.command()

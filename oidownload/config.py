@@ -112,6 +112,7 @@ class SelectConfig:
     classes: frozenset[str] = frozenset()
     annotations: tuple[Path, ...] = ()
     class_descriptions: Path | None = None
+    db: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

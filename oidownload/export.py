@@ -17,12 +17,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .annotations import ATTRIBUTES, AnnotationFile, Kind
+from .annotations import ATTRIBUTES, AnnotationSource, AnnotationTable, Kind
 from .attribution import NO_CREDIT, UNKNOWN, Credit, credits, license_name, write_attribution
 from .classes import ClassDescriptions
 from .errors import ConfigError, InputError, OutputError
@@ -99,15 +99,17 @@ class ExportResult:
 
 
 @dataclass
-class _BoxRow:
+class BoxRow:
     image: Written
     label: str
     box: Box
     attrs: dict[str, int]
 
 
-def _box_rows(files: list[AnnotationFile], images: dict[str, Written], result: ExportResult,
-              mids: frozenset[str] | None) -> Iterator[_BoxRow]:
+def box_rows(files: Sequence[AnnotationTable], images: dict[str, Written], result: ExportResult,
+             mids: frozenset[str] | None) -> Iterator[BoxRow]:
+    """The boxes of the given images (of the given classes) in the written frame; boxes a
+    crop cut away are counted in result.dropped. The gallery draws exactly these."""
     for f in files:
         if f.kind is not Kind.BOXES:
             continue
@@ -127,16 +129,16 @@ def _box_rows(files: list[AnnotationFile], images: dict[str, Written], result: E
                 result.dropped += 1
                 continue
             attrs = {a: int(fields[i]) for a, i in i_attr.items() if fields[i] in ("0", "1")}
-            yield _BoxRow(image, fields[i_label], box, attrs)
+            yield BoxRow(image, fields[i_label], box, attrs)
 
 
 def export(
     out: str | Path,
     fmt: ExportFormat,
-    annotation_paths: list[Path],
+    source: AnnotationSource,
     *,
     dest: Path | None = None,
-    class_descriptions: Path | None = None,
+    names: ClassDescriptions | None = None,
     classes: frozenset[str] | None = None,
     state_dir: Path | None = None,
 ) -> ExportResult:
@@ -144,9 +146,9 @@ def export(
     images = {w.image_id: w for w in state.written()}
     if not images:
         raise InputError(f"{out} has no downloaded images (no row with status ok in its journal)")
-    if not annotation_paths and fmt is not ExportFormat.ATTRIBUTION:
-        raise ConfigError("no annotation files: pass --annotations (they are remembered when download had --annotations)")
-    files = [AnnotationFile.open(p) for p in annotation_paths] if fmt is not ExportFormat.ATTRIBUTION else []
+    files = source.tables() if fmt is not ExportFormat.ATTRIBUTION else []
+    if not files and fmt is not ExportFormat.ATTRIBUTION:
+        raise ConfigError("no annotations: pass --annotations or --db (they are remembered when download had them)")
     if dest is None:
         if "://" in str(out):
             raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
@@ -155,7 +157,6 @@ def export(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
-    names = ClassDescriptions.load(class_descriptions) if class_descriptions else None
     result = ExportResult(dest, images=len(images))
     if fmt is ExportFormat.CSV:
         _write_csv(files, images, dest, result, classes)
@@ -186,11 +187,11 @@ def _local_files(state: StateDir, images: dict[str, Written], fmt: ExportFormat)
     return reader
 
 
-def _write_csv(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_csv(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                mids: frozenset[str] | None) -> None:
     """The Open Images rows of the downloaded images, coordinates in the written frame."""
     for f in files:
-        target = dest / _csv_name(f.path)
+        target = dest / f.name
         i_id, i_label = f.index("ImageID"), f.index("LabelName")
         coords = [f.index(c) for c in ("XMin", "XMax", "YMin", "YMax")] if f.kind is Kind.BOXES else []
         clicks = [(f.index(f"XClick{k}X"), f.index(f"XClick{k}Y")) for k in range(1, 5) if f.has(f"XClick{k}X")]
@@ -224,29 +225,24 @@ def _write_csv(files: list[AnnotationFile], images: dict[str, Written], dest: Pa
         result.files.append(target)
 
 
-def _csv_name(path: Path) -> str:
-    name = path.name
-    return name[:-3] if name.endswith(".gz") else name
-
-
-def _categories(rows: list[_BoxRow], mids: frozenset[str] | None) -> list[str]:
+def _categories(rows: list[BoxRow], mids: frozenset[str] | None) -> list[str]:
     return sorted(mids) if mids is not None else sorted({r.label for r in rows})
 
 
-def _pixels(r: _BoxRow) -> list[float]:
+def _pixels(r: BoxRow) -> list[float]:
     """The box as COCO's [x, y, width, height] in pixels of the written image."""
     w, h = r.image.width, r.image.height
     return [round(r.box[0] * w, 3), round(r.box[2] * h, 3), round((r.box[1] - r.box[0]) * w, 3),
             round((r.box[3] - r.box[2]) * h, 3)]
 
 
-def _write_coco(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_coco(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None, credit: dict[str, Credit]) -> None:
     """One JSON file. Each image names its own licence (COCO's `licenses` list holds
     each licence the images use), author, title and `flickr_url`. Each box is also a
     4-point polygon `segmentation` (pycocotools needs one), and IsGroupOf=1 becomes
     iscrowd=1: COCO evaluation then treats the box as a crowd region."""
-    rows = list(_box_rows(files, images, result, mids))
+    rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
     cat_id = {mid: i + 1 for i, mid in enumerate(cats)}
     order = sorted(images)
@@ -287,7 +283,7 @@ def _write_coco(files: list[AnnotationFile], images: dict[str, Written], dest: P
     result.files.append(target)
 
 
-def _yolo_lines(rows: list[_BoxRow], images: dict[str, Written], cats: list[str]) -> dict[str, list[str]]:
+def _yolo_lines(rows: list[BoxRow], images: dict[str, Written], cats: list[str]) -> dict[str, list[str]]:
     index = {mid: i for i, mid in enumerate(cats)}
     per_image: dict[str, list[str]] = {i: [] for i in images}
     for r in rows:
@@ -298,7 +294,7 @@ def _yolo_lines(rows: list[_BoxRow], images: dict[str, Written], cats: list[str]
     return per_image
 
 
-def _write_yolo(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_yolo(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None, reader: Reader) -> None:
     """DEST/yolo/ as Ultralytics reads it: images/<split>/<abc>/<ImageID>.<ext> are
     relative symlinks to the downloaded files (no copies; a file that a later download
@@ -307,7 +303,7 @@ def _write_yolo(files: list[AnnotationFile], images: dict[str, Written], dest: P
     line a box: `class x_center y_center width height`, normalised. data.yaml has the
     absolute `path`, a key per split and `names`. Built beside and swapped in whole,
     so no link or label of an earlier export is left over."""
-    rows = list(_box_rows(files, images, result, mids))
+    rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
     final = dest / "yolo"
     tmp = Path(tempfile.mkdtemp(prefix=".yolo.", dir=dest))
@@ -372,17 +368,17 @@ def _swap_in(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_hf(files: list[AnnotationFile], images: dict[str, Written], result: ExportResult,
+def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], result: ExportResult,
               mids: frozenset[str] | None, names: ClassDescriptions | None, reader: Reader,
               credit: dict[str, Credit]) -> None:
     """OUT/<subset>/metadata.jsonl beside each subset's images, where Hugging Face's
     imagefolder looks for it (its splits come from those folder names): one line an
     image with `file_name`, `image_id`, its size, credits and `objects` (COCO-style
     pixel boxes [x, y, width, height], `categories` and their `labels`)."""
-    rows = list(_box_rows(files, images, result, mids))
+    rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
     index = {mid: i for i, mid in enumerate(cats)}
-    boxes: dict[str, list[_BoxRow]] = {i: [] for i in images}
+    boxes: dict[str, list[BoxRow]] = {i: [] for i in images}
     for r in rows:
         boxes[r.image.image_id].append(r)
     with contextlib.ExitStack() as stack:

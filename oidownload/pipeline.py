@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from .accel import pillow_build
 from .body import BodyWriter, MemfdPool
 from .config import Config
 from .errors import ConfigError, InputError, OidownloadError, OutputError
@@ -527,10 +528,11 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                                                     "keep_original": cfg.image.keep_original}))
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
-            if sel.annotations or sel.classes:
+            if sel.annotations or sel.classes or sel.db:
                 journal.set_meta("selection", json.dumps({
                     "annotations": [str(a) for a in sel.annotations], "classes": sorted(sel.classes),
                     "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
+                    "db": sel.db,
                 }))
             done = journal.done_set(retry_failed=cfg.select.retry_failed)
             others = other_done_sets(state_dir, shard, retry_failed=cfg.select.retry_failed)
@@ -559,7 +561,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
                      undecodable=decode_errors())
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
-    progress.summary(wall=wall, cpu=cpu)
+    progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe()})
     if run.fatal is not None:
         raise run.fatal
     code = run.stop_code if run.stop_code is not None else ExitCode.OK

@@ -192,5 +192,6 @@ class Progress:
             f"fetched {human_bytes(t.nbytes)}, wrote {human_bytes(t.out_bytes)}; "
             f"wall {wall:.1f}s, CPU {cpu:.1f}s"
             + (f", {t.done / wall:.1f} img/s" if wall > 0 else "")
+            + (f"; {extra['pillow']}" if extra and "pillow" in extra else "")
         )
         self.log("summary", "\n".join(lines))

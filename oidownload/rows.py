@@ -234,31 +234,37 @@ def _fast_id(text: str) -> str | None:
     return None
 
 
+def records(lines: Iterable[str], skip: Callable[[str], bool] | None = None,
+            first_line: int = 2) -> Iterator[tuple[int, list[str] | str]]:
+    """(line, fields) for each record of lines, or (line, why) for a record that is not
+    CSV. Records whose raw id `skip` rejects are dropped before they are parsed."""
+    for line, text in _logical_records(lines, first_line):
+        if text is None:
+            yield line, "a quoted field never closes"
+            continue
+        fast = _fast_id(text)
+        if fast is not None and skip is not None and skip(fast):
+            continue
+        try:
+            fields = _parse_fields(text)
+        except (csv.Error, StopIteration) as exc:
+            yield line, f"not CSV: {exc}"
+            continue
+        if not fields or fields == [""]:
+            continue  # a blank line
+        if fast is None and skip is not None and skip(fields[0]):
+            continue
+        yield line, fields
+
+
 def iter_records(path: Path, skip: Callable[[str], bool] | None = None) -> Iterator[tuple[int, list[str] | str]]:
-    """(line, fields) for each record after the header, or (line, why) for a record that
-    is not CSV. Records whose raw id `skip` rejects are dropped before they are parsed.
-    A truncated .gz raises InputError after the rows before the damage."""
+    """`records` of a file after its header. A truncated .gz raises InputError after
+    the rows before the damage."""
     with open_text(path) as f:
         lines = iter(f)
         try:
             next(lines, None)  # the header, checked by read_header
-            for line, text in _logical_records(lines, first_line=2):
-                if text is None:
-                    yield line, "a quoted field never closes"
-                    continue
-                fast = _fast_id(text)
-                if fast is not None and skip is not None and skip(fast):
-                    continue
-                try:
-                    fields = _parse_fields(text)
-                except (csv.Error, StopIteration) as exc:
-                    yield line, f"not CSV: {exc}"
-                    continue
-                if not fields or fields == [""]:
-                    continue  # a blank line
-                if fast is None and skip is not None and skip(fields[0]):
-                    continue
-                yield line, fields
+            yield from records(lines, skip)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise InputError(
                 f"{path}: the compressed data is truncated or corrupt ({exc}); "

@@ -1,20 +1,23 @@
 """Which rows this run asks for: this task's shard, an optional id list, and not the
-ones the journal says are done. Decided from the raw ImageID, before a row is parsed.
+ones the journal says are done, decided from the raw ImageID before a row is parsed;
+and the up-front plan: classes (expanded through a hierarchy) → MIDs → ImageIDs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .annotations import ClassFilter, select_ids
+from .annotations import AnnotationSource, ClassFilter, CsvAnnotations, select_ids
 from .classes import MID_RE, ClassDescriptions
 from .errors import ConfigError
+from .hierarchy import Hierarchy, expand
 from .records import Row
 from .rows import RowFilter, iter_rows, read_header
+from .sampling import per_class, sample
 from .shard import Shard
 
 
@@ -39,16 +42,6 @@ class SelectionFilter(RowFilter):
         return False
 
 
-def sample_key(seed: int, image_id: str) -> bytes:
-    """A stable pseudo-random rank: the same seed picks the same images whatever the
-    order of the rows, the number of input files or the number of shards."""
-    return hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
-
-
-def sample(ids: Iterable[str], limit: int, seed: int) -> frozenset[str]:
-    return frozenset(heapq.nsmallest(limit, ids, key=lambda i: sample_key(seed, i)))
-
-
 @dataclass
 class Plan:
     """The id-level selection worked out before a run, and what it came from."""
@@ -57,7 +50,97 @@ class Plan:
     classes: frozenset[str] = frozenset()
     annotations: tuple[Path, ...] = ()
     class_descriptions: Path | None = None
+    db: str | None = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClassChoice:
+    """What --class and its companion options ask for."""
+
+    names: tuple[str, ...]
+    class_descriptions: Path | None = None
+    annotations: tuple[Path, ...] = ()
+    db: str | None = None
+    hierarchy: Path | None = None
+    expand: bool = True
+    with_parts: bool = False
+    filter: dict[str, Any] = field(default_factory=dict)  # ClassFilter's other fields
+    limit_per_class: int | None = None
+
+
+@contextmanager
+def open_annotations(annotations: tuple[Path, ...], db: str | None) -> Iterator[AnnotationSource]:
+    """The rows to select from: the --annotations CSVs, or the --db database."""
+    if db is not None:
+        if annotations:
+            raise ConfigError("give either --db or --annotations, not both: the database holds the annotations")
+        from .db.source import DbAnnotations
+
+        with DbAnnotations.open(db) as source:
+            yield source
+        return
+    yield CsvAnnotations(annotations)
+
+
+def class_names(source: AnnotationSource, class_descriptions: Path | None) -> ClassDescriptions | None:
+    """Names ⇄ MIDs: the --class-descriptions file, else the database's classes table."""
+    if class_descriptions is not None:
+        return ClassDescriptions.load(class_descriptions)
+    loaded = getattr(source, "class_descriptions", None)
+    return loaded() if loaded is not None else None
+
+
+def listed_ids(inputs: tuple[Path, ...], subsets: frozenset[str], ids: Container[str] | None) -> Iterator[str]:
+    """The ImageIDs of the input rows in --subset (and in ids, when given), streamed."""
+    accept = (lambda r: r.subset in subsets) if subsets else None
+    for path in inputs:
+        for row in iter_rows(path, read_header(path), SelectionFilter(Shard(), ids=ids), accept):
+            if isinstance(row, Row):
+                yield row.image_id
+
+
+def _select_classes(inputs: tuple[Path, ...], subsets: frozenset[str], ids: frozenset[str] | None,
+                    choice: ClassChoice, seed: int | None, result: Plan) -> None:
+    if not choice.annotations and choice.db is None:
+        raise ConfigError("--class needs --annotations (the box or image-label CSVs to select from) or --db")
+    with open_annotations(choice.annotations, choice.db) as source:
+        requested = {n.strip() for n in choice.names if MID_RE.fullmatch(n.strip())}
+        wanted = [n for n in choice.names if not MID_RE.fullmatch(n.strip())]
+        names = class_names(source, choice.class_descriptions)
+        if wanted:
+            if names is None:
+                raise ConfigError("class names need --class-descriptions (class-descriptions.csv) or a --db with "
+                                  "classes loaded; MIDs like /m/0152hh do not")
+            requested |= names.resolve(wanted)
+        shown = names.name if names is not None else str
+        tree = Hierarchy.load(choice.hierarchy) if choice.hierarchy is not None and choice.expand else None
+        grown = expand(sorted(requested), tree, with_parts=choice.with_parts)
+        for mid in grown.absent:
+            result.notes.append(f"{shown(mid)} ({mid}) is not in the hierarchy: selected by itself")
+        if tree is not None:
+            result.notes.append(f"{len(requested)} class(es) with their subcategories"
+                                f"{' and parts' if choice.with_parts else ''}: {len(grown.mids)} classes")
+        flt = ClassFilter(grown.mids, **choice.filter)
+        result.classes = grown.mids
+        if choice.limit_per_class is None:
+            picked = select_ids(source, flt, within=ids)
+            result.ids = frozenset(picked)
+            result.notes.append(f"{len(picked)} images carry {len(requested)} selected class(es)")
+            return
+        n = choice.limit_per_class
+        chosen = per_class(source, flt, grown.owners, n, seed or 0, lambda wanted: set(listed_ids(inputs, subsets, wanted)), within=ids)
+        result.ids = frozenset(chosen.ids)
+        result.notes.append(f"{len(chosen.ids)} images: up to {n} per class with seed {seed or 0}")
+        for mid, count in chosen.per_class.items():
+            why = ""
+            if count.picked < n:
+                why = " (fewer available)" if count.exhausted else f" (still short after {chosen.passes} passes)"
+            unlisted = f"; {count.not_listed} carrying it are not in the input list" if count.not_listed else ""
+            result.notes.append(f"  {shown(mid)} ({mid}): {count.picked} of {n}{why}{unlisted}")
+        short = [shown(m) for m, c in chosen.per_class.items() if c.picked < n]
+        if short:
+            result.notes.append(f"{len(short)} class(es) had fewer than {n}: {', '.join(short)}")
 
 
 def plan(
@@ -65,40 +148,22 @@ def plan(
     *,
     subsets: frozenset[str],
     ids: frozenset[str] | None,
-    class_names: list[str],
-    class_descriptions: Path | None,
-    annotations: tuple[Path, ...],
-    class_filter: dict[str, object],
+    choice: ClassChoice,
     limit: int | None,
     seed: int | None,
 ) -> Plan:
-    """Resolves classes to MIDs, scans the annotation files for the images that carry
-    them, intersects with --ids, and samples --limit rows when a --seed is given.
-    Memory grows with the selected images, not with the files."""
-    result = Plan(ids, annotations=annotations, class_descriptions=class_descriptions)
-    if class_names:
-        mids = {n for n in class_names if MID_RE.fullmatch(n.strip())}
-        names = [n for n in class_names if not MID_RE.fullmatch(n.strip())]
-        if names:
-            if class_descriptions is None:
-                raise ConfigError("class names need --class-descriptions (class-descriptions.csv); MIDs like /m/0152hh do not")
-            mids |= ClassDescriptions.load(class_descriptions).resolve(names)
-        if not annotations:
-            raise ConfigError("--class needs --annotations: the box or image-label CSVs to select from")
-        flt = ClassFilter(frozenset(mids), **class_filter)  # type: ignore[arg-type]
-        picked = select_ids(list(annotations), flt, within=ids)
-        result.classes = frozenset(mids)
-        result.ids = frozenset(picked)
-        result.notes.append(f"{len(picked)} images carry {len(mids)} selected class(es)")
+    """Resolves classes to MIDs (and their subcategories with a hierarchy), reads the
+    annotations for the images that carry them, intersects with --ids, takes N per class
+    or a --limit sample when a --seed is given. Memory grows with the selected images,
+    not with the files."""
+    result = Plan(ids, annotations=choice.annotations, class_descriptions=choice.class_descriptions, db=choice.db)
+    if choice.names:
+        _select_classes(inputs, subsets, ids, choice, seed, result)
+    elif choice.limit_per_class is not None:
+        raise ConfigError("--limit-per-class needs --class (or --classes-file): the classes to balance")
     if limit is not None and seed is not None:
-        accept = (lambda r: r.subset in subsets) if subsets else None
-        rows = (
-            row.image_id
-            for path in inputs
-            for row in iter_rows(path, read_header(path), SelectionFilter(Shard(), ids=result.ids), accept)
-            if isinstance(row, Row)
-        )
-        result.ids = sample(rows, limit, seed)  # nsmallest keeps only `limit` ids in memory
+        # nsmallest keeps only `limit` ids in memory
+        result.ids = sample(listed_ids(inputs, subsets, result.ids), limit, seed)
         result.notes.append(f"sampled {len(result.ids)} of the selection with seed {seed}")
     return result
 
