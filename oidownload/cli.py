@@ -453,7 +453,8 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
           each image's licence, author and flickr_url
     yolo: DEST/yolo/ for Ultralytics: images/<split>/ (links to the files),
           labels/<split>/, data.yaml
-    hf:   OUT/<subset>/metadata.jsonl for Hugging Face's imagefolder
+    hf:   OUT/<subset>/metadata.jsonl for Hugging Face's imagefolder (not in DEST:
+          it must sit beside the images)
     attribution: ATTRIBUTION.csv and ATTRIBUTION.html (credits, grouped by licence)
 
     Widths and heights come from the journal (after resizing and turning). yolo and hf

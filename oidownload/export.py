@@ -149,6 +149,12 @@ def export(
     files = source.tables() if fmt is not ExportFormat.ATTRIBUTION else []
     if not files and fmt is not ExportFormat.ATTRIBUTION:
         raise ConfigError("no annotations: pass --annotations or --db (they are remembered when download had them)")
+    if fmt is ExportFormat.HF:
+        # imagefolder reads metadata.jsonl beside the images: -d does not apply.
+        reader = _local_files(state, images, fmt)
+        result = ExportResult(Path(state.where()[0]), images=len(images))
+        _write_hf(files, images, result, classes, names, reader, dict(credits(state)))
+        return result
     if dest is None:
         if "://" in str(out):
             raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
@@ -164,8 +170,6 @@ def export(
         _write_coco(files, images, dest, result, classes, names, dict(credits(state)))
     elif fmt is ExportFormat.YOLO:
         _write_yolo(files, images, dest, result, classes, names, _local_files(state, images, fmt))
-    elif fmt is ExportFormat.HF:
-        _write_hf(files, images, result, classes, names, _local_files(state, images, fmt), dict(credits(state)))
     else:
         credit = write_attribution(state, images, dest)
         result.files += [credit.csv, credit.html]
