@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -261,10 +261,10 @@ def test_yolo_reexport_drops_what_is_gone(download: Download, tmp_path: Path) ->
     assert not [p for p in out.joinpath("annotations").iterdir() if p.name.startswith(".yolo")]
 
 
-def test_yolo_and_hf_need_local_files(tmp_path: Path, make_origin: object) -> None:
+def test_yolo_and_hf_need_local_files(tmp_path: Path, make_origin: Callable[..., Origin]) -> None:
     corpus = Corpus.generate(0, mix="tiny", seed=52, ids=[r["ImageID"] for r in rows_of(V3 / "validation" / "images.csv")[:4]],
                              subset="validation")
-    origin = make_origin(corpus)  # type: ignore[operator]
+    origin = make_origin(corpus)
     manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
     out = tmp_path / "out"
     assert run_cli("download", manifest, "-o", out, "--output-format", "webdataset", "--progress", "none").returncode == 0
