@@ -163,8 +163,15 @@ class CsvAnnotations:
                     yield fields[i_id].lower(), fields[i_label]
 
 
-def select_ids(source: AnnotationSource, flt: ClassFilter, within: Container[str] | None = None) -> set[str]:
-    """ImageIDs with at least one matching row in the source."""
+def select_ids(source: AnnotationSource, flt: ClassFilter, within: Container[str] | None = None,
+               found: set[str] | None = None) -> set[str]:
+    """ImageIDs with at least one matching row in the source. `found`, when given, gains
+    the MID of every matching row (so a caller can name the classes that matched nothing)."""
     if not flt.mids:
         raise ConfigError("no classes to select by")
-    return {image_id for image_id, _ in source.matches(flt, within)}
+    picked: set[str] = set()
+    for image_id, label in source.matches(flt, within):
+        picked.add(image_id)
+        if found is not None:
+            found.add(label)
+    return picked

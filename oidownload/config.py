@@ -6,7 +6,6 @@ Tests vary it with `dataclasses.replace`.
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +107,7 @@ class SelectConfig:
     limit: int | None = None
     retry_failed: bool = False
     ids: frozenset[str] | None = None
+    ids_from: str = "--ids"  # where `ids` came from, in words, for an empty selection's warning
     # What a class selection came from, remembered in the journal for `annotations`.
     classes: frozenset[str] = frozenset()
     annotations: tuple[Path, ...] = ()
@@ -117,7 +117,8 @@ class SelectConfig:
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # None: one per CPU this process may use (affinity and cgroup quota, cpus.py).
+    processes: int | None = None
     # Bodies fetched but not yet processed; bounds memory when originals run to 15 MB.
     max_bytes_in_flight: int = 128 * 1024 * 1024
     grace: float = 10.0

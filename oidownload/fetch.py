@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import random
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -79,10 +81,25 @@ def make_session(net: NetConfig) -> aiohttp.ClientSession:
         headers={"User-Agent": net.user_agent, "Accept-Encoding": "identity", **dict(net.headers)},
         cookie_jar=aiohttp.DummyCookieJar(),
         read_bufsize=2**18,
-        # HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as curl and requests honour them: cluster
-        # nodes often reach the internet only through a proxy.
-        trust_env=True,
+        # Proxies come from proxy_for(), once per host: aiohttp's trust_env would also read
+        # ~/.netrc on a thread for every request (measured: a tenth of the main process).
+        trust_env=False,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _proxy(scheme: str, host: str, port: int | None) -> str | None:
+    proxies = urllib.request.getproxies_environment()
+    if not proxies or urllib.request.proxy_bypass(host if port is None else f"{host}:{port}"):
+        return None
+    return proxies.get(scheme) or proxies.get("all")
+
+
+def proxy_for(url: URL) -> str | None:
+    """The proxy for a URL from HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY (either
+    case), as curl and requests read them: cluster nodes often reach the internet only
+    through a proxy."""
+    return _proxy(url.scheme, url.host or "", url.explicit_port)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -159,7 +176,7 @@ async def fetch_once(
     writer: BodyWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            async with session.get(url, max_redirects=net.max_redirects) as resp:
+            async with session.get(url, max_redirects=net.max_redirects, proxy=proxy_for(url)) as resp:
                 if resp.history and _is_placeholder(resp):
                     return Failure(Status.UNAVAILABLE, f"redirected to {resp.url}", resp.status)
                 failure = _status_failure(resp)

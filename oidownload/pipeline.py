@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import functools
 import itertools
 import json
@@ -30,35 +29,28 @@ import aiohttp
 from .accel import pillow_build
 from .body import BodyWriter, MemfdPool
 from .config import Config
+from .cpus import usable_cpus
 from .errors import ConfigError, InputError, OidownloadError, OutputError
+from .exits import ExitCode, JobCounts, Verdict, finished_verdict
 from .fetch import Failure, fetch_body, make_session
-from .journal import DoneSet, Journal, other_done_sets, shard_counts
+from .journal import DoneSet, Journal, journal_path, other_done_sets, shard_counts
 from .limits import ByteBudget, HostLimiter
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
-from .records import BadRow, Outcome, Row, Source, Status, clean_text
+from .records import RETRYABLE, BadRow, Outcome, Row, Source, Status, clean_text, is_final
 from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
-from .selection import SelectionFilter
+from .selection import SelectionFilter, empty_cause
 from .shard import Shard
 from .sinks import Sink, open_sink
 from .sources import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
+from .state import StateDir
 from .workers import Workers, start_workers
 
 _READ_BATCH = 512
 _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
 MIRROR_403_LIMIT = 5  # 403s in a row from the mirror that stop the run
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    FATAL = 1
-    USAGE = 2
-    TOO_MANY_FAILURES = 3
-    MAX_RUNTIME = 75  # EX_TEMPFAIL: stopped on time, rerun to resume
-    SIGINT = 130
-    SIGTERM = 143
 
 
 @dataclass
@@ -68,6 +60,40 @@ class RunResult:
     wall: float
     cpu: float
     message: str = ""
+    # The job as the journal holds it after the run (this task's share, every run so far).
+    job: JobCounts = dataclasses.field(default_factory=JobCounts)
+
+
+class Stopper:
+    """Stops a run from another thread, as a signal would: the Python API's answer to
+    a KeyboardInterrupt or a cancelled await while the run has its own loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: tuple[asyncio.AbstractEventLoop, _Run] | None = None
+        self._pending: list[tuple[int, str]] = []
+
+    def attach(self, loop: asyncio.AbstractEventLoop, run: _Run) -> None:
+        with self._lock:
+            self._target = (loop, run)
+            for code, why in self._pending:
+                loop.call_soon_threadsafe(run.request_stop, code, why)
+            self._pending.clear()
+
+    def detach(self) -> None:
+        with self._lock:
+            self._target = None
+
+    def stop(self, code: int = ExitCode.SIGINT, why: str = "interrupted") -> None:
+        with self._lock:
+            if self._target is None:
+                self._pending.append((code, why))
+                return
+            loop, run = self._target
+        try:
+            loop.call_soon_threadsafe(run.request_stop, code, why)
+        except RuntimeError:
+            pass  # the loop just closed: the run is over
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +138,7 @@ class _Run:
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
         self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
         # Enough queued jobs that no pool worker idles while the next one is handed over.
-        self.pool_slots = asyncio.Semaphore(max(2, 3 * cfg.run.processes))
+        self.pool_slots = asyncio.Semaphore(max(2, 3 * (cfg.run.processes or 1)))
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
@@ -129,6 +155,7 @@ class _Run:
         self.enqueued = 0
         self.reader_finished = False
         self.counted: int | None = None
+        self.stopper: Stopper | None = None
 
     def new_writer(self) -> BodyWriter:
         return BodyWriter(self.memfds)
@@ -141,7 +168,8 @@ class _Run:
             # group and a wrapper script may pass it on as well. Only a later one is a
             # user's "stop now".
             if code in (ExitCode.SIGINT, ExitCode.SIGTERM) and now - self.stopped_at > SIGNAL_DEBOUNCE:
-                self.progress.log("abort", "second signal: stopping now; the journal is flushed, unfinished images resume next run")
+                self.progress.log("abort", "second signal: stopping now; the journal is flushed, unfinished images resume next run",
+                                  level="warning")
                 self.abort.set()
             return
         self.stopped_at = now
@@ -352,7 +380,9 @@ class _Run:
 
     def write_progress(self, running: bool) -> None:
         rate, _ = self.progress.rates()
-        planned = self.enqueued + self.filter.done_skipped if self.reader_finished else self.counted
+        # A stopped run keeps no estimate: `status` would show it as the share's size.
+        estimate = self.counted if running else None
+        planned = self.enqueued + self.filter.done_skipped if self.reader_finished else estimate
         self.journal.set_progress(
             running=running, planned=planned, skipped=self.filter.done_skipped,
             processed=self.progress.tally.done, rate=rate,
@@ -373,16 +403,23 @@ class _Run:
                 except OutputError as exc:
                     self.fail(exc)
 
-    def estimate_total(self, done_at_start: int) -> None:
+    def estimate_total(self, done_at_start: int, loop: asyncio.AbstractEventLoop) -> None:
         """Background: an estimate gives the bar a total before the reader gets there;
         the exact count replaces it when the reader reaches the end."""
         lines = sum(estimate_rows(p) for p in self.cfg.inputs)
         share = lines // self.shard.count
         if self.cfg.select.limit is not None:
             share = min(share, self.cfg.select.limit)
+        try:
+            # On the loop's thread, so an estimate never lands after the exact count.
+            loop.call_soon_threadsafe(self.estimated, share, done_at_start)
+        except RuntimeError:
+            pass  # the run is over
+
+    def estimated(self, share: int, done_at_start: int) -> None:
         self.counted = share
         if not self.reader_finished:
-            self.progress.set_total(max(0, share - done_at_start))
+            self.progress.set_total(max(0, share - done_at_start), exact=False)
 
     async def drain(self, workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers)
@@ -392,12 +429,18 @@ class _Run:
 
     async def main(self, done_at_start: int) -> None:
         loop = asyncio.get_running_loop()
-        for sig, code in ((signal.SIGINT, ExitCode.SIGINT), (signal.SIGTERM, ExitCode.SIGTERM)):
-            loop.add_signal_handler(sig, self.request_stop, code, f"{signal.Signals(sig).name} received")
+        # Signal handlers belong to the main thread; the Python API runs a pipeline in
+        # another thread when its caller's loop is busy, and stops it through a Stopper.
+        signals = threading.current_thread() is threading.main_thread()
+        if signals:
+            for sig, code in ((signal.SIGINT, ExitCode.SIGINT), (signal.SIGTERM, ExitCode.SIGTERM)):
+                loop.add_signal_handler(sig, self.request_stop, code, f"{signal.Signals(sig).name} received")
+        if self.stopper is not None:
+            self.stopper.attach(loop, self)
         if self.cfg.run.max_runtime is not None:
             loop.call_later(self.cfg.run.max_runtime, self.request_stop, ExitCode.MAX_RUNTIME,
                             f"--max-runtime {self.cfg.run.max_runtime:.0f}s reached")
-        threading.Thread(target=self.estimate_total, args=(done_at_start,), daemon=True, name="count").start()
+        threading.Thread(target=self.estimate_total, args=(done_at_start, loop), daemon=True, name="count").start()
         # The shard in the User-Agent lets an origin's logs tell cluster tasks apart.
         agent = f"{self.cfg.net.user_agent} shard/{self.shard.tag}"
         session = self.session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
@@ -436,8 +479,11 @@ class _Run:
             if self.memfds is not None and not self.abandoned:
                 self.memfds.close()
             self.reader_thread.shutdown(wait=False, cancel_futures=True)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            if self.stopper is not None:
+                self.stopper.detach()
+            if signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -448,10 +494,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds(children: bool = True) -> float:
+    """CPU seconds of this process (its threads included), and of the pool workers it
+    reaped when `children`: the main process's share is what benchmarks/ tracks."""
     me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    total = me.ru_utime + me.ru_stime
+    if children:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += kids.ru_utime + kids.ru_stime
+    return total
 
 
 def _prepare_state(state_dir: Path) -> None:
@@ -496,7 +547,7 @@ def _rebuild(journal: Journal, sink: Sink, shard: Shard, progress: Progress) -> 
                      "they are not fetched again", rebuilt=found)
 
 
-def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
+def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper | None = None) -> RunResult:
     """Runs one task's share to the end, a stop, or a fatal error. Fatal errors are
     raised (after the journal is flushed); everything else is in the result."""
     if not cfg.inputs:
@@ -509,7 +560,15 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     _check_split(state_dir, shard)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
-    workers = start_workers(cfg.image, sink.target, cfg.run.processes)
+    main0 = _cpu_seconds(children=False)
+    if cfg.run.processes is None:
+        cpus = usable_cpus()
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, processes=cpus.count))
+        chosen = f"one per usable CPU: {cpus.why}"
+    else:
+        chosen = "--processes"
+    processes = cfg.run.processes or 1
+    workers = start_workers(cfg.image, sink.target, processes)
     run: _Run | None = None
     try:
         journal = Journal(state_dir, shard, cfg.output.out)
@@ -538,14 +597,17 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
             others = other_done_sets(state_dir, shard, retry_failed=cfg.select.retry_failed)
             if others:
                 done = DoneSet.merge([done, *others])
+            kind = "thread" if workers.in_process else "process"
             progress.log(
                 "start",
-                f"oidownload: {shard.describe()}; {len(cfg.inputs)} input file(s); output: {sink.describe()}; "
-                f"state: {state_dir}; {len(done)} image(s) already done",
+                f"{shard.describe()}; {len(cfg.inputs)} input file(s); output: {sink.describe()}; "
+                f"state: {state_dir}; {len(done)} image(s) already done; "
+                f"{processes} worker {kind}{'es' if kind == 'process' and processes > 1 else 's' if processes > 1 else ''} ({chosen})",
                 shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
-                output=cfg.output.out, state_dir=str(state_dir),
+                output=cfg.output.out, state_dir=str(state_dir), processes=processes, workers=kind,
             )
             run = _Run(cfg, shard, progress, journal, workers, formats, done, sink)
+            run.stopper = stopper
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
         finally:
@@ -557,19 +619,53 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
     if decode_errors():
-        progress.log("warning", f"{decode_errors()} run(s) of bytes in the input were not UTF-8 and were read as U+FFFD",
-                     undecodable=decode_errors())
+        progress.log("undecodable", f"{decode_errors()} run(s) of bytes in the input were not UTF-8 and were read as U+FFFD",
+                     level="warning", undecodable=decode_errors())
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
-    progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe()})
+    progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe(),
+                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3)})
     if run.fatal is not None:
         raise run.fatal
-    code = run.stop_code if run.stop_code is not None else ExitCode.OK
-    message = ""
-    mfr = cfg.run.max_failure_rate
-    if code == ExitCode.OK and mfr is not None and tally.done and tally.failure_rate() > mfr:
-        code = ExitCode.TOO_MANY_FAILURES
-        message = f"{tally.failed} of {tally.done} images failed ({tally.failure_rate():.1%}), over --max-failure-rate {mfr:.1%}"
-    if code == ExitCode.MAX_RUNTIME:
-        message = "stopped at --max-runtime; run the same command again to resume"
-    return RunResult(tally, int(code), wall, cpu, message)
+    verdict = _verdict(cfg, shard, run, tally)
+    job = _job_counts(state_dir, shard)
+    if verdict is None:
+        verdict = finished_verdict(job, sum(n for s, n in tally.by_status.items() if s in RETRYABLE),
+                                   cfg.run.max_failure_rate)
+    return RunResult(tally, int(verdict.code), wall, cpu, verdict.message, job)
+
+
+def _verdict(cfg: Config, shard: Shard, run: _Run, tally: Tally) -> Verdict | None:
+    """The code of a run that was stopped or selected nothing; None for a finished run
+    whose code depends on the job's counts."""
+    if run.stop_code is not None:
+        code = ExitCode(run.stop_code)
+        if code == ExitCode.MAX_RUNTIME:
+            return Verdict(code, "stopped at --max-runtime")
+        return Verdict(code, f"{'interrupted' if code == ExitCode.SIGINT else 'terminated'}: "
+                             f"the {tally.done} image(s) finished in this run are journaled")
+    if tally.done or run.filter.done_skipped:
+        return None
+    # This task's share of the selection is empty. In a cluster run that is normal when
+    # the selection is small: the rows belong to other tasks. Only a selection that no
+    # task's share holds is the user's mistake (a --subset that is not in the data,
+    # classes no image of the input carries).
+    sel = cfg.select
+    why = empty_cause(cfg.inputs, subsets=sel.subsets, ids=sel.ids, ids_from=sel.ids_from)
+    if why is None:
+        return Verdict(ExitCode.OK, f"{shard.describe()} has no row of the selection: the other tasks own them"
+                       if shard.count > 1 else "")
+    return Verdict(ExitCode.NOTHING_SELECTED, f"nothing selected: {why}")
+
+
+def _job_counts(state_dir: Path, shard: Shard) -> JobCounts:
+    """The whole job of this task, from its journal: every row any run of it has seen."""
+    rows = ok = final = 0
+    for jc in StateDir(state_dir).counts(only=journal_path(state_dir, shard)):
+        for c in jc.counts:
+            rows += c.n
+            if c.status == Status.OK:
+                ok += c.n
+            elif is_final(Status(c.status)):
+                final += c.n
+    return JobCounts(rows, ok, final)

@@ -110,8 +110,9 @@ def _shard_state(p: ProgressRow, journal: Path, done: int, now: float) -> ShardS
     elif p.running:
         state = "stopped"  # killed: the journal says running but nobody holds the lock
     else:
-        planned_left = p.planned is not None and done < p.planned
-        state = "stopped" if planned_left else "finished"
+        # A run that did not read its whole share leaves no count (an estimate would
+        # read as the share's size): it stopped.
+        state = "stopped" if p.planned is None or done < p.planned else "finished"
     return ShardStatus(p.shard, state, done, p.planned, p.rate, p.updated, p.host, p.pid)
 
 

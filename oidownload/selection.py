@@ -5,6 +5,7 @@ and the up-front plan: classes (expanded through a hierarchy) → MIDs → Image
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class Plan:
     class_descriptions: Path | None = None
     db: str | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Where `ids` came from, in words, for the message of an empty selection.
+    ids_from: str = "--ids"
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,19 @@ def _select_classes(inputs: tuple[Path, ...], subsets: frozenset[str], ids: froz
         flt = ClassFilter(grown.mids, **choice.filter)
         result.classes = grown.mids
         if choice.limit_per_class is None:
-            picked = select_ids(source, flt, within=ids)
+            found: set[str] = set()
+            picked = select_ids(source, flt, within=ids, found=found)
             result.ids = frozenset(picked)
+            result.ids_from = f"the class selection ({len(picked)} images in the annotations)"
             result.notes.append(f"{len(picked)} images carry {len(requested)} selected class(es)")
+            matched = {r for m in found for r in grown.owners.get(m, ())}
+            unmatched = sorted(requested - matched)
+            if unmatched:
+                where = choice.db or ", ".join(str(a) for a in choice.annotations)
+                listed = ", ".join(f"{shown(m)} ({m})" if shown(m) != m else m for m in unmatched[:20])
+                result.warnings.append(
+                    f"no row of the annotations ({where[:300]}) carries class(es) "
+                    f"{listed}{' ...' if len(unmatched) > 20 else ''} with the chosen filters")
             return
         n = choice.limit_per_class
         chosen = per_class(source, flt, grown.owners, n, seed or 0, lambda wanted: set(listed_ids(inputs, subsets, wanted)), within=ids)
@@ -164,8 +178,53 @@ def plan(
     if limit is not None and seed is not None:
         # nsmallest keeps only `limit` ids in memory
         result.ids = sample(listed_ids(inputs, subsets, result.ids), limit, seed)
+        result.ids_from = f"the sample of seed {seed}"
         result.notes.append(f"sampled {len(result.ids)} of the selection with seed {seed}")
     return result
+
+
+class _Counting(RowFilter):
+    """Keeps rows of the id selection (or all) and counts what it sees."""
+
+    def __init__(self, ids: Container[str] | None) -> None:
+        self.ids = ids
+        self.rows = 0
+        self.in_ids = 0
+
+    def skip(self, raw_id: str) -> bool:
+        self.rows += 1
+        if self.ids is not None and raw_id.lower() not in self.ids:
+            return True
+        self.in_ids += 1
+        return False
+
+
+def empty_cause(inputs: tuple[Path, ...], *, subsets: frozenset[str], ids: frozenset[str] | None,
+                ids_from: str = "--ids") -> str | None:
+    """None when some row of the inputs is selected, whichever task's share it falls in;
+    otherwise why none is: the subsets the input has, or the ids that are not in it.
+    Reads the inputs once more, which only a run that selected nothing pays for."""
+    counting = _Counting(ids)
+    seen: collections.Counter[str] = collections.Counter()
+    for path in inputs:
+        for row in iter_rows(path, read_header(path), counting, None):
+            if isinstance(row, Row):
+                if not subsets or row.subset in subsets:
+                    return None
+                seen[row.subset] += 1
+    names = ", ".join(str(p) for p in inputs)[:300]
+    if not counting.rows:
+        return f"the input ({names}) has no rows"
+    if ids is not None and not ids:
+        return f"{ids_from} picked no image"
+    if ids is not None and not counting.in_ids:
+        return (f"none of the {len(ids)} image(s) of {ids_from} is in the input ({names}, {counting.rows} rows); "
+                "is it a list of another subset or version?")
+    found = ", ".join(f"{s!r} ({n} rows)" for s, n in seen.most_common(10))
+    close = sorted({s for s in seen for want in subsets if s.lower() == want.lower()})
+    hint = f"; did you mean --subset {' --subset '.join(close)}? (subsets match exactly)" if close else ""
+    where = " of the selected images" if ids is not None else ""
+    return f"--subset {' '.join(sorted(subsets))} matched no row; the Subset values{where} in the input are {found}{hint}"
 
 
 def write_selected(inputs: tuple[Path, ...], dest: Path, *, subsets: frozenset[str],

@@ -160,7 +160,8 @@ class StateDir:
         )
 
     # -- reads ------------------------------------------------------------------------------
-    def counts(self) -> list[JournalCounts]:
+    def counts(self, only: Path | None = None) -> list[JournalCounts]:
+        """Counts per status and progress rows, of every journal or `only` one."""
         return [
             JournalCounts(
                 j,
@@ -170,6 +171,7 @@ class StateDir:
                 self._sources(j),
             )
             for j in self.journals
+            if only is None or j == only
         ]
 
     def _sources(self, journal: Path) -> dict[str, int]:

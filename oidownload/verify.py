@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from .config import OutputKind
+from .cpus import usable_cpus
 from .errors import OutputError
 from .journal import HeldJournals
 from .process import init_pillow, md5_b64
@@ -168,7 +169,7 @@ def verify(out: str, state_dir: Path | None = None, *, processes: int | None = N
     except OutputError as exc:
         raise OutputError(f"{exc} (`verify --no-mark` checks without changing the journal)") from None
     try:
-        return _verify(state, processes or os.cpu_count() or 1, held, on_progress)
+        return _verify(state, processes or usable_cpus().count, held, on_progress)
     finally:
         if held is not None:
             held.close()

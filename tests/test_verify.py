@@ -25,7 +25,7 @@ from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import V3, journal_rows, run_cli
 
 StartOrigin = Callable[..., Origin]
-VERIFY_DAMAGED = 4  # the documented exit code
+VERIFY_DAMAGED = 6  # the documented exit code (ExitCode.DAMAGED)
 
 
 def _real_ids(n: int) -> list[str]:
@@ -112,7 +112,7 @@ def test_no_mark_changes_nothing_and_a_running_download_is_respected(tmp_path: P
     out, _, _, _, _ = _download(tmp_path, make_origin, 6)
     victim = sorted(journal_rows(out))[2]
     (out / "validation" / victim[:3] / f"{victim}.jpg").unlink()
-    res = run_cli("verify", out, "--no-mark", "--progress", "log", "--progress-interval", "0")
+    res = run_cli("verify", out, "--no-mark", "--progress", "log", "--progress-interval", "0.001")
     assert res.returncode == VERIFY_DAMAGED and _listed(res.stdout) == {victim: "missing"}
     assert "verify: 6/6 checked, 1 missing, 0 damaged" in res.stderr  # the progress log line
     assert journal_rows(out)[victim][0] == "ok"
