@@ -20,12 +20,13 @@ RUN if [ "$PILLOW" = simd ]; then \
     fi
 COPY pyproject.toml README.md ./
 COPY oidownload ./oidownload
+# Only Pillow-SIMD is compiled (--no-binary pillow-simd); its build tools come as wheels.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
     && if [ "$PILLOW" = simd ]; then \
         /opt/venv/bin/pip uninstall -y pillow \
         && CC="cc -mavx2" /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-            --no-binary :all: "pillow-simd==${PILLOW_SIMD_VERSION}"; \
+            --no-binary pillow-simd "pillow-simd==${PILLOW_SIMD_VERSION}"; \
     fi \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 

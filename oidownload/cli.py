@@ -432,6 +432,8 @@ def download_options(f: F) -> F:
         opt("--max-redirects", type=Int(0, 100), default=5, help="Redirects followed per request."),
         opt("--max-bytes-in-flight-mb", type=Float(1, 65536, lo_ok=True), default=128.0,
             help="Bodies being read or processed, in MB: bounds memory."),
+        opt("--max-decode-mb", type=Float(1, 65536, lo_ok=True), default=512.0,
+            help="Memory one image may take to decode and resize, estimated before decoding; over it: too_large."),
         opt("--grace", type=Duration(zero_ok=True), default="10",
             help="On SIGINT/SIGTERM, seconds to let in-flight images finish (0: stop at once)."),
         opt("--max-failure-rate", type=Float(0, 1, lo_ok=True),
@@ -439,6 +441,8 @@ def download_options(f: F) -> F:
         opt("--max-runtime", type=Duration(366 * DAY), help="Stop cleanly after this long (exit 75), e.g. before a scheduler's limit."),
         opt("--num-shards", type=Int(1, MAX_SHARDS), help="Split the rows into this many shares (cluster runs)."),
         opt("--shard-index", type=Int(0, MAX_SHARDS - 1), help="This task's share; detected from Slurm/Kubernetes when absent."),
+        opt("--resplit", is_flag=True, default=False,
+            help="Allow another split of the rows than the one OUT already has (e.g. 8 tasks after 4); finished images are not fetched again."),
         opt("--log-format", type=_enum(LogFormat), default="text",
             help="json: everything on stderr as JSON lines (level, event, fields): progress, notes, warnings, errors."),
         opt("--progress", "progress_mode", type=_enum(ProgressMode), default="auto",
@@ -495,6 +499,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     image = ImageConfig(
         resize=p["resize"], resize_mode=ResizeMode(p["resize_mode"]), format=fmt, quality=p["quality"],
         orientation=orientation, keep_original=p["keep_original"], placeholder_md5s=frozenset(p["placeholder_md5"]),
+        max_decode_bytes=int(p["max_decode_mb"] * 1024 * 1024),
     )
     chosen = plan_selection(tuple(p["inputs"]), p, say)
     select = SelectConfig(
@@ -511,7 +516,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         processes=p["processes"], max_bytes_in_flight=int(p["max_bytes_in_flight_mb"] * 1024 * 1024),
         grace=p["grace"], max_failure_rate=p["max_failure_rate"], max_runtime=p["max_runtime"],
         log_format=LogFormat(p["log_format"]), progress=ProgressMode(p["progress_mode"]),
-        progress_interval=p["progress_interval"],
+        progress_interval=p["progress_interval"], resplit=p["resplit"],
     )
     out = str(p["out"])
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
@@ -934,7 +939,9 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
 @boundary
 def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     """Write success.csv and failure.csv: the input columns plus status, detail,
-    http_status, attempts, source and location, for every journaled row in OUT."""
+    http_status, attempts, source and location, for every journaled row in OUT; and
+    conflicts.csv: rows skipped because an earlier row of their ImageID, with another
+    OriginalURL or OriginalMD5, came first (the first row wins)."""
     from .report import write_report
 
     check_folder(dest, "-d/--dest")
@@ -944,6 +951,7 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
         say("report", warning, level="warning")
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
+    click.echo(f"{res.conflicted} rows in {res.conflicts}")
 
 
 @main.command(epilog=EXIT_CODES)

@@ -90,6 +90,10 @@ class ImageConfig:
     keep_original: bool = False
     # Extra MD5s (base64) of "photo unavailable" placeholder images.
     placeholder_md5s: frozenset[str] = frozenset()
+    # What one image may take to decode, convert and resize, estimated from its header
+    # before any pixel is decoded: a small file can hold a huge image (a 155 KB PNG of
+    # 1 x 80,000,000 pixels), and a worker killed for memory would take the run with it.
+    max_decode_bytes: int = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,9 @@ class RunConfig:
     log_format: LogFormat = LogFormat.TEXT
     progress: ProgressMode = ProgressMode.AUTO
     progress_interval: float = 5.0
+    # A split of the rows other than the one the state dir's journals have is refused
+    # unless asked for: two splits running at once would fetch the same images twice.
+    resplit: bool = False
 
 
 @dataclass(frozen=True, slots=True)

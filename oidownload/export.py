@@ -153,7 +153,10 @@ def export(
         # imagefolder reads metadata.jsonl beside the images: -d does not apply.
         reader = _local_files(state, images, fmt)
         result = ExportResult(Path(state.where()[0]), images=len(images))
-        _write_hf(files, images, result, classes, names, reader, dict(credits(state)))
+        try:
+            _write_hf(files, images, result, classes, names, reader, dict(credits(state)))
+        except OSError as exc:
+            raise OutputError(f"cannot write metadata.jsonl in {result.dest}: {exc.strerror or exc}") from None
         return result
     if dest is None:
         if "://" in str(out):
@@ -164,18 +167,21 @@ def export(
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
     result = ExportResult(dest, images=len(images))
-    if fmt is ExportFormat.CSV:
-        _write_csv(files, images, dest, result, classes)
-    elif fmt is ExportFormat.COCO:
-        _write_coco(files, images, dest, result, classes, names, dict(credits(state)))
-    elif fmt is ExportFormat.YOLO:
-        _write_yolo(files, images, dest, result, classes, names, _local_files(state, images, fmt))
-    else:
-        credit = write_attribution(state, images, dest)
-        result.files += [credit.csv, credit.html]
-        if credit.uncredited:
-            result.notes.append(f"{credit.uncredited} images have no credit: their input rows are gone "
-                                "(their ImageIDs are in ATTRIBUTION.csv with empty fields)")
+    try:
+        if fmt is ExportFormat.CSV:
+            _write_csv(files, images, dest, result, classes)
+        elif fmt is ExportFormat.COCO:
+            _write_coco(files, images, dest, result, classes, names, dict(credits(state)))
+        elif fmt is ExportFormat.YOLO:
+            _write_yolo(files, images, dest, result, classes, names, _local_files(state, images, fmt))
+        else:
+            credit = write_attribution(state, images, dest)
+            result.files += [credit.csv, credit.html]
+            if credit.uncredited:
+                result.notes.append(f"{credit.uncredited} images have no credit: their input rows are gone "
+                                    "(their ImageIDs are in ATTRIBUTION.csv with empty fields)")
+    except OSError as exc:
+        raise OutputError(f"cannot write the export in {dest}: {exc.strerror or exc}") from None
     return result
 
 

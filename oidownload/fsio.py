@@ -40,9 +40,10 @@ def open_root(root: str | Path) -> int:
     return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def open_dir(root_fd: int, parts: Sequence[str], *, create: bool) -> int:
-    """A descriptor of root/parts..., creating missing folders when asked. Never follows
-    a symlink: a component that is one raises SymlinkRefused."""
+def open_dir(root_fd: int, parts: Sequence[str], *, create: bool, sync: bool = False) -> int:
+    """A descriptor of root/parts..., creating missing folders when asked (with sync,
+    each folder that gains one is synced, so the new folder survives a power cut).
+    Never follows a symlink: a component that is one raises SymlinkRefused."""
     fd = os.dup(root_fd)
     try:
         for part in parts:
@@ -53,6 +54,8 @@ def open_dir(root_fd: int, parts: Sequence[str], *, create: bool) -> int:
                     raise
                 try:
                     os.mkdir(part, 0o777, dir_fd=fd)
+                    if sync:
+                        os.fsync(fd)
                 except FileExistsError:
                     pass  # another task made it first: cluster tasks share folders
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)

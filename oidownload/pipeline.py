@@ -7,6 +7,7 @@ budgets and signals. Everything a row becomes passes through `_record`, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -32,13 +33,22 @@ from .config import Config
 from .cpus import usable_cpus
 from .errors import ConfigError, InputError, OidownloadError, OutputError
 from .exits import ExitCode, JobCounts, Verdict, finished_verdict
+from .fds import fit_concurrency
 from .fetch import Failure, fetch_body, make_session
-from .journal import DoneSet, Journal, journal_path, other_done_sets, shard_counts
+from .journal import (
+    DoneSet,
+    Journal,
+    journal_files,
+    journal_path,
+    other_done_sets,
+    shard_counts,
+    writer_alive,
+)
 from .limits import ByteBudget, HostLimiter
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
-from .records import RETRYABLE, BadRow, Outcome, Row, Source, Status, clean_text, is_final
+from .records import RETRYABLE, BadRow, Conflict, Outcome, Row, Source, Status, clean_text, is_final
 from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter, empty_cause
 from .shard import Shard
@@ -51,6 +61,9 @@ _READ_BATCH = 512
 _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
 MIRROR_403_LIMIT = 5  # 403s in a row from the mirror that stop the run
+# A pool whose workers keep dying for reasons of the machine, not of an image, must not
+# restart for ever.
+MAX_POOL_RESTARTS = 20
 
 
 @dataclass
@@ -108,15 +121,56 @@ class _Tried:
     refetched: bool = False
 
 
-def _limited(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow]:
+def _selected(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow | Conflict]:
     # Runs in the reader thread, in file order, so rows skipped as done before a row
-    # have been counted by the time that row is tested against the limit.
+    # have been counted by the time that row is tested against the limit. A repeated
+    # ImageID is not a row of the selection: it counts neither against the limit nor
+    # in the progress.
     emitted = 0
     for row in rows:
         if limit is not None and emitted + flt.done_skipped >= limit:
             return
+        if isinstance(row, Row):
+            admitted = flt.admit(row)
+            if admitted is None:
+                continue
+            if isinstance(admitted, Conflict):
+                yield admitted
+                continue
         yield row
         emitted += 1
+
+
+def pool_slots(processes: int) -> int:
+    # Enough queued jobs that no pool worker idles while the next one is handed over.
+    return max(2, 3 * processes)
+
+
+def _fit_descriptors(cfg: Config, progress: Progress) -> Config:
+    """The config with a concurrency that fits the open-file limit, said when lowered."""
+    fit = fit_concurrency(cfg.net.concurrency, pool_slots(cfg.run.processes or 1))
+    if not fit.lowered:
+        return cfg
+    progress.log("warning", f"the open-file limit (ulimit -n {fit.limit}) fits {fit.concurrency} requests at once: "
+                 f"--concurrency lowered from {cfg.net.concurrency}, so that the journal can always be written; "
+                 "raise the limit (ulimit -n 4096) to go faster", concurrency=fit.concurrency, nofile=fit.limit)
+    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=min(cfg.net.per_host, fit.concurrency))
+    return dataclasses.replace(cfg, net=net)
+
+
+@dataclass
+class _Pooled:
+    """A fetched body on its way through the pool, with what its outcome needs."""
+
+    base: Outcome
+    row: Row
+    plan: FetchPlan
+    tried: _Tried
+    note: str
+    job: Job
+    body: BodyWriter
+    reserved: int
+    http_status: int
 
 
 class _Run:
@@ -137,15 +191,18 @@ class _Run:
         n = cfg.net.concurrency
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
         self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
-        # Enough queued jobs that no pool worker idles while the next one is handed over.
-        self.pool_slots = asyncio.Semaphore(max(2, 3 * (cfg.run.processes or 1)))
+        self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
-        self.extra: set[asyncio.Task[None]] = set()  # fallbacks and refetches under way
+        # Fallbacks, refetches, and jobs of a pool whose worker died, under way.
+        self.extra: set[asyncio.Task[None]] = set()
         self.mirror_403s = 0
-        self.inflight: set[str] = set()
+        self.restart_lock = asyncio.Lock()
+        self.deaths: dict[str, int] = {}  # ImageID -> times its worker died under it
+        self.death_cause: dict[str, str] = {}
         self.stopping = asyncio.Event()
+        self.ticked = asyncio.Event()  # set: the ticker's last flush, then it ends
         self.abort = asyncio.Event()
         self.stop_code: int | None = None
         self.stopped_at = 0.0
@@ -197,7 +254,7 @@ class _Run:
         rows = itertools.chain.from_iterable(
             iter_rows(path, fmt, self.filter, accept) for path, fmt in zip(self.cfg.inputs, self.formats, strict=True)
         )
-        limited = _limited(rows, self.filter, sel.limit)
+        limited = _selected(rows, self.filter, sel.limit)
         take = functools.partial(lambda it: list(itertools.islice(it, _READ_BATCH)), limited)
         try:
             while not self.stopping.is_set():
@@ -205,6 +262,9 @@ class _Run:
                 if not batch:
                     break
                 for row in batch:
+                    if isinstance(row, Conflict):
+                        self.recorder.conflict(row)
+                        continue
                     if isinstance(row, BadRow) and not row.raw_id and self.shard.index != 0:
                         continue  # no id to shard by: the first task reports it
                     if self.stopping.is_set():
@@ -228,8 +288,6 @@ class _Run:
             if isinstance(row, BadRow):
                 self.record(Outcome(row.raw_id, Status.BAD_ROW, row.detail, file=row.file, line=row.line))
                 continue
-            if row.image_id in self.inflight:
-                continue  # the same id twice in the input: one download is enough
             await self.handle(session, row)
 
     async def handle(self, session: aiohttp.ClientSession, row: Row) -> None:
@@ -239,7 +297,6 @@ class _Run:
             self.record(Outcome(row.image_id, Status.NO_URL, f"the row has no {choice} URL", subset=row.subset,
                                 file=row.file, line=row.line))
             return
-        self.inflight.add(row.image_id)
         await self.attempt(row, plan, _Tried(asyncio.get_running_loop().time()))
 
     async def attempt(self, row: Row, plan: FetchPlan, tried: _Tried) -> None:
@@ -282,22 +339,37 @@ class _Run:
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
             file=row.file, line=row.line,
         )
-        try:
-            await self.pool_slots.acquire()
-            fut = self.workers.submit(loop, job, body)
-        except (BrokenProcessPool, RuntimeError) as exc:
-            self.pool_slots.release()
-            self.budget.release(reserved)
-            body.close()
-            self.fail(OutputError(f"the process pool stopped working: {exc}"))
-            return
-        except BaseException:
-            self.budget.release(reserved)
-            body.close()
-            raise
+        await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, reserved, result.http_status))
+
+    async def to_pool(self, p: _Pooled) -> None:
+        """Hands a body to the pool; a pool found broken is restarted first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            generation = self.workers.generation
+            try:
+                await self.pool_slots.acquire()
+                fut = self.workers.submit(loop, p.job, p.body)
+                break
+            except BrokenProcessPool:
+                self.pool_slots.release()
+                if await self.restart_pool(generation):
+                    continue
+                self.drop(p)
+                return
+            except RuntimeError as exc:
+                self.pool_slots.release()
+                self.drop(p)
+                self.fail(OutputError(f"the process pool stopped working: {exc}"))
+                return
+            except BaseException:
+                self.drop(p)
+                raise
         self.in_pool.add(fut)
-        fut.add_done_callback(functools.partial(self.processed, base, row, plan, tried, note, reserved, body,
-                                                result.http_status))
+        fut.add_done_callback(functools.partial(self.processed, p, generation))
+
+    def drop(self, p: _Pooled) -> None:
+        self.budget.release(p.reserved)
+        p.body.close()
 
     def mirror_answered(self, outcome: Outcome) -> None:
         """A mirror's 404 is final (it lacks the image); its 403 never is: a private
@@ -316,27 +388,25 @@ class _Run:
             return
         self.mirror_403s = 0
 
-    def processed(self, base: Outcome, row: Row, plan: FetchPlan, tried: _Tried, note: str, reserved: int,
-                  body: BodyWriter, http_status: int, fut: asyncio.Future[Outcome]) -> None:
+    def processed(self, p: _Pooled, generation: int, fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
-        release = functools.partial(self.budget.release, reserved)
+        release = functools.partial(self.budget.release, p.reserved)
         if fut.cancelled():
             # The worker may still be reading the memfd: closing it now could let its
             # descriptor number be reused under the worker. The process is stopping.
             release()
-            self.inflight.discard(base.image_id)
             return
-        body.close()
         exc = fut.exception()
         if isinstance(exc, BrokenProcessPool):
-            release()
-            self.inflight.discard(base.image_id)
-            self.fail(OutputError(
-                "a pool worker died unexpectedly (killed by the out-of-memory killer?); "
-                "rerun to resume, perhaps with fewer --processes or a smaller --max-bytes-in-flight"
-            ))
+            # A worker died: every job of that pool fails with this. The body is kept
+            # for another try in a new pool.
+            task = asyncio.get_running_loop().create_task(self.after_death(p, generation))
+            self.extra.add(task)
+            task.add_done_callback(self.extra.discard)
             return
+        p.body.close()
+        base = p.base
         if exc is not None:
             base.status, base.detail = Status.CORRUPT, f"worker error: {type(exc).__name__}: {exc}"
             outcome = base
@@ -344,13 +414,59 @@ class _Run:
             outcome = fut.result()
             outcome.attempts = base.attempts
             outcome.url = base.url
-            if note and outcome.status is Status.OK:
-                outcome.detail = "; ".join(filter(None, (note, outcome.detail)))
-        outcome.http_status = http_status
-        outcome.seconds = asyncio.get_running_loop().time() - tried.t0
+            if p.note and outcome.status is Status.OK:
+                outcome.detail = "; ".join(filter(None, (p.note, outcome.detail)))
+        outcome.http_status = p.http_status
+        outcome.seconds = asyncio.get_running_loop().time() - p.tried.t0
         # A staged image keeps its share of the budget until its sink has it out of
         # the way (an upload, say): that is what bounds the bytes waiting there.
-        self.finish(outcome, row, plan, tried, release)
+        self.finish(outcome, p.row, p.plan, p.tried, release)
+
+    async def after_death(self, p: _Pooled, generation: int) -> None:
+        """One job of a pool whose worker died: tried again in the new pool, unless it
+        was in the dying worker twice (then it is what kills workers: worker_died)."""
+        if not await self.restart_pool(generation):
+            self.drop(p)
+            return
+        died = self.deaths.get(p.job.image_id, 0)
+        if died < 2:
+            await self.to_pool(p)
+            return
+        p.body.close()
+        base = p.base
+        base.status = Status.WORKER_DIED
+        base.detail = (f"the pool worker processing this image died {died} times ({self.death_cause.get(p.job.image_id, '')}); "
+                       "out of memory? try a lower --max-decode-mb or fewer --processes")
+        base.http_status = p.http_status
+        base.seconds = asyncio.get_running_loop().time() - p.tried.t0
+        self.finish(base, p.row, p.plan, p.tried, functools.partial(self.budget.release, p.reserved))
+
+    async def restart_pool(self, generation: int) -> bool:
+        """Restarts the pool once per breakage (the first caller does it; the others
+        find it done). False when workers kept dying and the run stops."""
+        async with self.restart_lock:
+            if self.workers.generation != generation:
+                return self.fatal is None
+            if self.workers.generation >= MAX_POOL_RESTARTS:
+                self.fail(OutputError(
+                    f"pool workers died {self.workers.generation + 1} times (killed by the out-of-memory killer?); "
+                    "rerun with fewer --processes, a lower --max-decode-mb or a smaller --max-bytes-in-flight-mb"
+                ))
+                return False
+            try:
+                deaths = await asyncio.get_running_loop().run_in_executor(None, self.workers.restart)
+            except (BrokenProcessPool, OSError) as exc:
+                self.fail(OutputError(f"cannot restart the process pool: {exc}"))
+                return False
+            for death in deaths:
+                for image_id in death.image_ids:
+                    self.deaths[image_id] = self.deaths.get(image_id, 0) + 1
+                    self.death_cause[image_id] = death.describe()
+                held = ", ".join(death.image_ids) or "no image"
+                self.progress.log("worker-died", f"{death.describe()} while processing {held}; the pool was restarted. "
+                                  "An image whose worker dies twice ends as worker_died", pid=death.pid,
+                                  exitcode=death.exitcode, image_ids=list(death.image_ids))
+            return self.fatal is None
 
     def finish(self, outcome: Outcome, row: Row, plan: FetchPlan, tried: _Tried,
                release: Callable[[], None] = lambda: None) -> None:
@@ -375,7 +491,6 @@ class _Run:
         self.record(outcome, row, release)
 
     def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:
-        self.inflight.discard(outcome.image_id)
         self.recorder.record(outcome, row, release)
 
     def write_progress(self, running: bool) -> None:
@@ -389,10 +504,13 @@ class _Run:
         )
 
     async def ticker(self) -> None:
+        """Flushes every _FLUSH_EVERY until `ticked` is set. It is stopped that way,
+        never cancelled: a cancel in the middle of a flush could drop its batch."""
         loop = asyncio.get_running_loop()
         last_progress = 0.0
-        while True:
-            await asyncio.sleep(_FLUSH_EVERY)
+        while not self.ticked.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ticked.wait(), _FLUSH_EVERY)
             self.progress.tally.skipped = self.filter.done_skipped
             self.progress.tick()
             await self.recorder.flush()
@@ -464,7 +582,7 @@ class _Run:
                         fut.cancel()
             stop.cancel()
             reader.cancel()
-            ticker.cancel()
+            self.ticked.set()
             await asyncio.gather(drain, reader, ticker, stop, return_exceptions=True)
             if drain.done() and not drain.cancelled() and drain.exception() is not None:
                 raise drain.exception()  # type: ignore[misc]
@@ -484,6 +602,13 @@ class _Run:
             if signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+                    # The work is over and journaled; a signal now must not kill the last
+                    # steps (the summary, the exit code). A second one does.
+                    signal.signal(sig, _late_signal)
+
+
+def _late_signal(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -514,18 +639,32 @@ def _prepare_state(state_dir: Path) -> None:
         raise OutputError(f"the state dir {state_dir} is not writable; pick a writable --state-dir or fix its permissions")
 
 
-def _check_split(state_dir: Path, shard: Shard) -> None:
-    """A share worked out from the scheduler's environment must match the split OUT
-    already has: resubmitting one array task as an array of one would otherwise make it
-    take every row (and race the other tasks for them). Explicit flags may re-split."""
-    if shard.origin in ("flags", "single task"):
+def _check_split(state_dir: Path, shard: Shard, resplit: bool) -> None:
+    """One split of the rows per output, unless a re-split is asked for; and never two
+    splits at once: their tasks would fetch the same images twice."""
+    others = [p for p in journal_files(state_dir) if not p.name.endswith(f"-of-{shard.count}.sqlite")]
+    if not others:
         return
-    others = shard_counts(state_dir) - {shard.count}
-    if others:
+    counts = "/".join(map(str, sorted(shard_counts(state_dir) - {shard.count})))
+    busy = [p.name for p in others if writer_alive(p)]
+    if busy:
         raise ConfigError(
-            f"{state_dir} holds a split {'/'.join(map(str, sorted(others)))} ways (journal-*-of-N), but this task "
-            f"is {shard.describe()}. To rerun one array task keep its array: `scontrol requeue JOBID_TASKID`, or "
-            f"pass --num-shards N --shard-index I (or OIDOWNLOAD_NUM_SHARDS/OIDOWNLOAD_SHARD_INDEX)"
+            f"{state_dir} is being written with another split of the rows ({', '.join(busy[:3])}), but this run is "
+            f"{shard.describe()}: both would fetch the same images. Wait for it to finish, or run with its split"
+        )
+    if shard.origin not in ("flags", "single task"):
+        # A share worked out from the scheduler's environment: resubmitting one array task
+        # as an array of one would otherwise make it take every row.
+        raise ConfigError(
+            f"{state_dir} holds a split {counts} ways (journal-*-of-N), but this task is {shard.describe()}. "
+            f"To rerun one array task keep its array: `scontrol requeue JOBID_TASKID`, or pass --num-shards N "
+            f"--shard-index I (or OIDOWNLOAD_NUM_SHARDS/OIDOWNLOAD_SHARD_INDEX)"
+        )
+    if not resplit:
+        raise ConfigError(
+            f"{state_dir} holds a split {counts} ways (journal-*-of-N), but this run is {shard.describe()}. "
+            "Pass --resplit to split the same output another way (finished images are not fetched again), "
+            f"or run with --num-shards {counts.split('/')[0]}"
         )
 
 
@@ -557,7 +696,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     sink = open_sink(cfg.output, shard)
     _prepare_state(state_dir)
     sink.prepare()
-    _check_split(state_dir, shard)
+    _check_split(state_dir, shard, cfg.run.resplit)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
     main0 = _cpu_seconds(children=False)
@@ -606,6 +745,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
                 shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
                 output=cfg.output.out, state_dir=str(state_dir), processes=processes, workers=kind,
             )
+            cfg = _fit_descriptors(cfg, progress)
             run = _Run(cfg, shard, progress, journal, workers, formats, done, sink)
             run.stopper = stopper
             with asyncio.Runner(loop_factory=_new_loop) as runner:
@@ -618,6 +758,11 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         marker.unlink(missing_ok=True)
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
+    if run.filter.duplicates or run.recorder.conflicts:
+        progress.log("duplicates", f"{run.filter.duplicates} row(s) repeated an ImageID already met and were skipped "
+                     f"without a request (one outcome per ImageID, the first row wins); {run.recorder.conflicts} "
+                     "disagreed with it (another OriginalURL or OriginalMD5): see conflicts.csv from `oidownload report`",
+                     duplicates=run.filter.duplicates, conflicts=run.recorder.conflicts)
     if decode_errors():
         progress.log("undecodable", f"{decode_errors()} run(s) of bytes in the input were not UTF-8 and were read as U+FFFD",
                      level="warning", undecodable=decode_errors())

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import OidownloadError, OutputError
 from .journal import Journal, JournalError
 from .progress import Progress
-from .records import Outcome, Row, Status
+from .records import Conflict, Outcome, Row, Status
 from .sinks import Release, Sink
 
 # A full disk, a read-only mount or a folder we may not write fails every later write
@@ -36,6 +36,8 @@ class Recorder:
         self.where = where
         self.pending: list[Outcome] = []
         self.pending_state: dict[str, str | None] = {}
+        self.pending_conflicts: list[Conflict] = []
+        self.conflicts = 0  # recorded by this run
         self.failed = False
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._lock = asyncio.Lock()
@@ -59,6 +61,10 @@ class Recorder:
             release()
             self.pending.append(outcome)
 
+    def conflict(self, conflict: Conflict) -> None:
+        """A row that lost to an earlier row of its ImageID: journaled, not counted."""
+        self.pending_conflicts.append(conflict)
+
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs fn on the journal's thread (SQLite must not block the loop)."""
         return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
@@ -70,17 +76,21 @@ class Recorder:
                 self.fail(synced.error, False)
             batch, self.pending = self.pending + synced.committed, []
             state = {**self.pending_state, **synced.state}
+            conflicts, self.pending_conflicts = self.pending_conflicts, []
             self.pending_state = {}
-            if not batch and not state:
+            if not batch and not state and not conflicts:
                 return
             try:
-                await self.run(self.journal.record, batch, state)
+                # Shielded: once a batch left `pending`, a cancelled caller must not drop it
+                # (a thread that has not started the write yet would otherwise never do it).
+                self.conflicts += await asyncio.shield(self.run(self.journal.record, batch, state, conflicts))
             except JournalError as exc:
                 if self.failed:
                     return  # the last try, with the reserve already freed
                 self.failed = True
                 # Keep the batch: the final flush retries it once the reserve is freed.
                 self.pending[:0] = batch
+                self.pending_conflicts[:0] = conflicts
                 self.pending_state = {**state, **self.pending_state}
                 advice = ". Free some space and run the same command again to resume" if exc.full else ""
                 self.fail(OutputError(f"{exc}{advice}"), exc.full)

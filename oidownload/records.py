@@ -33,6 +33,7 @@ class Status(enum.StrEnum):
     MIRROR_REFUSED = "mirror_refused"
     BAD_ROW = "bad_row"
     WRITE_ERROR = "write_error"
+    WORKER_DIED = "worker_died"
     DAMAGED = "damaged"
 
 
@@ -73,6 +74,7 @@ STATUS_MEANING: dict[Status, str] = {
     Status.MIRROR_REFUSED: "the mirror answered 403 Forbidden: not the image's fault, tried again next run",
     Status.BAD_ROW: "the input row is malformed (see detail for file:line)",
     Status.WRITE_ERROR: "the file could not be written",
+    Status.WORKER_DIED: "the worker processing the image died, twice (the out-of-memory killer?)",
     Status.DAMAGED: "`verify` found the written image missing or damaged: the next download fetches it again",
 }
 
@@ -140,6 +142,17 @@ class BadRow:
     detail: str
     raw_id: str
     fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A row skipped because an earlier row of its ImageID came first (one outcome per
+    ImageID: the first row wins), and that disagrees with it; kept for the report."""
+
+    image_id: str
+    file: str
+    line: int
+    detail: str
 
 
 @dataclass(slots=True)

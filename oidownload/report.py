@@ -10,8 +10,7 @@ journal rows sorted by line (`StateDir.joined`), so it runs in constant memory o
 from __future__ import annotations
 
 import csv
-import fcntl
-import os
+import heapq
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from .errors import InputError, OutputError
 from .fsio import atomic_file
-from .journal import InputIdentity
+from .journal import InputIdentity, writer_alive
 from .records import Status, is_final
 from .rows import V3_COLUMNS, V4_COLUMNS, read_header
 from .state import InputInfo, ProgressRow, StateDir, StatusCount
@@ -86,26 +85,8 @@ class OutStatus:
         }
 
 
-def _lock_held(journal: Path) -> bool:
-    """Whether a live process holds the journal's writer lock."""
-    lock = journal.with_suffix(".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 def _shard_state(p: ProgressRow, journal: Path, done: int, now: float) -> ShardStatus:
-    if p.running and _lock_held(journal):
+    if p.running and writer_alive(journal):
         state = "running" if now - p.updated < STALE_AFTER else "stale"
     elif p.running:
         state = "stopped"  # killed: the journal says running but nobody holds the lock
@@ -130,6 +111,9 @@ def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:
         done = sum(c.n for c in counts)
         for p in progress:
             status.shards.append(_shard_state(p, path, done, now))
+    if state.split():
+        # Shards of different splits overlap: count each ImageID once.
+        status.counts = {c.status: c for c in state.distinct_counts()}
     order = {s.value: i for i, s in enumerate(Status)}
     status.counts = dict(sorted(status.counts.items(), key=lambda kv: order.get(kv[0], 99)))
     return status
@@ -144,8 +128,10 @@ REPORT_EXTRA = ("status", "detail", "http_status", "attempts", "source", "locati
 class ReportResult:
     success: Path
     failure: Path
+    conflicts: Path
     ok: int = 0
     failed: int = 0
+    conflicted: int = 0  # rows that lost to an earlier row of their ImageID
     warnings: list[str] = field(default_factory=list)
 
 
@@ -163,9 +149,10 @@ def _changed(info: InputInfo) -> str | None:
 
 
 def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | None = None) -> ReportResult:
-    """success.csv and failure.csv under dest (default OUT/report/): the input columns
-    of each journaled row, joined by file and line and checked by ImageID, plus what
-    became of it."""
+    """success.csv, failure.csv and conflicts.csv under dest (default OUT/report/): the
+    input columns of each journaled row, joined by file and line and checked by ImageID,
+    plus what became of it. conflicts.csv holds the rows that lost to an earlier row
+    of their ImageID (another OriginalURL or OriginalMD5)."""
     state = StateDir.open(out, state_dir)
     if dest is None:
         if "://" in str(out):
@@ -175,7 +162,7 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
-    result = ReportResult(dest / "success.csv", dest / "failure.csv")
+    result = ReportResult(dest / "success.csv", dest / "failure.csv", dest / "conflicts.csv")
     inputs = state.inputs()
     columns = list(V3_COLUMNS)
     for info in inputs:
@@ -186,16 +173,18 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
             pass
     header = [*columns, *REPORT_EXTRA]
     try:
-        with atomic_file(result.success) as fs, atomic_file(result.failure) as ff:
+        with atomic_file(result.success) as fs, atomic_file(result.failure) as ff, atomic_file(result.conflicts) as fc:
             ok_w, fail_w = csv.writer(fs, lineterminator="\n"), csv.writer(ff, lineterminator="\n")
-            ok_w.writerow(header)
-            fail_w.writerow(header)
+            conflict_w = csv.writer(fc, lineterminator="\n")
+            for w in (ok_w, fail_w, conflict_w):
+                w.writerow(header)
             for info in inputs:
                 why = _changed(info)
                 if why:
                     result.warnings.append(why)
                 mismatched = 0
-                for joined in state.joined(info):
+                for joined in state.joined(info, heapq.merge(state.entries(info.display),
+                                                             state.conflicts(info.display))):
                     entry, fields = joined.entry, joined.fields
                     if fields is None:
                         fields = [entry.image_id]  # keep what the journal knows
@@ -203,7 +192,10 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
                     fields = (fields + [""] * len(columns))[: len(columns)]
                     extra = [entry.status, entry.detail, "" if entry.http_status is None else entry.http_status,
                              entry.attempts, entry.source, entry.location]
-                    if entry.status == Status.OK:
+                    if entry.status == "conflict":
+                        conflict_w.writerow([*fields, *extra])
+                        result.conflicted += 1
+                    elif entry.status == Status.OK:
                         ok_w.writerow([*fields, *extra])
                         result.ok += 1
                     else:

@@ -16,7 +16,9 @@ from .annotations import AnnotationSource, ClassFilter, CsvAnnotations, select_i
 from .classes import MID_RE, ClassDescriptions
 from .errors import ConfigError
 from .hierarchy import Hierarchy, expand
-from .records import Row
+from .idset import SeenIds
+from .journal import DoneSet
+from .records import Conflict, Row
 from .rows import RowFilter, iter_rows, read_header
 from .sampling import per_class, sample
 from .shard import Shard
@@ -24,23 +26,47 @@ from .shard import Shard
 
 class SelectionFilter(RowFilter):
     """Counts what it skips as done, so --limit counts rows of the selection whether or
-    not an earlier run already finished them (a rerun of the same command is a no-op)."""
+    not an earlier run already finished them (a rerun of the same command is a no-op).
 
-    def __init__(self, shard: Shard, done: Container[str] | None = None, ids: Container[str] | None = None) -> None:
+    One ImageID is one image: a later row of an id already met in this run, or already
+    done, is skipped without a request and counted once (`duplicates`). The first row
+    wins; a later one whose OriginalURL or OriginalMD5 differs is a `Conflict`."""
+
+    def __init__(self, shard: Shard, done: DoneSet | None = None, ids: Container[str] | None = None) -> None:
         self.shard = shard
         self.done = done
         self.ids = ids
         self.done_skipped = 0
+        self.duplicates = 0
+        self.seen = SeenIds()
 
     def skip(self, raw_id: str) -> bool:
         if self.ids is not None and raw_id.lower() not in self.ids:
             return True
         if self.shard.count > 1 and not self.shard.owns(raw_id):
             return True
-        if self.done is not None and raw_id in self.done:
-            self.done_skipped += 1
-            return True
+        if self.done is not None:
+            met = self.done.meet(raw_id)
+            if met == 1:
+                self.done_skipped += 1
+            elif met == 2:
+                self.duplicates += 1
+            return met != 0
         return False
+
+    def admit(self, row: Row) -> Row | Conflict | None:
+        """The row when it is the first of its ImageID in this run; None for a repeat
+        that agrees with the first; a Conflict for one that does not."""
+        fingerprint = hash((row.original_url, row.original_md5)) & 0xFFFFFFFF
+        first = self.seen.first(row.image_id, fingerprint)
+        if first is None:
+            return row
+        self.duplicates += 1
+        if first == fingerprint:
+            return None
+        return Conflict(row.image_id, row.file, row.line,
+                        f"{row.file}:{row.line}: ImageID {row.image_id} came earlier in this run with another "
+                        "OriginalURL or OriginalMD5; the first row wins and this one was not fetched")
 
 
 @dataclass
@@ -232,16 +258,19 @@ def write_selected(inputs: tuple[Path, ...], dest: Path, *, subsets: frozenset[s
     """The selected rows, fields as they were read, under the inputs' header (V4+ when
     the inputs mix V3 and V4+: V3 rows get an empty Rotation)."""
     import csv
-    import os
 
+    from .fsio import atomic_file
     from .rows import V4_COLUMNS, Format
 
+    for path in inputs:
+        if _same_file(path, dest):
+            raise ConfigError(f"-o {dest} is the input {path}: writing it would lose the rows being read; "
+                              "pick another file")
     formats = [read_header(p) for p in inputs]
     header = V4_COLUMNS if Format.V4 in formats else formats[0].value
     accept = (lambda r: r.subset in subsets) if subsets else None
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     n = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(dest) as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         for path, fmt in zip(inputs, formats, strict=True):
@@ -251,5 +280,14 @@ def write_selected(inputs: tuple[Path, ...], dest: Path, *, subsets: frozenset[s
                 if isinstance(row, Row):
                     w.writerow(list(row.fields) + [""] * (len(header) - len(row.fields)))
                     n += 1
-    os.replace(tmp, dest)
     return n
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (another spelling, a symlink, a hard link)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False  # one of them does not exist (yet): not the same file

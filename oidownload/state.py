@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .config import OutputKind
 from .errors import InputError
-from .journal import connect, int_to_id, journal_files
+from .journal import SCHEMA_VERSION, connect, int_to_id, journal_files, shard_counts
 from .records import Status
 from .rows import iter_records
 from .sinks import Reader, is_remote, open_reader
@@ -137,7 +138,19 @@ class StateDir:
         if not found.journals:
             hint = "" if state_dir else " (if the download used --state-dir, pass the same --state-dir)"
             raise InputError(f"{out} has no journal in {path}: nothing was downloaded there yet{hint}")
+        for journal in found.journals:
+            found._check(journal)
         return found
+
+    def _check(self, journal: Path) -> None:
+        """Refuses a file that is not a journal this version can read, saying why."""
+        tables = {str(r[0]) for r in self._query(journal, "SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"outcomes", "meta", "counts"} <= tables:
+            raise InputError(f"{journal} is not an oidownload journal (tables: {', '.join(sorted(tables))[:200] or 'none'}); "
+                             "move it aside (the next download finds the images already in the output)")
+        schema = self._query(journal, "SELECT value FROM meta WHERE key='schema'")
+        if schema and str(schema[0][0]).isdigit() and int(str(schema[0][0])) > SCHEMA_VERSION:
+            raise InputError(f"{journal} was written by a newer oidownload (journal schema {schema[0][0]}); upgrade oidownload")
 
     # -- plumbing -------------------------------------------------------------------------
     def _query(self, journal: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -173,6 +186,35 @@ class StateDir:
             for j in self.journals
             if only is None or j == only
         ]
+
+    def split(self) -> bool:
+        """Whether the journals come from more than one way of splitting the rows (a
+        re-split output): then one ImageID may be in several of them."""
+        return len(shard_counts(self.path)) > 1
+
+    def distinct_counts(self) -> list[StatusCount]:
+        """Counts per status with each ImageID once, across journals that may overlap:
+        an id's outcome is its ok if any journal has one, else its latest. Reads every
+        row (in chunks); `counts` answers at once when the journals cannot overlap."""
+        tally: dict[str, list[int]] = {}
+
+        def add(status: str, nbytes: int) -> None:
+            n = tally.setdefault(status, [0, 0])
+            n[0] += 1
+            n[1] += nbytes
+
+        streams = [self._chunks(j, "status, nbytes, finished", "1") for j in self.journals]
+        for _, group in itertools.groupby(heapq.merge(*streams), key=lambda r: r[0]):
+            rows = list(group)
+            best = next((r for r in rows if r[1] == "ok"), None) or max(rows, key=lambda r: float(r[3]))  # type: ignore[arg-type]
+            add(str(best[1]), int(best[2]))  # type: ignore[call-overload]
+        bad: set[tuple[str, int]] = set()
+        for j in self.journals:
+            bad.update((str(p), int(line)) for p, line in self._query(  # type: ignore[call-overload]
+                j, "SELECT inputs.path, bad_rows.line FROM bad_rows JOIN inputs ON inputs.id = bad_rows.input"))
+        for _ in bad:
+            add("bad_row", 0)
+        return [StatusCount(k, n, b) for k, (n, b) in tally.items()]
 
     def _sources(self, journal: Path) -> dict[str, int]:
         try:
@@ -262,6 +304,19 @@ class StateDir:
                                    "FROM bad_rows WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id, False),
         )
 
+    def conflicts(self, display: str) -> Iterator[Entry]:
+        """The rows of one input that lost to an earlier row of their ImageID (status
+        `conflict`), in line order, merged across journals."""
+        return heapq.merge(*(self._conflicts(j, display) for j in self.journals))
+
+    def _conflicts(self, journal: Path, display: str) -> Iterator[Entry]:
+        if not self._query(journal, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='conflicts'"):
+            return  # a journal from before conflicts were kept
+        found = self._query(journal, "SELECT id FROM inputs WHERE path=?", (display,))
+        if found:
+            yield from self._by_line(journal, "SELECT line, id, 'conflict', detail, NULL, 0, '', '' FROM conflicts "
+                                              "WHERE input=? AND line > ? ORDER BY line LIMIT ?", found[0][0], True)
+
     def _by_line(self, journal: Path, sql: str, input_id: object, ids_are_ints: bool) -> Iterator[Entry]:
         last = -1
         while True:
@@ -274,12 +329,13 @@ class StateDir:
                 return
             last = int(rows[-1][0])  # type: ignore[call-overload]
 
-    def joined(self, info: InputInfo) -> Iterator[Joined]:
-        """The journaled rows of one input in line order, each with its input fields: the
-        file is streamed once, merged by line, and checked by ImageID."""
+    def joined(self, info: InputInfo, entries: Iterator[Entry] | None = None) -> Iterator[Joined]:
+        """The journaled rows of one input (`entries`, default its outcomes) in line order,
+        each with its input fields: the file is streamed once, merged by line, and checked
+        by ImageID."""
         records = _records_or_nothing(info.path)
         fields_at: tuple[int, list[str] | str] | None = next(records, None)
-        for entry in self.entries(info.display):
+        for entry in self.entries(info.display) if entries is None else entries:
             while fields_at is not None and fields_at[0] < entry.line:
                 fields_at = next(records, None)
             fields = _fields_of(entry, fields_at)

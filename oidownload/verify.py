@@ -7,6 +7,7 @@ kept original still matches OriginalMD5. What fails is marked `damaged` in the j
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from .records import Status, clean_text
 from .rows import V3_COLUMNS
 from .sinks import Reader, open_reader
 from .state import StateDir, Written
-from .workers import follow_parent, pool_context
+from .workers import follow_parent, pool_method
 
 # Rows read from the journal at a time, then sorted by location, so that one chunk
 # reads neighbouring files, or samples of one shard (whose index a worker then reads
@@ -181,7 +182,7 @@ def _verify(state: StateDir, processes: int, held: HeldJournals | None,
     result = VerifyResult(expected=sum(c.n for jc in state.counts() for c in jc.counts if c.status == Status.OK))
     md5s = _original_md5s(state) if state.keeps_originals() else None
     out, kind = state.where()
-    pool = ProcessPoolExecutor(processes, mp_context=pool_context(), initializer=_init,
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(pool_method()), initializer=_init,
                                initargs=(out, kind, os.getpid()))
     pending: dict[Future[tuple[int, list[Problem]]], int] = {}
     try:

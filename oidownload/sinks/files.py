@@ -83,7 +83,7 @@ class FilesTarget:
             # The kept original first: once the image is there, so is its original.
             for suffix, data in reversed(members):
                 folders, name = member_path(subset, image_id, suffix)
-                dfd = fsio.open_dir(root_fd, folders, create=True)
+                dfd = fsio.open_dir(root_fd, folders, create=True, sync=self.fsync)
                 try:
                     fsio.write_in(dfd, name, data, fsync=self.fsync)
                 finally:
