@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -657,8 +658,8 @@ def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], 
 
 @main.command("annotations")
 @click.argument("out")
-@opt("--format", "fmt", scope="annotations", type=click.Choice(["csv", "coco", "yolo"]), default="coco",
-     help="Output layout.")
+@opt("--format", "fmt", scope="annotations", type=click.Choice(["csv", "coco", "yolo", "hf", "attribution"]),
+     default="coco", help="Output layout.")
 @opt("--annotations", "annotation_files", scope="annotations", multiple=True,
      type=click.Path(path_type=Path, dir_okay=False),
      help="Box or label CSVs [default: those the download selected with].")
@@ -679,9 +680,18 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
                     with_parts: bool, dest: Path | None, state_dir: Path | None) -> None:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
-    csv: the Open Images rows, filtered; coco: one JSON file with file names relative
-    to OUT and boxes in pixels; yolo: a txt per image under labels/, and classes.txt.
-    Widths and heights come from the journal (after resizing and turning).
+    \b
+    csv:  the Open Images rows, filtered
+    coco: coco.json, file names relative to OUT, boxes in pixels (and as polygons),
+          each image's licence, author and flickr_url
+    yolo: DEST/yolo/ for Ultralytics: images/<split>/ (links to the files),
+          labels/<split>/, data.yaml
+    hf:   OUT/<subset>/metadata.jsonl for Hugging Face's imagefolder (not in DEST:
+          it must sit beside the images)
+    attribution: ATTRIBUTION.csv and ATTRIBUTION.html (credits, grouped by licence)
+
+    Widths and heights come from the journal (after resizing and turning). yolo and hf
+    need the files output in a local folder.
     """
     import json
 
@@ -715,12 +725,17 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
             classes = frozenset(c for m in remembered for c in m.get("classes", []))
         res = export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
                      state_dir=state_dir)
-    click.echo(
-        f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
-        + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
-        + f" -> {res.dest}",
-        err=True,
-    )
+    if fmt == "attribution":
+        click.echo(f"{res.images} images credited -> {res.dest}", err=True)
+    else:
+        click.echo(
+            f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
+            + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
+            + f" -> {res.dest}",
+            err=True,
+        )
+    for note in res.notes:
+        click.echo(f"oidownload: note: {note}", err=True)
     for f in res.files:
         click.echo(str(f))
 
@@ -937,6 +952,76 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
     click.echo(f"{res.conflicted} rows in {res.conflicts}")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("out")
+@opt("--processes", scope="verify", type=Int(1, MAX_PROCESSES), show_default="one per usable CPU",
+     help="Worker processes reading and decoding; the default counts the CPUs this process may use.")
+@opt("--mark/--no-mark", scope="verify", default=True,
+     help="Mark what is missing or damaged in the journal, so that the next download fetches exactly that again.")
+@opt("--progress", "progress_mode", scope="verify", type=_enum(ProgressMode), default="auto",
+     help="auto: a bar on a terminal, log lines otherwise.")
+@opt("--progress-interval", scope="verify", type=Duration(), default="5",
+     help="Seconds between progress log lines.")
+@state_dir_option
+@boundary
+def verify(out: str, processes: int | None, mark: bool, progress_mode: str, progress_interval: float,
+           state_dir: Path | None) -> None:
+    """Check every image the journal of OUT records as written: it is there (file, tar
+    member or object), it decodes, its width, height and byte count are the journal's,
+    and a kept original (--keep-original) still matches its OriginalMD5.
+
+    Prints what is missing or damaged (tab-separated: kind, ImageID, where, why) and a
+    summary, and exits 6 when there is any. Those rows become `damaged` in the journal,
+    a retryable status: running the same download again fetches exactly them. Refuses
+    to run while a download of OUT is running (--no-mark checks without marking).
+    """
+    from .verify import VerifyResult
+    from .verify import verify as run_verify
+
+    mode = ProgressMode(progress_mode)
+    if mode is ProgressMode.AUTO:
+        mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
+    bar: Any = None
+    last = [time.monotonic()]
+
+    def show(r: VerifyResult) -> None:
+        nonlocal bar
+        if mode is ProgressMode.BAR:
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=r.expected, unit="img", desc="verify", file=sys.stderr, dynamic_ncols=True)
+            bar.n = r.checked
+            bar.set_postfix_str(f"missing {r.missing}, damaged {r.damaged}", refresh=True)
+        elif mode is ProgressMode.LOG and time.monotonic() - last[0] >= progress_interval:
+            last[0] = time.monotonic()
+            click.echo(f"verify: {r.checked}/{r.expected} checked, {r.missing} missing, {r.damaged} damaged", err=True)
+
+    try:
+        res = run_verify(out, state_dir, processes=processes, mark=mark, on_progress=show)
+    except KeyboardInterrupt:
+        click.echo("oidownload: verify interrupted; nothing was marked", err=True)
+        sys.exit(ExitCode.SIGINT)
+    finally:
+        if bar is not None:
+            bar.close()
+    for p in res.problems:
+        where, why = (text.replace("\t", " ") for text in (p.where, p.why))  # one problem, four columns
+        click.echo(f"{'missing' if p.missing else 'damaged'}\t{p.image_id}\t{where}\t{why}")
+    rate = res.checked / res.seconds if res.seconds > 0 else 0.0
+    click.echo(f"verify: {res.checked} images checked in {res.seconds:.1f}s ({rate:.0f}/s): "
+               f"{res.checked - len(res.problems)} ok, {res.missing} missing, {res.damaged} damaged"
+               + (f"; {res.originals} kept originals checked against OriginalMD5" if res.originals else ""), err=True)
+    if not res.problems:
+        return
+    if mark:
+        click.echo(f"verify: {res.marked} rows marked damaged in the journal; run the same download again to fetch "
+                   "exactly them", err=True)
+    else:
+        click.echo("verify: nothing marked (--no-mark)", err=True)
+    sys.exit(ExitCode.DAMAGED)
 
 
 @main.command()

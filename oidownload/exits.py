@@ -17,6 +17,7 @@ class ExitCode(enum.IntEnum):
     TOO_MANY_FAILURES = 3
     NOTHING_SELECTED = 4
     INCOMPLETE = 5  # as rclone's 5: a temporary error that another run may fix
+    DAMAGED = 6  # verify only
     MAX_RUNTIME = 75  # EX_TEMPFAIL: stopped on time, rerun to resume
     SIGINT = 130
     SIGTERM = 143
@@ -29,6 +30,7 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.TOO_MANY_FAILURES: "finished, but the job's final failures are over --max-failure-rate",
     ExitCode.NOTHING_SELECTED: "nothing selected: no row of the input matches (a warning says why)",
     ExitCode.INCOMPLETE: "incomplete: retryable failures are left, or every image failed; run again",
+    ExitCode.DAMAGED: "verify: written images are missing or damaged (listed; marked, so the next download fetches them)",
     ExitCode.MAX_RUNTIME: "stopped at --max-runtime; run the same command again to resume",
     ExitCode.SIGINT: "interrupted (SIGINT); state is saved, run the same command again to resume",
     ExitCode.SIGTERM: "terminated (SIGTERM); state is saved, run the same command again to resume",

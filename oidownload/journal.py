@@ -441,22 +441,9 @@ class Journal:
             pass
 
     def _lock(self, path: Path) -> int:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise OutputError(f"cannot open {path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            raise OutputError(
-                f"another oidownload process ({holder or 'unknown'}) is writing {self.shard.describe()} "
-                f"into {self.out}; wait for it, or stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        return fd
+        return take_lock(path, "", lambda holder: (
+            f"another oidownload process ({holder}) is writing {self.shard.describe()} "
+            f"into {self.out}; wait for it, or stop it first"))
 
     def close(self) -> None:
         try:
@@ -617,4 +604,78 @@ def other_done_sets(state_dir: Path, shard: Shard, *, retry_failed: bool) -> lis
         finally:
             conn.close()
     return sets
+
+
+def take_lock(path: Path, purpose: str, busy: Callable[[str], str]) -> int:
+    """The writer lock of a journal (an fcntl lock on its .lock file), held until the
+    descriptor is closed. When another process holds it, OutputError(busy(holder)),
+    where holder says who ("pid 12 on node3", prefixed by what it does)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = clean_text(os.pread(fd, 200, 0).decode("utf-8", "replace").strip(), 200)
+        os.close(fd)
+        raise OutputError(busy(holder or "unknown")) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{purpose}pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    return fd
+
+
+class HeldJournals:
+    """Every journal of a state dir, locked against `download` for as long as a command
+    that changes rows after the fact (`verify`) runs; and that command's one write.
+    Raises OutputError at once when a download holds one of them."""
+
+    def __init__(self, state_dir: Path, purpose: str) -> None:
+        self.paths = journal_files(state_dir)
+        self._fds: list[int] = []
+        try:
+            for path in self.paths:
+                self._fds.append(take_lock(path.with_suffix(".lock"), f"{purpose}, ", self._busy(path, purpose)))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _busy(path: Path, purpose: str) -> Callable[[str], str]:
+        return lambda holder: (f"another oidownload process ({holder}) is writing {path}; {purpose} changes its "
+                               "rows only while no download of that shard runs: wait for it, or stop it first")
+
+    def __enter__(self) -> HeldJournals:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def mark_damaged(self, damaged: Mapping[str, str]) -> int:
+        """Turns the ok rows of these ImageIDs into `damaged` (retryable, so the next
+        download fetches exactly them again), with the reason as detail, in every
+        journal that has them: a journal of another sharding counts them done too.
+        Returns how many rows changed."""
+        rows = [(clean_text(detail), id_to_int(image_id)) for image_id, detail in damaged.items()]
+        changed = 0
+        for path in self.paths:
+            conn = connect(path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                # rowcount sums the rows each UPDATE changed, not the triggers' writes.
+                changed += conn.executemany("UPDATE outcomes SET status='damaged', final=0, detail=? "
+                                            "WHERE id=? AND status='ok'", rows).rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                raise _describe(path, exc) from None
+            finally:
+                conn.close()
+        return changed
 

@@ -722,7 +722,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             marker.touch()
             if journal.created:
                 _rebuild(journal, sink, shard, progress)
-            journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value}))
+            journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value,
+                                                    "keep_original": cfg.image.keep_original}))
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
             if sel.annotations or sel.classes or sel.db:

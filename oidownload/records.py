@@ -34,6 +34,7 @@ class Status(enum.StrEnum):
     BAD_ROW = "bad_row"
     WRITE_ERROR = "write_error"
     WORKER_DIED = "worker_died"
+    DAMAGED = "damaged"
 
 
 # A retryable status is a fault of the moment (the network, the server's load, our
@@ -48,6 +49,7 @@ RETRYABLE: frozenset[Status] = frozenset(
         Status.DNS,
         Status.MIRROR_REFUSED,
         Status.WRITE_ERROR,
+        Status.DAMAGED,
     }
 )
 
@@ -73,6 +75,7 @@ STATUS_MEANING: dict[Status, str] = {
     Status.BAD_ROW: "the input row is malformed (see detail for file:line)",
     Status.WRITE_ERROR: "the file could not be written",
     Status.WORKER_DIED: "the worker processing the image died, twice (the out-of-memory killer?)",
+    Status.DAMAGED: "`verify` found the written image missing or damaged: the next download fetches it again",
 }
 
 

@@ -2,8 +2,9 @@
 while a run goes or after it) and `report` (success and failure CSVs: the input
 columns plus status, detail and attempts).
 
-Read-only on the journals; the report streams each input file once, merging it with
-the journal rows sorted by line, so it runs in constant memory on the 9M-row lists.
+Read-only on the journals; the report streams each input file once, merged with the
+journal rows sorted by line (`StateDir.joined`), so it runs in constant memory on the
+9M-row lists.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import heapq
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,8 @@ from .errors import InputError, OutputError
 from .fsio import atomic_file
 from .journal import InputIdentity, writer_alive
 from .records import Status, is_final
-from .rows import V3_COLUMNS, V4_COLUMNS, iter_records, read_header
-from .state import Entry, InputInfo, ProgressRow, StateDir, StatusCount
+from .rows import V3_COLUMNS, V4_COLUMNS, read_header
+from .state import InputInfo, ProgressRow, StateDir, StatusCount
 
 # A running task refreshes its progress row every few seconds; older than this and
 # the process is gone (SIGKILL, node lost).
@@ -183,16 +183,12 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
                 if why:
                     result.warnings.append(why)
                 mismatched = 0
-                records = _records_or_nothing(info.path)
-                fields_at: tuple[int, list[str] | str] | None = next(records, None)
-                for entry in heapq.merge(state.entries(info.display), state.conflicts(info.display)):
-                    while fields_at is not None and fields_at[0] < entry.line:
-                        fields_at = next(records, None)
-                    fields = _joined(entry, fields_at)
+                for joined in state.joined(info, heapq.merge(state.entries(info.display),
+                                                             state.conflicts(info.display))):
+                    entry, fields = joined.entry, joined.fields
                     if fields is None:
                         fields = [entry.image_id]  # keep what the journal knows
-                        if fields_at is not None and entry.status != Status.BAD_ROW:
-                            mismatched += 1
+                        mismatched += joined.mismatched
                     fields = (fields + [""] * len(columns))[: len(columns)]
                     extra = [entry.status, entry.detail, "" if entry.http_status is None else entry.http_status,
                              entry.attempts, entry.source, entry.location]
@@ -211,20 +207,3 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
     except OSError as exc:
         raise OutputError(f"cannot write the report in {dest}: {exc.strerror or exc}") from None
     return result
-
-
-def _joined(entry: Entry, fields_at: tuple[int, list[str] | str] | None) -> list[str] | None:
-    """The input fields at the entry's line, if they are that image's."""
-    if fields_at is None or fields_at[0] != entry.line or not isinstance(fields_at[1], list):
-        return None
-    fields = fields_at[1]
-    if entry.status == Status.BAD_ROW:
-        return fields
-    return fields if fields and fields[0].strip().lower() == entry.image_id else None
-
-
-def _records_or_nothing(path: Path) -> Iterator[tuple[int, list[str] | str]]:
-    try:
-        yield from iter_records(path)
-    except InputError:
-        return

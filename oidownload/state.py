@@ -21,6 +21,8 @@ from pathlib import Path
 from .config import OutputKind
 from .errors import InputError
 from .journal import SCHEMA_VERSION, connect, int_to_id, journal_files, shard_counts
+from .records import Status
+from .rows import iter_records
 from .sinks import Reader, is_remote, open_reader
 
 STATE_DIR = ".oidownload"
@@ -97,6 +99,15 @@ class Entry:
     attempts: int
     location: str
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A journaled row with its input line's fields, when that line is still its row."""
+
+    entry: Entry
+    fields: list[str] | None
+    mismatched: bool  # the line now holds another image's row: the input changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,21 +227,39 @@ class StateDir:
         """A meta value from every journal (each task writes its own)."""
         return [str(r[0]) for j in self.journals for r in self._query(j, "SELECT value FROM meta WHERE key=?", (key,))]
 
-    def output(self) -> tuple[str, OutputKind]:
-        """Where the images went, as the download recorded it."""
+    def _outputs(self) -> Iterator[dict[str, object]]:
         for value in self.meta("output"):
             try:
                 d = json.loads(value)
-                return str(d["out"]), OutputKind(d.get("kind", "files"))
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
+                continue
+            if isinstance(d, dict) and "out" in d:
+                yield d
+
+    def output(self) -> tuple[str, OutputKind]:
+        """Where the images went, as the download recorded it."""
+        for d in self._outputs():
+            try:
+                return str(d["out"]), OutputKind(str(d.get("kind", "files")))
+            except ValueError:
                 continue
         return self.out, OutputKind.FILES
 
-    def reader(self) -> Reader:
+    def keeps_originals(self) -> bool:
+        """Whether the (last) download of any task kept the verified originals."""
+        return any(d.get("keep_original") is True for d in self._outputs())
+
+    def where(self) -> tuple[str, OutputKind]:
+        """The output to read images from: the local folder named as OUT (an output that
+        was moved or copied is read where it is now, not where it was written), else
+        the output the download recorded."""
         out, kind = self.output()
-        if not is_remote(out) and not Path(out).exists() and not is_remote(self.out):
-            out = self.out  # the output folder moved, with its state dir inside it
-        return open_reader(out, kind)
+        if not is_remote(self.out) and (Path(self.out).is_dir() or (not is_remote(out) and not Path(out).exists())):
+            out = self.out
+        return out, kind
+
+    def reader(self) -> Reader:
+        return open_reader(*self.where())
 
     def _chunks(self, journal: Path, columns: str, where: str) -> Iterator[tuple[object, ...]]:
         last: int | None = None
@@ -299,3 +328,32 @@ class StateDir:
             if len(rows) < _CHUNK:
                 return
             last = int(rows[-1][0])  # type: ignore[call-overload]
+
+    def joined(self, info: InputInfo, entries: Iterator[Entry] | None = None) -> Iterator[Joined]:
+        """The journaled rows of one input (`entries`, default its outcomes) in line order,
+        each with its input fields: the file is streamed once, merged by line, and checked
+        by ImageID."""
+        records = _records_or_nothing(info.path)
+        fields_at: tuple[int, list[str] | str] | None = next(records, None)
+        for entry in self.entries(info.display) if entries is None else entries:
+            while fields_at is not None and fields_at[0] < entry.line:
+                fields_at = next(records, None)
+            fields = _fields_of(entry, fields_at)
+            yield Joined(entry, fields, fields is None and fields_at is not None and entry.status != Status.BAD_ROW)
+
+
+def _fields_of(entry: Entry, fields_at: tuple[int, list[str] | str] | None) -> list[str] | None:
+    """The input fields at the entry's line, if they are that image's."""
+    if fields_at is None or fields_at[0] != entry.line or not isinstance(fields_at[1], list):
+        return None
+    fields = fields_at[1]
+    if entry.status == Status.BAD_ROW:
+        return fields
+    return fields if fields and fields[0].strip().lower() == entry.image_id else None
+
+
+def _records_or_nothing(path: Path) -> Iterator[tuple[int, list[str] | str]]:
+    try:
+        yield from iter_records(path)
+    except InputError:
+        return

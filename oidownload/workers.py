@@ -49,9 +49,15 @@ def init_worker(settings: WorkerSettings, parent_pid: int, board: SynchronizedAr
             slots.value += 1
         _board = board
         board[_FIELDS * _slot] = os.getpid()
+    follow_parent(parent_pid)
+    init_pillow()
+
+
+def follow_parent(parent_pid: int) -> None:
+    """In a pool worker (this pool's, or verify's): SIGINT/SIGTERM are left to the
+    parent, which drains or stops the pool, and the worker exits when the parent dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    init_pillow()
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -191,6 +197,13 @@ def _pool(settings: WorkerSettings, processes: int, method: str) -> tuple[Proces
     return pool, board, procs
 
 
+def pool_method() -> str:
+    """fork while this process has no other thread yet (fast, and the workers share the
+    imported modules), spawn otherwise: forking a process that runs threads can
+    deadlock the child."""
+    return "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
+
+
 def start_workers(image: ImageConfig, target: Target, processes: int) -> Workers:
     """The workers, started now. A pool is forked when this process has no other thread
     yet (fast, and the workers share the imported modules), spawned otherwise, because
@@ -199,8 +212,7 @@ def start_workers(image: ImageConfig, target: Target, processes: int) -> Workers
     if image.format is OutputFormat.KEEP:
         init_pillow()
         return Workers(ThreadPoolExecutor(processes, thread_name_prefix="work"), settings, True, False)
-    method = "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
-    pool, board, procs = _pool(settings, processes, method)
+    pool, board, procs = _pool(settings, processes, pool_method())
     use_memfd = False
     if memfd_supported():
         probe_pool = MemfdPool()

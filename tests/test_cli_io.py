@@ -104,6 +104,9 @@ CASES: dict[tuple[str, str], tuple[list[str], int, str]] = {
     ("gallery", "missing"): (["gallery", "missing-out"], 1, "missing-out"),
     ("gallery", "read-only"): (["gallery", "out"], 1, "out/gallery"),
     ("gallery", "file"): (["gallery", "out", "-o", "file"], 1, "file"),
+    ("verify", "missing"): (["verify", "missing-out"], 1, "missing-out"),
+    ("verify", "read-only"): (["verify", "out"], 1, "--no-mark"),  # marking writes the journal
+    ("verify", "file"): (["verify", "file"], 1, "file"),
 }
 
 

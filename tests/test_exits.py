@@ -146,7 +146,7 @@ ZERO_OK = {
     "--jitter": "no jitter", "--port": "any free port",
 }
 REQUIRED = {"download": ["x.csv", "-o", "out"], "select": ["x.csv", "-o", "sel.csv"], "annotations": ["out"],
-            "status": ["out"], "report": ["out"], "gallery": ["out"]}
+            "status": ["out"], "report": ["out"], "gallery": ["out"], "verify": ["out"]}
 
 
 def _numeric_options() -> list[tuple[str, click.Option]]:

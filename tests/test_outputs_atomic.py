@@ -1,6 +1,6 @@
 """Issue 14 item 4: `select -o` refuses to overwrite one of its inputs (by any
 spelling), and every file a command writes is whole or absent and never written
-through a link: the YOLO labels and classes.txt like the rest."""
+through a link: the YOLO tree like the rest."""
 
 from __future__ import annotations
 
@@ -45,33 +45,37 @@ def test_select_replaces_a_link_at_its_output_rather_than_writing_through_it(tmp
 
 def test_yolo_export_never_writes_through_links(
         wheel_download: tuple[Path, Corpus, Origin, set[str]]) -> None:  # noqa: F811
+    """The YOLO tree is built in a fresh folder and swapped in whole: links planted in
+    an earlier tree (files, a labels folder, the tree itself) are dropped, never followed."""
     out, _, _, expected = wheel_download
     outside = out.parent / "outside"
     outside.mkdir()
     victim = outside / "victim.txt"
     victim.write_text("keep me")
-    dest = out / "yolo"
-    dest.mkdir()
-    (dest / "classes.txt").symlink_to(victim)
-    image_id = sorted(expected)[0]
-    folder = dest / "labels" / "validation" / image_id[:3]
+    dest = out / "exported"
+    tree = dest / "yolo"
+    tree.mkdir(parents=True)
+    (tree / "data.yaml").symlink_to(victim)
+    image_id, other = sorted(expected)[0], sorted(expected)[-1]
+    folder = tree / "labels" / "validation" / image_id[:3]
     folder.mkdir(parents=True)
     (folder / f"{image_id}.txt").symlink_to(victim)
+    if other[:3] != image_id[:3]:
+        (tree / "labels" / "validation" / other[:3]).symlink_to(outside, target_is_directory=True)
     res = run_cli("annotations", out, "--format", "yolo", "-d", dest)
     assert res.returncode == 0, res.stderr
-    assert victim.read_text() == "keep me"
-    assert (dest / "classes.txt").read_text() == "Wheel\n" and not (dest / "classes.txt").is_symlink()
-    label = folder / f"{image_id}.txt"
-    assert not label.is_symlink() and label.read_text().startswith("0 ")
+    assert victim.read_text() == "keep me" and sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    assert not (tree / "data.yaml").is_symlink() and (tree / "data.yaml").read_text().endswith('0: "Wheel"\n')
+    for image in (image_id, other):
+        label = tree / "labels" / "validation" / image[:3] / f"{image}.txt"
+        assert not label.is_symlink() and not label.parent.is_symlink() and label.read_text().startswith("0 ")
 
-    # A linked labels folder is refused with a message, and nothing is written outside.
-    other = sorted(expected)[-1]
-    linked = dest / "labels" / "validation" / other[:3]
-    if linked.is_dir() and not linked.is_symlink():
-        for f in linked.iterdir():
-            f.unlink()
-        linked.rmdir()
-    linked.symlink_to(outside, target_is_directory=True)
+    # The tree itself a link to a folder outside: replaced, nothing written there.
+    import shutil
+
+    shutil.rmtree(tree)
+    tree.symlink_to(outside, target_is_directory=True)
     res = run_cli("annotations", out, "--format", "yolo", "-d", dest)
-    assert res.returncode == 1 and "symlink" in res.stderr and "Traceback" not in res.stderr
-    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    assert res.returncode == 0, res.stderr
+    assert not tree.is_symlink() and (tree / "data.yaml").is_file()
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"] and victim.read_text() == "keep me"

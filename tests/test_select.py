@@ -204,12 +204,12 @@ def test_coco_export_loads_in_pycocotools(wheel_download: tuple[Path, Corpus, Or
 
 def test_yolo_export_converts_back(wheel_download: tuple[Path, Corpus, Origin, set[str]]) -> None:
     out, _, _, expected = wheel_download
-    res = run_cli("annotations", out, "--format", "yolo", "-d", out / "yolo")
+    res = run_cli("annotations", out, "--format", "yolo", "-d", out / "exported")
     assert res.returncode == 0, res.stderr
-    assert (out / "yolo" / "classes.txt").read_text() == "Wheel\n"
+    assert (out / "exported" / "yolo" / "data.yaml").read_text().endswith('names:\n  0: "Wheel"\n')
     source = _source_boxes(expected, mid_of("Wheel"))
     for image_id in expected:
-        lines = (out / "yolo" / "labels" / "validation" / image_id[:3] / f"{image_id}.txt").read_text().splitlines()
+        lines = (out / "exported" / "yolo" / "labels" / "validation" / image_id[:3] / f"{image_id}.txt").read_text().splitlines()
         back = []
         for line in lines:
             k, cx, cy, w, h = line.split()

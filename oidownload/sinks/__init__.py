@@ -130,10 +130,32 @@ class Blobs(Protocol):
         """A key as a user can find it: a full path or URI."""
         ...
 
+    def local_path(self, key: str) -> Path | None:
+        """The key as a file on this machine, or None when it is not one (a bucket)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """A verified original kept beside its image (--keep-original), with the
+    OriginalMD5 the output stored with it (None: only the input list has it)."""
+
+    data: bytes
+    md5: str | None
+
 
 class Reader(Protocol):
     def read(self, location: str) -> bytes:
         """The image bytes at a location; OSError (FileNotFoundError when absent)."""
+        ...
+
+    def original(self, location: str) -> Original | None:
+        """The kept original of the image at a location; None when none is there."""
+        ...
+
+    def local_path(self, location: str) -> Path | None:
+        """The image as a file that other programs can open or link to; None when the
+        output holds it otherwise (inside a shard, in a bucket)."""
         ...
 
     def describe(self, location: str) -> str: ...
@@ -186,6 +208,22 @@ class FileReader:
 
     def read(self, location: str) -> bytes:
         return self.blobs.read(location)
+
+    def original(self, location: str) -> Original | None:
+        from .files import original_place
+
+        folder, image_id = original_place(location)
+        try:  # nearly every original is a JPEG: one read, no listing
+            return Original(self.blobs.read(f"{folder}/{image_id}.jpg"), None)
+        except FileNotFoundError:
+            pass
+        for name, _ in self.blobs.files(folder):
+            if name.startswith(f"{image_id}."):
+                return Original(self.blobs.read(f"{folder}/{name}"), None)
+        return None
+
+    def local_path(self, location: str) -> Path | None:
+        return self.blobs.local_path(location)
 
     def describe(self, location: str) -> str:
         return self.blobs.describe(location)

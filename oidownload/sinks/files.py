@@ -58,6 +58,20 @@ def relative_path(subset: str, image_id: str, ext: str) -> str:
     return "/".join((*folders, name))
 
 
+def split_location(location: str) -> tuple[str, str]:
+    """(the subset's folder, the path below it) of an image's location: for a file that
+    must sit beside a subset's images (Hugging Face's metadata.jsonl)."""
+    folder, _, rest = location.partition("/")
+    return folder, rest
+
+
+def original_place(location: str) -> tuple[str, str]:
+    """(folder, ImageID) of the kept original of the image at `location`; its extension
+    is the original's own, which may not be the image's."""
+    folder, _, name = location.rpartition("/")
+    return f"{ORIGINAL_DIR}/{folder}", name.partition(".")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class FilesTarget:
     root: str
@@ -257,3 +271,7 @@ class LocalBlobs:
 
     def describe(self, key: str) -> str:
         return str(self.root / key)
+
+    def local_path(self, key: str) -> Path | None:
+        folders, name = self._split(key)
+        return Path(os.path.abspath(self.root)).joinpath(*folders, name)

@@ -171,6 +171,9 @@ class S3Blobs:
     def describe(self, key: str) -> str:
         return self.uri.describe(key)
 
+    def local_path(self, key: str) -> Path | None:
+        return None
+
     def check_writable(self) -> None:
         """A small write and delete: bad credentials, a missing bucket or a refused
         write stop the run here, before any download."""

@@ -36,7 +36,7 @@ from ..config import OutputConfig, OutputKind
 from ..errors import OutputError
 from ..records import Outcome, Row, Status
 from ..shard import Shard
-from . import Blobs, Release, Sink, Synced
+from . import Blobs, Original, Release, Sink, Synced
 from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
 
 BLOCK = 512
@@ -257,8 +257,7 @@ class TarSink(Sink):
             os.ftruncate(fd, offset)  # what follows was never journaled
             os.fsync(fd)
             shard = _Open(subset, seq, name, part.parent, fd, offset, offset)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                shard.samples = list(_scan(f, offset))
+            shard.samples = list(_scan(lambda pos, n: os.pread(fd, n, pos), offset))
             self.open[subset] = shard
             self.touched.add(subset)
 
@@ -511,14 +510,17 @@ def _copy(src: int, dst: int, offset: int, size: int) -> None:
         done += n
 
 
-def _scan(f: Any, end: int) -> Iterator[_Sample]:
-    """The samples of a tar up to `end`, from its headers (an open shard has no index
-    yet). Only the keys and member offsets are known: enough to continue the shard."""
+def _scan(read_at: Callable[[int, int], bytes], end: int | None = None) -> Iterator[_Sample]:
+    """The samples of a tar up to `end` (or its end-of-archive), from its headers: an
+    open shard has no index yet. Only the keys and member offsets are known: enough
+    to continue the shard, or to read a sample back."""
     pos = 0
     current: _Sample | None = None
-    while pos + BLOCK <= end:
-        f.seek(pos)
-        info = tarfile.TarInfo.frombuf(f.read(BLOCK), "utf-8", "strict")
+    while end is None or pos + BLOCK <= end:
+        head = read_at(pos, BLOCK)
+        if len(head) < BLOCK or head == bytes(BLOCK):
+            break
+        info = tarfile.TarInfo.frombuf(head, "utf-8", "strict")
         key, _, suffix = info.name.partition(".")
         if current is None or current.outcome.image_id != key:
             if current is not None:
@@ -554,33 +556,72 @@ def adopt(blobs: Blobs, subset: str, shard: str) -> list[Outcome]:
 
 class TarReader:
     """Images by `<subset>/<shard>.tar#<ImageID>`: the index gives the member's offset,
-    so one ranged read fetches it."""
+    so one ranged read fetches it. A shard still open (its download stopped before
+    closing it) has no index yet: its headers are read instead."""
 
     def __init__(self, blobs: Blobs) -> None:
         self.blobs = blobs
-        self._indexes: dict[str, dict[str, dict[str, Any]]] = {}
+        # shard path → (the blob to read: the shard or its open part, its samples)
+        self._indexes: dict[str, tuple[str, dict[str, dict[str, tuple[int, int]]]]] = {}
 
-    def member(self, location: str) -> tuple[str, int, int]:
-        path, _, image_id = location.partition("#")
-        subset, _, shard = path.rpartition("/")
-        samples = self._indexes.get(path)
-        if samples is None:
+    def _sample(self, location: str) -> tuple[str, dict[str, tuple[int, int]]]:
+        """(the blob that holds it, its members: suffix → (offset, size))."""
+        shard_path, _, image_id = location.partition("#")
+        known = self._indexes.get(shard_path)
+        if known is None:
             if len(self._indexes) > 64:
                 self._indexes.clear()
-            samples = self._indexes[path] = {s["key"]: s for s in read_index(self.blobs, subset, shard)["samples"]}
-        sample = samples.get(image_id)
-        if sample is None:
+            subset, _, shard = shard_path.rpartition("/")
+            known = self._indexes[shard_path] = self._load(subset, shard)
+        path, samples = known
+        members = samples.get(image_id)
+        if members is None:
             raise FileNotFoundError(f"{image_id} is not in {self.blobs.describe(path)}")
-        suffix = next(k for k in sample["members"] if k != "json" and not k.startswith("original."))
-        offset, size = sample["members"][suffix]
-        return path, int(offset), int(size)
+        return path, members
 
-    def read(self, location: str) -> bytes:
-        path, offset, size = self.member(location)
+    def _load(self, subset: str, shard: str) -> tuple[str, dict[str, dict[str, tuple[int, int]]]]:
+        try:
+            index = read_index(self.blobs, subset, shard)
+        except FileNotFoundError:
+            # Still open, or a closed shard that lost its index: its own headers say it all.
+            blob = next((b for b in (f"{subset}/{part_name(shard)}", f"{subset}/{shard}") if self.blobs.exists(b)), None)
+            if blob is None:
+                raise
+            found = _scan(lambda pos, n: self.blobs.read_range(blob, pos, n))
+            return blob, {s.outcome.image_id: s.members for s in found}
+        return f"{subset}/{shard}", {str(s["key"]): {k: (int(v[0]), int(v[1])) for k, v in s["members"].items()}
+                                     for s in index["samples"]}
+
+    def _member(self, path: str, members: dict[str, tuple[int, int]], suffix: str) -> bytes:
+        offset, size = members[suffix]
         data = self.blobs.read_range(path, offset, size)
         if len(data) != size:
             raise OSError(f"{self.blobs.describe(path)} is shorter than its index says")
         return data
+
+    def read(self, location: str) -> bytes:
+        path, members = self._sample(location)
+        suffix = next((k for k in members if k != "json" and not k.startswith("original.")), None)
+        if suffix is None:
+            raise FileNotFoundError(f"{self.describe(location)} has no image member")
+        return self._member(path, members, suffix)
+
+    def original(self, location: str) -> Original | None:
+        path, members = self._sample(location)
+        suffix = next((k for k in members if k.startswith("original.")), None)
+        if suffix is None:
+            return None
+        md5: str | None = None
+        if "json" in members:
+            try:
+                meta = json.loads(self._member(path, members, "json"))
+                md5 = str(meta["OriginalMD5"]) if isinstance(meta, dict) and meta.get("OriginalMD5") else None
+            except ValueError:
+                pass  # the sample's JSON is damaged: only the input list can tell
+        return Original(self._member(path, members, suffix), md5)
+
+    def local_path(self, location: str) -> Path | None:
+        return None
 
     def describe(self, location: str) -> str:
         path, _, image_id = location.partition("#")
