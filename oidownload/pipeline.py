@@ -600,11 +600,17 @@ class _Run:
             if self.stopper is not None:
                 self.stopper.detach()
             if signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
-                    # The work is over and journaled; a signal now must not kill the last
-                    # steps (the summary, the exit code). A second one does.
-                    signal.signal(sig, _late_signal)
+                # The work is over and journaled; a signal now must not kill the last steps
+                # (the summary, the exit code); a second one does. Blocked while the handlers
+                # change hands, or one landing in between would meet the default and kill.
+                both = {signal.SIGINT, signal.SIGTERM}
+                signal.pthread_sigmask(signal.SIG_BLOCK, both)
+                try:
+                    for sig in both:
+                        loop.remove_signal_handler(sig)
+                        signal.signal(sig, _late_signal)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, both)
 
 
 def _late_signal(signum: int, frame: object) -> None:

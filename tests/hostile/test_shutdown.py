@@ -74,6 +74,9 @@ def test_every_recorded_outcome_is_flushed_under_cpu_load(
             wait_for_journal(out, done + 3 * k)  # stopped mid-run, once outcomes are arriving
             proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode in (0, 143), err
+        # -SIGTERM: the signal came while the interpreter was tearing itself down, after the
+        # run and its summary, when Python has put back the default handlers. What matters
+        # here is that everything it recorded is journaled, which _check proves.
+        assert proc.returncode in (0, 143, -signal.SIGTERM), err
         done = _check(out, err, done)
     assert done > 80
