@@ -120,6 +120,7 @@ class _Run:
         self.enqueued = 0
         self.reader_finished = False
         self.counted: int | None = None
+        self.input_errors: list[InputError] = []
 
     def new_writer(self) -> BodyWriter:
         return BodyWriter(self.memfds)
@@ -153,14 +154,21 @@ class _Run:
             self.request_stop(ExitCode.FATAL, "fatal error, stopping")
 
     # -- stages -----------------------------------------------------------------------
-    async def read(self) -> None:
-        loop = asyncio.get_running_loop()
+    def rows(self) -> Iterator[Row | BadRow]:
+        """Every input's rows, in the reader thread. An input that cannot be read to its
+        end (a truncated .gz) ends there: the rows before are still downloaded, the
+        other inputs are read, and the error ends the run once they are done."""
         sel = self.cfg.select
         accept = (lambda row: row.subset in sel.subsets) if sel.subsets else None
-        rows = itertools.chain.from_iterable(
-            iter_rows(path, fmt, self.filter, accept) for path, fmt in zip(self.cfg.inputs, self.formats, strict=True)
-        )
-        limited = _limited(rows, self.filter, sel.limit)
+        for path, fmt in zip(self.cfg.inputs, self.formats, strict=True):
+            try:
+                yield from iter_rows(path, fmt, self.filter, accept)
+            except InputError as exc:
+                self.input_errors.append(exc)
+
+    async def read(self) -> None:
+        loop = asyncio.get_running_loop()
+        limited = _limited(self.rows(), self.filter, self.cfg.select.limit)
         take = functools.partial(lambda it: list(itertools.islice(it, _READ_BATCH)), limited)
         try:
             while not self.stopping.is_set():
@@ -490,6 +498,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     progress.summary(wall=wall, cpu=cpu)
     if run.fatal is not None:
         raise run.fatal
+    if run.input_errors and run.stop_code is None:
+        raise InputError("; ".join(str(e) for e in run.input_errors))
     code = run.stop_code if run.stop_code is not None else ExitCode.OK
     message = ""
     mfr = cfg.run.max_failure_rate

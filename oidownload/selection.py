@@ -14,7 +14,7 @@ from .annotations import ClassFilter, select_ids
 from .classes import MID_RE, ClassDescriptions
 from .errors import ConfigError
 from .records import Row
-from .rows import RowFilter, iter_rows, read_header
+from .rows import ID_RE, RowFilter, iter_rows, read_header
 from .shard import Shard
 
 
@@ -33,7 +33,10 @@ class SelectionFilter(RowFilter):
             return True
         if self.shard.count > 1 and not self.shard.owns(raw_id):
             return True
-        if self.done is not None and raw_id in self.done:
+        # The done-set reads an id as a number, which would take '+1…', '0x…', '1_2…', ' 1…'
+        # or Arabic-Indic digits for a finished id: only an id the row check accepts
+        # may be skipped as done, so every other spelling ends as a bad row.
+        if self.done is not None and ID_RE.fullmatch(raw_id) and raw_id in self.done:
             self.done_skipped += 1
             return True
         return False
