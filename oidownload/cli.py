@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .config import (
+    MAX_REDIRECTS,
     Config,
     ImageConfig,
     LogFormat,
@@ -211,7 +212,8 @@ def download_options(f: F) -> F:
         opt("--retries", type=click.IntRange(min=0), default=3, help="Retries of a retryable failure, with backoff."),
         opt("--retry-failed", is_flag=True, default=False, help="Also retry images whose failure was final (404, MD5...)."),
         opt("--max-body-mb", type=click.FloatRange(min=0.001), default=64.0, help="Largest body accepted."),
-        opt("--max-redirects", type=click.IntRange(min=0), default=5, help="Redirects followed per request."),
+        opt("--max-redirects", type=click.IntRange(0, MAX_REDIRECTS), default=5,
+            help="Redirects followed per request (0: none)."),
         opt("--max-bytes-in-flight-mb", type=click.FloatRange(min=1), default=128.0,
             help="Bodies being read or processed, in MB: bounds memory."),
         opt("--grace", type=Duration(), default="10", help="On SIGINT/SIGTERM, seconds to let in-flight images finish."),

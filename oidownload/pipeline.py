@@ -31,7 +31,7 @@ from .config import Config, SourceChoice
 from .errors import ConfigError, InputError, OidownloadError, OutputError
 from .fetch import Failure, fetch_body, make_session
 from .journal import DoneSet, Journal, other_done_sets, shard_counts
-from .limits import ByteBudget, HostLimiter
+from .limits import ByteBudget, HostLimiter, Reservation
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
@@ -217,22 +217,21 @@ class _Run:
         got = await fetch_body(
             session, url,
             expected_size=row.original_size if original else None,
-            net=self.cfg.net, limiter=self.limiter,
-            reserve=self.budget.acquire, release=self.budget.release,
+            net=self.cfg.net, limiter=self.limiter, reserve=self.budget.reserve,
             new_writer=self.new_writer, deadline=t0 + self.cfg.net.image_deadline, rng=self.rng,
         )
         base.attempts = got.attempts
         result = got.result
         if isinstance(result, Failure):
             base.status, base.detail, base.http_status = result.status, result.detail, result.http_status
+            if result.status is Status.BAD_ROW:
+                base.detail = f"{row.file}:{row.line}: {base.detail}"
             base.seconds = loop.time() - t0
             self.record(base)
             return
-        reserved = result.reserved
+        held = result.held
         body = result.body
-        if body.size != reserved:
-            self.budget.adjust(reserved, body.size)
-            reserved = body.size
+        held.settle(body.size)
         job = Job(
             row.image_id, row.subset, source,
             expected_size=row.original_size if original else None,
@@ -245,22 +244,22 @@ class _Run:
             fut = self.workers.submit(loop, job, body)
         except (BrokenProcessPool, RuntimeError) as exc:
             self.pool_slots.release()
-            self.budget.release(reserved)
+            held.release()
             body.close()
             self.fail(OutputError(f"the process pool stopped working: {exc}"))
             return
         except BaseException:
-            self.budget.release(reserved)
+            held.release()
             body.close()
             raise
         self.in_pool.add(fut)
-        fut.add_done_callback(functools.partial(self.processed, base, row, reserved, body, t0, result.http_status))
+        fut.add_done_callback(functools.partial(self.processed, base, row, held, body, t0, result.http_status))
 
-    def processed(self, base: Outcome, row: Row, reserved: int, body: BodyWriter, t0: float, http_status: int,
+    def processed(self, base: Outcome, row: Row, held: Reservation, body: BodyWriter, t0: float, http_status: int,
                   fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
-        self.budget.release(reserved)
+        held.release()
         if fut.cancelled():
             # The worker may still be reading the memfd: closing it now could let its
             # descriptor number be reused under the worker. The process is stopping.
