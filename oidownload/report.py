@@ -21,7 +21,7 @@ from .errors import InputError, OutputError
 from .fsio import atomic_file
 from .journal import InputIdentity
 from .records import Status, is_final
-from .rows import V3_COLUMNS, V4_COLUMNS, iter_records, read_header
+from .rows import V3_COLUMNS, V4_COLUMNS, is_stream, iter_records, read_header
 from .state import Entry, InputInfo, ProgressRow, StateDir, StatusCount
 
 # A running task refreshes its progress row every few seconds; older than this and
@@ -149,6 +149,8 @@ def _changed(info: InputInfo) -> str | None:
     path = info.path
     if not path.exists():
         return f"{info.display} is gone; its rows carry only what the journal knows"
+    if is_stream(path):
+        return f"{info.display} was a pipe, read once; its rows carry only what the journal knows"
     if info.size is None:
         return None  # read from a pipe, or a journal from before identities were kept
     now = InputIdentity.of(path)
@@ -175,7 +177,7 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
     columns = list(V3_COLUMNS)
     for info in inputs:
         try:
-            if len(read_header(info.path).value) == len(V4_COLUMNS):
+            if not is_stream(info.path) and len(read_header(info.path).value) == len(V4_COLUMNS):
                 columns = list(V4_COLUMNS)
         except InputError:
             pass
@@ -190,7 +192,8 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
                 if why:
                     result.warnings.append(why)
                 mismatched = 0
-                records = _records_or_nothing(info.path)
+                # A pipe is never opened again: it would wait for a writer, or read another's data.
+                records = iter(()) if is_stream(info.path) else _records_or_nothing(info.path)
                 fields_at: tuple[int, list[str] | str] | None = next(records, None)
                 for entry in state.entries(info.display):
                     while fields_at is not None and fields_at[0] < entry.line:

@@ -151,6 +151,21 @@ def test_piped_gzip_and_stdin(tmp_path: Path, make_origin: StartOrigin) -> None:
     assert res.returncode == 0, res.stderr.decode()
     assert {i: s for i, (s, _, _) in journal_rows(tmp_path / "out-stdin").items()} == {i: "ok" for i in corpus.ids}
 
+    # A named FIFO: downloaded from, and never opened again by `report` (that would
+    # wait for a writer forever).
+    fifo = tmp_path / "images.fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=fifo.write_bytes, args=(gzip.compress(text),), daemon=True)
+    feeder.start()
+    res = subprocess.run([sys.executable, "-m", "oidownload", "download", str(fifo), "-o", str(tmp_path / "out-fifo"),
+                          *QUICK], capture_output=True, text=True, timeout=120)
+    feeder.join(10)
+    assert res.returncode == 0, res.stderr
+    report = run_cli("report", tmp_path / "out-fifo", timeout=30)
+    assert report.returncode == 0, report.stderr
+    assert "was a pipe" in report.stderr
+    assert f"{len(corpus.ids)} rows in" in report.stdout
+
 
 def test_a_pipe_that_must_be_read_twice_is_a_clear_error(tmp_path: Path) -> None:
     corpus = Corpus.generate(5000, mix="tiny", seed=44)
