@@ -230,7 +230,9 @@ async def fetch_once(
                     result = Fetched(writer, resp.status, held)
                     held, writer = None, None  # now owned by the result
                     return result
-    except aiohttp.ServerTimeoutError:  # a TimeoutError too: must come first
+    except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: must come first
+        return Failure(Status.TIMEOUT, f"no connection within {net.connect_timeout:.0f}s")
+    except aiohttp.ServerTimeoutError:
         got = f" (after {_got(writer.size, length)})" if writer is not None else ""
         return Failure(Status.TIMEOUT, f"no data for {net.read_timeout:.0f}s{got}")
     except TimeoutError:

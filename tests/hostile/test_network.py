@@ -7,6 +7,8 @@ name ("localhost"), and must never be starved by the hostile host (127.0.0.1).""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import time
 from collections.abc import Callable
@@ -242,3 +244,39 @@ def test_failure_details_say_what_happened_to_the_body(tmp_path: Path, make_orig
     assert journal[f"{0xbad000:016x}"] == ("truncated", "body ended after 400 of 1000 bytes", 2)
     assert journal[f"{0xbad001:016x}"] == ("truncated", "body ended after 300 bytes, before its last chunk", 2)
     assert {i: journal[i][0] for i in corpus.ids} == {i: "ok" for i in corpus.ids}
+
+
+def test_limit_options_at_0_and_1(tmp_path: Path, make_origin: StartOrigin, hostile: Hostile) -> None:
+    """--retries N asks N+1 times; --max-body-mb 1 takes a body of exactly 1 MiB and
+    refuses one byte more, with or without Content-Length; 0 is a usage error where it
+    would mean nothing (--max-redirects has its own test, up to its maximum)."""
+    corpus, good, _ = _good(tmp_path, make_origin, 2, seed=57)
+    image = corpus.ids[0]
+    mib = corpus.original(image).ljust(1 << 20, b"\0")  # a JPEG decoder ignores the padding
+    md5 = base64.b64encode(hashlib.md5(mib).digest()).decode()
+    hostile.route("/mib", raw(response("200 OK", {"Content-Type": "image/jpeg"}, mib)))
+    hostile.route("/mib-chunked", chunked(mib))
+    hostile.route("/over", raw(response("200 OK", {"Content-Type": "image/jpeg"}, mib + b"\0")))
+    hostile.route("/over-chunked", chunked(mib + b"\0"))
+    rows = [_with(good[1], ImageID=f"{0xe000 + n:016x}", OriginalURL=hostile.url(path),
+                  OriginalSize=str(len(mib) + (path.startswith("/over"))), OriginalMD5=md5)
+            for n, path in enumerate(["/mib", "/mib-chunked", "/over", "/over-chunked"])]
+    manifest = _manifest(tmp_path, good, rows)
+    res = run_cli("download", manifest, "-o", tmp_path / "body", *QUICK, "--max-body-mb", "1", "--format", "keep")
+    assert res.returncode == 0, res.stderr
+    journal = journal_rows(tmp_path / "body")
+    assert [journal[f"{0xe000 + n:016x}"][0] for n in range(4)] == ["ok", "ok", "too_large", "too_large"]
+    assert (tmp_path / "body" / "train" / "000" / f"{0xe000:016x}.jpg").read_bytes() == mib
+
+    for retries in (0, 1):
+        path = f"/busy{retries}"
+        hostile.route(path, raw(response("503 Service Unavailable")))
+        manifest = _manifest(tmp_path, good, [_row(good[1], retries, hostile.url(path))], name=f"r{retries}.csv")
+        res = run_cli("download", manifest, "-o", tmp_path / f"retries{retries}", *QUICK, "--retries", str(retries))
+        assert res.returncode == 0, res.stderr
+        assert journal_rows(tmp_path / f"retries{retries}")[f"{0xbad000 + retries:016x}"][:1] == ("http_5xx",)
+        assert hostile.requests[path] == retries + 1
+
+    for option in ("--max-body-mb", "--max-bytes-in-flight-mb", "--per-host", "--concurrency"):
+        res = run_cli("download", manifest, "-o", tmp_path / "zero", option, "0")
+        assert res.returncode == 2 and option in res.stderr, (option, res.stderr)
