@@ -15,6 +15,10 @@ achieved / ceiling. Examples:
     python benchmarks/bench.py --mix light --n 2000 --latency-ms 50 --runs 3 --compare img2dataset
     python benchmarks/bench.py --mix thumbnails --n 2000 --runs 3
     python benchmarks/bench.py --mix openimages --n 2000 --latency-ms 50 --faults "404=0.01,503x2=0.01"
+    python benchmarks/bench.py --mix light --n 1000 --outputs files,webdataset,s3-files,s3-webdataset
+
+--outputs alternates output kinds run by run (s3-* upload to a SeaweedFS started on
+127.0.0.1 for the benchmark) and gives each one's medians and its ratio to the first.
 """
 
 from __future__ import annotations
@@ -134,7 +138,8 @@ def i2d_ok(out: Path) -> int:
 
 # -- runs -------------------------------------------------------------------------------------
 
-def run_ours(manifest: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_ours(manifest: Path, out: Path | str, args: argparse.Namespace, extra: list[str] | None = None,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(out), "--processes", str(args.processes),
            "--concurrency", str(args.concurrency), "--per-host", str(args.per_host), "--progress", "none",
            "--log-format", "json", "--source", args.source]
@@ -142,11 +147,13 @@ def run_ours(manifest: Path, out: Path, args: argparse.Namespace) -> dict[str, A
         cmd += ["--format", "keep"]
     else:
         cmd += ["--resize", str(args.resize), "--quality", str(args.quality)]
-    m = measure(cmd)
+    m = measure(cmd + (extra or []), env={**os.environ, **(env or {})})
     summary = summary_of(m.stderr)
     if m.exit_code != 0 or not summary:
         raise SystemExit(f"oidownload failed ({m.exit_code}):\n{m.stderr[-3000:]}")
-    return {"tool": "oidownload", "ok": summary["ok"], **m.figures(summary["done"], summary["bytes"])}
+    main_ms = 1000 * float(summary.get("main_cpu_s", 0.0)) / max(1, summary["done"])
+    return {"tool": "oidownload", "ok": summary["ok"], **m.figures(summary["done"], summary["bytes"]),
+            "main_cpu_ms_per_image": round(main_ms, 2)}
 
 
 def run_i2d(exe: Path, manifest: Path, out: Path, args: argparse.Namespace, fetched: int) -> dict[str, Any]:
@@ -176,6 +183,8 @@ def main() -> None:
     ap.add_argument("--per-host", type=int, default=16,
                     help="the origin is one host; Flickr spreads images over 16+ (c1..c8, farm1..farm9)")
     ap.add_argument("--no-ceiling", action="store_true")
+    ap.add_argument("--outputs", default="files",
+                    help="comma list of files, webdataset, s3-files, s3-webdataset, alternated run by run")
     args = ap.parse_args()
     thumbs = args.mix == "thumbnails"
     args.source = "thumbnail" if thumbs else "original"
@@ -192,25 +201,34 @@ def main() -> None:
         header["ceiling"] = ceiling(corpus, args.resize, args.quality)
     print(json.dumps({"event": "setup", **header}), flush=True)
     exe = i2d_venv() if args.compare else None
-    ours: list[dict[str, Any]] = []
+    outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
+    per_output: dict[str, list[dict[str, Any]]] = {o: [] for o in outputs}
     theirs: list[dict[str, Any]] = []
     latency = Latency(args.latency_ms / 1000, args.jitter)
     with tempfile.TemporaryDirectory(prefix="oidl-bench-") as tmp, OriginThread(Origin(corpus, latency)) as origin:
-        manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_url)
-        i2d_list = i2d_manifest(corpus, origin.base_url, Path(tmp) / "i2d.csv") if exe else None
-        for k in range(args.runs):
-            r = run_ours(manifest, Path(tmp) / f"ours-{k}", args)
-            if "ceiling" in header:
-                r["efficiency"] = round(r["images_per_s"] / header["ceiling"]["images_per_s_2core"], 3)
-            ours.append(r)
-            print(json.dumps({"event": "run", "run": k, **r}), flush=True)
-            if exe and i2d_list:
-                t = run_i2d(exe, i2d_list, Path(tmp) / f"i2d-{k}", args, sum(sizes))
-                theirs.append(t)
-                print(json.dumps({"event": "run", "run": k, **t}), flush=True)
+        server = _s3(Path(tmp)) if any(o.startswith("s3-") for o in outputs) else None
+        try:
+            manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_url)
+            i2d_list = i2d_manifest(corpus, origin.base_url, Path(tmp) / "i2d.csv") if exe else None
+            for k in range(args.runs):
+                for output in outputs:
+                    out, extra, env = _output(output, Path(tmp), k, server)
+                    r = run_ours(manifest, out, args, extra, env)
+                    if "ceiling" in header:
+                        r["efficiency"] = round(r["images_per_s"] / header["ceiling"]["images_per_s_2core"], 3)
+                    per_output[output].append(r)
+                    print(json.dumps({"event": "run", "run": k, "output": output, **r}), flush=True)
+                if exe and i2d_list:
+                    t = run_i2d(exe, i2d_list, Path(tmp) / f"i2d-{k}", args, sum(sizes))
+                    theirs.append(t)
+                    print(json.dumps({"event": "run", "run": k, **t}), flush=True)
+        finally:
+            if server is not None:
+                server.stop()
+    ours = per_output[outputs[0]]
     result: dict[str, Any] = {"event": "result", **header, "runs": args.runs}
     keys = ("images_per_s", "cpu_ms_per_image", "peak_rss_mb", "peak_tree_rss_mb", "mb_per_s")
-    result["oidownload"] = {k: median_of(ours, k) for k in keys}
+    result["oidownload"] = {k: median_of(ours, k) for k in (*keys, "main_cpu_ms_per_image")}
     if "ceiling" in header:
         result["oidownload"]["efficiency"] = round(result["oidownload"]["images_per_s"] / header["ceiling"]["images_per_s_2core"], 3)
     if theirs:
@@ -219,7 +237,27 @@ def main() -> None:
             "images_per_s": round(result["oidownload"]["images_per_s"] / result["img2dataset"]["images_per_s"], 2),
             "cpu_per_image": round(result["oidownload"]["cpu_ms_per_image"] / result["img2dataset"]["cpu_ms_per_image"], 3),
         }
+    if len(outputs) > 1:
+        medians = {o: {k: median_of(rs, k) for k in keys} for o, rs in per_output.items()}
+        result["outputs"] = {o: {**m, "images_per_s_ratio": round(m["images_per_s"] / medians[outputs[0]]["images_per_s"], 3)}
+                             for o, m in medians.items()}
     print(json.dumps(result), flush=True)
+
+
+def _s3(tmp: Path) -> Any:
+    from oidownload.testing import s3server
+
+    return s3server.start(tmp / "seaweedfs")
+
+
+def _output(kind: str, tmp: Path, run: int, server: Any) -> tuple[str, list[str], dict[str, str]]:
+    """(-o, extra arguments, environment) for one run of an output kind."""
+    fmt = "webdataset" if kind.endswith("webdataset") else "files"
+    extra = ["--output-format", fmt, "--state-dir", str(tmp / f"state-{kind}-{run}")]
+    if kind.startswith("s3-"):
+        server.make_bucket("bench")
+        return f"s3://bench/{kind}-{run}", extra, server.env
+    return str(tmp / f"{kind}-{run}"), extra, {}
 
 
 if __name__ == "__main__":

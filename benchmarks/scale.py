@@ -115,7 +115,7 @@ def resume_test(tmp: Path, all_ids: list[str], done: int, origin: AnyImageOrigin
         write_images(path, all_ids, origin.port)
     out_dir = tmp / "out"
     t0 = time.monotonic()
-    journal = Journal(out_dir, Shard())
+    journal = Journal(out_dir / ".oidownload", Shard(), str(out_dir))
     batch: list[Outcome] = []
     for i in all_ids[:done]:
         batch.append(Outcome(i, Status.OK, nbytes=len(JPEG), out_bytes=len(JPEG), width=64, height=48, attempts=1,

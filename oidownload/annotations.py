@@ -1,5 +1,7 @@
 """Open Images annotation files (box and image-label CSVs, V3 or V4+ layout, plain or
 .gz), streamed: which images a class selection picks, and the rows of given images.
+`AnnotationSource` is where such rows come from: these files (`CsvAnnotations`), or the
+database (`oidownload.db.source`); selection and export only see the protocol.
 
     boxes:  ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax
             [,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside[,XClick1X...]]
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 import csv
 import enum
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .errors import ConfigError, InputError
 from .rows import first_line, iter_records
@@ -35,11 +38,38 @@ class LabelSource(enum.StrEnum):
     ANY = "any"
 
 
+class AnnotationTable(Protocol):
+    """One file's worth of rows: its kind, its header, and its rows of given images."""
+
+    @property
+    def name(self) -> str: ...  # the file name the CSV export writes
+    @property
+    def kind(self) -> Kind: ...
+    @property
+    def columns(self) -> tuple[str, ...]: ...
+    def index(self, name: str) -> int: ...
+    def has(self, name: str) -> bool: ...
+    def rows(self, ids: Container[str] | None = None) -> Iterator[list[str]]: ...
+
+
+class AnnotationSource(Protocol):
+    def matches(self, flt: ClassFilter, within: Container[str] | None = None) -> Iterator[tuple[str, str]]:
+        """(lower-case ImageID, LabelName) of every row the filter accepts, in any order."""
+        ...
+
+    def tables(self) -> Sequence[AnnotationTable]: ...
+
+
 @dataclass(frozen=True)
 class AnnotationFile:
     path: Path
     kind: Kind
     columns: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        name = self.path.name
+        return name[:-3] if name.endswith(".gz") else name
 
     def index(self, name: str) -> int:
         return self.columns.index(name)
@@ -110,22 +140,37 @@ class ClassFilter:
         return test
 
 
-def select_ids(files: list[Path], flt: ClassFilter, within: Container[str] | None = None) -> set[str]:
-    """ImageIDs with at least one matching row in any of the files."""
+@dataclass
+class CsvAnnotations:
+    """The annotation CSVs given with --annotations, streamed on every call."""
+
+    paths: Sequence[Path]
+
+    def tables(self) -> list[AnnotationFile]:
+        return [AnnotationFile.open(p) for p in self.paths]
+
+    def matches(self, flt: ClassFilter, within: Container[str] | None = None) -> Iterator[tuple[str, str]]:
+        tests = [(f, flt.predicate(f)) for f in self.tables()]  # every file's columns checked before any scan
+        if not any(test for _, test in tests):
+            raise ConfigError("--boxes-only needs at least one box file (with XMin,XMax,YMin,YMax) among --annotations")
+        for f, test in tests:
+            if test is None:
+                continue
+            i_id, i_label = f.index("ImageID"), f.index("LabelName")
+            for fields in f.rows(within):
+                if test(fields):
+                    yield fields[i_id].lower(), fields[i_label]
+
+
+def select_ids(source: AnnotationSource, flt: ClassFilter, within: Container[str] | None = None,
+               found: set[str] | None = None) -> set[str]:
+    """ImageIDs with at least one matching row in the source. `found`, when given, gains
+    the MID of every matching row (so a caller can name the classes that matched nothing)."""
     if not flt.mids:
         raise ConfigError("no classes to select by")
     picked: set[str] = set()
-    usable = 0
-    for path in files:
-        f = AnnotationFile.open(path)
-        test = flt.predicate(f)
-        if test is None:
-            continue
-        usable += 1
-        i_id = f.index("ImageID")
-        for fields in f.rows(within):
-            if test(fields):
-                picked.add(fields[i_id].lower())
-    if not usable:
-        raise ConfigError("--boxes-only needs at least one box file (with XMin,XMax,YMin,YMax) among --annotations")
+    for image_id, label in source.matches(flt, within):
+        picked.add(image_id)
+        if found is not None:
+            found.add(label)
     return picked

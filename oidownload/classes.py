@@ -29,17 +29,25 @@ class ClassDescriptions:
 
     @classmethod
     def load(cls, path: Path) -> ClassDescriptions:
-        out = cls()
+        pairs = []
         for n, row in enumerate(csv.reader(text_lines(path)), 1):
             if not row or (n == 1 and row[0].strip() in ("LabelName", "LabelName ")):
                 continue
             if len(row) < 2 or not MID_RE.fullmatch(row[0].strip()):
                 raise InputError(f"{path}:{n}: expected 'MID,DisplayName', found {','.join(row)[:80]!r}")
-            mid, name = row[0].strip(), row[1]
-            out.names[mid] = name
-            out._by_name[name.casefold()].append(mid)
+            pairs.append((row[0].strip(), row[1]))
+        out = cls.from_pairs(pairs)
         if not out.names:
             raise InputError(f"{path}: no class descriptions in it")
+        return out
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> ClassDescriptions:
+        """From (MID, name) pairs already read elsewhere (the database's classes table)."""
+        out = cls()
+        for mid, name in pairs:
+            out.names[mid] = name
+            out._by_name[name.casefold()].append(mid)
         return out
 
     def name(self, mid: str) -> str:

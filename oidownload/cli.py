@@ -1,14 +1,22 @@
 """Click commands → a frozen Config → run. The only place that prints fatal errors and
-picks exit codes (see `oidownload --help` and the README's table).
+picks exit codes (see `oidownload --help` and the README's table); every command
+catches its errors at one boundary (`boundary`) and prints one line.
 
-Every option can also be set as OIDOWNLOAD_<OPTION> (dashes become underscores).
+Environment variables are scoped by command: `download` reads OIDOWNLOAD_<OPTION>;
+every other command reads OIDOWNLOAD_<COMMAND>_<OPTION>, except the options that mean
+exactly what they mean for download (`select`'s selection options, `--state-dir`).
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import math
 import os
 import re
+import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,49 +24,65 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
+from .accel import check as check_pillow
+from .accel import pillow_build
 from .config import (
     MAX_REDIRECTS,
     Config,
+    Fallback,
     ImageConfig,
     LogFormat,
     NetConfig,
     Orientation,
     OutputConfig,
     OutputFormat,
+    OutputKind,
     ProgressMode,
     ResizeMode,
     RunConfig,
     SelectConfig,
     SourceChoice,
+    SourceConfig,
 )
 from .errors import ConfigError, OidownloadError
-from .state import default_state_dir
+from .exits import RESUMABLE, ExitCode, help_table
+from .progress import log_line
+from .state import StateDir, default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_CODES = """\b
-Exit codes:
-  0    finished (per-image failures such as dead links are expected)
-  1    fatal error: unreadable input, unwritable output, full disk
-  2    usage error
-  3    finished, but over --max-failure-rate
-  75   stopped at --max-runtime; run again to resume
-  130  interrupted (SIGINT); run again to resume
-  143  terminated (SIGTERM); run again to resume
-"""
+EXIT_CODES = help_table()
+ENV_PREFIX = "OIDOWNLOAD_"
 
 
-def opt(*decls: str, **kwargs: Any) -> Callable[[F], F]:
-    """click.option with the OIDOWNLOAD_<NAME> environment variable every option has."""
+def envvar_name(long: str, scope: str | None = None) -> str:
+    """OIDOWNLOAD_<OPTION> for download's options (and those shared with it), else
+    OIDOWNLOAD_<COMMAND>_<OPTION>."""
+    name = long.lstrip("-").upper().replace("-", "_")
+    return ENV_PREFIX + (f"{scope.upper()}_" if scope else "") + name
+
+
+def opt(*decls: str, scope: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """click.option with its environment variable: OIDOWNLOAD_<NAME>, or with a scope
+    (a command other than download) OIDOWNLOAD_<SCOPE>_<NAME>."""
     long = next(d for d in decls if d.startswith("--")).split("/")[0]
-    kwargs.setdefault("envvar", "OIDOWNLOAD_" + long[2:].upper().replace("-", "_"))
+    kwargs.setdefault("envvar", envvar_name(long, scope))
     kwargs.setdefault("show_envvar", True)
     if "default" in kwargs:
         kwargs.setdefault("show_default", True)
     return click.option(*decls, **kwargs)
 
 
+# Paths we write to are checked by the command, not by click: a folder that is a file is
+# the file system's state, not a usage error, and gets one line and exit 1.
+FOLDER = click.Path(path_type=Path)
+FILE_OUT = click.Path(path_type=Path)
+
+
+# -- numbers: zero, negative and absurd values are usage errors ---------------------------
+
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DAY = 86400.0
 
 
 # click's ParamType became generic in 8.2; subscript it for mypy only.
@@ -84,33 +108,199 @@ def parse_duration(text: str) -> float | None:
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
+def _span(seconds: float) -> str:
+    for unit, size in (("d", DAY), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 class Duration(_ParamType):
-    """Seconds, or a duration like 45m, 7.5h, 11h45m or 12:00:00."""
+    """Seconds, or a duration like 45m, 7.5h, 11h45m or 12:00:00; more than zero (or at
+    least zero, with zero_ok) and at most `most`."""
 
     name = "duration"
 
+    def __init__(self, most: float = DAY, *, zero_ok: bool = False) -> None:
+        self.most = most
+        self.zero_ok = zero_ok
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        seconds = parse_duration(str(value))
+        seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
         if seconds is None:
             self.fail(f"{value!r} is not a duration like 90, 45m, 11h45m or 12:00:00", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not self.zero_ok):
+            self.fail(f"{value!r} must be {'zero or ' if self.zero_ok else ''}more than zero seconds", param, ctx)
+        if seconds > self.most:
+            self.fail(f"{value!r} is more than {_span(self.most)}, the most this option takes", param, ctx)
         return seconds
+
+
+class Int(click.IntRange):
+    """An integer in [lo, hi]: every integer option has both bounds."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__(lo, hi)
+
+
+class Float(click.FloatRange):
+    """A finite number in (lo, hi], or [lo, hi] with lo_ok: NaN and infinity are refused."""
+
+    def __init__(self, lo: float, hi: float, *, lo_ok: bool = False) -> None:
+        super().__init__(lo, hi, min_open=not lo_ok)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def _enum(cls: type[Any]) -> click.Choice[str]:
     return click.Choice([e.value for e in cls], case_sensitive=False)
 
 
-def _fail(exc: OidownloadError) -> None:
-    click.echo(f"oidownload: error: {exc}", err=True)
-    sys.exit(exc.exit_code)
+# -- saying things on stderr, as text or JSON lines -------------------------------------
+
+Say = Callable[..., None]
 
 
-@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="oidownload")
+def say_to_stderr(log_format: LogFormat = LogFormat.TEXT) -> Say:
+    """say(event, message, level=..., **fields): one line on stderr."""
+
+    def say(event: str, message: str, *, level: str = "info", **fields: Any) -> None:
+        click.echo(log_line(log_format, level, event, message, **fields), err=True)
+
+    return say
+
+
+def _requested_log_format(argv: Sequence[str]) -> LogFormat:
+    """--log-format of a `download` command line (or its environment variable), read
+    before click parses it, so that even a usage error comes out as JSON."""
+    if not argv or argv[0] != "download":
+        return LogFormat.TEXT
+    value = os.environ.get(envvar_name("--log-format"), "text")
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--log-format" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            value = arg.split("=", 1)[1]
+    return LogFormat.JSON if value.lower() == "json" else LogFormat.TEXT
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError as one line: the path, what went wrong, and what to do."""
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    what = exc.strerror or str(exc)
+    hint = {
+        errno.ENOENT: "check the path (a folder on the way does not exist)",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder; give a file",
+        errno.EACCES: "fix the permissions or pick another path",
+        errno.EPERM: "fix the permissions or pick another path",
+        errno.EROFS: "the file system is read-only; pick another path",
+        errno.ENOSPC: "free some space and run the same command again",
+        errno.EDQUOT: "free some space and run the same command again",
+    }.get(exc.errno or 0, "")
+    return _one_line(f"{where}: {what}" + (f"; {hint}" if hint else "") if where else what)
+
+
+def boundary(f: F) -> F:
+    """The one place a command's errors end: a usage error exits 2 through click, a
+    fatal error or any I/O error prints one line and exits with its code."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        say = say_to_stderr(LogFormat(kwargs.get("log_format") or "text"))
+        try:
+            return f(*args, **kwargs)
+        except ConfigError as exc:
+            raise click.UsageError(_one_line(str(exc))) from None
+        except OidownloadError as exc:
+            say("fatal", _one_line(str(exc)), level="error", exit_code=exc.exit_code)
+            sys.exit(exc.exit_code)
+        except OSError as exc:
+            say("fatal", describe_os_error(exc), level="error", exit_code=int(ExitCode.FATAL))
+            sys.exit(ExitCode.FATAL)
+        except KeyboardInterrupt:  # before a run's own handler is in place, or after it
+            say("interrupted", "interrupted", level="error", exit_code=int(ExitCode.SIGINT))
+            sys.exit(ExitCode.SIGINT)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _python_warnings_as_json() -> None:
+    """With --log-format json, what Python itself would print on stderr (a library's
+    warnings, logging records such as asyncio's) becomes JSON lines too."""
+    import logging
+    import warnings
+
+    say = say_to_stderr(LogFormat.JSON)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        say("python_warning", _one_line(str(message)), level="warning", category=category.__name__,
+            where=f"{filename}:{lineno}")
+
+    class ToJson(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            level = "error" if record.levelno >= logging.ERROR else "warning" if record.levelno >= logging.WARNING else "info"
+            text = record.getMessage() + (" " + logging.Formatter().formatException(record.exc_info) if record.exc_info else "")
+            say("python_log", _one_line(text), level=level, logger=record.name)
+
+    warnings.showwarning = show
+    root = logging.getLogger()
+    root.handlers[:] = [ToJson(logging.WARNING)]
+
+
+class _Main(click.Group):
+    """The group: prints a usage error as one JSON object when `download --log-format
+    json` was asked for, and as click does otherwise."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            if _requested_log_format(argv) is LogFormat.JSON:
+                say_to_stderr(LogFormat.JSON)("usage", _one_line(exc.format_message()), level="error",
+                                              exit_code=exc.exit_code)
+            else:
+                exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(ExitCode.FATAL)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Main, epilog=EXIT_CODES,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="oidownload",
+                      message=f"%(prog)s, version %(version)s\n{pillow_build().describe()}")
 def main() -> None:
-    """Download Open Images: verified, resized, sharded, resumable."""
+    """Download Open Images: verified, resized, sharded, resumable.
+
+    Environment variables: `download` reads OIDOWNLOAD_<OPTION> (OIDOWNLOAD_RESIZE=640);
+    the other commands read OIDOWNLOAD_<COMMAND>_<OPTION> (OIDOWNLOAD_ANNOTATIONS_FORMAT=yolo),
+    except the options they share with download (select's selection options, --state-dir).
+    """
+    try:
+        check_pillow()
+    except OidownloadError as exc:
+        say_to_stderr()("fatal", _one_line(str(exc)), level="error", exit_code=exc.exit_code)
+        sys.exit(exc.exit_code)
 
 
 def _apply(f: F, decorators: Sequence[Callable[[Any], Any]]) -> F:
@@ -124,9 +314,9 @@ def selection_options(f: F) -> F:
     file_ = click.Path(path_type=Path, dir_okay=False)
     return _apply(f, [
         opt("--subset", "subsets", multiple=True, help="Only rows whose Subset is this (repeatable)."),
-        opt("--limit", type=click.IntRange(min=0),
+        opt("--limit", type=Int(1, 10**12),
             help="At most this many rows: the first ones, or a sample that is the same for a --seed."),
-        opt("--seed", type=int, help="Sample --limit rows deterministically with this seed."),
+        opt("--seed", type=Int(0, 2**63 - 1), help="Sample --limit rows deterministically with this seed."),
         opt("--ids", "ids_file", type=file_, help="Only the ImageIDs listed in this file, one per line."),
         opt("--class", "class_names", multiple=True,
             help="Only images with this class (a name from --class-descriptions, or a MID); repeatable."),
@@ -134,9 +324,18 @@ def selection_options(f: F) -> F:
         opt("--class-descriptions", type=file_, help="class-descriptions.csv (V3) or oidv6/7-class-descriptions.csv."),
         opt("--annotations", "annotation_files", multiple=True, type=file_,
             help="Box or image-label CSVs (V3 or V4+, plain or .gz) to select from; repeatable."),
+        opt("--db", help="Select from this database (see `oidownload db load`) instead of --annotations: "
+                         "a path, sqlite:///path or postgresql://user@host:port/dbname."),
+        opt("--hierarchy", type=file_,
+            help="bbox_labels_600_hierarchy.json: a class also selects its subcategories, at any depth."),
+        opt("--no-expand", is_flag=True, default=False, help="With --hierarchy: select only the classes named."),
+        opt("--with-parts", is_flag=True, default=False,
+            help="With --hierarchy: also follow Part relations (the parts of a Human body...)."),
+        opt("--limit-per-class", type=Int(1, 10**9),
+            help="Up to N images per selected class, the same for a --seed whatever the row order; the union."),
         opt("--label-source", type=click.Choice(["human", "machine", "any"]), default="any",
             help="Which image-level labels count (boxes are all human)."),
-        opt("--min-confidence", type=click.FloatRange(0, 1), default=0.5,
+        opt("--min-confidence", type=Float(0, 1, lo_ok=True), default=0.5,
             help="Labels below this confidence do not count (human negatives are 0)."),
         opt("--boxes-only", is_flag=True, default=False, help="Only images with a box of the class."),
         opt("--exclude-occluded", is_flag=True, default=False, help="Boxes marked IsOccluded do not count."),
@@ -147,11 +346,11 @@ def selection_options(f: F) -> F:
     ])
 
 
-def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], log: Callable[[str], None]) -> Any:
+def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say) -> Any:
     """The id-level selection (--ids, classes, a seeded sample), worked out up front."""
     from .annotations import LabelSource
     from .classes import read_classes_file
-    from .selection import plan
+    from .selection import ClassChoice, plan
 
     names = list(p["class_names"])
     if p["classes_file"]:
@@ -162,66 +361,91 @@ def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], log: Callable[[s
                                 ("exclude_inside", "IsInside"))
         if p[flag]
     )
-    if p["seed"] is not None and p["limit"] is None:
-        raise ConfigError("--seed samples --limit rows: give --limit too")
-    result = plan(
-        inputs,
-        subsets=frozenset(p["subsets"]),
-        ids=_read_ids(p["ids_file"]) if p["ids_file"] else None,
-        class_names=names,
-        class_descriptions=p["class_descriptions"],
-        annotations=tuple(p["annotation_files"]),
-        class_filter={"label_source": LabelSource(p["label_source"]), "min_confidence": p["min_confidence"],
-                      "boxes_only": p["boxes_only"], "exclude": exclude},
-        limit=p["limit"],
-        seed=p["seed"],
+    if p["seed"] is not None and p["limit"] is None and p["limit_per_class"] is None:
+        raise ConfigError("--seed samples --limit rows or --limit-per-class images: give one of them too")
+    if (p["no_expand"] or p["with_parts"]) and not p["hierarchy"]:
+        raise ConfigError("--no-expand and --with-parts need --hierarchy")
+    choice = ClassChoice(
+        tuple(names), class_descriptions=p["class_descriptions"], annotations=tuple(p["annotation_files"]),
+        db=p["db"], hierarchy=p["hierarchy"], expand=not p["no_expand"], with_parts=p["with_parts"],
+        filter={"label_source": LabelSource(p["label_source"]), "min_confidence": p["min_confidence"],
+                "boxes_only": p["boxes_only"], "exclude": exclude},
+        limit_per_class=p["limit_per_class"],
     )
+    result = plan(inputs, subsets=frozenset(p["subsets"]), ids=_read_ids(p["ids_file"]) if p["ids_file"] else None,
+                  choice=choice, limit=p["limit"], seed=p["seed"])
     for note in result.notes:
-        log(f"oidownload: {note}")
+        say("selection", note)
+    for warning in result.warnings:
+        say("selection", warning, level="warning")
     return result
+
+
+MAX_CONCURRENCY = 4096
+MAX_PROCESSES = 1024
+MAX_SHARDS = 1_000_000
 
 
 def download_options(f: F) -> F:
     decorators = [
         click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
         opt("-o", "--output", "out", required=True,
-            help="Output folder (OUT); the journal lives in OUT/.oidownload/ unless --state-dir says otherwise."),
-        opt("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+            help="Output folder (OUT), or s3://bucket/prefix; the journal lives in OUT/.oidownload/ "
+                 "(for s3://, under ~/.local/state/oidownload/) unless --state-dir says otherwise."),
+        opt("--state-dir", type=FOLDER,
             help="Where the journal lives [default: OUT/.oidownload]."),
+        opt("--output-format", type=_enum(OutputKind), default="files",
+            help="files: OUT/<subset>/<abc>/<id>.<ext>; webdataset: tar shards of <id>.<ext> + <id>.json."),
+        opt("--shard-size", type=Int(1, 10_000_000), default=10_000, help="Samples per webdataset shard."),
         opt("--fsync", is_flag=True, default=False,
             help="Sync each image to disk before the journal records it (survives a power cut; slower)."),
         selection_options,
         opt("--source", type=_enum(SourceChoice), default="original",
-            help="original: the verified original; thumbnail: Thumbnail300KURL; auto: the thumbnail when there is one."),
-        opt("--resize", type=click.IntRange(min=1), help="Target size in pixels (never upscales)."),
+            help="original: the verified original; thumbnail: Thumbnail300KURL; auto: the thumbnail when there is one; "
+                 "cvdf: the copy on the CVDF mirror (at most 1024 px, checked by its ETag)."),
+        opt("--fallback", type=_enum(Fallback), default="none",
+            help="cvdf: when the original is gone for good (404/410, unavailable, MD5 or size mismatch, refused "
+                 "redirect), take the mirror's copy."),
+        opt("--mirror-url", default="https://open-images-dataset.s3.amazonaws.com",
+            help="Base URL of the CVDF mirror (<base>/<subset>/<ImageID>.jpg)."),
+        opt("--user-agent", help="User-Agent sent with every request [default: oidownload/VERSION]."),
+        opt("--header", "headers", multiple=True, help="An extra request header, 'Name: value' (repeatable)."),
+        opt("--resize", type=Int(1, 65535), help="Target size in pixels (never upscales)."),
         opt("--resize-mode", type=_enum(ResizeMode), default="fit",
             help="fit: longest side <= N; fill: centre crop to NxN; none: keep the size."),
         opt("--format", "fmt", type=_enum(OutputFormat), default="jpeg",
             help="Output format; keep writes the fetched bytes unchanged."),
-        opt("--quality", type=click.IntRange(1, 100), default=90, help="JPEG/WebP quality."),
+        opt("--quality", type=Int(1, 100), default=90, help="JPEG/WebP quality."),
         opt("--orientation", type=_enum(Orientation), default="raw",
             help="raw: pixels as stored (the frame of the boxes); upright: turn by the Rotation column, or by EXIF when there is none."),
         opt("--keep-original", is_flag=True, default=False, help="Also keep the verified original bytes under OUT/original/."),
-        opt("--concurrency", type=click.IntRange(min=1), default=64, help="Requests in flight, in total."),
-        opt("--per-host", type=click.IntRange(min=1), default=16, help="Requests in flight per host (halved on 429/503)."),
-        opt("--processes", type=click.IntRange(min=1), default=os.cpu_count() or 1, help="Image-processing worker processes."),
+        opt("--concurrency", type=Int(1, MAX_CONCURRENCY), default=64, help="Requests in flight, in total."),
+        opt("--per-host", type=Int(1, MAX_CONCURRENCY), default=16, help="Requests in flight per host (halved on 429/503)."),
+        opt("--processes", type=Int(1, MAX_PROCESSES), show_default="one per usable CPU",
+            help="Image-processing worker processes; the default counts the CPUs this process may use (affinity mask, cgroup CPU quota)."),
         opt("--connect-timeout", type=Duration(), default="10", help="Seconds to connect."),
         opt("--read-timeout", type=Duration(), default="30", help="Seconds without a byte before giving up."),
         opt("--timeout", type=Duration(), default="120", help="Total seconds for one request."),
         opt("--deadline", type=Duration(), default="600", help="Total seconds for one image, all retries included."),
-        opt("--retries", type=click.IntRange(min=0), default=3, help="Retries of a retryable failure, with backoff."),
+        opt("--retries", type=Int(0, 100), default=3, help="Retries of a retryable failure, with backoff."),
         opt("--retry-failed", is_flag=True, default=False, help="Also retry images whose failure was final (404, MD5...)."),
-        opt("--max-body-mb", type=click.FloatRange(min=0.001), default=64.0, help="Largest body accepted."),
-        opt("--max-redirects", type=click.IntRange(0, MAX_REDIRECTS), default=5,
-            help="Redirects followed per request (0: none)."),
-        opt("--max-bytes-in-flight-mb", type=click.FloatRange(min=1), default=128.0,
+        opt("--max-body-mb", type=Float(0, 4096), default=64.0, help="Largest body accepted."),
+        opt("--max-redirects", type=Int(0, MAX_REDIRECTS), default=5, help="Redirects followed per request (0: none)."),
+        opt("--max-bytes-in-flight-mb", type=Float(1, 65536, lo_ok=True), default=128.0,
             help="Bodies being read or processed, in MB: bounds memory."),
-        opt("--grace", type=Duration(), default="10", help="On SIGINT/SIGTERM, seconds to let in-flight images finish."),
-        opt("--max-failure-rate", type=click.FloatRange(0, 1), help="Exit 3 when more than this fraction failed."),
-        opt("--max-runtime", type=Duration(), help="Stop cleanly after this long (exit 75), e.g. before a scheduler's limit."),
-        opt("--num-shards", type=click.IntRange(min=1), help="Split the rows into this many shares (cluster runs)."),
-        opt("--shard-index", type=click.IntRange(min=0), help="This task's share; detected from Slurm/Kubernetes when absent."),
-        opt("--log-format", type=_enum(LogFormat), default="text", help="json: JSON-lines progress and summary on stderr."),
+        opt("--max-decode-mb", type=Float(1, 65536, lo_ok=True), default=512.0,
+            help="Memory one image may take to decode and resize, estimated before decoding; over it: too_large."),
+        opt("--grace", type=Duration(zero_ok=True), default="10",
+            help="On SIGINT/SIGTERM, seconds to let in-flight images finish (0: stop at once)."),
+        opt("--max-failure-rate", type=Float(0, 1, lo_ok=True),
+            help="Exit 3 when more than this fraction of the job's images failed for good (0: any)."),
+        opt("--max-runtime", type=Duration(366 * DAY), help="Stop cleanly after this long (exit 75), e.g. before a scheduler's limit."),
+        opt("--num-shards", type=Int(1, MAX_SHARDS), help="Split the rows into this many shares (cluster runs)."),
+        opt("--shard-index", type=Int(0, MAX_SHARDS - 1), help="This task's share; detected from Slurm/Kubernetes when absent."),
+        opt("--resplit", is_flag=True, default=False,
+            help="Allow another split of the rows than the one OUT already has (e.g. 8 tasks after 4); finished images are not fetched again."),
+        opt("--log-format", type=_enum(LogFormat), default="text",
+            help="json: everything on stderr as JSON lines (level, event, fields): progress, notes, warnings, errors."),
         opt("--progress", "progress_mode", type=_enum(ProgressMode), default="auto",
             help="auto: a bar on a terminal, log lines otherwise."),
         opt("--progress-interval", type=Duration(), default="5", help="Seconds between progress log lines."),
@@ -246,7 +470,19 @@ def _read_ids(path: Path) -> frozenset[str]:
     return frozenset(ids)
 
 
-def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None) -> Config:
+def _absolute_db(url: str | None) -> str | None:
+    """The --db as the journal remembers it: a relative SQLite path made absolute, so
+    `annotations` finds it from any folder."""
+    if url is None:
+        return None
+    from .db import sqlite_path
+
+    path = sqlite_path(url)
+    return str(path.resolve()) if path is not None else url
+
+
+def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
+    say = say or (lambda *a, **k: None)
     fmt = OutputFormat(p["fmt"])
     orientation = Orientation(p["orientation"])
     if fmt is OutputFormat.KEEP and (p["resize"] is not None or orientation is Orientation.UPRIGHT):
@@ -255,6 +491,8 @@ def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None)
         if not re.fullmatch(r"[A-Za-z0-9+/]{22}==", md5):
             raise ConfigError(f"--placeholder-md5 {md5!r} is not a base64 MD5")
     net = NetConfig(
+        headers=_headers(p["headers"]),
+        **({"user_agent": p["user_agent"]} if p["user_agent"] else {}),
         concurrency=p["concurrency"], per_host=p["per_host"], connect_timeout=p["connect_timeout"],
         read_timeout=p["read_timeout"], total_timeout=p["timeout"], image_deadline=p["deadline"],
         retries=p["retries"], max_body_bytes=int(p["max_body_mb"] * 1024 * 1024), max_redirects=p["max_redirects"],
@@ -262,149 +500,383 @@ def build_config(p: dict[str, Any], log: Callable[[str], None] = lambda _: None)
     image = ImageConfig(
         resize=p["resize"], resize_mode=ResizeMode(p["resize_mode"]), format=fmt, quality=p["quality"],
         orientation=orientation, keep_original=p["keep_original"], placeholder_md5s=frozenset(p["placeholder_md5"]),
+        max_decode_bytes=int(p["max_decode_mb"] * 1024 * 1024),
     )
-    chosen = plan_selection(tuple(p["inputs"]), p, log)
+    chosen = plan_selection(tuple(p["inputs"]), p, say)
     select = SelectConfig(
         subsets=frozenset(p["subsets"]),
         # A seeded sample is already cut to --limit; otherwise the first rows count.
         limit=None if p["seed"] is not None else p["limit"],
-        source=SourceChoice(p["source"]), retry_failed=p["retry_failed"], ids=chosen.ids,
+        retry_failed=p["retry_failed"], ids=chosen.ids,
+        ids_from=chosen.ids_from if p["ids_file"] is None or chosen.ids_from != "--ids" else f"--ids {p['ids_file']}",
         classes=chosen.classes, annotations=tuple(a.resolve() for a in chosen.annotations),
         class_descriptions=chosen.class_descriptions.resolve() if chosen.class_descriptions else None,
+        db=_absolute_db(chosen.db),
     )
     run = RunConfig(
         processes=p["processes"], max_bytes_in_flight=int(p["max_bytes_in_flight_mb"] * 1024 * 1024),
         grace=p["grace"], max_failure_rate=p["max_failure_rate"], max_runtime=p["max_runtime"],
         log_format=LogFormat(p["log_format"]), progress=ProgressMode(p["progress_mode"]),
-        progress_interval=p["progress_interval"],
+        progress_interval=p["progress_interval"], resplit=p["resplit"],
     )
     out = str(p["out"])
-    output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), fsync=p["fsync"])
-    return Config(inputs=tuple(p["inputs"]), output=output, net=net, image=image, select=select, run=run)
+    output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
+                          shard_size=p["shard_size"], fsync=p["fsync"])
+    mirror = p["mirror_url"]
+    if not re.fullmatch(r"(?i:https?)://[^\s/?#]+(?:/[^\s?#]*)?", mirror):
+        raise ConfigError(f"--mirror-url {mirror!r} is not an http(s) URL")
+    source = SourceConfig(SourceChoice(p["source"]), mirror.rstrip("/"), Fallback(p["fallback"]) is Fallback.CVDF)
+    if source.fallback and source.choice in (SourceChoice.CVDF, SourceChoice.THUMBNAIL):
+        raise ConfigError(f"--fallback cvdf applies to --source original or auto, not {source.choice.value}")
+    return Config(inputs=tuple(p["inputs"]), output=output, net=net, source=source, image=image, select=select, run=run)
+
+
+def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    found = []
+    for value in values:
+        name, sep, text = value.partition(":")
+        if not sep or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()) or re.search(r"[\r\n\x00]", text):
+            raise ConfigError(f"--header {value!r} is not 'Name: value'")
+        found.append((name.strip(), text.strip()))
+    return tuple(found)
+
+
+def announce(say: Say, exit_code: int, message: str, resume: str) -> None:
+    """The run's verdict on stderr, at the level its code deserves, with how to resume
+    when running again carries on."""
+    code = ExitCode(exit_code)
+    if not message:
+        return
+    fields: dict[str, Any] = {"exit_code": int(code)}
+    if code in RESUMABLE:
+        message = f"{message}; to resume, {resume}"
+        fields["resume"] = resume
+    level = "info" if code == ExitCode.OK else "error" if code == ExitCode.TOO_MANY_FAILURES else "warning"
+    say(code.name.lower(), message, level=level, **fields)
 
 
 @main.command(epilog=EXIT_CODES)
 @download_options
+@boundary
 def download(**params: Any) -> None:
     """Download the images listed in INPUTS (Open Images CSVs, plain or .gz) into OUT.
 
     Running the same command again resumes: finished images are skipped without a
     request, and retryable failures are tried again.
     """
-    from .pipeline import run_download
-    from .progress import Progress
-    from .shard import resolve_with_count
+    from .api import execute
 
-    try:
-        cfg = build_config(params, lambda msg: click.echo(msg, err=True))
-        shard = resolve_with_count(params["shard_index"], params["num_shards"], os.environ)
-        progress = Progress(cfg.run.progress, cfg.run.log_format, cfg.run.progress_interval)
-        result = run_download(cfg, shard, progress)
-    except KeyboardInterrupt:  # before the loop's own handler is in place
-        click.echo("oidownload: interrupted", err=True)
-        sys.exit(130)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    except OidownloadError as exc:
-        _fail(exc)
-        return
-    if result.message:
-        click.echo(f"oidownload: {result.message}", err=True)
+    if LogFormat(params["log_format"]) is LogFormat.JSON:
+        _python_warnings_as_json()
+    command = shlex.join(["oidownload", *sys.argv[1:]])
+    _, result = execute(params, None, f"run the same command again: {command}")
     sys.exit(result.exit_code)
 
 
-@main.command("select")
+def check_folder(path: Path | None, what: str) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise OidownloadError(f"{what} {path} is a file, not a folder; pick another path")
+
+
+def check_new_file(dest: Path) -> None:
+    """An output file's folder must exist and be writable, and the file not be a folder:
+    said in one line before any work, rather than found by the first write."""
+    if dest.is_dir():
+        raise OidownloadError(f"cannot write {dest}: it is a folder; give a file name")
+    parent = dest.parent
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe != parent:
+        what = "is a file, not a folder" if probe.exists() and not probe.is_dir() else "does not exist"
+        raise OidownloadError(f"cannot write {dest}: {probe if probe.exists() else parent} {what}; "
+                              "create the folder first or pick another path")
+    if not parent.is_dir():
+        raise OidownloadError(f"cannot write {dest}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OidownloadError(f"cannot write {dest}: the folder {parent} is not writable; "
+                              "fix its permissions or pick another path")
+
+
+@main.command("select", epilog=EXIT_CODES)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@opt("-o", "--output", "dest", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@opt("-o", "--output", "dest", scope="select", required=True, type=FILE_OUT,
      help="The new images CSV (same columns as the input).")
 @selection_options
+@boundary
 def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
     """Write the rows of INPUTS that a selection picks, as a new images CSV.
 
-    Takes the same selection options as `download`, so a selection can be checked,
-    shared or split before anything is downloaded.
+    Takes the same selection options as `download` (and their OIDOWNLOAD_* variables),
+    so a selection can be checked, shared or split before anything is downloaded.
+    An empty selection writes the header only, warns with the likely cause and exits 4.
     """
-    from .selection import write_selected
+    from .selection import empty_cause, write_selected
 
-    try:
-        chosen = plan_selection(inputs, p, lambda msg: click.echo(msg, err=True))
-        limit = None if p["seed"] is not None else p["limit"]
-        n = write_selected(inputs, dest, subsets=frozenset(p["subsets"]), ids=chosen.ids, limit=limit)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    except OidownloadError as exc:
-        _fail(exc)
-        return
+    say = say_to_stderr()
+    check_new_file(dest)
+    chosen = plan_selection(inputs, p, say)
+    limit = None if p["seed"] is not None else p["limit"]
+    n = write_selected(inputs, dest, subsets=frozenset(p["subsets"]), ids=chosen.ids, limit=limit)
     click.echo(f"{n} rows written to {dest}", err=True)
+    if not n:
+        ids_from = f"--ids {p['ids_file']}" if chosen.ids_from == "--ids" else chosen.ids_from
+        why = empty_cause(inputs, subsets=frozenset(p["subsets"]), ids=chosen.ids, ids_from=ids_from)
+        say("nothing_selected", f"nothing selected: {why or 'no row of the input is well-formed'}", level="warning",
+            exit_code=int(ExitCode.NOTHING_SELECTED))
+        sys.exit(ExitCode.NOTHING_SELECTED)
 
 
 def state_dir_option(f: F) -> F:
-    return opt("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+    """Shared with download: the same variable names the same folder."""
+    return opt("--state-dir", type=FOLDER,
                help="The download's --state-dir, if it had one [default: OUT/.oidownload].")(f)
+
+
+def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
+                           class_names: tuple[str, ...]) -> tuple[list[Path], Path | None, frozenset[str] | None]:
+    """(annotation files, class descriptions, classes) as given, or else as the download
+    into OUT selected with (its journal remembers them); classes None: every class."""
+    import json
+
+    from .classes import ClassDescriptions
+
+    remembered = [json.loads(v) for v in state.meta("selection")]
+    files = list(annotation_files) or [Path(a) for m in remembered for a in m.get("annotations", [])]
+    files = list(dict.fromkeys(files))
+    descriptions = class_descriptions or next(
+        (Path(m["class_descriptions"]) for m in remembered if m.get("class_descriptions")), None)
+    classes: frozenset[str] | None = None
+    if class_names:
+        if descriptions is None and any(not n.startswith("/") for n in class_names):
+            raise ConfigError("class names need --class-descriptions")
+        classes = frozenset(ClassDescriptions.load(descriptions).resolve(class_names) if descriptions
+                            else class_names)
+    elif any(m.get("classes") for m in remembered):
+        classes = frozenset(c for m in remembered for c in m.get("classes", []))
+    return files, descriptions, classes
 
 
 @main.command("annotations")
 @click.argument("out")
-@opt("--format", "fmt", type=click.Choice(["csv", "coco", "yolo"]), default="coco", help="Output layout.")
-@opt("--annotations", "annotation_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+@opt("--format", "fmt", scope="annotations", type=click.Choice(["csv", "coco", "yolo", "hf", "attribution"]),
+     default="coco", help="Output layout.")
+@opt("--annotations", "annotation_files", scope="annotations", multiple=True,
+     type=click.Path(path_type=Path, dir_okay=False),
      help="Box or label CSVs [default: those the download selected with].")
-@opt("--class-descriptions", type=click.Path(path_type=Path, dir_okay=False),
-     help="For category names [default: the download's].")
-@opt("--class", "class_names", multiple=True, help="Only these classes (names or MIDs) [default: the download's].")
-@opt("-d", "--dest", type=click.Path(path_type=Path, file_okay=False), help="Output folder [default: OUT/annotations].")
+@opt("--db", scope="annotations", help="Export from this database instead of CSVs [default: the download's].")
+@opt("--class-descriptions", scope="annotations", type=click.Path(path_type=Path, dir_okay=False),
+     help="For category names [default: the download's, or the database's classes].")
+@opt("--class", "class_names", scope="annotations", multiple=True,
+     help="Only these classes (names or MIDs) [default: the download's].")
+@opt("--hierarchy", scope="annotations", type=click.Path(path_type=Path, dir_okay=False),
+     help="With --class: the classes' subcategories too (bbox_labels_600_hierarchy.json).")
+@opt("--with-parts", scope="annotations", is_flag=True, default=False, help="With --hierarchy: their parts too.")
+@opt("-d", "--dest", scope="annotations", type=FOLDER,
+     help="Output folder [default: OUT/annotations].")
 @state_dir_option
-def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
-                    class_names: tuple[str, ...], dest: Path | None, state_dir: Path | None) -> None:
+@boundary
+def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
+                    class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
+                    with_parts: bool, dest: Path | None, state_dir: Path | None) -> None:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
-    csv: the Open Images rows, filtered; coco: one JSON file with file names relative
-    to OUT and boxes in pixels; yolo: a txt per image under labels/, and classes.txt.
-    Widths and heights come from the journal (after resizing and turning).
+    \b
+    csv:  the Open Images rows, filtered
+    coco: coco.json, file names relative to OUT, boxes in pixels (and as polygons),
+          each image's licence, author and flickr_url
+    yolo: DEST/yolo/ for Ultralytics: images/<split>/ (links to the files),
+          labels/<split>/, data.yaml
+    hf:   OUT/<subset>/metadata.jsonl for Hugging Face's imagefolder (not in DEST:
+          it must sit beside the images)
+    attribution: ATTRIBUTION.csv and ATTRIBUTION.html (credits, grouped by licence)
+
+    Widths and heights come from the journal (after resizing and turning). yolo and hf
+    need the files output in a local folder.
     """
     import json
 
-    from .classes import ClassDescriptions
     from .export import ExportFormat, export
+    from .hierarchy import Hierarchy, expand
+    from .selection import class_names as names_of
+    from .selection import open_annotations
     from .state import StateDir
 
-    try:
-        remembered = [json.loads(v) for v in StateDir.open(out, state_dir).meta("selection")]
-        files = list(annotation_files) or [Path(a) for m in remembered for a in m.get("annotations", [])]
-        files = list(dict.fromkeys(files))
-        descriptions = class_descriptions or next(
-            (Path(m["class_descriptions"]) for m in remembered if m.get("class_descriptions")), None)
+    check_folder(dest, "-d/--dest")
+    remembered = [json.loads(v) for v in StateDir.open(out, state_dir).meta("selection")]
+    files = list(annotation_files)
+    if not files and db is None:
+        files = [Path(a) for m in remembered for a in m.get("annotations", [])]
+        db = next((m["db"] for m in remembered if m.get("db")), None)
+    files = list(dict.fromkeys(files))
+    descriptions = class_descriptions or next(
+        (Path(m["class_descriptions"]) for m in remembered if m.get("class_descriptions")), None)
+    with open_annotations(tuple(files), db) as source:
+        names = names_of(source, descriptions)
         classes: frozenset[str] | None = None
         if class_names:
-            if descriptions is None and any(not n.startswith("/") for n in class_names):
-                raise ConfigError("class names need --class-descriptions")
-            classes = frozenset(ClassDescriptions.load(descriptions).resolve(class_names) if descriptions
-                                else class_names)
+            if names is None and any(not n.startswith("/") for n in class_names):
+                raise ConfigError("class names need --class-descriptions or --db")
+            classes = frozenset(names.resolve(class_names) if names else class_names)
+            if hierarchy is not None:
+                classes = expand(sorted(classes), Hierarchy.load(hierarchy), with_parts=with_parts).mids
+        elif hierarchy is not None:
+            raise ConfigError("--hierarchy needs --class here: a download's classes are remembered expanded")
         elif any(m.get("classes") for m in remembered):
             classes = frozenset(c for m in remembered for c in m.get("classes", []))
-        res = export(out, ExportFormat(fmt), files, dest=dest, class_descriptions=descriptions, classes=classes,
+        res = export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
                      state_dir=state_dir)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    except OidownloadError as exc:
-        _fail(exc)
-        return
-    click.echo(
-        f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
-        + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
-        + f" -> {res.dest}",
-        err=True,
-    )
+    if fmt == "attribution":
+        click.echo(f"{res.images} images credited -> {res.dest}", err=True)
+    else:
+        click.echo(
+            f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
+            + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
+            + f" -> {res.dest}",
+            err=True,
+        )
+    for note in res.notes:
+        click.echo(f"oidownload: note: {note}", err=True)
     for f in res.files:
         click.echo(str(f))
 
 
+@main.command("classes")
+@opt("--hierarchy", scope="classes", required=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="bbox_labels_600_hierarchy.json.")
+@opt("--class", "class_name", scope="classes", help="Show only the subtree of this class (a name or a MID).")
+@opt("--class-descriptions", scope="classes", type=click.Path(path_type=Path, dir_okay=False),
+     help="For the names of the MIDs.")
+@opt("--db", scope="classes", help="A database with the classes loaded, for the names (instead of --class-descriptions).")
+@opt("--no-parts", scope="classes", is_flag=True, default=False,
+     help="Leave out Part relations (not followed without --with-parts).")
+@boundary
+def classes_cmd(hierarchy: Path, class_name: str | None, class_descriptions: Path | None, db: str | None,
+                no_parts: bool) -> None:
+    """Print the class hierarchy as a tree with names, or the subtree of --class: what
+    `--class NAME --hierarchy FILE` selects. Parts are marked [part]."""
+    from .classes import MID_RE
+    from .hierarchy import Hierarchy
+    from .selection import class_names as names_of
+    from .selection import open_annotations
+
+    tree = Hierarchy.load(hierarchy)
+    with open_annotations((), db) as source:
+        names = names_of(source, class_descriptions)
+    starts = [tree.root]
+    if class_name:
+        if MID_RE.fullmatch(class_name.strip()):
+            starts = [class_name.strip()]
+        elif names is None:
+            raise ConfigError("a class name needs --class-descriptions or --db; a MID like /m/07yv9 does not")
+        else:
+            starts = sorted(names.resolve([class_name]))
+        missing = [m for m in starts if m not in tree]
+        if missing:
+            raise ConfigError(f"{class_name} ({', '.join(missing)}) is not in {hierarchy}")
+    for start in starts:
+        for line in tree.render(names.name if names else str, start, with_parts=not no_parts):
+            click.echo(line)
+
+
+@main.group("db")
+def db_group() -> None:
+    """The annotations in a database (SQLite built in, PostgreSQL with oidownload[postgres])."""
+
+
+@db_group.command("load")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@opt("--db", scope="db_load", default="openimages.sqlite",
+     help="A path, sqlite:///path or postgresql://user@host:port/dbname (the password from PGPASSWORD or ~/.pgpass).")
+@opt("--strict", scope="db_load", is_flag=True, default=False,
+     help="A malformed row stops the load (its file is not loaded).")
+@boundary
+def db_load(paths: tuple[Path, ...], db: str, strict: bool) -> None:
+    """Load image lists, labels, boxes, class descriptions and the class hierarchy.
+
+    PATHS are files (.csv, .gz, the hierarchy JSON), folders of them, or the V3
+    .tar.gz archives (read as they are, not extracted). A rerun skips the files
+    already loaded and reloads the ones that changed; a killed load leaves no
+    partial file behind. Then select with `--db` instead of `--annotations`.
+    """
+    from .db.load import load
+
+    res = load(db, list(paths), strict=strict, log=lambda msg: click.echo(msg, err=True))
+    loaded = [f for f in res.files if f.state in ("loaded", "reloaded")]
+    rows = sum(f.rows for f in loaded)
+    bad = sum(f.bad_rows for f in res.files)
+    click.echo(f"{len(loaded)} file(s) loaded ({rows} rows, {bad} bad), "
+               f"{sum(f.state == 'unchanged' for f in res.files)} unchanged, "
+               f"{len(res.indexes)} index(es) built in {res.seconds:.1f} s -> {db}")
+
+
+@main.command("gallery")
+@click.argument("out")
+@opt("-o", "--output", "dest", scope="gallery", type=FOLDER, help="Folder for the gallery [default: OUT/gallery].")
+@opt("--page-size", scope="gallery", type=Int(1, 5000), default=100, help="Images per page of the grid.")
+@opt("--annotations", "annotation_files", scope="gallery", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Box and image-label CSVs [default: those the download selected with].")
+@opt("--class-descriptions", scope="gallery", type=click.Path(path_type=Path, dir_okay=False),
+     help="For class names [default: the download's].")
+@opt("--class", "class_names", scope="gallery", multiple=True,
+     help="Draw only these classes (names or MIDs) [default: the download's].")
+@opt("--all-classes", scope="gallery", is_flag=True, default=False,
+     help="Draw every class's boxes, not only the download's classes.")
+@opt("--images", "image_lists", scope="gallery", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Image lists (CSV) for the attribution [default: the download's inputs].")
+@opt("--processes", scope="gallery", type=Int(1, MAX_PROCESSES), default=os.cpu_count() or 1,
+     help="Worker processes for thumbnails and pages.")
+@opt("--progress", "progress_mode", scope="gallery", type=_enum(ProgressMode), default="auto",
+     help="auto: a bar on a terminal, log lines otherwise.")
+@state_dir_option
+@boundary
+def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: tuple[Path, ...],
+                class_descriptions: Path | None, class_names: tuple[str, ...], all_classes: bool,
+                image_lists: tuple[Path, ...], processes: int, progress_mode: str, state_dir: Path | None) -> None:
+    """A static HTML gallery of the images downloaded into OUT, with their boxes drawn,
+    a page per image (boxes, labels, attribution) and the dataset's statistics.
+
+    It works from disk (file://) with no server and no network: open DIR/index.html.
+    Boxes are drawn in the frame of the written files, as the annotation exports are.
+    """
+    from .gallery import build_gallery
+    from .progress import Progress
+
+    if all_classes and class_names:
+        raise ConfigError("--all-classes and --class contradict each other")
+    state = StateDir.open(out, state_dir)
+    files, descriptions, classes = remembered_annotations(state, annotation_files, class_descriptions, class_names)
+    progress = Progress(ProgressMode(progress_mode), LogFormat.TEXT, 5.0)
+    res = build_gallery(
+        state, dest, annotation_paths=files, class_descriptions=descriptions,
+        classes=None if all_classes else classes, image_lists=list(image_lists) or None,
+        page_size=page_size, processes=processes, progress=progress,
+    )
+    for note in res.notes:
+        click.echo(f"oidownload: {note}", err=True)
+    for image_id, why in res.failed[:10]:
+        click.echo(f"oidownload: warning: {image_id}: {why}", err=True)
+    if len(res.failed) > 10:
+        click.echo(f"oidownload: warning: {len(res.failed) - 10} more images without a thumbnail", err=True)
+    click.echo(
+        f"{res.images} images, {res.boxes} boxes of {res.classes} classes, {res.labels} labels"
+        + (f", {res.dropped} boxes outside a crop" if res.dropped else "") + f" -> {res.dest}",
+        err=True,
+    )
+    click.echo(str(res.dest / "index.html"))
+
+
 @main.command()
-@opt("--version", "version", type=click.Choice(["v3", "v6", "v7"]), default="v7", help="Open Images version.")
-@opt("-o", "--output", "dest", type=click.Path(path_type=Path, file_okay=False), default="metadata",
+@opt("--version", "version", scope="metadata", type=click.Choice(["v3", "v6", "v7"]), default="v7",
+     help="Open Images version.")
+@opt("-o", "--output", "dest", scope="metadata", type=FOLDER, default="metadata",
      help="Folder for the files.")
-@opt("--base-url", default="https://storage.googleapis.com/openimages/", help="Where the files are served from.")
-@opt("--only", multiple=True, help="Only files whose name matches this glob, e.g. 'validation-*' (repeatable).")
-@opt("--list", "list_only", is_flag=True, default=False, help="List the version's files and exit.")
+@opt("--base-url", scope="metadata", default="https://storage.googleapis.com/openimages/",
+     help="Where the files are served from.")
+@opt("--only", scope="metadata", multiple=True,
+     help="Only files whose name matches this glob, e.g. 'validation-*' (repeatable).")
+@opt("--list", "list_only", scope="metadata", is_flag=True, default=False, help="List the version's files and exit.")
+@boundary
 def metadata(version: str, dest: Path, base_url: str, only: tuple[str, ...], list_only: bool) -> None:
     """Download the official metadata files (image lists, boxes, labels, classes).
 
@@ -413,25 +885,21 @@ def metadata(version: str, dest: Path, base_url: str, only: tuple[str, ...], lis
     """
     from .metadata import download_metadata, select_files
 
-    try:
-        if list_only:
-            for rel in select_files(version, only):
-                click.echo(base_url.rstrip("/") + "/" + rel)
-            return
-        results = download_metadata(version, dest, base_url=base_url, only=only, bars=sys.stderr.isatty())
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    except OidownloadError as exc:
-        _fail(exc)
+    check_folder(dest, "-o/--output")
+    if list_only:
+        for rel in select_files(version, only):
+            click.echo(base_url.rstrip("/") + "/" + rel)
         return
+    results = download_metadata(version, dest, base_url=base_url, only=only, bars=sys.stderr.isatty())
     for r in results:
         click.echo(f"{r.state:<14}{r.size:>14}  {r.path}")
 
 
 @main.command()
 @click.argument("out")
-@opt("--json", "as_json", is_flag=True, default=False, help="One JSON object instead of tables.")
+@opt("--json", "as_json", scope="status", is_flag=True, default=False, help="One JSON object instead of tables.")
 @state_dir_option
+@boundary
 def status(out: str, as_json: bool, state_dir: Path | None) -> None:
     """Counts per status, bytes, rate and ETA across every journal in OUT.
 
@@ -443,11 +911,7 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
     from .records import STATUS_MEANING
     from .report import out_status
 
-    try:
-        st = out_status(out, state_dir)
-    except OidownloadError as exc:
-        _fail(exc)
-        return
+    st = out_status(out, state_dir)
     if as_json:
         click.echo(json.dumps(st.as_json()))
         return
@@ -456,6 +920,9 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
     for name, c in st.counts.items():
         meaning = {s.value: m for s, m in STATUS_MEANING.items()}.get(name, "")
         click.echo(f"{name:<15}{c.n:>10}{human_bytes(c.bytes):>12}  {meaning}")
+    if st.sources:
+        click.echo("written, by source: " + ", ".join(f"{n} from the {'mirror (cvdf)' if src == 'cvdf' else src}"
+                                                      for src, n in sorted(st.sources.items())))
     click.echo(f"{'shard':<12}{'state':<10}{'done':>10}{'planned':>10}{'rate/s':>9}{'ETA':>9}  host")
     for s in st.shards:
         planned = "?" if s.planned is None else str(s.planned)
@@ -467,40 +934,114 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
 
 @main.command()
 @click.argument("out")
-@opt("-d", "--dest", type=click.Path(path_type=Path, file_okay=False), help="Folder for the CSVs [default: OUT/report].")
+@opt("-d", "--dest", scope="report", type=FOLDER,
+     help="Folder for the CSVs [default: OUT/report].")
 @state_dir_option
+@boundary
 def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     """Write success.csv and failure.csv: the input columns plus status, detail,
-    http_status, attempts, source and location, for every journaled row in OUT."""
+    http_status, attempts, source and location, for every journaled row in OUT; and
+    conflicts.csv: rows skipped because an earlier row of their ImageID, with another
+    OriginalURL or OriginalMD5, came first (the first row wins)."""
     from .report import write_report
 
-    try:
-        res = write_report(out, dest, state_dir)
-    except OidownloadError as exc:
-        _fail(exc)
-        return
+    check_folder(dest, "-d/--dest")
+    res = write_report(out, dest, state_dir)
+    say = say_to_stderr()
     for warning in res.warnings:
-        click.echo(f"oidownload: warning: {warning}", err=True)
+        say("report", warning, level="warning")
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
+    click.echo(f"{res.conflicted} rows in {res.conflicts}")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("out")
+@opt("--processes", scope="verify", type=Int(1, MAX_PROCESSES), show_default="one per usable CPU",
+     help="Worker processes reading and decoding; the default counts the CPUs this process may use.")
+@opt("--mark/--no-mark", scope="verify", default=True,
+     help="Mark what is missing or damaged in the journal, so that the next download fetches exactly that again.")
+@opt("--progress", "progress_mode", scope="verify", type=_enum(ProgressMode), default="auto",
+     help="auto: a bar on a terminal, log lines otherwise.")
+@opt("--progress-interval", scope="verify", type=Duration(), default="5",
+     help="Seconds between progress log lines.")
+@state_dir_option
+@boundary
+def verify(out: str, processes: int | None, mark: bool, progress_mode: str, progress_interval: float,
+           state_dir: Path | None) -> None:
+    """Check every image the journal of OUT records as written: it is there (file, tar
+    member or object), it decodes, its width, height and byte count are the journal's,
+    and a kept original (--keep-original) still matches its OriginalMD5.
+
+    Prints what is missing or damaged (tab-separated: kind, ImageID, where, why) and a
+    summary, and exits 6 when there is any. Those rows become `damaged` in the journal,
+    a retryable status: running the same download again fetches exactly them. Refuses
+    to run while a download of OUT is running (--no-mark checks without marking).
+    """
+    from .verify import VerifyResult
+    from .verify import verify as run_verify
+
+    mode = ProgressMode(progress_mode)
+    if mode is ProgressMode.AUTO:
+        mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
+    bar: Any = None
+    last = [time.monotonic()]
+
+    def show(r: VerifyResult) -> None:
+        nonlocal bar
+        if mode is ProgressMode.BAR:
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=r.expected, unit="img", desc="verify", file=sys.stderr, dynamic_ncols=True)
+            bar.n = r.checked
+            bar.set_postfix_str(f"missing {r.missing}, damaged {r.damaged}", refresh=True)
+        elif mode is ProgressMode.LOG and time.monotonic() - last[0] >= progress_interval:
+            last[0] = time.monotonic()
+            click.echo(f"verify: {r.checked}/{r.expected} checked, {r.missing} missing, {r.damaged} damaged", err=True)
+
+    try:
+        res = run_verify(out, state_dir, processes=processes, mark=mark, on_progress=show)
+    except KeyboardInterrupt:
+        click.echo("oidownload: verify interrupted; nothing was marked", err=True)
+        sys.exit(ExitCode.SIGINT)
+    finally:
+        if bar is not None:
+            bar.close()
+    for p in res.problems:
+        where, why = (text.replace("\t", " ") for text in (p.where, p.why))  # one problem, four columns
+        click.echo(f"{'missing' if p.missing else 'damaged'}\t{p.image_id}\t{where}\t{why}")
+    rate = res.checked / res.seconds if res.seconds > 0 else 0.0
+    click.echo(f"verify: {res.checked} images checked in {res.seconds:.1f}s ({rate:.0f}/s): "
+               f"{res.checked - len(res.problems)} ok, {res.missing} missing, {res.damaged} damaged"
+               + (f"; {res.originals} kept originals checked against OriginalMD5" if res.originals else ""), err=True)
+    if not res.problems:
+        return
+    if mark:
+        click.echo(f"verify: {res.marked} rows marked damaged in the journal; run the same download again to fetch "
+                   "exactly them", err=True)
+    else:
+        click.echo("verify: nothing marked (--no-mark)", err=True)
+    sys.exit(ExitCode.DAMAGED)
 
 
 @main.command()
-@opt("-n", "--images", "n", type=click.IntRange(min=1), default=500, help="Images per scenario.")
-@opt("--scenario", "scenarios", multiple=True, type=click.Choice(["originals-fit640", "thumbnails-keep"]),
+@opt("-n", "--images", "n", scope="bench", type=Int(1, 1_000_000), default=500, help="Images per scenario.")
+@opt("--scenario", "scenarios", scope="bench", multiple=True, type=click.Choice(["originals-fit640", "thumbnails-keep"]),
      help="Which to run (repeatable); default: both.")
-@opt("--mix", type=click.Choice(["light", "openimages", "tiny"]), default="light",
+@opt("--mix", scope="bench", type=click.Choice(["light", "openimages", "tiny"]), default="light",
      help="Originals' size mix: light (mean 1.3 MB), openimages (the real V3 mix, mean 2.1 MB), tiny.")
-@opt("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Median latency the origin adds.")
-@opt("--jitter", type=click.FloatRange(min=0), default=0.0, help="Lognormal sigma of the latency.")
-@opt("--faults", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01' (see oidownload.origin).")
-@opt("--processes", type=click.IntRange(min=1), help="Passed to download.")
-@opt("--concurrency", type=click.IntRange(min=1), help="Passed to download.")
-@opt("--serve", is_flag=True, default=False,
+@opt("--latency-ms", scope="bench", type=Float(0, 60_000, lo_ok=True), default=0.0, help="Median latency the origin adds.")
+@opt("--jitter", scope="bench", type=Float(0, 10, lo_ok=True), default=0.0, help="Lognormal sigma of the latency.")
+@opt("--faults", scope="bench", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01' (see oidownload.origin).")
+@opt("--processes", scope="bench", type=Int(1, MAX_PROCESSES), help="Passed to download.")
+@opt("--concurrency", scope="bench", type=Int(1, MAX_CONCURRENCY), help="Passed to download.")
+@opt("--serve", scope="bench", is_flag=True, default=False,
      help="Only serve the synthetic corpus (and write its images.csv) until Ctrl-C: a demo origin to download from.")
-@opt("--manifest", type=click.Path(path_type=Path, dir_okay=False), default="bench-images.csv",
+@opt("--manifest", scope="bench", type=FILE_OUT, default="bench-images.csv",
      help="With --serve: where to write the corpus's images.csv.")
-@opt("--port", type=click.IntRange(0, 65535), default=0, help="With --serve: the port on 127.0.0.1 (0: any free one).")
+@opt("--port", scope="bench", type=Int(0, 65535), default=0, help="With --serve: the port on 127.0.0.1 (0: any free one).")
+@boundary
 def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitter: float, faults: str,
           processes: int | None, concurrency: int | None, serve: bool, manifest: Path, port: int) -> None:
     """Measure the whole pipeline on this machine, against the built-in local origin.
@@ -518,6 +1059,7 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
     from .bench import DEFAULT_SCENARIOS, run_scenario, serve_corpus
 
     if serve:
+        check_new_file(manifest)
         serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True))
         return
     chosen = [s for s in DEFAULT_SCENARIOS if not scenarios or s.name in scenarios]
@@ -528,7 +1070,7 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
         try:
             result = run_scenario(scn, log=lambda m: click.echo(m, err=True))
         except RuntimeError as exc:
-            _fail(OidownloadError(str(exc)))
+            raise OidownloadError(str(exc)) from None
         click.echo(json.dumps(result))
         click.echo(
             f"bench: {scn.name}: {result['images_per_s']} images/s, {result['mb_per_s']} MB/s, "

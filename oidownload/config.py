@@ -6,7 +6,6 @@ Tests vary it with `dataclasses.replace`.
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,12 @@ class SourceChoice(enum.StrEnum):
     ORIGINAL = "original"
     THUMBNAIL = "thumbnail"
     AUTO = "auto"
+    CVDF = "cvdf"
+
+
+class Fallback(enum.StrEnum):
+    NONE = "none"
+    CVDF = "cvdf"
 
 
 class ResizeMode(enum.StrEnum):
@@ -76,6 +81,7 @@ class NetConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     max_redirects: int = 5
     user_agent: str = "oidownload/0.1 (+https://github.com/oidownload/oidownload)"
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,24 +94,39 @@ class ImageConfig:
     keep_original: bool = False
     # Extra MD5s (base64) of "photo unavailable" placeholder images.
     placeholder_md5s: frozenset[str] = frozenset()
+    # What one image may take to decode, convert and resize, estimated from its header
+    # before any pixel is decoded: a small file can hold a huge image (a 155 KB PNG of
+    # 1 x 80,000,000 pixels), and a worker killed for memory would take the run with it.
+    max_decode_bytes: int = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """Where images come from (sources.py): the choice, the mirror, and the fallback."""
+
+    choice: SourceChoice = SourceChoice.ORIGINAL
+    mirror_url: str = "https://open-images-dataset.s3.amazonaws.com"
+    fallback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class SelectConfig:
     subsets: frozenset[str] = frozenset()
     limit: int | None = None
-    source: SourceChoice = SourceChoice.ORIGINAL
     retry_failed: bool = False
     ids: frozenset[str] | None = None
+    ids_from: str = "--ids"  # where `ids` came from, in words, for an empty selection's warning
     # What a class selection came from, remembered in the journal for `annotations`.
     classes: frozenset[str] = frozenset()
     annotations: tuple[Path, ...] = ()
     class_descriptions: Path | None = None
+    db: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # None: one per CPU this process may use (affinity and cgroup quota, cpus.py).
+    processes: int | None = None
     # Bodies fetched but not yet processed; bounds memory when originals run to 15 MB.
     max_bytes_in_flight: int = 128 * 1024 * 1024
     grace: float = 10.0
@@ -114,6 +135,9 @@ class RunConfig:
     log_format: LogFormat = LogFormat.TEXT
     progress: ProgressMode = ProgressMode.AUTO
     progress_interval: float = 5.0
+    # A split of the rows other than the one the state dir's journals have is refused
+    # unless asked for: two splits running at once would fetch the same images twice.
+    resplit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +158,7 @@ class Config:
     inputs: tuple[Path, ...]
     output: OutputConfig
     net: NetConfig = NetConfig()
+    source: SourceConfig = SourceConfig()
     image: ImageConfig = ImageConfig()
     select: SelectConfig = SelectConfig()
     run: RunConfig = field(default_factory=RunConfig)

@@ -1,5 +1,7 @@
 """`oidownload annotations`: the boxes and labels of the images that downloaded, in the
-Open Images CSV layout, COCO JSON or YOLO txt, in the frame of the written pixels.
+frame of the written pixels, as frameworks load them: the Open Images CSV layout, COCO
+JSON (per-image licence and author), an Ultralytics YOLO tree (links to the images,
+labels, data.yaml), Hugging Face imagefolder metadata.jsonl; and the credits file.
 
 Sizes come from the journal (after resizing and turning). A box is moved into the
 written frame in two steps: into the kept region when `--resize-mode fill` cropped,
@@ -8,18 +10,25 @@ then through the turn `--orientation upright` applied.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import json
-from collections.abc import Callable, Iterator
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .annotations import ATTRIBUTES, AnnotationFile, Kind
+from .annotations import ATTRIBUTES, AnnotationSource, AnnotationTable, Kind
+from .attribution import NO_CREDIT, UNKNOWN, Credit, credits, license_name, write_attribution
 from .classes import ClassDescriptions
 from .errors import ConfigError, InputError, OutputError
 from .fsio import atomic_file
+from .sinks import Reader
+from .sinks.files import split_location
 from .state import StateDir, Written
 
 Box = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax, normalised
@@ -29,6 +38,12 @@ class ExportFormat(enum.StrEnum):
     CSV = "csv"
     COCO = "coco"
     YOLO = "yolo"
+    HF = "hf"
+    ATTRIBUTION = "attribution"
+
+
+# Ultralytics' names for the splits; other subsets keep their own name as the key.
+YOLO_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
 # Where a normalised point (x, y) of the stored frame lands after each EXIF-style turn
@@ -80,18 +95,21 @@ class ExportResult:
     labels: int = 0
     dropped: int = 0  # boxes a crop cut away entirely
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth telling the user
 
 
 @dataclass
-class _BoxRow:
+class BoxRow:
     image: Written
     label: str
     box: Box
     attrs: dict[str, int]
 
 
-def _box_rows(files: list[AnnotationFile], images: dict[str, Written], result: ExportResult,
-              mids: frozenset[str] | None) -> Iterator[_BoxRow]:
+def box_rows(files: Sequence[AnnotationTable], images: dict[str, Written], result: ExportResult,
+             mids: frozenset[str] | None) -> Iterator[BoxRow]:
+    """The boxes of the given images (of the given classes) in the written frame; boxes a
+    crop cut away are counted in result.dropped. The gallery draws exactly these."""
     for f in files:
         if f.kind is not Kind.BOXES:
             continue
@@ -111,46 +129,79 @@ def _box_rows(files: list[AnnotationFile], images: dict[str, Written], result: E
                 result.dropped += 1
                 continue
             attrs = {a: int(fields[i]) for a, i in i_attr.items() if fields[i] in ("0", "1")}
-            yield _BoxRow(image, fields[i_label], box, attrs)
+            yield BoxRow(image, fields[i_label], box, attrs)
 
 
 def export(
     out: str | Path,
     fmt: ExportFormat,
-    annotation_paths: list[Path],
+    source: AnnotationSource,
     *,
     dest: Path | None = None,
-    class_descriptions: Path | None = None,
+    names: ClassDescriptions | None = None,
     classes: frozenset[str] | None = None,
     state_dir: Path | None = None,
 ) -> ExportResult:
-    images = {w.image_id: w for w in StateDir.open(out, state_dir).written()}
+    state = StateDir.open(out, state_dir)
+    images = {w.image_id: w for w in state.written()}
     if not images:
         raise InputError(f"{out} has no downloaded images (no row with status ok in its journal)")
-    if not annotation_paths:
-        raise ConfigError("no annotation files: pass --annotations (they are remembered when download had --annotations)")
-    files = [AnnotationFile.open(p) for p in annotation_paths]
-    dest = dest or Path(out) / "annotations"
+    files = source.tables() if fmt is not ExportFormat.ATTRIBUTION else []
+    if not files and fmt is not ExportFormat.ATTRIBUTION:
+        raise ConfigError("no annotations: pass --annotations or --db (they are remembered when download had them)")
+    if fmt is ExportFormat.HF:
+        # imagefolder reads metadata.jsonl beside the images: -d does not apply.
+        reader = _local_files(state, images, fmt)
+        result = ExportResult(Path(state.where()[0]), images=len(images))
+        try:
+            _write_hf(files, images, result, classes, names, reader, dict(credits(state)))
+        except OSError as exc:
+            raise OutputError(f"cannot write metadata.jsonl in {result.dest}: {exc.strerror or exc}") from None
+        return result
+    if dest is None:
+        if "://" in str(out):
+            raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
+        dest = Path(out) / "annotations"
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
-    names = ClassDescriptions.load(class_descriptions) if class_descriptions else None
     result = ExportResult(dest, images=len(images))
-    if fmt is ExportFormat.CSV:
-        _write_csv(files, images, dest, result, classes)
-    elif fmt is ExportFormat.COCO:
-        _write_coco(files, images, dest, result, classes, names)
-    else:
-        _write_yolo(files, images, dest, result, classes, names)
+    try:
+        if fmt is ExportFormat.CSV:
+            _write_csv(files, images, dest, result, classes)
+        elif fmt is ExportFormat.COCO:
+            _write_coco(files, images, dest, result, classes, names, dict(credits(state)))
+        elif fmt is ExportFormat.YOLO:
+            _write_yolo(files, images, dest, result, classes, names, _local_files(state, images, fmt))
+        else:
+            credit = write_attribution(state, images, dest)
+            result.files += [credit.csv, credit.html]
+            if credit.uncredited:
+                result.notes.append(f"{credit.uncredited} images have no credit: their input rows are gone "
+                                    "(their ImageIDs are in ATTRIBUTION.csv with empty fields)")
+    except OSError as exc:
+        raise OutputError(f"cannot write the export in {dest}: {exc.strerror or exc}") from None
     return result
 
 
-def _write_csv(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
+def _local_files(state: StateDir, images: dict[str, Written], fmt: ExportFormat) -> Reader:
+    """The output's reader, when its images are local files that an export can point at."""
+    reader = state.reader()
+    if reader.local_path(next(iter(images.values())).location) is None:
+        where, kind = state.where()
+        raise InputError(
+            f"--format {fmt.value} points at image files, but {where} holds {kind.value} output "
+            f"{'in a bucket' if '://' in where else 'shards'}: download with --output-format files into a "
+            "local folder for this format (webdataset shards load as they are with webdataset or wids)")
+    return reader
+
+
+def _write_csv(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                mids: frozenset[str] | None) -> None:
     """The Open Images rows of the downloaded images, coordinates in the written frame."""
     for f in files:
-        target = dest / _csv_name(f.path)
+        target = dest / f.name
         i_id, i_label = f.index("ImageID"), f.index("LabelName")
         coords = [f.index(c) for c in ("XMin", "XMax", "YMin", "YMax")] if f.kind is Kind.BOXES else []
         clicks = [(f.index(f"XClick{k}X"), f.index(f"XClick{k}Y")) for k in range(1, 5) if f.has(f"XClick{k}X")]
@@ -184,43 +235,55 @@ def _write_csv(files: list[AnnotationFile], images: dict[str, Written], dest: Pa
         result.files.append(target)
 
 
-def _csv_name(path: Path) -> str:
-    name = path.name
-    return name[:-3] if name.endswith(".gz") else name
-
-
-def _categories(rows: list[_BoxRow], mids: frozenset[str] | None) -> list[str]:
+def _categories(rows: list[BoxRow], mids: frozenset[str] | None) -> list[str]:
     return sorted(mids) if mids is not None else sorted({r.label for r in rows})
 
 
-def _write_coco(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
-                mids: frozenset[str] | None, names: ClassDescriptions | None) -> None:
-    rows = list(_box_rows(files, images, result, mids))
+def _pixels(r: BoxRow) -> list[float]:
+    """The box as COCO's [x, y, width, height] in pixels of the written image."""
+    w, h = r.image.width, r.image.height
+    return [round(r.box[0] * w, 3), round(r.box[2] * h, 3), round((r.box[1] - r.box[0]) * w, 3),
+            round((r.box[3] - r.box[2]) * h, 3)]
+
+
+def _write_coco(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
+                mids: frozenset[str] | None, names: ClassDescriptions | None, credit: dict[str, Credit]) -> None:
+    """One JSON file. Each image names its own licence (COCO's `licenses` list holds
+    each licence the images use), author, title and `flickr_url`. Each box is also a
+    4-point polygon `segmentation` (pycocotools needs one), and IsGroupOf=1 becomes
+    iscrowd=1: COCO evaluation then treats the box as a crowd region."""
+    rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
     cat_id = {mid: i + 1 for i, mid in enumerate(cats)}
     order = sorted(images)
     img_id = {image_id: i + 1 for i, image_id in enumerate(order)}
+    licenses: dict[str, int] = {}
+    for i in order:
+        licenses.setdefault(credit.get(i, NO_CREDIT).license, len(licenses) + 1)
     doc: dict[str, Any] = {
         "info": {"description": "Open Images, downloaded by oidownload", "version": "1.0"},
-        "licenses": [{"id": 1, "name": "CC BY 2.0", "url": "https://creativecommons.org/licenses/by/2.0/"}],
-        "images": [
-            {"id": img_id[i], "file_name": images[i].location, "width": images[i].width, "height": images[i].height,
-             "license": 1, "open_images_id": i}
-            for i in order
-        ],
+        "licenses": [{"id": n, "name": license_name(url) if url else UNKNOWN, "url": url}
+                     for url, n in licenses.items()],
+        "images": [],
         "categories": [
             {"id": cat_id[m], "name": names.name(m) if names else m, "supercategory": "object", "freebase_id": m}
             for m in cats
         ],
         "annotations": [],
     }
+    for i in order:
+        c = credit.get(i, NO_CREDIT)
+        doc["images"].append({
+            "id": img_id[i], "file_name": images[i].location, "width": images[i].width, "height": images[i].height,
+            "license": licenses[c.license], "flickr_url": c.original_url, "flickr_page_url": c.landing_url,
+            "title": c.title, "author": c.author, "author_url": c.author_url, "open_images_id": i,
+        })
     for n, r in enumerate(rows, 1):
-        w, h = r.image.width, r.image.height
-        x, y = r.box[0] * w, r.box[2] * h
-        bw, bh = (r.box[1] - r.box[0]) * w, (r.box[3] - r.box[2]) * h
+        x, y, bw, bh = _pixels(r)
         doc["annotations"].append({
             "id": n, "image_id": img_id[r.image.image_id], "category_id": cat_id[r.label],
-            "bbox": [round(x, 3), round(y, 3), round(bw, 3), round(bh, 3)], "area": round(bw * bh, 3),
+            "bbox": [x, y, bw, bh], "area": round(bw * bh, 3),
+            "segmentation": [[x, y, round(x + bw, 3), y, round(x + bw, 3), round(y + bh, 3), x, round(y + bh, 3)]],
             "iscrowd": r.attrs.get("IsGroupOf", 0), "attributes": r.attrs,
         })
     result.boxes = len(rows)
@@ -230,12 +293,7 @@ def _write_coco(files: list[AnnotationFile], images: dict[str, Written], dest: P
     result.files.append(target)
 
 
-def _write_yolo(files: list[AnnotationFile], images: dict[str, Written], dest: Path, result: ExportResult,
-                mids: frozenset[str] | None, names: ClassDescriptions | None) -> None:
-    """labels/<subset>/<abc>/<ImageID>.txt next to the images' own layout, one line a box:
-    `class x_center y_center width height` (normalised); classes.txt names the classes."""
-    rows = list(_box_rows(files, images, result, mids))
-    cats = _categories(rows, mids)
+def _yolo_lines(rows: list[BoxRow], images: dict[str, Written], cats: list[str]) -> dict[str, list[str]]:
     index = {mid: i for i, mid in enumerate(cats)}
     per_image: dict[str, list[str]] = {i: [] for i in images}
     for r in rows:
@@ -243,13 +301,113 @@ def _write_yolo(files: list[AnnotationFile], images: dict[str, Written], dest: P
         per_image[r.image.image_id].append(
             f"{index[r.label]} {(xmin + xmax) / 2:.6f} {(ymin + ymax) / 2:.6f} {xmax - xmin:.6f} {ymax - ymin:.6f}"
         )
-    labels = dest / "labels"
-    for image_id, lines in per_image.items():
-        image = images[image_id]
-        path = labels / image.subset / image_id[:3] / f"{image_id}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in lines))  # empty: an image without boxes
-    classes_txt = dest / "classes.txt"
-    classes_txt.write_text("".join(f"{names.name(m) if names else m}\n" for m in cats))
+    return per_image
+
+
+def _write_yolo(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
+                mids: frozenset[str] | None, names: ClassDescriptions | None, reader: Reader) -> None:
+    """DEST/yolo/ as Ultralytics reads it: images/<split>/<abc>/<ImageID>.<ext> are
+    relative symlinks to the downloaded files (no copies; a file that a later download
+    replaces is followed), labels/<split>/<abc>/<ImageID>.txt sit where Ultralytics
+    looks (the last /images/ of the path becomes /labels/, the extension .txt), one
+    line a box: `class x_center y_center width height`, normalised. data.yaml has the
+    absolute `path`, a key per split and `names`. Built beside and swapped in whole,
+    so no link or label of an earlier export is left over."""
+    rows = list(box_rows(files, images, result, mids))
+    cats = _categories(rows, mids)
+    final = dest / "yolo"
+    tmp = Path(tempfile.mkdtemp(prefix=".yolo.", dir=dest))
+    try:
+        made: set[Path] = set()
+        splits: set[str] = set()
+        for image_id, lines in _yolo_lines(rows, images, cats).items():
+            image = images[image_id]
+            target = reader.local_path(image.location)
+            assert target is not None  # _local_files checked the output
+            rel = Path(image.subset, image_id[:3])
+            for kind in ("images", "labels"):
+                if tmp / kind / rel not in made:
+                    (tmp / kind / rel).mkdir(parents=True, exist_ok=True)
+                    made.add(tmp / kind / rel)
+            os.symlink(os.path.relpath(target, final / "images" / rel), tmp / "images" / rel / f"{image_id}.{image.ext}")
+            (tmp / "labels" / rel / f"{image_id}.txt").write_text("".join(line + "\n" for line in lines))
+            splits.add(image.subset)
+        with atomic_file(tmp / "data.yaml") as fh:
+            fh.write(_data_yaml(final, splits, [names.name(m) if names else m for m in cats], result))
+        _swap_in(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     result.boxes = len(rows)
-    result.files += [classes_txt, labels]
+    result.files += [final / "data.yaml", final / "images", final / "labels"]
+
+
+def _yaml_str(text: str) -> str:
+    # A JSON string is a valid YAML double-quoted scalar: quotes, colons, '#' and
+    # non-ASCII names stay one string.
+    return json.dumps(text)
+
+
+def _data_yaml(root: Path, splits: set[str], names: list[str], result: ExportResult) -> str:
+    lines = ["# Ultralytics YOLO dataset written by `oidownload annotations --format yolo`",
+             f"path: {_yaml_str(os.path.abspath(root))}"]
+    keys = {YOLO_SPLITS.get(s, s): s for s in sorted(splits)}
+    if "train" not in keys:
+        # Ultralytics refuses a data.yaml without `train`, even for `yolo val`.
+        stand_in = keys.get("val") or next(iter(keys.values()))
+        lines.append(f"train: {_yaml_str(f'images/{stand_in}')}  # no train subset was downloaded")
+        result.notes.append(f"data.yaml: no train subset was downloaded, so `train` points at images/{stand_in}")
+    for key in [k for k in ("train", "val", "test") if k in keys] + sorted(set(keys) - {"train", "val", "test"}):
+        lines.append(f"{key}: {_yaml_str(f'images/{keys[key]}')}")
+    lines.append("names:")
+    lines += [f"  {i}: {_yaml_str(name)}" for i, name in enumerate(names)]
+    return "\n".join(lines) + "\n"
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replaces the folder `final` (if any) by `new`, a sibling; the old one is removed
+    without following its links."""
+    old = None
+    if final.is_symlink() or final.is_file():
+        final.unlink()
+    elif final.exists():
+        old = Path(tempfile.mkdtemp(prefix=".yolo.old.", dir=final.parent))
+        os.replace(final, old / "yolo")
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], result: ExportResult,
+              mids: frozenset[str] | None, names: ClassDescriptions | None, reader: Reader,
+              credit: dict[str, Credit]) -> None:
+    """OUT/<subset>/metadata.jsonl beside each subset's images, where Hugging Face's
+    imagefolder looks for it (its splits come from those folder names): one line an
+    image with `file_name`, `image_id`, its size, credits and `objects` (COCO-style
+    pixel boxes [x, y, width, height], `categories` and their `labels`)."""
+    rows = list(box_rows(files, images, result, mids))
+    cats = _categories(rows, mids)
+    index = {mid: i for i, mid in enumerate(cats)}
+    boxes: dict[str, list[BoxRow]] = {i: [] for i in images}
+    for r in rows:
+        boxes[r.image.image_id].append(r)
+    with contextlib.ExitStack() as stack:
+        writers: dict[str, Any] = {}
+        for image_id in sorted(images):
+            image = images[image_id]
+            folder, file_name = split_location(image.location)
+            if folder not in writers:
+                target = reader.local_path(f"{folder}/metadata.jsonl")
+                assert target is not None  # _local_files checked the output
+                writers[folder] = stack.enter_context(atomic_file(target))
+                result.files.append(target)
+            c = credit.get(image_id, NO_CREDIT)
+            own = boxes[image_id]
+            writers[folder].write(json.dumps({
+                "file_name": file_name, "image_id": image_id, "width": image.width, "height": image.height,
+                "objects": {"bbox": [_pixels(r) for r in own], "categories": [index[r.label] for r in own],
+                            "labels": [names.name(r.label) if names else r.label for r in own],
+                            "is_group_of": [r.attrs.get("IsGroupOf", 0) for r in own]},
+                "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url,
+            }, ensure_ascii=False) + "\n")
+    result.boxes = len(rows)

@@ -40,9 +40,10 @@ def open_root(root: str | Path) -> int:
     return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def open_dir(root_fd: int, parts: Sequence[str], *, create: bool) -> int:
-    """A descriptor of root/parts..., creating missing folders when asked. Never follows
-    a symlink: a component that is one raises SymlinkRefused."""
+def open_dir(root_fd: int, parts: Sequence[str], *, create: bool, sync: bool = False) -> int:
+    """A descriptor of root/parts..., creating missing folders when asked (with sync,
+    each folder that gains one is synced, so the new folder survives a power cut).
+    Never follows a symlink: a component that is one raises SymlinkRefused."""
     fd = os.dup(root_fd)
     try:
         for part in parts:
@@ -53,6 +54,8 @@ def open_dir(root_fd: int, parts: Sequence[str], *, create: bool) -> int:
                     raise
                 try:
                     os.mkdir(part, 0o777, dir_fd=fd)
+                    if sync:
+                        os.fsync(fd)
                 except FileExistsError:
                     pass  # another task made it first: cluster tasks share folders
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
@@ -108,19 +111,53 @@ def _unlink_quietly(name: str, dir_fd: int) -> None:
         pass
 
 
-def read_below(root: str | Path, parts: Sequence[str], name: str) -> bytes:
-    """The bytes of root/parts/name, refusing symlinks below the root."""
+def _folder_below(root: str | Path, parts: Sequence[str]) -> int:
+    """A descriptor of root/parts, an existing folder reached without symlinks."""
     root_fd = open_root(root)
     try:
-        dfd = open_dir(root_fd, parts, create=False)
+        return open_dir(root_fd, parts, create=False)
     finally:
         os.close(root_fd)
+
+
+def read_below(root: str | Path, parts: Sequence[str], name: str) -> bytes:
+    """The bytes of root/parts/name, refusing symlinks below the root."""
+    dfd = _folder_below(root, parts)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     finally:
         os.close(dfd)
     with os.fdopen(fd, "rb") as f:
         return f.read()
+
+
+def link_below(root: str | Path, parts: Sequence[str], name: str, dest: Path) -> bool:
+    """Hard-links root/parts/name as dest when it is a regular file reached without
+    symlinks; False when it is not, or cannot be linked (another filesystem). What got
+    linked is checked to be the very file that was opened, so a file swapped for a
+    symlink in between is never linked."""
+    dfd = _folder_below(root, parts)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not _is_regular(st.st_mode):
+            return False
+        try:
+            os.link(name, dest, src_dir_fd=dfd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                return False
+            raise
+        got = os.stat(dest, follow_symlinks=False)
+        if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino) or not _is_regular(got.st_mode):
+            os.unlink(dest)
+            return False
+        return True
+    finally:
+        os.close(dfd)
 
 
 Found = tuple[tuple[str, ...], os.DirEntry[str], int]

@@ -19,13 +19,16 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import OutputError
-from .records import Outcome, Status, clean_text, is_final
+from .records import Conflict, Outcome, Status, clean_text, is_final
 from .shard import Shard
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 # Disk space held back for the journal: freed when the disk fills, so the outcomes
@@ -98,10 +101,33 @@ CREATE TABLE IF NOT EXISTS progress(
     rate REAL                   -- outcomes per second over the last minute
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_line ON outcomes(input, line);
+-- Written images per source (original, thumbnail, cvdf), for `status`.
+CREATE TABLE IF NOT EXISTS source_counts(source TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS ok_source_ins AFTER INSERT ON outcomes WHEN new.status = 'ok' BEGIN
+    INSERT INTO source_counts VALUES(coalesce(new.source, ''), 1) ON CONFLICT(source) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS ok_source_upd AFTER UPDATE ON outcomes WHEN old.status = 'ok' OR new.status = 'ok' BEGIN
+    UPDATE source_counts SET n = n - 1 WHERE old.status = 'ok' AND source = coalesce(old.source, '');
+    INSERT INTO source_counts SELECT coalesce(new.source, ''), 1 WHERE new.status = 'ok'
+        ON CONFLICT(source) DO UPDATE SET n = n + 1;
+END;
 -- What the output's sink needs to continue after a crash (open shards' lengths...).
 CREATE TABLE IF NOT EXISTS sink_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- One ImageID, two answers: a later row that disagreed with the first (which won), or a
+-- failure that came after the image was already ok (which stays ok). Not in `counts`:
+-- the image is counted once, by its outcome.
+CREATE TABLE IF NOT EXISTS conflicts(
+    id INTEGER NOT NULL,
+    input INTEGER,
+    line INTEGER,
+    detail TEXT NOT NULL,
+    finished REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS conflicts_by_row ON conflicts(input, line, id);
 """
 
+_TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progress", "sink_state", "source_counts",
+                     "conflicts"})
 # Columns added after the first release; an older journal gains them when opened.
 _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outcomes": (("location", "TEXT"),),
@@ -157,6 +183,23 @@ def shard_counts(state_dir: Path) -> set[int]:
     return counts
 
 
+def writer_alive(journal: Path) -> bool:
+    """Whether a live process holds the journal's writer lock."""
+    try:
+        fd = os.open(journal.with_suffix(".lock"), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, check_same_thread=False,
@@ -182,6 +225,9 @@ def _describe(path: Path, exc: BaseException) -> JournalError:
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return JournalError(f"cannot write the journal {path}: another process held it for over "
                             f"{BUSY_PATIENCE:.0f}s (a long `report`?)")
+    if name.startswith("SQLITE_CANTOPEN"):
+        return JournalError(f"cannot open the journal {path} or its rollback file ({exc}): too many open files "
+                            "(raise `ulimit -n`), or its folder is gone")
     if name.startswith("SQLITE_READONLY"):
         return JournalError(f"cannot write the journal {path}: it is read-only")
     if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
@@ -192,24 +238,62 @@ def _describe(path: Path, exc: BaseException) -> JournalError:
 
 class DoneSet:
     """ImageIDs whose outcome needs no new request, as a sorted array of unsigned
-    64-bit ints: 8 bytes an id, where a Python set of str would take ~100."""
+    64-bit ints: 8 bytes an id, where a Python set of str would take ~100.
+
+    Lookups keep a finger in the array: the published lists are sorted by ImageID, so
+    on a resumed run each lookup is usually one comparison with the next done id
+    rather than a binary search (a 9M-row list is skipped twice as fast)."""
 
     def __init__(self, ids: array.array[int]) -> None:
         self._ids = ids
+        self._met = bytearray(len(ids))  # 1 byte an id: whether a row of it was met
+        # Invariant: every id before the finger is <= the last id looked up in order,
+        # and the id at the finger is greater than it.
+        self._finger = 0
+        self._last = -1
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __contains__(self, raw_id: object) -> bool:
+        return self._index(raw_id) >= 0
+
+    def meet(self, raw_id: str) -> int:
+        """0 when the id is not done; 1 the first time a row of a done id is met, 2
+        after that (a duplicate row: counted once)."""
+        i = self._index(raw_id)
+        if i < 0:
+            return 0
+        if self._met[i]:
+            return 2
+        self._met[i] = 1
+        return 1
+
+    def _index(self, raw_id: object) -> int:
         if not isinstance(raw_id, str) or len(raw_id) != 16:
-            return False
+            return -1
         try:
             v = int(raw_id, 16)
         except ValueError:
-            return False
+            return -1
         ids = self._ids
-        i = bisect.bisect_left(ids, v)
-        return i < len(ids) and ids[i] == v
+        n = len(ids)
+        if v <= self._last:  # out of order, or again: a plain binary search
+            i = bisect.bisect_left(ids, v)
+            return i if i < n and ids[i] == v else -1
+        self._last = v
+        pos = self._finger
+        if pos < n:
+            here = ids[pos]
+            if here > v:
+                return -1
+            if here < v:
+                pos = bisect.bisect_left(ids, v, pos)
+            if pos < n and ids[pos] == v:
+                self._finger = pos + 1
+                return pos
+            self._finger = pos
+        return -1
 
     @staticmethod
     def merge(sets: Iterable[DoneSet]) -> DoneSet:
@@ -244,13 +328,21 @@ class InputIdentity:
 
     @classmethod
     def of(cls, path: Path) -> InputIdentity:
+        """The identity of the file at `path`, named by its resolved path (symlinks,
+        `.` and `..` undone), so that every spelling of one file is one input."""
         absolute = os.path.abspath(path)
+        try:
+            st = os.stat(absolute)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            absolute = os.path.realpath(absolute)
+        # A pipe's resolved name (pipe:[n]) changes every run: it keeps the name given.
         raw = os.fsencode(absolute)
         display = clean_text(raw.decode("utf-8", "replace"), 4096)
         try:
-            st = os.stat(absolute)
             # A pipe or stdin must not be read here: its bytes would be lost to the reader.
-            if not stat.S_ISREG(st.st_mode):
+            if st is None or not stat.S_ISREG(st.st_mode):
                 return cls(display, raw, None, None, None)
             with open(absolute, "rb") as f:
                 head = hashlib.md5(f.read(_HEAD_BYTES)).hexdigest()
@@ -272,6 +364,8 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create the state dir {self.path.parent}: {exc.strerror or exc}") from None
+        if self.path.exists() and not self.path.is_file():
+            raise OutputError(f"the journal {self.path} is not a file; move it aside or pick another --state-dir")
         self._lock_fd = self._lock(self.path.with_suffix(".lock"))
         self.created = not self.path.exists() or self.path.stat().st_size == 0
         try:
@@ -279,7 +373,8 @@ class Journal:
             self.conn.execute("PRAGMA journal_mode=DELETE")
             self.conn.execute("PRAGMA synchronous=FULL")
             self._check_schema()
-            self.conn.executescript(_SCHEMA)
+            # One transaction: a kill while the tables are made must not leave half a schema.
+            self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
             self._migrate()
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('shard', ?)", (shard.tag,))
@@ -298,16 +393,20 @@ class Journal:
         """Refuses a file that is some other program's database, or from a newer
         oidownload: writing into it could lose what it holds."""
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
-            return
-        if "outcomes" not in tables or "meta" not in tables:
-            raise OutputError(f"{self.path} is not an oidownload journal (tables: {', '.join(sorted(tables))[:200]}); "
+        foreign = tables - _TABLES
+        if foreign:
+            raise OutputError(f"{self.path} is not an oidownload journal (it has tables {', '.join(sorted(foreign))[:200]}); "
                               "move it aside or pick another --state-dir")
+        if "meta" not in tables:
+            return
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
             raise OutputError(f"{self.path} was written by a newer oidownload (journal schema {row[0]}); upgrade oidownload")
 
     def _migrate(self) -> None:
+        if self.conn.execute("SELECT 1 FROM source_counts LIMIT 1").fetchone() is None:
+            self.conn.execute("INSERT INTO source_counts SELECT coalesce(source, ''), count(*) FROM outcomes "
+                              "WHERE status = 'ok' GROUP BY 1")
         for table, columns in _ADDED_COLUMNS.items():
             have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
             for name, kind in columns:
@@ -342,22 +441,9 @@ class Journal:
             pass
 
     def _lock(self, path: Path) -> int:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise OutputError(f"cannot open {path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            raise OutputError(
-                f"another oidownload process ({holder or 'unknown'}) is writing {self.shard.describe()} "
-                f"into {self.out}; wait for it, or stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        return fd
+        return take_lock(path, "", lambda holder: (
+            f"another oidownload process ({holder}) is writing {self.shard.describe()} "
+            f"into {self.out}; wait for it, or stop it first"))
 
     def close(self) -> None:
         try:
@@ -389,36 +475,51 @@ class Journal:
             known = self._inputs[path]
         return known
 
-    def record(self, outcomes: Iterable[Outcome], state: Mapping[str, str | None] | None = None) -> None:
-        """Writes a batch, and the sink's state, in one transaction. Any failure rolls
-        the whole batch back (so nothing is half-recorded and the next batch starts
-        clean) and raises JournalError saying what it was. A busy file is retried."""
+    def record(self, outcomes: Iterable[Outcome], state: Mapping[str, str | None] | None = None,
+               conflicts: Iterable[Conflict] = ()) -> int:
+        """Writes a batch, the sink's state and the conflicts met, in one transaction.
+        Any failure rolls the whole batch back (so nothing is half-recorded and the next
+        batch starts clean) and raises JournalError saying what it was. A busy file is
+        retried. Returns how many conflicts were recorded, those found here included (a
+        failure for an image already ok is not recorded over it)."""
         now = time.time()
         good: list[Outcome] = []
         bad: list[Outcome] = []
         for o in outcomes:
             (bad if o.status is Status.BAD_ROW else good).append(o)
+        met = list(conflicts)
         deadline = time.monotonic() + BUSY_PATIENCE
         delay = 0.05
         while True:
             try:
-                self._write(good, bad, state or {}, now)
-                return
+                return self._write(good, bad, state or {}, met, now)
             except sqlite3.OperationalError as exc:
                 name = getattr(exc, "sqlite_errorname", "")
-                if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) and time.monotonic() < deadline:
+                # Busy: a reader holds the file. Cannot open: the rollback file, opened at
+                # every commit, found no free descriptor; requests in flight free some.
+                if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN")) and time.monotonic() < deadline:
                     time.sleep(delay)
                     delay = min(2.0, delay * 2)
                     continue
                 raise _describe(self.path, exc) from None
-            except sqlite3.Error as exc:
+            except Exception as exc:  # whatever it was, it is said, and the next batch starts clean
                 raise _describe(self.path, exc) from None
 
-    def _write(self, good: list[Outcome], bad: list[Outcome], state: Mapping[str, str | None], now: float) -> None:
+    def _write(self, good: list[Outcome], bad: list[Outcome], state: Mapping[str, str | None],
+               met: list[Conflict], now: float) -> int:
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_UPSERT, [self._row(o, now) for o in good])
+            kept = [o for o in good if o.status is not Status.OK and conn.execute(
+                "SELECT 1 FROM outcomes WHERE id=? AND status='ok'", (id_to_int(o.image_id),)).fetchone()]
+            conn.executemany(
+                "INSERT OR REPLACE INTO conflicts VALUES(?,?,?,?,?)",
+                [(id_to_int(c.image_id), self.input_id(c.file), c.line, clean_text(c.detail), now) for c in met]
+                + [(id_to_int(o.image_id), self.input_id(o.file) if o.file else None, o.line or None,
+                    clean_text(f"a later outcome, {o.status.value} ({o.detail}), was not recorded: "
+                               "the image is already ok"), now) for o in kept],
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO bad_rows VALUES(?,?,?,?,?)",
                 [(self.input_id(o.file), o.line, clean_text(o.detail), clean_text(o.image_id, 64), now) for o in bad],
@@ -429,6 +530,7 @@ class Journal:
                 else:
                     conn.execute("INSERT OR REPLACE INTO sink_state VALUES(?, ?)", (key, value))
             conn.execute("COMMIT")
+            return len(met) + len(kept)
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
@@ -451,8 +553,18 @@ class Journal:
         except sqlite3.Error as exc:
             raise _describe(self.path, exc) from None
 
+    def conflicts(self) -> int:
+        return int(self._read(lambda: self.conn.execute("SELECT count(*) FROM conflicts").fetchone()[0]))
+
     def sink_state(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT key, value FROM sink_state"))
+        return self._read(lambda: dict(self.conn.execute("SELECT key, value FROM sink_state")))
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        """A read of the writer's own journal; a damaged file is said as such."""
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            raise _describe(self.path, exc) from None
 
     def set_progress(self, *, running: bool, planned: int | None, skipped: int, processed: int, rate: float | None) -> None:
         try:
@@ -465,12 +577,12 @@ class Journal:
             raise _describe(self.path, exc) from None
 
     def is_empty(self) -> bool:
-        return self.conn.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is None
+        return self._read(lambda: self.conn.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is None)
 
     def done_set(self, *, retry_failed: bool) -> DoneSet:
         """Ids this task must not request again: every final outcome, or with
         retry_failed only the ok ones."""
-        return load_done(self.conn, _done_where(retry_failed))
+        return self._read(lambda: load_done(self.conn, _done_where(retry_failed)))
 
 
 def _done_where(retry_failed: bool) -> str:
@@ -492,4 +604,78 @@ def other_done_sets(state_dir: Path, shard: Shard, *, retry_failed: bool) -> lis
         finally:
             conn.close()
     return sets
+
+
+def take_lock(path: Path, purpose: str, busy: Callable[[str], str]) -> int:
+    """The writer lock of a journal (an fcntl lock on its .lock file), held until the
+    descriptor is closed. When another process holds it, OutputError(busy(holder)),
+    where holder says who ("pid 12 on node3", prefixed by what it does)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = clean_text(os.pread(fd, 200, 0).decode("utf-8", "replace").strip(), 200)
+        os.close(fd)
+        raise OutputError(busy(holder or "unknown")) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{purpose}pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    return fd
+
+
+class HeldJournals:
+    """Every journal of a state dir, locked against `download` for as long as a command
+    that changes rows after the fact (`verify`) runs; and that command's one write.
+    Raises OutputError at once when a download holds one of them."""
+
+    def __init__(self, state_dir: Path, purpose: str) -> None:
+        self.paths = journal_files(state_dir)
+        self._fds: list[int] = []
+        try:
+            for path in self.paths:
+                self._fds.append(take_lock(path.with_suffix(".lock"), f"{purpose}, ", self._busy(path, purpose)))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _busy(path: Path, purpose: str) -> Callable[[str], str]:
+        return lambda holder: (f"another oidownload process ({holder}) is writing {path}; {purpose} changes its "
+                               "rows only while no download of that shard runs: wait for it, or stop it first")
+
+    def __enter__(self) -> HeldJournals:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def mark_damaged(self, damaged: Mapping[str, str]) -> int:
+        """Turns the ok rows of these ImageIDs into `damaged` (retryable, so the next
+        download fetches exactly them again), with the reason as detail, in every
+        journal that has them: a journal of another sharding counts them done too.
+        Returns how many rows changed."""
+        rows = [(clean_text(detail), id_to_int(image_id)) for image_id, detail in damaged.items()]
+        changed = 0
+        for path in self.paths:
+            conn = connect(path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                # rowcount sums the rows each UPDATE changed, not the triggers' writes.
+                changed += conn.executemany("UPDATE outcomes SET status='damaged', final=0, detail=? "
+                                            "WHERE id=? AND status='ok'", rows).rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                raise _describe(path, exc) from None
+            finally:
+                conn.close()
+        return changed
 

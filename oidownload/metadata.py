@@ -1,5 +1,8 @@
 """`oidownload metadata`: the official Open Images metadata files for a version, with a
-progress bar, resume (HTTP Range on a .part file) and size checks.
+progress bar, resume (HTTP Range on a .part file) and size checks. The V3 release comes
+as .tar.gz archives: they are unpacked (safely: regular files only, nothing outside
+the folder), with their release folder (`2017_11/`) dropped, so the files land where
+`download` is pointed at them: DEST/validation/images.csv, DEST/class-descriptions.csv.
 
 The file table is the one place the URLs live. They are relative to BASE_URL, which
 --base-url replaces (the tests serve them from the local origin).
@@ -56,6 +59,28 @@ FILES: dict[str, tuple[str, ...]] = {
     ),
 }
 _CHUNK = 1 << 20
+_SPLITS = ("train", "validation", "test")
+# What each V3 archive holds (after its release folder), so that --only can pick the
+# archives a pattern needs and unpack only the matching members.
+MEMBERS: dict[str, tuple[str, ...]] = {
+    "images_2017_11.tar.gz": tuple(f"{s}/images.csv" for s in _SPLITS),
+    "annotations_human_bbox_2017_11.tar.gz": tuple(f"{s}/annotations-human-bbox.csv" for s in _SPLITS),
+    "annotations_human_2017_11.tar.gz": tuple(f"{s}/annotations-human.csv" for s in _SPLITS),
+    "annotations_machine_2017_11.tar.gz": tuple(f"{s}/annotations-machine.csv" for s in _SPLITS),
+    "classes_2017_11.tar.gz": ("class-descriptions.csv", "classes.txt", "classes-trainable.txt",
+                               "classes-bbox.txt", "classes-bbox-trainable.txt"),
+}
+
+
+def _names(path: str) -> tuple[str, ...]:
+    """The spellings a --only pattern is matched against: the name, the path, and the
+    path with '-' for '/' (so 'validation-*' picks V3's validation/… as it picks V5's
+    validation-…)."""
+    return (Path(path).name, path, path.replace("/", "-"))
+
+
+def matches(path: str, only: tuple[str, ...]) -> bool:
+    return not only or any(fnmatch.fnmatch(n.lower(), pat.lower()) for pat in only for n in _names(path))
 
 
 @dataclass
@@ -63,7 +88,7 @@ class FileResult:
     name: str
     path: Path
     size: int
-    state: str  # downloaded / resumed / already there
+    state: str  # downloaded / resumed / already there / unpacked
 
 
 def select_files(version: str, only: tuple[str, ...]) -> list[str]:
@@ -71,9 +96,10 @@ def select_files(version: str, only: tuple[str, ...]) -> list[str]:
         raise ConfigError(f"unknown version {version!r}; known: {', '.join(FILES)}")
     files = list(FILES[version])
     if only:
-        files = [f for f in files if any(fnmatch.fnmatch(Path(f).name, pat) for pat in only)]
+        files = [f for f in files if matches(f, only) or any(matches(m, only) for m in MEMBERS.get(Path(f).name, ()))]
         if not files:
-            raise ConfigError(f"no {version} file matches {', '.join(only)}; files: {', '.join(Path(f).name for f in FILES[version])}")
+            known = [n for f in FILES[version] for n in (Path(f).name, *MEMBERS.get(Path(f).name, ()))]
+            raise ConfigError(f"no {version} file matches {', '.join(only)}; files: {', '.join(known)}")
     return files
 
 
@@ -128,9 +154,53 @@ async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ..
     async with aiohttp.ClientSession(timeout=timeout, headers={"Accept-Encoding": "identity"}) as session:
         for rel in files:
             try:
-                results.append(await _fetch(session, base + rel, dest / Path(rel).name, bars))
+                got = await _fetch(session, base + rel, dest / Path(rel).name, bars)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise OutputError(f"{base + rel}: {type(exc).__name__}: {exc}; run again to resume") from None
+            results.append(got)
+            if got.name.endswith((".tar.gz", ".tgz")):
+                archive_only = () if matches(rel, only) else only
+                results += await asyncio.get_running_loop().run_in_executor(None, unpack, got.path, dest, archive_only)
+    return results
+
+
+def unpack(archive: Path, dest: Path, only: tuple[str, ...] = ()) -> list[FileResult]:
+    """The archive's regular files under dest, without its release folder; members that
+    are links, devices or would land outside dest are skipped. A member already there
+    with its size is left alone."""
+    import tarfile
+
+    from .fsio import atomic_file
+
+    results = []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            top = {m.name.lstrip("./").split("/", 1)[0] for m in members}
+            strip = len(top) == 1 and all("/" in m.name.lstrip("./") for m in members)
+            for m in members:
+                rel = m.name.lstrip("./")
+                if strip:
+                    rel = rel.split("/", 1)[1]
+                parts = rel.split("/")
+                if not rel or any(p in ("", ".", "..") for p in parts) or not matches(rel, only):
+                    continue
+                target = dest.joinpath(*parts)
+                if target.is_file() and target.stat().st_size == m.size:
+                    results.append(FileResult(rel, target, m.size, "already there"))
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.parent.resolve().is_relative_to(dest.resolve()):
+                    continue  # a symlinked folder in dest: never written through
+                source = tar.extractfile(m)
+                if source is None:
+                    continue
+                with source, atomic_file(target, "wb") as out:
+                    while chunk := source.read(_CHUNK):
+                        out.write(chunk)
+                results.append(FileResult(rel, target, m.size, "unpacked"))
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise OutputError(f"cannot unpack {archive}: {exc}; delete it and run again to fetch it anew") from None
     return results
 
 

@@ -7,8 +7,8 @@ budgets and signals. Everything a row becomes passes through `_record`, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import enum
 import functools
 import itertools
 import json
@@ -18,28 +18,43 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from .accel import pillow_build
 from .body import BodyWriter, MemfdPool
-from .config import Config, SourceChoice
+from .config import Config
+from .cpus import usable_cpus
 from .errors import ConfigError, InputError, OidownloadError, OutputError
+from .exits import ExitCode, JobCounts, Verdict, finished_verdict
+from .fds import fit_concurrency
 from .fetch import Failure, fetch_body, make_session
-from .journal import DoneSet, Journal, other_done_sets, shard_counts
+from .journal import (
+    DoneSet,
+    Journal,
+    journal_files,
+    journal_path,
+    other_done_sets,
+    shard_counts,
+    writer_alive,
+)
 from .limits import ByteBudget, HostLimiter, Reservation
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
-from .records import BadRow, Outcome, Row, Source, Status
+from .records import RETRYABLE, BadRow, Conflict, Outcome, Row, Source, Status, clean_text, is_final
 from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
-from .selection import SelectionFilter
+from .selection import SelectionFilter, empty_cause
 from .shard import Shard
 from .sinks import Sink, open_sink
+from .sources import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
+from .state import StateDir
 from .workers import Workers, start_workers
 
 _READ_BATCH = 512
@@ -49,16 +64,10 @@ _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this
 # rather than let them pile up in memory: measured, a 5 s commit let 45,000 pile up.
 _MAX_PENDING = 10_000
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    FATAL = 1
-    USAGE = 2
-    TOO_MANY_FAILURES = 3
-    MAX_RUNTIME = 75  # EX_TEMPFAIL: stopped on time, rerun to resume
-    SIGINT = 130
-    SIGTERM = 143
+MIRROR_403_LIMIT = 5  # 403s in a row from the mirror that stop the run
+# A pool whose workers keep dying for reasons of the machine, not of an image, must not
+# restart for ever.
+MAX_POOL_RESTARTS = 20
 
 
 @dataclass
@@ -68,31 +77,109 @@ class RunResult:
     wall: float
     cpu: float
     message: str = ""
+    # The job as the journal holds it after the run (this task's share, every run so far).
+    job: JobCounts = dataclasses.field(default_factory=JobCounts)
 
 
-def choose_source(row: Row, choice: SourceChoice) -> tuple[Source, str]:
-    """(source, URL) for a row; the URL is empty when the row has none for the choice."""
-    if choice is SourceChoice.ORIGINAL:
-        return Source.ORIGINAL, row.original_url
-    if choice is SourceChoice.THUMBNAIL:
-        return Source.THUMBNAIL, row.thumbnail_url
-    if row.thumbnail_url:
-        return Source.THUMBNAIL, row.thumbnail_url
-    return Source.ORIGINAL, row.original_url
+class Stopper:
+    """Stops a run from another thread, as a signal would: the Python API's answer to
+    a KeyboardInterrupt or a cancelled await while the run has its own loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: tuple[asyncio.AbstractEventLoop, _Run] | None = None
+        self._pending: list[tuple[int, str]] = []
+
+    def attach(self, loop: asyncio.AbstractEventLoop, run: _Run) -> None:
+        with self._lock:
+            self._target = (loop, run)
+            for code, why in self._pending:
+                loop.call_soon_threadsafe(run.request_stop, code, why)
+            self._pending.clear()
+
+    def detach(self) -> None:
+        with self._lock:
+            self._target = None
+
+    def stop(self, code: int = ExitCode.SIGINT, why: str = "interrupted") -> None:
+        with self._lock:
+            if self._target is None:
+                self._pending.append((code, why))
+                return
+            loop, run = self._target
+        try:
+            loop.call_soon_threadsafe(run.request_stop, code, why)
+        except RuntimeError:
+            pass  # the loop just closed: the run is over
 
 
-def _limited(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow]:
+@dataclass(frozen=True, slots=True)
+class _Tried:
+    """What came before an attempt at one row: when it started (the image's deadline
+    counts from there), requests so far, the original's failure when this is the
+    fallback to the mirror, and whether the mirror copy was fetched a second time."""
+
+    t0: float
+    attempts: int = 0
+    prior: Outcome | None = None
+    refetched: bool = False
+
+
+def _selected(rows: Iterator[Row | BadRow], flt: SelectionFilter, limit: int | None) -> Iterator[Row | BadRow | Conflict]:
     # Runs in the reader thread, in file order, so rows skipped as done before a row
-    # have been counted by the time that row is tested against the limit.
+    # have been counted by the time that row is tested against the limit. A repeated
+    # ImageID is not a row of the selection: it counts neither against the limit nor
+    # in the progress.
     emitted = 0
     for row in rows:
         if limit is not None and emitted + flt.done_skipped >= limit:
             return
+        if isinstance(row, Row):
+            admitted = flt.admit(row)
+            if admitted is None:
+                continue
+            if isinstance(admitted, Conflict):
+                yield admitted
+                continue
         yield row
         emitted += 1
 
 
+def pool_slots(processes: int) -> int:
+    # Enough queued jobs that no pool worker idles while the next one is handed over.
+    return max(2, 3 * processes)
+
+
+def _fit_descriptors(cfg: Config, progress: Progress) -> Config:
+    """The config with a concurrency that fits the open-file limit, said when lowered."""
+    fit = fit_concurrency(cfg.net.concurrency, pool_slots(cfg.run.processes or 1))
+    if not fit.lowered:
+        return cfg
+    progress.log("warning", f"the open-file limit (ulimit -n {fit.limit}) fits {fit.concurrency} requests at once: "
+                 f"--concurrency lowered from {cfg.net.concurrency}, so that the journal can always be written; "
+                 "raise the limit (ulimit -n 4096) to go faster", concurrency=fit.concurrency, nofile=fit.limit)
+    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=min(cfg.net.per_host, fit.concurrency))
+    return dataclasses.replace(cfg, net=net)
+
+
+@dataclass
+class _Pooled:
+    """A fetched body on its way through the pool, with what its outcome needs."""
+
+    base: Outcome
+    row: Row
+    plan: FetchPlan
+    tried: _Tried
+    note: str
+    job: Job
+    body: BodyWriter
+    held: Reservation
+    http_status: int
+
+
 class _Run:
+    session: aiohttp.ClientSession
+
     def __init__(self, cfg: Config, shard: Shard, progress: Progress, journal: Journal,
                  workers: Workers, formats: list[Format], done: DoneSet, sink: Sink) -> None:
         self.cfg = cfg
@@ -108,13 +195,18 @@ class _Run:
         n = cfg.net.concurrency
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
         self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
-        # Enough queued jobs that no pool worker idles while the next one is handed over.
-        self.pool_slots = asyncio.Semaphore(max(2, 3 * cfg.run.processes))
+        self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
-        self.inflight: set[str] = set()
+        # Fallbacks, refetches, and jobs of a pool whose worker died, under way.
+        self.extra: set[asyncio.Task[None]] = set()
+        self.mirror_403s = 0
+        self.restart_lock = asyncio.Lock()
+        self.deaths: dict[str, int] = {}  # ImageID -> times its worker died under it
+        self.death_cause: dict[str, str] = {}
         self.stopping = asyncio.Event()
+        self.ticked = asyncio.Event()  # set: the ticker's last flush, then it ends
         self.abort = asyncio.Event()
         self.stop_code: int | None = None
         self.stopped_at = 0.0
@@ -125,6 +217,7 @@ class _Run:
         self.reader_finished = False
         self.counted: int | None = None
         self.input_errors: list[InputError] = []
+        self.stopper: Stopper | None = None
 
     def new_writer(self) -> BodyWriter:
         return BodyWriter(self.memfds)
@@ -137,7 +230,8 @@ class _Run:
             # group and a wrapper script may pass it on as well. Only a later one is a
             # user's "stop now".
             if code in (ExitCode.SIGINT, ExitCode.SIGTERM) and now - self.stopped_at > SIGNAL_DEBOUNCE:
-                self.progress.log("abort", "second signal: stopping now; the journal is flushed, unfinished images resume next run")
+                self.progress.log("abort", "second signal: stopping now; the journal is flushed, unfinished images resume next run",
+                                  level="warning")
                 self.abort.set()
             return
         self.stopped_at = now
@@ -172,7 +266,7 @@ class _Run:
 
     async def read(self) -> None:
         loop = asyncio.get_running_loop()
-        limited = _limited(self.rows(), self.filter, self.cfg.select.limit)
+        limited = _selected(self.rows(), self.filter, self.cfg.select.limit)
         take = functools.partial(lambda it: list(itertools.islice(it, _READ_BATCH)), limited)
         try:
             while not self.stopping.is_set():
@@ -180,6 +274,9 @@ class _Run:
                 if not batch:
                     break
                 for row in batch:
+                    if isinstance(row, Conflict):
+                        self.recorder.conflict(row)
+                        continue
                     if isinstance(row, BadRow) and not row.raw_id and self.shard.index != 0:
                         continue  # no id to shard by: the first task reports it
                     if self.stopping.is_set():
@@ -205,108 +302,228 @@ class _Run:
             if isinstance(row, BadRow):
                 self.record(Outcome(row.raw_id, Status.BAD_ROW, row.detail, file=row.file, line=row.line))
                 continue
-            if row.image_id in self.inflight:
-                continue  # the same id twice in the input: one download is enough
             await self.handle(session, row)
 
     async def handle(self, session: aiohttp.ClientSession, row: Row) -> None:
-        loop = asyncio.get_running_loop()
-        source, url = choose_source(row, self.cfg.select.source)
-        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=source, file=row.file, line=row.line)
-        if not url:
-            base.status, base.detail = Status.NO_URL, f"the row has no {source.value} URL"
-            self.record(base)
+        plan = plan_fetch(row, self.cfg.source)
+        if plan is None:
+            choice = self.cfg.source.choice.value
+            self.record(Outcome(row.image_id, Status.NO_URL, f"the row has no {choice} URL", subset=row.subset,
+                                file=row.file, line=row.line))
             return
-        self.inflight.add(row.image_id)
-        t0 = loop.time()
-        original = source is Source.ORIGINAL
+        await self.attempt(row, plan, _Tried(asyncio.get_running_loop().time()))
+
+    async def attempt(self, row: Row, plan: FetchPlan, tried: _Tried) -> None:
+        """Fetches one plan for a row and hands the body to the pool; `finish` decides
+        what a final outcome leads to."""
+        loop = asyncio.get_running_loop()
+        base = Outcome(row.image_id, Status.OK, subset=row.subset, source=plan.source, file=row.file, line=row.line,
+                       url=plan.url)
         got = await fetch_body(
-            session, url,
-            expected_size=row.original_size if original else None,
+            self.session, plan.url,
+            expected_size=plan.expected_size,
             net=self.cfg.net, limiter=self.limiter, reserve=self.budget.reserve,
-            new_writer=self.new_writer, deadline=t0 + self.cfg.net.image_deadline, rng=self.rng,
+            new_writer=self.new_writer, deadline=tried.t0 + self.cfg.net.image_deadline, rng=self.rng,
         )
-        base.attempts = got.attempts
+        base.attempts = tried.attempts + got.attempts
         result = got.result
         if isinstance(result, Failure):
             base.status, base.detail, base.http_status = result.status, result.detail, result.http_status
             if result.status is Status.BAD_ROW:
                 base.detail = f"{row.file}:{row.line}: {base.detail}"
-            base.seconds = loop.time() - t0
-            self.record(base)
+            if plan.source is Source.CVDF:
+                self.mirror_answered(base)
+            base.seconds = loop.time() - tried.t0
+            self.finish(base, row, plan, tried)
             return
+        if plan.source is Source.CVDF:
+            self.mirror_403s = 0
         held = result.held
         body = result.body
         held.settle(body.size)
+        expected_md5, checked_by, note = plan.expected_md5, "OriginalMD5", ""
+        if plan.check_etag:
+            expected_md5, checked_by = etag_md5(result.etag), "the ETag"
+            if expected_md5 is None:
+                note = f"not hash-checked: the ETag {clean_text(result.etag or 'none', 80)} is not an MD5"
         job = Job(
-            row.image_id, row.subset, source,
-            expected_size=row.original_size if original else None,
-            expected_md5=row.original_md5 if original else None,
+            row.image_id, row.subset, plan.source,
+            expected_size=plan.expected_size, expected_md5=expected_md5, checked_by=checked_by,
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
             file=row.file, line=row.line,
         )
-        try:
-            await self.pool_slots.acquire()
-            fut = self.workers.submit(loop, job, body)
-        except (BrokenProcessPool, RuntimeError) as exc:
-            self.pool_slots.release()
-            held.release()
-            body.close()
-            self.fail(OutputError(f"the process pool stopped working: {exc}"))
-            return
-        except BaseException:
-            held.release()
-            body.close()
-            raise
-        self.in_pool.add(fut)
-        fut.add_done_callback(functools.partial(self.processed, base, row, held, body, t0, result.http_status))
+        await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, held, result.http_status))
 
-    def processed(self, base: Outcome, row: Row, held: Reservation, body: BodyWriter, t0: float, http_status: int,
-                  fut: asyncio.Future[Outcome]) -> None:
+    async def to_pool(self, p: _Pooled) -> None:
+        """Hands a body to the pool; a pool found broken is restarted first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            generation = self.workers.generation
+            try:
+                await self.pool_slots.acquire()
+                fut = self.workers.submit(loop, p.job, p.body)
+                break
+            except BrokenProcessPool:
+                self.pool_slots.release()
+                if await self.restart_pool(generation):
+                    continue
+                self.drop(p)
+                return
+            except RuntimeError as exc:
+                self.pool_slots.release()
+                self.drop(p)
+                self.fail(OutputError(f"the process pool stopped working: {exc}"))
+                return
+            except BaseException:
+                self.drop(p)
+                raise
+        self.in_pool.add(fut)
+        fut.add_done_callback(functools.partial(self.processed, p, generation))
+
+    def drop(self, p: _Pooled) -> None:
+        p.held.release()
+        p.body.close()
+
+    def mirror_answered(self, outcome: Outcome) -> None:
+        """A mirror's 404 is final (it lacks the image); its 403 never is: a private
+        bucket or a wrong --mirror-url answers 403 to everything, so after a few in a row
+        the run stops instead of failing every row."""
+        if outcome.http_status in (404, 410):
+            outcome.status = Status.NOT_IN_MIRROR
+        elif outcome.http_status == 403:
+            outcome.status = Status.MIRROR_REFUSED
+            self.mirror_403s += 1
+            if self.mirror_403s >= MIRROR_403_LIMIT:
+                self.fail(OidownloadError(
+                    f"the mirror at {self.cfg.source.mirror_url} answered 403 Forbidden to {self.mirror_403s} "
+                    "requests in a row: is --mirror-url right, and is the bucket public? Rows it refused are "
+                    "tried again by the next run"))
+            return
+        self.mirror_403s = 0
+
+    def processed(self, p: _Pooled, generation: int, fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
-        held.release()
+        release = p.held.release
         if fut.cancelled():
             # The worker may still be reading the memfd: closing it now could let its
             # descriptor number be reused under the worker. The process is stopping.
-            self.inflight.discard(base.image_id)
+            release()
             return
-        body.close()
         exc = fut.exception()
         if isinstance(exc, BrokenProcessPool):
-            self.inflight.discard(base.image_id)
-            self.fail(OutputError(
-                "a pool worker died unexpectedly (killed by the out-of-memory killer?); "
-                "rerun to resume, perhaps with fewer --processes or a smaller --max-bytes-in-flight"
-            ))
+            # A worker died: every job of that pool fails with this. The body is kept
+            # for another try in a new pool.
+            task = asyncio.get_running_loop().create_task(self.after_death(p, generation))
+            self.extra.add(task)
+            task.add_done_callback(self.extra.discard)
             return
+        p.body.close()
+        base = p.base
         if exc is not None:
             base.status, base.detail = Status.CORRUPT, f"worker error: {type(exc).__name__}: {exc}"
             outcome = base
         else:
             outcome = fut.result()
             outcome.attempts = base.attempts
-        outcome.http_status = http_status
-        outcome.seconds = asyncio.get_running_loop().time() - t0
-        self.record(outcome, row)
+            outcome.url = base.url
+            if p.note and outcome.status is Status.OK:
+                outcome.detail = "; ".join(filter(None, (p.note, outcome.detail)))
+        outcome.http_status = p.http_status
+        outcome.seconds = asyncio.get_running_loop().time() - p.tried.t0
+        # A staged image keeps its share of the budget until its sink has it out of
+        # the way (an upload, say): that is what bounds the bytes waiting there.
+        self.finish(outcome, p.row, p.plan, p.tried, release)
 
-    def record(self, outcome: Outcome, row: Row | None = None) -> None:
-        self.inflight.discard(outcome.image_id)
-        self.recorder.record(outcome, row)
+    async def after_death(self, p: _Pooled, generation: int) -> None:
+        """One job of a pool whose worker died: tried again in the new pool, unless it
+        was in the dying worker twice (then it is what kills workers: worker_died)."""
+        if not await self.restart_pool(generation):
+            self.drop(p)
+            return
+        died = self.deaths.get(p.job.image_id, 0)
+        if died < 2:
+            await self.to_pool(p)
+            return
+        p.body.close()
+        base = p.base
+        base.status = Status.WORKER_DIED
+        base.detail = (f"the pool worker processing this image died {died} times ({self.death_cause.get(p.job.image_id, '')}); "
+                       "out of memory? try a lower --max-decode-mb or fewer --processes")
+        base.http_status = p.http_status
+        base.seconds = asyncio.get_running_loop().time() - p.tried.t0
+        self.finish(base, p.row, p.plan, p.tried, p.held.release)
+
+    async def restart_pool(self, generation: int) -> bool:
+        """Restarts the pool once per breakage (the first caller does it; the others
+        find it done). False when workers kept dying and the run stops."""
+        async with self.restart_lock:
+            if self.workers.generation != generation:
+                return self.fatal is None
+            if self.workers.generation >= MAX_POOL_RESTARTS:
+                self.fail(OutputError(
+                    f"pool workers died {self.workers.generation + 1} times (killed by the out-of-memory killer?); "
+                    "rerun with fewer --processes, a lower --max-decode-mb or a smaller --max-bytes-in-flight-mb"
+                ))
+                return False
+            try:
+                deaths = await asyncio.get_running_loop().run_in_executor(None, self.workers.restart)
+            except (BrokenProcessPool, OSError) as exc:
+                self.fail(OutputError(f"cannot restart the process pool: {exc}"))
+                return False
+            for death in deaths:
+                for image_id in death.image_ids:
+                    self.deaths[image_id] = self.deaths.get(image_id, 0) + 1
+                    self.death_cause[image_id] = death.describe()
+                held = ", ".join(death.image_ids) or "no image"
+                self.progress.log("worker-died", f"{death.describe()} while processing {held}; the pool was restarted. "
+                                  "An image whose worker dies twice ends as worker_died", pid=death.pid,
+                                  exitcode=death.exitcode, image_ids=list(death.image_ids))
+            return self.fatal is None
+
+    def finish(self, outcome: Outcome, row: Row, plan: FetchPlan, tried: _Tried,
+               release: Callable[[], None] = lambda: None) -> None:
+        """A fetch's outcome: recorded, or, when the original is gone for good and
+        --fallback allows, followed by one try of the mirror; a mirror copy whose MD5
+        disagrees with its ETag is fetched once more (a torn transfer)."""
+        again: tuple[FetchPlan, _Tried] | None = None
+        if tried.prior is None and wants_fallback(self.cfg.source, plan, outcome.status, outcome.http_status):
+            again = mirror_plan(row, self.cfg.source), dataclasses.replace(tried, attempts=outcome.attempts, prior=outcome)
+        elif plan.source is Source.CVDF and outcome.status is Status.MD5_MISMATCH and not tried.refetched:
+            again = plan, dataclasses.replace(tried, attempts=outcome.attempts, refetched=True)
+        if again is not None and not self.stopping.is_set():
+            release()
+            task = asyncio.get_running_loop().create_task(self.attempt(row, *again))
+            self.extra.add(task)
+            task.add_done_callback(self.extra.discard)
+            return
+        prior = tried.prior
+        if prior is not None:
+            why = f"the original was {prior.status.value}: {prior.detail}"
+            outcome.detail = why if outcome.status is Status.OK and not outcome.detail else f"{why}; mirror: {outcome.detail}"
+        self.record(outcome, row, release)
+
+    def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:
+        self.recorder.record(outcome, row, release)
 
     def write_progress(self, running: bool) -> None:
         rate, _ = self.progress.rates()
-        planned = self.enqueued + self.filter.done_skipped if self.reader_finished else self.counted
+        # A stopped run keeps no estimate: `status` would show it as the share's size.
+        estimate = self.counted if running else None
+        planned = self.enqueued + self.filter.done_skipped if self.reader_finished else estimate
         self.journal.set_progress(
             running=running, planned=planned, skipped=self.filter.done_skipped,
             processed=self.progress.tally.done, rate=rate,
         )
 
     async def ticker(self) -> None:
+        """Flushes every _FLUSH_EVERY until `ticked` is set. It is stopped that way,
+        never cancelled: a cancel in the middle of a flush could drop its batch."""
         loop = asyncio.get_running_loop()
         last_progress = 0.0
-        while True:
-            await asyncio.sleep(_FLUSH_EVERY)
+        while not self.ticked.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ticked.wait(), _FLUSH_EVERY)
             self.progress.tally.skipped = self.filter.done_skipped
             self.progress.tick()
             await self.recorder.flush()
@@ -317,33 +534,48 @@ class _Run:
                 except OutputError as exc:
                     self.fail(exc)
 
-    def estimate_total(self, done_at_start: int) -> None:
+    def estimate_total(self, done_at_start: int, loop: asyncio.AbstractEventLoop) -> None:
         """Background: an estimate gives the bar a total before the reader gets there;
         the exact count replaces it when the reader reaches the end."""
         lines = sum(estimate_rows(p) for p in self.cfg.inputs)
         share = lines // self.shard.count
         if self.cfg.select.limit is not None:
             share = min(share, self.cfg.select.limit)
+        try:
+            # On the loop's thread, so an estimate never lands after the exact count.
+            loop.call_soon_threadsafe(self.estimated, share, done_at_start)
+        except RuntimeError:
+            pass  # the run is over
+
+    def estimated(self, share: int, done_at_start: int) -> None:
         self.counted = share
         if not self.reader_finished:
-            self.progress.set_total(max(0, share - done_at_start))
+            self.progress.set_total(max(0, share - done_at_start), exact=False)
 
     async def drain(self, workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers)
-        while self.in_pool:
-            await asyncio.wait(list(self.in_pool))
+        while self.in_pool or self.extra:
+            waiting: list[asyncio.Future[Any]] = [*self.in_pool, *self.extra]
+            await asyncio.wait(waiting)
 
     async def main(self, done_at_start: int) -> None:
         loop = asyncio.get_running_loop()
-        for sig, code in ((signal.SIGINT, ExitCode.SIGINT), (signal.SIGTERM, ExitCode.SIGTERM)):
-            loop.add_signal_handler(sig, self.request_stop, code, f"{signal.Signals(sig).name} received")
+        # Signal handlers belong to the main thread; the Python API runs a pipeline in
+        # another thread when its caller's loop is busy, and stops it through a Stopper.
+        signals = threading.current_thread() is threading.main_thread()
+        if signals:
+            for sig, code in ((signal.SIGINT, ExitCode.SIGINT), (signal.SIGTERM, ExitCode.SIGTERM)):
+                loop.add_signal_handler(sig, self.request_stop, code, f"{signal.Signals(sig).name} received")
+        if self.stopper is not None:
+            self.stopper.attach(loop, self)
         if self.cfg.run.max_runtime is not None:
             loop.call_later(self.cfg.run.max_runtime, self.request_stop, ExitCode.MAX_RUNTIME,
                             f"--max-runtime {self.cfg.run.max_runtime:.0f}s reached")
-        threading.Thread(target=self.estimate_total, args=(done_at_start,), daemon=True, name="count").start()
+        threading.Thread(target=self.estimate_total, args=(done_at_start, loop), daemon=True, name="count").start()
         # The shard in the User-Agent lets an origin's logs tell cluster tasks apart.
         agent = f"{self.cfg.net.user_agent} shard/{self.shard.tag}"
-        session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
+        session = self.session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
+        self.sink.start()
         try:
             workers = [asyncio.create_task(self.fetch_worker(session)) for _ in range(self.cfg.net.concurrency)]
             reader = asyncio.create_task(self.read())
@@ -357,13 +589,13 @@ class _Run:
                 abort.cancel()
                 if not drain.done():
                     self.abandoned = True
-                    for task in (*workers, drain):
+                    for task in (*workers, drain, *self.extra):
                         task.cancel()
                     for fut in list(self.in_pool):
                         fut.cancel()
             stop.cancel()
             reader.cancel()
-            ticker.cancel()
+            self.ticked.set()
             await asyncio.gather(drain, reader, ticker, stop, return_exceptions=True)
             if drain.done() and not drain.cancelled() and drain.exception() is not None:
                 raise drain.exception()  # type: ignore[misc]
@@ -378,8 +610,18 @@ class _Run:
             if self.memfds is not None and not self.abandoned:
                 self.memfds.close()
             self.reader_thread.shutdown(wait=False, cancel_futures=True)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            if self.stopper is not None:
+                self.stopper.detach()
+            if signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+                    # The work is over and journaled; a signal now must not kill the last
+                    # steps (the summary, the exit code). A second one does.
+                    signal.signal(sig, _late_signal)
+
+
+def _late_signal(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -390,10 +632,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds(children: bool = True) -> float:
+    """CPU seconds of this process (its threads included), and of the pool workers it
+    reaped when `children`: the main process's share is what benchmarks/ tracks."""
     me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    total = me.ru_utime + me.ru_stime
+    if children:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += kids.ru_utime + kids.ru_stime
+    return total
 
 
 def _prepare_state(state_dir: Path) -> None:
@@ -405,18 +652,32 @@ def _prepare_state(state_dir: Path) -> None:
         raise OutputError(f"the state dir {state_dir} is not writable; pick a writable --state-dir or fix its permissions")
 
 
-def _check_split(state_dir: Path, shard: Shard) -> None:
-    """A share worked out from the scheduler's environment must match the split OUT
-    already has: resubmitting one array task as an array of one would otherwise make it
-    take every row (and race the other tasks for them). Explicit flags may re-split."""
-    if shard.origin in ("flags", "single task"):
+def _check_split(state_dir: Path, shard: Shard, resplit: bool) -> None:
+    """One split of the rows per output, unless a re-split is asked for; and never two
+    splits at once: their tasks would fetch the same images twice."""
+    others = [p for p in journal_files(state_dir) if not p.name.endswith(f"-of-{shard.count}.sqlite")]
+    if not others:
         return
-    others = shard_counts(state_dir) - {shard.count}
-    if others:
+    counts = "/".join(map(str, sorted(shard_counts(state_dir) - {shard.count})))
+    busy = [p.name for p in others if writer_alive(p)]
+    if busy:
         raise ConfigError(
-            f"{state_dir} holds a split {'/'.join(map(str, sorted(others)))} ways (journal-*-of-N), but this task "
-            f"is {shard.describe()}. To rerun one array task keep its array: `scontrol requeue JOBID_TASKID`, or "
-            f"pass --num-shards N --shard-index I (or OIDOWNLOAD_NUM_SHARDS/OIDOWNLOAD_SHARD_INDEX)"
+            f"{state_dir} is being written with another split of the rows ({', '.join(busy[:3])}), but this run is "
+            f"{shard.describe()}: both would fetch the same images. Wait for it to finish, or run with its split"
+        )
+    if shard.origin not in ("flags", "single task"):
+        # A share worked out from the scheduler's environment: resubmitting one array task
+        # as an array of one would otherwise make it take every row.
+        raise ConfigError(
+            f"{state_dir} holds a split {counts} ways (journal-*-of-N), but this task is {shard.describe()}. "
+            f"To rerun one array task keep its array: `scontrol requeue JOBID_TASKID`, or pass --num-shards N "
+            f"--shard-index I (or OIDOWNLOAD_NUM_SHARDS/OIDOWNLOAD_SHARD_INDEX)"
+        )
+    if not resplit:
+        raise ConfigError(
+            f"{state_dir} holds a split {counts} ways (journal-*-of-N), but this run is {shard.describe()}. "
+            "Pass --resplit to split the same output another way (finished images are not fetched again), "
+            f"or run with --num-shards {counts.split('/')[0]}"
         )
 
 
@@ -438,7 +699,7 @@ def _rebuild(journal: Journal, sink: Sink, shard: Shard, progress: Progress) -> 
                      "they are not fetched again", rebuilt=found)
 
 
-def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
+def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper | None = None) -> RunResult:
     """Runs one task's share to the end, a stop, or a fatal error. Fatal errors are
     raised (after the journal is flushed); everything else is in the result."""
     if not cfg.inputs:
@@ -448,43 +709,58 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
     sink = open_sink(cfg.output, shard)
     _prepare_state(state_dir)
     sink.prepare()
-    _check_split(state_dir, shard)
+    _check_split(state_dir, shard, cfg.run.resplit)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
-    workers = start_workers(cfg.image, sink.target, cfg.run.processes)
+    main0 = _cpu_seconds(children=False)
+    if cfg.run.processes is None:
+        cpus = usable_cpus()
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, processes=cpus.count))
+        chosen = f"one per usable CPU: {cpus.why}"
+    else:
+        chosen = "--processes"
+    processes = cfg.run.processes or 1
+    workers = start_workers(cfg.image, sink.target, processes)
     run: _Run | None = None
     try:
         journal = Journal(state_dir, shard, cfg.output.out)
         try:
             marker = state_dir / f"running-{shard.tag}"
             crashed = marker.exists()
-            sink.recover(journal.sink_state(), shard.owns, crashed)
+            found = sink.recover(journal.sink_state(), shard.owns, crashed)
+            journal.record(found.committed, found.state)
             if crashed:
                 progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; "
                              f"cleaned up after it in {sink.describe()}")
             marker.touch()
             if journal.created:
                 _rebuild(journal, sink, shard, progress)
-            journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value}))
+            journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value,
+                                                    "keep_original": cfg.image.keep_original}))
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
-            if sel.annotations or sel.classes:
+            if sel.annotations or sel.classes or sel.db:
                 journal.set_meta("selection", json.dumps({
                     "annotations": [str(a) for a in sel.annotations], "classes": sorted(sel.classes),
                     "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
+                    "db": sel.db,
                 }))
             done = journal.done_set(retry_failed=cfg.select.retry_failed)
             others = other_done_sets(state_dir, shard, retry_failed=cfg.select.retry_failed)
             if others:
                 done = DoneSet.merge([done, *others])
+            kind = "thread" if workers.in_process else "process"
             progress.log(
                 "start",
-                f"oidownload: {shard.describe()}; {len(cfg.inputs)} input file(s); output: {sink.describe()}; "
-                f"state: {state_dir}; {len(done)} image(s) already done",
+                f"{shard.describe()}; {len(cfg.inputs)} input file(s); output: {sink.describe()}; "
+                f"state: {state_dir}; {len(done)} image(s) already done; "
+                f"{processes} worker {kind}{'es' if kind == 'process' and processes > 1 else 's' if processes > 1 else ''} ({chosen})",
                 shard_index=shard.index, num_shards=shard.count, done_at_start=len(done),
-                output=cfg.output.out, state_dir=str(state_dir),
+                output=cfg.output.out, state_dir=str(state_dir), processes=processes, workers=kind,
             )
+            cfg = _fit_descriptors(cfg, progress)
             run = _Run(cfg, shard, progress, journal, workers, formats, done, sink)
+            run.stopper = stopper
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
         finally:
@@ -495,22 +771,61 @@ def run_download(cfg: Config, shard: Shard, progress: Progress) -> RunResult:
         marker.unlink(missing_ok=True)
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
+    if run.filter.duplicates or run.recorder.conflicts:
+        progress.log("duplicates", f"{run.filter.duplicates} row(s) repeated an ImageID already met and were skipped "
+                     f"without a request (one outcome per ImageID, the first row wins); {run.recorder.conflicts} "
+                     "disagreed with it (another OriginalURL or OriginalMD5): see conflicts.csv from `oidownload report`",
+                     duplicates=run.filter.duplicates, conflicts=run.recorder.conflicts)
     if decode_errors():
-        progress.log("warning", f"{decode_errors()} run(s) of bytes in the input were not UTF-8 and were read as U+FFFD",
-                     undecodable=decode_errors())
+        progress.log("undecodable", f"{decode_errors()} run(s) of bytes in the input were not UTF-8 and were read as U+FFFD",
+                     level="warning", undecodable=decode_errors())
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
-    progress.summary(wall=wall, cpu=cpu)
+    progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe(),
+                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3)})
     if run.fatal is not None:
         raise run.fatal
     if run.input_errors and run.stop_code is None:
         raise InputError("; ".join(str(e) for e in run.input_errors))
-    code = run.stop_code if run.stop_code is not None else ExitCode.OK
-    message = ""
-    mfr = cfg.run.max_failure_rate
-    if code == ExitCode.OK and mfr is not None and tally.done and tally.failure_rate() > mfr:
-        code = ExitCode.TOO_MANY_FAILURES
-        message = f"{tally.failed} of {tally.done} images failed ({tally.failure_rate():.1%}), over --max-failure-rate {mfr:.1%}"
-    if code == ExitCode.MAX_RUNTIME:
-        message = "stopped at --max-runtime; run the same command again to resume"
-    return RunResult(tally, int(code), wall, cpu, message)
+    verdict = _verdict(cfg, shard, run, tally)
+    job = _job_counts(state_dir, shard)
+    if verdict is None:
+        verdict = finished_verdict(job, sum(n for s, n in tally.by_status.items() if s in RETRYABLE),
+                                   cfg.run.max_failure_rate)
+    return RunResult(tally, int(verdict.code), wall, cpu, verdict.message, job)
+
+
+def _verdict(cfg: Config, shard: Shard, run: _Run, tally: Tally) -> Verdict | None:
+    """The code of a run that was stopped or selected nothing; None for a finished run
+    whose code depends on the job's counts."""
+    if run.stop_code is not None:
+        code = ExitCode(run.stop_code)
+        if code == ExitCode.MAX_RUNTIME:
+            return Verdict(code, "stopped at --max-runtime")
+        return Verdict(code, f"{'interrupted' if code == ExitCode.SIGINT else 'terminated'}: "
+                             f"the {tally.done} image(s) finished in this run are journaled")
+    if tally.done or run.filter.done_skipped:
+        return None
+    # This task's share of the selection is empty. In a cluster run that is normal when
+    # the selection is small: the rows belong to other tasks. Only a selection that no
+    # task's share holds is the user's mistake (a --subset that is not in the data,
+    # classes no image of the input carries).
+    sel = cfg.select
+    why = empty_cause(cfg.inputs, subsets=sel.subsets, ids=sel.ids, ids_from=sel.ids_from)
+    if why is None:
+        return Verdict(ExitCode.OK, f"{shard.describe()} has no row of the selection: the other tasks own them"
+                       if shard.count > 1 else "")
+    return Verdict(ExitCode.NOTHING_SELECTED, f"nothing selected: {why}")
+
+
+def _job_counts(state_dir: Path, shard: Shard) -> JobCounts:
+    """The whole job of this task, from its journal: every row any run of it has seen."""
+    rows = ok = final = 0
+    for jc in StateDir(state_dir).counts(only=journal_path(state_dir, shard)):
+        for c in jc.counts:
+            rows += c.n
+            if c.status == Status.OK:
+                ok += c.n
+            elif is_final(Status(c.status)):
+                final += c.n
+    return JobCounts(rows, ok, final)

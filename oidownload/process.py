@@ -78,7 +78,8 @@ class Job:
     subset: str
     source: Source
     expected_size: int | None = None
-    expected_md5: str | None = None
+    expected_md5: str | None = None  # base64; checked whatever the source
+    checked_by: str = "OriginalMD5"  # where expected_md5 came from, for the failure detail
     rotation: int | None = None
     has_rotation_column: bool = False
     file: str = ""
@@ -117,11 +118,11 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
     digest = md5_b64(body)
     if digest in settings.placeholder_md5s:
         return _fail(outcome, Status.UNAVAILABLE, "the body is the 'photo unavailable' placeholder")
-    if job.source is Source.ORIGINAL:
-        if job.expected_size is not None and len(body) != job.expected_size:
-            return _fail(outcome, Status.SIZE_MISMATCH, f"got {len(body)} bytes, OriginalSize is {job.expected_size}")
-        if job.expected_md5 is not None and digest != job.expected_md5:
-            return _fail(outcome, Status.MD5_MISMATCH, f"md5 {digest}, OriginalMD5 is {job.expected_md5}")
+    if job.expected_size is not None and len(body) != job.expected_size:
+        return _fail(outcome, Status.SIZE_MISMATCH, f"got {len(body)} bytes, OriginalSize is {job.expected_size}")
+    if job.expected_md5 is not None:
+        if digest != job.expected_md5:
+            return _fail(outcome, Status.MD5_MISMATCH, f"md5 {digest}, {job.checked_by} is {job.expected_md5}")
         outcome.verified = True
     try:
         r = _render(job, body, settings.image)
@@ -131,11 +132,19 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
         return _fail(outcome, Status.TOO_LARGE, f"decompression bomb guard: {exc}")
     except UnidentifiedImageError:
         return _fail(outcome, Status.CORRUPT, f"not an image (starts {bytes(body[:8])!r})")
+    except TooLarge as exc:
+        return _fail(outcome, Status.TOO_LARGE, str(exc))
     except MemoryError:
         return _fail(outcome, Status.TOO_LARGE, "out of memory decoding the image")
     except Exception as exc:  # Pillow: OSError, SyntaxError, ValueError, struct.error...
         return _fail(outcome, Status.CORRUPT, f"cannot decode: {type(exc).__name__}: {exc}")
     outcome.width, outcome.height = r.size
+    cfg = settings.image
+    if (job.source is not Source.ORIGINAL and cfg.resize and cfg.resize_mode is not ResizeMode.NONE
+            and max(r.size) < cfg.resize):
+        # Copies are smaller than originals (the mirror's at most 1024 px): say so, so a
+        # user who needs the full resolution can find these rows.
+        outcome.detail = f"the {job.source.value} copy is {r.size[0]}x{r.size[1]}, smaller than --resize {cfg.resize}"
     outcome.ext = r.ext
     outcome.orientation = r.orientation
     outcome.crop = r.crop
@@ -216,6 +225,41 @@ class Rendered:
     crop: tuple[float, float, float, float] | None = None
 
 
+class TooLarge(Exception):
+    """The image would take more memory to decode than --max-decode-mb allows."""
+
+
+# Bytes per pixel of Pillow's storage by mode (RGB is stored in 4 bytes).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# A resample whose kernel spans more source pixels than this per output pixel first
+# reduces by an integer factor (box averaging): the kernel's weights would otherwise
+# take out_size x 2 x scale doubles (1.3 GB for 80,000,000 pixels onto 640).
+_MAX_SCALE = 16.0
+REDUCING_GAP = 3.0
+
+
+def decode_bytes(size: tuple[int, int], mode: str, out_format: str, target: tuple[int, int] | None) -> int:
+    """About the most memory the pixel work of one image takes: the decoded image, a
+    converted copy when the output format needs another mode, and the resample's
+    intermediate pass. Pillow also keeps a pointer per row of every image (8 bytes):
+    640 MB of pointers alone for 80,000,000 rows of one pixel."""
+    w, h = size
+    row = w * _STORED_BYTES.get(mode, 4) + 8
+    copies = 0
+    if out_format == "JPEG" and mode not in ("RGB", "L"):
+        copies = 2 if mode in ("RGBA", "LA", "PA", "P") else 1  # to RGBA, then flattened onto RGB
+    elif out_format != "JPEG" and mode not in ("RGB", "RGBA", "L", "LA"):
+        copies = 1
+    total = h * (row + copies * (w * 4 + 8))
+    if target is not None:
+        tw, th = target
+        if max(w / tw, h / th) > _MAX_SCALE:  # reduced first (see _resize): the pass runs on that
+            w, h = -(-w // max(1, int(w / tw / REDUCING_GAP))), -(-h // max(1, int(h / th / REDUCING_GAP)))
+            total += h * (w * 4 + 8)
+        total += h * (tw * 4 + 8) + th * (tw * 4 + 8)
+    return total
+
+
 def _render(job: Job, body: Buffer, cfg: ImageConfig) -> Rendered:
     if isinstance(body, bytes):
         source: io.BytesIO | Buffer = io.BytesIO(body)
@@ -230,7 +274,8 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> Rendered:
     turn = _orientation(im, job, cfg)
     target = target_size(im.size, cfg)
     if target is None and turn is None and _same_format(im.format, pil_format):
-        if job.source is not Source.ORIGINAL:
+        if job.expected_md5 is None:
+            _check_decode(im, im.format or "", None, cfg)
             im.load()  # unverified bytes kept as they are must at least decode
         return Rendered(body, ext, im.size)
     box: tuple[float, float, float, float] | None = None
@@ -250,9 +295,10 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> Rendered:
             side_d = min(dw, dh)
             box = ((dw - side_d) / 2, (dh - side_d) / 2, (dw + side_d) / 2, (dh + side_d) / 2)
             crop = (box[0] / dw, box[1] / dh, box[2] / dw, box[3] / dh)
+    _check_decode(im, pil_format, target, cfg)
     im = _normalise_mode(im, pil_format)
     if target is not None:
-        im = im.resize(target, RESAMPLE, box=box)
+        im = _resize(im, target, box)
     if turn is not None:
         im = im.transpose(turn)
     buf = io.BytesIO()
@@ -266,6 +312,19 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> Rendered:
     # show exactly the pixels written.
     im.save(buf, pil_format, **params)
     return Rendered(buf.getvalue(), ext, im.size, _TRANSPOSE_CODE[turn] if turn is not None else 1, crop)
+
+
+def _resize(im: Image.Image, target: tuple[int, int], box: tuple[float, float, float, float] | None) -> Image.Image:
+    scale = max(im.width / target[0], im.height / target[1])
+    return im.resize(target, RESAMPLE, box=box, reducing_gap=REDUCING_GAP if scale > _MAX_SCALE else None)
+
+
+def _check_decode(im: Image.Image, out_format: str, target: tuple[int, int] | None, cfg: ImageConfig) -> None:
+    need = decode_bytes(im.size, im.mode, out_format, target)
+    if need > cfg.max_decode_bytes:
+        w, h = im.size
+        raise TooLarge(f"{w}x{h} {im.mode} needs about {need / 2**20:.0f} MB to decode, over --max-decode-mb "
+                       f"{cfg.max_decode_bytes / 2**20:.0f}")
 
 
 def _same_format(source: str | None, target: str) -> bool:

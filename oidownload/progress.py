@@ -66,6 +66,20 @@ def human_seconds(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+_PREFIX = {"info": "oidownload: ", "warning": "oidownload: warning: ", "error": "oidownload: error: "}
+_PLAIN = frozenset({"progress", "summary"})  # tables and counters: no prefix
+
+
+def log_line(log_format: LogFormat, level: str, event: str, message: str, **fields: Any) -> str:
+    """One line for stderr: `oidownload: [level: ]message` as text, or with --log-format
+    json one JSON object with the time, a level (info, warning, error), the event's name,
+    the message and the event's fields."""
+    if log_format is LogFormat.JSON:
+        return json.dumps({"time": round(time.time(), 3), "level": level, "event": event, "message": message,
+                           **fields})
+    return message if event in _PLAIN else _PREFIX.get(level, "") + message
+
+
 class Progress:
     def __init__(
         self,
@@ -82,6 +96,7 @@ class Progress:
         self.interval = interval
         self.tally = Tally()
         self.total: int | None = None
+        self.total_exact = False
         self.started = time.monotonic()
         self._last_log = self.started
         self._window: collections.deque[tuple[float, int, int]] = collections.deque()
@@ -90,19 +105,18 @@ class Progress:
             self._bar = tqdm(total=None, unit="img", file=self.stream, dynamic_ncols=True, smoothing=0.1)
 
     # -- events -------------------------------------------------------------------------
-    def log(self, event: str, message: str, **fields: Any) -> None:
+    def log(self, event: str, message: str, *, level: str = "info", **fields: Any) -> None:
         """A one-off line (start, warnings, errors), kept clear of the bar."""
-        if self.log_format is LogFormat.JSON:
-            line = json.dumps({"time": round(time.time(), 3), "event": event, "message": message, **fields})
-        else:
-            line = message
+        line = log_line(self.log_format, level, event, message, **fields)
         if self._bar is not None:
             self._bar.write(line, file=self.stream)
         else:
             print(line, file=self.stream, flush=True)
 
-    def set_total(self, total: int) -> None:
+    def set_total(self, total: int, *, exact: bool = True) -> None:
+        """The rows this run will handle: an estimate first, the count once it is known."""
         self.total = total
+        self.total_exact = exact
         if self._bar is not None:
             self._bar.total = total
             self._bar.refresh()
@@ -122,13 +136,16 @@ class Progress:
         while self._window and now - self._window[0][0] > _RATE_WINDOW:
             self._window.popleft()
         if self._bar is not None:
-            _, mbps = self.rates()
-            self._bar.set_postfix_str(
-                f"ok={self.tally.ok} failed={self.tally.failed} {mbps / 1e6:.1f}MB/s", refresh=False
-            )
+            self._set_postfix(refresh=False)
         elif self.mode is ProgressMode.LOG and now - self._last_log >= self.interval:
             self._last_log = now
             self.emit_progress()
+
+    def _set_postfix(self, *, refresh: bool) -> None:
+        assert self._bar is not None
+        _, mbps = self.rates()
+        self._bar.set_postfix_str(f"ok={self.tally.ok} failed={self.tally.failed} {mbps / 1e6:.1f}MB/s",
+                                  refresh=refresh)
 
     # -- figures --------------------------------------------------------------------------
     def rates(self) -> tuple[float, float]:
@@ -154,7 +171,8 @@ class Progress:
         eta = self.eta()
         if self.log_format is LogFormat.JSON:
             self.log(
-                "progress", "progress", done=t.done, total=self.total, ok=t.ok, failed=t.failed,
+                "progress", "progress", done=t.done, total=self.total, total_exact=self.total_exact,
+                ok=t.ok, failed=t.failed,
                 images_per_s=round(rate, 2), mb_per_s=round(bps / 1e6, 2),
                 eta_s=None if eta is None else round(eta),
             )
@@ -167,7 +185,12 @@ class Progress:
         )
 
     def close(self) -> None:
+        """Leaves the bar in its true final state: the counts of every outcome (the
+        ticker may not have run since the last ones) and no estimated total."""
         if self._bar is not None:
+            if not self.total_exact:
+                self._bar.total = None
+            self._set_postfix(refresh=True)
             self._bar.close()
             self._bar = None
 
@@ -192,5 +215,6 @@ class Progress:
             f"fetched {human_bytes(t.nbytes)}, wrote {human_bytes(t.out_bytes)}; "
             f"wall {wall:.1f}s, CPU {cpu:.1f}s"
             + (f", {t.done / wall:.1f} img/s" if wall > 0 else "")
+            + (f"; {extra['pillow']}" if extra and "pillow" in extra else "")
         )
         self.log("summary", "\n".join(lines))

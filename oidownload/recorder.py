@@ -17,8 +17,8 @@ from typing import Any
 from .errors import OidownloadError, OutputError
 from .journal import Journal, JournalError
 from .progress import Progress
-from .records import Outcome, Row, Status
-from .sinks import Sink
+from .records import Conflict, Outcome, Row, Status
+from .sinks import Release, Sink
 
 # A full disk, a read-only mount or a folder we may not write fails every later write
 # too: stop the run rather than record a failure per image.
@@ -36,11 +36,15 @@ class Recorder:
         self.where = where
         self.pending: list[Outcome] = []
         self.pending_state: dict[str, str | None] = {}
+        self.pending_conflicts: list[Conflict] = []
+        self.conflicts = 0  # recorded by this run
         self.failed = False
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._lock = asyncio.Lock()
 
-    def record(self, outcome: Outcome, row: Row | None = None) -> None:
+    def record(self, outcome: Outcome, row: Row | None = None, release: Release = lambda: None) -> None:
+        """`release` gives back the outcome's share of the byte budget: at once, or,
+        for a staged outcome, when the sink is done with its bytes."""
         if outcome.status is Status.WRITE_ERROR and outcome.errno in FATAL_ERRNOS:
             hint = ("free some space (or fix the mount)" if outcome.errno not in (errno.EACCES, errno.EPERM)
                     else "fix the permissions")
@@ -48,12 +52,18 @@ class Recorder:
                 f"cannot write under {self.where}: {outcome.detail}. The journal is intact: "
                 f"{hint} and run the same command again to resume"
             ), outcome.errno in (errno.ENOSPC, errno.EDQUOT))
+            release()
             return  # not journaled: it is the disk's fault, not the image's
         self.progress.add(outcome)
         if outcome.status is Status.OK and outcome.staged:
-            self.sink.publish(outcome, row)
+            self.sink.publish(outcome, row, release)
         else:
+            release()
             self.pending.append(outcome)
+
+    def conflict(self, conflict: Conflict) -> None:
+        """A row that lost to an earlier row of its ImageID: journaled, not counted."""
+        self.pending_conflicts.append(conflict)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs fn on the journal's thread (SQLite must not block the loop)."""
@@ -62,19 +72,25 @@ class Recorder:
     async def flush(self, synced_by: Callable[[], Any] | None = None) -> None:
         async with self._lock:
             synced = await (synced_by() if synced_by is not None else self.sink.sync())
+            if synced.error is not None:
+                self.fail(synced.error, False)
             batch, self.pending = self.pending + synced.committed, []
             state = {**self.pending_state, **synced.state}
+            conflicts, self.pending_conflicts = self.pending_conflicts, []
             self.pending_state = {}
-            if not batch and not state:
+            if not batch and not state and not conflicts:
                 return
             try:
-                await self.run(self.journal.record, batch, state)
+                # Shielded: once a batch left `pending`, a cancelled caller must not drop it
+                # (a thread that has not started the write yet would otherwise never do it).
+                self.conflicts += await asyncio.shield(self.run(self.journal.record, batch, state, conflicts))
             except JournalError as exc:
                 if self.failed:
                     return  # the last try, with the reserve already freed
                 self.failed = True
                 # Keep the batch: the final flush retries it once the reserve is freed.
                 self.pending[:0] = batch
+                self.pending_conflicts[:0] = conflicts
                 self.pending_state = {**state, **self.pending_state}
                 advice = ". Free some space and run the same command again to resume" if exc.full else ""
                 self.fail(OutputError(f"{exc}{advice}"), exc.full)

@@ -29,8 +29,12 @@ class Status(enum.StrEnum):
     TOO_LARGE = "too_large"
     BAD_REDIRECT = "bad_redirect"
     NO_URL = "no_url"
+    NOT_IN_MIRROR = "not_in_mirror"
+    MIRROR_REFUSED = "mirror_refused"
     BAD_ROW = "bad_row"
     WRITE_ERROR = "write_error"
+    WORKER_DIED = "worker_died"
+    DAMAGED = "damaged"
 
 
 # A retryable status is a fault of the moment (the network, the server's load, our
@@ -43,7 +47,9 @@ RETRYABLE: frozenset[Status] = frozenset(
         Status.CONNECTION,
         Status.TRUNCATED,
         Status.DNS,
+        Status.MIRROR_REFUSED,
         Status.WRITE_ERROR,
+        Status.DAMAGED,
     }
 )
 
@@ -58,14 +64,18 @@ STATUS_MEANING: dict[Status, str] = {
     Status.TRUNCATED: "the body ended early (before its Content-Length or its last chunk)",
     Status.DNS: "the host name did not resolve",
     Status.SIZE_MISMATCH: "the original's size is not OriginalSize",
-    Status.MD5_MISMATCH: "the original's MD5 is not OriginalMD5",
+    Status.MD5_MISMATCH: "the body's MD5 is not OriginalMD5 (or, for a mirror copy, its ETag)",
     Status.UNAVAILABLE: "Flickr's 'photo unavailable' placeholder, not the image",
     Status.CORRUPT: "the body is not a decodable image",
     Status.TOO_LARGE: "the body or the decoded image is over the cap",
     Status.BAD_REDIRECT: "too many redirects, or a redirect to a non-http(s) URL",
     Status.NO_URL: "the row has no URL for the chosen --source",
+    Status.NOT_IN_MIRROR: "the CVDF mirror has no copy (404); with --fallback, the original's failure is in the detail",
+    Status.MIRROR_REFUSED: "the mirror answered 403 Forbidden: not the image's fault, tried again next run",
     Status.BAD_ROW: "the input row is malformed (see detail for file:line)",
     Status.WRITE_ERROR: "the file could not be written",
+    Status.WORKER_DIED: "the worker processing the image died, twice (the out-of-memory killer?)",
+    Status.DAMAGED: "`verify` found the written image missing or damaged: the next download fetches it again",
 }
 
 
@@ -91,6 +101,7 @@ def clean_text(text: str, limit: int = MAX_TEXT) -> str:
 class Source(enum.StrEnum):
     ORIGINAL = "original"
     THUMBNAIL = "thumbnail"
+    CVDF = "cvdf"  # the Common Visual Data Foundation's mirror
 
 
 @dataclass(slots=True)
@@ -133,6 +144,17 @@ class BadRow:
     fields: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A row skipped because an earlier row of its ImageID came first (one outcome per
+    ImageID: the first row wins), and that disagrees with it; kept for the report."""
+
+    image_id: str
+    file: str
+    line: int
+    detail: str
+
+
 @dataclass(slots=True)
 class Outcome:
     """The single record each row ends as. `nbytes` counts bytes fetched, `out_bytes`
@@ -162,3 +184,4 @@ class Outcome:
     crop: tuple[float, float, float, float] | None = None  # kept region, normalised
     location: str = ""
     staged: tuple[str, ...] = ()
+    url: str = ""  # what was fetched (not journaled: the input row has it)

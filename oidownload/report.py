@@ -2,27 +2,26 @@
 while a run goes or after it) and `report` (success and failure CSVs: the input
 columns plus status, detail and attempts).
 
-Read-only on the journals; the report streams each input file once, merging it with
-the journal rows sorted by line, so it runs in constant memory on the 9M-row lists.
+Read-only on the journals; the report streams each input file once, merged with the
+journal rows sorted by line (`StateDir.joined`), so it runs in constant memory on the
+9M-row lists.
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
-import os
+import heapq
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError, OutputError
 from .fsio import atomic_file
-from .journal import InputIdentity
+from .journal import InputIdentity, writer_alive
 from .records import Status, is_final
-from .rows import V3_COLUMNS, V4_COLUMNS, is_stream, iter_records, read_header
-from .state import Entry, InputInfo, ProgressRow, StateDir, StatusCount
+from .rows import V3_COLUMNS, V4_COLUMNS, is_stream, read_header
+from .state import InputInfo, ProgressRow, StateDir, StatusCount
 
 # A running task refreshes its progress row every few seconds; older than this and
 # the process is gone (SIGKILL, node lost).
@@ -52,6 +51,7 @@ class OutStatus:
     out: Path
     counts: dict[str, StatusCount] = field(default_factory=dict)
     shards: list[ShardStatus] = field(default_factory=list)
+    sources: dict[str, int] = field(default_factory=dict)  # written images per source
 
     @property
     def total(self) -> int:
@@ -73,6 +73,7 @@ class OutStatus:
             "total": self.total,
             "by_status": {k: {"count": c.n, "bytes": c.bytes, "final": is_final(Status(k))} for k, c in self.counts.items()},
             "bytes": sum(c.bytes for c in self.counts.values()),
+            "ok_by_source": dict(self.sources),
             "rate_per_s": round(self.rate, 2),
             "eta_s": None if self.eta is None else round(self.eta),
             "shards": [
@@ -84,32 +85,15 @@ class OutStatus:
         }
 
 
-def _lock_held(journal: Path) -> bool:
-    """Whether a live process holds the journal's writer lock."""
-    lock = journal.with_suffix(".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 def _shard_state(p: ProgressRow, journal: Path, done: int, now: float) -> ShardStatus:
-    if p.running and _lock_held(journal):
+    if p.running and writer_alive(journal):
         state = "running" if now - p.updated < STALE_AFTER else "stale"
     elif p.running:
         state = "stopped"  # killed: the journal says running but nobody holds the lock
     else:
-        planned_left = p.planned is not None and done < p.planned
-        state = "stopped" if planned_left else "finished"
+        # A run that did not read its whole share leaves no count (an estimate would
+        # read as the share's size): it stopped.
+        state = "stopped" if p.planned is None or done < p.planned else "finished"
     return ShardStatus(p.shard, state, done, p.planned, p.rate, p.updated, p.host, p.pid)
 
 
@@ -119,12 +103,17 @@ def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:
     now = time.time()
     for jc in state.counts():
         path, counts, progress = jc.path, jc.counts, jc.progress
+        for src, n in jc.sources.items():
+            status.sources[src] = status.sources.get(src, 0) + n
         for c in counts:
             prev = status.counts.get(c.status)
             status.counts[c.status] = StatusCount(c.status, c.n + (prev.n if prev else 0), c.bytes + (prev.bytes if prev else 0))
         done = sum(c.n for c in counts)
         for p in progress:
             status.shards.append(_shard_state(p, path, done, now))
+    if state.split():
+        # Shards of different splits overlap: count each ImageID once.
+        status.counts = {c.status: c for c in state.distinct_counts()}
     order = {s.value: i for i, s in enumerate(Status)}
     status.counts = dict(sorted(status.counts.items(), key=lambda kv: order.get(kv[0], 99)))
     return status
@@ -139,8 +128,10 @@ REPORT_EXTRA = ("status", "detail", "http_status", "attempts", "source", "locati
 class ReportResult:
     success: Path
     failure: Path
+    conflicts: Path
     ok: int = 0
     failed: int = 0
+    conflicted: int = 0  # rows that lost to an earlier row of their ImageID
     warnings: list[str] = field(default_factory=list)
 
 
@@ -160,9 +151,10 @@ def _changed(info: InputInfo) -> str | None:
 
 
 def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | None = None) -> ReportResult:
-    """success.csv and failure.csv under dest (default OUT/report/): the input columns
-    of each journaled row, joined by file and line and checked by ImageID, plus what
-    became of it."""
+    """success.csv, failure.csv and conflicts.csv under dest (default OUT/report/): the
+    input columns of each journaled row, joined by file and line and checked by ImageID,
+    plus what became of it. conflicts.csv holds the rows that lost to an earlier row
+    of their ImageID (another OriginalURL or OriginalMD5)."""
     state = StateDir.open(out, state_dir)
     if dest is None:
         if "://" in str(out):
@@ -172,7 +164,7 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
-    result = ReportResult(dest / "success.csv", dest / "failure.csv")
+    result = ReportResult(dest / "success.csv", dest / "failure.csv", dest / "conflicts.csv")
     inputs = state.inputs()
     columns = list(V3_COLUMNS)
     for info in inputs:
@@ -183,30 +175,29 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
             pass
     header = [*columns, *REPORT_EXTRA]
     try:
-        with atomic_file(result.success) as fs, atomic_file(result.failure) as ff:
+        with atomic_file(result.success) as fs, atomic_file(result.failure) as ff, atomic_file(result.conflicts) as fc:
             ok_w, fail_w = csv.writer(fs, lineterminator="\n"), csv.writer(ff, lineterminator="\n")
-            ok_w.writerow(header)
-            fail_w.writerow(header)
+            conflict_w = csv.writer(fc, lineterminator="\n")
+            for w in (ok_w, fail_w, conflict_w):
+                w.writerow(header)
             for info in inputs:
                 why = _changed(info)
                 if why:
                     result.warnings.append(why)
                 mismatched = 0
-                # A pipe is never opened again: it would wait for a writer, or read another's data.
-                records = iter(()) if is_stream(info.path) else _records_or_nothing(info.path)
-                fields_at: tuple[int, list[str] | str] | None = next(records, None)
-                for entry in state.entries(info.display):
-                    while fields_at is not None and fields_at[0] < entry.line:
-                        fields_at = next(records, None)
-                    fields = _joined(entry, fields_at)
+                for joined in state.joined(info, heapq.merge(state.entries(info.display),
+                                                             state.conflicts(info.display))):
+                    entry, fields = joined.entry, joined.fields
                     if fields is None:
                         fields = [entry.image_id]  # keep what the journal knows
-                        if fields_at is not None and entry.status != Status.BAD_ROW:
-                            mismatched += 1
+                        mismatched += joined.mismatched
                     fields = (fields + [""] * len(columns))[: len(columns)]
                     extra = [entry.status, entry.detail, "" if entry.http_status is None else entry.http_status,
                              entry.attempts, entry.source, entry.location]
-                    if entry.status == Status.OK:
+                    if entry.status == "conflict":
+                        conflict_w.writerow([*fields, *extra])
+                        result.conflicted += 1
+                    elif entry.status == Status.OK:
                         ok_w.writerow([*fields, *extra])
                         result.ok += 1
                     else:
@@ -218,20 +209,3 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
     except OSError as exc:
         raise OutputError(f"cannot write the report in {dest}: {exc.strerror or exc}") from None
     return result
-
-
-def _joined(entry: Entry, fields_at: tuple[int, list[str] | str] | None) -> list[str] | None:
-    """The input fields at the entry's line, if they are that image's."""
-    if fields_at is None or fields_at[0] != entry.line or not isinstance(fields_at[1], list):
-        return None
-    fields = fields_at[1]
-    if entry.status == Status.BAD_ROW:
-        return fields
-    return fields if fields and fields[0].strip().lower() == entry.image_id else None
-
-
-def _records_or_nothing(path: Path) -> Iterator[tuple[int, list[str] | str]]:
-    try:
-        yield from iter_records(path)
-    except InputError:
-        return

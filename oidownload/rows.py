@@ -19,7 +19,7 @@ import re
 import stat
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO, cast
 
@@ -278,43 +278,27 @@ def read_header(path: Path) -> Format:
     raise InputError(f"{path}: unknown header '{shown}'; {_expected()}")
 
 
-def _read_past(readline: Callable[[int], str]) -> None:
-    """Reads the rest of an over-long line in pieces, keeping none of it."""
-    while (rest := readline(MAX_LINE)) and len(rest) == MAX_LINE and rest[-1] not in "\r\n":
-        pass
-
-
-def _next_line(readline: Callable[[int], str]) -> str | None:
-    """The next line, at most MAX_LINE characters; None for a longer one; "" at the end."""
-    line = readline(MAX_LINE)
-    if len(line) == MAX_LINE and line[-1] not in "\r\n":
-        _read_past(readline)
-        return None
-    return line
-
-
-def _logical_records(f: TextIO, first_line: int, read: list[int]) -> Iterator[tuple[int, str, bool]]:
-    """(first line number, record text or why it is bad, ok), one per CSV record of f,
+def _logical_records(lines: Iterable[str | None], first_line: int = 1,
+                     read: list[int] | None = None) -> Iterator[tuple[int, str, bool]]:
+    """(first line number, record text or why it is bad, ok), one per CSV record,
     joining lines while a quote is open. A record whose quote does not close within
-    MAX_RECORD_LINES (or before an over-long line) is bad, and reading restarts on the
-    line after its first; an over-long line is a bad record of its own. `read[0]` is
-    kept at the number of the last line read, for a message when reading fails."""
-    readline = f.readline
+    MAX_RECORD_LINES (or before an over-long line, None in `lines`) is bad, and reading
+    restarts on the line after its first; an over-long line is a bad record of its own.
+    `read[0]`, when given, is kept at the number of the last line read."""
+    it = iter(lines)
     replay: deque[tuple[int, str | None]] = deque()
     n = first_line - 1
+    last = read if read is not None else [0]
     while True:
         if replay:
             start, line = replay.popleft()
         else:
-            # Inlined _next_line: this is the loop every row of a 9M-row list goes through.
-            line = readline(MAX_LINE)
-            if not line:
+            try:
+                line = next(it)
+            except StopIteration:
                 return
             n += 1
-            read[0] = start = n
-            if len(line) == MAX_LINE and line[-1] not in "\r\n":
-                _read_past(readline)
-                line = None
+            last[0] = start = n
         if line is None:
             yield start, _TOO_LONG, False
             continue
@@ -327,11 +311,12 @@ def _logical_records(f: TextIO, first_line: int, read: list[int]) -> Iterator[tu
             if replay:
                 _, nxt = replay.popleft()
             else:
-                nxt = _next_line(readline)
-                if nxt == "":
+                try:
+                    nxt = next(it)
+                except StopIteration:
                     break
                 n += 1
-                read[0] = n
+                last[0] = n
             if nxt is None:
                 replay.appendleft((start + len(parts), None))
                 break
@@ -451,32 +436,39 @@ def _fast_id(text: str) -> str | None:
     return None
 
 
+def records(lines: Iterable[str | None], skip: Callable[[str], bool] | None = None,
+            first_line: int = 2, read: list[int] | None = None) -> Iterator[tuple[int, list[str] | str]]:
+    """(line, fields) for each record of lines, or (line, why) for a record that is not
+    CSV (or an over-long line, None in `lines`: see `bounded_lines`). Records whose raw
+    id `skip` rejects are dropped before they are parsed."""
+    for line, text, ok in _logical_records(lines, first_line, read):
+        if not ok:
+            yield line, text
+            continue
+        fast = _fast_id(text)
+        if fast is not None and skip is not None and skip(fast):
+            continue
+        try:
+            fields = _parse_fields(text)
+        except (csv.Error, StopIteration) as exc:
+            yield line, f"not CSV: {exc}"
+            continue
+        if not fields or fields == [""]:
+            continue  # a blank line
+        if fast is None and skip is not None and skip(fields[0]):
+            continue
+        yield line, fields
+
+
 def iter_records(path: Path, skip: Callable[[str], bool] | None = None) -> Iterator[tuple[int, list[str] | str]]:
-    """(line, fields) for each record after the header, or (line, why) for a record that
-    is not CSV. Records whose raw id `skip` rejects are dropped before they are parsed.
-    A truncated .gz raises InputError after the rows before the damage, naming the
-    last line read."""
+    """`records` of a file after its header, its lines bounded. A truncated .gz raises
+    InputError after the rows before the damage, naming the last line read."""
     read = [1]  # the last line read, for the message when reading stops early
     with open_text(path) as f:
+        lines = bounded_lines(f)
         try:
-            _next_line(f.readline)  # the header, checked by read_header
-            for line, text, ok in _logical_records(f, 2, read):
-                if not ok:
-                    yield line, text
-                    continue
-                fast = _fast_id(text)
-                if fast is not None and skip is not None and skip(fast):
-                    continue
-                try:
-                    fields = _parse_fields(text)
-                except (csv.Error, StopIteration) as exc:
-                    yield line, f"not CSV: {exc}"
-                    continue
-                if not fields or fields == [""]:
-                    continue  # a blank line
-                if fast is None and skip is not None and skip(fields[0]):
-                    continue
-                yield line, fields
+            next(lines, None)  # the header, checked by read_header
+            yield from records(lines, skip, 2, read)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise InputError(
                 f"{path}: reading stopped after line {read[0]}: the compressed data is truncated or corrupt ({exc}). "

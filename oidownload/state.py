@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import os
 import re
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from .config import OutputKind
 from .errors import InputError
-from .journal import connect, int_to_id, journal_files
+from .journal import SCHEMA_VERSION, connect, int_to_id, journal_files, shard_counts
+from .records import Status
+from .rows import is_stream, iter_records
 from .sinks import Reader, is_remote, open_reader
 
 STATE_DIR = ".oidownload"
@@ -64,6 +67,7 @@ class JournalCounts:
     path: Path
     counts: list[StatusCount]
     progress: list[ProgressRow]
+    sources: dict[str, int]  # written images per source
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,15 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Joined:
+    """A journaled row with its input line's fields, when that line is still its row."""
+
+    entry: Entry
+    fields: list[str] | None
+    mismatched: bool  # the line now holds another image's row: the input changed
+
+
+@dataclass(frozen=True, slots=True)
 class InputInfo:
     display: str
     raw: bytes | None
@@ -125,7 +138,19 @@ class StateDir:
         if not found.journals:
             hint = "" if state_dir else " (if the download used --state-dir, pass the same --state-dir)"
             raise InputError(f"{out} has no journal in {path}: nothing was downloaded there yet{hint}")
+        for journal in found.journals:
+            found._check(journal)
         return found
+
+    def _check(self, journal: Path) -> None:
+        """Refuses a file that is not a journal this version can read, saying why."""
+        tables = {str(r[0]) for r in self._query(journal, "SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"outcomes", "meta", "counts"} <= tables:
+            raise InputError(f"{journal} is not an oidownload journal (tables: {', '.join(sorted(tables))[:200] or 'none'}); "
+                             "move it aside (the next download finds the images already in the output)")
+        schema = self._query(journal, "SELECT value FROM meta WHERE key='schema'")
+        if schema and str(schema[0][0]).isdigit() and int(str(schema[0][0])) > SCHEMA_VERSION:
+            raise InputError(f"{journal} was written by a newer oidownload (journal schema {schema[0][0]}); upgrade oidownload")
 
     # -- plumbing -------------------------------------------------------------------------
     def _query(self, journal: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -148,36 +173,93 @@ class StateDir:
         )
 
     # -- reads ------------------------------------------------------------------------------
-    def counts(self) -> list[JournalCounts]:
+    def counts(self, only: Path | None = None) -> list[JournalCounts]:
+        """Counts per status and progress rows, of every journal or `only` one."""
         return [
             JournalCounts(
                 j,
                 [StatusCount(str(s), int(n), int(b)) for s, n, b in  # type: ignore[call-overload]
                  self._query(j, "SELECT status, n, bytes FROM counts WHERE n > 0")],
                 [ProgressRow(*r) for r in self._query(j, "SELECT * FROM progress")],  # type: ignore[arg-type]
+                self._sources(j),
             )
             for j in self.journals
+            if only is None or j == only
         ]
+
+    def split(self) -> bool:
+        """Whether the journals come from more than one way of splitting the rows (a
+        re-split output): then one ImageID may be in several of them."""
+        return len(shard_counts(self.path)) > 1
+
+    def distinct_counts(self) -> list[StatusCount]:
+        """Counts per status with each ImageID once, across journals that may overlap:
+        an id's outcome is its ok if any journal has one, else its latest. Reads every
+        row (in chunks); `counts` answers at once when the journals cannot overlap."""
+        tally: dict[str, list[int]] = {}
+
+        def add(status: str, nbytes: int) -> None:
+            n = tally.setdefault(status, [0, 0])
+            n[0] += 1
+            n[1] += nbytes
+
+        streams = [self._chunks(j, "status, nbytes, finished", "1") for j in self.journals]
+        for _, group in itertools.groupby(heapq.merge(*streams), key=lambda r: r[0]):
+            rows = list(group)
+            best = next((r for r in rows if r[1] == "ok"), None) or max(rows, key=lambda r: float(r[3]))  # type: ignore[arg-type]
+            add(str(best[1]), int(best[2]))  # type: ignore[call-overload]
+        bad: set[tuple[str, int]] = set()
+        for j in self.journals:
+            bad.update((str(p), int(line)) for p, line in self._query(  # type: ignore[call-overload]
+                j, "SELECT inputs.path, bad_rows.line FROM bad_rows JOIN inputs ON inputs.id = bad_rows.input"))
+        for _ in bad:
+            add("bad_row", 0)
+        return [StatusCount(k, n, b) for k, (n, b) in tally.items()]
+
+    def _sources(self, journal: Path) -> dict[str, int]:
+        try:
+            rows = self._query(journal, "SELECT source, n FROM source_counts WHERE n > 0")
+        except InputError:
+            rows = self._query(journal, "SELECT coalesce(source, ''), count(*) FROM outcomes WHERE status='ok' GROUP BY 1")
+        return {str(src) or "unknown": int(n) for src, n in rows}  # type: ignore[call-overload]
 
     def meta(self, key: str) -> list[str]:
         """A meta value from every journal (each task writes its own)."""
         return [str(r[0]) for j in self.journals for r in self._query(j, "SELECT value FROM meta WHERE key=?", (key,))]
 
-    def output(self) -> tuple[str, OutputKind]:
-        """Where the images went, as the download recorded it."""
+    def _outputs(self) -> Iterator[dict[str, object]]:
         for value in self.meta("output"):
             try:
                 d = json.loads(value)
-                return str(d["out"]), OutputKind(d.get("kind", "files"))
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
+                continue
+            if isinstance(d, dict) and "out" in d:
+                yield d
+
+    def output(self) -> tuple[str, OutputKind]:
+        """Where the images went, as the download recorded it."""
+        for d in self._outputs():
+            try:
+                return str(d["out"]), OutputKind(str(d.get("kind", "files")))
+            except ValueError:
                 continue
         return self.out, OutputKind.FILES
 
-    def reader(self) -> Reader:
+    def keeps_originals(self) -> bool:
+        """Whether the (last) download of any task kept the verified originals."""
+        return any(d.get("keep_original") is True for d in self._outputs())
+
+    def where(self) -> tuple[str, OutputKind]:
+        """The output to read images from: the local folder named as OUT (an output that
+        was moved or copied is read where it is now, not where it was written), else
+        the output the download recorded."""
         out, kind = self.output()
-        if not is_remote(out) and not Path(out).exists() and not is_remote(self.out):
-            out = self.out  # the output folder moved, with its state dir inside it
-        return open_reader(out, kind)
+        if not is_remote(self.out) and (Path(self.out).is_dir() or (not is_remote(out) and not Path(out).exists())):
+            out = self.out
+        return out, kind
+
+    def reader(self) -> Reader:
+        return open_reader(*self.where())
 
     def _chunks(self, journal: Path, columns: str, where: str) -> Iterator[tuple[object, ...]]:
         last: int | None = None
@@ -222,6 +304,19 @@ class StateDir:
                                    "FROM bad_rows WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id, False),
         )
 
+    def conflicts(self, display: str) -> Iterator[Entry]:
+        """The rows of one input that lost to an earlier row of their ImageID (status
+        `conflict`), in line order, merged across journals."""
+        return heapq.merge(*(self._conflicts(j, display) for j in self.journals))
+
+    def _conflicts(self, journal: Path, display: str) -> Iterator[Entry]:
+        if not self._query(journal, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='conflicts'"):
+            return  # a journal from before conflicts were kept
+        found = self._query(journal, "SELECT id FROM inputs WHERE path=?", (display,))
+        if found:
+            yield from self._by_line(journal, "SELECT line, id, 'conflict', detail, NULL, 0, '', '' FROM conflicts "
+                                              "WHERE input=? AND line > ? ORDER BY line LIMIT ?", found[0][0], True)
+
     def _by_line(self, journal: Path, sql: str, input_id: object, ids_are_ints: bool) -> Iterator[Entry]:
         last = -1
         while True:
@@ -233,3 +328,35 @@ class StateDir:
             if len(rows) < _CHUNK:
                 return
             last = int(rows[-1][0])  # type: ignore[call-overload]
+
+    def joined(self, info: InputInfo, entries: Iterator[Entry] | None = None) -> Iterator[Joined]:
+        """The journaled rows of one input (`entries`, default its outcomes) in line order,
+        each with its input fields: the file is streamed once, merged by line, and checked
+        by ImageID."""
+        records = _records_or_nothing(info.path)
+        fields_at: tuple[int, list[str] | str] | None = next(records, None)
+        for entry in self.entries(info.display) if entries is None else entries:
+            while fields_at is not None and fields_at[0] < entry.line:
+                fields_at = next(records, None)
+            fields = _fields_of(entry, fields_at)
+            yield Joined(entry, fields, fields is None and fields_at is not None and entry.status != Status.BAD_ROW)
+
+
+def _fields_of(entry: Entry, fields_at: tuple[int, list[str] | str] | None) -> list[str] | None:
+    """The input fields at the entry's line, if they are that image's."""
+    if fields_at is None or fields_at[0] != entry.line or not isinstance(fields_at[1], list):
+        return None
+    fields = fields_at[1]
+    if entry.status == Status.BAD_ROW:
+        return fields
+    return fields if fields and fields[0].strip().lower() == entry.image_id else None
+
+
+def _records_or_nothing(path: Path) -> Iterator[tuple[int, list[str] | str]]:
+    # A pipe is never opened again: it would wait for a writer, or read another's data.
+    if is_stream(path):
+        return
+    try:
+        yield from iter_records(path)
+    except InputError:
+        return

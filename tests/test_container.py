@@ -45,7 +45,22 @@ def test_image_is_lean_and_non_root(image: str) -> None:
     assert entrypoint == '["oidownload"]' and "/data" in volumes
     res = podman("run", "--rm", "--entrypoint", "sh", image, "-c", "id -u; command -v gcc cc make || true")
     assert res.stdout.split() == ["10001"], res.stdout  # non-root, and no compiler in the final image
-    assert podman("run", "--rm", image, "--version").stdout.startswith("oidownload, version")
+    version = podman("run", "--rm", image, "--version").stdout
+    assert version.startswith("oidownload, version") and "Pillow-SIMD" in version and "AVX2" in version, version
+
+
+def test_accelerated_image_refuses_a_cpu_without_avx2(image: str, tmp_path: Path) -> None:
+    """Pillow-SIMD built for AVX2 would die of SIGILL on an older CPU: the image says so
+    and exits 1 instead. The CPU's flags are read from a file the test gives it."""
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu vme de pse tsc msr sse sse2 ssse3 sse4_1 sse4_2\n")
+    fake.chmod(0o644)
+    res = podman("run", "--rm", "-v", f"{fake}:/cpuinfo:ro", "-e", "OIDOWNLOAD_CPUINFO=/cpuinfo", image, "status", "/data")
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    assert "needs a CPU with AVX2" in res.stderr and "PILLOW=mainline" in res.stderr
+    ok = podman("run", "--rm", "--entrypoint", "python", image, "-c",
+                "from PIL import features, Image; print(features.check('jpg'), features.check('webp'), Image.__version__)")
+    assert ok.stdout.split()[:2] == ["True", "True"] and ".post" in ok.stdout, ok.stdout
 
 
 def test_container_download_stops_on_sigterm_and_resumes(image: str, tmp_path: Path, make_origin: Callable[..., Origin]) -> None:

@@ -10,22 +10,28 @@ sink's too. Readers (`status`, `report`, `annotations`, `verify`, `gallery`) ope
 image by its location through `open_reader`, never by rebuilding a path.
 
     sinks/files.py      OUT/<subset>/<abc>/<ImageID>.<ext>; published in the worker
+    sinks/staging.py    the worker side of the sinks below: whole files in the state dir
+    sinks/tar.py        WebDataset tar shards; a sample commits when its bytes are safe
+    sinks/s3.py         s3://bucket/prefix, for either layout; commit when the upload succeeded
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from ..body import Buffer
 from ..config import OutputConfig, OutputKind
-from ..errors import ConfigError
+from ..errors import OidownloadError
 from ..records import Outcome, Row
 from ..shard import Shard
 
 # (member suffix, bytes): "jpg" is the image; "original.jpg" the kept original.
 Member = tuple[str, Buffer | memoryview]
+# Called once a staged outcome no longer needs its share of the byte budget.
+Release = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,9 @@ class Synced:
 
     committed: list[Outcome] = field(default_factory=list)
     state: dict[str, str | None] = field(default_factory=dict)
+    # A failure that must stop the run (the bucket went away, the disk failed); what
+    # was committed before it is still journaled.
+    error: OidownloadError | None = None
 
 
 class Sink:
@@ -64,19 +73,27 @@ class Sink:
         """Before any download: create or check the output, raising OutputError (with
         the reason and what to do) when it cannot be written."""
 
-    def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> None:
+    def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> Synced:
         """At start, with the state the journal kept for this sink; `crashed` when the
         last run of this task did not end cleanly. Only this task's leftovers are
-        touched (`owns` tests an ImageID)."""
+        touched (`owns` tests an ImageID). Returns what recovery found committed (a
+        shard closed after the journal last heard of it), journaled before the run
+        decides what is left to do."""
+        return Synced()
 
     def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
         """Outcomes for the images the output already holds, for a journal that was
         lost (a fresh state dir next to a used output)."""
         return iter(())
 
-    def publish(self, outcome: Outcome, row: Row | None) -> None:
-        """Takes an ok outcome whose files are staged; it is committed by a later sync."""
+    def publish(self, outcome: Outcome, row: Row | None, release: Release) -> None:
+        """Takes an ok outcome whose files are staged; it is committed by a later sync.
+        `release` gives back the outcome's bytes in the budget once they are out of
+        the way (appended, uploaded)."""
         raise NotImplementedError(f"the {self.kind} output stages nothing")
+
+    def start(self) -> None:
+        """Called in the running event loop, before the first publish."""
 
     async def sync(self) -> Synced:
         return Synced()
@@ -87,29 +104,126 @@ class Sink:
         return await self.sync()
 
 
-class Reader(Protocol):
-    def read(self, location: str) -> bytes:
-        """The bytes at a location; OSError (FileNotFoundError when absent) otherwise."""
+class Blobs(Protocol):
+    """Named bytes below an output's root, local or remote, for reading back. Keys
+    use '/' and are relative to the root; nothing outside it is reachable."""
+
+    def read(self, key: str) -> bytes:
+        """OSError (FileNotFoundError when absent) when it cannot be read."""
         ...
 
-    def describe(self, location: str) -> str:
-        """A location as a user can find it: a full path or URI."""
+    def read_range(self, key: str, offset: int, size: int) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def files(self, folder: str) -> Iterator[tuple[str, int]]:
+        """(name, size) of the files directly in a folder ('' is the root)."""
         ...
+
+    def folders(self, folder: str) -> list[str]: ...
+
+    def walk(self, folder: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every file below a folder, at any depth."""
+        ...
+
+    def describe(self, key: str) -> str:
+        """A key as a user can find it: a full path or URI."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The key as a file on this machine, or None when it is not one (a bucket)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """A verified original kept beside its image (--keep-original), with the
+    OriginalMD5 the output stored with it (None: only the input list has it)."""
+
+    data: bytes
+    md5: str | None
+
+
+class Reader(Protocol):
+    def read(self, location: str) -> bytes:
+        """The image bytes at a location; OSError (FileNotFoundError when absent)."""
+        ...
+
+    def original(self, location: str) -> Original | None:
+        """The kept original of the image at a location; None when none is there."""
+        ...
+
+    def local_path(self, location: str) -> Path | None:
+        """The image as a file that other programs can open or link to; None when the
+        output holds it otherwise (inside a shard, in a bucket)."""
+        ...
+
+    def describe(self, location: str) -> str: ...
 
 
 def is_remote(out: str) -> bool:
     return "://" in out
 
 
+def open_blobs(out: str) -> Blobs:
+    if is_remote(out):
+        from .s3 import S3Blobs, parse_uri
+
+        return S3Blobs(parse_uri(out))
+    from .files import LocalBlobs
+
+    return LocalBlobs(out)
+
+
 def open_sink(output: OutputConfig, shard: Shard) -> Sink:
+    """The sink for `-o` and `--output-format`: a new kind of output is a new module
+    here, not a branch in the pipeline."""
     if is_remote(output.out):
-        raise ConfigError(f"-o {output.out}: only local folders are supported as output")
+        from .s3 import open_s3_sink
+
+        return open_s3_sink(output, shard)
+    if output.kind is OutputKind.WEBDATASET:
+        from .tar import LocalShards, TarSink
+
+        return TarSink(output, shard, LocalShards(Path(output.out)), output.out)
     from .files import FilesSink
 
     return FilesSink(output, shard)
 
 
 def open_reader(out: str, kind: OutputKind = OutputKind.FILES) -> Reader:
-    from .files import FilesReader
+    blobs = open_blobs(out)
+    if kind is OutputKind.WEBDATASET:
+        from .tar import TarReader
 
-    return FilesReader(out)
+        return TarReader(blobs)
+    return FileReader(blobs)
+
+
+class FileReader:
+    """One object per image: the location is its key."""
+
+    def __init__(self, blobs: Blobs) -> None:
+        self.blobs = blobs
+
+    def read(self, location: str) -> bytes:
+        return self.blobs.read(location)
+
+    def original(self, location: str) -> Original | None:
+        from .files import original_place
+
+        folder, image_id = original_place(location)
+        try:  # nearly every original is a JPEG: one read, no listing
+            return Original(self.blobs.read(f"{folder}/{image_id}.jpg"), None)
+        except FileNotFoundError:
+            pass
+        for name, _ in self.blobs.files(folder):
+            if name.startswith(f"{image_id}."):
+                return Original(self.blobs.read(f"{folder}/{name}"), None)
+        return None
+
+    def local_path(self, location: str) -> Path | None:
+        return self.blobs.local_path(location)
+
+    def describe(self, location: str) -> str:
+        return self.blobs.describe(location)

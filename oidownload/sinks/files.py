@@ -25,7 +25,7 @@ from ..config import OutputConfig
 from ..errors import OutputError
 from ..records import Outcome, Status
 from ..shard import Shard
-from . import Member, Placed, Sink
+from . import Member, Placed, Sink, Synced
 
 ORIGINAL_DIR = "original"
 _ID_RE = re.compile(r"[0-9a-f]{16}")
@@ -58,6 +58,20 @@ def relative_path(subset: str, image_id: str, ext: str) -> str:
     return "/".join((*folders, name))
 
 
+def split_location(location: str) -> tuple[str, str]:
+    """(the subset's folder, the path below it) of an image's location: for a file that
+    must sit beside a subset's images (Hugging Face's metadata.jsonl)."""
+    folder, _, rest = location.partition("/")
+    return folder, rest
+
+
+def original_place(location: str) -> tuple[str, str]:
+    """(folder, ImageID) of the kept original of the image at `location`; its extension
+    is the original's own, which may not be the image's."""
+    folder, _, name = location.rpartition("/")
+    return f"{ORIGINAL_DIR}/{folder}", name.partition(".")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class FilesTarget:
     root: str
@@ -69,7 +83,7 @@ class FilesTarget:
             # The kept original first: once the image is there, so is its original.
             for suffix, data in reversed(members):
                 folders, name = member_path(subset, image_id, suffix)
-                dfd = fsio.open_dir(root_fd, folders, create=True)
+                dfd = fsio.open_dir(root_fd, folders, create=True, sync=self.fsync)
                 try:
                     fsio.write_in(dfd, name, data, fsync=self.fsync)
                 finally:
@@ -90,18 +104,12 @@ class FilesSink(Sink):
         return f"files in {self.out}"
 
     def prepare(self) -> None:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise OutputError(f"{self.out} is a file, not a folder; pick another -o") from None
-        except OSError as exc:
-            raise OutputError(f"cannot create {self.out}: {exc.strerror or exc}; pick a writable -o folder") from None
-        if not os.access(self.out, os.W_OK | os.X_OK):
-            raise OutputError(f"{self.out} is not writable; pick a writable -o folder or fix its permissions")
+        prepare_folder(self.out)
 
-    def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> None:
+    def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> Synced:
         if crashed:
-            self.removed = remove_temp_files(self.out, owns)
+            remove_temp_files(self.out, owns)
+        return Synced()
 
     def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
         try:
@@ -128,6 +136,18 @@ class FilesSink(Sink):
                 )
         finally:
             os.close(root_fd)
+
+
+def prepare_folder(out: Path) -> None:
+    """Creates OUT if needed; OutputError when it cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{out} is a file, not a folder; pick another -o") from None
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; pick a writable -o folder") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{out} is not writable; pick a writable -o folder or fix its permissions")
 
 
 def remove_temp_files(out: Path, mine: Callable[[str], bool]) -> int:
@@ -158,19 +178,100 @@ def remove_temp_files(out: Path, mine: Callable[[str], bool]) -> int:
     return removed
 
 
-class FilesReader:
-    def __init__(self, out: str | Path) -> None:
-        self.out = Path(out)
+class LocalBlobs:
+    """A local output read back (see `Blobs`): below its root, symlinks are never
+    followed, so a location cannot lead a reader outside OUT."""
 
-    def _split(self, location: str) -> tuple[list[str], str]:
-        parts = location.split("/")
-        if not location or location.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise FileNotFoundError(errno.ENOENT, f"not a location inside the output: {location[:200]!r}")
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def _split(key: str) -> tuple[list[str], str]:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise FileNotFoundError(errno.ENOENT, f"not a location inside the output: {key[:200]!r}")
         return parts[:-1], parts[-1]
 
-    def read(self, location: str) -> bytes:
-        folders, name = self._split(location)
-        return fsio.read_below(self.out, folders, name)
+    def _open(self, key: str) -> int:
+        folders, name = self._split(key)
+        root_fd = fsio.open_root(self.root)
+        try:
+            dfd = fsio.open_dir(root_fd, folders, create=False)
+        finally:
+            os.close(root_fd)
+        try:
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
-    def describe(self, location: str) -> str:
-        return str(self.out / location)
+    def read(self, key: str) -> bytes:
+        with os.fdopen(self._open(key), "rb") as f:
+            return f.read()
+
+    def link(self, key: str, dest: Path) -> bool:
+        """Hard-links the file at key as dest (a copy that costs no space); False when it
+        cannot be (another filesystem). Symlinks below the root are refused, as by read."""
+        folders, name = self._split(key)
+        return fsio.link_below(self.root, folders, name, dest)
+
+    def read_range(self, key: str, offset: int, size: int) -> bytes:
+        fd = self._open(key)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    def exists(self, key: str) -> bool:
+        try:
+            os.close(self._open(key))
+            return True
+        except OSError:
+            return False
+
+    def _entries(self, folder: str) -> list[os.DirEntry[str]]:
+        parts = [p for p in folder.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            return []
+        try:
+            root_fd = fsio.open_root(self.root)
+        except OSError:
+            return []
+        try:
+            fd = fsio.open_dir(root_fd, parts, create=False)
+        except OSError:
+            return []
+        finally:
+            os.close(root_fd)
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+            # Sizes now, while the folder is open: a DirEntry of a descriptor has no path.
+            for e in entries:
+                if e.is_file(follow_symlinks=False):
+                    e.stat(follow_symlinks=False)
+            return entries
+        finally:
+            os.close(fd)
+
+    def files(self, folder: str) -> Iterator[tuple[str, int]]:
+        for e in self._entries(folder):
+            if e.is_file(follow_symlinks=False) and not e.name.startswith("."):
+                yield e.name, e.stat(follow_symlinks=False).st_size
+
+    def folders(self, folder: str) -> list[str]:
+        return sorted(e.name for e in self._entries(folder) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+
+    def walk(self, folder: str) -> Iterator[tuple[str, int]]:
+        base = folder.strip("/")
+        prefix = f"{base}/" if base else ""
+        for name, size in self.files(base):
+            yield prefix + name, size
+        for sub in self.folders(base):
+            yield from self.walk(prefix + sub)
+
+    def describe(self, key: str) -> str:
+        return str(self.root / key)
+
+    def local_path(self, key: str) -> Path | None:
+        folders, name = self._split(key)
+        return Path(os.path.abspath(self.root)).joinpath(*folders, name)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from oidownload.config import MAX_REDIRECTS
+from oidownload.exits import ExitCode
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import journal_rows, run_cli
 from tests.hostile.conftest import Hostile, Request, bad_rows, chunked, raw, redirect, response
@@ -71,7 +72,7 @@ def test_a_long_retry_after_never_holds_the_run_past_the_deadline(
                   timeout=120)
     elapsed = time.monotonic() - t0
 
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == ExitCode.INCOMPLETE, res.stderr  # the held host's rows: run again
     assert "Traceback" not in res.stderr
     assert elapsed < 60  # a hold of days, or of 90 s, would be waited for
     journal = journal_rows(tmp_path / "out")
@@ -218,7 +219,7 @@ def test_a_lying_original_size_does_not_stall_the_other_rows(
     res = run_cli("download", manifest, "-o", tmp_path / "out", "--progress", "none", "--timeout", "12",
                   "--retries", "0", "--concurrency", "4", timeout=120)
 
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == ExitCode.INCOMPLETE, res.stderr  # the trickle timed out: retryable
     journal = journal_rows(tmp_path / "out")
     assert {i: journal[i][0] for i in corpus.ids} == {i: "ok" for i in corpus.ids}
     assert journal[f"{0xbad000:016x}"][0] == "timeout"
@@ -239,7 +240,7 @@ def test_failure_details_say_what_happened_to_the_body(tmp_path: Path, make_orig
 
     res = run_cli("download", manifest, "-o", tmp_path / "out", *QUICK, "--retries", "1", timeout=120)
 
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == ExitCode.INCOMPLETE, res.stderr  # truncated is retryable
     journal = journal_rows(tmp_path / "out")
     assert journal[f"{0xbad000:016x}"] == ("truncated", "body ended after 400 of 1000 bytes", 2)
     assert journal[f"{0xbad001:016x}"] == ("truncated", "body ended after 300 bytes, before its last chunk", 2)
@@ -273,7 +274,7 @@ def test_limit_options_at_0_and_1(tmp_path: Path, make_origin: StartOrigin, host
         hostile.route(path, raw(response("503 Service Unavailable")))
         manifest = _manifest(tmp_path, good, [_row(good[1], retries, hostile.url(path))], name=f"r{retries}.csv")
         res = run_cli("download", manifest, "-o", tmp_path / f"retries{retries}", *QUICK, "--retries", str(retries))
-        assert res.returncode == 0, res.stderr
+        assert res.returncode == ExitCode.INCOMPLETE, res.stderr
         assert journal_rows(tmp_path / f"retries{retries}")[f"{0xbad000 + retries:016x}"][:1] == ("http_5xx",)
         assert hostile.requests[path] == retries + 1
 

@@ -1,0 +1,170 @@
+"""Credit for the CC BY licences: who made each downloaded image, and under which
+licence, from the input lists' rows (HTML entities decoded). `annotations --format
+attribution` writes ATTRIBUTION.csv and a readable ATTRIBUTION.html grouped by licence,
+in which nothing from the lists can run (every text escaped, only http(s) links).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .fsio import atomic_file
+from .records import Status, clean_text
+from .rows import V3_COLUMNS
+from .state import StateDir, Written
+
+COLUMNS = ("ImageID", "Location", "Title", "Author", "AuthorProfileURL", "License", "LicenseName", "OriginalURL",
+           "OriginalLandingURL")
+_AT = {name: V3_COLUMNS.index(name) for name in
+       ("OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL", "Author", "Title")}
+_CC = re.compile(r"https?://creativecommons\.org/(licenses|publicdomain)/([a-z-]+)/(\d+(?:\.\d+)*)/?", re.I)
+_WEB_URL = re.compile(r"https?://[^\s\"'<>\\`]+", re.I)
+UNKNOWN = "unknown (the input row is gone)"
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    title: str
+    author: str
+    author_url: str
+    license: str
+    original_url: str
+    landing_url: str
+
+    @property
+    def license_name(self) -> str:
+        return license_name(self.license)
+
+
+NO_CREDIT = Credit("", "", "", "", "", "")
+
+
+def license_name(url: str) -> str:
+    """'CC BY 2.0' for https://creativecommons.org/licenses/by/2.0/, CC0 for the public
+    domain dedication; anything else is named by its URL."""
+    m = _CC.fullmatch(url.strip())
+    if m is None:
+        return url.strip() or UNKNOWN
+    kind, version = m.group(2).lower(), m.group(3)
+    if m.group(1).lower() == "publicdomain":
+        return f"CC0 {version}" if kind == "zero" else f"Public Domain Mark {version}"
+    return f"CC {kind.upper()} {version}"
+
+
+def _text(field: str, limit: int) -> str:
+    # The lists publish Author and Title HTML-escaped (O&#x27;Neil, &amp;): the text is
+    # what they stand for.
+    return clean_text(html.unescape(field), limit).strip()
+
+
+def credit_of(fields: list[str]) -> Credit:
+    """The credit in an Open Images row (V3 or V4+ columns)."""
+    if len(fields) < len(V3_COLUMNS):
+        return NO_CREDIT
+    return Credit(
+        title=_text(fields[_AT["Title"]], 500), author=_text(fields[_AT["Author"]], 300),
+        author_url=clean_text(fields[_AT["AuthorProfileURL"]], 2048).strip(),
+        license=clean_text(fields[_AT["License"]], 300).strip(),
+        original_url=clean_text(fields[_AT["OriginalURL"]], 2048).strip(),
+        landing_url=clean_text(fields[_AT["OriginalLandingURL"]], 2048).strip(),
+    )
+
+
+def credits(state: StateDir) -> Iterator[tuple[str, Credit]]:
+    """(ImageID, credit) of every written image whose input row is still at hand."""
+    for info in state.inputs():
+        for joined in state.joined(info):
+            if joined.entry.status == Status.OK and joined.fields is not None:
+                yield joined.entry.image_id, credit_of(joined.fields)
+
+
+@dataclass
+class AttributionResult:
+    csv: Path
+    html: Path
+    images: int
+    by_license: Counter[str]
+    uncredited: int  # written images whose input row is gone
+
+
+def write_attribution(state: StateDir, images: dict[str, Written], dest: Path) -> AttributionResult:
+    """ATTRIBUTION.csv (one row per written image, in the order of the input lists)
+    and ATTRIBUTION.html (the same, grouped by licence; written from the CSV, one pass
+    per licence)."""
+    table = dest / "ATTRIBUTION.csv"
+    by_license: Counter[str] = Counter()
+    seen: set[str] = set()
+    with atomic_file(table) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for image_id, credit in credits(state):
+            if image_id in images and image_id not in seen:
+                seen.add(image_id)
+                w.writerow(_row(image_id, images[image_id].location, credit))
+                by_license[credit.license] += 1
+        for image_id, image in images.items():
+            if image_id not in seen:
+                w.writerow(_row(image_id, image.location, NO_CREDIT))
+                by_license[""] += 1
+    page = dest / "ATTRIBUTION.html"
+    with atomic_file(page) as out:
+        _write_html(out, table, by_license)
+    return AttributionResult(table, page, len(images), by_license, len(images) - len(seen))
+
+
+def _row(image_id: str, location: str, c: Credit) -> list[str]:
+    return [image_id, location, c.title, c.author, c.author_url, c.license, c.license_name, c.original_url,
+            c.landing_url]
+
+
+# -- the readable page ----------------------------------------------------------------------
+
+_STYLE = """body{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
+h2{margin-top:2em;border-bottom:1px solid #ccc}li{margin:.2em 0}code{color:#555;font-size:90%}"""
+
+
+def _link(url: str, text: str) -> str:
+    """Escaped text, linked only to an http(s) URL: no javascript: or data: link can
+    come from a list."""
+    shown = html.escape(text)
+    if not _WEB_URL.fullmatch(url):
+        return shown
+    return f'<a href="{html.escape(url, quote=True)}" rel="nofollow noopener noreferrer">{shown}</a>'
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def _write_html(out: IO[str], table: Path, by_license: Counter[str]) -> None:
+    total = sum(by_license.values())
+    order = sorted(by_license, key=lambda lic: (-by_license[lic], lic))
+    out.write('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
+              # Nothing here may run or load anything, whatever a list holds.
+              "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n"
+              '<meta name="referrer" content="no-referrer">\n'
+              f"<title>Image credits</title><style>{_STYLE}</style></head><body>\n<h1>Image credits</h1>\n"
+              f"<p>{_images(total)} from Open Images, each by the author named and used under the licence of its "
+              "section. Titles link to each photo's page, authors to their profile.</p>\n<ul>\n")
+    for n, lic in enumerate(order):
+        out.write(f'<li><a href="#licence-{n}">{html.escape(license_name(lic))}</a>: {_images(by_license[lic])}</li>\n')
+    out.write("</ul>\n")
+    for n, lic in enumerate(order):
+        heading = _link(lic, license_name(lic)) if lic else html.escape(UNKNOWN)
+        out.write(f'<h2 id="licence-{n}">{heading}: {_images(by_license[lic])}</h2>\n<ol>\n')
+        with open(table, newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                if r["License"] != lic:
+                    continue
+                title = _link(r["OriginalLandingURL"] or r["OriginalURL"], r["Title"] or "Untitled")
+                author = _link(r["AuthorProfileURL"], r["Author"] or "unknown author")
+                out.write(f"<li>{title} by {author} <code>{html.escape(r['Location'])}</code></li>\n")
+        out.write("</ol>\n")
+    out.write("</body></html>\n")

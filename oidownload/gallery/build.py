@@ -1,0 +1,305 @@
+"""`oidownload gallery`: OUT's downloaded images → a static site in DIR that works from
+file:// with no server and no network: index.html (a paged grid with the boxes drawn),
+a page per image, and stats.html (charts as inline SVG, with their tables).
+
+    DIR/index.html, stats.html, assets/      the pages, the script and the style
+    DIR/data/*.js                            the grid's data, loaded with <script src>
+    DIR/images/<abc>/<id>.html, .t.jpg, .<ext>   per image: its page, thumbnail, full size
+
+Browsers refuse fetch() of file:// URLs, so data travels as script files that call
+OIG.put(name, value); the index loads one page's chunk at a time, so 50,000 images
+cost the first page what 100 do.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import json
+import os
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import ConfigError, InputError, OutputError
+from ..progress import Progress
+from ..records import Outcome, Status
+from ..sinks import is_remote
+from ..state import StateDir, Written
+from . import charts, work
+from .collect import Collected, Entry, collect
+from .reads import input_lists, status_counts, written_images
+from .render import render
+from .stats import figures
+from .work import write_file
+
+MARKER = ".oidownload-gallery"
+_EXT = re.compile(r"[a-z0-9]{1,5}")
+BATCH = 32  # images per pool task: big enough that the hop to a worker is noise
+ATTRIBUTE_NAMES = ("occluded", "truncated", "group of", "depiction", "inside")
+_TURNS = {1: "none", 2: "mirrored", 3: "180°", 4: "flipped", 5: "transposed", 6: "90° clockwise",
+          7: "transversed", 8: "90° counter-clockwise"}
+
+
+@dataclass
+class GalleryResult:
+    dest: Path
+    images: int = 0
+    boxes: int = 0
+    labels: int = 0
+    classes: int = 0
+    dropped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (ImageID, why) without a thumbnail
+    notes: list[str] = field(default_factory=list)
+
+
+# Distinct colours for the most frequent classes (Tableau 10, then two more); the rest
+# take a hue from their MID.
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+           "#9c755f", "#bab0ac", "#1f77b4", "#d62728")
+
+
+def colours(data: Collected) -> list[str]:
+    """A colour per class (by index), the same on every page of a gallery: the palette
+    in order of boxes drawn, then a hue from the MID."""
+    boxes = collections.Counter(b[0] for e in data.entries for b in e.boxes)
+    out = [f"hsl({zlib.crc32(mid.encode()) % 360} 75% 42%)" for mid in data.classes.mids]
+    for c, colour in zip(sorted(boxes, key=lambda c: (-boxes[c], data.classes.mids[c])), PALETTE, strict=False):
+        out[c] = colour
+    return out
+
+
+def build_gallery(
+    state: StateDir,
+    dest: Path | None = None,
+    *,
+    annotation_paths: list[Path],
+    class_descriptions: Path | None,
+    classes: frozenset[str] | None,
+    image_lists: list[Path] | None = None,
+    page_size: int = 100,
+    processes: int | None = None,
+    progress: Progress,
+) -> GalleryResult:
+    """The gallery of the output `state` describes, in dest (default OUT/gallery).
+    image_lists: where the attribution comes from (default: the download's inputs)."""
+    images = written_images(state)
+    if not images:
+        raise InputError(f"{state.out} has no downloaded images (no row with status ok in its journal)")
+    if dest is None:
+        if is_remote(state.out):
+            raise ConfigError(f"{state.out} is not a local folder: give the gallery's folder with -o")
+        dest = Path(state.out) / "gallery"
+    _prepare(dest)
+    lists = input_lists(state) if image_lists is None else image_lists
+    workers = processes or os.cpu_count() or 1
+    with _pool(workers, state) as pool:
+        return _build(state, dest, images, pool, 4 * workers, annotation_paths=annotation_paths,
+                      class_descriptions=class_descriptions, classes=classes, image_lists=lists,
+                      page_size=page_size, progress=progress)
+
+
+@contextlib.contextmanager
+def _pool(workers: int, state: StateDir) -> Iterator[cf.ProcessPoolExecutor | None]:
+    """Worker processes, forked now: before the annotations are read, this process is
+    small, and workers that fork later would each count its hundreds of MB again."""
+    if workers == 1:
+        work.init(state)
+        yield None
+        return
+    with cf.ProcessPoolExecutor(workers, initializer=work.init, initargs=(state,)) as pool:
+        pool.submit(int).result()  # starts every worker (fork: all at the first task)
+        yield pool
+
+
+def _build(state: StateDir, dest: Path, images: list[Written], pool: cf.ProcessPoolExecutor | None, in_flight: int, *,
+           annotation_paths: list[Path], class_descriptions: Path | None, classes: frozenset[str] | None,
+           image_lists: list[Path], page_size: int, progress: Progress) -> GalleryResult:
+    progress.log("gallery", f"gallery: {len(images)} images; reading annotations and attribution")
+    data = collect(images, annotation_paths, class_descriptions=class_descriptions, classes=classes,
+                   image_lists=image_lists)
+    result = GalleryResult(dest, images=len(images), boxes=sum(len(e.boxes) for e in data.entries),
+                           labels=sum(len(e.labels) for e in data.entries), classes=len(data.classes.mids),
+                           dropped=data.dropped, notes=list(data.notes))
+    if not data.box_files and not data.label_files:
+        result.notes.append("no annotation files: the images are shown without boxes (pass --annotations)")
+    progress.log("gallery", f"gallery: {result.boxes} boxes, {result.labels} labels; thumbnails and image pages")
+    progress.set_total(len(images))
+    palette = colours(data)
+    failed = _make_images(dest, data, palette, pool, in_flight, progress)
+    result.failed = sorted(failed.items())
+    progress.close()
+    progress.log("gallery", "gallery: index, data and statistics")
+    _write_site(Path(state.out).name or state.out, dest, data, palette, status_counts(state), page_size, failed, result)
+    return result
+
+
+def _prepare(dest: Path) -> None:
+    """DIR must be new, empty, or an earlier gallery: never write over other files."""
+    try:
+        if dest.exists() and any(dest.iterdir()) and not (dest / MARKER).exists():
+            raise OutputError(f"{dest} is not empty and holds no gallery: choose another -o folder")
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / MARKER).write_text("A gallery made by oidownload; `oidownload gallery` may rewrite this folder.\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write to {dest}: {exc.strerror or exc}") from None
+
+
+def _rel(image_id: str, suffix: str) -> str:
+    """Where an image's files go: its page, thumbnail and full-size copy share a folder."""
+    return f"images/{image_id[:3]}/{image_id}.{suffix}"
+
+
+# -- per image, in the pool --------------------------------------------------------------
+
+
+def _jobs(data: Collected, palette: list[str]) -> Iterator[work.Job]:
+    entries = data.entries
+    for i, e in enumerate(entries):
+        im = e.written
+        # The extension names a file in the gallery: only a plain one (the journal is a file too).
+        ext = im.ext if _EXT.fullmatch(im.ext) else "img"
+        full = _rel(e.image_id, ext)
+        prev = entries[i - 1].image_id if i else None
+        nxt = entries[i + 1].image_id if i + 1 < len(entries) else None
+        yield work.Job(e.image_id, e.written.location, _rel(e.image_id, "html"), _rel(e.image_id, "t.jpg"), full,
+                       _page_context(e, data, palette, f"{e.image_id}.{ext}", prev, nxt, i, len(entries)))
+
+
+def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev: str | None, nxt: str | None, i: int, n: int) -> dict[str, Any]:
+    im = e.written
+    mids, names = data.classes.mids, data.classes.names
+    boxes = []
+    for c, xmin, xmax, ymin, ymax, attrs in e.boxes:
+        boxes.append({
+            "mid": mids[c], "name": names[c], "colour": palette[c],
+            "x": round(xmin * im.width, 1), "y": round(ymin * im.height, 1),
+            "w": round((xmax - xmin) * im.width, 1), "h": round((ymax - ymin) * im.height, 1),
+            "attrs": ["yes" if a == 1 else "no" if a == 0 else "?" for a in attrs],
+        })
+    labels = sorted(
+        ({"mid": mids[c], "name": names[c], "confidence": conf, "source": data.label_sources[s]}
+         for c, conf, s in e.labels),
+        key=lambda lab: (-float(lab["confidence"]), str(lab["name"])),  # type: ignore[arg-type]
+    )
+    crop = im.crop
+    return {
+        "root": "../../", "scripts": False, "version": __version__, "title": e.image_id,
+        "image": {"id": e.image_id, "subset": im.subset, "width": im.width, "height": im.height,
+                  "source": e.written.source or "unknown", "turn": _TURNS.get(im.orientation, str(im.orientation)),
+                  "crop": None if crop is None else ", ".join(f"{v:.4f}" for v in crop),
+                  "src": full, "location": e.written.location},
+        "boxes": boxes, "labels": labels, "attribute_names": ATTRIBUTE_NAMES,
+        "has_attributes": any(a != -1 for b in e.boxes for a in b[5]),
+        "attribution": e.attribution, "prev": _sibling(prev), "next": _sibling(nxt), "position": i + 1, "count": n,
+        # Small images are shown larger, so their boxes can be told apart.
+        "display_width": max(im.width, min(640, round(640 * im.width / max(im.height, 1)))),
+        "label_size": max(8.0, round(max(im.width, im.height) / 40, 1)),
+    }
+
+
+def _sibling(image_id: str | None) -> str | None:
+    """Another image's page, relative to an image page."""
+    return f"../{image_id[:3]}/{image_id}.html" if image_id else None
+
+
+def _batches(jobs: Iterator[work.Job]) -> Iterator[list[work.Job]]:
+    batch: list[work.Job] = []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _make_images(dest: Path, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
+                 in_flight: int, progress: Progress) -> dict[str, str]:
+    """Thumbnails, full-size copies and image pages. Returns the images that got no thumbnail."""
+    failed: dict[str, str] = {}
+
+    def record(done: list[work.Done]) -> None:
+        for d in done:
+            if d.error:
+                failed[d.image_id] = d.error
+            progress.add(Outcome(d.image_id, Status.CORRUPT if d.error else Status.OK, nbytes=d.nbytes))
+        progress.tick()
+
+    if pool is None:
+        for batch in _batches(_jobs(data, palette)):
+            record(work.make(dest, batch))
+        return failed
+    # Bounded in flight: the page contexts of 50,000 images need not all exist at once.
+    pending: set[cf.Future[list[work.Done]]] = set()
+    for batch in _batches(_jobs(data, palette)):
+        if len(pending) >= in_flight:
+            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+                record(f.result())
+        pending.add(pool.submit(work.make, dest, batch))
+    for f in cf.as_completed(pending):
+        record(f.result())
+    return failed
+
+
+# -- the site ----------------------------------------------------------------------------
+
+
+def _js(name: str, value: object) -> bytes:
+    # JSON with every non-ASCII character escaped is valid JavaScript, U+2028 included.
+    return f"OIG.put({json.dumps(name)},{json.dumps(value, separators=(',', ':'))});\n".encode()
+
+
+def _write_site(out_name: str, dest: Path, data: Collected, palette: list[str], statuses: dict[str, int], page_size: int,
+                failed: dict[str, str], result: GalleryResult) -> None:
+    entries = data.entries
+    mids, names = data.classes.mids, data.classes.names
+    per_class: dict[int, list[int]] = {}
+    per_split: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        for c in e.classes():
+            per_class.setdefault(c, []).append(i)
+        per_split.setdefault(e.written.subset, []).append(i)
+    splits = sorted(per_split)
+    split_of = {s: k for k, s in enumerate(splits)}
+    for start in range(0, len(entries), page_size):
+        chunk = [_tile(e, split_of, e.image_id not in failed) for e in entries[start : start + page_size]]
+        write_file(dest / "data" / f"chunk-{start // page_size}.js", _js(f"chunk-{start // page_size}", chunk))
+    for c, members in per_class.items():
+        write_file(dest / "data" / f"class-{c}.js", _js(f"class-{c}", members))
+    for s, members in per_split.items():
+        write_file(dest / "data" / f"split-{split_of[s]}.js", _js(f"split-{split_of[s]}", members))
+    meta = {"total": len(entries), "pageSize": page_size, "classes": [[m, names[c], palette[c]] for c, m in enumerate(mids)],
+            "splits": splits}
+    write_file(dest / "data" / "meta.js", _js("meta", meta))
+    for name in ("gallery.css", "gallery.js"):
+        write_file(dest / "assets" / name, resources.files("oidownload.gallery").joinpath("static", name).read_bytes())
+    common = {"root": "", "version": __version__, "out_name": out_name, "summary": result}
+    class_options = sorted(((names[c], mids[c], c, len(m)) for c, m in per_class.items()), key=lambda t: (t[0].casefold(), t[1]))
+    write_file(dest / "index.html", render("index.html", {
+        **common, "scripts": True, "title": "Gallery", "classes": class_options,
+        "splits": [(k, s, len(per_split[s])) for k, s in enumerate(splits)], "page_size": page_size,
+    }).encode())
+    figs = figures(data, statuses)
+    write_file(dest / "stats.html", render("stats.html", {
+        **common, "scripts": False, "title": "Statistics",
+        "figures": [(f, charts.chart(f)) for f in figs], "data": data, "statuses": statuses,
+    }).encode())
+
+
+def _tile(e: Entry, split_of: dict[str, int], thumb: bool) -> list[Any]:
+    """[id, split, width, height, thumbnail made, [class, x, y, w, h, ...], [classes]]: boxes
+    in pixels of the written image, one decimal (a tenth of a pixel is below what shows)."""
+    im = e.written
+    w, h = im.width, im.height
+    flat: list[float] = []
+    for c, xmin, xmax, ymin, ymax, _ in e.boxes:
+        flat += [c, round(xmin * w, 1), round(ymin * h, 1), round((xmax - xmin) * w, 1), round((ymax - ymin) * h, 1)]
+    return [e.image_id, split_of[im.subset], w, h, int(thumb), flat, sorted(e.classes())]

@@ -1,0 +1,190 @@
+"""What the gallery shows of each image, gathered in one pass over each file: its boxes
+in the written frame (read by `export.box_rows`, so they are the exported ones), its
+image-level labels, and its attribution from the input image lists.
+
+Annotation rows of other images are skipped before they are parsed; memory grows with
+the downloaded images and their annotations, not with the files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..annotations import ATTRIBUTES, AnnotationFile, Kind
+from ..classes import ClassDescriptions
+from ..errors import InputError
+from ..export import ExportResult, box_rows
+from ..records import Row
+from ..rows import RowFilter, iter_rows, read_header
+from ..state import Written
+
+# A label at or above this confidence says the image has the class (the default of
+# --min-confidence; human negatives are 0).
+POSITIVE = 0.5
+# Flickr text is untrusted: bounded before it reaches a page (and escaped there).
+MAX_TEXT = 300
+_HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>`]{1,500}", re.IGNORECASE)
+_CC = re.compile(r"https?://creativecommons\.org/(licenses|publicdomain)/([a-z-]+)/([0-9.]+)/?", re.IGNORECASE)
+
+# (class, xmin, xmax, ymin, ymax, attributes) in the written frame, normalised; the
+# attributes tuple holds 1, 0 or -1 (unknown) per name in ATTRIBUTES, and is shared.
+Box = tuple[int, float, float, float, float, tuple[int, ...]]
+Label = tuple[int, float, int]  # (class, confidence, source)
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    title: str
+    author: str
+    author_url: str  # "" unless http(s)
+    license: str  # a short name: CC BY 2.0
+    license_url: str
+    landing_url: str  # the Flickr page; "" unless http(s)
+
+
+@dataclass(slots=True)
+class Entry:
+    written: Written
+    boxes: list[Box] = field(default_factory=list)
+    labels: list[Label] = field(default_factory=list)
+    attribution: Attribution | None = None
+
+    @property
+    def image_id(self) -> str:
+        return self.written.image_id
+
+    def classes(self) -> set[int]:
+        """The classes the image has: a drawn box, or a positive image-level label."""
+        return {b[0] for b in self.boxes} | {lab[0] for lab in self.labels if lab[1] >= POSITIVE}
+
+
+@dataclass
+class Classes:
+    """MIDs as small ints, in order of first sight, with their display names."""
+
+    mids: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def index(self, mid: str, names: ClassDescriptions | None) -> int:
+        i = self._index.get(mid)
+        if i is None:
+            i = self._index[mid] = len(self.mids)
+            self.mids.append(mid)
+            self.names.append(bound(names.name(mid)) if names else mid)
+        return i
+
+
+@dataclass
+class Collected:
+    entries: list[Entry]
+    classes: Classes
+    label_sources: list[str]
+    box_files: int = 0
+    label_files: int = 0
+    dropped: int = 0  # boxes a fill crop cut away
+    notes: list[str] = field(default_factory=list)
+
+
+def bound(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def http_url(text: str) -> str:
+    """The URL when it is a plain http(s) one, else "": a `javascript:` link from a CSV
+    must never become a link."""
+    text = text.strip()
+    return text if _HTTP_URL.fullmatch(text) else ""
+
+
+def collect(
+    images: list[Written],
+    annotation_paths: Iterable[Path],
+    *,
+    class_descriptions: Path | None,
+    classes: frozenset[str] | None,
+    image_lists: Iterable[Path],
+) -> Collected:
+    entries = {w.image_id: Entry(w) for w in images}
+    names = ClassDescriptions.load(class_descriptions) if class_descriptions else None
+    result = Collected(list(entries.values()), Classes(), [])
+    for path in annotation_paths:
+        f = AnnotationFile.open(path)
+        if f.kind is Kind.BOXES:
+            result.box_files += 1
+            _read_boxes(f, entries, result, names, classes)
+        else:
+            result.label_files += 1
+            _read_labels(f, entries, result, names)
+    _read_attribution(image_lists, entries, result)
+    return result
+
+
+def license_name(url: str) -> str:
+    """'CC BY 2.0' for a Creative Commons licence URL, else the text itself (bounded)."""
+    m = _CC.fullmatch(url.strip())
+    if m is None:
+        return bound(url.strip())
+    kind = m.group(2).upper()
+    return f"{kind} {m.group(3)}" if m.group(1).lower() == "publicdomain" else f"CC {kind} {m.group(3)}"
+
+
+def _read_boxes(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
+                names: ClassDescriptions | None, mids: frozenset[str] | None) -> None:
+    """The export's own box reader, so the gallery draws exactly the boxes it exports."""
+    images = {i: e.written for i, e in entries.items()}
+    counts = ExportResult(Path())
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for row in box_rows([f], images, counts, mids):
+        attrs = tuple(row.attrs.get(a, -1) for a in ATTRIBUTES)
+        attrs = shared.setdefault(attrs, attrs)
+        entries[row.image.image_id].boxes.append((result.classes.index(row.label, names), *row.box, attrs))
+    result.dropped += counts.dropped
+
+
+def _read_labels(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
+                 names: ClassDescriptions | None) -> None:
+    i_id, i_label, i_src, i_conf = (f.index(c) for c in ("ImageID", "LabelName", "Source", "Confidence"))
+    sources: dict[str, int] = {s: i for i, s in enumerate(result.label_sources)}
+    for fields in f.rows(entries):
+        try:
+            confidence = float(fields[i_conf])
+        except ValueError:
+            continue
+        src = bound(fields[i_src])[:40]
+        k = sources.get(src)
+        if k is None:
+            k = sources[src] = len(result.label_sources)
+            result.label_sources.append(src)
+        entries[fields[i_id]].labels.append((result.classes.index(fields[i_label], names), confidence, k))
+
+
+class _Wanted(RowFilter):
+    def __init__(self, wanted: Callable[[str], bool]) -> None:
+        self.wanted = wanted
+
+    def skip(self, raw_id: str) -> bool:
+        return not self.wanted(raw_id.lower())
+
+
+def _read_attribution(paths: Iterable[Path], entries: dict[str, Entry], result: Collected) -> None:
+    """Title, author, licence and Flickr page of each image, from the first list that has it."""
+    missing = {i for i, e in entries.items() if e.attribution is None}
+    for path in paths:
+        if not missing:
+            return
+        try:
+            fmt = read_header(path)
+            for row in iter_rows(path, fmt, _Wanted(missing.__contains__)):
+                if isinstance(row, Row) and row.image_id in missing:
+                    missing.discard(row.image_id)
+                    fields = row.fields
+                    entries[row.image_id].attribution = Attribution(
+                        bound(row.title), bound(row.author), http_url(fields[5]), license_name(fields[4]), http_url(fields[4]),
+                        http_url(fields[3]),
+                    )
+        except InputError as exc:
+            result.notes.append(f"no attribution from {path}: {exc}")

@@ -1,0 +1,132 @@
+"""Runs in worker processes, per image: its page, a small JPEG thumbnail and the full-size
+copy the page shows, side by side in images/<abc>/ of the gallery folder. Written images
+are read through the output's Reader, so any output kind works; a plain file is
+hard-linked rather than copied.
+
+An image that still carries an EXIF orientation (`--format keep`) gets a re-encoded copy
+without it: browsers would turn it, and the boxes are drawn in the stored pixels' frame.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..fsio import atomic_file, temp_name
+from ..sinks import Reader
+from ..state import StateDir
+from .reads import link_image, read_image
+from .render import render
+
+THUMB_SIDE = 320  # pixels, longest side: sharp in a tile about 200 CSS px wide on a 1.5x screen
+THUMB_QUALITY = 82
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    image_id: str
+    location: str
+    page: str  # paths relative to the gallery folder, all in one folder
+    thumb: str
+    full: str
+    context: dict[str, Any]  # the image page's
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    image_id: str
+    error: str  # "" when the thumbnail and the full-size image are in place
+    nbytes: int  # bytes of the written image read (0 when nothing had to be made)
+
+
+# Each worker opens the output's reader once (a tar shard's index is read once, a bucket
+# client made once), not once per batch of jobs.
+_reader: Reader | None = None
+
+
+def init(state: StateDir) -> None:
+    """The pool's initializer (also called in-process when there is no pool)."""
+    global _reader
+    _reader = state.reader()
+
+
+def make(dest: Path, jobs: list[Job]) -> list[Done]:
+    assert _reader is not None, "work.init() first"
+    return [_one(_reader, dest, job) for job in jobs]
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Whole or absent (a temporary name, then a rename); the folder is made only when
+    it is missing, not tried before every file."""
+    try:
+        with atomic_file(path, "wb") as f:
+            f.write(data)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path, "wb") as f:
+            f.write(data)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """A rebuild leaves a file alone when it would not change: reading a small file costs
+    far less than creating one."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return
+    except OSError:
+        pass
+    write_file(path, data)
+
+
+def _one(reader: Reader, dest: Path, job: Job) -> Done:
+    _write_if_changed(dest / job.page, render("image.html", job.context).encode())  # makes the folder
+    thumb, full = dest / job.thumb, dest / job.full
+    if thumb.exists() and full.exists():
+        return Done(job.image_id, "", 0)  # made by an earlier build: images never change once ok
+    try:
+        data = read_image(reader, job.location)
+    except OSError as exc:
+        return Done(job.image_id, f"cannot read the image: {exc.strerror or exc}", 0)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            turned = im.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
+            w, h = im.size
+            scale = min(1.0, THUMB_SIDE / max(w, h, 1))
+            # JPEG: decode at reduced scale, often straight to the thumbnail's size.
+            im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+            small = im if im.mode == "RGB" else im.convert("RGB")
+            small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+            buf = io.BytesIO()
+            small.save(buf, "JPEG", quality=THUMB_QUALITY)
+            write_file(thumb, buf.getvalue())
+        if turned:
+            with Image.open(io.BytesIO(data)) as im:  # again: the first decode was at reduced scale
+                buf = io.BytesIO()
+                im.convert("RGB").save(buf, "JPEG", quality=95)
+                write_file(full, buf.getvalue())
+        else:
+            _place_full(reader, job.location, full, data)
+    except Exception as exc:  # the pool's boundary: Pillow raises many kinds of errors
+        return Done(job.image_id, f"cannot make a thumbnail: {exc}", len(data))
+    return Done(job.image_id, "", len(data))
+
+
+def _place_full(reader: Reader, location: str, full: Path, data: bytes) -> None:
+    """A hard link to the written file when it is one on this filesystem, else a copy."""
+    tmp = full.with_name(temp_name(full.name))
+    if link_image(reader, location, tmp):
+        try:
+            os.replace(tmp, full)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    write_file(full, data)

@@ -1,0 +1,628 @@
+"""The `webdataset` output: tar shards of samples `<ImageID>.<ext>` + `<ImageID>.json`
+(+ `<ImageID>.original.<ext>` with --keep-original), as WebDataset and plain tarfile
+read them:
+
+    OUT/<subset>/<task>-<seq>.tar            a closed shard (task: the cluster task index)
+    OUT/<subset>/<task>-<seq>.tar.idx.json   its index: each sample's members, offsets, sizes
+    OUT/<subset>/shards.json                 the subset's shard list (wids), rewritten at each end
+    .<task>-<seq>.tar.part                   the open shard: never under a final name
+
+Workers stage each image in the state dir; one thread here appends the staged files
+to the subset's open shard. A shard is closed (end-of-archive, fsync, index) before
+its final name appears. Commit, for a local output: at every sync the open shards are
+fsynced and their durable length is journaled with their samples in one transaction;
+after a crash the open shard is cut back to that length and appended to, and a shard
+closed after the journal last heard of it is adopted whole from its index. For object
+storage, shards are built in the state dir and uploaded in order when closed; their
+samples commit when the upload succeeds, so a crash costs at most the open shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import tarfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import fsio
+from ..config import OutputConfig, OutputKind
+from ..errors import OutputError
+from ..records import Outcome, Row, Status
+from ..shard import Shard
+from . import Blobs, Original, Release, Sink, Synced
+from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
+
+BLOCK = 512
+_END = bytes(2 * BLOCK)  # end-of-archive marker
+SHARD_RE = re.compile(r"(\d{5})-(\d{5})\.tar")
+INDEX_SUFFIX = ".idx.json"
+INDEX_KIND = "oidownload-tar-index-v1"
+# The EXIF-style turn codes that are plain rotations, as degrees counter-clockwise.
+_DEGREES = {1: 0, 8: 90, 3: 180, 6: 270}
+
+
+def shard_name(task: int, seq: int) -> str:
+    return f"{task:05d}-{seq:05d}.tar"
+
+
+def part_name(name: str) -> str:
+    return f".{name}.part"
+
+
+def index_part_name(name: str) -> str:
+    return f".{name}{INDEX_SUFFIX}.part"
+
+
+def _header(name: str, size: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, 0o644
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+
+
+def _padded(size: int) -> int:
+    return size + (-size % BLOCK)
+
+
+def sample_json(outcome: Outcome, row: Row | None) -> dict[str, Any]:
+    """The `<ImageID>.json` member: what was written, from where, and the credits."""
+    meta: dict[str, Any] = {
+        "ImageID": outcome.image_id, "subset": outcome.subset, "width": outcome.width, "height": outcome.height,
+        "source": outcome.source.value if outcome.source else None, "url": outcome.url,
+        "verified": outcome.verified, "orientation": outcome.orientation,
+        "rotation": _DEGREES.get(outcome.orientation), "crop": list(outcome.crop) if outcome.crop else None,
+    }
+    if row is not None:
+        if outcome.verified:
+            meta["OriginalSize"], meta["OriginalMD5"] = row.original_size, row.original_md5
+        f = row.fields
+        meta.update({"OriginalURL": row.original_url, "OriginalLandingURL": f[3], "License": f[4],
+                     "AuthorProfileURL": f[5], "Author": row.author, "Title": row.title})
+    return meta
+
+
+@dataclass(slots=True)
+class _Sample:
+    outcome: Outcome
+    members: dict[str, tuple[int, int]]  # suffix → (data offset, size)
+
+    def index_entry(self) -> dict[str, Any]:
+        o = self.outcome
+        return {"key": o.image_id, "members": self.members, "width": o.width, "height": o.height, "ext": o.ext,
+                "source": o.source.value if o.source else None, "verified": o.verified, "out_bytes": o.out_bytes,
+                "orientation": o.orientation, "crop": list(o.crop) if o.crop else None}
+
+
+@dataclass(slots=True)
+class _Open:
+    """One subset's open shard; touched only on the sink's I/O thread."""
+
+    subset: str
+    seq: int
+    name: str
+    folder: Path
+    fd: int = -1
+    size: int = 0  # bytes written
+    synced: int = 0  # bytes fsynced (and, once the sync's batch commits, journaled)
+    samples: list[_Sample] = field(default_factory=list)
+    uncommitted: list[Outcome] = field(default_factory=list)
+
+    @property
+    def part(self) -> Path:
+        return self.folder / part_name(self.name)
+
+
+class ShardStore(Protocol):
+    """Where closed shards go: renamed into the local OUT, or uploaded."""
+
+    remote: bool
+    blobs: Blobs
+
+    def folder(self, subset: str) -> Path:
+        """The local folder where a subset's open shard is built (created)."""
+        ...
+
+    def part_folders(self) -> list[Path]:
+        """Every local folder that may hold open shards."""
+        ...
+
+    def publish(self, subset: str, name: str) -> None:
+        """Makes the closed shard `name` (in `folder(subset)`, with its index beside it
+        under `index_part_name`) visible under its final name; blocking."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def check(self) -> None:
+        """Before any download: OutputError when the output cannot be written."""
+        ...
+
+
+class LocalShards:
+    remote = False
+
+    def __init__(self, out: Path) -> None:
+        from .files import LocalBlobs
+
+        self.out = out
+        self.blobs: Blobs = LocalBlobs(out)
+
+    def check(self) -> None:
+        from .files import prepare_folder
+
+        prepare_folder(self.out)
+
+    def folder(self, subset: str) -> Path:
+        root_fd = fsio.open_root(self.out)
+        try:
+            os.close(fsio.open_dir(root_fd, (subset,), create=True))
+        finally:
+            os.close(root_fd)
+        return self.out / subset
+
+    def part_folders(self) -> list[Path]:
+        return [self.out / s for s in self.blobs.folders("")]
+
+    def publish(self, subset: str, name: str) -> None:
+        folder = self.out / subset
+        # The index first: a final tar always has its index.
+        os.replace(folder / index_part_name(name), folder / (name + INDEX_SUFFIX))
+        os.replace(folder / part_name(name), folder / name)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def put(self, key: str, data: bytes) -> None:
+        folder, _, name = key.rpartition("/")
+        with fsio.atomic_file(self.out / folder / name, "wb") as f:
+            f.write(data)
+
+
+class TarSink(Sink):
+    kind = OutputKind.WEBDATASET
+
+    def __init__(self, output: OutputConfig, shard: Shard, store: ShardStore, where: str) -> None:
+        self.shard = shard
+        self.store = store
+        self.where = where
+        self.staging = staging_dir(output.state_dir, shard.tag)
+        self.target = StagingTarget(str(self.staging), output.fsync)
+        self.shard_size = output.shard_size
+        self.open: dict[str, _Open] = {}
+        self.next_seq: dict[str, int] = {}
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="tar")
+        self.appending: set[asyncio.Future[_Open | None]] = set()
+        # Remote: closed shards waiting for (or in) their upload, in order.
+        self.to_upload: list[_Open] = []
+        self.uploader: asyncio.Task[None] | None = None
+        self.committed: list[Outcome] = []
+        self.state: dict[str, str | None] = {}
+        self.error: BaseException | None = None
+        self.touched: set[str] = set()
+
+    def describe(self) -> str:
+        return f"webdataset shards in {self.where}"
+
+    def prepare(self) -> None:
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {self.staging}: {exc.strerror or exc}") from None
+        self.store.check()
+
+    # -- recovery -----------------------------------------------------------------------
+    def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> Synced:
+        clear_staging(self.staging)
+        where: dict[str, tuple[int, int]] = {}
+        for key, value in state.items():
+            if key.startswith("tar:"):
+                d = json.loads(value)
+                where[str(d["subset"])] = (int(d["seq"]), int(d.get("offset", 0)))
+        for subset in sorted(set(where) | set(self.store.blobs.folders(""))):
+            seq, offset = where.get(subset, (0, 0))
+            self._recover_subset(subset, seq, offset if subset in where else 0)
+        if self.store.remote:
+            self._upload_leftovers()
+        self._remove_stray_parts()
+        found = Synced(self.committed, self.state)
+        self.committed, self.state = [], {}
+        return found
+
+    def _recover_subset(self, subset: str, seq: int, offset: int) -> None:
+        """Shards close in order, so every closed shard of this task from the journal's
+        open one onwards was closed after the journal last heard of it: each is whole
+        and durable, and all its samples are adopted from its index. Otherwise the
+        journal's open shard is cut back to its journaled length and continued."""
+        closed = sorted(int(m.group(2)) for name, _ in self.store.blobs.files(subset)
+                        if (m := SHARD_RE.fullmatch(name)) and int(m.group(1)) == self.shard.index
+                        and int(m.group(2)) >= seq)
+        for n in closed:
+            self.committed += adopt(self.store.blobs, subset, shard_name(self.shard.index, n))
+            self._closed(subset, n)
+        if closed:
+            return  # the journal's open shard is among them; any later part held nothing committed
+        self.next_seq[subset] = seq
+        name = shard_name(self.shard.index, seq)
+        part = self.store.folder(subset) / part_name(name) if offset > 0 else None
+        if part is not None and not self.store.remote and part.exists():
+            fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            os.ftruncate(fd, offset)  # what follows was never journaled
+            os.fsync(fd)
+            shard = _Open(subset, seq, name, part.parent, fd, offset, offset)
+            shard.samples = list(_scan(lambda pos, n: os.pread(fd, n, pos), offset))
+            self.open[subset] = shard
+            self.touched.add(subset)
+
+    def _upload_leftovers(self) -> None:
+        """Remote: shards closed in the state dir whose upload never finished."""
+        for folder in self.store.part_folders():
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                m = SHARD_RE.fullmatch(entry.name)
+                if m and int(m.group(1)) == self.shard.index and (folder / index_part_name(entry.name)).exists():
+                    subset = folder.name
+                    self.store.publish(subset, entry.name)
+                    self.committed += adopt(self.store.blobs, subset, entry.name)
+                    self._closed(subset, int(m.group(2)))
+                    (folder / entry.name).unlink(missing_ok=True)
+                    (folder / index_part_name(entry.name)).unlink(missing_ok=True)
+
+    def _closed(self, subset: str, seq: int) -> None:
+        self.next_seq[subset] = max(self.next_seq.get(subset, 0), seq + 1)
+        self.state[f"tar:{subset}"] = json.dumps({"subset": subset, "seq": self.next_seq[subset], "offset": 0})
+
+    def _remove_stray_parts(self) -> None:
+        """Open shards (and half-written indexes) of this task that no journal state
+        points to hold nothing committed: a shard begun just before a crash, or a state
+        dir that was lost."""
+        mine = (f".{self.shard.index:05d}-", f"..{self.shard.index:05d}-")
+        keep = {s.part for s in self.open.values()}
+        for folder in self.store.part_folders():
+            for entry in os.scandir(folder):
+                if (entry.name.startswith(mine) and entry.name.endswith((".part", fsio.TMP_SUFFIX))
+                        and entry.is_file(follow_symlinks=False) and folder / entry.name not in keep):
+                    os.unlink(entry.path)
+
+    def _seq_for(self, subset: str) -> int:
+        # Never reuse the name of a closed shard, whatever the journal says: a state dir
+        # may have been lost, or the run re-split.
+        taken = [int(m.group(2)) for name, _ in self.store.blobs.files(subset)
+                 if (m := SHARD_RE.fullmatch(name)) and int(m.group(1)) == self.shard.index]
+        return max([self.next_seq.get(subset, 0), *(t + 1 for t in taken)])
+
+    def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
+        blobs = self.store.blobs
+        for subset in blobs.folders(""):
+            for name, _ in blobs.files(subset):
+                shard = name[: -len(INDEX_SUFFIX)]
+                if name.endswith(INDEX_SUFFIX) and SHARD_RE.fullmatch(shard) and blobs.exists(f"{subset}/{shard}"):
+                    yield from (o for o in adopt(blobs, subset, shard) if owns(o.image_id))
+
+    # -- appending ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.store.remote:
+            self.uploader = asyncio.get_running_loop().create_task(self._upload_loop())
+
+    def publish(self, outcome: Outcome, row: Row | None, release: Release) -> None:
+        meta = json.dumps(sample_json(outcome, row), ensure_ascii=False).encode()
+        fut = asyncio.get_running_loop().run_in_executor(self.io, self._append, outcome, meta)
+        self.appending.add(fut)
+
+        def appended(f: asyncio.Future[_Open | None]) -> None:
+            self.appending.discard(f)
+            release()
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                self.error = self.error or exc
+            elif (closed := f.result()) is not None and self.store.remote:
+                self.to_upload.append(closed)
+
+        fut.add_done_callback(appended)
+
+    def _append(self, outcome: Outcome, meta: bytes) -> _Open | None:
+        """On the I/O thread: the staged members and the JSON, as one sample; returns
+        the shard if this sample filled (and so closed) it."""
+        subset = outcome.subset
+        shard = self.open.get(subset)
+        try:
+            if shard is None:
+                seq = self._seq_for(subset)
+                name = shard_name(self.shard.index, seq)
+                shard = _Open(subset, seq, name, self.store.folder(subset))
+                shard.fd = os.open(shard.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+                self.open[subset] = shard
+                self.touched.add(subset)
+            shard.samples.append(self._write_sample(shard, outcome, meta))
+        finally:
+            for staged in outcome.staged:
+                try:
+                    os.unlink(staged)
+                except OSError:
+                    pass
+        outcome.location = f"{subset}/{shard.name}#{outcome.image_id}"
+        outcome.staged = ()
+        shard.uncommitted.append(outcome)
+        if len(shard.samples) < self.shard_size:
+            return None
+        self._close(shard)
+        return shard
+
+    def _write_sample(self, shard: _Open, outcome: Outcome, meta: bytes) -> _Sample:
+        mtime = int(time.time())
+        members: dict[str, tuple[int, int]] = {}
+        pos = shard.size
+        try:
+            for staged in outcome.staged:
+                size = os.path.getsize(staged)
+                os.pwrite(shard.fd, _header(f"{outcome.image_id}.{member_suffix(staged)}", size, mtime), pos)
+                with open(staged, "rb") as src:
+                    _copy(src.fileno(), shard.fd, pos + BLOCK, size)
+                os.pwrite(shard.fd, bytes(-size % BLOCK), pos + BLOCK + size)
+                members[member_suffix(staged)] = (pos + BLOCK, size)
+                pos += BLOCK + _padded(size)
+            os.pwrite(shard.fd, _header(f"{outcome.image_id}.json", len(meta), mtime) + meta + bytes(-len(meta) % BLOCK), pos)
+            members["json"] = (pos + BLOCK, len(meta))
+            pos += BLOCK + _padded(len(meta))
+        except OSError:
+            os.ftruncate(shard.fd, shard.size)  # drop the torn sample: the shard stays whole
+            raise
+        shard.size = pos
+        return _Sample(outcome, members)
+
+    def _close(self, shard: _Open) -> None:
+        """On the I/O thread: end-of-archive, fsync, the index beside it, then (local)
+        the final names. Its samples are journaled at the next sync, with the state
+        that says it is closed; a crash in between adopts it from its index."""
+        os.pwrite(shard.fd, _END, shard.size)
+        shard.size += len(_END)
+        os.fsync(shard.fd)
+        os.close(shard.fd)
+        shard.fd = -1
+        index = {"kind": INDEX_KIND, "shard": shard.name, "subset": shard.subset, "size": shard.size,
+                 "samples": [s.index_entry() for s in shard.samples]}
+        with fsio.atomic_file(shard.folder / index_part_name(shard.name), "w") as f:
+            json.dump(index, f)
+            f.flush()
+            os.fsync(f.fileno())
+        del self.open[shard.subset]
+        self.next_seq[shard.subset] = shard.seq + 1
+        if self.store.remote:
+            os.replace(shard.part, shard.folder / shard.name)  # closed, still only in the state dir
+        else:
+            self.store.publish(shard.subset, shard.name)
+            self.committed += shard.uncommitted
+            shard.uncommitted = []
+            self._closed(shard.subset, shard.seq)
+        shard.samples = []
+
+    async def _upload_loop(self) -> None:
+        """Remote: uploads closed shards one at a time, in order, so the journal's
+        state only ever moves forward past shards that are in the bucket."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.to_upload:
+                await asyncio.sleep(0.05)
+            shard = self.to_upload[0]
+            try:
+                await loop.run_in_executor(None, self.store.publish, shard.subset, shard.name)
+            except Exception as exc:
+                self.error = self.error or exc
+                return
+            self.to_upload.pop(0)
+            (shard.folder / shard.name).unlink(missing_ok=True)
+            (shard.folder / index_part_name(shard.name)).unlink(missing_ok=True)
+            self.committed += shard.uncommitted
+            shard.uncommitted = []
+            self._closed(shard.subset, shard.seq)
+
+    # -- commit -------------------------------------------------------------------------
+    def _sync_open(self) -> tuple[list[Outcome], dict[str, str | None]]:
+        """On the I/O thread: the open shards' appended samples made durable (local)."""
+        committed, self.committed = self.committed, []
+        state, self.state = self.state, {}
+        if not self.store.remote:
+            for shard in self.open.values():
+                if shard.size != shard.synced:
+                    os.fsync(shard.fd)
+                    shard.synced = shard.size
+                    committed += shard.uncommitted
+                    shard.uncommitted = []
+                    state[f"tar:{shard.subset}"] = json.dumps({"subset": shard.subset, "seq": shard.seq, "offset": shard.synced})
+        return committed, state
+
+    async def sync(self) -> Synced:
+        if self.appending:
+            await asyncio.gather(*list(self.appending), return_exceptions=True)
+        committed, state = await asyncio.get_running_loop().run_in_executor(self.io, self._sync_open)
+        synced = Synced(committed, state)
+        if self.error is not None:
+            exc, self.error = self.error, None
+            synced.error = exc if isinstance(exc, OutputError) else OutputError(
+                f"cannot write the shards in {self.where}: {exc}")
+        return synced
+
+    async def close(self, *, complete: bool) -> Synced:
+        loop = asyncio.get_running_loop()
+        if self.appending:
+            await asyncio.gather(*list(self.appending), return_exceptions=True)
+        if complete:
+            for shard in list(self.open.values()):
+                await loop.run_in_executor(self.io, self._close, shard)
+                if self.store.remote:
+                    self.to_upload.append(shard)
+            while self.to_upload and self.uploader is not None and not self.uploader.done():
+                await asyncio.sleep(0.05)
+        if self.uploader is not None:
+            self.uploader.cancel()
+            if self.to_upload and self.error is None:
+                self.error = OutputError(f"{len(self.to_upload)} closed shard(s) are not uploaded yet; "
+                                         "they are uploaded when the same command runs again")
+        try:
+            synced = await self.sync()
+        finally:
+            for shard in self.open.values():
+                if shard.fd >= 0:
+                    os.close(shard.fd)
+            if complete and not self.to_upload:
+                await loop.run_in_executor(self.io, self._write_shard_lists)
+            self.io.shutdown(wait=True)
+            clear_staging(self.staging)
+        return synced
+
+    def _write_shard_lists(self) -> None:
+        """shards.json of each subset this run wrote to (the wids convention), from the
+        indexes of every closed shard there, whichever task wrote it."""
+        blobs = self.store.blobs
+        for subset in sorted(self.touched):
+            shards = []
+            for name, _ in blobs.files(subset):
+                shard = name[: -len(INDEX_SUFFIX)]
+                if name.endswith(INDEX_SUFFIX) and SHARD_RE.fullmatch(shard):
+                    index = json.loads(blobs.read(f"{subset}/{name}"))
+                    shards.append({"url": shard, "nsamples": len(index["samples"])})
+            doc = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": subset,
+                   "shardlist": sorted(shards, key=lambda s: str(s["url"]))}
+            self.store.put(f"{subset}/shards.json", json.dumps(doc, indent=1).encode())
+
+
+def _copy(src: int, dst: int, offset: int, size: int) -> None:
+    """size bytes of src into dst at offset, in the kernel where it can."""
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src, dst, size - done, offset_dst=offset + done)
+        except OSError:
+            n = 0
+        if n == 0:
+            data = os.pread(src, min(1 << 20, size - done), done)
+            if not data:
+                raise OSError(f"the staged file ended after {done} of {size} bytes")
+            n = os.pwrite(dst, data, offset + done)
+        done += n
+
+
+def _scan(read_at: Callable[[int, int], bytes], end: int | None = None) -> Iterator[_Sample]:
+    """The samples of a tar up to `end` (or its end-of-archive), from its headers: an
+    open shard has no index yet. Only the keys and member offsets are known: enough
+    to continue the shard, or to read a sample back."""
+    pos = 0
+    current: _Sample | None = None
+    while end is None or pos + BLOCK <= end:
+        head = read_at(pos, BLOCK)
+        if len(head) < BLOCK or head == bytes(BLOCK):
+            break
+        info = tarfile.TarInfo.frombuf(head, "utf-8", "strict")
+        key, _, suffix = info.name.partition(".")
+        if current is None or current.outcome.image_id != key:
+            if current is not None:
+                yield current
+            current = _Sample(Outcome(key, Status.OK), {})
+        current.members[suffix] = (pos + BLOCK, info.size)
+        pos += BLOCK + _padded(info.size)
+    if current is not None:
+        yield current
+
+
+def read_index(blobs: Blobs, subset: str, shard: str) -> dict[str, Any]:
+    doc = json.loads(blobs.read(f"{subset}/{shard}{INDEX_SUFFIX}"))
+    if not isinstance(doc, dict) or doc.get("kind") != INDEX_KIND:
+        raise OSError(f"{blobs.describe(f'{subset}/{shard}{INDEX_SUFFIX}')} is not an oidownload shard index")
+    return doc
+
+
+def adopt(blobs: Blobs, subset: str, shard: str) -> list[Outcome]:
+    """Ok outcomes for every sample of a closed shard, from its index."""
+    found = []
+    for s in read_index(blobs, subset, shard)["samples"]:
+        image_id = str(s["key"])
+        crop = s.get("crop")
+        found.append(Outcome(
+            image_id, Status.OK, "found in a closed shard", subset=subset, ext=str(s.get("ext") or ""),
+            width=s.get("width"), height=s.get("height"), out_bytes=int(s.get("out_bytes") or 0),
+            verified=bool(s.get("verified")), orientation=int(s.get("orientation") or 1),
+            crop=tuple(crop) if crop else None, location=f"{subset}/{shard}#{image_id}",
+        ))
+    return found
+
+
+class TarReader:
+    """Images by `<subset>/<shard>.tar#<ImageID>`: the index gives the member's offset,
+    so one ranged read fetches it. A shard still open (its download stopped before
+    closing it) has no index yet: its headers are read instead."""
+
+    def __init__(self, blobs: Blobs) -> None:
+        self.blobs = blobs
+        # shard path → (the blob to read: the shard or its open part, its samples)
+        self._indexes: dict[str, tuple[str, dict[str, dict[str, tuple[int, int]]]]] = {}
+
+    def _sample(self, location: str) -> tuple[str, dict[str, tuple[int, int]]]:
+        """(the blob that holds it, its members: suffix → (offset, size))."""
+        shard_path, _, image_id = location.partition("#")
+        known = self._indexes.get(shard_path)
+        if known is None:
+            if len(self._indexes) > 64:
+                self._indexes.clear()
+            subset, _, shard = shard_path.rpartition("/")
+            known = self._indexes[shard_path] = self._load(subset, shard)
+        path, samples = known
+        members = samples.get(image_id)
+        if members is None:
+            raise FileNotFoundError(f"{image_id} is not in {self.blobs.describe(path)}")
+        return path, members
+
+    def _load(self, subset: str, shard: str) -> tuple[str, dict[str, dict[str, tuple[int, int]]]]:
+        try:
+            index = read_index(self.blobs, subset, shard)
+        except FileNotFoundError:
+            # Still open, or a closed shard that lost its index: its own headers say it all.
+            blob = next((b for b in (f"{subset}/{part_name(shard)}", f"{subset}/{shard}") if self.blobs.exists(b)), None)
+            if blob is None:
+                raise
+            found = _scan(lambda pos, n: self.blobs.read_range(blob, pos, n))
+            return blob, {s.outcome.image_id: s.members for s in found}
+        return f"{subset}/{shard}", {str(s["key"]): {k: (int(v[0]), int(v[1])) for k, v in s["members"].items()}
+                                     for s in index["samples"]}
+
+    def _member(self, path: str, members: dict[str, tuple[int, int]], suffix: str) -> bytes:
+        offset, size = members[suffix]
+        data = self.blobs.read_range(path, offset, size)
+        if len(data) != size:
+            raise OSError(f"{self.blobs.describe(path)} is shorter than its index says")
+        return data
+
+    def read(self, location: str) -> bytes:
+        path, members = self._sample(location)
+        suffix = next((k for k in members if k != "json" and not k.startswith("original.")), None)
+        if suffix is None:
+            raise FileNotFoundError(f"{self.describe(location)} has no image member")
+        return self._member(path, members, suffix)
+
+    def original(self, location: str) -> Original | None:
+        path, members = self._sample(location)
+        suffix = next((k for k in members if k.startswith("original.")), None)
+        if suffix is None:
+            return None
+        md5: str | None = None
+        if "json" in members:
+            try:
+                meta = json.loads(self._member(path, members, "json"))
+                md5 = str(meta["OriginalMD5"]) if isinstance(meta, dict) and meta.get("OriginalMD5") else None
+            except ValueError:
+                pass  # the sample's JSON is damaged: only the input list can tell
+        return Original(self._member(path, members, suffix), md5)
+
+    def local_path(self, location: str) -> Path | None:
+        return None
+
+    def describe(self, location: str) -> str:
+        path, _, image_id = location.partition("#")
+        return f"{self.blobs.describe(path)}#{image_id}"
