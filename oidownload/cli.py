@@ -47,6 +47,7 @@ from .config import (
 from .errors import ConfigError, OidownloadError
 from .exits import RESUMABLE, ExitCode, help_table
 from .progress import log_line
+from .rows import url_problem
 from .state import StateDir, default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -523,8 +524,10 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
                           shard_size=p["shard_size"], fsync=p["fsync"])
     mirror = p["mirror_url"]
-    if not re.fullmatch(r"(?i:https?)://[^\s/?#]+(?:/[^\s?#]*)?", mirror):
-        raise ConfigError(f"--mirror-url {mirror!r} is not an http(s) URL")
+    # The rule every input URL meets, so that a mirror URL cannot fail each row later.
+    why = url_problem(mirror) if re.fullmatch(r"[^\s?#]*", mirror) else "has a query or spaces"
+    if why is not None:
+        raise ConfigError(f"--mirror-url {mirror!r} {why}")
     source = SourceConfig(SourceChoice(p["source"]), mirror.rstrip("/"), Fallback(p["fallback"]) is Fallback.CVDF)
     if source.fallback and source.choice in (SourceChoice.CVDF, SourceChoice.THUMBNAIL):
         raise ConfigError(f"--fallback cvdf applies to --source original or auto, not {source.choice.value}")

@@ -281,3 +281,11 @@ def test_limit_options_at_0_and_1(tmp_path: Path, make_origin: StartOrigin, host
     for option in ("--max-body-mb", "--max-bytes-in-flight-mb", "--per-host", "--concurrency"):
         res = run_cli("download", manifest, "-o", tmp_path / "zero", option, "0")
         assert res.returncode == 2 and option in res.stderr, (option, res.stderr)
+
+
+@pytest.mark.parametrize("mirror", ["http://127.0.0.1:99999", "http://a..b.example/bucket", "ftp://mirror.example",
+                                    "http://mirror.example/?x=1"])
+def test_a_mirror_url_is_held_to_the_input_rule(tmp_path: Path, mirror: str) -> None:
+    """It used to pass a looser pattern, and then fail every row at fetch time."""
+    res = run_cli("download", tmp_path / "x.csv", "-o", tmp_path / "out", "--source", "cvdf", "--mirror-url", mirror)
+    assert res.returncode == 2 and "--mirror-url" in res.stderr, res.stderr
