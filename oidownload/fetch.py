@@ -110,6 +110,7 @@ def proxy_for(url: URL) -> str | None:
 _RETRY_AFTER_CEILING = 10.0**9
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() is true for '²'
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -162,9 +163,13 @@ def _redirect(current: URL, resp: aiohttp.ClientResponse, hops: int, net: NetCon
     if hops >= net.max_redirects:
         return Failure(Status.BAD_REDIRECT, f"more than {net.max_redirects} redirects (--max-redirects); "
                        f"the next was to {shown}", code)
+    # The Location as sent is checked, not yarl's re-serialisation of it (which may drop
+    # what is wrong: some versions turn port 0 into no port). A relative one keeps the
+    # current host, already checked, and is checked once joined.
+    absolute = f"{current.scheme}:{location}" if location.startswith("//") else location
     try:
         target = current.join(URL(location))
-        text = str(target)
+        text = absolute if _ABSOLUTE.match(absolute) else str(target)
     except (ValueError, UnicodeError):
         return Failure(Status.BAD_REDIRECT, f"redirect to {shown}, which is not a URL", code)
     why = url_problem(text)

@@ -60,6 +60,7 @@ _URL_RE = re.compile(r"(?i:https?)://[^/?#\s\x00-\x1f\x7f]+(?:[/?#][^\s\x00-\x1f
 _PLAIN_URL_RE = re.compile(r"(?i:https?)://([A-Za-z0-9._-]+(?::[0-9]{1,5})?)(?:[/?#][^\s\x00-\x1f\x7f]*)?")
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"  # letters, digits, '-' and '_'; 1-63
 _HOST_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_BRACKETED_RE = re.compile(r"\[[^\[\]]+\](?::[0-9]*)?")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")  # canonical: no leading zeros
 # host[:port] already found good: a list names a few dozen, so most rows need no check.
@@ -369,6 +370,11 @@ def url_problem(url: str) -> str | None:
             return None
     if not _URL_RE.fullmatch(url):
         return "is not an http(s) URL"
+    # Brackets enclose an IPv6 literal and nothing else: some yarl versions read the
+    # '::1' out of 'x[::1]'.
+    hostport = re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0].rpartition("@")[2]
+    if ("[" in hostport or "]" in hostport) and not _BRACKETED_RE.fullmatch(hostport):
+        return "has brackets around something other than the whole host"
     try:
         parsed = URL(url)
         host = parsed.raw_host  # IDNA-encoded (yarl raises on what cannot be)

@@ -124,7 +124,8 @@ def test_redirects_to_unusable_urls_end_as_bad_redirect(tmp_path: Path, make_ori
                                                         hostile: Hostile) -> None:
     corpus, good, _ = _good(tmp_path, make_origin, 20, seed=53)
     rows = []
-    for n, url in enumerate([*UNUSABLE_URLS, "//a..b.example/x.jpg", "http://127.1:80/x.jpg", "ftp://127.0.0.1/x"]):
+    for n, url in enumerate([*UNUSABLE_URLS, "//a..b.example/x.jpg", "//127.0.0.1:0/x.jpg", "http://127.1:80/x.jpg",
+                             "ftp://127.0.0.1/x"]):
         hostile.route(f"/to/{n}", redirect(url))
         rows.append(_row(good[1], n, hostile.url(f"/to/{n}")))
     manifest = _manifest(tmp_path, good, rows)
