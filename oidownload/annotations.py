@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import ConfigError, InputError
-from .rows import iter_records, open_text
+from .rows import first_line, iter_records
 
 ATTRIBUTES = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
 MACHINE_SOURCES = frozenset({"machine"})
@@ -79,8 +79,7 @@ class AnnotationFile:
 
     @classmethod
     def open(cls, path: Path) -> AnnotationFile:
-        with open_text(path) as f:
-            first = f.readline()
+        first = first_line(path)
         header = tuple(h.strip() for h in next(csv.reader([first]), []))
         needed = ("ImageID", "Source", "LabelName", "Confidence")
         if not all(c in header for c in needed):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, InputError
-from .rows import open_text
+from .rows import text_lines
 
 MID_RE = re.compile(r"/[mgt]/[0-9a-z_]+")
 
@@ -30,13 +30,12 @@ class ClassDescriptions:
     @classmethod
     def load(cls, path: Path) -> ClassDescriptions:
         pairs = []
-        with open_text(path) as f:
-            for n, row in enumerate(csv.reader(f), 1):
-                if not row or (n == 1 and row[0].strip() in ("LabelName", "LabelName ")):
-                    continue
-                if len(row) < 2 or not MID_RE.fullmatch(row[0].strip()):
-                    raise InputError(f"{path}:{n}: expected 'MID,DisplayName', found {','.join(row)[:80]!r}")
-                pairs.append((row[0].strip(), row[1]))
+        for n, row in enumerate(csv.reader(text_lines(path)), 1):
+            if not row or (n == 1 and row[0].strip() in ("LabelName", "LabelName ")):
+                continue
+            if len(row) < 2 or not MID_RE.fullmatch(row[0].strip()):
+                raise InputError(f"{path}:{n}: expected 'MID,DisplayName', found {','.join(row)[:80]!r}")
+            pairs.append((row[0].strip(), row[1]))
         out = cls.from_pairs(pairs)
         if not out.names:
             raise InputError(f"{path}: no class descriptions in it")
@@ -78,8 +77,7 @@ def read_classes_file(path: Path) -> list[str]:
     """One class name or MID a line; blank lines and # comments are skipped. A line is
     a name as it is (a name may hold commas), not CSV."""
     try:
-        with open_text(path) as f:
-            return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        return [line.strip() for line in text_lines(path) if line.strip() and not line.lstrip().startswith("#")]
     except InputError:
         raise
     except OSError as exc:

@@ -27,6 +27,7 @@ from . import __version__
 from .accel import check as check_pillow
 from .accel import pillow_build
 from .config import (
+    MAX_REDIRECTS,
     Config,
     Fallback,
     ImageConfig,
@@ -46,6 +47,7 @@ from .config import (
 from .errors import ConfigError, OidownloadError
 from .exits import RESUMABLE, ExitCode, help_table
 from .progress import log_line
+from .rows import url_problem
 from .state import StateDir, default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -429,7 +431,7 @@ def download_options(f: F) -> F:
         opt("--retries", type=Int(0, 100), default=3, help="Retries of a retryable failure, with backoff."),
         opt("--retry-failed", is_flag=True, default=False, help="Also retry images whose failure was final (404, MD5...)."),
         opt("--max-body-mb", type=Float(0, 4096), default=64.0, help="Largest body accepted."),
-        opt("--max-redirects", type=Int(0, 100), default=5, help="Redirects followed per request."),
+        opt("--max-redirects", type=Int(0, MAX_REDIRECTS), default=5, help="Redirects followed per request (0: none)."),
         opt("--max-bytes-in-flight-mb", type=Float(1, 65536, lo_ok=True), default=128.0,
             help="Bodies being read or processed, in MB: bounds memory."),
         opt("--max-decode-mb", type=Float(1, 65536, lo_ok=True), default=512.0,
@@ -522,8 +524,10 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
                           shard_size=p["shard_size"], fsync=p["fsync"])
     mirror = p["mirror_url"]
-    if not re.fullmatch(r"(?i:https?)://[^\s/?#]+(?:/[^\s?#]*)?", mirror):
-        raise ConfigError(f"--mirror-url {mirror!r} is not an http(s) URL")
+    # The rule every input URL meets, so that a mirror URL cannot fail each row later.
+    why = url_problem(mirror) if re.fullmatch(r"[^\s?#]*", mirror) else "has a query or spaces"
+    if why is not None:
+        raise ConfigError(f"--mirror-url {mirror!r} {why}")
     source = SourceConfig(SourceChoice(p["source"]), mirror.rstrip("/"), Fallback(p["fallback"]) is Fallback.CVDF)
     if source.fallback and source.choice in (SourceChoice.CVDF, SourceChoice.THUMBNAIL):
         raise ConfigError(f"--fallback cvdf applies to --source original or auto, not {source.choice.value}")

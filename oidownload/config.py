@@ -57,6 +57,10 @@ class ProgressMode(enum.StrEnum):
     NONE = "none"
 
 
+# Browsers follow at most 20 redirects; a real image is never further away.
+MAX_REDIRECTS = 20
+
+
 @dataclass(frozen=True, slots=True)
 class NetConfig:
     concurrency: int = 64

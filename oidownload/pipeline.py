@@ -44,7 +44,7 @@ from .journal import (
     shard_counts,
     writer_alive,
 )
-from .limits import ByteBudget, HostLimiter
+from .limits import ByteBudget, HostLimiter, Reservation
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
@@ -59,6 +59,10 @@ from .workers import Workers, start_workers
 
 _READ_BATCH = 512
 _FLUSH_EVERY = 0.5  # seconds between journal commits; a kill loses at most this much
+# Outcomes waiting for the journal. A journal that falls behind (a slow fsync, a busy
+# network filesystem, a reader holding its lock) holds new rows back at this many,
+# rather than let them pile up in memory: measured, a 5 s commit let 45,000 pile up.
+_MAX_PENDING = 10_000
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
 MIRROR_403_LIMIT = 5  # 403s in a row from the mirror that stop the run
 # A pool whose workers keep dying for reasons of the machine, not of an image, must not
@@ -169,7 +173,7 @@ class _Pooled:
     note: str
     job: Job
     body: BodyWriter
-    reserved: int
+    held: Reservation
     http_status: int
 
 
@@ -212,6 +216,7 @@ class _Run:
         self.enqueued = 0
         self.reader_finished = False
         self.counted: int | None = None
+        self.input_errors: list[InputError] = []
         self.stopper: Stopper | None = None
 
     def new_writer(self) -> BodyWriter:
@@ -247,14 +252,21 @@ class _Run:
             self.request_stop(ExitCode.FATAL, "fatal error, stopping")
 
     # -- stages -----------------------------------------------------------------------
-    async def read(self) -> None:
-        loop = asyncio.get_running_loop()
+    def rows(self) -> Iterator[Row | BadRow]:
+        """Every input's rows, in the reader thread. An input that cannot be read to its
+        end (a truncated .gz) ends there: the rows before are still downloaded, the
+        other inputs are read, and the error ends the run once they are done."""
         sel = self.cfg.select
         accept = (lambda row: row.subset in sel.subsets) if sel.subsets else None
-        rows = itertools.chain.from_iterable(
-            iter_rows(path, fmt, self.filter, accept) for path, fmt in zip(self.cfg.inputs, self.formats, strict=True)
-        )
-        limited = _selected(rows, self.filter, sel.limit)
+        for path, fmt in zip(self.cfg.inputs, self.formats, strict=True):
+            try:
+                yield from iter_rows(path, fmt, self.filter, accept)
+            except InputError as exc:
+                self.input_errors.append(exc)
+
+    async def read(self) -> None:
+        loop = asyncio.get_running_loop()
+        limited = _selected(self.rows(), self.filter, self.cfg.select.limit)
         take = functools.partial(lambda it: list(itertools.islice(it, _READ_BATCH)), limited)
         try:
             while not self.stopping.is_set():
@@ -282,6 +294,8 @@ class _Run:
 
     async def fetch_worker(self, session: aiohttp.ClientSession) -> None:
         while True:
+            while len(self.recorder.pending) >= _MAX_PENDING and not self.stopping.is_set():
+                await asyncio.sleep(_FLUSH_EVERY / 10)
             row = await self.queue.get()
             if row is None or self.stopping.is_set():
                 return
@@ -308,14 +322,15 @@ class _Run:
         got = await fetch_body(
             self.session, plan.url,
             expected_size=plan.expected_size,
-            net=self.cfg.net, limiter=self.limiter,
-            reserve=self.budget.acquire, release=self.budget.release,
+            net=self.cfg.net, limiter=self.limiter, reserve=self.budget.reserve,
             new_writer=self.new_writer, deadline=tried.t0 + self.cfg.net.image_deadline, rng=self.rng,
         )
         base.attempts = tried.attempts + got.attempts
         result = got.result
         if isinstance(result, Failure):
             base.status, base.detail, base.http_status = result.status, result.detail, result.http_status
+            if result.status is Status.BAD_ROW:
+                base.detail = f"{row.file}:{row.line}: {base.detail}"
             if plan.source is Source.CVDF:
                 self.mirror_answered(base)
             base.seconds = loop.time() - tried.t0
@@ -323,11 +338,9 @@ class _Run:
             return
         if plan.source is Source.CVDF:
             self.mirror_403s = 0
-        reserved = result.reserved
+        held = result.held
         body = result.body
-        if body.size != reserved:
-            self.budget.adjust(reserved, body.size)
-            reserved = body.size
+        held.settle(body.size)
         expected_md5, checked_by, note = plan.expected_md5, "OriginalMD5", ""
         if plan.check_etag:
             expected_md5, checked_by = etag_md5(result.etag), "the ETag"
@@ -339,7 +352,7 @@ class _Run:
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
             file=row.file, line=row.line,
         )
-        await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, reserved, result.http_status))
+        await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, held, result.http_status))
 
     async def to_pool(self, p: _Pooled) -> None:
         """Hands a body to the pool; a pool found broken is restarted first."""
@@ -368,7 +381,7 @@ class _Run:
         fut.add_done_callback(functools.partial(self.processed, p, generation))
 
     def drop(self, p: _Pooled) -> None:
-        self.budget.release(p.reserved)
+        p.held.release()
         p.body.close()
 
     def mirror_answered(self, outcome: Outcome) -> None:
@@ -391,7 +404,7 @@ class _Run:
     def processed(self, p: _Pooled, generation: int, fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
         self.pool_slots.release()
-        release = functools.partial(self.budget.release, p.reserved)
+        release = p.held.release
         if fut.cancelled():
             # The worker may still be reading the memfd: closing it now could let its
             # descriptor number be reused under the worker. The process is stopping.
@@ -439,7 +452,7 @@ class _Run:
                        "out of memory? try a lower --max-decode-mb or fewer --processes")
         base.http_status = p.http_status
         base.seconds = asyncio.get_running_loop().time() - p.tried.t0
-        self.finish(base, p.row, p.plan, p.tried, functools.partial(self.budget.release, p.reserved))
+        self.finish(base, p.row, p.plan, p.tried, p.held.release)
 
     async def restart_pool(self, generation: int) -> bool:
         """Restarts the pool once per breakage (the first caller does it; the others
@@ -778,6 +791,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
                                                 "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3)})
     if run.fatal is not None:
         raise run.fatal
+    if run.input_errors and run.stop_code is None:
+        raise InputError("; ".join(str(e) for e in run.input_errors))
     verdict = _verdict(cfg, shard, run, tally)
     job = _job_counts(state_dir, shard)
     if verdict is None:

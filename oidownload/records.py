@@ -61,7 +61,7 @@ STATUS_MEANING: dict[Status, str] = {
     Status.HTTP_5XX: "the server kept answering 5xx",
     Status.TIMEOUT: "connect, read or total deadline passed",
     Status.CONNECTION: "connection refused or reset",
-    Status.TRUNCATED: "the body ended before its Content-Length",
+    Status.TRUNCATED: "the body ended early (before its Content-Length or its last chunk)",
     Status.DNS: "the host name did not resolve",
     Status.SIZE_MISMATCH: "the original's size is not OriginalSize",
     Status.MD5_MISMATCH: "the body's MD5 is not OriginalMD5 (or, for a mirror copy, its ETag)",

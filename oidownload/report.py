@@ -20,7 +20,7 @@ from .errors import InputError, OutputError
 from .fsio import atomic_file
 from .journal import InputIdentity, writer_alive
 from .records import Status, is_final
-from .rows import V3_COLUMNS, V4_COLUMNS, read_header
+from .rows import V3_COLUMNS, V4_COLUMNS, is_stream, read_header
 from .state import InputInfo, ProgressRow, StateDir, StatusCount
 
 # A running task refreshes its progress row every few seconds; older than this and
@@ -140,6 +140,8 @@ def _changed(info: InputInfo) -> str | None:
     path = info.path
     if not path.exists():
         return f"{info.display} is gone; its rows carry only what the journal knows"
+    if is_stream(path):
+        return f"{info.display} was a pipe, read once; its rows carry only what the journal knows"
     if info.size is None:
         return None  # read from a pipe, or a journal from before identities were kept
     now = InputIdentity.of(path)
@@ -167,7 +169,7 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
     columns = list(V3_COLUMNS)
     for info in inputs:
         try:
-            if len(read_header(info.path).value) == len(V4_COLUMNS):
+            if not is_stream(info.path) and len(read_header(info.path).value) == len(V4_COLUMNS):
                 columns = list(V4_COLUMNS)
         except InputError:
             pass

@@ -19,7 +19,7 @@ from .hierarchy import Hierarchy, expand
 from .idset import SeenIds
 from .journal import DoneSet
 from .records import Conflict, Row
-from .rows import RowFilter, iter_rows, read_header
+from .rows import ID_RE, RowFilter, iter_rows, read_header
 from .sampling import per_class, sample
 from .shard import Shard
 
@@ -45,7 +45,10 @@ class SelectionFilter(RowFilter):
             return True
         if self.shard.count > 1 and not self.shard.owns(raw_id):
             return True
-        if self.done is not None:
+        # The done-set reads an id as a number, which would take '+1…', '0x…', '1_2…', ' 1…'
+        # or Arabic-Indic digits for a finished id: only an id the row check accepts
+        # may be skipped as done, so every other spelling ends as a bad row.
+        if self.done is not None and ID_RE.fullmatch(raw_id):
             met = self.done.meet(raw_id)
             if met == 1:
                 self.done_skipped += 1

@@ -22,7 +22,7 @@ from .config import OutputKind
 from .errors import InputError
 from .journal import SCHEMA_VERSION, connect, int_to_id, journal_files, shard_counts
 from .records import Status
-from .rows import iter_records
+from .rows import is_stream, iter_records
 from .sinks import Reader, is_remote, open_reader
 
 STATE_DIR = ".oidownload"
@@ -353,6 +353,9 @@ def _fields_of(entry: Entry, fields_at: tuple[int, list[str] | str] | None) -> l
 
 
 def _records_or_nothing(path: Path) -> Iterator[tuple[int, list[str] | str]]:
+    # A pipe is never opened again: it would wait for a writer, or read another's data.
+    if is_stream(path):
+        return
     try:
         yield from iter_records(path)
     except InputError:

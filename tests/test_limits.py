@@ -9,7 +9,7 @@ from email.utils import formatdate
 
 from oidownload.config import NetConfig
 from oidownload.fetch import backoff, parse_retry_after
-from oidownload.limits import ByteBudget, HostLimiter
+from oidownload.limits import ByteBudget, HostLimiter, Reservation
 
 
 def test_retry_after_both_forms() -> None:
@@ -78,26 +78,81 @@ def test_byte_budget_bounds_bytes_and_lets_a_giant_through_alone() -> None:
     async def scenario() -> list[str]:
         budget = ByteBudget(100)
         log: list[str] = []
-        await budget.acquire(60)
+        first = await budget.reserve(60)
+        held: list[Reservation] = []
 
         async def take(n: int, name: str) -> None:
-            await budget.acquire(n)
+            held.append(await budget.reserve(n))
             log.append(name)
 
         t1 = asyncio.create_task(take(50, "fifty"))
         t2 = asyncio.create_task(take(500, "giant"))
         await asyncio.sleep(0.01)
         assert log == [] and budget.used == 60
-        budget.release(60)
+        first.release()
         await asyncio.sleep(0.01)
         assert log == ["fifty"]  # the giant waits for the budget to empty
-        budget.release(50)
+        held[0].release()
         await asyncio.sleep(0.01)
         await asyncio.gather(t1, t2)
         assert budget.used == 500 and budget.peak == 500
         return log
 
     assert asyncio.run(scenario()) == ["fifty", "giant"]
+
+
+def test_byte_budget_charges_growth_and_never_deadlocks() -> None:
+    """Bodies without Content-Length grow their reservations: growth waits while
+    another holder can still free bytes, and when every holder is waiting to grow
+    the first goes on (alone past the budget), so the wait always ends."""
+
+    async def scenario() -> None:
+        budget = ByteBudget(100)
+        a, b = await budget.reserve(40), await budget.reserve(40)
+        in_pool = await budget.reserve(20)
+        grow_a = asyncio.create_task(a.grow_to(70))
+        await asyncio.sleep(0.01)
+        assert not grow_a.done() and budget.used == 100  # the pool's body can still free bytes
+        grow_b = asyncio.create_task(b.grow_to(100))
+        new = asyncio.create_task(budget.reserve(1))
+        await asyncio.sleep(0.01)
+        assert not grow_a.done() and not grow_b.done() and not new.done()
+        in_pool.release()  # 80 used, both growers blocked and they are all the holders
+        await asyncio.sleep(0.01)
+        assert grow_a.done() and not grow_b.done() and a.size == 70 and budget.used == 110
+        a.settle(65)
+        a.release()
+        await asyncio.sleep(0.01)
+        assert grow_b.done() and b.size == 100 and not new.done()  # growth goes first
+        b.release()
+        await asyncio.sleep(0.01)
+        assert new.done() and budget.used == 1 and budget.holders == 1
+        cancelled = asyncio.create_task(new.result().grow_to(500))
+        extra = await budget.reserve(99)
+        await asyncio.sleep(0.01)
+        assert not cancelled.done()
+        cancelled.cancel()
+        await asyncio.sleep(0.01)
+        extra.release()
+        new.result().release()
+        assert budget.used == 0 and budget.holders == 0
+
+    asyncio.run(scenario())
+
+
+def test_host_limiter_forgets_idle_hosts() -> None:
+    """Rows spread over a million host names must not keep a million hosts' state."""
+
+    async def scenario() -> int:
+        lim = HostLimiter(4)
+        for i in range(20_000):
+            async with lim.slot(f"h{i}.example"):
+                pass
+        lim.penalise("busy.example", retry_after=60)
+        return len(lim)
+
+    kept = asyncio.run(scenario())
+    assert kept <= 4096 + 1
 
 
 def test_readme_status_table_matches_the_code() -> None:
