@@ -15,7 +15,7 @@ def deb822(text: str) -> list[dict[str, str]]:
     stanzas: list[dict[str, str]] = []
     fields: dict[str, str] = {}
     key = ""
-    for line in text.splitlines() + [""]:
+    for line in [*text.splitlines(), ""]:
         if line.startswith("#"):
             continue
         if not line.strip():
