@@ -19,6 +19,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,13 +58,13 @@ class AnyImageOrigin:
             self.first = time.monotonic()
         return web.Response(body=JPEG, content_type="image/jpeg")
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
         async def go() -> None:
             app = web.Application()
             app.router.add_get("/o/{name}", self.handle)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", port)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -114,6 +115,7 @@ def resume_test(tmp: Path, all_ids: list[str], done: int, origin: AnyImageOrigin
     if not path.exists():
         write_images(path, all_ids, origin.port)
     out_dir = tmp / "out"
+    shutil.rmtree(out_dir, ignore_errors=True)  # a kept folder's last run added rows
     t0 = time.monotonic()
     journal = Journal(out_dir / ".oidownload", Shard(), str(out_dir))
     batch: list[Outcome] = []
@@ -180,18 +182,37 @@ def main() -> None:
     ap.add_argument("--done", type=int, default=8_000_000)
     ap.add_argument("--boxes", type=int, default=5_000_000)
     ap.add_argument("--box-images", type=int, default=1_600_000)
+    ap.add_argument("--only", choices=["stream", "resume", "boxes"], action="append",
+                    help="run only these measurements (repeatable); all three by default")
+    ap.add_argument("--keep", type=Path, help="generate into (and reuse) this folder instead of a temporary one")
     args = ap.parse_args()
+    only = set(args.only or ["stream", "resume", "boxes"])
     origin = AnyImageOrigin()
-    origin.start()
+    # A kept folder's CSVs name the port of the run that wrote them: listen there again.
+    port_file = args.keep / "port" if args.keep else None
+    try:
+        origin.start(int(port_file.read_text()) if port_file and port_file.exists() else 0)
+    except OSError:
+        origin = AnyImageOrigin()
+        origin.start()
+        for old in args.keep.glob("*.csv") if args.keep else ():
+            old.unlink()
+    if port_file:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        port_file.write_text(str(origin.port))
     result: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores"}
     with tempfile.TemporaryDirectory(prefix="oidl-scale-") as d:
-        tmp = Path(d)
+        tmp = args.keep or Path(d)
+        tmp.mkdir(parents=True, exist_ok=True)
         all_ids = ids(args.rows)
-        result.update(stream_test(tmp, all_ids, origin.port))
-        print(json.dumps(result), flush=True)
-        result.update(resume_test(tmp, all_ids, args.done, origin))
-        print(json.dumps(result), flush=True)
-        result.update(boxes_test(tmp, args.boxes, all_ids[: args.box_images], origin.port))
+        if "stream" in only:
+            result.update(stream_test(tmp, all_ids, origin.port))
+            print(json.dumps(result), flush=True)
+        if "resume" in only:
+            result.update(resume_test(tmp, all_ids, args.done, origin))
+            print(json.dumps(result), flush=True)
+        if "boxes" in only:
+            result.update(boxes_test(tmp, args.boxes, all_ids[: args.box_images], origin.port))
     print(json.dumps(result), flush=True)
 
 

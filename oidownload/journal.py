@@ -256,44 +256,45 @@ class DoneSet:
         return len(self._ids)
 
     def __contains__(self, raw_id: object) -> bool:
-        return self._index(raw_id) >= 0
+        v = _as_u64(raw_id)
+        if v is None:
+            return False
+        i = bisect.bisect_left(self._ids, v)
+        return i < len(self._ids) and self._ids[i] == v
 
     def meet(self, raw_id: str) -> int:
         """0 when the id is not done; 1 the first time a row of a done id is met, 2
         after that (a duplicate row: counted once)."""
-        i = self._index(raw_id)
-        if i < 0:
+        # A resumed run calls this once a row, millions of times: one call, with the
+        # common case (the done id at the finger) first.
+        if len(raw_id) != 16:
             return 0
-        if self._met[i]:
-            return 2
-        self._met[i] = 1
-        return 1
-
-    def _index(self, raw_id: object) -> int:
-        if not isinstance(raw_id, str) or len(raw_id) != 16:
-            return -1
         try:
             v = int(raw_id, 16)
         except ValueError:
-            return -1
+            return 0
         ids = self._ids
-        n = len(ids)
-        if v <= self._last:  # out of order, or again: a plain binary search
-            i = bisect.bisect_left(ids, v)
-            return i if i < n and ids[i] == v else -1
-        self._last = v
         pos = self._finger
-        if pos < n:
-            here = ids[pos]
-            if here > v:
-                return -1
-            if here < v:
+        if v > self._last:
+            self._last = v
+            if pos >= len(ids):
+                return 0
+            if ids[pos] != v:
+                if ids[pos] > v:
+                    return 0
                 pos = bisect.bisect_left(ids, v, pos)
-            if pos < n and ids[pos] == v:
-                self._finger = pos + 1
-                return pos
-            self._finger = pos
-        return -1
+                self._finger = pos
+                if pos == len(ids) or ids[pos] != v:
+                    return 0
+            self._finger = pos + 1
+        else:  # out of order, or again: a plain binary search
+            pos = bisect.bisect_left(ids, v)
+            if pos == len(ids) or ids[pos] != v:
+                return 0
+        if self._met[pos]:
+            return 2
+        self._met[pos] = 1
+        return 1
 
     @staticmethod
     def merge(sets: Iterable[DoneSet]) -> DoneSet:
@@ -302,6 +303,15 @@ class DoneSet:
             return DoneSet(arrays[0])
         merged = array.array("Q", sorted(v for a in arrays for v in a))
         return DoneSet(merged)
+
+
+def _as_u64(raw_id: object) -> int | None:
+    if not isinstance(raw_id, str) or len(raw_id) != 16:
+        return None
+    try:
+        return int(raw_id, 16)
+    except ValueError:
+        return None
 
 
 def load_done(conn: sqlite3.Connection, where: str) -> DoneSet:

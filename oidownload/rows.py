@@ -466,15 +466,89 @@ def records(lines: Iterable[str | None], skip: Callable[[str], bool] | None = No
         yield line, fields
 
 
+def _file_records(f: TextIO, skip: Callable[[str], bool] | None,
+                  read: list[int]) -> Iterator[tuple[int, list[str] | str]]:
+    """`records(bounded_lines(f), skip, 2, read)`, the same records in the same order,
+    in one loop for the lines every real list is made of: a resumed run skips millions
+    of rows here, and the generator chain cost twice the skip itself. A line the
+    loop does not handle (over-long, or a quote that stays open past its record's
+    last line) hands it and the rest of the file to `records`, which is the rule."""
+    readline = f.readline
+    parse = _parse_fields
+    n = read[0]
+    try:
+        while line := readline(MAX_LINE):
+            n += 1
+            if len(line) == MAX_LINE and line[-1] not in "\r\n":
+                pending: list[str | None] = [line]
+                first = n
+                break
+            start = n
+            if "\"" in line:
+                quotes = line.count("\"")
+                if quotes & 1:
+                    # a record over several lines: joined here when it closes normally
+                    parts = [line]
+                    while quotes & 1 and len(parts) < MAX_RECORD_LINES:
+                        nxt = readline(MAX_LINE)
+                        if not nxt:
+                            break
+                        n += 1
+                        parts.append(nxt)
+                        if len(nxt) == MAX_LINE and nxt[-1] not in "\r\n":
+                            break
+                        quotes += nxt.count("\"")
+                    if quotes & 1:  # never closed, or an over-long line came first
+                        pending = list(parts)
+                        first = start
+                        break
+                    line = "".join(parts)
+            comma = line.find(",")
+            fast = comma > 0 and line[0] != '"'
+            if fast and skip is not None and skip(line[:comma]):
+                continue
+            try:
+                fields = parse(line)
+            except (csv.Error, StopIteration) as exc:
+                yield start, f"not CSV: {exc}"
+                continue
+            if not fields or fields == [""]:
+                continue  # a blank line
+            if not fast and skip is not None and skip(fields[0]):
+                continue
+            yield start, fields
+        else:
+            read[0] = n
+            return
+    except BaseException:
+        read[0] = n
+        raise
+    read[0] = n
+    yield from records(_then(pending, f), skip, first, read)
+
+
+def _then(pending: list[str | None], f: TextIO) -> Iterator[str | None]:
+    """The lines `pending` (already read; the last may be the head of an over-long
+    line), then the rest of f, bounded as `bounded_lines` bounds them."""
+    last = pending[-1]
+    yield from pending[:-1]
+    if last is not None and len(last) == MAX_LINE and last[-1] not in "\r\n":
+        while (rest := f.readline(MAX_LINE)) and len(rest) == MAX_LINE and rest[-1] not in "\r\n":
+            pass
+        yield None
+    else:
+        yield last
+    yield from bounded_lines(f)
+
+
 def iter_records(path: Path, skip: Callable[[str], bool] | None = None) -> Iterator[tuple[int, list[str] | str]]:
     """`records` of a file after its header, its lines bounded. A truncated .gz raises
     InputError after the rows before the damage, naming the last line read."""
     read = [1]  # the last line read, for the message when reading stops early
     with open_text(path) as f:
-        lines = bounded_lines(f)
         try:
-            next(lines, None)  # the header, checked by read_header
-            yield from records(lines, skip, 2, read)
+            next(bounded_lines(f), None)  # the header, checked by read_header
+            yield from _file_records(f, skip, read)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise InputError(
                 f"{path}: reading stopped after line {read[0]}: the compressed data is truncated or corrupt ({exc}). "
