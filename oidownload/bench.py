@@ -62,6 +62,23 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def tree_cpu_s(pid: int) -> float:
+    """User+system CPU seconds, so far, of pid and every live descendant (a server
+    measured beside the tool: take the difference over a run)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    todo, total = [pid], 0
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(_children(p))
+    return total / tick
+
+
 @dataclass
 class TreeSampler:
     """Peak RSS of the largest process and of the whole tree under `pid`, sampled."""
