@@ -827,15 +827,15 @@ def db_load(paths: tuple[Path, ...], db: str, strict: bool) -> None:
      help="Draw every class's boxes, not only the download's classes.")
 @opt("--images", "image_lists", scope="gallery", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
      help="Image lists (CSV) for the attribution [default: the download's inputs].")
-@opt("--processes", scope="gallery", type=Int(1, MAX_PROCESSES), default=os.cpu_count() or 1,
-     help="Worker processes for thumbnails and pages.")
+@opt("--processes", scope="gallery", type=Int(1, MAX_PROCESSES), default=None,
+     help="Worker processes for thumbnails and pages [default: one per usable CPU].")
 @opt("--progress", "progress_mode", scope="gallery", type=_enum(ProgressMode), default="auto",
      help="auto: a bar on a terminal, log lines otherwise.")
 @state_dir_option
 @boundary
 def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: tuple[Path, ...],
                 class_descriptions: Path | None, class_names: tuple[str, ...], all_classes: bool,
-                image_lists: tuple[Path, ...], processes: int, progress_mode: str, state_dir: Path | None) -> None:
+                image_lists: tuple[Path, ...], processes: int | None, progress_mode: str, state_dir: Path | None) -> None:
     """A static HTML gallery of the images downloaded into OUT, with their boxes drawn,
     a page per image (boxes, labels, attribution) and the dataset's statistics.
 

@@ -17,7 +17,6 @@ import collections
 import concurrent.futures as cf
 import contextlib
 import json
-import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..cpus import usable_cpus
 from ..errors import ConfigError, InputError, OutputError
 from ..progress import Progress
 from ..records import Outcome, Status
@@ -98,7 +98,7 @@ def build_gallery(
         dest = Path(state.out) / "gallery"
     _prepare(dest)
     lists = input_lists(state) if image_lists is None else image_lists
-    workers = processes or os.cpu_count() or 1
+    workers = processes or usable_cpus().count  # the affinity mask and a container's quota
     with _pool(workers, state) as pool:
         return _build(state, dest, images, pool, 4 * workers, annotation_paths=annotation_paths,
                       class_descriptions=class_descriptions, classes=classes, image_lists=lists,
