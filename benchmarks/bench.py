@@ -242,8 +242,7 @@ def main() -> None:
             "cpu_per_image": round(result["oidownload"]["cpu_ms_per_image"] / result["img2dataset"]["cpu_ms_per_image"], 3),
         }
     if len(outputs) > 1:
-        medians = {o: {k: median_of(rs, k) for k in keys if all(k in r for r in rs)}
-                   | ({"server_cpu_ms_per_image": median_of(rs, "server_cpu_ms_per_image")} if o.startswith("s3-") else {})
+        medians = {o: {k: median_of(rs, k) for k in (*keys, "server_cpu_ms_per_image") if all(k in r for r in rs)}
                    for o, rs in per_output.items()}
         result["outputs"] = {o: {**m, "images_per_s_ratio": round(m["images_per_s"] / medians[outputs[0]]["images_per_s"], 3)}
                              for o, m in medians.items()}

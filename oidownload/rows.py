@@ -454,16 +454,23 @@ def records(lines: Iterable[str | None], skip: Callable[[str], bool] | None = No
         fast = _fast_id(text)
         if fast is not None and skip is not None and skip(fast):
             continue
-        try:
-            fields = _parse_fields(text)
-        except (csv.Error, StopIteration) as exc:
-            yield line, f"not CSV: {exc}"
-            continue
-        if not fields or fields == [""]:
-            continue  # a blank line
-        if fast is None and skip is not None and skip(fields[0]):
-            continue
-        yield line, fields
+        fields = _fields(text, skip if fast is None else None)
+        if fields is not None:
+            yield line, fields
+
+
+def _fields(text: str, skip: Callable[[str], bool] | None) -> list[str] | str | None:
+    """A record's fields, or why it is not CSV; None for a blank line or a record whose
+    parsed id `skip` drops (given when the raw id could not be read before parsing)."""
+    try:
+        fields = _parse_fields(text)
+    except (csv.Error, StopIteration) as exc:
+        return f"not CSV: {exc}"
+    if not fields or fields == [""]:
+        return None
+    if skip is not None and skip(fields[0]):
+        return None
+    return fields
 
 
 def _file_records(f: TextIO, skip: Callable[[str], bool] | None,
@@ -474,7 +481,6 @@ def _file_records(f: TextIO, skip: Callable[[str], bool] | None,
     loop does not handle (over-long, or a quote that stays open past its record's
     last line) hands it and the rest of the file to `records`, which is the rule."""
     readline = f.readline
-    parse = _parse_fields
     n = read[0]
     try:
         while line := readline(MAX_LINE):
@@ -507,16 +513,9 @@ def _file_records(f: TextIO, skip: Callable[[str], bool] | None,
             fast = comma > 0 and line[0] != '"'
             if fast and skip is not None and skip(line[:comma]):
                 continue
-            try:
-                fields = parse(line)
-            except (csv.Error, StopIteration) as exc:
-                yield start, f"not CSV: {exc}"
-                continue
-            if not fields or fields == [""]:
-                continue  # a blank line
-            if not fast and skip is not None and skip(fields[0]):
-                continue
-            yield start, fields
+            fields = _fields(line, None if fast else skip)
+            if fields is not None:
+                yield start, fields
         else:
             read[0] = n
             return
