@@ -3,6 +3,7 @@ and a runner for the real `oidownload` command in a child process."""
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 import sqlite3
@@ -61,6 +62,21 @@ def journal_rows(out: Path) -> dict[str, tuple[str, str, int]]:
             rows[format(rid % (1 << 64), "016x")] = (status, detail, attempts)
         conn.close()
     return rows
+
+
+# Linux capabilities that let root read and write where the permissions say no (prctl's
+# PR_CAPBSET_DROP takes them out of the bounding set; the exec then drops them).
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+def obey_permissions() -> None:
+    """A preexec_fn: the child, even as root, is held to the files' permission bits. It
+    keeps its user, so it still reaches the project's venv wherever that was cloned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 def require(condition: bool, what: str) -> None:

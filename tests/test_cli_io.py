@@ -1,8 +1,10 @@
 """Every command meets a missing path, a read-only path and a file where a folder
 belongs with one line and an exit code, never a traceback.
 
-Read-only is real: as root (who may write anywhere) the command runs as `nobody`
-through setpriv, against folders root made; otherwise the folders are chmod 555."""
+Read-only is real: the folders and files are read-only to their owner, and as root (who
+may write anywhere) the command runs without the capabilities that override permissions.
+It keeps its user rather than becoming `nobody`: the project may be cloned under a folder
+only its owner may enter, and the command must still find its own venv."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from oidownload.testing.origin import Corpus, Origin, OriginThread
-from tests.conftest import require, run_cli
+from tests.conftest import obey_permissions, run_cli
 
 AS_ROOT = os.geteuid() == 0
 
@@ -31,10 +33,8 @@ def _closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def ws(synth_cache: Path) -> Iterator[Path]:
-    """A workspace others may enter: a downloaded OUT (with its class selection
-    remembered), its input, a plain file, and a folder nobody but its owner may write."""
-    if AS_ROOT:
-        require(shutil.which("setpriv") is not None, "setpriv (util-linux), to run a command as nobody")
+    """A workspace: a downloaded OUT (with its class selection remembered) that nobody
+    may write, its input, a plain file, and a read-only folder."""
     base = Path(tempfile.mkdtemp(prefix="oid-io-"))
     base.chmod(0o755)
     corpus = Corpus.generate(4, mix="tiny", seed=60)
@@ -55,18 +55,19 @@ def ws(synth_cache: Path) -> Iterator[Path]:
     (base / "ro").mkdir()
     (base / "ro").chmod(0o555)
     for path in (base / "out").rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    (base / "out").chmod(0o755 if AS_ROOT else 0o555)
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    (base / "out").chmod(0o555)
     yield base
-    (base / "out").chmod(0o755)
-    (base / "ro").chmod(0o755)
+    for path in (base / "out", *(base / "out").rglob("*"), base / "ro"):
+        if path.is_dir():
+            path.chmod(0o755)
     shutil.rmtree(base)
 
 
 def _run(ws: Path, args: list[str], *, unprivileged: bool) -> subprocess.CompletedProcess[str]:
-    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if unprivileged and AS_ROOT else []
-    return subprocess.run([*prefix, sys.executable, "-m", "oidownload", *args], capture_output=True, text=True,
-                          timeout=120, cwd=ws, env={**os.environ, "HOME": str(ws)})
+    return subprocess.run([sys.executable, "-m", "oidownload", *args], capture_output=True, text=True, timeout=120,
+                          cwd=ws, env={**os.environ, "HOME": str(ws)},
+                          preexec_fn=obey_permissions if unprivileged and AS_ROOT else None)
 
 
 # (command, case) -> (arguments, exit code, a word the one line must hold)

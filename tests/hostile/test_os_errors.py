@@ -5,7 +5,6 @@ the concurrency to fit, with a warning, and every written image is journaled."""
 from __future__ import annotations
 
 import csv
-import ctypes
 import os
 import resource
 import subprocess
@@ -14,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from oidownload.testing.origin import Corpus, Latency, Origin
-from tests.conftest import journal_rows
+from tests.conftest import journal_rows, obey_permissions
 from tests.hostile import manifests
 
 StartOrigin = Callable[..., Origin]
@@ -25,22 +24,9 @@ def _cli(*args: object, preexec: Callable[[], None] | None = None, timeout: floa
                           timeout=timeout, preexec_fn=preexec, env=dict(os.environ))
 
 
-# Linux capabilities that let root write where the permissions say no (prctl's
-# PR_CAPBSET_DROP takes them out of the bounding set; the exec then drops them).
-_PR_CAPBSET_DROP = 24
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
-
-
-def _obey_permissions() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def test_an_unwritable_subset_folder_is_fatal(tmp_path: Path, make_origin: StartOrigin) -> None:
     # Root may write anywhere: as root the command runs without the capabilities that allow it.
-    drop = _obey_permissions if os.geteuid() == 0 else None
+    drop = obey_permissions if os.geteuid() == 0 else None
     corpus = Corpus.generate(30, mix="tiny", seed=171)
     origin = make_origin(corpus)
     manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
