@@ -34,6 +34,7 @@ CANDIDATES = {
     "bicubic": Image.Resampling.BICUBIC,
     "hamming": Image.Resampling.HAMMING,
     "bilinear": Image.Resampling.BILINEAR,
+    "box": Image.Resampling.BOX,
 }
 
 
@@ -71,7 +72,9 @@ def run(mix: str, size: int, quality: int, tmp: str) -> list[dict[str, object]]:
     results = []
     for name, resample in CANDIDATES.items():
         process.RESAMPLE = resample  # the candidate, exactly as the worker uses it
-        settings = WorkerSettings.build(ImageConfig(resize=size, quality=quality), Path(tmp) / name)
+        out_dir = Path(tmp) / name
+        out_dir.mkdir(exist_ok=True)  # the files output's main-process side makes the root; workers only below it
+        settings = WorkerSettings.build(ImageConfig(resize=size, quality=quality), out_dir)
         losses = []
         cpu = 0.0
         for i, data in enumerate(templates):

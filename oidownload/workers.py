@@ -16,39 +16,26 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
-from typing import Any
+from dataclasses import dataclass
 
 from .body import BodyRef, BodyWriter, MemfdPool, memfd_supported, probe
 from .config import ImageConfig, OutputFormat
+from .pipepool import PipePool
 from .process import Job, WorkerSettings, init_pillow, process_ref
 from .records import Outcome
 from .sinks import Target
 
 _settings: WorkerSettings | None = None
-# What each worker is doing, shared with the parent: per worker slot (pid, busy, id).
-_board: SynchronizedArray[Any] | None = None
-_slot = -1
-_FIELDS = 3
 _START_TRIES = 3
 
 
-def init_worker(settings: WorkerSettings, parent_pid: int, board: SynchronizedArray[Any] | None = None,
-                slots: Synchronized[Any] | None = None) -> None:
-    """Pool initializer: keeps settings, claims a slot on the board, leaves signals to
-    the parent, and exits if the parent dies (a SIGKILLed parent must not leave workers
-    behind)."""
-    global _settings, _board, _slot
+def init_worker(settings: WorkerSettings, parent_pid: int) -> None:
+    """Pool initializer: keeps settings, leaves signals to the parent, and exits if the
+    parent dies (a SIGKILLed parent must not leave workers behind)."""
+    global _settings
     _settings = settings
-    if board is not None and slots is not None:
-        with slots.get_lock():
-            _slot = slots.value
-            slots.value += 1
-        _board = board
-        board[_FIELDS * _slot] = os.getpid()
     follow_parent(parent_pid)
     init_pillow()
 
@@ -69,28 +56,7 @@ def follow_parent(parent_pid: int) -> None:
 
 def process_in_worker(job: Job, ref: BodyRef) -> Outcome:
     assert _settings is not None, "init_worker was not run"
-    if _board is None:
-        return process_ref(job, ref, _settings)
-    at = _FIELDS * _slot
-    _board[at + 2] = int(job.image_id, 16)
-    _board[at + 1] = 1
-    try:
-        return process_ref(job, ref, _settings)
-    finally:
-        _board[at + 1] = 0
-
-
-def _kill_pool(pool: ProcessPoolExecutor) -> None:
-    # Abandoned work may be mid-write; killed workers leave only temporary files,
-    # which the next run removes. _processes is the only handle on the workers. They
-    # ignore SIGTERM, and one killed while it held the call queue's lock would leave
-    # the others blocked on it: only SIGKILL ends them all.
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        try:
-            proc.kill()
-        except Exception:
-            pass
-    pool.shutdown(wait=True, cancel_futures=True)
+    return process_ref(job, ref, _settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,53 +80,33 @@ class Workers:
     threads of this process do it: a hop to another process would cost more than the
     work itself."""
 
-    executor: Executor
     settings: WorkerSettings
-    in_process: bool
-    use_memfd: bool
+    pool: PipePool | None = None
+    threads: ThreadPoolExecutor | None = None
+    use_memfd: bool = False
     processes: int = 1
-    board: SynchronizedArray[Any] | None = None
     generation: int = 0  # how many times the pool was restarted
-    _procs: list[Any] = field(default_factory=list)
+
+    @property
+    def in_process(self) -> bool:
+        return self.pool is None
 
     def submit(self, loop: asyncio.AbstractEventLoop, job: Job, body: BodyWriter) -> asyncio.Future[Outcome]:
-        if self.in_process:
-            return loop.run_in_executor(self.executor, process_ref, job, body.handoff(), self.settings)
-        return loop.run_in_executor(self.executor, process_in_worker, job, body.handoff())
-
-    def deaths(self) -> list[Death]:
-        """The workers of the current pool that have died, with what they held."""
-        live = getattr(self.executor, "_processes", None) or {}
-        procs = list({p.pid: p for p in [*self._procs, *live.values()]}.values())
-        # The pool sees a death when the worker's pipe closes, a moment before the
-        # kernel has its exit status: wait for it, briefly.
-        deadline = time.monotonic() + 2.0
-        while not any(p.exitcode is not None for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        found = []
-        for proc in procs:
-            code = proc.exitcode
-            if code is None:
-                continue
-            held: list[str] = []
-            if self.board is not None:
-                for at in range(0, len(self.board), _FIELDS):
-                    if self.board[at] == proc.pid and self.board[at + 1]:
-                        held.append(format(self.board[at + 2], "016x"))
-            found.append(Death(proc.pid, code, tuple(held)))
-        return found
+        """On the loop's thread. Raises BrokenProcessPool once a worker has died."""
+        if self.pool is None:
+            return loop.run_in_executor(self.threads, process_ref, job, body.handoff(), self.settings)
+        return self.pool.submit(loop, job.image_id, process_in_worker, job, body.handoff())
 
     def restart(self) -> list[Death]:
-        """Which workers died and what they held; then the old pool is killed (its
-        other workers may be blocked for good) and a new one started. Blocking: run it
-        off the event loop."""
-        deaths = self.deaths()
-        assert isinstance(self.executor, ProcessPoolExecutor)
-        _kill_pool(self.executor)
+        """Which workers died and what they held; then what is left of the old pool is
+        killed and a new one started. Blocking: run it off the event loop."""
+        assert self.pool is not None
+        deaths = [Death(e.pid, e.exitcode, e.holding) for e in self.pool.exited()]
+        self.pool.close(kill=True)
         for attempt in range(_START_TRIES):
             try:
                 # Threads exist now: forking could deadlock the child, so the pool is spawned.
-                self.executor, self.board, self._procs = _pool(self.settings, self.processes, "spawn")
+                self.pool = _pool(self.settings, self.processes, "spawn")
                 break
             except BrokenProcessPool:  # a worker died while the pool started: another try
                 if attempt == _START_TRIES - 1:
@@ -169,32 +115,15 @@ class Workers:
         return deaths
 
     def shutdown(self, *, kill: bool) -> None:
-        if isinstance(self.executor, ProcessPoolExecutor) and (kill or getattr(self.executor, "_broken", False)):
-            _kill_pool(self.executor)  # a broken pool's workers may never exit by themselves
-        else:
-            self.executor.shutdown(wait=True)
+        if self.pool is not None:
+            self.pool.close(kill=kill)
+        elif self.threads is not None:
+            self.threads.shutdown(wait=True)
 
 
-def _pool(settings: WorkerSettings, processes: int, method: str) -> tuple[ProcessPoolExecutor, SynchronizedArray[Any], list[Any]]:
-    ctx = multiprocessing.get_context(method)
-    board = ctx.Array("Q", _FIELDS * processes, lock=False)
-    slots = ctx.Value("i", 0)
-    pool = ProcessPoolExecutor(
-        max_workers=processes,
-        mp_context=ctx,
-        initializer=init_worker,
-        initargs=(settings, os.getpid(), board, slots),
-    )
-    # With fork, the first submit starts every worker (Python does not fork on demand
-    # once threads may exist); spawn starts them on demand, so each is asked for once.
-    try:
-        for fut in [pool.submit(os.getpid) for _ in range(processes)]:
-            fut.result()
-    except BaseException:
-        _kill_pool(pool)
-        raise
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    return pool, board, procs
+def _pool(settings: WorkerSettings, processes: int, method: str) -> PipePool:
+    ctx = multiprocessing.get_context("fork") if method == "fork" else multiprocessing.get_context("spawn")
+    return PipePool(ctx, processes, init_worker, (settings, os.getpid()))
 
 
 def pool_method() -> str:
@@ -211,18 +140,18 @@ def start_workers(image: ImageConfig, target: Target, processes: int) -> Workers
     settings = WorkerSettings.build(image, target)
     if image.format is OutputFormat.KEEP:
         init_pillow()
-        return Workers(ThreadPoolExecutor(processes, thread_name_prefix="work"), settings, True, False)
-    pool, board, procs = _pool(settings, processes, pool_method())
+        return Workers(settings, threads=ThreadPoolExecutor(processes, thread_name_prefix="work"))
+    pool = _pool(settings, processes, pool_method())
     use_memfd = False
     if memfd_supported():
         probe_pool = MemfdPool()
         probe_body = BodyWriter(probe_pool)
         try:
             probe_body.write(b"probe")
-            use_memfd = pool.submit(probe, probe_body.handoff()).result(timeout=30) == 5
+            use_memfd = pool.call(0, probe, probe_body.handoff()) == 5
         except Exception:
             use_memfd = False  # a hardened /proc: bodies go through the pipe instead
         finally:
             probe_body.close()
             probe_pool.close()
-    return Workers(pool, settings, False, use_memfd, processes, board, 0, procs)
+    return Workers(settings, pool, use_memfd=use_memfd, processes=processes)

@@ -1,0 +1,188 @@
+"""The loop-driven process pool: answers reach the right futures, big jobs do not block the
+loop, a dead worker breaks the pool and names the job it was on, close drains or kills."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import os
+import random
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pytest
+
+from oidownload.pipepool import PipePool
+
+_ctx_method = ["fork", "spawn"]
+
+
+def _init(marker: str) -> None:
+    os.environ["PIPEPOOL_TEST"] = marker
+
+
+def _echo(i: int, sleep_ms: float) -> tuple[int, int, str]:
+    time.sleep(sleep_ms / 1000)
+    return i, os.getpid(), os.environ.get("PIPEPOOL_TEST", "")
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _fail(text: str) -> None:
+    raise ValueError(text)
+
+
+def _hang(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def _pool(method: str, n: int = 2) -> PipePool:
+    ctx = multiprocessing.get_context("fork") if method == "fork" else multiprocessing.get_context("spawn")
+    return PipePool(ctx, n, _init, ("ready",))
+
+
+@pytest.mark.parametrize("method", _ctx_method)
+def test_every_answer_reaches_its_own_future(method: str) -> None:
+    pool = _pool(method)
+    pids = set(pool.pids)
+    rng = random.Random(7)
+
+    async def run() -> list[tuple[int, int, str]]:
+        loop = asyncio.get_running_loop()
+        futs = [pool.submit(loop, f"job{i}", _echo, i, rng.choice((0, 0, 1, 5))) for i in range(300)]
+        return list(await asyncio.gather(*futs))
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        pool.close(kill=False)
+    assert [a[0] for a in answers] == list(range(300))
+    assert {a[2] for a in answers} == {"ready"}  # the initializer ran in each worker
+    assert {a[1] for a in answers} == pids  # both workers worked
+
+
+@pytest.mark.parametrize("method", _ctx_method)
+def test_bodies_larger_than_a_pipe_go_through_while_the_loop_runs(method: str) -> None:
+    """Bodies travel as bytes when memfds are unavailable: megabytes per job, far more
+    than a pipe holds. The loop must go on meanwhile (writes wait for the pipe)."""
+    pool = _pool(method)
+    bodies = [os.urandom(3_000_000 + i) for i in range(6)]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    async def run() -> list[str]:
+        loop = asyncio.get_running_loop()
+        t = asyncio.create_task(ticker())
+        futs = [pool.submit(loop, str(i), _md5, b) for i, b in enumerate(bodies)]
+        try:
+            return list(await asyncio.gather(*futs))
+        finally:
+            t.cancel()
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        pool.close(kill=False)
+    assert got == [hashlib.md5(b).hexdigest() for b in bodies]
+    assert ticks > 3
+
+
+def test_an_exception_in_the_worker_fails_only_its_future() -> None:
+    pool = _pool("fork")
+
+    async def run() -> tuple[BaseException | None, tuple[int, int, str]]:
+        loop = asyncio.get_running_loop()
+        bad = pool.submit(loop, "bad", _fail, "no good")
+        good = pool.submit(loop, "good", _echo, 1, 0)
+        await asyncio.wait([bad, good])
+        return bad.exception(), good.result()
+
+    try:
+        exc, ok = asyncio.run(run())
+    finally:
+        pool.close(kill=False)
+    assert isinstance(exc, ValueError) and str(exc) == "no good"
+    assert ok[0] == 1
+
+
+@pytest.mark.parametrize("method", _ctx_method)
+def test_a_killed_worker_breaks_the_pool_and_names_its_job(method: str, tmp_path: Path) -> None:
+    pool = _pool(method)
+    flag = tmp_path / "pid"
+
+    async def run() -> list[BaseException | None]:
+        loop = asyncio.get_running_loop()
+        hang = pool.submit(loop, "the-hanging-one", _hang, str(flag))
+        others = [pool.submit(loop, f"other{i}", _echo, i, 200) for i in range(6)]
+        while not flag.exists() or not flag.read_text():
+            await asyncio.sleep(0.01)
+        os.kill(int(flag.read_text()), signal.SIGKILL)
+        await asyncio.wait([hang, *others], timeout=30)
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(loop, "late", _echo, 0, 0)
+        return [f.exception() if f.done() else None for f in (hang, *others)]
+
+    try:
+        errors = asyncio.run(run())
+        exited = pool.exited()
+    finally:
+        pool.close(kill=True)
+    assert isinstance(errors[0], BrokenProcessPool)
+    assert all(e is None or isinstance(e, BrokenProcessPool) for e in errors)  # each answered or failed, none hangs
+    dead = [e for e in exited if e.pid == int(flag.read_text())]
+    assert len(dead) == 1 and dead[0].exitcode == -signal.SIGKILL and dead[0].holding == ("the-hanging-one",)
+
+
+def test_close_answers_what_was_sent_then_ends_every_worker() -> None:
+    pool = _pool("fork")
+    pids = pool.pids
+    futs: list[asyncio.Future[tuple[int, int, str]]] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        futs.extend(pool.submit(loop, str(i), _echo, i, 1) for i in range(4))
+        await asyncio.gather(*futs)
+
+    asyncio.run(run())
+    pool.close(kill=False)
+    assert [f.result()[0] for f in futs] == [0, 1, 2, 3]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_kill_ends_a_busy_worker_at_once(tmp_path: Path) -> None:
+    pool = _pool("fork", 1)
+    flag = tmp_path / "pid"
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        pool.submit(loop, "hang", _hang, str(flag))
+        while not flag.exists() or not flag.read_text():
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    t0 = time.monotonic()
+    pool.close(kill=True)
+    assert time.monotonic() - t0 < 10
+    assert not Path(f"/proc/{int(flag.read_text())}").exists()
+
+
+def test_call_runs_in_the_named_worker_before_the_loop() -> None:
+    pool = _pool("fork")
+    try:
+        assert pool.call(1, _echo, 5, 0)[:2] == (5, pool.pids[1])
+        with pytest.raises(ValueError, match="before"):
+            pool.call(0, _fail, "before")
+    finally:
+        pool.close(kill=False)
