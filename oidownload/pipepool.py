@@ -9,7 +9,7 @@ the worker's pipe and reads result frames when the pipe is readable: no thread, 
 Each worker runs its jobs in the order sent and answers in that order, so the parent
 knows exactly which job a worker is on: the oldest one it has not answered. A worker
 that dies (its sentinel becomes readable) breaks the pool: every pending future fails
-with BrokenProcessPool, as concurrent.futures does, and `deaths` names what each dead
+with BrokenProcessPool, as concurrent.futures does, and `exited` names what each dead
 worker was working on. The caller restarts the pool with a new one.
 """
 
@@ -22,6 +22,7 @@ import pickle
 import select
 import struct
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -82,6 +83,16 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # -- in the parent --------------------------------------------------------------------------
 
+def _reap(procs: list[Any]) -> None:
+    for proc in procs:
+        try:
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join(5)
+        except (ValueError, OSError):
+            pass
+
+
 @dataclass(frozen=True, slots=True)
 class Exited:
     """A worker that died, and the job it was working on (its tag), if any."""
@@ -110,9 +121,14 @@ class PipePool:
         self._workers: list[_Worker] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: collections.deque[tuple[asyncio.Future[Any], str, bytes]] = collections.deque()
-        self._broken: list[Exited] | None = None
+        self._broken = False
         self._closed = False
+        self._attached = False
         fork = ctx.get_start_method() == "fork"
+        # Workers ignore SIGTERM, which is all multiprocessing's exit hook sends before it
+        # joins them: a pool never closed (an error on the way out) is killed here instead.
+        procs: list[Any] = []
+        self._reaper = weakref.finalize(self, _reap, procs)
         try:
             for _ in range(processes):
                 job_r, job_w = os.pipe()
@@ -124,6 +140,7 @@ class PipePool:
                 proc = ctx.Process(target=_serve, args=(child_jobs, child_results, inherited, initializer, initargs),
                                    daemon=True)
                 proc.start()
+                procs.append(proc)
                 child_jobs.close()
                 child_results.close()
                 self._workers.append(_Worker(proc, job_w, res_r))
@@ -185,6 +202,7 @@ class PipePool:
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._attached = True
         for w in self._workers:
             os.set_blocking(w.jobs, False)
             os.set_blocking(w.results, False)
@@ -193,7 +211,7 @@ class PipePool:
 
     def submit(self, loop: asyncio.AbstractEventLoop, tag: str, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """fn(*args) in a worker; `tag` names the job in `exited` should its worker die."""
-        if self._broken is not None or self._closed:
+        if self._broken or self._closed:
             raise BrokenProcessPool("a pool worker died; the pool must be restarted")
         if self._loop is None:
             self._attach(loop)
@@ -257,7 +275,7 @@ class PipePool:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
-        while self._pending and len(w.sent) < AHEAD and self._broken is None:
+        while self._pending and len(w.sent) < AHEAD and not self._broken:
             fut, tag, payload = self._pending.popleft()
             if not fut.done():  # cancelled while it waited
                 self._send(w, fut, tag, payload)
@@ -265,10 +283,10 @@ class PipePool:
     def _died(self, w: _Worker) -> None:
         """A worker's sentinel fired: the pool is broken. What every worker was on is
         kept for `exited`; every future still open fails."""
-        if self._closed or self._broken is not None:
+        if self._closed or self._broken:
             return
         self._readable(w)  # answers it sent before dying still count
-        self._broken = []
+        self._broken = True
         self._detach()
         error = BrokenProcessPool(f"pool worker {w.proc.pid} died")
         for x in self._workers:
@@ -281,8 +299,11 @@ class PipePool:
         self._pending.clear()
 
     def _detach(self) -> None:
-        if self._loop is None or self._loop.is_closed():
+        """On the loop's thread, or once the loop is closed: a broken pool detached
+        itself already, so the restart's thread never touches the loop."""
+        if not self._attached or self._loop is None or self._loop.is_closed():
             return
+        self._attached = False
         for w in self._workers:
             for fd in (w.results, w.proc.sentinel):
                 self._loop.remove_reader(fd)
@@ -324,3 +345,4 @@ class PipePool:
                 except OSError:
                     pass
             w.proc.close()
+        self._reaper.detach()

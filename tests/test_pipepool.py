@@ -4,6 +4,7 @@ loop, a dead worker breaks the pool and names the job it was on, close drains or
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -186,3 +187,13 @@ def test_call_runs_in_the_named_worker_before_the_loop() -> None:
             pool.call(0, _fail, "before")
     finally:
         pool.close(kill=False)
+
+
+def test_a_pool_dropped_without_close_kills_its_workers() -> None:
+    """Workers ignore SIGTERM, all that multiprocessing's exit hook would send them."""
+    pool = _pool("fork")
+    pids = pool.pids
+    del pool
+    gc.collect()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
