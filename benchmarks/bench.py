@@ -39,6 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import PIL
 from PIL import Image
 
 from oidownload import process as worker
@@ -51,44 +52,57 @@ I2D_VERSION = "1.47.0"
 
 # -- the CPU ceiling ----------------------------------------------------------------------
 
-def _work(data: bytes, size: int, quality: int) -> None:
+STAGES = ("md5", "decode", "resize", "encode")
+
+
+def _work(data: bytes, size: int, quality: int) -> tuple[float, float, float, float]:
+    """The per-image work, timed by stage (CPU seconds)."""
+    t0 = time.process_time()
     hashlib.md5(data).digest()
-    im = Image.open(io.BytesIO(data))
+    t1 = time.process_time()
+    im: Image.Image = Image.open(io.BytesIO(data))
     w, h = im.size
+    target = None
     if max(w, h) > size:
         s = size / max(w, h)
         target = (max(1, round(w * s)), max(1, round(h * s)))
         im.draft("RGB", target)
+    im.load()
+    t2 = time.process_time()
+    if target is not None:
         im = im.resize(target, worker.RESAMPLE)
-    else:
-        im.load()
+    t3 = time.process_time()
     buf = io.BytesIO()
     im.convert("RGB").save(buf, "JPEG", quality=quality)
+    return t1 - t0, t2 - t1, t3 - t2, time.process_time() - t3
 
 
-def _time_templates(templates: list[bytes], size: int, quality: int, reps: int) -> list[float]:
+def _time_templates(templates: list[bytes], size: int, quality: int, reps: int) -> list[list[float]]:
     per = []
     for data in templates:
-        t0 = time.process_time()
+        total = [0.0] * len(STAGES)
         for _ in range(reps):
-            _work(data, size, quality)
-        per.append((time.process_time() - t0) / reps)
+            total = [a + b for a, b in zip(total, _work(data, size, quality), strict=True)]
+        per.append([t / reps for t in total])
     return per
 
 
-def ceiling(corpus: Corpus, size: int, quality: int, reps: int = 3) -> dict[str, float]:
+def ceiling(corpus: Corpus, size: int, quality: int, reps: int = 3) -> dict[str, Any]:
     """Per-image CPU of the chosen work with both cores busy (two processes timing the
-    same templates at once), weighted by how often the corpus uses each template."""
+    same templates at once), weighted by how often the corpus uses each template, with
+    what each stage of it costs."""
     with ProcessPoolExecutor(2) as ex:
         a, b = ex.submit(_time_templates, corpus.originals, size, quality, reps), ex.submit(
             _time_templates, corpus.originals, size, quality, reps
         )
-        times = [(x + y) / 2 for x, y in zip(a.result(), b.result(), strict=True)]
+        times = [[(x + y) / 2 for x, y in zip(ta, tb, strict=True)] for ta, tb in zip(a.result(), b.result(), strict=True)]
     uses = [0] * len(corpus.originals)
     for e in corpus.entries.values():
         uses[e.original] += 1
-    per_image = sum(t * n for t, n in zip(times, uses, strict=True)) / sum(uses)
-    return {"cpu_ms_per_image": round(per_image * 1000, 2), "images_per_s_2core": round(2 / per_image, 2)}
+    stages = [sum(t[i] * n for t, n in zip(times, uses, strict=True)) / sum(uses) for i in range(len(STAGES))]
+    per_image = sum(stages)
+    return {"cpu_ms_per_image": round(per_image * 1000, 2), "images_per_s_2core": round(2 / per_image, 2),
+            "stages_ms": {name: round(t * 1000, 2) for name, t in zip(STAGES, stages, strict=True)}}
 
 
 # -- img2dataset ----------------------------------------------------------------------------
@@ -194,7 +208,7 @@ def main() -> None:
     sizes = [len(corpus.thumbnail(i) if thumbs else corpus.original(i)) for i in corpus.ids]
     header = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
-        "pillow": Image.__version__, "mix": args.mix, "n": args.n, "latency_ms": args.latency_ms, "jitter": args.jitter,
+        "pillow": PIL.__version__, "mix": args.mix, "n": args.n, "latency_ms": args.latency_ms, "jitter": args.jitter,
         "faults": args.faults, "sizes": describe(sizes), "mean_bytes": round(sum(sizes) / len(sizes)),
     }
     if not thumbs and not args.no_ceiling:

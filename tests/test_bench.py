@@ -31,7 +31,11 @@ def test_benchmark_script_prints_json_lines(synth_cache: Path) -> None:
     assert res.returncode == 0, res.stderr
     events = [json.loads(line) for line in res.stdout.splitlines()]
     assert [e["event"] for e in events] == ["setup", "run", "result"]
-    assert events[0]["ceiling"]["images_per_s_2core"] > 0
+    ceiling = events[0]["ceiling"]
+    assert ceiling["images_per_s_2core"] > 0
+    stages = ceiling["stages_ms"]
+    assert set(stages) == {"md5", "decode", "resize", "encode"} and stages["decode"] > 0
+    assert abs(sum(stages.values()) - ceiling["cpu_ms_per_image"]) < 0.05  # the stages are the whole work
     run = events[1]
     assert run["tool"] == "oidownload" and run["ok"] == 12
     assert run["efficiency"] > 0 and run["cpu_ms_per_image"] > 0 and run["peak_tree_rss_mb"] > 0
