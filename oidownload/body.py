@@ -87,8 +87,9 @@ class BodyWriter:
     def handoff(self) -> BodyRef:
         if self._fd >= 0:
             return MemfdRef(os.getpid(), self._fd, self.size)
+        # Kept: a job handed to a pool that broke is handed over again.
         data = b"".join(self._chunks)
-        self._chunks = []
+        self._chunks = [data]
         return data
 
     def close(self) -> None:

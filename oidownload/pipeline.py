@@ -458,7 +458,7 @@ class _Run:
         """Restarts the pool once per breakage (the first caller does it; the others
         find it done). False when workers kept dying and the run stops."""
         async with self.restart_lock:
-            if self.workers.generation != generation:
+            if self.workers.generation != generation or self.fatal is not None:
                 return self.fatal is None
             if self.workers.generation >= MAX_POOL_RESTARTS:
                 self.fail(OutputError(

@@ -16,7 +16,9 @@ worker was working on. The caller restarts the pool with a new one.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
+import functools
 import os
 import pickle
 import select
@@ -45,8 +47,11 @@ def _frame(payload: bytes) -> bytes:
 
 # -- in the worker --------------------------------------------------------------------------
 
-def _serve(jobs: Connection, results: Connection, inherited: Sequence[int],
+def _serve(jobs: Connection, results: Connection, board: Any, slot: int, inherited: Sequence[int],
            initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+    """Runs jobs in the order they come. board[slot] is the number of the job at work
+    (1 for the first), 0 between jobs: a worker killed while idle must not have the job
+    waiting in its pipe blamed for its death."""
     for fd in inherited:  # a forked worker's copies of the other workers' parent ends
         try:
             os.close(fd)
@@ -55,6 +60,7 @@ def _serve(jobs: Connection, results: Connection, inherited: Sequence[int],
     initializer(*initargs)
     out = results.fileno()
     _write_all(out, _frame(pickle.dumps((True, None))))  # ready
+    number = 0
     with open(jobs.fileno(), "rb", buffering=_READ_SIZE, closefd=False) as src:
         while True:
             head = src.read(_HEADER.size)
@@ -63,16 +69,29 @@ def _serve(jobs: Connection, results: Connection, inherited: Sequence[int],
             payload = src.read(_HEADER.unpack(head)[0])
             if payload == _STOP:
                 return
-            fn, args = pickle.loads(payload)
+            number += 1
+            board[slot] = number
             try:
+                fn, args = pickle.loads(payload)
                 reply: tuple[bool, Any] = (True, fn(*args))
             except BaseException as exc:  # returned to the caller's future, as an executor does
                 reply = (False, exc)
+            board[slot] = 0
             try:
                 data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 data = pickle.dumps((False, RuntimeError(f"the worker's answer cannot be pickled: {exc!r}")))
             _write_all(out, _frame(data))
+
+
+def _answer(frame: bytes) -> tuple[bool, Any]:
+    """(ok, value) from an answer frame. An exception that pickles but cannot be rebuilt
+    (its __init__ wants other arguments) must still end its job, as a failure."""
+    try:
+        ok, value = pickle.loads(frame)
+    except Exception as exc:
+        return False, RuntimeError(f"the worker's answer cannot be read: {type(exc).__name__}: {exc}")
+    return bool(ok), value
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -84,7 +103,7 @@ def _write_all(fd: int, data: bytes) -> None:
 # -- in the parent --------------------------------------------------------------------------
 
 def _reap(procs: list[Any]) -> None:
-    for proc in procs:
+    for proc in list(procs):
         try:
             if proc.exitcode is None:
                 proc.kill()
@@ -107,7 +126,9 @@ class _Worker:
     proc: Any  # multiprocessing.Process of the pool's context
     jobs: int  # the parent's write end
     results: int  # the parent's read end
-    sent: collections.deque[tuple[asyncio.Future[Any], str]] = field(default_factory=collections.deque)
+    # What the worker was sent and has not answered, oldest first: (future, tag, job number).
+    sent: collections.deque[tuple[asyncio.Future[Any], str, int]] = field(default_factory=collections.deque)
+    numbered: int = 0  # jobs sent so far; the worker numbers them the same way
     inbox: bytearray = field(default_factory=bytearray)
     outbox: bytearray = field(default_factory=bytearray)
 
@@ -125,19 +146,26 @@ class PipePool:
         self._closed = False
         self._attached = False
         fork = ctx.get_start_method() == "fork"
+        self._board = ctx.RawArray("q", processes)  # the job each worker is at; see _serve
         # Workers ignore SIGTERM, which is all multiprocessing's exit hook sends before it
-        # joins them: a pool never closed (an error on the way out) is killed here instead.
+        # joins them: a pool never closed (an error on the way out, a pool dropped) is
+        # killed here instead. atexit, not only weakref.finalize: this module imported
+        # multiprocessing first, so this hook runs before multiprocessing's.
         procs: list[Any] = []
         self._reaper = weakref.finalize(self, _reap, procs)
+        self._reaper.atexit = False
+        self._at_exit = functools.partial(_reap, procs)
+        atexit.register(self._at_exit)
         try:
-            for _ in range(processes):
+            for slot in range(processes):
                 job_r, job_w = os.pipe()
                 res_r, res_w = os.pipe()
                 # A forked child holds copies of every parent end made so far, its own too.
                 inherited = [fd for w in self._workers for fd in (w.jobs, w.results)] + [job_w, res_r] if fork else []
                 # Connections, because a spawned child gets descriptors only in that form.
                 child_jobs, child_results = Connection(job_r, writable=False), Connection(res_w, readable=False)
-                proc = ctx.Process(target=_serve, args=(child_jobs, child_results, inherited, initializer, initargs),
+                proc = ctx.Process(target=_serve, args=(child_jobs, child_results, self._board, slot, inherited,
+                                                          initializer, initargs),
                                    daemon=True)
                 proc.start()
                 procs.append(proc)
@@ -157,7 +185,10 @@ class PipePool:
     def call(self, index: int, fn: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
         """Runs fn in worker `index` and waits for its answer: for checks before the run."""
         assert self._loop is None, "call() is for before the loop drives the pool"
+        if self._broken or self._closed:
+            raise BrokenProcessPool("the pool is broken")
         w = self._workers[index]
+        w.numbered += 1
         _write_all(w.jobs, _frame(pickle.dumps((fn, args))))
         ok, value = self._reply(w, timeout)
         if not ok:
@@ -165,13 +196,16 @@ class PipePool:
         return value
 
     def _reply(self, w: _Worker, timeout: float) -> tuple[bool, Any]:
+        """The worker's next answer. A late answer would be taken for the next job's,
+        so one that does not come in time breaks the pool."""
         deadline = time.monotonic() + timeout
         while True:
             frame = self._take_frame(w)
             if frame is not None:
-                return pickle.loads(frame)  # type: ignore[no-any-return]
+                return _answer(frame)
             left = deadline - time.monotonic()
             if left <= 0:
+                self._broken = True
                 raise BrokenProcessPool(f"pool worker {w.proc.pid} did not answer within {timeout:.0f}s")
             poll = select.poll()  # not select(): descriptors past 1024 are common at high concurrency
             poll.register(w.results, select.POLLIN)
@@ -184,6 +218,7 @@ class PipePool:
                     continue
             if ready:
                 w.proc.join(1.0)
+                self._broken = True
                 raise BrokenProcessPool(f"pool worker {w.proc.pid} died while starting (exit code {w.proc.exitcode})")
 
     @staticmethod
@@ -225,7 +260,8 @@ class PipePool:
         return fut
 
     def _send(self, w: _Worker, fut: asyncio.Future[Any], tag: str, payload: bytes) -> None:
-        w.sent.append((fut, tag))
+        w.numbered += 1
+        w.sent.append((fut, tag, w.numbered))
         data = _frame(payload)
         if not w.outbox:
             try:
@@ -233,7 +269,7 @@ class PipePool:
             except BlockingIOError:
                 n = 0
             except OSError:
-                return  # the worker is gone: its sentinel says so in a moment
+                return  # the worker is gone: its sentinel fails the future in a moment
             data = data[n:]
             if not data:
                 return
@@ -267,9 +303,9 @@ class PipePool:
             w.inbox += data
             if len(data) < _READ_SIZE:
                 break
-        while (frame := self._take_frame(w)) is not None:
-            fut, _ = w.sent.popleft()
-            ok, value = pickle.loads(frame)
+        while w.sent and (frame := self._take_frame(w)) is not None:
+            fut, _, _ = w.sent.popleft()
+            ok, value = _answer(frame)
             if not fut.done():
                 if ok:
                     fut.set_result(value)
@@ -285,12 +321,12 @@ class PipePool:
         kept for `exited`; every future still open fails."""
         if self._closed or self._broken:
             return
+        self._broken = True  # first: nothing more is sent to it (or to the others)
         self._readable(w)  # answers it sent before dying still count
-        self._broken = True
         self._detach()
         error = BrokenProcessPool(f"pool worker {w.proc.pid} died")
         for x in self._workers:
-            for fut, _ in x.sent:
+            for fut, _, _ in x.sent:
                 if not fut.done():
                     fut.set_exception(error)
         for fut, _, _ in self._pending:
@@ -315,8 +351,13 @@ class PipePool:
         deadline = time.monotonic() + wait
         while not any(w.proc.exitcode is not None for w in self._workers) and time.monotonic() < deadline:
             time.sleep(0.01)
-        return [Exited(w.proc.pid, w.proc.exitcode, tuple(tag for _, tag in list(w.sent)[:1]))
-                for w in self._workers if w.proc.exitcode is not None]
+        found = []
+        for slot, w in enumerate(self._workers):
+            if w.proc.exitcode is None:
+                continue
+            at = self._board[slot]  # 0: it died between jobs, holding none
+            found.append(Exited(w.proc.pid, w.proc.exitcode, tuple(tag for _, tag, n in w.sent if n == at)))
+        return found
 
     def close(self, *, kill: bool, timeout: float = 30.0) -> None:
         """Stops the workers: at once (kill) or once each has answered what it was sent."""
@@ -324,14 +365,12 @@ class PipePool:
             return
         self._closed = True
         self._detach()
-        for w in self._workers:
-            if not kill and w.proc.exitcode is None:
-                try:
-                    os.set_blocking(w.jobs, True)
-                    _write_all(w.jobs, bytes(w.outbox) + _frame(_STOP))
-                except OSError:
-                    pass
         deadline = time.monotonic() + timeout
+        if not kill:
+            for w in self._workers:
+                # The rest of a frame half written, then the stop; a worker that does not
+                # read them by the deadline is killed below.
+                self._write_by(w.jobs, bytes(w.outbox) + _frame(_STOP), deadline)
         for w in self._workers:
             if not kill:
                 w.proc.join(max(0.0, deadline - time.monotonic()))
@@ -346,3 +385,22 @@ class PipePool:
                     pass
             w.proc.close()
         self._reaper.detach()
+        atexit.unregister(self._at_exit)
+
+    @staticmethod
+    def _write_by(fd: int, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        try:
+            os.set_blocking(fd, False)
+            while view:
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    poll = select.poll()
+                    poll.register(fd, select.POLLOUT)
+                    poll.poll(left * 1000)
+        except OSError:
+            pass  # the worker is gone

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -41,6 +42,26 @@ def _fail(text: str) -> None:
 def _hang(path: str) -> None:
     Path(path).write_text(str(os.getpid()))
     time.sleep(600)
+
+
+class _Picky(Exception):
+    """Pickles, but cannot be rebuilt from its args."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(a + b)
+
+
+def _picky() -> None:
+    raise _Picky(1, 2)
+
+
+def _die_soon(seconds: float) -> int:
+    def later() -> None:
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=later, daemon=True).start()
+    return os.getpid()
 
 
 def _pool(method: str, n: int = 2) -> PipePool:
@@ -197,3 +218,76 @@ def test_a_pool_dropped_without_close_kills_its_workers() -> None:
     gc.collect()
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_an_answer_that_cannot_be_read_fails_its_job_and_the_next_ones_go_on() -> None:
+    pool = _pool("fork", 1)
+
+    async def run() -> tuple[BaseException | None, list[int]]:
+        loop = asyncio.get_running_loop()
+        bad = pool.submit(loop, "bad", _picky)
+        good = [pool.submit(loop, str(i), _echo, i, 0) for i in range(3)]
+        await asyncio.wait([bad, *good], timeout=30)
+        return bad.exception(), [f.result()[0] for f in good]
+
+    try:
+        exc, answers = asyncio.run(run())
+    finally:
+        pool.close(kill=True)
+    assert isinstance(exc, RuntimeError) and "cannot be read" in str(exc)
+    assert answers == [0, 1, 2]
+
+
+def test_a_call_that_times_out_breaks_the_pool_so_no_answer_lands_on_another_job() -> None:
+    pool = _pool("fork", 1)
+    try:
+        with pytest.raises(BrokenProcessPool, match="did not answer"):
+            pool.call(0, _echo, 1, 500, timeout=0.1)
+
+        async def run() -> None:
+            with pytest.raises(BrokenProcessPool):
+                pool.submit(asyncio.get_running_loop(), "next", _echo, 2, 0)
+
+        asyncio.run(run())
+    finally:
+        pool.close(kill=True)
+
+
+def test_close_keeps_its_deadline_when_a_worker_never_reads_its_pipe(tmp_path: Path) -> None:
+    """A worker stuck on a job, a body too big for its pipe half written behind it."""
+    pool = _pool("fork", 1)
+    flag = tmp_path / "pid"
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        pool.submit(loop, "hang", _hang, str(flag))
+        pool.submit(loop, "big", _md5, os.urandom(8_000_000))
+        while not flag.exists() or not flag.read_text():
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    t0 = time.monotonic()
+    pool.close(kill=False, timeout=1.0)
+    assert time.monotonic() - t0 < 8
+    assert not Path(f"/proc/{int(flag.read_text())}").exists()
+
+
+def test_a_worker_that_dies_between_jobs_is_not_blamed_on_the_next_one() -> None:
+    pool = _pool("fork", 1)
+
+    async def run() -> BaseException | None:
+        loop = asyncio.get_running_loop()
+        pid = await pool.submit(loop, "first", _die_soon, 0.2)
+        time.sleep(1.0)  # the loop is busy: the worker dies idle before it hears of the death
+        assert not Path(f"/proc/{pid}/status").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        nxt = pool.submit(loop, "innocent", _echo, 1, 0)
+        await asyncio.wait([nxt], timeout=30)
+        return nxt.exception()
+
+    try:
+        exc = asyncio.run(run())
+        exited = pool.exited()
+    finally:
+        pool.close(kill=True)
+    assert isinstance(exc, BrokenProcessPool)
+    assert len(exited) == 1 and exited[0].exitcode == -signal.SIGKILL and exited[0].holding == ()
