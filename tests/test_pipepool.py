@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from oidownload.body import BodyWriter, MemfdPool, opened
 from oidownload.pipepool import PipePool
 
 _ctx_method = ["fork", "spawn"]
@@ -291,3 +292,21 @@ def test_a_worker_that_dies_between_jobs_is_not_blamed_on_the_next_one() -> None
         pool.close(kill=True)
     assert isinstance(exc, BrokenProcessPool)
     assert len(exited) == 1 and exited[0].exitcode == -signal.SIGKILL and exited[0].holding == ()
+
+
+@pytest.mark.parametrize("memfd", [False, True])
+def test_a_body_can_be_handed_over_again_after_a_pool_broke(memfd: bool) -> None:
+    """After a worker death the job goes to the new pool with the same body: as bytes
+    (no memfd) it was emptied by the first hand-over."""
+    memfds = MemfdPool() if memfd else None
+    body = BodyWriter(memfds)
+    try:
+        body.write(b"abc")
+        body.write(b"def")
+        refs = [body.handoff(), body.handoff()]
+        with opened(refs[0]) as first, opened(refs[1]) as second:
+            assert bytes(first[:]) == bytes(second[:]) == b"abcdef"
+    finally:
+        body.close()
+        if memfds is not None:
+            memfds.close()
