@@ -472,13 +472,13 @@ class _Run:
                 self.fail(OutputError(f"cannot restart the process pool: {exc}"))
                 return False
             for death in deaths:
-                for image_id in death.image_ids:
+                for image_id in death.holding:
                     self.deaths[image_id] = self.deaths.get(image_id, 0) + 1
                     self.death_cause[image_id] = death.describe()
-                held = ", ".join(death.image_ids) or "no image"
+                held = ", ".join(death.holding) or "no image"
                 self.progress.log("worker-died", f"{death.describe()} while processing {held}; the pool was restarted. "
                                   "An image whose worker dies twice ends as worker_died", pid=death.pid,
-                                  exitcode=death.exitcode, image_ids=list(death.image_ids))
+                                  exitcode=death.exitcode, image_ids=list(death.holding))
             return self.fatal is None
 
     def finish(self, outcome: Outcome, row: Row, plan: FetchPlan, tried: _Tried,

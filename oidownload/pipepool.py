@@ -6,9 +6,9 @@ of the loop: measured, those two threads cost 0.4 ms of the main process's CPU p
 (a third of it) besides the GIL hand-offs. Here the loop writes a job frame straight into
 the worker's pipe and reads result frames when the pipe is readable: no thread, no lock.
 
-Each worker runs its jobs in the order sent and answers in that order, so the parent
-knows exactly which job a worker is on: the oldest one it has not answered. A worker
-that dies (its sentinel becomes readable) breaks the pool: every pending future fails
+Each worker runs its jobs in the order sent, answers in that order, and marks the number
+of the job at work in a shared array, so the parent knows which job a dead worker held
+(none if it died between jobs). A worker that dies (its sentinel becomes readable) breaks the pool: every pending future fails
 with BrokenProcessPool, as concurrent.futures does, and `exited` names what each dead
 worker was working on. The caller restarts the pool with a new one.
 """
@@ -22,6 +22,7 @@ import functools
 import os
 import pickle
 import select
+import signal
 import struct
 import time
 import weakref
@@ -114,11 +115,16 @@ def _reap(procs: list[Any]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Exited:
-    """A worker that died, and the job it was working on (its tag), if any."""
+    """A worker that died: how, and the job it was working on (its tag), if any."""
 
     pid: int
     exitcode: int
     holding: tuple[str, ...]
+
+    def describe(self) -> str:
+        how = (f"killed by {signal.Signals(-self.exitcode).name}" if self.exitcode < 0
+               and -self.exitcode in signal.Signals._value2member_map_ else f"exit code {self.exitcode}")
+        return f"pool worker {self.pid} died ({how})"
 
 
 @dataclass(eq=False)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .body import BodyRef, BodyWriter, MemfdPool, memfd_supported, probe
 from .config import ImageConfig, OutputFormat
-from .pipepool import PipePool
+from .pipepool import Exited, PipePool
 from .process import Job, WorkerSettings, init_pillow, process_ref
 from .records import Outcome
 from .sinks import Target
@@ -59,20 +59,6 @@ def process_in_worker(job: Job, ref: BodyRef) -> Outcome:
     return process_ref(job, ref, _settings)
 
 
-@dataclass(frozen=True, slots=True)
-class Death:
-    """A pool worker that died: how, and the images it was working on."""
-
-    pid: int
-    exitcode: int
-    image_ids: tuple[str, ...]
-
-    def describe(self) -> str:
-        how = (f"killed by {signal.Signals(-self.exitcode).name}" if self.exitcode < 0
-               and -self.exitcode in signal.Signals._value2member_map_ else f"exit code {self.exitcode}")
-        return f"pool worker {self.pid} died ({how})"
-
-
 @dataclass
 class Workers:
     """Pixel work (decode, resize, encode) runs in a process pool. Without it (--format
@@ -97,11 +83,11 @@ class Workers:
             return loop.run_in_executor(self.threads, process_ref, job, body.handoff(), self.settings)
         return self.pool.submit(loop, job.image_id, process_in_worker, job, body.handoff())
 
-    def restart(self) -> list[Death]:
+    def restart(self) -> list[Exited]:
         """Which workers died and what they held; then what is left of the old pool is
         killed and a new one started. Blocking: run it off the event loop."""
         assert self.pool is not None
-        deaths = [Death(e.pid, e.exitcode, e.holding) for e in self.pool.exited()]
+        deaths = self.pool.exited()
         self.pool.close(kill=True)
         for attempt in range(_START_TRIES):
             try:

@@ -65,6 +65,21 @@ def _die_soon(seconds: float) -> int:
     return os.getpid()
 
 
+async def _hanging(flag: Path) -> int:
+    """The pid of the worker once it is in _hang."""
+    while not flag.exists() or not flag.read_text():
+        await asyncio.sleep(0.01)
+    return int(flag.read_text())
+
+
+def _gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except OSError:
+        return True
+
+
 def _pool(method: str, n: int = 2) -> PipePool:
     ctx = multiprocessing.get_context("fork") if method == "fork" else multiprocessing.get_context("spawn")
     return PipePool(ctx, n, _init, ("ready",))
@@ -148,9 +163,7 @@ def test_a_killed_worker_breaks_the_pool_and_names_its_job(method: str, tmp_path
         loop = asyncio.get_running_loop()
         hang = pool.submit(loop, "the-hanging-one", _hang, str(flag))
         others = [pool.submit(loop, f"other{i}", _echo, i, 200) for i in range(6)]
-        while not flag.exists() or not flag.read_text():
-            await asyncio.sleep(0.01)
-        os.kill(int(flag.read_text()), signal.SIGKILL)
+        os.kill(await _hanging(flag), signal.SIGKILL)
         await asyncio.wait([hang, *others], timeout=30)
         with pytest.raises(BrokenProcessPool):
             pool.submit(loop, "late", _echo, 0, 0)
@@ -180,8 +193,7 @@ def test_close_answers_what_was_sent_then_ends_every_worker() -> None:
     asyncio.run(run())
     pool.close(kill=False)
     assert [f.result()[0] for f in futs] == [0, 1, 2, 3]
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert all(_gone(pid) for pid in pids)
 
 
 def test_kill_ends_a_busy_worker_at_once(tmp_path: Path) -> None:
@@ -191,8 +203,7 @@ def test_kill_ends_a_busy_worker_at_once(tmp_path: Path) -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
         pool.submit(loop, "hang", _hang, str(flag))
-        while not flag.exists() or not flag.read_text():
-            await asyncio.sleep(0.01)
+        await _hanging(flag)
 
     asyncio.run(run())
     t0 = time.monotonic()
@@ -217,8 +228,7 @@ def test_a_pool_dropped_without_close_kills_its_workers() -> None:
     pids = pool.pids
     del pool
     gc.collect()
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert all(_gone(pid) for pid in pids)
 
 
 def test_an_answer_that_cannot_be_read_fails_its_job_and_the_next_ones_go_on() -> None:
@@ -263,8 +273,7 @@ def test_close_keeps_its_deadline_when_a_worker_never_reads_its_pipe(tmp_path: P
         loop = asyncio.get_running_loop()
         pool.submit(loop, "hang", _hang, str(flag))
         pool.submit(loop, "big", _md5, os.urandom(8_000_000))
-        while not flag.exists() or not flag.read_text():
-            await asyncio.sleep(0.01)
+        await _hanging(flag)
 
     asyncio.run(run())
     t0 = time.monotonic()
@@ -280,7 +289,7 @@ def test_a_worker_that_dies_between_jobs_is_not_blamed_on_the_next_one() -> None
         loop = asyncio.get_running_loop()
         pid = await pool.submit(loop, "first", _die_soon, 0.2)
         time.sleep(1.0)  # the loop is busy: the worker dies idle before it hears of the death
-        assert not Path(f"/proc/{pid}/status").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        assert _gone(pid)
         nxt = pool.submit(loop, "innocent", _echo, 1, 0)
         await asyncio.wait([nxt], timeout=30)
         return nxt.exception()
