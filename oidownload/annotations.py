@@ -44,6 +44,8 @@ class AnnotationTable(Protocol):
     @property
     def name(self) -> str: ...  # the file name the CSV export writes
     @property
+    def where(self) -> str: ...  # the whole path (an archive's member as `archive!member`)
+    @property
     def kind(self) -> Kind: ...
     @property
     def columns(self) -> tuple[str, ...]: ...
@@ -70,6 +72,10 @@ class AnnotationFile:
     def name(self) -> str:
         name = self.path.name
         return name[:-3] if name.endswith(".gz") else name
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     def index(self, name: str) -> int:
         return self.columns.index(name)

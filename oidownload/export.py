@@ -15,8 +15,10 @@ import csv
 import enum
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,11 +199,33 @@ def _local_files(state: StateDir, images: dict[str, Written], fmt: ExportFormat)
     return reader
 
 
+def csv_names(files: Sequence[AnnotationTable]) -> list[str]:
+    """One output name per table, never two alike: V3's splits share their file names
+    (train/annotations-human-bbox.csv, validation/...), so a name met more than once
+    takes the folder it came from as a prefix, and a number when even that repeats."""
+    seen = Counter(f.name for f in files)
+    names: list[str] = []
+    for f in files:
+        name = f.name
+        if seen[name] > 1:
+            folders = [p for p in re.split(r"[/\\!]", f.where)[:-1] if p and p not in (".", "..")]
+            if folders:
+                name = f"{folders[-1]}-{name}"
+        stem, dot, ext = name.rpartition(".")
+        stem, ext = (stem, dot + ext) if dot else (name, "")
+        n = 2
+        while name in names:
+            name = f"{stem}-{n}{ext}"
+            n += 1
+        names.append(name)
+    return names
+
+
 def _write_csv(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
                mids: frozenset[str] | None) -> None:
     """The Open Images rows of the downloaded images, coordinates in the written frame."""
-    for f in files:
-        target = dest / f.name
+    for f, name in zip(files, csv_names(files), strict=True):
+        target = dest / name
         i_id, i_label = f.index("ImageID"), f.index("LabelName")
         coords = [f.index(c) for c in ("XMin", "XMax", "YMin", "YMax")] if f.kind is Kind.BOXES else []
         clicks = [(f.index(f"XClick{k}X"), f.index(f"XClick{k}Y")) for k in range(1, 5) if f.has(f"XClick{k}X")]

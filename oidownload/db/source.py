@@ -39,6 +39,7 @@ class DbTable:
     kind: Kind
     columns: tuple[str, ...]
     _db_columns: tuple[str, ...]
+    where: str = ""
 
     def index(self, name: str) -> int:
         return self.columns.index(name)
@@ -100,7 +101,7 @@ class DbAnnotations:
             name = path.rsplit("!", 1)[-1].rsplit("/", 1)[-1]
             name = name[:-3] if name.endswith(".gz") else name
             out.append(DbTable(self.db, file_id, name, Kind.BOXES if kind is FileKind.BOXES else Kind.LABELS,
-                               tuple(c.csv for c in cols), tuple(c.name for c in cols)))
+                               tuple(c.csv for c in cols), tuple(c.name for c in cols), path))
         return out
 
     def matches(self, flt: ClassFilter, within: Container[str] | None = None) -> Iterator[tuple[str, str]]:
