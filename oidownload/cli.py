@@ -63,11 +63,27 @@ def envvar_name(long: str, scope: str | None = None) -> str:
     return ENV_PREFIX + (f"{scope.upper()}_" if scope else "") + name
 
 
+class _Repeatable(click.Option):
+    """A repeatable option whose environment variable holds one value a line: click
+    splits at any whitespace, which made OIDOWNLOAD_CLASS="Coffee cup" two classes.
+    Class names, headers and paths hold spaces and commas, never a newline."""
+
+    def value_from_envvar(self, ctx: click.Context) -> Any:
+        rv = self.resolve_envvar_value(ctx)
+        if rv is None:
+            return None
+        values = [line.strip() for line in rv.splitlines()]
+        return [v for v in values if v] or None
+
+
 def opt(*decls: str, scope: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     """click.option with its environment variable: OIDOWNLOAD_<NAME>, or with a scope
-    (a command other than download) OIDOWNLOAD_<SCOPE>_<NAME>."""
+    (a command other than download) OIDOWNLOAD_<SCOPE>_<NAME>. A repeatable option's
+    variable takes one value a line."""
     long = next(d for d in decls if d.startswith("--")).split("/")[0]
     kwargs.setdefault("envvar", envvar_name(long, scope))
+    if kwargs.get("multiple"):
+        kwargs.setdefault("cls", _Repeatable)
     kwargs.setdefault("show_envvar", True)
     if "default" in kwargs:
         kwargs.setdefault("show_default", True)

@@ -72,3 +72,33 @@ def test_csv_export_keeps_the_rows_of_every_split(served: Served, tmp_path: Path
     for f in (out / "annotations").glob("*.csv"):
         subsets = {served.ids[r["ImageID"]] for r in rows_of(f)}
         assert len(subsets) == 1 and f.name.startswith(subsets.pop()), f.name
+
+
+def test_repeatable_options_from_the_environment_take_one_value_a_line(served: Served, tmp_path: Path) -> None:
+    """OIDOWNLOAD_CLASS="Coffee cup" is one class, not "Coffee" and "Cup"; a name with a
+    comma and quotes survives too; OIDOWNLOAD_HEADER='X-Token: abc' is one header."""
+    descriptions = tmp_path / "class-descriptions.csv"
+    boxed = rows_of(BOXES[1])
+    mids = sorted({r["LabelName"] for r in boxed if r["ImageID"] in served.ids})[:2]
+    # Names of the user's own choosing for two real MIDs: a space, then a comma and quotes.
+    spaced, quoted = "Coffee cup", 'Tea, "green"'
+    with open(descriptions, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows([[mids[0], spaced], [mids[1], quoted], ["/m/x", "Coffee"],
+                                                      ["/m/y", "Cup"], ["/m/z", "Tea"]])
+    out = tmp_path / "out"
+    sel = tmp_path / "sel.csv"
+    env = {"OIDOWNLOAD_CLASS": f"{spaced}\n{quoted}\n", "OIDOWNLOAD_ANNOTATIONS": str(BOXES[1]),
+           "OIDOWNLOAD_CLASS_DESCRIPTIONS": str(descriptions)}
+    res = run_cli("select", served.manifest, "-o", sel, env=env)
+    assert res.returncode == 0, res.stderr
+    expected = {r["ImageID"] for r in boxed if r["LabelName"] in mids and r["ImageID"] in served.ids}
+    assert {r["ImageID"] for r in rows_of(sel)} == expected
+    res = run_cli("download", served.manifest, "-o", out, "--progress", "none", "--subset", "validation",
+                  env={**env, "OIDOWNLOAD_HEADER": "X-Token: abc"})
+    assert res.returncode == 0, res.stderr
+    assert set(journal_rows(out)) == expected
+    assert served.origin.extra_headers.get("x-token") == {"abc"}
+    res = run_cli("annotations", out, "--format", "coco")
+    assert res.returncode == 0, res.stderr
+    coco = json.loads((out / "annotations" / "coco.json").read_text())
+    assert sorted(c["name"] for c in coco["categories"]) == sorted([spaced, quoted])

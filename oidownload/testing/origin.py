@@ -230,6 +230,8 @@ class Origin:
         self.served_ok: collections.Counter[str] = collections.Counter()
         self.times: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
         self.agents: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
+        # Values of every X-* request header seen (--header), by lower-case name.
+        self.extra_headers: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self.rng = random.Random(1)
         self.port = 0
         self.placeholder = placeholder_bytes()
@@ -313,6 +315,9 @@ class Origin:
         self.requests[path] += 1
         self.times[path].append(time.monotonic())
         self.agents[path].add(request.headers.get("User-Agent", ""))
+        for key, value in request.headers.items():
+            if key.lower().startswith("x-"):
+                self.extra_headers[key.lower()].add(value)
         name = request.match_info["name"]
         kind = request.match_info.get("kind") or path.split("/")[1]
         image_id = name.split("_")[0]
