@@ -927,7 +927,7 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
     import json
 
     from .progress import human_bytes, human_seconds
-    from .records import STATUS_MEANING
+    from .records import STATUS_MEANING, checked_words
     from .report import out_status
 
     st = out_status(out, state_dir)
@@ -940,8 +940,7 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
         meaning = {s.value: m for s, m in STATUS_MEANING.items()}.get(name, "")
         click.echo(f"{name:<15}{c.n:>10}{human_bytes(c.bytes):>12}  {meaning}")
     if st.sources:
-        click.echo("written, by source: " + ", ".join(f"{n} from the {'mirror (cvdf)' if src == 'cvdf' else src}"
-                                                      for src, n in sorted(st.sources.items())))
+        click.echo("written: " + "; ".join(checked_words(st.sources, st.unchecked)))
     click.echo(f"{'shard':<12}{'state':<10}{'done':>10}{'planned':>10}{'rate/s':>9}{'ETA':>9}  host")
     for s in st.shards:
         planned = "?" if s.planned is None else str(s.planned)

@@ -80,7 +80,9 @@ class NetConfig:
     retry_after_max: float = 120.0
     max_body_bytes: int = 64 * 1024 * 1024
     max_redirects: int = 5
-    user_agent: str = "oidownload/0.1 (+https://github.com/oidownload/oidownload)"
+    # The project's name and version only: it is not published at any URL to name.
+    # None: the default agent, which also carries the cluster task (pipeline.py).
+    user_agent: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
 
 

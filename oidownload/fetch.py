@@ -66,6 +66,14 @@ Reserve = Callable[[int], Awaitable[Reservation]]
 NewWriter = Callable[[], BodyWriter]
 
 
+def default_agent(task: str | None = None) -> str:
+    """oidownload/VERSION, and the cluster task when there is one, so an origin's logs can
+    tell the tasks apart. A --user-agent is sent exactly as given, as curl -A does."""
+    from . import __version__
+
+    return f"oidownload/{__version__}" + (f" shard/{task}" if task else "")
+
+
 def make_session(net: NetConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=net.concurrency,
@@ -82,7 +90,7 @@ def make_session(net: NetConfig) -> aiohttp.ClientSession:
         connector=connector,
         timeout=timeout,
         # Identity: a compressed transfer would not match OriginalSize or the MD5.
-        headers={"User-Agent": net.user_agent, "Accept-Encoding": "identity", **dict(net.headers)},
+        headers={"User-Agent": net.user_agent or default_agent(), "Accept-Encoding": "identity", **dict(net.headers)},
         cookie_jar=aiohttp.DummyCookieJar(),
         read_bufsize=2**18,
         # Proxies come from proxy_for(), once per host: aiohttp's trust_env would also read

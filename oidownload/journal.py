@@ -111,6 +111,19 @@ CREATE TRIGGER IF NOT EXISTS ok_source_upd AFTER UPDATE ON outcomes WHEN old.sta
     INSERT INTO source_counts SELECT coalesce(new.source, ''), 1 WHERE new.status = 'ok'
         ON CONFLICT(source) DO UPDATE SET n = n + 1;
 END;
+-- Written images that nothing checked, per source (a thumbnail, a row without an MD5,
+-- a mirror copy whose ETag is no MD5): `status` says what was verified.
+CREATE TABLE IF NOT EXISTS unchecked_counts(source TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS unchecked_ins AFTER INSERT ON outcomes WHEN new.status = 'ok' AND new.verified = 0 BEGIN
+    INSERT INTO unchecked_counts VALUES(coalesce(new.source, ''), 1) ON CONFLICT(source) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS unchecked_upd AFTER UPDATE ON outcomes
+WHEN (old.status = 'ok' AND old.verified = 0) OR (new.status = 'ok' AND new.verified = 0) BEGIN
+    UPDATE unchecked_counts SET n = n - 1 WHERE old.status = 'ok' AND old.verified = 0
+        AND source = coalesce(old.source, '');
+    INSERT INTO unchecked_counts SELECT coalesce(new.source, ''), 1 WHERE new.status = 'ok' AND new.verified = 0
+        ON CONFLICT(source) DO UPDATE SET n = n + 1;
+END;
 -- What the output's sink needs to continue after a crash (open shards' lengths...).
 CREATE TABLE IF NOT EXISTS sink_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- One ImageID, two answers: a later row that disagreed with the first (which won), or a
@@ -127,7 +140,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS conflicts_by_row ON conflicts(input, line, id)
 """
 
 _TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progress", "sink_state", "source_counts",
-                     "conflicts"})
+                     "unchecked_counts", "conflicts"})
 # Columns added after the first release; an older journal gains them when opened.
 _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outcomes": (("location", "TEXT"),),
@@ -382,10 +395,10 @@ class Journal:
             self.conn = connect(self.path)
             self.conn.execute("PRAGMA journal_mode=DELETE")
             self.conn.execute("PRAGMA synchronous=FULL")
-            self._check_schema()
+            had = self._check_schema()
             # One transaction: a kill while the tables are made must not leave half a schema.
             self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
-            self._migrate()
+            self._migrate(had)
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES('shard', ?)", (shard.tag,))
         except sqlite3.Error as exc:
@@ -399,21 +412,25 @@ class Journal:
         self._reserve = self.path.with_suffix(".reserve")
         self._make_reserve()
 
-    def _check_schema(self) -> None:
+    def _check_schema(self) -> set[str]:
         """Refuses a file that is some other program's database, or from a newer
-        oidownload: writing into it could lose what it holds."""
+        oidownload: writing into it could lose what it holds. Returns its tables."""
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         foreign = tables - _TABLES
         if foreign:
             raise OutputError(f"{self.path} is not an oidownload journal (it has tables {', '.join(sorted(foreign))[:200]}); "
                               "move it aside or pick another --state-dir")
         if "meta" not in tables:
-            return
+            return tables
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
             raise OutputError(f"{self.path} was written by a newer oidownload (journal schema {row[0]}); upgrade oidownload")
+        return tables
 
-    def _migrate(self) -> None:
+    def _migrate(self, had: set[str]) -> None:
+        if "outcomes" in had and "unchecked_counts" not in had:
+            self.conn.execute("INSERT INTO unchecked_counts SELECT coalesce(source, ''), count(*) FROM outcomes "
+                              "WHERE status = 'ok' AND verified = 0 GROUP BY 1")
         if self.conn.execute("SELECT 1 FROM source_counts LIMIT 1").fetchone() is None:
             self.conn.execute("INSERT INTO source_counts SELECT coalesce(source, ''), count(*) FROM outcomes "
                               "WHERE status = 'ok' GROUP BY 1")

@@ -34,7 +34,7 @@ from .cpus import usable_cpus
 from .errors import ConfigError, InputError, OidownloadError, OutputError
 from .exits import ExitCode, JobCounts, Verdict, finished_verdict
 from .fds import fit_concurrency
-from .fetch import Failure, fetch_body, make_session
+from .fetch import Failure, default_agent, fetch_body, make_session
 from .journal import (
     DoneSet,
     Journal,
@@ -51,6 +51,8 @@ from .recorder import Recorder
 from .records import RETRYABLE, BadRow, Conflict, Outcome, Row, Source, Status, clean_text, is_final
 from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter, empty_cause
+from .settings import META_KEY as SETTINGS_KEY
+from .settings import check_rerun, written_settings
 from .shard import Shard
 from .sinks import Sink, open_sink
 from .sources import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
@@ -572,8 +574,7 @@ class _Run:
             loop.call_later(self.cfg.run.max_runtime, self.request_stop, ExitCode.MAX_RUNTIME,
                             f"--max-runtime {self.cfg.run.max_runtime:.0f}s reached")
         threading.Thread(target=self.estimate_total, args=(done_at_start, loop), daemon=True, name="count").start()
-        # The shard in the User-Agent lets an origin's logs tell cluster tasks apart.
-        agent = f"{self.cfg.net.user_agent} shard/{self.shard.tag}"
+        agent = self.cfg.net.user_agent or default_agent(self.shard.tag)
         session = self.session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
         self.sink.start()
         try:
@@ -716,6 +717,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     _prepare_state(state_dir)
     sink.prepare()
     _check_split(state_dir, shard, cfg.run.resplit)
+    settings = written_settings(cfg)
+    check_rerun(state_dir, cfg.output.out, settings)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
     main0 = _cpu_seconds(children=False)
@@ -743,6 +746,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
                 _rebuild(journal, sink, shard, progress)
             journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value,
                                                     "keep_original": cfg.image.keep_original}))
+            journal.set_meta(SETTINGS_KEY, json.dumps(settings))
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
             if sel.annotations or sel.classes or sel.db:

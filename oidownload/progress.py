@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from .config import LogFormat, ProgressMode
-from .records import STATUS_MEANING, Outcome, Status
+from .records import STATUS_MEANING, Outcome, Status, checked_words
 
 # No tqdm monitor thread: the process pool forks before any thread exists.
 tqdm.monitor_interval = 0
@@ -30,6 +30,8 @@ class Tally:
     nbytes: int = 0
     out_bytes: int = 0
     skipped: int = 0
+    ok_sources: collections.Counter[str] = field(default_factory=collections.Counter)
+    ok_unchecked: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
     def done(self) -> int:
@@ -126,6 +128,11 @@ class Progress:
         t.by_status[outcome.status] += 1
         t.nbytes += outcome.nbytes
         t.out_bytes += outcome.out_bytes
+        if outcome.status is Status.OK:
+            src = outcome.source.value if outcome.source else "unknown"
+            t.ok_sources[src] += 1
+            if not outcome.verified:
+                t.ok_unchecked[src] += 1
         if self._bar is not None:
             self._bar.update(1)
 
@@ -201,6 +208,7 @@ class Progress:
             self.log(
                 "summary", "summary", done=t.done, ok=t.ok, failed=t.failed, skipped=t.skipped,
                 by_status={s.value: n for s, n in sorted(t.by_status.items())},
+                ok_by_source=dict(t.ok_sources), ok_unchecked_by_source=dict(t.ok_unchecked),
                 bytes=t.nbytes, written_bytes=t.out_bytes, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
                 **(extra or {}),
             )
@@ -211,6 +219,8 @@ class Progress:
             if n:
                 lines.append(f"{status.value:<15}{n:>10}  {STATUS_MEANING[status]}")
         lines.append(f"{'total':<15}{t.done:>10}  ({t.skipped} already done, skipped)")
+        if t.ok_sources:
+            lines.append("written: " + "; ".join(checked_words(dict(t.ok_sources), dict(t.ok_unchecked))))
         lines.append(
             f"fetched {human_bytes(t.nbytes)}, wrote {human_bytes(t.out_bytes)}; "
             f"wall {wall:.1f}s, CPU {cpu:.1f}s"

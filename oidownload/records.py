@@ -55,7 +55,7 @@ RETRYABLE: frozenset[Status] = frozenset(
 
 # One line per status, for `--help`, `status` and the README's table.
 STATUS_MEANING: dict[Status, str] = {
-    Status.OK: "verified (originals) and written",
+    Status.OK: "written (what was checked, per source, is said below)",
     Status.HTTP_4XX: "the server answered 4xx (404, 410, 403...): the image is gone",
     Status.HTTP_429: "the server kept answering 429 Too Many Requests",
     Status.HTTP_5XX: "the server kept answering 5xx",
@@ -77,6 +77,31 @@ STATUS_MEANING: dict[Status, str] = {
     Status.WORKER_DIED: "the worker processing the image died, twice (the out-of-memory killer?)",
     Status.DAMAGED: "`verify` found the written image missing or damaged: the next download fetches it again",
 }
+
+
+# What a written image of each source was checked against, when it was checked.
+_CHECKED_BY = {
+    "original": ("original(s) checked against OriginalMD5 and OriginalSize",
+                 "original(s) not checked (their rows carry no MD5)"),
+    "cvdf": ("mirror copy(ies) checked against the MD5 in their ETag",
+             "mirror copy(ies) not checked (their ETag is no MD5)"),
+    "thumbnail": ("", "thumbnail(s), not checked (no hash is published for them)"),
+    "unknown": ("", "found in the output when the journal was rebuilt (checked by `oidownload verify`)"),
+}
+
+
+def checked_words(sources: dict[str, int], unchecked: dict[str, int]) -> list[str]:
+    """One phrase per (source, checked or not) of the written images: '40 original(s)
+    checked against OriginalMD5 and OriginalSize', '10 thumbnail(s), not checked ...'."""
+    words = []
+    for src in sorted(sources, key=lambda s: (list(_CHECKED_BY).index(s) if s in _CHECKED_BY else 99, s)):
+        total, loose = sources[src], min(unchecked.get(src, 0), sources[src])
+        yes, no = _CHECKED_BY.get(src, ("", f"from {src}, not checked"))
+        if total - loose and yes:
+            words.append(f"{total - loose} {yes}")
+        if loose or (total and not yes):
+            words.append(f"{loose if yes else total} {no}")
+    return words
 
 
 def is_final(status: Status) -> bool:

@@ -52,6 +52,7 @@ class OutStatus:
     counts: dict[str, StatusCount] = field(default_factory=dict)
     shards: list[ShardStatus] = field(default_factory=list)
     sources: dict[str, int] = field(default_factory=dict)  # written images per source
+    unchecked: dict[str, int] = field(default_factory=dict)  # of those, the ones no hash checked
 
     @property
     def total(self) -> int:
@@ -74,6 +75,7 @@ class OutStatus:
             "by_status": {k: {"count": c.n, "bytes": c.bytes, "final": is_final(Status(k))} for k, c in self.counts.items()},
             "bytes": sum(c.bytes for c in self.counts.values()),
             "ok_by_source": dict(self.sources),
+            "ok_unchecked_by_source": dict(self.unchecked),
             "rate_per_s": round(self.rate, 2),
             "eta_s": None if self.eta is None else round(self.eta),
             "shards": [
@@ -105,6 +107,8 @@ def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:
         path, counts, progress = jc.path, jc.counts, jc.progress
         for src, n in jc.sources.items():
             status.sources[src] = status.sources.get(src, 0) + n
+        for src, n in jc.unchecked.items():
+            status.unchecked[src] = status.unchecked.get(src, 0) + n
         for c in counts:
             prev = status.counts.get(c.status)
             status.counts[c.status] = StatusCount(c.status, c.n + (prev.n if prev else 0), c.bytes + (prev.bytes if prev else 0))
@@ -113,7 +117,9 @@ def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:
             status.shards.append(_shard_state(p, path, done, now))
     if state.split():
         # Shards of different splits overlap: count each ImageID once.
-        status.counts = {c.status: c for c in state.distinct_counts()}
+        distinct = state.distinct_counts()
+        status.counts = {c.status: c for c in distinct.counts}
+        status.sources, status.unchecked = distinct.sources, distinct.unchecked
     order = {s.value: i for i, s in enumerate(Status)}
     status.counts = dict(sorted(status.counts.items(), key=lambda kv: order.get(kv[0], 99)))
     return status

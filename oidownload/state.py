@@ -15,7 +15,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import OutputKind
@@ -68,6 +68,16 @@ class JournalCounts:
     counts: list[StatusCount]
     progress: list[ProgressRow]
     sources: dict[str, int]  # written images per source
+    unchecked: dict[str, int] = field(default_factory=dict)  # of those, the ones no hash checked
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctCounts:
+    """Counts with each ImageID once, across journals that may overlap."""
+
+    counts: list[StatusCount]
+    sources: dict[str, int]
+    unchecked: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +148,13 @@ class StateDir:
         if not found.journals:
             hint = "" if state_dir else " (if the download used --state-dir, pass the same --state-dir)"
             raise InputError(f"{out} has no journal in {path}: nothing was downloaded there yet{hint}")
-        for journal in found.journals:
-            found._check(journal)
+        found.check()
         return found
+
+    def check(self) -> None:
+        """Refuses any file among the journals that this version cannot read."""
+        for journal in self.journals:
+            self._check(journal)
 
     def _check(self, journal: Path) -> None:
         """Refuses a file that is not a journal this version can read, saying why."""
@@ -182,6 +196,7 @@ class StateDir:
                  self._query(j, "SELECT status, n, bytes FROM counts WHERE n > 0")],
                 [ProgressRow(*r) for r in self._query(j, "SELECT * FROM progress")],  # type: ignore[arg-type]
                 self._sources(j),
+                self._unchecked(j),
             )
             for j in self.journals
             if only is None or j == only
@@ -192,29 +207,51 @@ class StateDir:
         re-split output): then one ImageID may be in several of them."""
         return len(shard_counts(self.path)) > 1
 
-    def distinct_counts(self) -> list[StatusCount]:
-        """Counts per status with each ImageID once, across journals that may overlap:
-        an id's outcome is its ok if any journal has one, else its latest. Reads every
-        row (in chunks); `counts` answers at once when the journals cannot overlap."""
+    def distinct_counts(self) -> DistinctCounts:
+        """Counts per status, and written images per source, with each ImageID once,
+        across journals that may overlap: an id's outcome is its ok if any journal has
+        one (the one that fetched it, not a rebuilt journal's record of finding it in
+        the output), else its latest. Reads every row (in chunks); `counts` answers at
+        once when the journals cannot overlap."""
         tally: dict[str, list[int]] = {}
+        sources: dict[str, int] = {}
+        unchecked: dict[str, int] = {}
 
         def add(status: str, nbytes: int) -> None:
             n = tally.setdefault(status, [0, 0])
             n[0] += 1
             n[1] += nbytes
 
-        streams = [self._chunks(j, "status, nbytes, finished", "1") for j in self.journals]
+        streams = [self._chunks(j, "status, nbytes, finished, coalesce(source, ''), verified", "1")
+                   for j in self.journals]
         for _, group in itertools.groupby(heapq.merge(*streams), key=lambda r: r[0]):
             rows = list(group)
-            best = next((r for r in rows if r[1] == "ok"), None) or max(rows, key=lambda r: float(r[3]))  # type: ignore[arg-type]
-            add(str(best[1]), int(best[2]))  # type: ignore[call-overload]
+            oks = [r for r in rows if r[1] == "ok"]
+            if oks:
+                # A rebuilt journal's row knows no source and no bytes: the fetching one wins.
+                best = max(oks, key=lambda r: (r[4] != "", int(r[2] or 0), bool(r[5])))  # type: ignore[call-overload]
+                src = str(best[4])
+                sources[src or "unknown"] = sources.get(src or "unknown", 0) + 1
+                if not best[5]:
+                    unchecked[src or "unknown"] = unchecked.get(src or "unknown", 0) + 1
+            else:
+                best = max(rows, key=lambda r: float(r[3]))  # type: ignore[arg-type]
+            add(str(best[1]), int(best[2] or 0))  # type: ignore[call-overload]
         bad: set[tuple[str, int]] = set()
         for j in self.journals:
             bad.update((str(p), int(line)) for p, line in self._query(  # type: ignore[call-overload]
                 j, "SELECT inputs.path, bad_rows.line FROM bad_rows JOIN inputs ON inputs.id = bad_rows.input"))
         for _ in bad:
             add("bad_row", 0)
-        return [StatusCount(k, n, b) for k, (n, b) in tally.items()]
+        return DistinctCounts([StatusCount(k, n, b) for k, (n, b) in tally.items()], sources, unchecked)
+
+    def _unchecked(self, journal: Path) -> dict[str, int]:
+        try:
+            rows = self._query(journal, "SELECT source, n FROM unchecked_counts WHERE n > 0")
+        except InputError:  # a journal from before the table: every row once
+            rows = self._query(journal, "SELECT coalesce(source, ''), count(*) FROM outcomes "
+                                        "WHERE status='ok' AND verified=0 GROUP BY 1")
+        return {str(src) or "unknown": int(n) for src, n in rows}  # type: ignore[call-overload]
 
     def _sources(self, journal: Path) -> dict[str, int]:
         try:

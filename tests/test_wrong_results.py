@@ -102,3 +102,98 @@ def test_repeatable_options_from_the_environment_take_one_value_a_line(served: S
     assert res.returncode == 0, res.stderr
     coco = json.loads((out / "annotations" / "coco.json").read_text())
     assert sorted(c["name"] for c in coco["categories"]) == sorted([spaced, quoted])
+
+
+def test_a_rerun_with_other_settings_is_refused_before_any_request(served: Served, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = run_cli("download", served.manifest, "-o", out, "--progress", "none", "--resize", "64",
+                    "--subset", "train", "--limit", "4")
+    assert first.returncode == 0, first.stderr
+    files = sorted(p for p in out.rglob("*.jpg"))
+    assert len(files) == 4
+    before = sum(served.origin.requests.values())
+    for flags, named in ((["--resize", "32"], ["--resize 64", "--resize 32"]),
+                         (["--resize", "64", "--format", "webp"], ["--format jpeg", "--format webp"]),
+                         (["--resize", "64", "--output-format", "webdataset"],
+                          ["--output-format files", "--output-format webdataset"]),
+                         (["--resize", "64", "--quality", "50"], ["--quality 90", "--quality 50"])):
+        res = run_cli("download", served.manifest, "-o", out, "--progress", "none", *flags)
+        assert res.returncode == 2, (flags, res.stderr)
+        for text in named:
+            assert text in res.stderr, (flags, res.stderr)
+        assert "another output folder" in res.stderr and "same flags" in res.stderr
+        assert "Traceback" not in res.stderr
+    assert sum(served.origin.requests.values()) == before
+    assert sorted(p for p in out.rglob("*.jpg")) == files
+    # The same flags resume in silence; --quality of a PNG-free run's defaults changes nothing.
+    res = run_cli("download", served.manifest, "-o", out, "--progress", "none", "--resize", "64")
+    assert res.returncode == 0, res.stderr
+    assert "settings" not in res.stderr
+    assert sum(1 for s in journal_rows(out).values() if s[0] == "ok") == len(served.ids)
+
+
+def test_status_after_a_resplit_counts_sources_and_bytes_once(served: Served, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_cli("download", served.manifest, "-o", out, "--progress", "none", "--format", "keep")
+    assert res.returncode == 0, res.stderr
+    before = json.loads(run_cli("status", out, "--json").stdout)
+    assert before["ok_by_source"] == {"original": len(served.ids)} and before["bytes"] > 0
+    for k in range(2):
+        res = run_cli("download", served.manifest, "-o", out, "--progress", "none", "--format", "keep",
+                      "--num-shards", "2", "--shard-index", str(k), "--resplit")
+        assert res.returncode == 0, res.stderr
+    after = json.loads(run_cli("status", out, "--json").stdout)
+    assert after["total"] == len(served.ids)
+    assert after["ok_by_source"] == {"original": len(served.ids)}, after
+    assert after["bytes"] == before["bytes"]
+    text = run_cli("status", out).stdout
+    assert f"{len(served.ids)} original(s) checked against OriginalMD5" in text and "unknown" not in text, text
+
+
+def test_the_summary_says_what_was_checked_per_source(served: Served, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_cli("download", served.manifest, "-o", out, "--progress", "log", "--source", "thumbnail",
+                  "--subset", "train")
+    assert res.returncode == 0, res.stderr
+    n = sum(1 for s in served.ids.values() if s == "train")
+    assert "verified (originals)" not in res.stderr
+    assert f"{n} thumbnail(s), not checked" in res.stderr, res.stderr
+    assert "checked against OriginalMD5" not in res.stderr
+    st = run_cli("status", out)
+    assert f"{n} thumbnail(s), not checked" in st.stdout, st.stdout
+    out2 = tmp_path / "out2"
+    res = run_cli("download", served.manifest, "-o", out2, "--progress", "log", "--subset", "train")
+    assert res.returncode == 0, res.stderr
+    assert f"{n} original(s) checked against OriginalMD5 and OriginalSize" in res.stderr, res.stderr
+
+
+def test_gallery_counts_the_classes_of_its_boxes_the_same_everywhere(served: Served, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    labels = V3 / "validation" / "annotations-human.csv"
+    res = run_cli("download", served.manifest, "-o", out, "--progress", "none", "--resize", "64",
+                  "--subset", "validation", "--annotations", BOXES[1], "--annotations", labels)
+    assert res.returncode == 0, res.stderr
+    res = run_cli("gallery", out, "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    box_classes = {r["LabelName"] for r in rows_of(BOXES[1]) if served.ids.get(r["ImageID"]) == "validation"}
+    label_classes = {r["LabelName"] for r in rows_of(labels) if served.ids.get(r["ImageID"]) == "validation"}
+    assert label_classes - box_classes  # the labels name more classes: they must not be counted
+    assert re.search(rf"boxes of {len(box_classes)} classes", res.stderr), res.stderr
+    page = (out / "gallery" / "index.html").read_text()
+    assert f"boxes of {len(box_classes)} classes" in page
+    assert f"boxes of {len(box_classes)} classes" in (out / "gallery" / "stats.html").read_text()
+
+
+def test_user_agent_is_sent_as_given_and_the_default_names_the_version(served: Served, tmp_path: Path) -> None:
+    from oidownload import __version__
+
+    res = run_cli("download", served.manifest, "-o", tmp_path / "a", "--progress", "none", "--limit", "3",
+                  "--user-agent", "lab-fetcher/2 (ops@example.org)")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("download", served.manifest, "-o", tmp_path / "b", "--progress", "none", "--limit", "3",
+                  "--subset", "validation")
+    assert res.returncode == 0, res.stderr
+    agents = set().union(*served.origin.agents.values())
+    assert "lab-fetcher/2 (ops@example.org)" in agents
+    assert f"oidownload/{__version__} shard/0-of-1" in agents
+    assert not any("github" in a or "http" in a for a in agents), agents

@@ -53,7 +53,7 @@ class GalleryResult:
     images: int = 0
     boxes: int = 0
     labels: int = 0
-    classes: int = 0
+    classes: int = 0  # distinct classes of the drawn boxes (labels and negatives are not counted)
     dropped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (ImageID, why) without a thumbnail
     notes: list[str] = field(default_factory=list)
@@ -125,7 +125,8 @@ def _build(state: StateDir, dest: Path, images: list[Written], pool: cf.ProcessP
     data = collect(images, annotation_paths, class_descriptions=class_descriptions, classes=classes,
                    image_lists=image_lists)
     result = GalleryResult(dest, images=len(images), boxes=sum(len(e.boxes) for e in data.entries),
-                           labels=sum(len(e.labels) for e in data.entries), classes=len(data.classes.mids),
+                           labels=sum(len(e.labels) for e in data.entries),
+                           classes=len({b[0] for e in data.entries for b in e.boxes}),
                            dropped=data.dropped, notes=list(data.notes))
     if not data.box_files and not data.label_files:
         result.notes.append("no annotation files: the images are shown without boxes (pass --annotations)")
