@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, OutputFormat, OutputKind, ResizeMode
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .state import StateDir
 
 META_KEY = "settings"
@@ -71,20 +71,23 @@ def remembered(state_dir: Path) -> list[dict[str, Any]]:
     """The settings each journal of the state dir recorded; a journal older than this
     record still names its output format and --keep-original."""
     state = StateDir(state_dir)
-    state.check()
     found: list[dict[str, Any]] = []
-    for key in (META_KEY, "output"):
-        for value in state.meta(key):
-            try:
-                d = json.loads(value)
-            except ValueError:
-                continue
-            if not isinstance(d, dict):
-                continue
-            if key == "output":
-                d = {k: v for k, v in (("output_format", d.get("kind")), ("keep_original", d.get("keep_original")))
-                     if v is not None}
-            found.append(d)
+    try:
+        state.check()
+        values = [(key, value) for key in (META_KEY, "output") for value in state.meta(key)]
+    except InputError:
+        return found  # a journal that cannot be read: opening it for the run says why
+    for key, value in values:
+        try:
+            d = json.loads(value)
+        except ValueError:
+            continue
+        if not isinstance(d, dict):
+            continue
+        if key == "output":
+            d = {k: v for k, v in (("output_format", d.get("kind")), ("keep_original", d.get("keep_original")))
+                 if v is not None}
+        found.append(d)
     return found
 
 
