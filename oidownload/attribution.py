@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import html
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .fsio import atomic_file
+from .fsio import Tree
 from .records import Status, clean_text
 from .rows import V3_COLUMNS
 from .state import StateDir, Written
@@ -94,14 +95,14 @@ class AttributionResult:
     uncredited: int  # written images whose input row is gone
 
 
-def write_attribution(state: StateDir, images: dict[str, Written], dest: Path) -> AttributionResult:
+def write_attribution(state: StateDir, images: dict[str, Written], tree: Tree) -> AttributionResult:
     """ATTRIBUTION.csv (one row per written image, in the order of the input lists)
     and ATTRIBUTION.html (the same, grouped by licence; written from the CSV, one pass
     per licence)."""
-    table = dest / "ATTRIBUTION.csv"
+    table = tree.path / "ATTRIBUTION.csv"
     by_license: Counter[str] = Counter()
     seen: set[str] = set()
-    with atomic_file(table) as fh:
+    with tree.atomic_file("ATTRIBUTION.csv") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(COLUMNS)
         for image_id, credit in credits(state):
@@ -113,9 +114,9 @@ def write_attribution(state: StateDir, images: dict[str, Written], dest: Path) -
             if image_id not in seen:
                 w.writerow(_row(image_id, image.location, NO_CREDIT))
                 by_license[""] += 1
-    page = dest / "ATTRIBUTION.html"
-    with atomic_file(page) as out:
-        _write_html(out, table, by_license)
+    page = tree.path / "ATTRIBUTION.html"
+    with tree.atomic_file("ATTRIBUTION.html") as out:
+        _write_html(out, tree, by_license)
     return AttributionResult(table, page, len(images), by_license, len(images) - len(seen))
 
 
@@ -143,7 +144,7 @@ def _images(n: int) -> str:
     return f"{n} image" if n == 1 else f"{n} images"
 
 
-def _write_html(out: IO[str], table: Path, by_license: Counter[str]) -> None:
+def _write_html(out: IO[str], tree: Tree, by_license: Counter[str]) -> None:
     total = sum(by_license.values())
     order = sorted(by_license, key=lambda lic: (-by_license[lic], lic))
     out.write('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
@@ -159,7 +160,7 @@ def _write_html(out: IO[str], table: Path, by_license: Counter[str]) -> None:
     for n, lic in enumerate(order):
         heading = _link(lic, license_name(lic)) if lic else html.escape(UNKNOWN)
         out.write(f'<h2 id="licence-{n}">{heading}: {_images(by_license[lic])}</h2>\n<ol>\n')
-        with open(table, newline="", encoding="utf-8") as fh:
+        with open(tree.open("ATTRIBUTION.csv", os.O_RDONLY), newline="", encoding="utf-8") as fh:
             for r in csv.DictReader(fh):
                 if r["License"] != lic:
                     continue

@@ -896,6 +896,8 @@ def metadata(version: str, dest: Path, base_url: str, only: tuple[str, ...], lis
     results = download_metadata(version, dest, base_url=base_url, only=only, bars=sys.stderr.isatty())
     for r in results:
         click.echo(f"{r.state:<14}{r.size:>14}  {r.path}")
+        if r.note:
+            click.echo(f"oidownload: warning: {r.path} not written: {r.note}", err=True)
 
 
 @main.command()

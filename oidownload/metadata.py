@@ -11,9 +11,11 @@ The file table is the one place the URLs live. They are relative to BASE_URL, wh
 from __future__ import annotations
 
 import asyncio
+import errno
 import fnmatch
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import aiohttp
 from tqdm import tqdm
 
 from .errors import ConfigError, OutputError
+from .fsio import SymlinkRefused, Tree
 
 BASE_URL = "https://storage.googleapis.com/openimages/"
 
@@ -88,7 +91,8 @@ class FileResult:
     name: str
     path: Path
     size: int
-    state: str  # downloaded / resumed / already there / unpacked
+    state: str  # downloaded / resumed / already there / unpacked / refused
+    note: str = ""  # why, when refused
 
 
 def select_files(version: str, only: tuple[str, ...]) -> list[str]:
@@ -111,70 +115,91 @@ def _total_from(resp: aiohttp.ClientResponse, start: int) -> int | None:
     return resp.content_length
 
 
-async def _fetch(session: aiohttp.ClientSession, url: str, dest: Path, bars: bool) -> FileResult:
-    part = dest.with_name(dest.name + ".part")
-    name = dest.name
-    if dest.exists():
+def _open_part(tree: Tree, part: str) -> int:
+    """The .part, opened (made when missing) without following a symlink at its name."""
+    try:
+        return tree.open(part, os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(f"{tree.path / part} is a symlink; refusing to write through it "
+                              "(remove it and run again)") from None
+        raise OutputError(f"cannot write {tree.path / part}: {exc.strerror or exc}") from None
+
+
+async def _fetch(session: aiohttp.ClientSession, url: str, tree: Tree, name: str, bars: bool) -> FileResult:
+    part = name + ".part"
+    dest = tree.path / name
+    there = tree.lstat(name)
+    if there is not None and stat.S_ISREG(there.st_mode):
         async with session.head(url) as resp:
-            if resp.status == 200 and resp.content_length == dest.stat().st_size:
-                return FileResult(name, dest, dest.stat().st_size, "already there")
-    start = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={start}-"} if start else {}
-    async with session.get(url, headers=headers) as resp:
-        if resp.status == 416 and start:  # the .part is already whole (or longer)
-            part.unlink()
-            return await _fetch(session, url, dest, bars)
-        if resp.status not in (200, 206):
-            raise OutputError(f"{url}: HTTP {resp.status} {resp.reason or ''}".strip())
-        if resp.status == 200:
-            start = 0  # the server ignored the Range: start over
-        total = _total_from(resp, start)
-        mode = "ab" if start else "wb"
-        with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=name,
-                                         disable=not bars, leave=True) as bar:
-            async for chunk in resp.content.iter_chunked(_CHUNK):
-                f.write(chunk)
-                bar.update(len(chunk))
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise OutputError(f"{name}: got {size} bytes of {total}; run again to resume")
-    os.replace(part, dest)
+            if resp.status == 200 and resp.content_length == there.st_size:
+                return FileResult(name, dest, there.st_size, "already there")
+    fd = _open_part(tree, part)
+    with os.fdopen(fd, "r+b") as f:
+        start = os.fstat(fd).st_size
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        async with session.get(url, headers=headers) as resp:
+            if resp.status == 416 and start:  # the .part is already whole (or longer)
+                tree.unlink(part)
+                f.close()
+                return await _fetch(session, url, tree, name, bars)
+            if resp.status not in (200, 206):
+                raise OutputError(f"{url}: HTTP {resp.status} {resp.reason or ''}".strip())
+            if resp.status == 200:
+                start = 0  # the server ignored the Range: start over
+            total = _total_from(resp, start)
+            f.seek(start)
+            f.truncate()
+            with tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=name, disable=not bars,
+                      leave=True) as bar:
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        f.flush()
+        size = os.fstat(fd).st_size
+        if total is not None and size != total:
+            raise OutputError(f"{name}: got {size} bytes of {total}; run again to resume")
+        # rename() replaces a symlink at the final name; it never writes through it.
+        tree.replace(part, name)
     return FileResult(name, dest, size, "resumed" if start else "downloaded")
 
 
 async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ...], bars: bool) -> list[FileResult]:
     files = select_files(version, only)
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        tree = Tree.at(dest)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
     base = base_url if base_url.endswith("/") else base_url + "/"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     results = []
-    async with aiohttp.ClientSession(timeout=timeout, headers={"Accept-Encoding": "identity"}) as session:
-        for rel in files:
-            try:
-                got = await _fetch(session, base + rel, dest / Path(rel).name, bars)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise OutputError(f"{base + rel}: {type(exc).__name__}: {exc}; run again to resume") from None
-            results.append(got)
-            if got.name.endswith((".tar.gz", ".tgz")):
-                archive_only = () if matches(rel, only) else only
-                results += await asyncio.get_running_loop().run_in_executor(None, unpack, got.path, dest, archive_only)
+    with tree:
+        async with aiohttp.ClientSession(timeout=timeout, headers={"Accept-Encoding": "identity"}) as session:
+            for rel in files:
+                try:
+                    got = await _fetch(session, base + rel, tree, Path(rel).name, bars)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise OutputError(f"{base + rel}: {type(exc).__name__}: {exc}; run again to resume") from None
+                except OSError as exc:
+                    raise OutputError(f"cannot write {dest / Path(rel).name}: {exc.strerror or exc}") from None
+                results.append(got)
+                if got.name.endswith((".tar.gz", ".tgz")):
+                    archive_only = () if matches(rel, only) else only
+                    results += await asyncio.get_running_loop().run_in_executor(None, unpack, got.path, dest,
+                                                                                archive_only)
     return results
 
 
 def unpack(archive: Path, dest: Path, only: tuple[str, ...] = ()) -> list[FileResult]:
     """The archive's regular files under dest, without its release folder; members that
-    are links, devices or would land outside dest are skipped. A member already there
+    are links, devices or would land outside dest are skipped, and so are those whose
+    folder in dest is a symlink (refused: noted in the result). A member already there
     with its size is left alone."""
     import tarfile
 
-    from .fsio import atomic_file
-
     results = []
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with Tree.at(dest) as tree, tarfile.open(archive, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
             top = {m.name.lstrip("./").split("/", 1)[0] for m in members}
             strip = len(top) == 1 and all("/" in m.name.lstrip("./") for m in members)
@@ -186,18 +211,20 @@ def unpack(archive: Path, dest: Path, only: tuple[str, ...] = ()) -> list[FileRe
                 if not rel or any(p in ("", ".", "..") for p in parts) or not matches(rel, only):
                     continue
                 target = dest.joinpath(*parts)
-                if target.is_file() and target.stat().st_size == m.size:
+                there = tree.lstat(parts)
+                if there is not None and stat.S_ISREG(there.st_mode) and there.st_size == m.size:
                     results.append(FileResult(rel, target, m.size, "already there"))
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if not target.parent.resolve().is_relative_to(dest.resolve()):
-                    continue  # a symlinked folder in dest: never written through
                 source = tar.extractfile(m)
                 if source is None:
                     continue
-                with source, atomic_file(target, "wb") as out:
-                    while chunk := source.read(_CHUNK):
-                        out.write(chunk)
+                try:
+                    with source, tree.atomic_file(parts, "wb") as out:
+                        while chunk := source.read(_CHUNK):
+                            out.write(chunk)
+                except SymlinkRefused as exc:  # a symlinked folder in dest: never written through
+                    results.append(FileResult(rel, target, 0, "refused", note=exc.strerror or str(exc)))
+                    continue
                 results.append(FileResult(rel, target, m.size, "unpacked"))
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise OutputError(f"cannot unpack {archive}: {exc}; delete it and run again to fetch it anew") from None
