@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import fnmatch
 import os
 import re
 import stat
+import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 from tqdm import tqdm
@@ -62,6 +66,10 @@ FILES: dict[str, tuple[str, ...]] = {
     ),
 }
 _CHUNK = 1 << 20
+# The most a file may have when the server publishes no size (a chunked body): the
+# largest official file is under 4 GB; a body that never ends stops here.
+MAX_SIZE_MB = 8192
+MAX_BYTES = MAX_SIZE_MB << 20
 _SPLITS = ("train", "validation", "test")
 # What each V3 archive holds (after its release folder), so that --only can pick the
 # archives a pattern needs and unpack only the matching members.
@@ -107,26 +115,41 @@ def select_files(version: str, only: tuple[str, ...]) -> list[str]:
     return files
 
 
+def _range_start(resp: aiohttp.ClientResponse) -> int | None:
+    """Where a 206's Content-Range starts; None when it has none a byte range can be read from."""
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", "").strip())
+    return int(m.group(1)) if m else None
+
+
 def _total_from(resp: aiohttp.ClientResponse, start: int) -> int | None:
     """The whole file's size: from Content-Range on a 206, Content-Length on a 200."""
     if resp.status == 206:
-        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", resp.headers.get("Content-Range", ""))
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", resp.headers.get("Content-Range", "").strip())
         return int(m.group(3)) if m else None
     return resp.content_length
 
 
 def _open_part(tree: Tree, part: str) -> int:
-    """The .part, opened (made when missing) without following a symlink at its name."""
+    """The .part, opened (made when missing) without following a symlink at its name, and
+    locked: two `metadata` runs fetching one file would interleave their bytes in it."""
     try:
-        return tree.open(part, os.O_RDWR | os.O_CREAT)
+        fd = tree.open(part, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OutputError(f"{tree.path / part} is a symlink; refusing to write through it "
                               "(remove it and run again)") from None
         raise OutputError(f"cannot write {tree.path / part}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputError(f"another `oidownload metadata` is fetching {tree.path / part[: -len('.part')]} now "
+                          "(its .part is locked); let it finish, or stop it first") from None
+    return fd
 
 
-async def _fetch(session: aiohttp.ClientSession, url: str, tree: Tree, name: str, bars: bool) -> FileResult:
+async def _fetch(session: aiohttp.ClientSession, url: str, tree: Tree, name: str, bars: bool,
+                 max_bytes: int) -> FileResult:
     part = name + ".part"
     dest = tree.path / name
     there = tree.lstat(name)
@@ -137,24 +160,31 @@ async def _fetch(session: aiohttp.ClientSession, url: str, tree: Tree, name: str
     fd = _open_part(tree, part)
     with os.fdopen(fd, "r+b") as f:
         start = os.fstat(fd).st_size
-        headers = {"Range": f"bytes={start}-"} if start else {}
-        async with session.get(url, headers=headers) as resp:
-            if resp.status == 416 and start:  # the .part is already whole (or longer)
-                tree.unlink(part)
-                f.close()
-                return await _fetch(session, url, tree, name, bars)
-            if resp.status not in (200, 206):
-                raise OutputError(f"{url}: HTTP {resp.status} {resp.reason or ''}".strip())
-            if resp.status == 200:
-                start = 0  # the server ignored the Range: start over
-            total = _total_from(resp, start)
-            f.seek(start)
-            f.truncate()
-            with tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=name, disable=not bars,
-                      leave=True) as bar:
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+        try:
+            async with session.get(url, headers={"Range": f"bytes={start}-"} if start else {}) as resp:
+                if resp.status == 416 and start:  # the .part is already whole (or longer)
+                    tree.unlink(part)
+                    f.close()
+                    return await _fetch(session, url, tree, name, bars, max_bytes)
+                if resp.status not in (200, 206):
+                    raise OutputError(f"{url}: HTTP {resp.status} {resp.reason or ''}".strip())
+                if resp.status == 200:
+                    start = 0  # the server ignored the Range: start over
+                elif _range_start(resp) != start:
+                    # Appending bytes from elsewhere in the file would corrupt the .part,
+                    # and every rerun would add them again.
+                    raise OutputError(
+                        f"{name}: asked for bytes from {start}, the server answered "
+                        f"{resp.headers.get('Content-Range', 'without a Content-Range')!r}; the .part is left as "
+                        f"it was (delete {dest}.part to start over)")
+                total = _total_from(resp, start)
+                f.seek(start)
+                f.truncate()
+                await _receive(resp, f, name, start, total, max_bytes, bars)
+        except BaseException:
+            if os.fstat(fd).st_size == 0:
+                tree.unlink(part, missing_ok=True)  # made by this run, and nothing in it
+            raise
         f.flush()
         size = os.fstat(fd).st_size
         if total is not None and size != total:
@@ -164,7 +194,30 @@ async def _fetch(session: aiohttp.ClientSession, url: str, tree: Tree, name: str
     return FileResult(name, dest, size, "resumed" if start else "downloaded")
 
 
-async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ...], bars: bool) -> list[FileResult]:
+async def _receive(resp: aiohttp.ClientResponse, f: IO[bytes], name: str, start: int, total: int | None,
+                   max_bytes: int, bars: bool) -> None:
+    """The body into f from `start`, stopped at the published size (a body that goes on
+    past it is refused, and what it added cut off) or, with none published (a chunked
+    body), at max_bytes for the whole file."""
+    limit = (total if total is not None else max_bytes) - start
+    got = 0
+    with tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=name, disable=not bars, leave=True) as bar:
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            if got + len(chunk) > limit:
+                if total is not None:
+                    f.truncate(start)
+                    raise OutputError(f"{name}: the server sent more than the {total} bytes it announced; "
+                                      "nothing of this answer kept")
+                f.write(chunk[: limit - got])
+                raise OutputError(f"{name}: the server announced no size and sent more than {max_bytes} bytes, the "
+                                  "most a metadata file may have (--max-size-mb); stopped")
+            f.write(chunk)
+            got += len(chunk)
+            bar.update(len(chunk))
+
+
+async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ...], bars: bool,
+                    max_bytes: int = MAX_BYTES) -> list[FileResult]:
     files = select_files(version, only)
     try:
         tree = Tree.at(dest)
@@ -177,7 +230,7 @@ async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ..
         async with aiohttp.ClientSession(timeout=timeout, headers={"Accept-Encoding": "identity"}) as session:
             for rel in files:
                 try:
-                    got = await _fetch(session, base + rel, tree, Path(rel).name, bars)
+                    got = await _fetch(session, base + rel, tree, Path(rel).name, bars, max_bytes)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     raise OutputError(f"{base + rel}: {type(exc).__name__}: {exc}; run again to resume") from None
                 except OSError as exc:
@@ -190,23 +243,32 @@ async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ..
     return results
 
 
-def unpack(archive: Path, dest: Path, only: tuple[str, ...] = ()) -> list[FileResult]:
-    """The archive's regular files under dest, without its release folder; members that
-    are links, devices or would land outside dest are skipped, and so are those whose
-    folder in dest is a symlink (refused: noted in the result). A member already there
-    with its size is left alone."""
-    import tarfile
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The archive's regular files, one at a time: TarFile keeps every header it has
+    read (an archive of a million empty members would cost hundreds of MB), so the list
+    is emptied as it goes; regular files need no earlier header to be extracted."""
+    while (m := tar.next()) is not None:
+        tar.members = []  # type: ignore[attr-defined]  # undocumented, and the only way to stop the list growing
+        if m.isfile():
+            yield m
 
+
+def unpack(archive: Path, dest: Path, only: tuple[str, ...] = ()) -> list[FileResult]:
+    """The archive's regular files under dest, without its release folder (the first
+    file's top folder, when it has one); members that are links, devices or would land
+    outside dest are skipped, and so are those whose folder in dest is a symlink
+    (refused: noted in the result). A member already there with its size is left
+    alone. Members are read one at a time, never listed first."""
     results = []
     try:
         with Tree.at(dest) as tree, tarfile.open(archive, "r:*") as tar:
-            members = [m for m in tar.getmembers() if m.isfile()]
-            top = {m.name.lstrip("./").split("/", 1)[0] for m in members}
-            strip = len(top) == 1 and all("/" in m.name.lstrip("./") for m in members)
-            for m in members:
+            release: str | None = None
+            for m in _members(tar):
                 rel = m.name.lstrip("./")
-                if strip:
-                    rel = rel.split("/", 1)[1]
+                if release is None:
+                    release = rel.split("/", 1)[0] + "/" if "/" in rel else ""
+                if release and rel.startswith(release):
+                    rel = rel[len(release):]
                 parts = rel.split("/")
                 if not rel or any(p in ("", ".", "..") for p in parts) or not matches(rel, only):
                     continue
@@ -232,5 +294,5 @@ def unpack(archive: Path, dest: Path, only: tuple[str, ...] = ()) -> list[FileRe
 
 
 def download_metadata(version: str, dest: Path, *, base_url: str = BASE_URL, only: tuple[str, ...] = (),
-                      bars: bool = True) -> list[FileResult]:
-    return asyncio.run(fetch_all(version, dest, base_url, only, bars))
+                      bars: bool = True, max_bytes: int = MAX_BYTES) -> list[FileResult]:
+    return asyncio.run(fetch_all(version, dest, base_url, only, bars, max_bytes))
