@@ -6,10 +6,11 @@ in which nothing from the lists can run (every text escaped, only http(s) links)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
-import os
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,27 +98,45 @@ class AttributionResult:
 
 def write_attribution(state: StateDir, images: dict[str, Written], tree: Tree) -> AttributionResult:
     """ATTRIBUTION.csv (one row per written image, in the order of the input lists)
-    and ATTRIBUTION.html (the same, grouped by licence; written from the CSV, one pass
-    per licence)."""
-    table = tree.path / "ATTRIBUTION.csv"
+    and ATTRIBUTION.html (the same, grouped by licence). One pass over the credits:
+    each image's list item goes into a temporary on-disk SQLite table beside its CSV
+    row, and the page reads them back by licence through an index, so the time stays
+    linear in the images (however many distinct licences) and the memory bounded."""
     by_license: Counter[str] = Counter()
     seen: set[str] = set()
-    with tree.atomic_file("ATTRIBUTION.csv") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(COLUMNS)
-        for image_id, credit in credits(state):
-            if image_id in images and image_id not in seen:
-                seen.add(image_id)
-                w.writerow(_row(image_id, images[image_id].location, credit))
+    with contextlib.closing(_items_table()) as items:
+        with tree.atomic_file("ATTRIBUTION.csv") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(COLUMNS)
+
+            def add(image_id: str, location: str, credit: Credit) -> None:
+                w.writerow(_row(image_id, location, credit))
                 by_license[credit.license] += 1
-        for image_id, image in images.items():
-            if image_id not in seen:
-                w.writerow(_row(image_id, image.location, NO_CREDIT))
-                by_license[""] += 1
-    page = tree.path / "ATTRIBUTION.html"
-    with tree.atomic_file("ATTRIBUTION.html") as out:
-        _write_html(out, tree, by_license)
-    return AttributionResult(table, page, len(images), by_license, len(images) - len(seen))
+                items.execute("INSERT INTO items VALUES (?, ?)", (credit.license, _item(location, credit)))
+
+            for image_id, credit in credits(state):
+                if image_id in images and image_id not in seen:
+                    seen.add(image_id)
+                    add(image_id, images[image_id].location, credit)
+            for image_id, image in images.items():
+                if image_id not in seen:
+                    add(image_id, image.location, NO_CREDIT)
+        items.execute("CREATE INDEX by_license ON items (license)")
+        with tree.atomic_file("ATTRIBUTION.html") as out:
+            _write_html(out, items, by_license)
+    return AttributionResult(tree.path / "ATTRIBUTION.csv", tree.path / "ATTRIBUTION.html", len(images), by_license,
+                             len(images) - len(seen))
+
+
+def _items_table() -> sqlite3.Connection:
+    # "": a private temporary database that SQLite keeps on disk (in TMPDIR) once it
+    # outgrows its cache, and deletes when closed. rowid keeps the lists' order.
+    conn = sqlite3.connect("", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("CREATE TABLE items (license TEXT NOT NULL, item TEXT NOT NULL)")
+    conn.execute("BEGIN")
+    return conn
 
 
 def _row(image_id: str, location: str, c: Credit) -> list[str]:
@@ -144,7 +163,14 @@ def _images(n: int) -> str:
     return f"{n} image" if n == 1 else f"{n} images"
 
 
-def _write_html(out: IO[str], tree: Tree, by_license: Counter[str]) -> None:
+def _item(location: str, c: Credit) -> str:
+    """One image's list item on the page."""
+    title = _link(c.landing_url or c.original_url, c.title or "Untitled")
+    author = _link(c.author_url, c.author or "unknown author")
+    return f"<li>{title} by {author} <code>{html.escape(location)}</code></li>\n"
+
+
+def _write_html(out: IO[str], items: sqlite3.Connection, by_license: Counter[str]) -> None:
     total = sum(by_license.values())
     order = sorted(by_license, key=lambda lic: (-by_license[lic], lic))
     out.write('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
@@ -160,12 +186,7 @@ def _write_html(out: IO[str], tree: Tree, by_license: Counter[str]) -> None:
     for n, lic in enumerate(order):
         heading = _link(lic, license_name(lic)) if lic else html.escape(UNKNOWN)
         out.write(f'<h2 id="licence-{n}">{heading}: {_images(by_license[lic])}</h2>\n<ol>\n')
-        with open(tree.open("ATTRIBUTION.csv", os.O_RDONLY), newline="", encoding="utf-8") as fh:
-            for r in csv.DictReader(fh):
-                if r["License"] != lic:
-                    continue
-                title = _link(r["OriginalLandingURL"] or r["OriginalURL"], r["Title"] or "Untitled")
-                author = _link(r["AuthorProfileURL"], r["Author"] or "unknown author")
-                out.write(f"<li>{title} by {author} <code>{html.escape(r['Location'])}</code></li>\n")
+        for (item,) in items.execute("SELECT item FROM items WHERE license = ? ORDER BY rowid", (lic,)):
+            out.write(item)
         out.write("</ol>\n")
     out.write("</body></html>\n")
