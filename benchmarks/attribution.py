@@ -16,6 +16,7 @@ import csv
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from oidownload.bench import measure
@@ -26,8 +27,10 @@ from oidownload.shard import Shard
 from oidownload.state import default_state_dir
 
 
-def make_download(root: Path, n: int, distinct: bool) -> Path:
-    """OUT with n ok rows in its journal, and the images.csv they came from."""
+def make_download(root: Path, n: int, distinct: bool,
+                  credit: Callable[[int], tuple[str, str, str]] | None = None) -> Path:
+    """OUT with n ok rows in its journal, and the images.csv they came from; credit(k):
+    the (Title, Author, License) of row k, when given."""
     out = root / "out"
     images_csv = root / "images.csv"
     journal = Journal(default_state_dir(str(out)), Shard(), str(out))
@@ -38,9 +41,12 @@ def make_download(root: Path, n: int, distinct: bool) -> Path:
         for line, k in enumerate(range(n), 2):
             image_id = f"{k * 2654435761 % (1 << 64):016x}"
             licence = f"https://example.org/licences/{k}/" if distinct else "https://creativecommons.org/licenses/by/2.0/"
+            title, author = "A title of typical length for Flickr", "Some Author"
+            if credit is not None:
+                title, author, licence = credit(k)
             w.writerow([image_id, "train", f"https://farm1.staticflickr.com/1/{line}_o.jpg",
                         f"https://www.flickr.com/photos/someone/{line}", licence,
-                        "https://www.flickr.com/people/someone/", "Some Author", "A title of typical length for Flickr",
+                        "https://www.flickr.com/people/someone/", author, title,
                         "123456", "AAAAAAAAAAAAAAAAAAAAAA==", ""])
             batch.append(Outcome(image_id, Status.OK, nbytes=1000, out_bytes=1000, width=640, height=480, attempts=1,
                                  subset="train", ext="jpg", file=str(images_csv), line=line,

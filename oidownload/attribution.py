@@ -1,7 +1,8 @@
 """Credit for the CC BY licences: who made each downloaded image, and under which
 licence, from the input lists' rows (HTML entities decoded). `annotations --format
-attribution` writes ATTRIBUTION.csv and a readable ATTRIBUTION.html grouped by licence,
-in which nothing from the lists can run (every text escaped, only http(s) links).
+attribution` writes ATTRIBUTION.csv (a cell a spreadsheet would run as a formula gets a
+leading apostrophe) and a readable ATTRIBUTION.html grouped by licence, in which nothing
+from the lists can run (every text escaped, only http(s) links).
 """
 
 from __future__ import annotations
@@ -139,9 +140,19 @@ def _items_table() -> sqlite3.Connection:
     return conn
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (`=cmd|' /C
+# calc'!A0`, `=HYPERLINK(…&A1)`): OWASP's advice for CSV files is a leading apostrophe,
+# which spreadsheets show as text and hide.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _row(image_id: str, location: str, c: Credit) -> list[str]:
-    return [image_id, location, c.title, c.author, c.author_url, c.license, c.license_name, c.original_url,
-            c.landing_url]
+    return [_cell(v) for v in (image_id, location, c.title, c.author, c.author_url, c.license, c.license_name,
+                               c.original_url, c.landing_url)]
 
 
 # -- the readable page ----------------------------------------------------------------------
