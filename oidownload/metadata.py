@@ -11,6 +11,7 @@ The file table is the one place the URLs live. They are relative to BASE_URL, wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import fnmatch
@@ -158,40 +159,52 @@ async def _fetch(session: aiohttp.ClientSession, url: str, tree: Tree, name: str
             if resp.status == 200 and resp.content_length == there.st_size:
                 return FileResult(name, dest, there.st_size, "already there")
     fd = _open_part(tree, part)
-    with os.fdopen(fd, "r+b") as f:
+    with os.fdopen(fd, "r+b") as f:  # closing it releases the lock
         start = os.fstat(fd).st_size
+        restart = False
         try:
             async with session.get(url, headers={"Range": f"bytes={start}-"} if start else {}) as resp:
-                if resp.status == 416 and start:  # the .part is already whole (or longer)
+                if resp.status == 416 and start:  # the .part is already whole (or longer): start over
                     tree.unlink(part)
-                    f.close()
-                    return await _fetch(session, url, tree, name, bars, max_bytes)
-                if resp.status not in (200, 206):
-                    raise OutputError(f"{url}: HTTP {resp.status} {resp.reason or ''}".strip())
-                if resp.status == 200:
-                    start = 0  # the server ignored the Range: start over
-                elif _range_start(resp) != start:
-                    # Appending bytes from elsewhere in the file would corrupt the .part,
-                    # and every rerun would add them again.
-                    raise OutputError(
-                        f"{name}: asked for bytes from {start}, the server answered "
-                        f"{resp.headers.get('Content-Range', 'without a Content-Range')!r}; the .part is left as "
-                        f"it was (delete {dest}.part to start over)")
-                total = _total_from(resp, start)
-                f.seek(start)
-                f.truncate()
-                await _receive(resp, f, name, start, total, max_bytes, bars)
+                    restart = True
+                else:
+                    start, total = _check_answer(resp, url, name, start, dest)
+                    f.seek(start)
+                    f.truncate()
+                    await _receive(resp, f, name, start, total, max_bytes, bars)
+            f.flush()
         except BaseException:
-            if os.fstat(fd).st_size == 0:
-                tree.unlink(part, missing_ok=True)  # made by this run, and nothing in it
+            with contextlib.suppress(OSError):
+                f.flush()
+                if os.fstat(fd).st_size == 0:
+                    tree.unlink(part, missing_ok=True)  # made by this run, and nothing in it
             raise
-        f.flush()
-        size = os.fstat(fd).st_size
-        if total is not None and size != total:
-            raise OutputError(f"{name}: got {size} bytes of {total}; run again to resume")
-        # rename() replaces a symlink at the final name; it never writes through it.
-        tree.replace(part, name)
+        if not restart:
+            size = os.fstat(fd).st_size
+            if total is not None and size != total:
+                raise OutputError(f"{name}: got {size} bytes of {total}; run again to resume")
+            # rename() replaces a symlink at the final name; it never writes through it.
+            tree.replace(part, name)
+    if restart:
+        return await _fetch(session, url, tree, name, bars, max_bytes)
     return FileResult(name, dest, size, "resumed" if start else "downloaded")
+
+
+def _check_answer(resp: aiohttp.ClientResponse, url: str, name: str, start: int, dest: Path) -> tuple[int, int | None]:
+    """(where the body goes in the .part, the whole file's size if published) of an
+    answer to a request from `start`; an error for any other answer."""
+    if resp.status not in (200, 206):
+        raise OutputError(f"{url}: HTTP {resp.status} {resp.reason or ''}".strip())
+    if resp.status == 200:
+        return 0, _total_from(resp, 0)  # the server ignored the Range: start over
+    if _range_start(resp) != start:
+        # Appending bytes from elsewhere in the file would corrupt the .part, and every
+        # rerun would add them again.
+        raise OutputError(
+            f"{name}: asked for bytes from {start}, the server answered "
+            f"{resp.headers.get('Content-Range', 'without a Content-Range')!r}; the .part is left as "
+            f"it was (delete {dest}.part to start over)")
+    return start, _total_from(resp, start)
 
 
 async def _receive(resp: aiohttp.ClientResponse, f: IO[bytes], name: str, start: int, total: int | None,

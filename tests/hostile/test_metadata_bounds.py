@@ -114,3 +114,24 @@ def test_an_archive_of_many_empty_members_is_read_one_at_a_time(tmp_path: Path) 
     assert (dest / "class-descriptions.csv").read_bytes() == b"/m/01,Thing\n"
     # Listing the 30,000 headers first took about 20 MB; one at a time, what one holds.
     assert peak < 4 << 20, peak
+
+
+def test_a_part_the_server_calls_whole_is_fetched_again(tmp_path: Path, hostile: Hostile) -> None:
+    whole = bytes(range(256)) * 4
+
+    async def send(req: Request, w: asyncio.StreamWriter) -> None:
+        if "range" in req.headers:
+            w.write(response("416 Range Not Satisfiable", {"Content-Range": f"bytes */{len(whole)}"}))
+        else:
+            w.write(response(body=whole))
+        await w.drain()
+        w.close()
+
+    hostile.route(ROUTE, send)
+    dest = tmp_path / "meta"
+    dest.mkdir()
+    (dest / f"{NAME}.part").write_bytes(b"z" * 2000)
+    res = run_cli(*_metadata(dest, hostile))
+    assert res.returncode == 0, res.stderr
+    assert (dest / NAME).read_bytes() == whole and not (dest / f"{NAME}.part").exists()
+    assert hostile.requests[ROUTE] == 2
