@@ -307,7 +307,12 @@ class Tree:
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
 
     def read_bytes(self, rel: str | Sequence[str], limit: int = -1) -> bytes:
-        with os.fdopen(self.open(rel, os.O_RDONLY), "rb") as f:
+        """A regular file's bytes; OSError for anything else (a FIFO planted at the name
+        would block a plain open and read for ever)."""
+        fd = self.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{self.path / '/'.join(_relative(rel))} is not a regular file")
             return f.read(limit)
 
     def write_bytes(self, rel: str | Sequence[str], data: Buffer | memoryview) -> int:

@@ -134,12 +134,16 @@ def _open_part(tree: Tree, part: str) -> int:
     """The .part, opened (made when missing) without following a symlink at its name, and
     locked: two `metadata` runs fetching one file would interleave their bytes in it."""
     try:
-        fd = tree.open(part, os.O_RDWR | os.O_CREAT)
+        fd = tree.open(part, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OutputError(f"{tree.path / part} is a symlink; refusing to write through it "
                               "(remove it and run again)") from None
         raise OutputError(f"cannot write {tree.path / part}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"{tree.path / part} is not a regular file; refusing to write to it (remove it and run again)")
+    os.set_blocking(fd, True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

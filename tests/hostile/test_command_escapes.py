@@ -43,7 +43,8 @@ def downloaded(tmp_path_factory: pytest.TempPathFactory, synth_cache: Path) -> I
     """A small download of real validation ids that have boxes."""
     tmp = tmp_path_factory.mktemp("command-escapes")
     with open(BOXES, newline="", encoding="utf-8") as f:
-        ids = list(dict.fromkeys(r["ImageID"] for r in csv.DictReader(f)))[:6]
+        by_prefix = {r["ImageID"][:3]: r["ImageID"] for r in csv.DictReader(f)}  # one image a folder
+    ids = sorted(by_prefix.values())[:6]
     corpus = Corpus.generate(0, mix="tiny", seed=281, ids=ids, subset="validation")
     with OriginThread(Origin(corpus)) as origin:
         manifest = corpus.write_manifest(tmp / "images.csv", origin.base_url)
@@ -90,18 +91,23 @@ def test_gallery_rebuild_never_writes_through_a_linked_image_folder(out: Path, o
     res = run_cli("gallery", out, "--progress", "none", "--processes", "1")
     _clean(res, 0)
     gallery = out / "gallery"
-    folder = next((gallery / "images").iterdir())
+    folder, other = sorted((gallery / "images").iterdir())[:2]
     shutil.rmtree(folder)
     folder.symlink_to(outside, target_is_directory=True)
+    # A FIFO at a page's name would block the rebuild's read of it for ever.
+    page = next(other.glob("*.html"))
+    page.unlink()
+    os.mkfifo(page)
     # A final name that is a symlink is replaced by the rebuild, never written through.
     victim = outside / "keep.txt"
     (gallery / "index.html").unlink()
     (gallery / "index.html").symlink_to(victim)
     before = _snapshot(outside)
-    res = run_cli("gallery", out, "--progress", "none", "--processes", "2")
+    res = run_cli("gallery", out, "--progress", "none", "--processes", "2", timeout=60)
     _clean(res, 0)
     assert "symlink" in res.stderr and "refusing" in res.stderr
     assert _snapshot(outside) == before
+    assert page.is_file() and b"<html" in page.read_bytes()
     assert not (gallery / "index.html").is_symlink() and b"<html" in (gallery / "index.html").read_bytes()
 
 
@@ -183,6 +189,13 @@ def test_metadata_never_writes_through_planted_links(tmp_path: Path, hostile: Ho
     _clean(res)
     assert "symlink" in res.stderr and "class-descriptions-boxable.csv.part" in res.stderr
     assert _snapshot(outside) == before
+    # Nor into a FIFO there.
+    (dest / "class-descriptions-boxable.csv.part").unlink()
+    os.mkfifo(dest / "class-descriptions-boxable.csv.part")
+    res = run_cli("metadata", "--version", "v6", "-o", dest, "--base-url", base, "--only", "class-descriptions-boxable.csv",
+                  timeout=60)
+    _clean(res)
+    assert "not a regular file" in res.stderr
     # A link at the final name is replaced.
     (dest / "class-descriptions-boxable.csv.part").unlink()
     (dest / "class-descriptions-boxable.csv").symlink_to(victim)
