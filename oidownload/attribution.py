@@ -1,21 +1,24 @@
 """Credit for the CC BY licences: who made each downloaded image, and under which
 licence, from the input lists' rows (HTML entities decoded). `annotations --format
-attribution` writes ATTRIBUTION.csv and a readable ATTRIBUTION.html grouped by licence,
-in which nothing from the lists can run (every text escaped, only http(s) links).
+attribution` writes ATTRIBUTION.csv (a cell a spreadsheet would run as a formula gets a
+leading apostrophe) and a readable ATTRIBUTION.html grouped by licence, in which nothing
+from the lists can run (every text escaped, only http(s) links).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .fsio import atomic_file
+from .fsio import Tree
 from .records import Status, clean_text
 from .rows import V3_COLUMNS
 from .state import StateDir, Written
@@ -94,34 +97,62 @@ class AttributionResult:
     uncredited: int  # written images whose input row is gone
 
 
-def write_attribution(state: StateDir, images: dict[str, Written], dest: Path) -> AttributionResult:
+def write_attribution(state: StateDir, images: dict[str, Written], tree: Tree) -> AttributionResult:
     """ATTRIBUTION.csv (one row per written image, in the order of the input lists)
-    and ATTRIBUTION.html (the same, grouped by licence; written from the CSV, one pass
-    per licence)."""
-    table = dest / "ATTRIBUTION.csv"
+    and ATTRIBUTION.html (the same, grouped by licence). One pass over the credits:
+    each image's list item goes into a temporary on-disk SQLite table beside its CSV
+    row, and the page reads them back by licence through an index, so the time stays
+    linear in the images (however many distinct licences) and the memory bounded."""
     by_license: Counter[str] = Counter()
     seen: set[str] = set()
-    with atomic_file(table) as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(COLUMNS)
-        for image_id, credit in credits(state):
-            if image_id in images and image_id not in seen:
-                seen.add(image_id)
-                w.writerow(_row(image_id, images[image_id].location, credit))
+    with contextlib.closing(_items_table()) as items:
+        with tree.atomic_file("ATTRIBUTION.csv") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(COLUMNS)
+
+            def add(image_id: str, location: str, credit: Credit) -> None:
+                w.writerow(_row(image_id, location, credit))
                 by_license[credit.license] += 1
-        for image_id, image in images.items():
-            if image_id not in seen:
-                w.writerow(_row(image_id, image.location, NO_CREDIT))
-                by_license[""] += 1
-    page = dest / "ATTRIBUTION.html"
-    with atomic_file(page) as out:
-        _write_html(out, table, by_license)
-    return AttributionResult(table, page, len(images), by_license, len(images) - len(seen))
+                items.execute("INSERT INTO items VALUES (?, ?)", (credit.license, _item(location, credit)))
+
+            for image_id, credit in credits(state):
+                if image_id in images and image_id not in seen:
+                    seen.add(image_id)
+                    add(image_id, images[image_id].location, credit)
+            for image_id, image in images.items():
+                if image_id not in seen:
+                    add(image_id, image.location, NO_CREDIT)
+        items.execute("CREATE INDEX by_license ON items (license)")
+        with tree.atomic_file("ATTRIBUTION.html") as out:
+            _write_html(out, items, by_license)
+    return AttributionResult(tree.path / "ATTRIBUTION.csv", tree.path / "ATTRIBUTION.html", len(images), by_license,
+                             len(images) - len(seen))
+
+
+def _items_table() -> sqlite3.Connection:
+    # "": a private temporary database that SQLite keeps on disk (in TMPDIR) once it
+    # outgrows its cache, and deletes when closed. rowid keeps the lists' order.
+    conn = sqlite3.connect("", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("CREATE TABLE items (license TEXT NOT NULL, item TEXT NOT NULL)")
+    conn.execute("BEGIN")
+    return conn
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (`=cmd|' /C
+# calc'!A0`, `=HYPERLINK(…&A1)`): OWASP's advice for CSV files is a leading apostrophe,
+# which spreadsheets show as text and hide.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _row(image_id: str, location: str, c: Credit) -> list[str]:
-    return [image_id, location, c.title, c.author, c.author_url, c.license, c.license_name, c.original_url,
-            c.landing_url]
+    return [_cell(v) for v in (image_id, location, c.title, c.author, c.author_url, c.license, c.license_name,
+                               c.original_url, c.landing_url)]
 
 
 # -- the readable page ----------------------------------------------------------------------
@@ -143,7 +174,14 @@ def _images(n: int) -> str:
     return f"{n} image" if n == 1 else f"{n} images"
 
 
-def _write_html(out: IO[str], table: Path, by_license: Counter[str]) -> None:
+def _item(location: str, c: Credit) -> str:
+    """One image's list item on the page."""
+    title = _link(c.landing_url or c.original_url, c.title or "Untitled")
+    author = _link(c.author_url, c.author or "unknown author")
+    return f"<li>{title} by {author} <code>{html.escape(location)}</code></li>\n"
+
+
+def _write_html(out: IO[str], items: sqlite3.Connection, by_license: Counter[str]) -> None:
     total = sum(by_license.values())
     order = sorted(by_license, key=lambda lic: (-by_license[lic], lic))
     out.write('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
@@ -159,12 +197,7 @@ def _write_html(out: IO[str], table: Path, by_license: Counter[str]) -> None:
     for n, lic in enumerate(order):
         heading = _link(lic, license_name(lic)) if lic else html.escape(UNKNOWN)
         out.write(f'<h2 id="licence-{n}">{heading}: {_images(by_license[lic])}</h2>\n<ol>\n')
-        with open(table, newline="", encoding="utf-8") as fh:
-            for r in csv.DictReader(fh):
-                if r["License"] != lic:
-                    continue
-                title = _link(r["OriginalLandingURL"] or r["OriginalURL"], r["Title"] or "Untitled")
-                author = _link(r["AuthorProfileURL"], r["Author"] or "unknown author")
-                out.write(f"<li>{title} by {author} <code>{html.escape(r['Location'])}</code></li>\n")
+        for (item,) in items.execute("SELECT item FROM items WHERE license = ? ORDER BY rowid", (lic,)):
+            out.write(item)
         out.write("</ol>\n")
     out.write("</body></html>\n")

@@ -895,8 +895,10 @@ def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: t
 @opt("--only", scope="metadata", multiple=True,
      help="Only files whose name matches this glob, e.g. 'validation-*' (repeatable).")
 @opt("--list", "list_only", scope="metadata", is_flag=True, default=False, help="List the version's files and exit.")
+@opt("--max-size-mb", scope="metadata", type=Int(1, 1 << 20), default=8192,
+     help="Largest file accepted when the server announces no size (a chunked answer).")
 @boundary
-def metadata(version: str, dest: Path, base_url: str, only: tuple[str, ...], list_only: bool) -> None:
+def metadata(version: str, dest: Path, base_url: str, only: tuple[str, ...], list_only: bool, max_size_mb: int) -> None:
     """Download the official metadata files (image lists, boxes, labels, classes).
 
     Interrupted downloads resume from their .part file; every file's size is checked
@@ -909,9 +911,12 @@ def metadata(version: str, dest: Path, base_url: str, only: tuple[str, ...], lis
         for rel in select_files(version, only):
             click.echo(base_url.rstrip("/") + "/" + rel)
         return
-    results = download_metadata(version, dest, base_url=base_url, only=only, bars=sys.stderr.isatty())
+    results = download_metadata(version, dest, base_url=base_url, only=only, bars=sys.stderr.isatty(),
+                                max_bytes=max_size_mb << 20)
     for r in results:
         click.echo(f"{r.state:<14}{r.size:>14}  {r.path}")
+        if r.note:
+            click.echo(f"oidownload: warning: {r.path} not written: {r.note}", err=True)
 
 
 @main.command()

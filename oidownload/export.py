@@ -16,8 +16,7 @@ import enum
 import json
 import os
 import re
-import shutil
-import tempfile
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from .annotations import ATTRIBUTES, AnnotationSource, AnnotationTable, Kind
 from .attribution import NO_CREDIT, UNKNOWN, Credit, credits, license_name, write_attribution
 from .classes import ClassDescriptions
 from .errors import ConfigError, InputError, OutputError
-from .fsio import atomic_file
+from .fsio import Place, Tree
 from .sinks import Reader
 from .sinks.files import split_location
 from .state import StateDir, Written
@@ -156,35 +155,43 @@ def export(
         reader = _local_files(state, images, fmt)
         result = ExportResult(Path(state.where()[0]), images=len(images))
         try:
-            _write_hf(files, images, result, classes, names, reader, dict(credits(state)))
+            with Tree.at(result.dest, create=False) as tree:
+                _write_hf(files, images, tree, result, classes, names, reader, dict(credits(state)))
         except OSError as exc:
             raise OutputError(f"cannot write metadata.jsonl in {result.dest}: {exc.strerror or exc}") from None
         return result
-    if dest is None:
-        if "://" in str(out):
-            raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
-        dest = Path(out) / "annotations"
+    if dest is None and "://" in str(out):
+        raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
+    place = Place.of(out, "annotations", dest)
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        tree = place.open()  # OUT/annotations a symlink: refused, never written (or deleted) through
     except OSError as exc:
-        raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot create {place.path}: {exc.strerror or exc}") from None
+    dest = place.path
     result = ExportResult(dest, images=len(images))
     try:
-        if fmt is ExportFormat.CSV:
-            _write_csv(files, images, dest, result, classes)
-        elif fmt is ExportFormat.COCO:
-            _write_coco(files, images, dest, result, classes, names, dict(credits(state)))
-        elif fmt is ExportFormat.YOLO:
-            _write_yolo(files, images, dest, result, classes, names, _local_files(state, images, fmt))
-        else:
-            credit = write_attribution(state, images, dest)
-            result.files += [credit.csv, credit.html]
-            if credit.uncredited:
-                result.notes.append(f"{credit.uncredited} images have no credit: their input rows are gone "
-                                    "(their ImageIDs are in ATTRIBUTION.csv with empty fields)")
+        with tree:
+            _write_export(fmt, state, files, images, tree, result, classes, names)
     except OSError as exc:
         raise OutputError(f"cannot write the export in {dest}: {exc.strerror or exc}") from None
     return result
+
+
+def _write_export(fmt: ExportFormat, state: StateDir, files: Sequence[AnnotationTable], images: dict[str, Written],
+                  tree: Tree, result: ExportResult, classes: frozenset[str] | None,
+                  names: ClassDescriptions | None) -> None:
+    if fmt is ExportFormat.CSV:
+        _write_csv(files, images, tree, result, classes)
+    elif fmt is ExportFormat.COCO:
+        _write_coco(files, images, tree, result, classes, names, dict(credits(state)))
+    elif fmt is ExportFormat.YOLO:
+        _write_yolo(files, images, tree, result, classes, names, _local_files(state, images, fmt))
+    else:
+        credit = write_attribution(state, images, tree)
+        result.files += [credit.csv, credit.html]
+        if credit.uncredited:
+            result.notes.append(f"{credit.uncredited} images have no credit: their input rows are gone "
+                                "(their ImageIDs are in ATTRIBUTION.csv with empty fields)")
 
 
 def _local_files(state: StateDir, images: dict[str, Written], fmt: ExportFormat) -> Reader:
@@ -221,15 +228,15 @@ def csv_names(files: Sequence[AnnotationTable]) -> list[str]:
     return names
 
 
-def _write_csv(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_csv(files: Sequence[AnnotationTable], images: dict[str, Written], tree: Tree, result: ExportResult,
                mids: frozenset[str] | None) -> None:
     """The Open Images rows of the downloaded images, coordinates in the written frame."""
     for f, name in zip(files, csv_names(files), strict=True):
-        target = dest / name
+        target = tree.path / name
         i_id, i_label = f.index("ImageID"), f.index("LabelName")
         coords = [f.index(c) for c in ("XMin", "XMax", "YMin", "YMax")] if f.kind is Kind.BOXES else []
         clicks = [(f.index(f"XClick{k}X"), f.index(f"XClick{k}Y")) for k in range(1, 5) if f.has(f"XClick{k}X")]
-        with atomic_file(target) as fh:
+        with tree.atomic_file(name) as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(f.columns)
             for fields in f.rows(images):
@@ -270,7 +277,7 @@ def _pixels(r: BoxRow) -> list[float]:
             round((r.box[3] - r.box[2]) * h, 3)]
 
 
-def _write_coco(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_coco(files: Sequence[AnnotationTable], images: dict[str, Written], tree: Tree, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None, credit: dict[str, Credit]) -> None:
     """One JSON file. Each image names its own licence (COCO's `licenses` list holds
     each licence the images use), author, title and `flickr_url`. Each box is also a
@@ -311,8 +318,8 @@ def _write_coco(files: Sequence[AnnotationTable], images: dict[str, Written], de
             "iscrowd": r.attrs.get("IsGroupOf", 0), "attributes": r.attrs,
         })
     result.boxes = len(rows)
-    target = dest / "coco.json"
-    with atomic_file(target) as fh:
+    target = tree.path / "coco.json"
+    with tree.atomic_file("coco.json") as fh:
         json.dump(doc, fh)
     result.files.append(target)
 
@@ -328,7 +335,7 @@ def _yolo_lines(rows: list[BoxRow], images: dict[str, Written], cats: list[str])
     return per_image
 
 
-def _write_yolo(files: Sequence[AnnotationTable], images: dict[str, Written], dest: Path, result: ExportResult,
+def _write_yolo(files: Sequence[AnnotationTable], images: dict[str, Written], tree: Tree, result: ExportResult,
                 mids: frozenset[str] | None, names: ClassDescriptions | None, reader: Reader) -> None:
     """DEST/yolo/ as Ultralytics reads it: images/<split>/<abc>/<ImageID>.<ext> are
     relative symlinks to the downloaded files (no copies; a file that a later download
@@ -336,31 +343,36 @@ def _write_yolo(files: Sequence[AnnotationTable], images: dict[str, Written], de
     looks (the last /images/ of the path becomes /labels/, the extension .txt), one
     line a box: `class x_center y_center width height`, normalised. data.yaml has the
     absolute `path`, a key per split and `names`. Built beside and swapped in whole,
-    so no link or label of an earlier export is left over."""
+    so no link or label of an earlier export is left over; all through the folder's
+    descriptor, so nothing is written or deleted through a symlink."""
     rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
-    final = dest / "yolo"
-    tmp = Path(tempfile.mkdtemp(prefix=".yolo.", dir=dest))
+    final = tree.path / "yolo"
+    tmp = tree.mkdtemp(".yolo.")
     try:
-        made: set[Path] = set()
-        splits: set[str] = set()
-        for image_id, lines in _yolo_lines(rows, images, cats).items():
-            image = images[image_id]
-            target = reader.local_path(image.location)
-            assert target is not None  # _local_files checked the output
-            rel = Path(image.subset, image_id[:3])
-            for kind in ("images", "labels"):
-                if tmp / kind / rel not in made:
-                    (tmp / kind / rel).mkdir(parents=True, exist_ok=True)
-                    made.add(tmp / kind / rel)
-            os.symlink(os.path.relpath(target, final / "images" / rel), tmp / "images" / rel / f"{image_id}.{image.ext}")
-            (tmp / "labels" / rel / f"{image_id}.txt").write_text("".join(line + "\n" for line in lines))
-            splits.add(image.subset)
-        with atomic_file(tmp / "data.yaml") as fh:
-            fh.write(_data_yaml(final, splits, [names.name(m) if names else m for m in cats], result))
-        _swap_in(tmp, final)
+        with tree.sub(tmp, create=False) as new:
+            made: set[str] = set()
+            splits: set[str] = set()
+            for image_id, lines in _yolo_lines(rows, images, cats).items():
+                image = images[image_id]
+                target = reader.local_path(image.location)
+                assert target is not None  # _local_files checked the output
+                rel = f"{image.subset}/{image_id[:3]}"
+                if rel not in made:
+                    new.mkdirs(f"images/{rel}")
+                    new.mkdirs(f"labels/{rel}")
+                    made.add(rel)
+                new.symlink(os.path.relpath(target, final / "images" / rel), f"images/{rel}/{image_id}.{image.ext}")
+                fd = new.open(f"labels/{rel}/{image_id}.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write("".join(line + "\n" for line in lines))
+                splits.add(image.subset)
+            with new.atomic_file("data.yaml") as fh:
+                fh.write(_data_yaml(final, splits, [names.name(m) if names else m for m in cats], result))
+        _swap_in(tree, tmp, "yolo")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            tree.rmtree(tmp)
         raise
     result.boxes = len(rows)
     result.files += [final / "data.yaml", final / "images", final / "labels"]
@@ -388,21 +400,23 @@ def _data_yaml(root: Path, splits: set[str], names: list[str], result: ExportRes
     return "\n".join(lines) + "\n"
 
 
-def _swap_in(new: Path, final: Path) -> None:
-    """Replaces the folder `final` (if any) by `new`, a sibling; the old one is removed
-    without following its links."""
+def _swap_in(tree: Tree, new: str, final: str) -> None:
+    """Replaces the folder `final` in tree (if any) by `new`, a sibling; the old one is
+    removed without following its links, and a symlink at `final` is removed itself."""
     old = None
-    if final.is_symlink() or final.is_file():
-        final.unlink()
-    elif final.exists():
-        old = Path(tempfile.mkdtemp(prefix=".yolo.old.", dir=final.parent))
-        os.replace(final, old / "yolo")
-    os.replace(new, final)
+    st = tree.lstat(final)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        old = tree.mkdtemp(".yolo.old.")
+        tree.replace(final, f"{old}/{final}")
+    elif st is not None:
+        tree.unlink(final)
+    tree.replace(new, final)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            tree.rmtree(old)
 
 
-def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], result: ExportResult,
+def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], tree: Tree, result: ExportResult,
               mids: frozenset[str] | None, names: ClassDescriptions | None, reader: Reader,
               credit: dict[str, Credit]) -> None:
     """OUT/<subset>/metadata.jsonl beside each subset's images, where Hugging Face's
@@ -421,10 +435,9 @@ def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], resu
             image = images[image_id]
             folder, file_name = split_location(image.location)
             if folder not in writers:
-                target = reader.local_path(f"{folder}/metadata.jsonl")
-                assert target is not None  # _local_files checked the output
-                writers[folder] = stack.enter_context(atomic_file(target))
-                result.files.append(target)
+                # Beside the images, in OUT/<subset>: a symlink there is refused, not followed.
+                writers[folder] = stack.enter_context(tree.atomic_file(f"{folder}/metadata.jsonl", create_dirs=False))
+                result.files.append(tree.path / folder / "metadata.jsonl")
             c = credit.get(image_id, NO_CREDIT)
             own = boxes[image_id]
             writers[folder].write(json.dumps({

@@ -3,8 +3,10 @@
 Folders below a root are entered with O_NOFOLLOW, one component at a time, so a
 symlink planted inside OUT is refused rather than followed; temporary files get an
 unpredictable name and are opened O_CREAT|O_EXCL|O_NOFOLLOW; a final name only ever
-holds a whole file (os.replace). `atomic_file` does the same for the text files that
-commands write (selections, reports, exports).
+holds a whole file (os.replace). `Tree` does the same for everything the commands
+write, move or delete below a folder (gallery, exports, report, metadata): every path
+is taken relative to a folder held by descriptor, so no symlink below it is followed
+at any depth, and a symlink at a final name is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import errno
 import os
 import re
 import secrets
-import tempfile
+import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,13 +44,15 @@ def open_root(root: str | Path) -> int:
     return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def open_dir(root_fd: int, parts: Sequence[str], *, create: bool, sync: bool = False) -> int:
+def open_dir(root_fd: int, parts: Sequence[str], *, create: bool, sync: bool = False,
+             where: Path | None = None) -> int:
     """A descriptor of root/parts..., creating missing folders when asked (with sync,
     each folder that gains one is synced, so the new folder survives a power cut).
-    Never follows a symlink: a component that is one raises SymlinkRefused."""
+    Never follows a symlink: a component that is one raises SymlinkRefused (its message
+    names the component's full path when `where`, the root's path, is given)."""
     fd = os.dup(root_fd)
     try:
-        for part in parts:
+        for i, part in enumerate(parts):
             try:
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
@@ -61,7 +67,9 @@ def open_dir(root_fd: int, parts: Sequence[str], *, create: bool, sync: bool = F
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise SymlinkRefused(exc.errno, f"{'/'.join(parts)}: '{part}' is a symlink or not a folder; refusing to write through it") from None
+                    what = (f"{where.joinpath(*parts[: i + 1])} is" if where is not None
+                            else f"{'/'.join(parts)}: '{part}' is")
+                    raise SymlinkRefused(exc.errno, f"{what} a symlink or not a folder; refusing to write through it") from None
                 raise
             os.close(fd)
             fd = nfd
@@ -131,11 +139,11 @@ def read_below(root: str | Path, parts: Sequence[str], name: str) -> bytes:
         return f.read()
 
 
-def link_below(root: str | Path, parts: Sequence[str], name: str, dest: Path) -> bool:
-    """Hard-links root/parts/name as dest when it is a regular file reached without
-    symlinks; False when it is not, or cannot be linked (another filesystem). What got
-    linked is checked to be the very file that was opened, so a file swapped for a
-    symlink in between is never linked."""
+def link_below(root: str | Path, parts: Sequence[str], name: str, dest_dir_fd: int, dest: str) -> bool:
+    """Hard-links root/parts/name as dest in the folder dest_dir_fd when it is a regular
+    file reached without symlinks; False when it is not, or cannot be linked (another
+    filesystem). What got linked is checked to be the very file that was opened, so a
+    file swapped for a symlink in between is never linked."""
     dfd = _folder_below(root, parts)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
@@ -146,14 +154,14 @@ def link_below(root: str | Path, parts: Sequence[str], name: str, dest: Path) ->
         if not _is_regular(st.st_mode):
             return False
         try:
-            os.link(name, dest, src_dir_fd=dfd, follow_symlinks=False)
+            os.link(name, dest, src_dir_fd=dfd, dst_dir_fd=dest_dir_fd, follow_symlinks=False)
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 return False
             raise
-        got = os.stat(dest, follow_symlinks=False)
+        got = os.stat(dest, dir_fd=dest_dir_fd, follow_symlinks=False)
         if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino) or not _is_regular(got.st_mode):
-            os.unlink(dest)
+            os.unlink(dest, dir_fd=dest_dir_fd)
             return False
         return True
     finally:
@@ -208,8 +216,6 @@ def remove_below(root_fd: int, parts: Sequence[str], name: str) -> bool:
 
 
 def _is_regular(mode: int) -> bool:
-    import stat
-
     return stat.S_ISREG(mode)
 
 
@@ -217,35 +223,195 @@ def _is_regular(mode: int) -> bool:
 def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """A file written under a temporary name in its folder and renamed into place when
     the block ends without an error; on an error the temporary file is removed and the
-    old file (if any) is left as it was."""
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=folder)
-    try:
-        if "b" not in mode:
-            kwargs.setdefault("encoding", "utf-8")
-            kwargs.setdefault("newline", "")
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
+    old file (if any) is left as it was. The folder is opened once: the temporary file
+    and the rename happen in that very folder, and a symlink at the final name is
+    replaced, not written through."""
+    with Tree.at(path.parent, create=False) as tree, tree.atomic_file(path.name, mode, **kwargs) as fh:
+        yield fh
+
+
+def _relative(rel: str | Sequence[str]) -> list[str]:
+    parts = rel.split("/") if isinstance(rel, str) else list(rel)
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"not a path below a folder: {rel!r}")
+    return parts
+
+
+class Tree:
+    """A folder held by descriptor; every path given to it is relative ('a/b/name') and
+    reached one folder at a time with O_NOFOLLOW, so a symlink below the folder, at any
+    depth, raises SymlinkRefused instead of being followed. Files are made in the folder
+    descriptor (temporary name, O_EXCL|O_NOFOLLOW) and renamed, unlinked and removed
+    through it, so a symlink at a final name is replaced or removed itself."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def at(cls, root: str | Path, parts: Sequence[str] = (), *, create: bool = True) -> Tree:
+        """root/parts. The root may be a symlink (a path the user gave: what they asked
+        for) and is made with its parents when missing and create is set; the parts
+        below it are never followed."""
+        root = Path(root)
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+        root_fd = open_root(root)
         try:
-            os.unlink(tmp)
+            fd = open_dir(root_fd, parts, create=create, where=root)
+        finally:
+            os.close(root_fd)
+        return cls(fd, root.joinpath(*parts))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _folder(self, parts: Sequence[str], create: bool) -> Iterator[int]:
+        fd = open_dir(self.fd, parts, create=create, where=self.path) if parts else os.dup(self.fd)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def sub(self, rel: str | Sequence[str], *, create: bool = True) -> Tree:
+        parts = _relative(rel)
+        return Tree(open_dir(self.fd, parts, create=create, where=self.path), self.path.joinpath(*parts))
+
+    def lstat(self, rel: str | Sequence[str]) -> os.stat_result | None:
+        """The entry itself (a symlink is not followed); None when it or a folder on the
+        way is missing, or a folder on the way is a symlink."""
+        *parts, name = _relative(rel)
+        try:
+            with self._folder(parts, False) as fd:
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
         except OSError:
+            return None
+
+    def is_file(self, rel: str | Sequence[str]) -> bool:
+        st = self.lstat(rel)
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+    def open(self, rel: str | Sequence[str], flags: int, mode: int = 0o666, *, create_dirs: bool = False) -> int:
+        """os.open of rel, with O_NOFOLLOW: a symlink at the name raises OSError (ELOOP)."""
+        *parts, name = _relative(rel)
+        with self._folder(parts, create_dirs) as fd:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+
+    def read_bytes(self, rel: str | Sequence[str], limit: int = -1) -> bytes:
+        """A regular file's bytes; OSError for anything else (a FIFO planted at the name
+        would block a plain open and read for ever)."""
+        fd = self.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{self.path / '/'.join(_relative(rel))} is not a regular file")
+            return f.read(limit)
+
+    def write_bytes(self, rel: str | Sequence[str], data: Buffer | memoryview) -> int:
+        """rel, whole or absent; missing folders are made (never through a symlink)."""
+        *parts, name = _relative(rel)
+        with self._folder(parts, True) as fd:
+            return write_in(fd, name, data)
+
+    @contextmanager
+    def atomic_file(self, rel: str | Sequence[str], mode: str = "w", *, create_dirs: bool = True,
+                    **kwargs: Any) -> Iterator[IO[Any]]:
+        """An open file for rel, under a temporary name in rel's folder, renamed into
+        place when the block ends without an error (removed on an error)."""
+        *parts, name = _relative(rel)
+        with self._folder(parts, create_dirs) as dfd:
+            tmp = temp_name(name)
+            fd = os.open(tmp, _NEW_FILE, 0o666, dir_fd=dfd)  # the umask applies, as to any new file
+            try:
+                if "b" not in mode:
+                    kwargs.setdefault("encoding", "utf-8")
+                    kwargs.setdefault("newline", "")
+                with os.fdopen(fd, mode, **kwargs) as fh:
+                    yield fh
+                # rename() replaces a symlink at the final name; it never writes through it.
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                _unlink_quietly(tmp, dfd)
+                raise
+
+    def mkdirs(self, rel: str | Sequence[str]) -> None:
+        with self._folder(_relative(rel), True):
             pass
-        raise
+
+    def mkdtemp(self, prefix: str) -> str:
+        """The name of a new, empty folder directly in this one."""
+        while True:
+            name = f"{prefix}{secrets.token_hex(6)}"
+            try:
+                os.mkdir(name, 0o700, dir_fd=self.fd)
+                return name
+            except FileExistsError:
+                continue
+
+    def symlink(self, target: str, rel: str | Sequence[str]) -> None:
+        *parts, name = _relative(rel)
+        with self._folder(parts, True) as fd:
+            os.symlink(target, name, dir_fd=fd)
+
+    def replace(self, src: str | Sequence[str], dst: str | Sequence[str]) -> None:
+        """Renames src over dst (a symlink at dst is replaced, not followed)."""
+        *sparts, sname = _relative(src)
+        *dparts, dname = _relative(dst)
+        with self._folder(sparts, False) as sfd, self._folder(dparts, False) as dfd:
+            os.replace(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+
+    def unlink(self, rel: str | Sequence[str], *, missing_ok: bool = False) -> None:
+        """Removes the entry itself (a symlink, not what it points at)."""
+        *parts, name = _relative(rel)
+        try:
+            with self._folder(parts, False) as fd:
+                os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def rmtree(self, rel: str | Sequence[str]) -> None:
+        """Removes a folder and all it holds without following any link in it (shutil's
+        descriptor-based walk); a symlink or file at rel is unlinked itself."""
+        *parts, name = _relative(rel)
+        with self._folder(parts, False) as fd:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+
+    def names(self) -> list[str]:
+        with os.scandir(self.fd) as it:
+            return [e.name for e in it]
 
 
-def _umask() -> int:
-    # os.umask() can only be read by setting it, which races with threads creating
-    # files; Linux shows it in /proc.
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A folder as a root and the parts below it that must be real folders: picklable,
+    so pool workers open the same place (OUT and ('gallery',), or a folder the user named
+    and ())."""
+
+    root: Path
+    parts: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, out: str | Path, default: str, dest: Path | None) -> Place:
+        """Where a command writes: the folder the user named (followed, if a link: they
+        chose it), else OUT/default (a link there is refused)."""
+        return cls(dest) if dest is not None else cls(Path(out), (default,))
+
+    @property
+    def path(self) -> Path:
+        return self.root.joinpath(*self.parts)
+
+    def open(self, *, create: bool = True) -> Tree:
+        return Tree.at(self.root, self.parts, create=create)

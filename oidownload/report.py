@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, OutputError
-from .fsio import atomic_file
+from .fsio import Place
 from .journal import InputIdentity, writer_alive
 from .records import Status, is_final
 from .rows import V3_COLUMNS, V4_COLUMNS, is_stream, read_header
@@ -162,14 +162,14 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
     plus what became of it. conflicts.csv holds the rows that lost to an earlier row
     of their ImageID (another OriginalURL or OriginalMD5)."""
     state = StateDir.open(out, state_dir)
-    if dest is None:
-        if "://" in str(out):
-            raise InputError(f"{out} is not a local folder: pass -d/--dest for the report")
-        dest = Path(out) / "report"
+    if dest is None and "://" in str(out):
+        raise InputError(f"{out} is not a local folder: pass -d/--dest for the report")
+    place = Place.of(out, "report", dest)
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        tree = place.open()  # OUT/report a symlink: refused, never written through
     except OSError as exc:
-        raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot create {place.path}: {exc.strerror or exc}") from None
+    dest = place.path
     result = ReportResult(dest / "success.csv", dest / "failure.csv", dest / "conflicts.csv")
     inputs = state.inputs()
     columns = list(V3_COLUMNS)
@@ -181,7 +181,8 @@ def write_report(out: str | Path, dest: Path | None = None, state_dir: Path | No
             pass
     header = [*columns, *REPORT_EXTRA]
     try:
-        with atomic_file(result.success) as fs, atomic_file(result.failure) as ff, atomic_file(result.conflicts) as fc:
+        with (tree, tree.atomic_file(result.success.name) as fs, tree.atomic_file(result.failure.name) as ff,
+              tree.atomic_file(result.conflicts.name) as fc):
             ok_w, fail_w = csv.writer(fs, lineterminator="\n"), csv.writer(ff, lineterminator="\n")
             conflict_w = csv.writer(fc, lineterminator="\n")
             for w in (ok_w, fail_w, conflict_w):

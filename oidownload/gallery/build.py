@@ -28,6 +28,7 @@ from typing import Any
 from .. import __version__
 from ..cpus import usable_cpus
 from ..errors import ConfigError, InputError, OutputError
+from ..fsio import Place, Tree
 from ..progress import Progress
 from ..records import Outcome, Status
 from ..sinks import is_remote
@@ -92,15 +93,14 @@ def build_gallery(
     images = written_images(state)
     if not images:
         raise InputError(f"{state.out} has no downloaded images (no row with status ok in its journal)")
-    if dest is None:
-        if is_remote(state.out):
-            raise ConfigError(f"{state.out} is not a local folder: give the gallery's folder with -o")
-        dest = Path(state.out) / "gallery"
-    _prepare(dest)
+    if dest is None and is_remote(state.out):
+        raise ConfigError(f"{state.out} is not a local folder: give the gallery's folder with -o")
+    place = Place.of(state.out, "gallery", dest)
+    _prepare(place)
     lists = input_lists(state) if image_lists is None else image_lists
     workers = processes or usable_cpus().count  # the affinity mask and a container's quota
     with _pool(workers, state) as pool:
-        return _build(state, dest, images, pool, 4 * workers, annotation_paths=annotation_paths,
+        return _build(state, place, images, pool, 4 * workers, annotation_paths=annotation_paths,
                       class_descriptions=class_descriptions, classes=classes, image_lists=lists,
                       page_size=page_size, progress=progress)
 
@@ -118,13 +118,13 @@ def _pool(workers: int, state: StateDir) -> Iterator[cf.ProcessPoolExecutor | No
         yield pool
 
 
-def _build(state: StateDir, dest: Path, images: list[Written], pool: cf.ProcessPoolExecutor | None, in_flight: int, *,
+def _build(state: StateDir, place: Place, images: list[Written], pool: cf.ProcessPoolExecutor | None, in_flight: int, *,
            annotation_paths: list[Path], class_descriptions: Path | None, classes: frozenset[str] | None,
            image_lists: list[Path], page_size: int, progress: Progress) -> GalleryResult:
     progress.log("gallery", f"gallery: {len(images)} images; reading annotations and attribution")
     data = collect(images, annotation_paths, class_descriptions=class_descriptions, classes=classes,
                    image_lists=image_lists)
-    result = GalleryResult(dest, images=len(images), boxes=sum(len(e.boxes) for e in data.entries),
+    result = GalleryResult(place.path, images=len(images), boxes=sum(len(e.boxes) for e in data.entries),
                            labels=sum(len(e.labels) for e in data.entries),
                            classes=len({b[0] for e in data.entries for b in e.boxes}),
                            dropped=data.dropped, notes=list(data.notes))
@@ -133,23 +133,29 @@ def _build(state: StateDir, dest: Path, images: list[Written], pool: cf.ProcessP
     progress.log("gallery", f"gallery: {result.boxes} boxes, {result.labels} labels; thumbnails and image pages")
     progress.set_total(len(images))
     palette = colours(data)
-    failed = _make_images(dest, data, palette, pool, in_flight, progress)
+    failed = _make_images(place, data, palette, pool, in_flight, progress)
     result.failed = sorted(failed.items())
     progress.close()
     progress.log("gallery", "gallery: index, data and statistics")
-    _write_site(Path(state.out).name or state.out, dest, data, palette, status_counts(state), page_size, failed, result)
+    try:
+        with place.open(create=False) as tree:
+            _write_site(Path(state.out).name or state.out, tree, data, palette, status_counts(state), page_size,
+                        failed, result)
+    except OSError as exc:
+        raise OutputError(f"cannot write the gallery in {place.path}: {exc.strerror or exc}") from None
     return result
 
 
-def _prepare(dest: Path) -> None:
-    """DIR must be new, empty, or an earlier gallery: never write over other files."""
+def _prepare(place: Place) -> None:
+    """DIR must be new, empty, or an earlier gallery: never write over other files. A
+    symlink at OUT/gallery (or below DIR) is refused, not followed."""
     try:
-        if dest.exists() and any(dest.iterdir()) and not (dest / MARKER).exists():
-            raise OutputError(f"{dest} is not empty and holds no gallery: choose another -o folder")
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / MARKER).write_text("A gallery made by oidownload; `oidownload gallery` may rewrite this folder.\n")
+        with place.open() as tree:
+            if tree.names() and tree.lstat(MARKER) is None:
+                raise OutputError(f"{place.path} is not empty and holds no gallery: choose another -o folder")
+            tree.write_bytes(MARKER, b"A gallery made by oidownload; `oidownload gallery` may rewrite this folder.\n")
     except OSError as exc:
-        raise OutputError(f"cannot write to {dest}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write to {place.path}: {exc.strerror or exc}") from None
 
 
 def _rel(image_id: str, suffix: str) -> str:
@@ -221,7 +227,7 @@ def _batches(jobs: Iterator[work.Job]) -> Iterator[list[work.Job]]:
         yield batch
 
 
-def _make_images(dest: Path, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
+def _make_images(place: Place, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
                  in_flight: int, progress: Progress) -> dict[str, str]:
     """Thumbnails, full-size copies and image pages. Returns the images that got no thumbnail."""
     failed: dict[str, str] = {}
@@ -235,7 +241,7 @@ def _make_images(dest: Path, data: Collected, palette: list[str], pool: cf.Proce
 
     if pool is None:
         for batch in _batches(_jobs(data, palette)):
-            record(work.make(dest, batch))
+            record(work.make(place, batch))
         return failed
     # Bounded in flight: the page contexts of 50,000 images need not all exist at once.
     pending: set[cf.Future[list[work.Done]]] = set()
@@ -244,7 +250,7 @@ def _make_images(dest: Path, data: Collected, palette: list[str], pool: cf.Proce
             finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for f in finished:
                 record(f.result())
-        pending.add(pool.submit(work.make, dest, batch))
+        pending.add(pool.submit(work.make, place, batch))
     for f in cf.as_completed(pending):
         record(f.result())
     return failed
@@ -258,7 +264,7 @@ def _js(name: str, value: object) -> bytes:
     return f"OIG.put({json.dumps(name)},{json.dumps(value, separators=(',', ':'))});\n".encode()
 
 
-def _write_site(out_name: str, dest: Path, data: Collected, palette: list[str], statuses: dict[str, int], page_size: int,
+def _write_site(out_name: str, tree: Tree, data: Collected, palette: list[str], statuses: dict[str, int], page_size: int,
                 failed: dict[str, str], result: GalleryResult) -> None:
     entries = data.entries
     mids, names = data.classes.mids, data.classes.names
@@ -272,24 +278,24 @@ def _write_site(out_name: str, dest: Path, data: Collected, palette: list[str], 
     split_of = {s: k for k, s in enumerate(splits)}
     for start in range(0, len(entries), page_size):
         chunk = [_tile(e, split_of, e.image_id not in failed) for e in entries[start : start + page_size]]
-        write_file(dest / "data" / f"chunk-{start // page_size}.js", _js(f"chunk-{start // page_size}", chunk))
+        write_file(tree, f"data/chunk-{start // page_size}.js", _js(f"chunk-{start // page_size}", chunk))
     for c, members in per_class.items():
-        write_file(dest / "data" / f"class-{c}.js", _js(f"class-{c}", members))
+        write_file(tree, f"data/class-{c}.js", _js(f"class-{c}", members))
     for s, members in per_split.items():
-        write_file(dest / "data" / f"split-{split_of[s]}.js", _js(f"split-{split_of[s]}", members))
+        write_file(tree, f"data/split-{split_of[s]}.js", _js(f"split-{split_of[s]}", members))
     meta = {"total": len(entries), "pageSize": page_size, "classes": [[m, names[c], palette[c]] for c, m in enumerate(mids)],
             "splits": splits}
-    write_file(dest / "data" / "meta.js", _js("meta", meta))
+    write_file(tree, "data/meta.js", _js("meta", meta))
     for name in ("gallery.css", "gallery.js"):
-        write_file(dest / "assets" / name, resources.files("oidownload.gallery").joinpath("static", name).read_bytes())
+        write_file(tree, f"assets/{name}", resources.files("oidownload.gallery").joinpath("static", name).read_bytes())
     common = {"root": "", "version": __version__, "out_name": out_name, "summary": result}
     class_options = sorted(((names[c], mids[c], c, len(m)) for c, m in per_class.items()), key=lambda t: (t[0].casefold(), t[1]))
-    write_file(dest / "index.html", render("index.html", {
+    write_file(tree, "index.html", render("index.html", {
         **common, "scripts": True, "title": "Gallery", "classes": class_options,
         "splits": [(k, s, len(per_split[s])) for k, s in enumerate(splits)], "page_size": page_size,
     }).encode())
     figs = figures(data, statuses)
-    write_file(dest / "stats.html", render("stats.html", {
+    write_file(tree, "stats.html", render("stats.html", {
         **common, "scripts": False, "title": "Statistics",
         "figures": [(f, charts.chart(f)) for f in figs], "data": data, "statuses": statuses,
     }).encode())

@@ -23,10 +23,12 @@ def read_image(reader: Reader, location: str) -> bytes:
     return reader.read(location)
 
 
-def link_image(reader: Reader, location: str, dest: Path) -> bool:
-    """Hard-links the image at `location` as `dest` when the output keeps it as a plain
-    file on this filesystem (no copy, no extra space); False when it cannot."""
-    return isinstance(reader, FileReader) and isinstance(reader.blobs, LocalBlobs) and reader.blobs.link(location, dest)
+def link_image(reader: Reader, location: str, dest_dir_fd: int, dest: str) -> bool:
+    """Hard-links the image at `location` as `dest` in the folder dest_dir_fd when the
+    output keeps it as a plain file on this filesystem (no copy, no extra space); False
+    when it cannot."""
+    return (isinstance(reader, FileReader) and isinstance(reader.blobs, LocalBlobs)
+            and reader.blobs.link(location, dest_dir_fd, dest))
 
 
 def status_counts(state: StateDir) -> dict[str, int]:

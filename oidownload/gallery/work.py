@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from ..fsio import atomic_file, temp_name
+from ..fsio import Place, Tree, temp_name
 from ..sinks import Reader
 from ..state import StateDir
 from .reads import link_image, read_image
@@ -57,39 +55,39 @@ def init(state: StateDir) -> None:
     _reader = state.reader()
 
 
-def make(dest: Path, jobs: list[Job]) -> list[Done]:
+def make(place: Place, jobs: list[Job]) -> list[Done]:
     assert _reader is not None, "work.init() first"
-    return [_one(_reader, dest, job) for job in jobs]
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Whole or absent (a temporary name, then a rename); the folder is made only when
-    it is missing, not tried before every file."""
     try:
-        with atomic_file(path, "wb") as f:
-            f.write(data)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path, "wb") as f:
-            f.write(data)
+        tree = place.open(create=False)
+    except OSError as exc:  # the gallery folder swapped for a link since the build began
+        return [Done(job.image_id, f"cannot write the gallery: {exc.strerror or exc}", 0) for job in jobs]
+    with tree:
+        return [_one(_reader, tree, job) for job in jobs]
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
+def write_file(tree: Tree, rel: str, data: bytes) -> None:
+    """Whole or absent (a temporary name, then a rename), missing folders made on the
+    way; nothing below the gallery folder is followed if it is a symlink."""
+    tree.write_bytes(rel, data)
+
+
+def _write_if_changed(tree: Tree, rel: str, data: bytes) -> None:
     """A rebuild leaves a file alone when it would not change: reading a small file costs
     far less than creating one."""
     try:
-        with open(path, "rb") as f:
-            if f.read(len(data) + 1) == data:
-                return
+        if tree.read_bytes(rel, len(data) + 1) == data:
+            return
     except OSError:
         pass
-    write_file(path, data)
+    write_file(tree, rel, data)
 
 
-def _one(reader: Reader, dest: Path, job: Job) -> Done:
-    _write_if_changed(dest / job.page, render("image.html", job.context).encode())  # makes the folder
-    thumb, full = dest / job.thumb, dest / job.full
-    if thumb.exists() and full.exists():
+def _one(reader: Reader, tree: Tree, job: Job) -> Done:
+    try:
+        _write_if_changed(tree, job.page, render("image.html", job.context).encode())  # makes the folder
+    except OSError as exc:  # images/<abc> a symlink: refused
+        return Done(job.image_id, f"cannot write its page: {exc.strerror or exc}", 0)
+    if tree.is_file(job.thumb) and tree.is_file(job.full):
         return Done(job.image_id, "", 0)  # made by an earlier build: images never change once ok
     try:
         data = read_image(reader, job.location)
@@ -106,27 +104,29 @@ def _one(reader: Reader, dest: Path, job: Job) -> Done:
             small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
             buf = io.BytesIO()
             small.save(buf, "JPEG", quality=THUMB_QUALITY)
-            write_file(thumb, buf.getvalue())
+            write_file(tree, job.thumb, buf.getvalue())
         if turned:
             with Image.open(io.BytesIO(data)) as im:  # again: the first decode was at reduced scale
                 buf = io.BytesIO()
                 im.convert("RGB").save(buf, "JPEG", quality=95)
-                write_file(full, buf.getvalue())
+                write_file(tree, job.full, buf.getvalue())
         else:
-            _place_full(reader, job.location, full, data)
+            _place_full(reader, job.location, tree, job.full, data)
     except Exception as exc:  # the pool's boundary: Pillow raises many kinds of errors
         return Done(job.image_id, f"cannot make a thumbnail: {exc}", len(data))
     return Done(job.image_id, "", len(data))
 
 
-def _place_full(reader: Reader, location: str, full: Path, data: bytes) -> None:
+def _place_full(reader: Reader, location: str, tree: Tree, full: str, data: bytes) -> None:
     """A hard link to the written file when it is one on this filesystem, else a copy."""
-    tmp = full.with_name(temp_name(full.name))
-    if link_image(reader, location, tmp):
-        try:
-            os.replace(tmp, full)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return
-    write_file(full, data)
+    *parts, name = full.split("/")
+    with tree.sub(parts) as folder:
+        tmp = temp_name(name)
+        if link_image(reader, location, folder.fd, tmp):
+            try:
+                folder.replace(tmp, name)
+            except BaseException:
+                folder.unlink(tmp, missing_ok=True)
+                raise
+            return
+    write_file(tree, full, data)

@@ -208,11 +208,12 @@ class LocalBlobs:
         with os.fdopen(self._open(key), "rb") as f:
             return f.read()
 
-    def link(self, key: str, dest: Path) -> bool:
-        """Hard-links the file at key as dest (a copy that costs no space); False when it
-        cannot be (another filesystem). Symlinks below the root are refused, as by read."""
+    def link(self, key: str, dest_dir_fd: int, dest: str) -> bool:
+        """Hard-links the file at key as dest in the folder dest_dir_fd (a copy that costs
+        no space); False when it cannot be (another filesystem). Symlinks below the root
+        are refused, as by read."""
         folders, name = self._split(key)
-        return fsio.link_below(self.root, folders, name, dest)
+        return fsio.link_below(self.root, folders, name, dest_dir_fd, dest)
 
     def read_range(self, key: str, offset: int, size: int) -> bytes:
         fd = self._open(key)
