@@ -67,6 +67,7 @@ FILES: dict[str, tuple[str, ...]] = {
     ),
 }
 _CHUNK = 1 << 20
+ARCHIVES = ".archives"  # under DEST: the V3 archives, kept for resume and "already there"
 # The most a file may have when the server publishes no size (a chunked body): the
 # largest official file is under 4 GB; a body that never ends stops here.
 MAX_SIZE_MB = 8192
@@ -246,18 +247,37 @@ async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ..
     with tree:
         async with aiohttp.ClientSession(timeout=timeout, headers={"Accept-Encoding": "identity"}) as session:
             for rel in files:
+                archive = rel.endswith((".tar.gz", ".tgz"))
+                # An archive is kept in DEST/.archives/, not beside what it unpacks to: `db load
+                # DEST` would find both and load every row twice (it passes over hidden folders).
                 try:
-                    got = await _fetch(session, base + rel, tree, Path(rel).name, bars, max_bytes)
+                    where = _archives(tree, Path(rel).name) if archive else tree
+                except OSError as exc:
+                    raise OutputError(f"cannot use {dest / ARCHIVES}: {exc.strerror or exc}") from None
+                try:
+                    got = await _fetch(session, base + rel, where, Path(rel).name, bars, max_bytes)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     raise OutputError(f"{base + rel}: {type(exc).__name__}: {exc}; run again to resume") from None
                 except OSError as exc:
                     raise OutputError(f"cannot write {dest / Path(rel).name}: {exc.strerror or exc}") from None
+                finally:
+                    if where is not tree:
+                        where.close()
                 results.append(got)
-                if got.name.endswith((".tar.gz", ".tgz")):
+                if archive:
                     archive_only = () if matches(rel, only) else only
                     results += await asyncio.get_running_loop().run_in_executor(None, unpack, got.path, dest,
                                                                                 archive_only)
     return results
+
+
+def _archives(tree: Tree, name: str) -> Tree:
+    """DEST/.archives/, with an archive an older version left in DEST moved into it."""
+    archives = tree.sub(ARCHIVES)
+    there = tree.lstat(name)
+    if there is not None and stat.S_ISREG(there.st_mode) and archives.lstat(name) is None:
+        tree.replace(name, (ARCHIVES, name))
+    return archives
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

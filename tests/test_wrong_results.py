@@ -197,3 +197,50 @@ def test_user_agent_is_sent_as_given_and_the_default_names_the_version(served: S
     assert "lab-fetcher/2 (ops@example.org)" in agents
     assert f"oidownload/{__version__} shard/0-of-1" in agents
     assert not any("github" in a or "http" in a for a in agents), agents
+
+
+def test_metadata_then_db_load_loads_every_row_once(served: Served, tmp_path: Path, make_origin: object) -> None:
+    """The README's database steps: `metadata` unpacks the V3 archives, `db load metadata/`
+    loads the folder; a COCO export from --db then carries each box once, as the CSVs do."""
+    import io
+    import tarfile
+
+    def tgz(members: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(f"2017_11/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    archives = {
+        "annotations_human_bbox_2017_11.tar.gz": tgz({"validation/annotations-human-bbox.csv": BOXES[1].read_bytes(),
+                                                       "train/annotations-human-bbox.csv": BOXES[0].read_bytes()}),
+        "classes_2017_11.tar.gz": tgz({"class-descriptions.csv": DESCRIPTIONS.read_bytes()}),
+    }
+    files = Origin(Corpus.generate(0, mix="tiny"), extra_files={f"2017_11/{k}": v for k, v in archives.items()})
+    with OriginThread(files) as meta_origin:
+        meta = tmp_path / "metadata"
+        res = run_cli("metadata", "--version", "v3", "-o", meta, "--base-url", f"{meta_origin.base_url}/files/",
+                      "--only", "annotations-human-bbox.csv", "--only", "class-descriptions.csv")
+        assert res.returncode == 0, res.stderr
+        # Run again: the archives are already there, nothing new appears beside the unpacked files.
+        res = run_cli("metadata", "--version", "v3", "-o", meta, "--base-url", f"{meta_origin.base_url}/files/",
+                      "--only", "annotations-human-bbox.csv", "--only", "class-descriptions.csv")
+        assert res.returncode == 0, res.stderr
+    assert not [p for p in meta.rglob("*.tar.gz") if ".archives" not in p.parts]
+    db = tmp_path / "oi.sqlite"
+    res = run_cli("db", "load", meta, "--db", db)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out"
+    res = run_cli("download", served.manifest, "-o", out, "--progress", "none", "--resize", "64", "--db", db,
+                  "--class", "/m/0cgh4", "--class", "/m/09j2d", "--class", "/m/01g317")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("annotations", out, "--format", "coco")
+    assert res.returncode == 0, res.stderr
+    coco = json.loads((out / "annotations" / "coco.json").read_text())
+    written = set(journal_rows(out))
+    mids = {"/m/0cgh4", "/m/09j2d", "/m/01g317"}
+    expected = [r for b in BOXES for r in rows_of(b) if r["ImageID"] in written and r["LabelName"] in mids]
+    assert expected and len(coco["annotations"]) == len(expected)

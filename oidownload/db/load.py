@@ -124,7 +124,10 @@ def expand(paths: Iterable[Path]) -> tuple[list[Item], list[Path]]:
     for top in paths:
         if not top.exists():
             raise InputError(f"{top}: no such file or folder")
-        found = sorted(p for p in top.rglob("*") if p.is_file() and not p.name.startswith(".")) if top.is_dir() else [top]
+        # Hidden files and folders are passed over: `metadata` keeps the V3 archives it
+        # unpacked in DEST/.archives/, and loading them too would load every row twice.
+        found = sorted(p for p in top.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(top).parts)) if top.is_dir() else [top]
         for path in found:
             if top.is_dir() and not path.name.endswith(_SUFFIXES):
                 raise InputError(f"{path}: not a file oidownload can load (in {top}); move it out or name the files")
