@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -556,6 +556,28 @@ class Journal:
             o.orientation, ",".join(f"{v:.6f}" for v in o.crop) if o.crop else None,
             clean_text(o.location, 2048) or None,
         )
+
+    def unfound(self, shard: str, kept: Collection[str], detail: str) -> int:
+        """Turns the ok rows located in `shard` ("subset/name.tar") whose ImageID is not
+        in `kept` into `damaged` (retryable, fetched again by this very run): recovery
+        found their samples gone from the output. Returns how many rows changed."""
+        prefix = shard + "#"
+        keep = {k.lower() for k in kept}
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            # No index on location: a full scan, paid only when recovery found a loss.
+            rows = conn.execute("SELECT id, location FROM outcomes WHERE status='ok' AND substr(location, 1, ?) = ?",
+                                (len(prefix), prefix)).fetchall()
+            lost = [(clean_text(detail), rid) for rid, loc in rows if str(loc)[len(prefix):].lower() not in keep]
+            conn.executemany("UPDATE outcomes SET status='damaged', final=0, detail=? WHERE id=? AND status='ok'", lost)
+            conn.execute("COMMIT")
+            return len(lost)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise _describe(self.path, exc) from None
 
     def set_meta(self, key: str, value: str) -> None:
         try:

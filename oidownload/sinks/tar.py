@@ -36,7 +36,7 @@ from ..config import OutputConfig, OutputKind
 from ..errors import OutputError
 from ..records import Outcome, Row, Status
 from ..shard import Shard
-from . import Blobs, Original, Release, Sink, Synced
+from . import Blobs, Original, Release, Sink, Synced, Unproven
 from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
 
 BLOCK = 512
@@ -207,6 +207,8 @@ class TarSink(Sink):
         self.state: dict[str, str | None] = {}
         self.error: BaseException | None = None
         self.touched: set[str] = set()
+        self.unproven: list[Unproven] = []
+        self._warnings: list[str] = []
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
@@ -232,34 +234,64 @@ class TarSink(Sink):
         if self.store.remote:
             self._upload_leftovers()
         self._remove_stray_parts()
-        found = Synced(self.committed, self.state)
-        self.committed, self.state = [], {}
+        found = Synced(self.committed, self.state, unproven=self.unproven)
+        self.committed, self.state, self.unproven = [], {}, []
         return found
+
+    def warnings(self) -> list[str]:
+        said, self._warnings = self._warnings, []
+        return said
 
     def _recover_subset(self, subset: str, seq: int, offset: int) -> None:
         """Shards close in order, so every closed shard of this task from the journal's
-        open one onwards was closed after the journal last heard of it: each is whole
-        and durable, and all its samples are adopted from its index. Otherwise the
-        journal's open shard is cut back to its journaled length and continued."""
-        closed = sorted(int(m.group(2)) for name, _ in self.store.blobs.files(subset)
+        open one onwards was closed after the journal last heard of it: each holds
+        the samples its own headers show whole, and those its index names are adopted.
+        Otherwise the journal's open shard is continued from what it provably holds."""
+        closed = sorted((int(m.group(2)), size) for name, size in self.store.blobs.files(subset)
                         if (m := SHARD_RE.fullmatch(name)) and int(m.group(1)) == self.shard.index
                         and int(m.group(2)) >= seq)
-        for n in closed:
-            self.committed += adopt(self.store.blobs, subset, shard_name(self.shard.index, n))
+        for n, size in closed:
+            name = shard_name(self.shard.index, n)
+            held = held_samples(self.store.blobs, f"{subset}/{name}", size)
+            self.committed += adopt(self.store.blobs, subset, name)
+            if n == seq and offset > 0:
+                # The journal's open shard, closed since: its journaled samples must be in it.
+                self.unproven.append(Unproven(f"{subset}/{name}", frozenset(held), (
+                    f"{self.store.blobs.describe(f'{subset}/{name}')} does not hold every sample the journal put in it")))
             self._closed(subset, n)
         if closed:
             return  # the journal's open shard is among them; any later part held nothing committed
         self.next_seq[subset] = seq
+        if offset > 0 and not self.store.remote:
+            self._continue(subset, seq, offset)
+
+    def _continue(self, subset: str, seq: int, offset: int) -> None:
+        """The journal's open shard, cut back to its journaled length and appended to.
+        A part that is shorter, garbled or gone (changed between runs) is cut at the
+        end of its last sample that is whole, so no reader ever stops early at a run of
+        zeros or a bad header; the journaled samples beyond it are fetched again."""
         name = shard_name(self.shard.index, seq)
-        part = self.store.folder(subset) / part_name(name) if offset > 0 else None
-        if part is not None and not self.store.remote and part.exists():
+        part = self.store.folder(subset) / part_name(name)
+        where = f"{subset}/{name}"
+        try:
             fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            os.ftruncate(fd, offset)  # what follows was never journaled
-            os.fsync(fd)
-            shard = _Open(subset, seq, name, part.parent, fd, offset, offset)
-            shard.samples = list(_scan(lambda pos, n: os.pread(fd, n, pos), offset))
-            self.open[subset] = shard
-            self.touched.add(subset)
+        except OSError as exc:
+            self.unproven.append(Unproven(where, frozenset(), f"the open shard {part} is gone ({exc.strerror or exc})"))
+            self.state[f"tar:{subset}"] = json.dumps({"subset": subset, "seq": seq, "offset": 0})
+            return
+        size = os.fstat(fd).st_size
+        samples, length = whole_samples(lambda pos, n: os.pread(fd, n, pos), min(offset, size))
+        os.ftruncate(fd, length)  # what follows was never journaled, or cannot be trusted
+        os.fsync(fd)
+        shard = _Open(subset, seq, name, part.parent, fd, length, length)
+        shard.samples = samples
+        self.open[subset] = shard
+        self.touched.add(subset)
+        if length < offset:
+            why = (f"the open shard {part} is shorter than the journal says ({size} of {offset} bytes)" if size < offset
+                   else f"the open shard {part} is damaged at byte {length} of the {offset} journaled")
+            self.unproven.append(Unproven(where, frozenset(s.outcome.image_id for s in samples), why))
+            self.state[f"tar:{subset}"] = json.dumps({"subset": subset, "seq": seq, "offset": length})
 
     def _upload_leftovers(self) -> None:
         """Remote: shards closed in the state dir whose upload never finished."""
@@ -510,26 +542,60 @@ def _copy(src: int, dst: int, offset: int, size: int) -> None:
         done += n
 
 
-def _scan(read_at: Callable[[int, int], bytes], end: int | None = None) -> Iterator[_Sample]:
-    """The samples of a tar up to `end` (or its end-of-archive), from its headers: an
-    open shard has no index yet. Only the keys and member offsets are known: enough
-    to continue the shard, or to read a sample back."""
-    pos = 0
+def whole_samples(read_at: Callable[[int, int], bytes], end: int | None = None) -> tuple[list[_Sample], int]:
+    """The samples of a tar that its own headers show whole within its first `end`
+    bytes (or up to its end-of-archive), and the length they end at: an open shard
+    has no index, and a closed one's index is only a claim. A sample is whole once
+    its JSON, the member written last, is; a header that does not parse (garbage,
+    zeros), a member that is not a file or that runs past `end`, or a sample cut
+    short by another ends the scan: nothing after it can be trusted."""
+    samples: list[_Sample] = []
+    pos = length = 0
     current: _Sample | None = None
     while end is None or pos + BLOCK <= end:
         head = read_at(pos, BLOCK)
-        if len(head) < BLOCK or head == bytes(BLOCK):
+        if len(head) < BLOCK:
             break
-        info = tarfile.TarInfo.frombuf(head, "utf-8", "strict")
+        try:
+            info = tarfile.TarInfo.frombuf(head, "utf-8", "strict")
+        except (tarfile.HeaderError, ValueError):
+            break
+        after = pos + BLOCK + _padded(info.size)
         key, _, suffix = info.name.partition(".")
-        if current is None or current.outcome.image_id != key:
-            if current is not None:
-                yield current
+        if not info.isreg() or not suffix or (end is not None and after > end):
+            break
+        if current is None:
             current = _Sample(Outcome(key, Status.OK), {})
+        elif current.outcome.image_id != key:
+            break
         current.members[suffix] = (pos + BLOCK, info.size)
-        pos += BLOCK + _padded(info.size)
-    if current is not None:
-        yield current
+        pos = after
+        if suffix == "json":
+            samples.append(current)
+            current, length = None, pos
+    return samples, length
+
+
+def _reader(blobs: Blobs, key: str) -> Callable[[int, int], bytes]:
+    """Reads of a blob for a header scan: straight ones for a local file; for a bucket,
+    through a window of a few MB, so a shard's headers cost a few requests, not one each."""
+    if blobs.local_path(key) is not None:
+        return lambda pos, n: blobs.read_range(key, pos, n)
+    start, data = 0, b""
+
+    def read_at(pos: int, n: int) -> bytes:
+        nonlocal start, data
+        if not (start <= pos and pos + n <= start + len(data)):
+            start, data = pos, blobs.read_range(key, pos, max(n, 8 << 20))
+        return data[pos - start : pos - start + n]
+
+    return read_at
+
+
+def held_samples(blobs: Blobs, key: str, size: int | None = None) -> dict[str, dict[str, tuple[int, int]]]:
+    """ImageID → members of the whole samples a shard's headers show."""
+    samples, _ = whole_samples(_reader(blobs, key), size)
+    return {s.outcome.image_id: s.members for s in samples}
 
 
 def read_index(blobs: Blobs, subset: str, shard: str) -> dict[str, Any]:
@@ -587,8 +653,7 @@ class TarReader:
             blob = next((b for b in (f"{subset}/{part_name(shard)}", f"{subset}/{shard}") if self.blobs.exists(b)), None)
             if blob is None:
                 raise
-            found = _scan(lambda pos, n: self.blobs.read_range(blob, pos, n))
-            return blob, {s.outcome.image_id: s.members for s in found}
+            return blob, held_samples(self.blobs, blob)
         return f"{subset}/{shard}", {str(s["key"]): {k: (int(v[0]), int(v[1])) for k, v in s["members"].items()}
                                      for s in index["samples"]}
 

@@ -1,0 +1,130 @@
+"""Webdataset shards changed behind the journal's back between runs: the open part cut
+short, deleted or garbled; a planted shard whose index claims rows; an index that is
+not JSON or names bad keys; a second copy of the same task writing into the same OUT
+with a state dir of its own. Recovery keeps what it can prove, fetches the rest again,
+never crashes and never leaves a tar that readers stop reading early."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from oidownload.testing.origin import Corpus, Latency, Origin
+from tests.conftest import journal_rows, run_cli
+
+StartOrigin = Callable[..., Origin]
+WDS = ("--output-format", "webdataset", "--shard-size", "1000", "--resize", "48", "--progress", "none")
+
+
+def _open_offset(out: Path) -> int:
+    """The journaled length of the open shard (0 when none yet)."""
+    for path in (out / ".oidownload").glob("journal-*.sqlite"):
+        conn = sqlite3.connect(path)
+        try:
+            for (value,) in conn.execute("SELECT value FROM sink_state WHERE key LIKE 'tar:%'"):
+                return int(json.loads(value).get("offset", 0))
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
+    return 0
+
+
+def _kill_with_open_part(out: Path, manifest: Path, at_least: int) -> Path:
+    """A webdataset run SIGKILLed once `at_least` samples are journaled in its open part."""
+    proc = subprocess.Popen([sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(out), *WDS,
+                             "--concurrency", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"the run ended before the kill: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                ok = sum(1 for s, _, _ in journal_rows(out).values() if s == "ok")
+                if ok >= at_least and _open_offset(out) > 0:
+                    break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    parts = list(out.rglob(".*.tar.part"))
+    assert len(parts) == 1, parts
+    return parts[0]
+
+
+def _check_tar(out: Path, expected: set[str]) -> None:
+    """Every expected sample once in the final tars, read to the end by tarfile and
+    webdataset, and each index agreeing with its tar."""
+    import webdataset as wds
+
+    seen: Counter[str] = Counter()
+    tars = sorted(out.rglob("*.tar"))
+    assert tars and not list(out.rglob("*.part"))
+    for tar in tars:
+        with tarfile.open(tar) as tf:
+            members = {m.name: m for m in tf.getmembers()}
+        keys = {name.split(".", 1)[0] for name in members}
+        seen.update(keys)
+        index = json.loads(tar.with_name(tar.name + ".idx.json").read_text())
+        assert {s["key"] for s in index["samples"]} == keys
+        for s in index["samples"]:
+            for suffix, (offset, size) in s["members"].items():
+                m = members[f"{s['key']}.{suffix}"]
+                assert (m.offset_data, m.size) == (offset, size)
+    assert set(seen) == expected and set(seen.values()) == {1}, {k: n for k, n in seen.items() if n != 1}
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(expected)
+
+
+def _garble_a_header(part: Path) -> None:
+    """512 bytes of garbage over the header of a member in the part's first half."""
+    headers = []
+    with open(part, "rb") as f:
+        pos = 0
+        while True:
+            f.seek(pos)
+            head = f.read(512)
+            if len(head) < 512:
+                break
+            info = tarfile.TarInfo.frombuf(head, "utf-8", "strict")
+            headers.append(pos)
+            pos += 512 + info.size + (-info.size % 512)
+    with open(part, "r+b") as f:
+        f.seek(headers[len(headers) // 3])
+        f.write(os.urandom(512))
+
+
+def test_open_part_cut_deleted_or_garbled_is_recovered(tmp_path: Path, make_origin: StartOrigin) -> None:
+    corpus = Corpus.generate(60, mix="tiny", seed=281)
+    origin = make_origin(corpus, latency=Latency(0.1))
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    killed = tmp_path / "killed"
+    part = _kill_with_open_part(killed, manifest, 12)
+    damage: dict[str, Callable[[Path], None]] = {
+        "cut": lambda p: os.truncate(p, p.stat().st_size // 2),
+        "deleted": lambda p: p.unlink(),
+        "garbled": _garble_a_header,
+    }
+    for what, spoil in damage.items():
+        out = tmp_path / what
+        shutil.copytree(killed, out)
+        spoil(out / part.relative_to(killed))
+        res = run_cli("download", manifest, "-o", out, *WDS)
+        assert res.returncode == 0, (what, res.stderr[-3000:])
+        assert "Traceback" not in res.stderr
+        assert part.name in res.stderr and "fetched again" in res.stderr, (what, res.stderr)
+        rows = journal_rows(out)
+        assert set(rows) == set(corpus.ids) and {s for s, _, _ in rows.values()} == {"ok"}, what
+        _check_tar(out, set(corpus.ids))
