@@ -34,7 +34,8 @@ from typing import Any, Protocol
 from .. import fsio
 from ..config import OutputConfig, OutputKind
 from ..errors import OutputError
-from ..records import Outcome, Row, Status
+from ..records import Outcome, Row, Status, clean_text
+from ..rows import ID_RE
 from ..shard import Shard
 from . import Blobs, Original, Release, Sink, Synced, Unproven
 from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
@@ -209,6 +210,7 @@ class TarSink(Sink):
         self.touched: set[str] = set()
         self.unproven: list[Unproven] = []
         self._warnings: list[str] = []
+        self._said: set[str] = set()
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
@@ -239,8 +241,11 @@ class TarSink(Sink):
         return found
 
     def warnings(self) -> list[str]:
-        said, self._warnings = self._warnings, []
-        return said
+        # A new journal has its output's shards adopted twice (recover, then rebuild): one warning each.
+        fresh = [w for w in dict.fromkeys(self._warnings) if w not in self._said]
+        self._said.update(fresh)
+        self._warnings = []
+        return fresh
 
     def _recover_subset(self, subset: str, seq: int, offset: int) -> None:
         """Shards close in order, so every closed shard of this task from the journal's
@@ -253,7 +258,7 @@ class TarSink(Sink):
         for n, size in closed:
             name = shard_name(self.shard.index, n)
             held = held_samples(self.store.blobs, f"{subset}/{name}", size)
-            self.committed += adopt(self.store.blobs, subset, name)
+            self.committed += self._adopt(subset, name, held)
             if n == seq and offset > 0:
                 # The journal's open shard, closed since: its journaled samples must be in it.
                 self.unproven.append(Unproven(f"{subset}/{name}", frozenset(held), (
@@ -293,6 +298,17 @@ class TarSink(Sink):
             self.unproven.append(Unproven(where, frozenset(s.outcome.image_id for s in samples), why))
             self.state[f"tar:{subset}"] = json.dumps({"subset": subset, "seq": seq, "offset": length})
 
+    def _adopt(self, subset: str, name: str, held: Mapping[str, Mapping[str, tuple[int, int]]]) -> list[Outcome]:
+        key = f"{subset}/{name}{INDEX_SUFFIX}"
+        blobs = self.store.blobs
+        try:
+            data = blobs.read(key)
+        except FileNotFoundError:
+            self._warnings.append(f"{blobs.describe(f'{subset}/{name}')} has no index: its samples are not taken "
+                                  "as done, and are fetched again")
+            return []
+        return adopt(data, blobs.describe(key), held, subset, name, self._warnings)
+
     def _upload_leftovers(self) -> None:
         """Remote: shards closed in the state dir whose upload never finished."""
         for folder in self.store.part_folders():
@@ -300,8 +316,11 @@ class TarSink(Sink):
                 m = SHARD_RE.fullmatch(entry.name)
                 if m and int(m.group(1)) == self.shard.index and (folder / index_part_name(entry.name)).exists():
                     subset = folder.name
+                    index = folder / index_part_name(entry.name)
+                    found = adopt(index.read_bytes(), str(index), _held_file(folder / entry.name), subset, entry.name,
+                                  self._warnings)
                     self.store.publish(subset, entry.name)
-                    self.committed += adopt(self.store.blobs, subset, entry.name)
+                    self.committed += found
                     self._closed(subset, int(m.group(2)))
                     (folder / entry.name).unlink(missing_ok=True)
                     (folder / index_part_name(entry.name)).unlink(missing_ok=True)
@@ -332,10 +351,11 @@ class TarSink(Sink):
     def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
         blobs = self.store.blobs
         for subset in blobs.folders(""):
-            for name, _ in blobs.files(subset):
-                shard = name[: -len(INDEX_SUFFIX)]
-                if name.endswith(INDEX_SUFFIX) and SHARD_RE.fullmatch(shard) and blobs.exists(f"{subset}/{shard}"):
-                    yield from (o for o in adopt(blobs, subset, shard) if owns(o.image_id))
+            files = dict(blobs.files(subset))
+            for name in sorted(files):
+                if SHARD_RE.fullmatch(name) and name + INDEX_SUFFIX in files:
+                    held = held_samples(blobs, f"{subset}/{name}", files[name])
+                    yield from (o for o in self._adopt(subset, name, held) if owns(o.image_id))
 
     # -- appending ----------------------------------------------------------------------
     def start(self) -> None:
@@ -519,7 +539,10 @@ class TarSink(Sink):
             for name, _ in blobs.files(subset):
                 shard = name[: -len(INDEX_SUFFIX)]
                 if name.endswith(INDEX_SUFFIX) and SHARD_RE.fullmatch(shard):
-                    index = json.loads(blobs.read(f"{subset}/{name}"))
+                    try:
+                        index = read_index(blobs, subset, shard)
+                    except BadIndex:
+                        continue  # not one of ours (recovery said so): a loader could not use it either
                     shards.append({"url": shard, "nsamples": len(index["samples"])})
             doc = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": subset,
                    "shardlist": sorted(shards, key=lambda s: str(s["url"]))}
@@ -592,31 +615,87 @@ def _reader(blobs: Blobs, key: str) -> Callable[[int, int], bytes]:
     return read_at
 
 
+def _held_file(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        samples, _ = whole_samples(lambda pos, n: os.pread(fd, n, pos), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return {s.outcome.image_id: s.members for s in samples}
+
+
 def held_samples(blobs: Blobs, key: str, size: int | None = None) -> dict[str, dict[str, tuple[int, int]]]:
     """ImageID → members of the whole samples a shard's headers show."""
     samples, _ = whole_samples(_reader(blobs, key), size)
     return {s.outcome.image_id: s.members for s in samples}
 
 
-def read_index(blobs: Blobs, subset: str, shard: str) -> dict[str, Any]:
-    doc = json.loads(blobs.read(f"{subset}/{shard}{INDEX_SUFFIX}"))
-    if not isinstance(doc, dict) or doc.get("kind") != INDEX_KIND:
-        raise OSError(f"{blobs.describe(f'{subset}/{shard}{INDEX_SUFFIX}')} is not an oidownload shard index")
+class BadIndex(ValueError):
+    """A shard index that is not one (not JSON, another kind of document)."""
+
+
+def parse_index(data: bytes, name: str) -> dict[str, Any]:
+    """A shard index's document; BadIndex naming it when it is not one."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:  # a JSONDecodeError, or bytes that are not UTF-8
+        raise BadIndex(f"{name} is not a shard index: it is not JSON ({clean_text(str(exc), 100)})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != INDEX_KIND or not isinstance(doc.get("samples"), list):
+        raise BadIndex(f"{name} is not an oidownload shard index")
     return doc
 
 
-def adopt(blobs: Blobs, subset: str, shard: str) -> list[Outcome]:
-    """Ok outcomes for every sample of a closed shard, from its index."""
+def read_index(blobs: Blobs, subset: str, shard: str) -> dict[str, Any]:
+    key = f"{subset}/{shard}{INDEX_SUFFIX}"
+    return parse_index(blobs.read(key), blobs.describe(key))
+
+
+def _adopted(s: Any, subset: str, shard: str) -> tuple[Outcome, dict[str, tuple[int, int]]]:
+    """An index entry as an ok outcome and its members; ValueError (or TypeError,
+    KeyError...) when it is not a well-formed sample of ours."""
+    image_id = s["key"]
+    if not isinstance(image_id, str) or not ID_RE.fullmatch(image_id):
+        raise ValueError(f"not an ImageID: {image_id!r}")
+    members = {str(k): (int(v[0]), int(v[1])) for k, v in s["members"].items()}
+    width, height, crop = s.get("width"), s.get("height"), s.get("crop")
+    if not all(v is None or type(v) is int for v in (width, height)):
+        raise ValueError("width and height are not integers")
+    return Outcome(
+        image_id, Status.OK, "found in a closed shard", subset=subset, ext=str(s.get("ext") or ""),
+        width=width, height=height, out_bytes=int(s.get("out_bytes") or 0),
+        verified=bool(s.get("verified")), orientation=int(s.get("orientation") or 1),
+        crop=_crop(crop) if crop else None, location=f"{subset}/{shard}#{image_id}",
+    ), members
+
+
+def _crop(crop: Any) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in crop)
+    return x0, y0, x1, y1
+
+
+def adopt(data: bytes, name: str, held: Mapping[str, Mapping[str, tuple[int, int]]], subset: str, shard: str,
+          warnings: list[str]) -> list[Outcome]:
+    """Ok outcomes for the samples of a closed shard that its index (`data`, read from
+    `name`) names and that the shard's own headers (`held`) show whole at the same
+    offsets: an index alone proves nothing. What is not adopted is said in `warnings`,
+    and fetched again."""
+    try:
+        entries = parse_index(data, name)["samples"]
+    except BadIndex as exc:
+        warnings.append(f"{exc}: the samples of its shard are not taken as done, and are fetched again")
+        return []
     found = []
-    for s in read_index(blobs, subset, shard)["samples"]:
-        image_id = str(s["key"])
-        crop = s.get("crop")
-        found.append(Outcome(
-            image_id, Status.OK, "found in a closed shard", subset=subset, ext=str(s.get("ext") or ""),
-            width=s.get("width"), height=s.get("height"), out_bytes=int(s.get("out_bytes") or 0),
-            verified=bool(s.get("verified")), orientation=int(s.get("orientation") or 1),
-            crop=tuple(crop) if crop else None, location=f"{subset}/{shard}#{image_id}",
-        ))
+    for s in entries:
+        try:
+            outcome, members = _adopted(s, subset, shard)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+            continue
+        if held.get(outcome.image_id) == members:
+            found.append(outcome)
+    if len(found) < len(entries):
+        warnings.append(f"{len(entries) - len(found)} of the {len(entries)} sample(s) that {name} names are not "
+                        "taken as done (a key that is not an ImageID, or not whole at that place in the shard "
+                        "itself): they are fetched again")
     return found
 
 
@@ -648,7 +727,7 @@ class TarReader:
     def _load(self, subset: str, shard: str) -> tuple[str, dict[str, dict[str, tuple[int, int]]]]:
         try:
             index = read_index(self.blobs, subset, shard)
-        except FileNotFoundError:
+        except (FileNotFoundError, BadIndex):
             # Still open, or a closed shard that lost its index: its own headers say it all.
             blob = next((b for b in (f"{subset}/{part_name(shard)}", f"{subset}/{shard}") if self.blobs.exists(b)), None)
             if blob is None:

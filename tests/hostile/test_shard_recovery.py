@@ -6,6 +6,7 @@ never crashes and never leaves a tar that readers stop reading early."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -128,3 +129,66 @@ def test_open_part_cut_deleted_or_garbled_is_recovered(tmp_path: Path, make_orig
         rows = journal_rows(out)
         assert set(rows) == set(corpus.ids) and {s for s, _, _ in rows.values()} == {"ok"}, what
         _check_tar(out, set(corpus.ids))
+
+
+def _plant_shard(folder: Path, name: str, samples: dict[str, bytes], index_keys: list[str]) -> None:
+    """A closed shard that holds `samples` (key → image bytes) and an index beside it
+    that names `index_keys`: the members of the keys it holds where they are, made-up
+    offsets for the others."""
+    with tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for key, data in samples.items():
+            for suffix, body in (("jpg", data), ("json", json.dumps({"ImageID": key}).encode())):
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(body)
+                tf.addfile(info, io.BytesIO(body))
+    with tarfile.open(folder / name) as tf:
+        members = {m.name: [m.offset_data, m.size] for m in tf.getmembers()}
+    entries = [{"key": k, "members": {"jpg": members.get(f"{k}.jpg", [512, 100]), "json": members.get(f"{k}.json", [1024, 10])},
+                "width": 48, "height": 48, "ext": "jpg", "source": "original", "verified": True, "out_bytes": 100,
+                "orientation": 1, "crop": None} for k in index_keys]
+    (folder / f"{name}.idx.json").write_text(json.dumps(
+        {"kind": "oidownload-tar-index-v1", "shard": name, "subset": folder.name, "size": 0, "samples": entries}))
+
+
+def _fetched(origin: Origin, before: Counter[str]) -> set[str]:
+    return {p.split("/")[-1].split("_")[0] for p, n in origin.requests.items() if n > before.get(p, 0)}
+
+
+def test_a_shard_is_adopted_only_for_what_its_tar_holds(tmp_path: Path, make_origin: StartOrigin) -> None:
+    corpus = Corpus.generate(30, mix="tiny", seed=282)
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    out = tmp_path / "out"
+    first = run_cli("download", manifest, "-o", out, *WDS, "--limit", "10")
+    assert first.returncode == 0, first.stderr
+    done = set(journal_rows(out))
+    rest = sorted(set(corpus.ids) - done)
+    folder = next(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A planted shard holding one of the rows not yet fetched, with an index naming all 20.
+    _plant_shard(folder, "00000-00099.tar", {rest[0]: b"\xff\xd8 not much of a JPEG"}, rest)
+    before = Counter(origin.requests)
+    res = run_cli("download", manifest, "-o", out, *WDS)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "00000-00099.tar.idx.json" in res.stderr and "fetched again" in res.stderr, res.stderr
+    assert _fetched(origin, before) == set(rest[1:])
+    rows = journal_rows(out)
+    assert {s for s, _, _ in rows.values()} == {"ok"} and set(rows) == set(corpus.ids)
+
+    # The state dir lost: an index that is not JSON, and one with keys that are no ImageIDs.
+    shutil.rmtree(out / ".oidownload")
+    (folder / "00000-00000.tar.idx.json").write_text("{ not json")
+    newest = max(folder.glob("00000-001*.tar.idx.json"))
+    index = json.loads(newest.read_text())
+    spoiled = [s["key"] for s in index["samples"][:3]]
+    for s, bad in zip(index["samples"][:3], ["../../etc/passwd", "not-hex", ""], strict=True):
+        s["key"] = bad
+    newest.write_text(json.dumps(index))
+    before = Counter(origin.requests)
+    res = run_cli("download", manifest, "-o", out, *WDS)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "00000-00000.tar.idx.json is not a shard index" in res.stderr and newest.name in res.stderr, res.stderr
+    assert _fetched(origin, before) == done | set(spoiled)
+    rows = journal_rows(out)
+    assert {s for s, _, _ in rows.values()} == {"ok"} and set(rows) == set(corpus.ids)
+    shard_list = json.loads((folder / "shards.json").read_text())
+    assert "00000-00000.tar" not in {s["url"] for s in shard_list["shardlist"]}
