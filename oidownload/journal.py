@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -638,17 +639,22 @@ def other_done_sets(state_dir: Path, shard: Shard, *, retry_failed: bool) -> lis
     return sets
 
 
-def take_lock(path: Path, purpose: str, busy: Callable[[str], str]) -> int:
+def take_lock(path: Path, purpose: str, busy: Callable[[str], str], *, required: bool = True) -> int:
     """The writer lock of a journal (an fcntl lock on its .lock file), held until the
     descriptor is closed. When another process holds it, OutputError(busy(holder)),
-    where holder says who ("pid 12 on node3", prefixed by what it does)."""
+    where holder says who ("pid 12 on node3", prefixed by what it does). Not
+    `required`: -1 when the filesystem takes no locks at all (an NFS mount without
+    its lock service), rather than calling that busy."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise OutputError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if not required and exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+            os.close(fd)
+            return -1
         holder = clean_text(os.pread(fd, 200, 0).decode("utf-8", "replace").strip(), 200)
         os.close(fd)
         raise OutputError(busy(holder or "unknown")) from None

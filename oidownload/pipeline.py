@@ -780,7 +780,10 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
         finally:
-            journal.close()
+            try:
+                sink.release()
+            finally:
+                journal.close()
     finally:
         workers.shutdown(kill=run is not None and run.abandoned)
     if not run.abandoned:

@@ -100,6 +100,10 @@ class Sink:
         lost (a fresh state dir next to a used output)."""
         return iter(())
 
+    def release(self) -> None:
+        """End of the process's use of the output, however the run ended: what
+        `recover` claimed (a lock) is given back."""
+
     def warnings(self) -> list[str]:
         """What `recover` or `rebuild` found wrong in the output and did not trust (an
         unreadable index, say), each said once: the caller logs them."""

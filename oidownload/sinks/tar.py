@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from .. import fsio
 from ..config import OutputConfig, OutputKind
 from ..errors import OutputError
+from ..journal import take_lock
 from ..records import Outcome, Row, Status, clean_text
 from ..rows import ID_RE
 from ..shard import Shard
@@ -144,6 +145,12 @@ class ShardStore(Protocol):
         """Before any download: OutputError when the output cannot be written."""
         ...
 
+    def lock(self, task: int) -> int | None:
+        """Claims the task's shard names in the output itself, whatever the state dir:
+        a descriptor to close at the end, None where the output cannot hold a lock.
+        OutputError when another process holds it."""
+        ...
+
 
 class LocalShards:
     remote = False
@@ -186,6 +193,18 @@ class LocalShards:
         with fsio.atomic_file(self.out / folder / name, "wb") as f:
             f.write(data)
 
+    def lock(self, task: int) -> int | None:
+        # The journal's lock lives in the state dir, which each copy of a task may have
+        # of its own (node-local state, a requeued task still running elsewhere): two
+        # copies would then truncate and append to the same open shard. A filesystem
+        # that takes no locks leaves only the journal's.
+        path = self.out / f".shards-{task:05d}.lock"
+        fd = take_lock(path, "", lambda holder: (
+            f"another oidownload process ({holder}) is writing task {task}'s webdataset shards into {self.out} "
+            f"(it holds {path}); two copies of one task would overwrite each other's shards: wait for it, "
+            "or stop it first"), required=False)
+        return None if fd < 0 else fd
+
 
 class TarSink(Sink):
     kind = OutputKind.WEBDATASET
@@ -211,9 +230,15 @@ class TarSink(Sink):
         self.unproven: list[Unproven] = []
         self._warnings: list[str] = []
         self._said: set[str] = set()
+        self.lock_fd: int | None = None
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def prepare(self) -> None:
         try:
@@ -224,6 +249,8 @@ class TarSink(Sink):
 
     # -- recovery -----------------------------------------------------------------------
     def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> Synced:
+        if self.lock_fd is None:
+            self.lock_fd = self.store.lock(self.shard.index)
         clear_staging(self.staging)
         where: dict[str, tuple[int, int]] = {}
         for key, value in state.items():

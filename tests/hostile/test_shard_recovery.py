@@ -192,3 +192,28 @@ def test_a_shard_is_adopted_only_for_what_its_tar_holds(tmp_path: Path, make_ori
     assert {s for s, _, _ in rows.values()} == {"ok"} and set(rows) == set(corpus.ids)
     shard_list = json.loads((folder / "shards.json").read_text())
     assert "00000-00000.tar" not in {s["url"] for s in shard_list["shardlist"]}
+
+
+def test_a_second_copy_of_the_task_with_its_own_state_dir_is_refused(tmp_path: Path, make_origin: StartOrigin) -> None:
+    corpus = Corpus.generate(50, mix="tiny", seed=283)
+    origin = make_origin(corpus, latency=Latency(0.2))  # the first copy runs for 5 s at least
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(out), *WDS,
+                              "--concurrency", "2", "--state-dir", str(tmp_path / "state-a")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.rglob(".*.tar.part")) and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first copy ended too soon"
+        second = run_cli("download", manifest, "-o", out, *WDS, "--state-dir", tmp_path / "state-b")
+        assert second.returncode == 1, second.stderr
+        assert "another oidownload process" in second.stderr and "Traceback" not in second.stderr, second.stderr
+        assert not list((tmp_path / "state-b").rglob("running-*"))
+    finally:
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    # The second copy asked for nothing and touched no shard: the first's output is whole.
+    assert sorted(origin.requests.values()) == [1] * len(corpus.ids)
+    _check_tar(out, set(corpus.ids))
