@@ -626,11 +626,9 @@ def whole_samples(read_at: Callable[[int, int], bytes], end: int | None = None) 
     return samples, length
 
 
-def _reader(blobs: Blobs, key: str) -> Callable[[int, int], bytes]:
-    """Reads of a blob for a header scan: straight ones for a local file; for a bucket,
-    through a window of a few MB, so a shard's headers cost a few requests, not one each."""
-    if blobs.local_path(key) is not None:
-        return lambda pos, n: blobs.read_range(key, pos, n)
+def _bucket_reader(blobs: Blobs, key: str) -> Callable[[int, int], bytes]:
+    """Reads of a remote blob for a header scan, through a window of a few MB, so a
+    shard's headers cost a few requests, not one each."""
     start, data = 0, b""
 
     def read_at(pos: int, n: int) -> bytes:
@@ -642,18 +640,30 @@ def _reader(blobs: Blobs, key: str) -> Callable[[int, int], bytes]:
     return read_at
 
 
+def _held_fd(fd: int) -> dict[str, dict[str, tuple[int, int]]]:
+    samples, _ = whole_samples(lambda pos, n: os.pread(fd, n, pos), os.fstat(fd).st_size)
+    return {s.outcome.image_id: s.members for s in samples}
+
+
 def _held_file(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        samples, _ = whole_samples(lambda pos, n: os.pread(fd, n, pos), os.fstat(fd).st_size)
+        return _held_fd(fd)
     finally:
         os.close(fd)
-    return {s.outcome.image_id: s.members for s in samples}
 
 
 def held_samples(blobs: Blobs, key: str, size: int | None = None) -> dict[str, dict[str, tuple[int, int]]]:
     """ImageID → members of the whole samples a shard's headers show."""
-    samples, _ = whole_samples(_reader(blobs, key), size)
+    from .files import LocalBlobs
+
+    if isinstance(blobs, LocalBlobs):
+        fd = blobs.open_read(key)  # once: a rebuild scans millions of headers
+        try:
+            return _held_fd(fd)
+        finally:
+            os.close(fd)
+    samples, _ = whole_samples(_bucket_reader(blobs, key), size)
     return {s.outcome.image_id: s.members for s in samples}
 
 
