@@ -109,7 +109,7 @@ def _garble_a_header(part: Path) -> None:
 
 def test_open_part_cut_deleted_or_garbled_is_recovered(tmp_path: Path, make_origin: StartOrigin) -> None:
     corpus = Corpus.generate(60, mix="tiny", seed=281)
-    origin = make_origin(corpus, latency=Latency(0.1))
+    origin = make_origin(corpus, latency=Latency(0.15))  # 4.5 s at least: the kill comes well before the end
     manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
     killed = tmp_path / "killed"
     part = _kill_with_open_part(killed, manifest, 12)
