@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -19,7 +20,7 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -574,6 +575,28 @@ class Journal:
             clean_text(o.location, 2048) or None,
         )
 
+    def unfound(self, shard: str, kept: Collection[str], detail: str) -> int:
+        """Turns the ok rows located in `shard` ("subset/name.tar") whose ImageID is not
+        in `kept` into `damaged` (retryable, fetched again by this very run): recovery
+        found their samples gone from the output. Returns how many rows changed."""
+        prefix = shard + "#"
+        keep = {k.lower() for k in kept}
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            # No index on location: a full scan, paid only when recovery found a loss.
+            rows = conn.execute("SELECT id, location FROM outcomes WHERE status='ok' AND substr(location, 1, ?) = ?",
+                                (len(prefix), prefix)).fetchall()
+            lost = [(clean_text(detail), rid) for rid, loc in rows if str(loc)[len(prefix):].lower() not in keep]
+            conn.executemany("UPDATE outcomes SET status='damaged', final=0, detail=? WHERE id=? AND status='ok'", lost)
+            conn.execute("COMMIT")
+            return len(lost)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise _describe(self.path, exc) from None
+
     def set_meta(self, key: str, value: str) -> None:
         try:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
@@ -633,17 +656,22 @@ def other_done_sets(state_dir: Path, shard: Shard, *, retry_failed: bool) -> lis
     return sets
 
 
-def take_lock(path: Path, purpose: str, busy: Callable[[str], str]) -> int:
+def take_lock(path: Path, purpose: str, busy: Callable[[str], str], *, required: bool = True) -> int:
     """The writer lock of a journal (an fcntl lock on its .lock file), held until the
     descriptor is closed. When another process holds it, OutputError(busy(holder)),
-    where holder says who ("pid 12 on node3", prefixed by what it does)."""
+    where holder says who ("pid 12 on node3", prefixed by what it does). Not
+    `required`: -1 when the filesystem takes no locks at all (an NFS mount without
+    its lock service), rather than calling that busy."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise OutputError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if not required and exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+            os.close(fd)
+            return -1
         holder = clean_text(os.pread(fd, 200, 0).decode("utf-8", "replace").strip(), 200)
         os.close(fd)
         raise OutputError(busy(holder or "unknown")) from None

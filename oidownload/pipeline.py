@@ -701,6 +701,8 @@ def _rebuild(journal: Journal, sink: Sink, shard: Shard, progress: Progress) -> 
             batch = []
     journal.record(batch)
     found += len(batch)
+    for warning in sink.warnings():
+        progress.log("rebuild", warning, level="warning")
     if found:
         progress.log("rebuild", f"the journal was new: found {found} image(s) already in {sink.describe()}; "
                      "they are not fetched again", rebuilt=found)
@@ -737,7 +739,15 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             marker = state_dir / f"running-{shard.tag}"
             crashed = marker.exists()
             found = sink.recover(journal.sink_state(), shard.owns, crashed)
+            # Before the state that goes with it: a crash in between finds the same loss again.
+            for lost in found.unproven:
+                n = journal.unfound(lost.shard, lost.kept, f"{lost.why}: fetched again")
+                if n:
+                    progress.log("recover", f"{lost.why}: {n} sample(s) journaled in it are not there and "
+                                 "are fetched again", level="warning", shard_file=lost.shard, lost=n)
             journal.record(found.committed, found.state)
+            for warning in sink.warnings():
+                progress.log("recover", warning, level="warning")
             if crashed:
                 progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; "
                              f"cleaned up after it in {sink.describe()}")
@@ -774,7 +784,10 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
         finally:
-            journal.close()
+            try:
+                sink.release()
+            finally:
+                journal.close()
     finally:
         workers.shutdown(kill=run is not None and run.abandoned)
     if not run.abandoned:

@@ -75,7 +75,7 @@ STATUS_MEANING: dict[Status, str] = {
     Status.BAD_ROW: "the input row is malformed (see detail for file:line)",
     Status.WRITE_ERROR: "the file could not be written",
     Status.WORKER_DIED: "the worker processing the image died, twice (the out-of-memory killer?)",
-    Status.DAMAGED: "`verify` found the written image missing or damaged: the next download fetches it again",
+    Status.DAMAGED: "`verify`, or a download resuming a shard, found the written image missing or damaged: the next download fetches it again",
 }
 
 

@@ -46,6 +46,18 @@ class Target(Protocol):
     def place(self, subset: str, image_id: str, members: Sequence[Member]) -> Placed: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Unproven:
+    """A shard the journal says holds samples, found by recovery to hold only `kept`
+    of them (cut short, deleted, garbled): every ok row located in it (`shard` is the
+    location's "subset/name.tar" part) whose ImageID is not kept becomes retryable.
+    `why` names the file and what was wrong with it, for the warning and the rows."""
+
+    shard: str
+    kept: frozenset[str]
+    why: str
+
+
 @dataclass(slots=True)
 class Synced:
     """What a sync made safe: the outcomes to journal now, and the sink's own state
@@ -57,6 +69,8 @@ class Synced:
     # A failure that must stop the run (the bucket went away, the disk failed); what
     # was committed before it is still journaled.
     error: OidownloadError | None = None
+    # Recovery only: shards found holding less than the journal says.
+    unproven: list[Unproven] = field(default_factory=list)
 
 
 class Sink:
@@ -85,6 +99,15 @@ class Sink:
         """Outcomes for the images the output already holds, for a journal that was
         lost (a fresh state dir next to a used output)."""
         return iter(())
+
+    def release(self) -> None:
+        """End of the process's use of the output, however the run ended: what
+        `recover` claimed (a lock) is given back."""
+
+    def warnings(self) -> list[str]:
+        """What `recover` or `rebuild` found wrong in the output and did not trust (an
+        unreadable index, say), each said once: the caller logs them."""
+        return []
 
     def publish(self, outcome: Outcome, row: Row | None, release: Release) -> None:
         """Takes an ok outcome whose files are staged; it is committed by a later sync.

@@ -204,6 +204,10 @@ class LocalBlobs:
         finally:
             os.close(dfd)
 
+    def open_read(self, key: str) -> int:
+        """A descriptor to read the file at key from, reached as `read` reaches it."""
+        return self._open(key)
+
     def read(self, key: str) -> bytes:
         with os.fdopen(self._open(key), "rb") as f:
             return f.read()

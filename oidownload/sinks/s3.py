@@ -233,6 +233,9 @@ class S3Shards:
     def check(self) -> None:
         self.s3.check_writable()
 
+    def lock(self, task: int) -> int | None:
+        return None  # a bucket holds no lock; the shards are built in the state dir
+
     def put(self, key: str, data: bytes) -> None:
         try:
             self.s3.ob.put(self.s3.store, key, data)

@@ -34,9 +34,11 @@ from typing import Any, Protocol
 from .. import fsio
 from ..config import OutputConfig, OutputKind
 from ..errors import OutputError
-from ..records import Outcome, Row, Status
+from ..journal import take_lock
+from ..records import Outcome, Row, Status, clean_text
+from ..rows import ID_RE
 from ..shard import Shard
-from . import Blobs, Original, Release, Sink, Synced
+from . import Blobs, Original, Release, Sink, Synced, Unproven
 from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
 
 BLOCK = 512
@@ -143,6 +145,12 @@ class ShardStore(Protocol):
         """Before any download: OutputError when the output cannot be written."""
         ...
 
+    def lock(self, task: int) -> int | None:
+        """Claims the task's shard names in the output itself, whatever the state dir:
+        a descriptor to close at the end, None where the output cannot hold a lock.
+        OutputError when another process holds it."""
+        ...
+
 
 class LocalShards:
     remote = False
@@ -185,6 +193,18 @@ class LocalShards:
         with fsio.atomic_file(self.out / folder / name, "wb") as f:
             f.write(data)
 
+    def lock(self, task: int) -> int | None:
+        # The journal's lock lives in the state dir, which each copy of a task may have
+        # of its own (node-local state, a requeued task still running elsewhere): two
+        # copies would then truncate and append to the same open shard. A filesystem
+        # that takes no locks leaves only the journal's.
+        path = self.out / f".shards-{task:05d}.lock"
+        fd = take_lock(path, "", lambda holder: (
+            f"another oidownload process ({holder}) is writing task {task}'s webdataset shards into {self.out} "
+            f"(it holds {path}); two copies of one task would overwrite each other's shards: wait for it, "
+            "or stop it first"), required=False)
+        return None if fd < 0 else fd
+
 
 class TarSink(Sink):
     kind = OutputKind.WEBDATASET
@@ -207,9 +227,18 @@ class TarSink(Sink):
         self.state: dict[str, str | None] = {}
         self.error: BaseException | None = None
         self.touched: set[str] = set()
+        self.unproven: list[Unproven] = []
+        self._warnings: list[str] = []
+        self._said: set[str] = set()
+        self.lock_fd: int | None = None
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def prepare(self) -> None:
         try:
@@ -220,6 +249,8 @@ class TarSink(Sink):
 
     # -- recovery -----------------------------------------------------------------------
     def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> Synced:
+        if self.lock_fd is None:
+            self.lock_fd = self.store.lock(self.shard.index)
         clear_staging(self.staging)
         where: dict[str, tuple[int, int]] = {}
         for key, value in state.items():
@@ -232,34 +263,78 @@ class TarSink(Sink):
         if self.store.remote:
             self._upload_leftovers()
         self._remove_stray_parts()
-        found = Synced(self.committed, self.state)
-        self.committed, self.state = [], {}
+        found = Synced(self.committed, self.state, unproven=self.unproven)
+        self.committed, self.state, self.unproven = [], {}, []
         return found
+
+    def warnings(self) -> list[str]:
+        # A new journal has its output's shards adopted twice (recover, then rebuild): one warning each.
+        fresh = [w for w in dict.fromkeys(self._warnings) if w not in self._said]
+        self._said.update(fresh)
+        self._warnings = []
+        return fresh
 
     def _recover_subset(self, subset: str, seq: int, offset: int) -> None:
         """Shards close in order, so every closed shard of this task from the journal's
-        open one onwards was closed after the journal last heard of it: each is whole
-        and durable, and all its samples are adopted from its index. Otherwise the
-        journal's open shard is cut back to its journaled length and continued."""
-        closed = sorted(int(m.group(2)) for name, _ in self.store.blobs.files(subset)
+        open one onwards was closed after the journal last heard of it: each holds
+        the samples its own headers show whole, and those its index names are adopted.
+        Otherwise the journal's open shard is continued from what it provably holds."""
+        closed = sorted((int(m.group(2)), size) for name, size in self.store.blobs.files(subset)
                         if (m := SHARD_RE.fullmatch(name)) and int(m.group(1)) == self.shard.index
                         and int(m.group(2)) >= seq)
-        for n in closed:
-            self.committed += adopt(self.store.blobs, subset, shard_name(self.shard.index, n))
+        for n, size in closed:
+            name = shard_name(self.shard.index, n)
+            held = held_samples(self.store.blobs, f"{subset}/{name}", size)
+            self.committed += self._adopt(subset, name, held)
+            if n == seq and offset > 0:
+                # The journal's open shard, closed since: its journaled samples must be in it.
+                self.unproven.append(Unproven(f"{subset}/{name}", frozenset(held), (
+                    f"{self.store.blobs.describe(f'{subset}/{name}')} does not hold every sample the journal put in it")))
             self._closed(subset, n)
         if closed:
             return  # the journal's open shard is among them; any later part held nothing committed
         self.next_seq[subset] = seq
+        if offset > 0 and not self.store.remote:
+            self._continue(subset, seq, offset)
+
+    def _continue(self, subset: str, seq: int, offset: int) -> None:
+        """The journal's open shard, cut back to its journaled length and appended to.
+        A part that is shorter, garbled or gone (changed between runs) is cut at the
+        end of its last sample that is whole, so no reader ever stops early at a run of
+        zeros or a bad header; the journaled samples beyond it are fetched again."""
         name = shard_name(self.shard.index, seq)
-        part = self.store.folder(subset) / part_name(name) if offset > 0 else None
-        if part is not None and not self.store.remote and part.exists():
+        part = self.store.folder(subset) / part_name(name)
+        where = f"{subset}/{name}"
+        try:
             fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            os.ftruncate(fd, offset)  # what follows was never journaled
-            os.fsync(fd)
-            shard = _Open(subset, seq, name, part.parent, fd, offset, offset)
-            shard.samples = list(_scan(lambda pos, n: os.pread(fd, n, pos), offset))
-            self.open[subset] = shard
-            self.touched.add(subset)
+        except OSError as exc:
+            self.unproven.append(Unproven(where, frozenset(), f"the open shard {part} is gone ({exc.strerror or exc})"))
+            self.state[f"tar:{subset}"] = json.dumps({"subset": subset, "seq": seq, "offset": 0})
+            return
+        size = os.fstat(fd).st_size
+        samples, length = whole_samples(lambda pos, n: os.pread(fd, n, pos), min(offset, size))
+        os.ftruncate(fd, length)  # what follows was never journaled, or cannot be trusted
+        os.fsync(fd)
+        shard = _Open(subset, seq, name, part.parent, fd, length, length)
+        shard.samples = samples
+        self.open[subset] = shard
+        self.touched.add(subset)
+        if length < offset:
+            why = (f"the open shard {part} is shorter than the journal says ({size} of {offset} bytes)" if size < offset
+                   else f"the open shard {part} is damaged at byte {length} of the {offset} journaled")
+            self.unproven.append(Unproven(where, frozenset(s.outcome.image_id for s in samples), why))
+            self.state[f"tar:{subset}"] = json.dumps({"subset": subset, "seq": seq, "offset": length})
+
+    def _adopt(self, subset: str, name: str, held: Mapping[str, Mapping[str, tuple[int, int]]]) -> list[Outcome]:
+        key = f"{subset}/{name}{INDEX_SUFFIX}"
+        blobs = self.store.blobs
+        try:
+            data = blobs.read(key)
+        except FileNotFoundError:
+            self._warnings.append(f"{blobs.describe(f'{subset}/{name}')} has no index: its samples are not taken "
+                                  "as done, and are fetched again")
+            return []
+        return adopt(data, blobs.describe(key), held, subset, name, self._warnings)
 
     def _upload_leftovers(self) -> None:
         """Remote: shards closed in the state dir whose upload never finished."""
@@ -268,8 +343,11 @@ class TarSink(Sink):
                 m = SHARD_RE.fullmatch(entry.name)
                 if m and int(m.group(1)) == self.shard.index and (folder / index_part_name(entry.name)).exists():
                     subset = folder.name
+                    index = folder / index_part_name(entry.name)
+                    found = adopt(index.read_bytes(), str(index), _held_file(folder / entry.name), subset, entry.name,
+                                  self._warnings)
                     self.store.publish(subset, entry.name)
-                    self.committed += adopt(self.store.blobs, subset, entry.name)
+                    self.committed += found
                     self._closed(subset, int(m.group(2)))
                     (folder / entry.name).unlink(missing_ok=True)
                     (folder / index_part_name(entry.name)).unlink(missing_ok=True)
@@ -300,10 +378,11 @@ class TarSink(Sink):
     def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
         blobs = self.store.blobs
         for subset in blobs.folders(""):
-            for name, _ in blobs.files(subset):
-                shard = name[: -len(INDEX_SUFFIX)]
-                if name.endswith(INDEX_SUFFIX) and SHARD_RE.fullmatch(shard) and blobs.exists(f"{subset}/{shard}"):
-                    yield from (o for o in adopt(blobs, subset, shard) if owns(o.image_id))
+            files = dict(blobs.files(subset))
+            for name in sorted(files):
+                if SHARD_RE.fullmatch(name) and name + INDEX_SUFFIX in files:
+                    held = held_samples(blobs, f"{subset}/{name}", files[name])
+                    yield from (o for o in self._adopt(subset, name, held) if owns(o.image_id))
 
     # -- appending ----------------------------------------------------------------------
     def start(self) -> None:
@@ -487,7 +566,10 @@ class TarSink(Sink):
             for name, _ in blobs.files(subset):
                 shard = name[: -len(INDEX_SUFFIX)]
                 if name.endswith(INDEX_SUFFIX) and SHARD_RE.fullmatch(shard):
-                    index = json.loads(blobs.read(f"{subset}/{name}"))
+                    try:
+                        index = read_index(blobs, subset, shard)
+                    except BadIndex:
+                        continue  # not one of ours (recovery said so): a loader could not use it either
                     shards.append({"url": shard, "nsamples": len(index["samples"])})
             doc = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": subset,
                    "shardlist": sorted(shards, key=lambda s: str(s["url"]))}
@@ -510,47 +592,147 @@ def _copy(src: int, dst: int, offset: int, size: int) -> None:
         done += n
 
 
-def _scan(read_at: Callable[[int, int], bytes], end: int | None = None) -> Iterator[_Sample]:
-    """The samples of a tar up to `end` (or its end-of-archive), from its headers: an
-    open shard has no index yet. Only the keys and member offsets are known: enough
-    to continue the shard, or to read a sample back."""
-    pos = 0
+def whole_samples(read_at: Callable[[int, int], bytes], end: int | None = None) -> tuple[list[_Sample], int]:
+    """The samples of a tar that its own headers show whole within its first `end`
+    bytes (or up to its end-of-archive), and the length they end at: an open shard
+    has no index, and a closed one's index is only a claim. A sample is whole once
+    its JSON, the member written last, is; a header that does not parse (garbage,
+    zeros), a member that is not a file or that runs past `end`, or a sample cut
+    short by another ends the scan: nothing after it can be trusted."""
+    samples: list[_Sample] = []
+    pos = length = 0
     current: _Sample | None = None
     while end is None or pos + BLOCK <= end:
         head = read_at(pos, BLOCK)
-        if len(head) < BLOCK or head == bytes(BLOCK):
+        if len(head) < BLOCK:
             break
-        info = tarfile.TarInfo.frombuf(head, "utf-8", "strict")
+        try:
+            info = tarfile.TarInfo.frombuf(head, "utf-8", "strict")
+        except (tarfile.HeaderError, ValueError):
+            break
+        after = pos + BLOCK + _padded(info.size)
         key, _, suffix = info.name.partition(".")
-        if current is None or current.outcome.image_id != key:
-            if current is not None:
-                yield current
+        if not info.isreg() or not suffix or (end is not None and after > end):
+            break
+        if current is None:
             current = _Sample(Outcome(key, Status.OK), {})
+        elif current.outcome.image_id != key:
+            break
         current.members[suffix] = (pos + BLOCK, info.size)
-        pos += BLOCK + _padded(info.size)
-    if current is not None:
-        yield current
+        pos = after
+        if suffix == "json":
+            samples.append(current)
+            current, length = None, pos
+    return samples, length
 
 
-def read_index(blobs: Blobs, subset: str, shard: str) -> dict[str, Any]:
-    doc = json.loads(blobs.read(f"{subset}/{shard}{INDEX_SUFFIX}"))
-    if not isinstance(doc, dict) or doc.get("kind") != INDEX_KIND:
-        raise OSError(f"{blobs.describe(f'{subset}/{shard}{INDEX_SUFFIX}')} is not an oidownload shard index")
+def _bucket_reader(blobs: Blobs, key: str) -> Callable[[int, int], bytes]:
+    """Reads of a remote blob for a header scan, through a window of a few MB, so a
+    shard's headers cost a few requests, not one each."""
+    start, data = 0, b""
+
+    def read_at(pos: int, n: int) -> bytes:
+        nonlocal start, data
+        if not (start <= pos and pos + n <= start + len(data)):
+            start, data = pos, blobs.read_range(key, pos, max(n, 8 << 20))
+        return data[pos - start : pos - start + n]
+
+    return read_at
+
+
+def _held_fd(fd: int) -> dict[str, dict[str, tuple[int, int]]]:
+    samples, _ = whole_samples(lambda pos, n: os.pread(fd, n, pos), os.fstat(fd).st_size)
+    return {s.outcome.image_id: s.members for s in samples}
+
+
+def _held_file(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return _held_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def held_samples(blobs: Blobs, key: str, size: int | None = None) -> dict[str, dict[str, tuple[int, int]]]:
+    """ImageID → members of the whole samples a shard's headers show."""
+    from .files import LocalBlobs
+
+    if isinstance(blobs, LocalBlobs):
+        fd = blobs.open_read(key)  # once: a rebuild scans millions of headers
+        try:
+            return _held_fd(fd)
+        finally:
+            os.close(fd)
+    samples, _ = whole_samples(_bucket_reader(blobs, key), size)
+    return {s.outcome.image_id: s.members for s in samples}
+
+
+class BadIndex(ValueError):
+    """A shard index that is not one (not JSON, another kind of document)."""
+
+
+def parse_index(data: bytes, name: str) -> dict[str, Any]:
+    """A shard index's document; BadIndex naming it when it is not one."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:  # a JSONDecodeError, or bytes that are not UTF-8
+        raise BadIndex(f"{name} is not a shard index: it is not JSON ({clean_text(str(exc), 100)})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != INDEX_KIND or not isinstance(doc.get("samples"), list):
+        raise BadIndex(f"{name} is not an oidownload shard index")
     return doc
 
 
-def adopt(blobs: Blobs, subset: str, shard: str) -> list[Outcome]:
-    """Ok outcomes for every sample of a closed shard, from its index."""
+def read_index(blobs: Blobs, subset: str, shard: str) -> dict[str, Any]:
+    key = f"{subset}/{shard}{INDEX_SUFFIX}"
+    return parse_index(blobs.read(key), blobs.describe(key))
+
+
+def _adopted(s: Any, subset: str, shard: str) -> tuple[Outcome, dict[str, tuple[int, int]]]:
+    """An index entry as an ok outcome and its members; ValueError (or TypeError,
+    KeyError...) when it is not a well-formed sample of ours."""
+    image_id = s["key"]
+    if not isinstance(image_id, str) or not ID_RE.fullmatch(image_id):
+        raise ValueError(f"not an ImageID: {image_id!r}")
+    members = {str(k): (int(v[0]), int(v[1])) for k, v in s["members"].items()}
+    width, height, crop = s.get("width"), s.get("height"), s.get("crop")
+    if not all(v is None or type(v) is int for v in (width, height)):
+        raise ValueError("width and height are not integers")
+    return Outcome(
+        image_id, Status.OK, "found in a closed shard", subset=subset, ext=str(s.get("ext") or ""),
+        width=width, height=height, out_bytes=int(s.get("out_bytes") or 0),
+        verified=bool(s.get("verified")), orientation=int(s.get("orientation") or 1),
+        crop=_crop(crop) if crop else None, location=f"{subset}/{shard}#{image_id}",
+    ), members
+
+
+def _crop(crop: Any) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in crop)
+    return x0, y0, x1, y1
+
+
+def adopt(data: bytes, name: str, held: Mapping[str, Mapping[str, tuple[int, int]]], subset: str, shard: str,
+          warnings: list[str]) -> list[Outcome]:
+    """Ok outcomes for the samples of a closed shard that its index (`data`, read from
+    `name`) names and that the shard's own headers (`held`) show whole at the same
+    offsets: an index alone proves nothing. What is not adopted is said in `warnings`,
+    and fetched again."""
+    try:
+        entries = parse_index(data, name)["samples"]
+    except BadIndex as exc:
+        warnings.append(f"{exc}: the samples of its shard are not taken as done, and are fetched again")
+        return []
     found = []
-    for s in read_index(blobs, subset, shard)["samples"]:
-        image_id = str(s["key"])
-        crop = s.get("crop")
-        found.append(Outcome(
-            image_id, Status.OK, "found in a closed shard", subset=subset, ext=str(s.get("ext") or ""),
-            width=s.get("width"), height=s.get("height"), out_bytes=int(s.get("out_bytes") or 0),
-            verified=bool(s.get("verified")), orientation=int(s.get("orientation") or 1),
-            crop=tuple(crop) if crop else None, location=f"{subset}/{shard}#{image_id}",
-        ))
+    for s in entries:
+        try:
+            outcome, members = _adopted(s, subset, shard)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+            continue
+        if held.get(outcome.image_id) == members:
+            found.append(outcome)
+    if len(found) < len(entries):
+        warnings.append(f"{len(entries) - len(found)} of the {len(entries)} sample(s) that {name} names are not "
+                        "taken as done (a key that is not an ImageID, or not whole at that place in the shard "
+                        "itself): they are fetched again")
     return found
 
 
@@ -582,13 +764,12 @@ class TarReader:
     def _load(self, subset: str, shard: str) -> tuple[str, dict[str, dict[str, tuple[int, int]]]]:
         try:
             index = read_index(self.blobs, subset, shard)
-        except FileNotFoundError:
+        except (FileNotFoundError, BadIndex):
             # Still open, or a closed shard that lost its index: its own headers say it all.
             blob = next((b for b in (f"{subset}/{part_name(shard)}", f"{subset}/{shard}") if self.blobs.exists(b)), None)
             if blob is None:
                 raise
-            found = _scan(lambda pos, n: self.blobs.read_range(blob, pos, n))
-            return blob, {s.outcome.image_id: s.members for s in found}
+            return blob, held_samples(self.blobs, blob)
         return f"{subset}/{shard}", {str(s["key"]): {k: (int(v[0]), int(v[1])) for k, v in s["members"].items()}
                                      for s in index["samples"]}
 
