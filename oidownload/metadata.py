@@ -272,11 +272,13 @@ async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ..
 
 
 def _archives(tree: Tree, name: str) -> Tree:
-    """DEST/.archives/, with an archive an older version left in DEST moved into it."""
+    """DEST/.archives/, with an archive (or its .part) an older version left in DEST moved
+    into it, so it is neither fetched again nor loaded twice."""
     archives = tree.sub(ARCHIVES)
-    there = tree.lstat(name)
-    if there is not None and stat.S_ISREG(there.st_mode) and archives.lstat(name) is None:
-        tree.replace(name, (ARCHIVES, name))
+    for entry in (name, name + ".part"):
+        there = tree.lstat(entry)
+        if there is not None and stat.S_ISREG(there.st_mode) and archives.lstat(entry) is None:
+            tree.replace(entry, (ARCHIVES, entry))
     return archives
 
 
