@@ -244,3 +244,54 @@ def test_metadata_then_db_load_loads_every_row_once(served: Served, tmp_path: Pa
     mids = {"/m/0cgh4", "/m/09j2d", "/m/01g317"}
     expected = [r for b in BOXES for r in rows_of(b) if r["ImageID"] in written and r["LabelName"] in mids]
     assert expected and len(coco["annotations"]) == len(expected)
+
+
+def test_shard_names_carry_their_split_and_old_names_are_still_read(served: Served, tmp_path: Path) -> None:
+    """webdataset's and wids' caches key a shard by its file name: a name that repeats in
+    every split read validation back from train's cache."""
+    import tarfile
+
+    import webdataset as wds
+
+    out = tmp_path / "out"
+    res = run_cli("download", served.manifest, "-o", out, "--progress", "none", "--resize", "48",
+                  "--output-format", "webdataset", "--shard-size", "5")
+    assert res.returncode == 0, res.stderr
+    tars = sorted(out.rglob("*.tar"))
+    names = [t.name for t in tars]
+    assert len(names) == len(set(names)) and all(t.name.startswith(f"{t.parent.name}-") for t in tars), names
+    # Caches key a shard by its name (wids by the file name): one folder of both splits' shards,
+    # as a cache is, still reads each split back as itself.
+    pooled = tmp_path / "pooled"
+    pooled.mkdir()
+    for t in tars:
+        (pooled / t.name).write_bytes(t.read_bytes())
+    for subset in ("train", "validation"):
+        urls = sorted(str(p) for p in pooled.glob(f"{subset}-*.tar"))
+        keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)]
+        assert sorted(keys) == sorted(i for i, s in served.ids.items() if s == subset)
+    # An output written before the split was in the name: its shards are still found and read.
+    old = tmp_path / "old"
+    res = run_cli("download", served.manifest, "-o", old, "--progress", "none", "--resize", "48",
+                  "--output-format", "webdataset", "--shard-size", "5", "--subset", "train")
+    assert res.returncode == 0, res.stderr
+    for t in sorted(old.rglob("*.tar")):
+        legacy = t.name.removeprefix(f"{t.parent.name}-")
+        index = json.loads(t.with_name(t.name + ".idx.json").read_text())
+        index["shard"] = legacy
+        t.with_name(legacy + ".idx.json").write_text(json.dumps(index))
+        t.with_name(t.name + ".idx.json").unlink()
+        t.rename(t.with_name(legacy))
+    import shutil
+
+    shutil.rmtree(old / ".oidownload")  # rebuilt from the shards themselves
+    before = sum(served.origin.requests.values())
+    res = run_cli("download", served.manifest, "-o", old, "--progress", "none", "--resize", "48",
+                  "--output-format", "webdataset", "--shard-size", "5")
+    assert res.returncode == 0, res.stderr
+    n_train = sum(1 for s in served.ids.values() if s == "train")
+    assert sum(served.origin.requests.values()) - before == len(served.ids) - n_train  # train not fetched again
+    assert {s for s, _, _ in journal_rows(old).values()} == {"ok"} and len(journal_rows(old)) == len(served.ids)
+    seen = [m.name.split(".")[0] for t in old.rglob("*.tar") for m in tarfile.open(t).getmembers()
+            if m.name.endswith(".json")]
+    assert sorted(seen) == sorted(served.ids)

@@ -2,10 +2,10 @@
 (+ `<ImageID>.original.<ext>` with --keep-original), as WebDataset and plain tarfile
 read them:
 
-    OUT/<subset>/<task>-<seq>.tar            a closed shard (task: the cluster task index)
-    OUT/<subset>/<task>-<seq>.tar.idx.json   its index: each sample's members, offsets, sizes
+    OUT/<subset>/<subset>-<task>-<seq>.tar   a closed shard (task: the cluster task index)
+    OUT/<subset>/<subset>-<task>-<seq>.tar.idx.json   its index: each sample's members, offsets, sizes
     OUT/<subset>/shards.json                 the subset's shard list (wids), rewritten at each end
-    .<task>-<seq>.tar.part                   the open shard: never under a final name
+    .<subset>-<task>-<seq>.tar.part          the open shard: never under a final name
 
 Workers stage each image in the state dir; one thread here appends the staged files
 to the subset's open shard. A shard is closed (end-of-archive, fsync, index) before
@@ -43,15 +43,26 @@ from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
 
 BLOCK = 512
 _END = bytes(2 * BLOCK)  # end-of-archive marker
-SHARD_RE = re.compile(r"(\d{5})-(\d{5})\.tar")
+# <subset>-<task>-<seq>.tar; a shard written before the split was in the name has none.
+SHARD_RE = re.compile(r"(?:(.+)-)?(\d{5})-(\d{5})\.tar")
 INDEX_SUFFIX = ".idx.json"
 INDEX_KIND = "oidownload-tar-index-v1"
 # The EXIF-style turn codes that are plain rotations, as degrees counter-clockwise.
 _DEGREES = {1: 0, 8: 90, 3: 180, 6: 270}
 
 
-def shard_name(task: int, seq: int) -> str:
-    return f"{task:05d}-{seq:05d}.tar"
+def shard_name(subset: str, task: int, seq: int) -> str:
+    """The split is in the name: webdataset's and wids' caches key a shard by its file
+    name, so `00000-00000.tar` of validation was read back from train's cache."""
+    return f"{subset}-{task:05d}-{seq:05d}.tar"
+
+
+def shard_of_name(name: str, subset: str) -> tuple[int, int] | None:
+    """(task, seq) of a shard's file name in its subset's folder, new or old style."""
+    m = SHARD_RE.fullmatch(name)
+    if m is None or m.group(1) not in (None, subset):
+        return None
+    return int(m.group(2)), int(m.group(3))
 
 
 def part_name(name: str) -> str:
@@ -279,11 +290,10 @@ class TarSink(Sink):
         open one onwards was closed after the journal last heard of it: each holds
         the samples its own headers show whole, and those its index names are adopted.
         Otherwise the journal's open shard is continued from what it provably holds."""
-        closed = sorted((int(m.group(2)), size) for name, size in self.store.blobs.files(subset)
-                        if (m := SHARD_RE.fullmatch(name)) and int(m.group(1)) == self.shard.index
-                        and int(m.group(2)) >= seq)
-        for n, size in closed:
-            name = shard_name(self.shard.index, n)
+        closed = sorted((found[1], name, size) for name, size in self.store.blobs.files(subset)
+                        if (found := shard_of_name(name, subset)) and found[0] == self.shard.index
+                        and found[1] >= seq)
+        for n, name, size in closed:
             held = held_samples(self.store.blobs, f"{subset}/{name}", size)
             self.committed += self._adopt(subset, name, held)
             if n == seq and offset > 0:
@@ -302,8 +312,12 @@ class TarSink(Sink):
         A part that is shorter, garbled or gone (changed between runs) is cut at the
         end of its last sample that is whole, so no reader ever stops early at a run of
         zeros or a bad header; the journaled samples beyond it are fetched again."""
-        name = shard_name(self.shard.index, seq)
-        part = self.store.folder(subset) / part_name(name)
+        name = shard_name(subset, self.shard.index, seq)
+        folder = self.store.folder(subset)
+        old = f"{self.shard.index:05d}-{seq:05d}.tar"  # begun before the split was in the name
+        if not (folder / part_name(name)).exists() and (folder / part_name(old)).exists():
+            name = old
+        part = folder / part_name(name)
         where = f"{subset}/{name}"
         try:
             fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -340,15 +354,15 @@ class TarSink(Sink):
         """Remote: shards closed in the state dir whose upload never finished."""
         for folder in self.store.part_folders():
             for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                m = SHARD_RE.fullmatch(entry.name)
-                if m and int(m.group(1)) == self.shard.index and (folder / index_part_name(entry.name)).exists():
-                    subset = folder.name
+                subset = folder.name
+                numbers = shard_of_name(entry.name, subset)
+                if numbers and numbers[0] == self.shard.index and (folder / index_part_name(entry.name)).exists():
                     index = folder / index_part_name(entry.name)
                     found = adopt(index.read_bytes(), str(index), _held_file(folder / entry.name), subset, entry.name,
                                   self._warnings)
                     self.store.publish(subset, entry.name)
                     self.committed += found
-                    self._closed(subset, int(m.group(2)))
+                    self._closed(subset, numbers[1])
                     (folder / entry.name).unlink(missing_ok=True)
                     (folder / index_part_name(entry.name)).unlink(missing_ok=True)
 
@@ -360,9 +374,10 @@ class TarSink(Sink):
         """Open shards (and half-written indexes) of this task that no journal state
         points to hold nothing committed: a shard begun just before a crash, or a state
         dir that was lost."""
-        mine = (f".{self.shard.index:05d}-", f"..{self.shard.index:05d}-")
         keep = {s.part for s in self.open.values()}
         for folder in self.store.part_folders():
+            mine = tuple(f"{dots}{prefix}{self.shard.index:05d}-" for dots in (".", "..")
+                         for prefix in ("", f"{folder.name}-"))
             for entry in os.scandir(folder):
                 if (entry.name.startswith(mine) and entry.name.endswith((".part", fsio.TMP_SUFFIX))
                         and entry.is_file(follow_symlinks=False) and folder / entry.name not in keep):
@@ -371,8 +386,8 @@ class TarSink(Sink):
     def _seq_for(self, subset: str) -> int:
         # Never reuse the name of a closed shard, whatever the journal says: a state dir
         # may have been lost, or the run re-split.
-        taken = [int(m.group(2)) for name, _ in self.store.blobs.files(subset)
-                 if (m := SHARD_RE.fullmatch(name)) and int(m.group(1)) == self.shard.index]
+        taken = [found[1] for name, _ in self.store.blobs.files(subset)
+                 if (found := shard_of_name(name, subset)) and found[0] == self.shard.index]
         return max([self.next_seq.get(subset, 0), *(t + 1 for t in taken)])
 
     def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
@@ -380,7 +395,7 @@ class TarSink(Sink):
         for subset in blobs.folders(""):
             files = dict(blobs.files(subset))
             for name in sorted(files):
-                if SHARD_RE.fullmatch(name) and name + INDEX_SUFFIX in files:
+                if shard_of_name(name, subset) and name + INDEX_SUFFIX in files:
                     held = held_samples(blobs, f"{subset}/{name}", files[name])
                     yield from (o for o in self._adopt(subset, name, held) if owns(o.image_id))
 
@@ -415,7 +430,7 @@ class TarSink(Sink):
         try:
             if shard is None:
                 seq = self._seq_for(subset)
-                name = shard_name(self.shard.index, seq)
+                name = shard_name(subset, self.shard.index, seq)
                 shard = _Open(subset, seq, name, self.store.folder(subset))
                 shard.fd = os.open(shard.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
                 self.open[subset] = shard
@@ -565,7 +580,7 @@ class TarSink(Sink):
             shards = []
             for name, _ in blobs.files(subset):
                 shard = name[: -len(INDEX_SUFFIX)]
-                if name.endswith(INDEX_SUFFIX) and SHARD_RE.fullmatch(shard):
+                if name.endswith(INDEX_SUFFIX) and shard_of_name(shard, subset):
                     try:
                         index = read_index(blobs, subset, shard)
                     except BadIndex:
