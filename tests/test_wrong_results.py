@@ -292,6 +292,8 @@ def test_shard_names_carry_their_split_and_old_names_are_still_read(served: Serv
     n_train = sum(1 for s in served.ids.values() if s == "train")
     assert sum(served.origin.requests.values()) - before == len(served.ids) - n_train  # train not fetched again
     assert {s for s, _, _ in journal_rows(old).values()} == {"ok"} and len(journal_rows(old)) == len(served.ids)
-    seen = [m.name.split(".")[0] for t in old.rglob("*.tar") for m in tarfile.open(t).getmembers()
-            if m.name.endswith(".json")]
+    seen = []
+    for t in old.rglob("*.tar"):
+        with tarfile.open(t) as tf:
+            seen += [m.name.split(".")[0] for m in tf.getmembers() if m.name.endswith(".json")]
     assert sorted(seen) == sorted(served.ids)
