@@ -675,6 +675,9 @@ class HeldJournals:
         for path in self.paths:
             conn = connect(path)
             try:
+                # A reader (`report`) may hold the file: wait as long as the message on
+                # giving up says (connect's own wait is 30 s).
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_PATIENCE * 1000)}")
                 conn.execute("BEGIN IMMEDIATE")
                 # rowcount sums the rows each UPDATE changed, not the triggers' writes.
                 changed += conn.executemany("UPDATE outcomes SET status='damaged', final=0, detail=? "
