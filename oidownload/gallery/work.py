@@ -125,8 +125,9 @@ def _place_full(reader: Reader, location: str, full: Path, data: bytes) -> None:
     if link_image(reader, location, tmp):
         try:
             os.replace(tmp, full)
-        except BaseException:
+        finally:
+            # rename() between two links to one file does nothing and leaves both: an
+            # earlier (or a concurrent) build's link is already at `full`.
             tmp.unlink(missing_ok=True)
-            raise
         return
     write_file(full, data)
