@@ -1025,6 +1025,8 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
     click.echo(f"verify: {res.checked} images checked in {res.seconds:.1f}s ({rate:.0f}/s): "
                f"{res.checked - len(res.problems)} ok, {res.missing} missing, {res.damaged} damaged"
                + (f"; {res.originals} kept originals checked against OriginalMD5" if res.originals else ""), err=True)
+    for death in res.deaths:
+        click.echo(f"verify: {death} (out of memory?); it was replaced and its images checked again", err=True)
     if not res.problems:
         return
     if mark:

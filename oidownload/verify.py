@@ -63,6 +63,7 @@ class VerifyResult:
     problems: list[Problem] = field(default_factory=list)
     marked: int = 0
     seconds: float = 0.0
+    deaths: list[str] = field(default_factory=list)  # pool workers that died (each replaced), described
 
     @property
     def missing(self) -> int:
@@ -259,6 +260,7 @@ async def _check_all(pool: PipePool, start: Callable[[str], PipePool], chunks: I
                 lost = list(pending.values())  # a broken pool fails every job it had
                 pending.clear()
                 deaths = pool.exited()
+                result.deaths += [d.describe() for d in deaths] or ["a pool worker died"]
                 pool.close(kill=True)
                 try:
                     pool = start("spawn")  # the loop may have made threads: forking could deadlock

@@ -92,6 +92,7 @@ def test_a_verify_worker_killed_mid_check_is_replaced_and_the_check_completes(
     assert proc.returncode == VERIFY_DAMAGED, stderr
     assert _listed(stdout) == {i: "damaged" for i in slow}
     assert "30 images checked" in stderr
+    assert f"verify: pool worker {killed} died (killed by SIGKILL)" in stderr
     rows = journal_rows(out)
     assert {i for i, r in rows.items() if r[0] == "damaged"} == set(slow)
 
