@@ -90,8 +90,14 @@ def _real(v: str) -> float:
     return x
 
 
+_FLAGS = {"": None, "0": 0, "1": 1, "-1": -1}  # -1: unknown; anything else overflowed SQLite or a SMALLINT
+
+
 def _flag(v: str) -> int | None:
-    return int(v) if v else None
+    try:
+        return _FLAGS[v.strip()]
+    except KeyError:
+        raise ValueError(v) from None
 
 
 def _converter(col: Column) -> Callable[[str], Any]:
@@ -294,7 +300,7 @@ def _why(exc: ValueError, fields: list[str], index: list[int], cols: tuple[Colum
         try:
             _converter(col)(fields[i]) if col.type != "id" else None
         except ValueError:
-            return f"{col.csv} {fields[i][:40]!r} is not a number"
+            return f"{col.csv} {fields[i][:40]!r} is not {'0, 1, -1 or empty' if col.type == 'flag' else 'a number'}"
     return str(exc)[:80]
 
 

@@ -140,3 +140,17 @@ def test_a_libpq_key_value_db_with_a_password_is_refused_and_no_file_made(comman
     assert "key=value" in res.stderr and "PGPASSWORD" in res.stderr
     assert "hunter2" not in res.stderr and "Traceback" not in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_flag_out_of_range_is_a_bad_row(db_url: str, tmp_path: Path) -> None:
+    """A huge IsOccluded was an OverflowError traceback in SQLite and stopped the file in
+    PostgreSQL (out of range for smallint)."""
+    boxes = tmp_path / "boxes.csv"
+    head = "ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside\n"
+    row = "0001eeaf4aed83f9,freeform,/m/0k4j,1,0.1,0.2,0.3,0.4,{},0,0,0,0\n"
+    boxes.write_text(head + row.format("99999999999999999999999") + row.format("40000") + row.format("1")
+                     + row.format("") + row.format("-1"))
+    res = load(db_url, boxes)
+    assert f"{boxes.resolve()}:2: IsOccluded '99999999999999999999999' is not 0, 1, -1 or empty" in res.stderr
+    assert f"{boxes.resolve()}:3: IsOccluded '40000' is not 0, 1, -1 or empty" in res.stderr
+    assert sorted(query(db_url, "SELECT coalesce(is_occluded, 9) FROM boxes")) == [(-1,), (1,), (9,)]
