@@ -6,9 +6,11 @@ clear refusal; the rest loads and the indexes build."""
 from __future__ import annotations
 
 import gzip
+import io
 import random
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,26 @@ def test_a_flag_out_of_range_is_a_bad_row(db_url: str, tmp_path: Path) -> None:
     assert f"{boxes.resolve()}:2: IsOccluded '99999999999999999999999' is not 0, 1, -1 or empty" in res.stderr
     assert f"{boxes.resolve()}:3: IsOccluded '40000' is not 0, 1, -1 or empty" in res.stderr
     assert sorted(query(db_url, "SELECT coalesce(is_occluded, 9) FROM boxes")) == [(-1,), (1,), (9,)]
+
+
+def test_over_long_lines_inside_an_archive(tmp_path: Path) -> None:
+    """A member is read as a stream: an over-long first line (a header-less class file)
+    is read past there too, its tail never taken for a line of its own."""
+    archive = tmp_path / "meta.tar.gz"
+    members = {
+        "v3/class-descriptions.csv": f"/m/0k4j,{'n' * 200_000}\n/m/0a,Car\n/m/0b,\"open\n/m/0c,Bus\n",
+        "v3/labels.csv": LABELS_HEADER + GOOD + "z" * (3 << 20) + "\n" + GOOD,
+    }
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    url = f"sqlite:///{tmp_path / 'oi.sqlite'}"
+    res = load(url, archive)
+    where = f"{archive.resolve()}!v3"
+    assert f"{where}/class-descriptions.csv:1: the line is longer than {MAX_LINE} characters" in res.stderr
+    assert f"{where}/class-descriptions.csv:3: a quoted field never closes" in res.stderr
+    assert f"{where}/labels.csv:3: the line is longer than {MAX_LINE} characters" in res.stderr
+    assert sorted(query(url, "SELECT mid, name FROM classes")) == [("/m/0a", "Car"), ("/m/0c", "Bus")]
+    assert count(url, "labels") == 2
