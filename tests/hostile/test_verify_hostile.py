@@ -163,3 +163,35 @@ def test_marking_waits_as_long_as_its_message_says(tmp_path: Path, make_origin: 
         reader.execute("COMMIT")
         reader.close()
     assert journal_rows(out)[victim][0] == "ok"
+
+
+def test_ctrl_c_during_verify_marks_nothing_and_leaves_no_worker(tmp_path: Path, make_origin: StartOrigin) -> None:
+    out, _, _, _, _ = _download(tmp_path, make_origin, 30)
+    ids = sorted(journal_rows(out))
+    for image_id in ids[::3]:
+        Image.new("L", (6000, 6000), 128).save(out / "validation" / image_id[:3] / f"{image_id}.jpg", "PNG")
+    proc = subprocess.Popen([sys.executable, "-m", "oidownload", "verify", str(out), "--processes", "1",
+                             "--progress", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while not workers and time.monotonic() < deadline and proc.poll() is None:
+        workers = [w for w in _children(proc.pid) if _cpu_seconds(w) >= 0.2]
+        time.sleep(0.02)
+    assert workers, "the check ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "verify interrupted; nothing was marked" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert all(r[0] == "ok" for r in journal_rows(out).values())
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers))
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (PID 1 of a container may never reap one)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
