@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import random
+import resource
 import subprocess
 import sys
 import tarfile
@@ -179,3 +180,15 @@ def test_over_long_lines_inside_an_archive(tmp_path: Path) -> None:
     assert f"{where}/labels.csv:3: the line is longer than {MAX_LINE} characters" in res.stderr
     assert sorted(query(url, "SELECT mid, name FROM classes")) == [("/m/0a", "Car"), ("/m/0c", "Bus")]
     assert count(url, "labels") == 2
+
+
+def _limit_memory() -> None:
+    # Reading a whole endless line dies of MemoryError within this; bounded lines never come close.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def test_an_endless_first_line_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "oidownload", "db", "load", "/dev/zero", "--db", str(tmp_path / "x.db")],
+                         capture_output=True, text=True, timeout=120, preexec_fn=_limit_memory)
+    assert res.returncode == 1 and "/dev/zero: not a file oidownload can load" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "x.db").exists()
