@@ -19,7 +19,9 @@ from pathlib import Path
 from .errors import ConfigError, InputError
 from .rows import text_lines
 
-MID_RE = re.compile(r"/[mgt]/[0-9a-z_]+")
+# Real MIDs are under 16 characters; the bound keeps a hostile one out of a database
+# index (PostgreSQL refuses an index row over 2704 bytes, and then every later load).
+MID_RE = re.compile(r"/[mgt]/[0-9a-z_]{1,64}")
 
 
 @dataclass

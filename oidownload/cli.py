@@ -1023,21 +1023,30 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
             last[0] = time.monotonic()
             click.echo(f"verify: {r.checked}/{r.expected} checked, {r.missing} missing, {r.damaged} damaged", err=True)
 
+    def found(r: VerifyResult) -> None:
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+            bar = None
+        for p in r.problems:
+            where, why = (text.replace("\t", " ") for text in (p.where, p.why))  # one problem, four columns
+            click.echo(f"{'missing' if p.missing else 'damaged'}\t{p.image_id}\t{where}\t{why}")
+
     try:
-        res = run_verify(out, state_dir, processes=processes, mark=mark, on_progress=show)
+        # The list is printed before the journal is marked (found), which may wait on a busy journal.
+        res = run_verify(out, state_dir, processes=processes, mark=mark, on_progress=show, on_found=found)
     except KeyboardInterrupt:
         click.echo("oidownload: verify interrupted; nothing was marked", err=True)
         sys.exit(ExitCode.SIGINT)
     finally:
         if bar is not None:
             bar.close()
-    for p in res.problems:
-        where, why = (text.replace("\t", " ") for text in (p.where, p.why))  # one problem, four columns
-        click.echo(f"{'missing' if p.missing else 'damaged'}\t{p.image_id}\t{where}\t{why}")
     rate = res.checked / res.seconds if res.seconds > 0 else 0.0
     click.echo(f"verify: {res.checked} images checked in {res.seconds:.1f}s ({rate:.0f}/s): "
                f"{res.checked - len(res.problems)} ok, {res.missing} missing, {res.damaged} damaged"
                + (f"; {res.originals} kept originals checked against OriginalMD5" if res.originals else ""), err=True)
+    for death in res.deaths:
+        click.echo(f"verify: {death} (out of memory?); it was replaced and its images checked again", err=True)
     if not res.problems:
         return
     if mark:

@@ -128,11 +128,30 @@ def _folder_below(root: str | Path, parts: Sequence[str]) -> int:
         os.close(root_fd)
 
 
+class NotRegular(OSError):
+    """A name holds a FIFO, a device or a socket where a file was expected."""
+
+
+def open_regular(name: str, dir_fd: int) -> int:
+    """A read descriptor of dir/name, a regular file: a symlink is refused (ELOOP) and so
+    is anything else that is not a plain file (NotRegular). O_NONBLOCK makes the open
+    itself return at once: a FIFO's blocking open would wait for a writer forever."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        if not _is_regular(os.fstat(fd).st_mode):
+            raise NotRegular(errno.EINVAL, f"{name}: not a regular file (a FIFO, device or socket)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_below(root: str | Path, parts: Sequence[str], name: str) -> bytes:
-    """The bytes of root/parts/name, refusing symlinks below the root."""
+    """The bytes of root/parts/name, a regular file, refusing symlinks below the root."""
     dfd = _folder_below(root, parts)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        fd = open_regular(name, dfd)
     finally:
         os.close(dfd)
     with os.fdopen(fd, "rb") as f:
@@ -146,13 +165,14 @@ def link_below(root: str | Path, parts: Sequence[str], name: str, dest_dir_fd: i
     file swapped for a symlink in between is never linked."""
     dfd = _folder_below(root, parts)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            fd = open_regular(name, dfd)
+        except NotRegular:
+            return False
         try:
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        if not _is_regular(st.st_mode):
-            return False
         try:
             os.link(name, dest, src_dir_fd=dfd, dst_dir_fd=dest_dir_fd, follow_symlinks=False)
         except OSError as exc:

@@ -14,6 +14,7 @@ import bisect
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import socket
@@ -147,6 +148,46 @@ _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outcomes": (("location", "TEXT"),),
     "inputs": (("raw", "BLOB"), ("size", "INTEGER"), ("mtime_ns", "INTEGER"), ("head_md5", "TEXT")),
 }
+
+
+
+@functools.cache
+def _required_columns() -> dict[str, frozenset[str]]:
+    """Each table's columns, as _SCHEMA makes them, less those an older journal may lack."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        return {t: frozenset({str(r[1]) for r in conn.execute(f"PRAGMA table_info({t})")}
+                             - {name for name, _ in _ADDED_COLUMNS.get(t, ())}) for t in _TABLES}
+    finally:
+        conn.close()
+
+
+def foreign_schema(conn: sqlite3.Connection, *, complete: bool) -> str | None:
+    """Why the database of conn is not an oidownload journal, or None: a table of
+    another name, or one of ours without the columns it has always had (names alone let
+    another program's `outcomes` through, to fail later on a missing column). With
+    `complete`, the tables every journal has must be there (for reading one)."""
+    tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+              if not str(r[0]).startswith("sqlite_")}  # SQLite's own (ANALYZE's statistics)
+    foreign = tables - _TABLES
+    if foreign:
+        return f"it has tables {', '.join(sorted(foreign))}"[:200]
+    if complete and not {"outcomes", "meta", "counts"} <= tables:
+        return f"tables: {', '.join(sorted(tables)) or 'none'}"[:200]
+    for table in sorted(tables):
+        have = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
+        missing = _required_columns()[table] - have
+        if missing:
+            return f"its table {table} has no column {', '.join(sorted(missing))}"[:200]
+    return None
+
+
+def not_a_journal(path: Path, why: str) -> str:
+    """The one message every command gives for a database that is not a journal."""
+    return (f"{path} is not an oidownload journal ({why}); move it aside or use another --state-dir "
+            "(the next download finds the images already in the output)")
+
 
 # An ok row is never replaced by a failure: the image is in the output, and a later
 # duplicate row (or a rerun with --retry-failed that hits a dead link) must not hide
@@ -416,11 +457,10 @@ class Journal:
     def _check_schema(self) -> set[str]:
         """Refuses a file that is some other program's database, or from a newer
         oidownload: writing into it could lose what it holds. Returns its tables."""
+        why = foreign_schema(self.conn, complete=False)
+        if why is not None:
+            raise OutputError(not_a_journal(self.path, why))
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        foreign = tables - _TABLES
-        if foreign:
-            raise OutputError(f"{self.path} is not an oidownload journal (it has tables {', '.join(sorted(foreign))[:200]}); "
-                              "move it aside or pick another --state-dir")
         if "meta" not in tables:
             return tables
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -648,6 +688,9 @@ def other_done_sets(state_dir: Path, shard: Shard, *, retry_failed: bool) -> lis
             continue
         conn = connect(path, readonly=True)
         try:
+            why = foreign_schema(conn, complete=True)
+            if why is not None:
+                raise OutputError(not_a_journal(path, why))
             sets.append(load_done(conn, _done_where(retry_failed)))
         except sqlite3.Error as exc:
             raise _describe(path, exc) from None
@@ -720,6 +763,9 @@ class HeldJournals:
         for path in self.paths:
             conn = connect(path)
             try:
+                # A reader (`report`) may hold the file: wait as long as the message on
+                # giving up says (connect's own wait is 30 s).
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_PATIENCE * 1000)}")
                 conn.execute("BEGIN IMMEDIATE")
                 # rowcount sums the rows each UPDATE changed, not the triggers' writes.
                 changed += conn.executemany("UPDATE outcomes SET status='damaged', final=0, detail=? "

@@ -20,7 +20,15 @@ from pathlib import Path
 
 from .config import OutputKind
 from .errors import InputError
-from .journal import SCHEMA_VERSION, connect, int_to_id, journal_files, shard_counts
+from .journal import (
+    SCHEMA_VERSION,
+    connect,
+    foreign_schema,
+    int_to_id,
+    journal_files,
+    not_a_journal,
+    shard_counts,
+)
 from .records import Status
 from .rows import is_stream, iter_records
 from .sinks import Reader, is_remote, open_reader
@@ -158,10 +166,18 @@ class StateDir:
 
     def _check(self, journal: Path) -> None:
         """Refuses a file that is not a journal this version can read, saying why."""
-        tables = {str(r[0]) for r in self._query(journal, "SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"outcomes", "meta", "counts"} <= tables:
-            raise InputError(f"{journal} is not an oidownload journal (tables: {', '.join(sorted(tables))[:200] or 'none'}); "
-                             "move it aside (the next download finds the images already in the output)")
+        try:
+            conn = connect(journal, readonly=True)
+        except sqlite3.Error as exc:
+            raise self._damaged(journal, exc) from None
+        try:
+            why = foreign_schema(conn, complete=True)
+        except sqlite3.Error as exc:
+            raise self._damaged(journal, exc) from None
+        finally:
+            conn.close()
+        if why is not None:
+            raise InputError(not_a_journal(journal, why))
         schema = self._query(journal, "SELECT value FROM meta WHERE key='schema'")
         if schema and str(schema[0][0]).isdigit() and int(str(schema[0][0])) > SCHEMA_VERSION:
             raise InputError(f"{journal} was written by a newer oidownload (journal schema {schema[0][0]}); upgrade oidownload")

@@ -6,12 +6,15 @@ kept original still matches OriginalMD5. What fails is marked `damaged` in the j
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import io
+import itertools
 import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -22,6 +25,7 @@ from .config import OutputKind
 from .cpus import usable_cpus
 from .errors import OutputError
 from .journal import HeldJournals
+from .pipepool import Exited, PipePool
 from .process import init_pillow, md5_b64
 from .records import Status, clean_text
 from .rows import V3_COLUMNS
@@ -35,6 +39,9 @@ from .workers import follow_parent, pool_method
 WINDOW = 100_000
 CHUNK = 64  # images per task handed to a worker
 _MD5_COLUMN = V3_COLUMNS.index("OriginalMD5")
+# As the download's: workers that keep dying for reasons of the machine stop the check
+# rather than restart it for ever.
+MAX_POOL_RESTARTS = 20
 
 # (image_id, location, width, height, out_bytes, expect an original, OriginalMD5 from the input)
 Item = tuple[str, str, int, int, int, bool, str | None]
@@ -56,6 +63,7 @@ class VerifyResult:
     problems: list[Problem] = field(default_factory=list)
     marked: int = 0
     seconds: float = 0.0
+    deaths: list[str] = field(default_factory=list)  # pool workers that died (each replaced), described
 
     @property
     def missing(self) -> int:
@@ -160,53 +168,129 @@ def _item(w: Written, md5s: dict[str, str] | None) -> Item:
 
 
 def verify(out: str, state_dir: Path | None = None, *, processes: int | None = None, mark: bool = True,
-           on_progress: Callable[[VerifyResult], None] | None = None) -> VerifyResult:
+           on_progress: Callable[[VerifyResult], None] | None = None,
+           on_found: Callable[[VerifyResult], None] | None = None) -> VerifyResult:
     """Checks every written image of OUT. With `mark`, the journals are locked against
     downloads for the whole check (OutputError at once if one is running) and the
-    problems are marked `damaged`. InputError when OUT has no journal."""
+    problems are marked `damaged`, after `on_found` has been told them. InputError when
+    OUT has no journal."""
     state = StateDir.open(out, state_dir)
     try:
         held = HeldJournals(state.path, "verify") if mark else None
     except OutputError as exc:
         raise OutputError(f"{exc} (`verify --no-mark` checks without changing the journal)") from None
     try:
-        return _verify(state, processes or usable_cpus().count, held, on_progress)
+        return _verify(state, processes or usable_cpus().count, held, on_progress, on_found)
     finally:
         if held is not None:
             held.close()
 
 
 def _verify(state: StateDir, processes: int, held: HeldJournals | None,
-            on_progress: Callable[[VerifyResult], None] | None) -> VerifyResult:
+            on_progress: Callable[[VerifyResult], None] | None,
+            on_found: Callable[[VerifyResult], None] | None) -> VerifyResult:
     started = time.monotonic()
     result = VerifyResult(expected=sum(c.n for jc in state.counts() for c in jc.counts if c.status == Status.OK))
     md5s = _original_md5s(state) if state.keeps_originals() else None
     out, kind = state.where()
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(pool_method()), initializer=_init,
-                               initargs=(out, kind, os.getpid()))
-    pending: dict[Future[tuple[int, list[Problem]]], int] = {}
-    try:
-        chunks = _items(state, md5s)
-        while True:
-            # Bounded: a few chunks per worker in flight, the rest not yet read.
-            while len(pending) < 4 * processes and (chunk := next(chunks, None)) is not None:
-                pending[pool.submit(check_chunk, chunk)] = len(chunk)
-            if not pending:
-                break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                n = pending.pop(fut)
-                originals, problems = fut.result()
-                result.checked += n
-                result.originals += originals
-                result.problems += problems
-            if on_progress is not None:
-                on_progress(result)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+
+    def start(method: str) -> PipePool:
+        ctx = multiprocessing.get_context("fork") if method == "fork" else multiprocessing.get_context("spawn")
+        return PipePool(ctx, processes, _init, (out, kind, os.getpid()))
+
+    first = start(pool_method())  # before the loop: a forked worker need not inherit it
+    asyncio.run(_check_all(first, start, _items(state, md5s), processes, result, on_progress,
+                           lambda location: open_reader(out, kind).describe(location)))
+    if on_found is not None:
+        on_found(result)  # said before the journal is written: a busy journal may make that wait
     if held is not None and result.problems:
         result.marked = held.mark_damaged({p.image_id: f"verify: {p.why} ({p.where})" for p in result.problems})
     result.seconds = time.monotonic() - started
     return result
+
+
+@dataclass
+class _Work:
+    items: list[Item]
+    deaths: int = 0  # pools broken by the death of the worker that held it
+
+
+async def _check_all(pool: PipePool, start: Callable[[str], PipePool], chunks: Iterator[list[Item]], processes: int,
+                     result: VerifyResult, on_progress: Callable[[VerifyResult], None] | None,
+                     describe: Callable[[str], str]) -> None:
+    """Every chunk, checked in the pool. A worker that dies (the OOM killer, a kill)
+    breaks the pool, as in the download: the pool is restarted and what it had not
+    answered is checked again; a chunk whose worker died twice is split into single
+    images, and an image whose worker died twice is a problem of its own."""
+    loop = asyncio.get_running_loop()
+    again: collections.deque[_Work] = collections.deque()
+    pending: dict[asyncio.Future[tuple[int, list[Problem]]], tuple[str, _Work]] = {}
+    tags = itertools.count()
+    restarts = 0
+    try:
+        while True:
+            # Bounded: a few chunks per worker in flight, the rest not yet read.
+            while len(pending) < 4 * processes:
+                if again:
+                    work = again.popleft()
+                elif (chunk := next(chunks, None)) is not None:
+                    work = _Work(chunk)
+                else:
+                    break
+                tag = str(next(tags))
+                pending[pool.submit(loop, tag, check_chunk, work.items)] = (tag, work)
+            if not pending:
+                break
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                if isinstance(fut.exception(), BrokenProcessPool):
+                    broken = True
+                    continue
+                _, work = pending.pop(fut)
+                originals, problems = fut.result()
+                result.checked += len(work.items)
+                result.originals += originals
+                result.problems += problems
+            if broken:
+                restarts += 1
+                if restarts > MAX_POOL_RESTARTS:
+                    raise OutputError(f"verify's pool workers died {restarts} times (killed by the out-of-memory "
+                                      "killer?); rerun with fewer --processes")
+                lost = list(pending.values())  # a broken pool fails every job it had
+                pending.clear()
+                deaths = pool.exited()
+                result.deaths += [d.describe() for d in deaths] or ["a pool worker died"]
+                pool.close(kill=True)
+                try:
+                    pool = start("spawn")  # the loop may have made threads: forking could deadlock
+                except BrokenProcessPool as exc:
+                    raise OutputError(f"cannot restart verify's process pool: {exc}") from None
+                _requeue(lost, deaths, again, result, describe)
+            if on_progress is not None:
+                on_progress(result)
+    finally:
+        pool.close(kill=True)
+
+
+def _requeue(lost: list[tuple[str, _Work]], deaths: list[Exited], again: collections.deque[_Work],
+             result: VerifyResult, describe: Callable[[str], str]) -> None:
+    """The work of a broken pool, queued to be checked again. Only the job a dead worker
+    held is blamed (the others were waiting, or in a worker that was killed with the pool)."""
+    held = {tag: death for death in deaths for tag in death.holding}
+    for tag, work in lost:
+        death = held.get(tag)
+        if death is None:
+            again.append(work)
+            continue
+        work.deaths += 1
+        if work.deaths < 2:
+            again.append(work)
+        elif len(work.items) > 1:
+            # Which image kills it is unknown: each alone, one more death each convicts.
+            again.extend(_Work([item], deaths=1) for item in work.items)
+        else:
+            image_id, location = work.items[0][0], work.items[0][1]
+            result.checked += 1
+            result.problems.append(Problem(image_id, describe(location), f"checking it killed the worker twice ({death.describe()}; "
+                                                              "out of memory?)", False))

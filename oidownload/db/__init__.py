@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,10 +40,24 @@ def _driver_errors() -> tuple[type[Exception], ...]:
 _ERRORS = _driver_errors()
 
 
+# libpq's key=value form (`host=db password=x dbname=oi`), which is no path: taken as
+# one, it became an SQLite file named after the string, password and all.
+_CONNINFO_RE = re.compile(
+    r"\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options|connect_timeout|"
+    r"application_name|target_session_attrs|client_encoding|channel_binding|gssencmode|sslcert|sslkey|"
+    r"sslrootcert|sslpassword|keepalives)\s*=")
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of an SQLite --db (a path or sqlite:///path), None for PostgreSQL."""
     if url.startswith(("postgresql://", "postgres://")):
         return None
+    if _CONNINFO_RE.match(url):
+        # Not echoed: it may hold a password.
+        raise ConfigError(
+            "--db looks like a PostgreSQL key=value connection string, which --db does not take: "
+            "give postgresql://user@host:port/dbname, and the password (if any) in PGPASSWORD or ~/.pgpass"
+        )
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://"):]
         if not rest.startswith("/") or len(rest) < 2:

@@ -21,16 +21,19 @@ import re
 import sys
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..classes import MID_RE
 from ..journal import id_to_int
 from ..records import BadRow
-from ..rows import Format, parse_row, records
+from ..rows import MAX_LINE, Format, parse_row, records
 from .schema import BOXES, IMAGES, LABELS, Column
 
 Converted = tuple[Any, ...]
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
+# verification, crowdsource-verification, machine, xclick, activemil...: a short word.
+_SOURCE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TOO_LONG = f"the line is longer than {MAX_LINE} characters"
 
 
 class Kind(enum.StrEnum):
@@ -87,8 +90,14 @@ def _real(v: str) -> float:
     return x
 
 
+_FLAGS = {"": None, "0": 0, "1": 1, "-1": -1}  # -1: unknown; anything else overflowed SQLite or a SMALLINT
+
+
 def _flag(v: str) -> int | None:
-    return int(v) if v else None
+    try:
+        return _FLAGS[v.strip()]
+    except KeyError:
+        raise ValueError(v) from None
 
 
 def _converter(col: Column) -> Callable[[str], Any]:
@@ -116,14 +125,24 @@ class Tally:
 Bad = Callable[[int, str], None]  # (line, why), for each refused row
 
 
-def annotation_rows(lines: Iterable[str], kind: Kind, header: tuple[str, ...], file_id: int,
+def _text_problem(fields: list[str], i_source: int, i_mid: int) -> str | None:
+    """Why a label's or box's Source or LabelName cannot be stored, or None: both are
+    short words (a MID of 600 KB once broke PostgreSQL's index on mid for good)."""
+    if not _SOURCE_RE.fullmatch(fields[i_source]):
+        return f"Source {fields[i_source][:40]!r} is not a short word"
+    if not MID_RE.fullmatch(fields[i_mid]):
+        return f"LabelName {fields[i_mid][:40]!r} is not a MID such as /m/0k4j"
+    return None
+
+
+def annotation_rows(lines: Iterable[str | None], kind: Kind, header: tuple[str, ...], file_id: int,
                     known_mids: Container[str] | None, bad: Bad, tally: Tally) -> Iterator[Converted]:
     """Labels or boxes as row tuples. Lines without a quote (all real ones) are split by
     hand, several times faster than the csv module; a quoted line goes through csv."""
     cols = table_columns(kind, header)
     index = [header.index(c.csv) for c in cols]
     convs = [_converter(c) for c in cols]
-    i_id, i_mid = header.index("ImageID"), header.index("LabelName")
+    i_id, i_mid, i_source = header.index("ImageID"), header.index("LabelName"), header.index("Source")
     n = len(header)
     rest = list(zip(index, convs, strict=True))[1:]
     check_mid = known_mids if kind is Kind.BOXES else None
@@ -139,6 +158,11 @@ def annotation_rows(lines: Iterable[str], kind: Kind, header: tuple[str, ...], f
             tally.bad += 1
             bad(line_no, _why(exc, fields, index, cols))
             continue
+        problem = _text_problem(fields, i_source, i_mid)
+        if problem is not None:
+            tally.bad += 1
+            bad(line_no, problem)
+            continue
         if check_mid is not None and fields[i_mid] not in check_mid:
             tally.bad += 1
             bad(line_no, f"LabelName {fields[i_mid][:40]!r} is not a known class")
@@ -147,7 +171,11 @@ def annotation_rows(lines: Iterable[str], kind: Kind, header: tuple[str, ...], f
         yield row
 
 
-def _fields(line: str, n: int, line_no: int, bad: Bad, tally: Tally) -> list[str] | None:
+def _fields(line: str | None, n: int, line_no: int, bad: Bad, tally: Tally) -> list[str] | None:
+    if line is None:  # over-long: read past, never held (rows.bounded_lines)
+        tally.bad += 1
+        bad(line_no, _TOO_LONG)
+        return None
     if '"' in line:
         try:
             fields = next(csv.reader([line]))
@@ -171,18 +199,40 @@ BLOCK = 65536
 _NOT_PLAIN = ('"', "\\", "\t", "\r")  # quoting, or bytes COPY's text format would need escaped
 
 
-def _plain_block(chunk: list[str], file_id: int, copy_text: bool) -> Any:
+# Sources and MIDs already found good: a file names a few thousand of each, so most
+# blocks need no pattern run at all.
+_good_sources: set[str] = set()
+_good_mids: set[str] = set()
+
+
+def _all_good(values: list[str], good: set[str], pattern: re.Pattern[str]) -> bool:
+    new = set(values) - good
+    if not all(map(pattern.fullmatch, new)):
+        return False
+    if len(good) + len(new) > 1 << 16:
+        good.clear()
+    good.update(new)
+    return True
+
+
+def _plain_block(chunk: list[str | None], file_id: int, copy_text: bool) -> Any:
     """The rows of a block of label lines, checked and converted by whole-block string
     operations (no Python code runs per row); None when any line is not plain."""
     n = len(chunk)
-    block = "".join(chunk)
+    try:
+        block = "".join(chunk)  # type: ignore[arg-type]
+    except TypeError:
+        return None  # an over-long line (None): the general path reports it
+    lines = cast(list[str], chunk)
     if not block.endswith("\n") or any(c in block for c in _NOT_PLAIN):
         return None
-    if list(map(str.count, chunk, itertools.repeat(","))).count(3) != n:
+    if list(map(str.count, lines, itertools.repeat(","))).count(3) != n:
         return None  # every line has exactly four fields
     fields = block.replace("\n", ",").split(",")
     ids, sources, mids, confs = (fields[k:4 * n:4] for k in range(4))
     if list(map(len, ids)).count(16) != n:
+        return None
+    if not _all_good(sources, _good_sources, _SOURCE_RE) or not _all_good(mids, _good_mids, MID_RE):
         return None
     try:
         raw = bytes.fromhex("".join(ids))  # big-endian: one int64 per id after a byte swap
@@ -205,7 +255,7 @@ def _plain_block(chunk: list[str], file_id: int, copy_text: bool) -> Any:
                                     confs, itertools.repeat("\n"))))
 
 
-def label_rows(lines: Iterator[str], file_id: int, bad: Bad, tally: Tally, *, copy_text: bool) -> Iterator[Any]:
+def label_rows(lines: Iterator[str | None], file_id: int, bad: Bad, tally: Tally, *, copy_text: bool) -> Iterator[Any]:
     """The hot path, for label files in the standard column order (79M rows in V3 train),
     a block of lines at a time (_plain_block). Yields, per block, a flat list of the
     rows' values (Database.bulk_flat), or with copy_text a string of PostgreSQL COPY text
@@ -250,11 +300,11 @@ def _why(exc: ValueError, fields: list[str], index: list[int], cols: tuple[Colum
         try:
             _converter(col)(fields[i]) if col.type != "id" else None
         except ValueError:
-            return f"{col.csv} {fields[i][:40]!r} is not a number"
+            return f"{col.csv} {fields[i][:40]!r} is not {'0, 1, -1 or empty' if col.type == 'flag' else 'a number'}"
     return str(exc)[:80]
 
 
-def image_rows(lines: Iterable[str], header: tuple[str, ...], file_id: int, name: str, bad: Bad,
+def image_rows(lines: Iterable[str | None], header: tuple[str, ...], file_id: int, name: str, bad: Bad,
                tally: Tally) -> Iterator[Converted]:
     """Image lists, checked as the downloader checks them (rows.parse_row): a row the
     download would call bad_row is refused here too."""
@@ -269,20 +319,38 @@ def image_rows(lines: Iterable[str], header: tuple[str, ...], file_id: int, name
             tally.bad += 1
             bad(line, row.detail.split(": ", 1)[-1])
             continue
+        if "\0" in "".join(fields):
+            tally.bad += 1
+            bad(line, _nul(fmt.value, fields))
+            continue
         f = row.fields
         tally.rows += 1
         yield (id_to_int(f[0]), *f[1:8], row.original_size, f[9], f[10], row.rotation, file_id)
 
 
-def class_rows(lines: Iterable[str], has_header: bool, file_id: int, bad: Bad, tally: Tally) -> Iterator[Converted]:
-    reader = csv.reader(lines)
-    for fields in reader:
-        line = reader.line_num + (1 if has_header else 0)
-        if not fields:
+def _nul(columns: tuple[str, ...], fields: list[str]) -> str:
+    # PostgreSQL cannot store a NUL in text at all; SQLite would keep it, silently cut
+    # short by most readers. Either way the row is refused in both.
+    column = next((c for c, f in zip(columns, fields, strict=False) if "\0" in f), "a field")
+    return f"{column} holds a NUL byte"
+
+
+def class_rows(lines: Iterable[str | None], has_header: bool, file_id: int, bad: Bad,
+               tally: Tally) -> Iterator[Converted]:
+    """MID,DisplayName rows, read as the download reads image lists (rows.records): a
+    quote that never closes is one bad row, and the lines after it are read again."""
+    for line, fields in records(lines, first_line=2 if has_header else 1):
+        if isinstance(fields, str):
+            tally.bad += 1
+            bad(line, fields)
             continue
         if len(fields) != 2 or not MID_RE.fullmatch(fields[0].strip()):
             tally.bad += 1
             bad(line, f"expected MID,DisplayName, found {','.join(fields)[:80]!r}")
+            continue
+        if "\0" in fields[1]:
+            tally.bad += 1
+            bad(line, _nul(("LabelName", "DisplayName"), fields))
             continue
         tally.rows += 1
         yield (fields[0].strip(), fields[1], file_id)

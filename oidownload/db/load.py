@@ -12,8 +12,6 @@ import functools
 import gc
 import gzip
 import io
-import itertools
-import json
 import tarfile
 import time
 import zlib
@@ -21,11 +19,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 from ..errors import InputError
 from ..hierarchy import Hierarchy
-from ..rows import open_text
+from ..rows import MAX_LINE, _then, bounded_lines, open_text
 from . import Database, connect, schema
 from .formats import (
     LABEL_COPY_COLUMNS,
@@ -56,7 +54,9 @@ class Item:
     detected: Detected
     size: int
     mtime_ns: int
-    lines: Callable[[], AbstractContextManager[Iterator[str]]]  # the text's lines, header included
+    # The text's lines, header included, bounded as the download bounds them: None
+    # stands for a line over rows.MAX_LINE characters, read past and never held.
+    lines: Callable[[], AbstractContextManager[Iterator[str | None]]]
 
 
 @dataclass
@@ -83,8 +83,9 @@ def _is_archive(path: Path) -> bool:
 
 
 def _first_line(f: IO[str], name: str) -> str:
+    """At most MAX_LINE characters: a longer first line is no header detect() knows."""
     try:
-        return f.readline()
+        return f.readline(MAX_LINE)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{name}: cannot read: {exc}") from None
 
@@ -107,14 +108,14 @@ def _plain_item(path: Path) -> Item:
 
 
 @contextmanager
-def _file_lines(path: Path) -> Iterator[Iterator[str]]:
+def _file_lines(path: Path) -> Iterator[Iterator[str | None]]:
     with open_text(path) as f:
-        yield iter(f)
+        yield bounded_lines(f)
 
 
 @contextmanager
-def _member_lines(first: str, rest: IO[str]) -> Iterator[Iterator[str]]:
-    yield itertools.chain([first], rest)
+def _member_lines(first: str, rest: TextIO) -> Iterator[Iterator[str | None]]:
+    yield _then([first], rest)  # `first` may be the head of an over-long line: read past its rest
 
 
 def expand(paths: Iterable[Path]) -> tuple[list[Item], list[Path]]:
@@ -160,7 +161,7 @@ def _archive_items(path: Path) -> Iterator[tuple[Item | None, str]]:
                     yield None, f"{name}: a JSON member; load the hierarchy file by itself"
                     continue
                 text = io.TextIOWrapper(_gunzip_if_needed(raw), encoding="utf-8-sig", errors="replace", newline="")
-                first = text.readline()
+                first = text.readline(MAX_LINE)
                 found = detect(Path(member.name).name, first)
                 if found is None:
                     yield None, f"{name}: not a file oidownload can load; skipped"
@@ -253,10 +254,10 @@ class Loader:
         table = {Kind.CLASSES: "classes", Kind.HIERARCHY: "class_hierarchy"}.get(kind, kind.value)
         self.db.execute(f"DELETE FROM {table} WHERE file_id = ?", (file_id,))
 
-    def _rows(self, item: Item, lines: Iterator[str], file_id: int, result: FileResult) -> None:
+    def _rows(self, item: Item, lines: Iterator[str | None], file_id: int, result: FileResult) -> None:
         kind, header = item.detected.kind, item.detected.columns
         if kind is Kind.HIERARCHY:
-            tree = Hierarchy.from_json(_json("".join(lines), item.key), item.key)
+            tree = Hierarchy.load(Path(item.key))  # a plain file (archives skip JSON), read within its bound
             edges = [(p, c, r.value, file_id) for p, c, r in tree.edges()]
             self.db.executemany(
                 "INSERT INTO class_hierarchy (parent, child, relation, file_id) VALUES (?, ?, ?, ?) "
@@ -300,13 +301,6 @@ class Loader:
                 result.bad_samples.append(message)
 
         return report
-
-
-def _json(text: str, name: str) -> object:
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(f"{name}: not JSON ({str(exc)[:80]})") from None
 
 
 @contextmanager

@@ -125,8 +125,9 @@ def _place_full(reader: Reader, location: str, tree: Tree, full: str, data: byte
         if link_image(reader, location, folder.fd, tmp):
             try:
                 folder.replace(tmp, name)
-            except BaseException:
+            finally:
+                # rename() between two links to one file does nothing and leaves both: an
+                # earlier (or a concurrent) build's link is already at `full`.
                 folder.unlink(tmp, missing_ok=True)
-                raise
             return
     write_file(tree, full, data)

@@ -200,7 +200,7 @@ class LocalBlobs:
         finally:
             os.close(root_fd)
         try:
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            return fsio.open_regular(name, dfd)  # a FIFO planted here is refused, not waited on
         finally:
             os.close(dfd)
 
