@@ -281,7 +281,7 @@ def test_annotations_of_shards_refer_to_samples(tmp_path: Path, make_origin: Sta
     assert ann.returncode == 0, ann.stderr
     doc = json.loads((dest / "coco.json").read_text())
     names = {im["open_images_id"]: im["file_name"] for im in doc["images"]}
-    assert names and all(re.fullmatch(rf"validation/\d{{5}}-\d{{5}}\.tar#{i}", n) for i, n in names.items())
+    assert names and all(re.fullmatch(rf"validation/validation-\d{{5}}-\d{{5}}\.tar#{i}", n) for i, n in names.items())
     wanted = {mid_of("Wheel"), mid_of("Person")}
     expected = [r for r in rows_of(boxes) if r["ImageID"] in names and r["LabelName"] in wanted]
     assert len(doc["annotations"]) == len(expected) > 0
