@@ -297,3 +297,32 @@ def test_shard_names_carry_their_split_and_old_names_are_still_read(served: Serv
         with tarfile.open(t) as tf:
             seen += [m.name.split(".")[0] for m in tf.getmembers() if m.name.endswith(".json")]
     assert sorted(seen) == sorted(served.ids)
+
+
+def test_db_load_skips_the_same_content_under_another_name(tmp_path: Path) -> None:
+    """A V3 archive beside the files it unpacked to (as `metadata` left it): each box once."""
+    import io
+    import sqlite3
+    import tarfile
+
+    folder = tmp_path / "metadata"
+    (folder / "validation").mkdir(parents=True)
+    (folder / "validation" / "annotations-human-bbox.csv").write_bytes(BOXES[1].read_bytes())
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, path in (("validation/annotations-human-bbox.csv", BOXES[1]),
+                           ("train/annotations-human-bbox.csv", BOXES[0])):
+            info = tarfile.TarInfo(f"2017_11/{name}")
+            info.size = path.stat().st_size
+            tar.addfile(info, io.BytesIO(path.read_bytes()))
+    (folder / "annotations_human_bbox_2017_11.tar.gz").write_bytes(buf.getvalue())
+    db = tmp_path / "oi.sqlite"
+    for run in range(2):
+        res = run_cli("db", "load", folder, "--db", db)
+        assert res.returncode == 0, res.stderr
+        assert "annotations_human_bbox_2017_11.tar.gz!2017_11/validation/annotations-human-bbox.csv" in res.stderr
+        assert "the same content as" in res.stderr and "already loaded" in res.stderr, res.stderr
+    conn = sqlite3.connect(db)
+    (boxes,) = conn.execute("SELECT count(*) FROM boxes").fetchone()
+    conn.close()
+    assert boxes == len(rows_of(BOXES[0])) + len(rows_of(BOXES[1]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gc
 import gzip
+import hashlib
 import io
 import tarfile
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any, TextIO, cast
 
 from ..errors import InputError
 from ..hierarchy import Hierarchy
@@ -57,6 +58,9 @@ class Item:
     # The text's lines, header included, bounded as the download bounds them: None
     # stands for a line over rows.MAX_LINE characters, read past and never held.
     lines: Callable[[], AbstractContextManager[Iterator[str | None]]]
+    # Of the bytes read (after any gunzip), as the lines are: the same content under
+    # two names (an archive's member and the file unpacked from it) is loaded once.
+    digest: Any = field(default_factory=hashlib.sha256)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class FileResult:
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # of this process: the PostgreSQL server's own work is not in it
     bad_samples: list[str] = field(default_factory=list)
+    same_as: str = ""  # a duplicate's: the file already loaded with the same content
 
 
 @dataclass
@@ -93,9 +98,11 @@ def _first_line(f: IO[str], name: str) -> str:
 def _plain_item(path: Path) -> Item:
     key = str(path.resolve())
     st = path.stat()
+    digest = hashlib.sha256()
     if path.name.endswith(".json"):
         Hierarchy.load(path)  # refuse a wrong shape before anything is loaded
-        return Item(key, Detected(Kind.HIERARCHY, ()), st.st_size, st.st_mtime_ns, lambda: _file_lines(path))
+        return Item(key, Detected(Kind.HIERARCHY, ()), st.st_size, st.st_mtime_ns,
+                    lambda: _file_lines(path, digest), digest)
     with open_text(path) as f:
         first = _first_line(f, str(path))
     found = detect(path.name, first)
@@ -104,12 +111,19 @@ def _plain_item(path: Path) -> Item:
             f"{path}: not a file oidownload can load (found {first.strip()[:100]!r}); expected an Open Images "
             "image list, label or box CSV, class descriptions or the class hierarchy JSON; leave it out"
         )
-    return Item(key, found, st.st_size, st.st_mtime_ns, lambda: _file_lines(path))
+    return Item(key, found, st.st_size, st.st_mtime_ns, lambda: _file_lines(path, digest), digest)
 
 
 @contextmanager
-def _file_lines(path: Path) -> Iterator[Iterator[str | None]]:
-    with open_text(path) as f:
+def _file_lines(path: Path, digest: Any) -> Iterator[Iterator[str | None]]:
+    try:
+        with open(path, "rb") as probe:
+            gz = probe.read(2) == b"\x1f\x8b"
+        binary = cast(IO[bytes], gzip.open(path, "rb") if gz else open(path, "rb"))  # noqa: SIM115 -- closed below
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    hashed = io.BufferedReader(_Hashing(binary, digest), _TEXT_BUFFER)
+    with io.TextIOWrapper(hashed, encoding="utf-8-sig", errors="oidownload-replace", newline="") as f:
         yield bounded_lines(f)
 
 
@@ -160,14 +174,16 @@ def _archive_items(path: Path) -> Iterator[tuple[Item | None, str]]:
                 if member.name.endswith(".json"):
                     yield None, f"{name}: a JSON member; load the hierarchy file by itself"
                     continue
-                text = io.TextIOWrapper(_gunzip_if_needed(raw), encoding="utf-8-sig", errors="replace", newline="")
+                digest = hashlib.sha256()
+                hashed = io.BufferedReader(_Hashing(_gunzip_if_needed(raw), digest), _TEXT_BUFFER)
+                text = io.TextIOWrapper(hashed, encoding="utf-8-sig", errors="replace", newline="")
                 first = text.readline(MAX_LINE)
                 found = detect(Path(member.name).name, first)
                 if found is None:
                     yield None, f"{name}: not a file oidownload can load; skipped"
                     continue
                 mtime = int(member.mtime) * 1_000_000_000 ^ st.st_size  # changes when the archive does
-                yield Item(name, found, member.size, mtime, functools.partial(_member_lines, first, text)), ""
+                yield Item(name, found, member.size, mtime, functools.partial(_member_lines, first, text), digest), ""
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise InputError(f"{path}: not a readable tar archive ({exc})") from None
 
@@ -189,6 +205,40 @@ class _Forward(io.RawIOBase):
         data = self._f.read(len(b))
         b[: len(data)] = data
         return len(data)
+
+
+class _Hashing(io.RawIOBase):
+    """A read-only view of a stream that feeds every byte read to a hash."""
+
+    def __init__(self, f: IO[bytes], digest: Any) -> None:
+        self._f = f
+        self._digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self._f.read(len(b))
+        self._digest.update(data)
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            super().close()
+
+
+class _Same(Exception):
+    """The content just read was loaded before under another name."""
+
+    def __init__(self, other: str) -> None:
+        super().__init__(other)
+        self.other = other
+
+
+DUPLICATE = "duplicate"  # loaded_files.kind of a file skipped for its content; columns: the other's path
 
 
 def _gunzip_if_needed(raw: IO[bytes]) -> IO[bytes]:
@@ -216,11 +266,40 @@ class Loader:
         kind = item.detected.kind
         if kind is Kind.MID_LIST:
             return FileResult(item.key, kind.value, "skipped")
-        old = self.db.execute("SELECT id, size, mtime_ns FROM loaded_files WHERE path = ?", (item.key,))
+        old = self.db.execute("SELECT id, size, mtime_ns, kind, columns FROM loaded_files WHERE path = ?", (item.key,))
         if old and (old[0][1], old[0][2]) == (item.size, item.mtime_ns):
+            if old[0][3] == DUPLICATE:
+                return FileResult(item.key, kind.value, DUPLICATE, same_as=str(old[0][4]))
             return FileResult(item.key, kind.value, "unchanged")
         started, cpu = time.monotonic(), time.process_time()
         result = FileResult(item.key, kind.value, "reloaded" if old else "loaded")
+        try:
+            self._load(item, old, result)
+        except _Same as same:
+            self._skip(item, old, same.other)
+            return FileResult(item.key, kind.value, DUPLICATE, same_as=same.other)
+        if kind is Kind.CLASSES:
+            self._known_mids = None
+        if kind is Kind.HIERARCHY:
+            self.hierarchy_changed = True
+        result.seconds, result.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
+        return result
+
+    def _skip(self, item: Item, old: list[tuple[Any, ...]], other: str) -> None:
+        """Records a file whose content was loaded under another name: skipped, and
+        skipped again while its size and mtime stay the same."""
+        with self.db.transaction():
+            if old:
+                self._delete(item.detected.kind, int(old[0][0]))
+                self.db.execute("UPDATE loaded_files SET kind = ?, columns = ?, size = ?, mtime_ns = ?, rows = 0, "
+                                "bad_rows = 0, loaded_at = ? WHERE id = ?",
+                                (DUPLICATE, other, item.size, item.mtime_ns, _now(), int(old[0][0])))
+            else:
+                self.db.execute("INSERT INTO loaded_files (path, kind, columns, size, mtime_ns, loaded_at) "
+                                "VALUES (?, ?, ?, ?, ?, ?)", (item.key, DUPLICATE, other, item.size, item.mtime_ns, _now()))
+
+    def _load(self, item: Item, old: list[tuple[Any, ...]], result: FileResult) -> None:
+        kind = item.detected.kind
         with self.db.transaction():
             if old:
                 file_id = int(old[0][0])
@@ -241,14 +320,13 @@ class Loader:
                                  "nothing of this file was loaded") from None
             except OSError as exc:
                 raise InputError(f"{item.key}: read failed: {exc.strerror or exc}") from None
-            self.db.execute("UPDATE loaded_files SET rows = ?, bad_rows = ? WHERE id = ?",
-                            (result.rows, result.bad_rows, file_id))
-        if kind is Kind.CLASSES:
-            self._known_mids = None
-        if kind is Kind.HIERARCHY:
-            self.hierarchy_changed = True
-        result.seconds, result.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
-        return result
+            content = item.digest.hexdigest()
+            same = self.db.execute("SELECT path FROM loaded_files WHERE content_sha256 = ? AND id <> ? AND kind = ?",
+                                   (content, file_id, kind.value))
+            if same:
+                raise _Same(str(same[0][0]))  # rolls this file's rows back
+            self.db.execute("UPDATE loaded_files SET rows = ?, bad_rows = ?, content_sha256 = ? WHERE id = ?",
+                            (result.rows, result.bad_rows, content, file_id))
 
     def _delete(self, kind: Kind, file_id: int) -> None:
         table = {Kind.CLASSES: "classes", Kind.HIERARCHY: "class_hierarchy"}.get(kind, kind.value)
@@ -365,7 +443,9 @@ def _report(r: FileResult, log: Callable[[str], None]) -> FileResult:
         log(f"oidownload: bad row: {sample}")
     more = r.bad_rows - len(r.bad_samples)
     extra = f" ({more} more bad rows not shown)" if more > 0 else ""
-    if r.state in ("loaded", "reloaded"):
+    if r.state == DUPLICATE:
+        log(f"oidownload: note: skipped {r.key}: the same content as {r.same_as}, already loaded")
+    elif r.state in ("loaded", "reloaded"):
         rate = f", {r.rows / r.seconds:,.0f} rows/s" if r.seconds > 0 and r.rows else ""
         rate += f" ({r.rows / r.cpu_seconds:,.0f} a CPU second)" if r.cpu_seconds > 0 and r.rows else ""
         log(f"oidownload: {r.state} {r.key} ({r.kind}): {r.rows} rows, {r.bad_rows} bad{rate}{extra}")

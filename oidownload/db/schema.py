@@ -91,7 +91,8 @@ def create(db: Database) -> None:
             mtime_ns BIGINT NOT NULL,
             rows BIGINT NOT NULL DEFAULT 0,
             bad_rows BIGINT NOT NULL DEFAULT 0,
-            loaded_at TEXT NOT NULL)""",
+            loaded_at TEXT NOT NULL,
+            content_sha256 TEXT)            -- of the text read: the same content twice loads once""",
         *(_table(db, name, cols) for name, cols in TABLES.items()),
         "CREATE TABLE IF NOT EXISTS classes (mid TEXT PRIMARY KEY, name TEXT NOT NULL, file_id INTEGER NOT NULL)",
         """CREATE TABLE IF NOT EXISTS class_hierarchy (
@@ -115,7 +116,18 @@ def create(db: Database) -> None:
     with db.transaction():
         for stmt in statements:
             db.execute(stmt)
+        _add_columns(db)
         _views(db)
+
+
+def _add_columns(db: Database) -> None:
+    """Columns added after a database was first made: an older one gains them."""
+    if db.postgres:
+        db.execute("ALTER TABLE loaded_files ADD COLUMN IF NOT EXISTS content_sha256 TEXT")
+        return
+    have = {str(r[1]) for r in db.execute("PRAGMA table_info(loaded_files)")}
+    if "content_sha256" not in have:
+        db.execute("ALTER TABLE loaded_files ADD COLUMN content_sha256 TEXT")
 
 
 def _views(db: Database) -> None:
