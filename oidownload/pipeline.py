@@ -558,6 +558,25 @@ class _Run:
             waiting: list[asyncio.Future[Any]] = [*self.in_pool, *self.extra]
             await asyncio.wait(waiting)
 
+    async def close_sink(self) -> None:
+        """The sink's close and the last flush, within the run's time: once a stopping
+        run's grace is over, or at a second signal, what the sink still waits for (an
+        upload to a store that never answers) is abandoned, and the journal keeps
+        what was confirmed."""
+        closing = asyncio.create_task(self.recorder.close(complete=not self.abandoned and self.fatal is None))
+        while not closing.done():
+            done, _ = await asyncio.wait([closing], timeout=0.1)
+            if done:
+                break
+            if self.abort.is_set() or (self.stopping.is_set()
+                                       and time.monotonic() >= self.stopped_at + self.cfg.run.grace):
+                n = self.sink.abandon()
+                if n:
+                    self.progress.log("abandon", f"stopping: {n} upload(s) still under way to {self.cfg.output.out} "
+                                      "abandoned; the next run does them again", level="warning", abandoned=n)
+                break
+        await closing
+
     async def main(self, done_at_start: int) -> None:
         loop = asyncio.get_running_loop()
         # Signal handlers belong to the main thread; the Python API runs a pipeline in
@@ -601,7 +620,7 @@ class _Run:
                 raise drain.exception()  # type: ignore[misc]
         finally:
             await session.close()
-            await self.recorder.close(complete=not self.abandoned and self.fatal is None)
+            await self.close_sink()
             try:
                 await self.recorder.run(self.write_progress, False)
             except OutputError as exc:
@@ -712,7 +731,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         raise InputError("no input CSV given")
     formats = [read_header(p) for p in cfg.inputs]  # a bad header stops us before any request
     state_dir = cfg.output.state_dir
-    sink = open_sink(cfg.output, shard)
+    sink = open_sink(cfg.output, shard, cfg.run.grace)
     _prepare_state(state_dir)
     sink.prepare()
     _check_split(state_dir, shard, cfg.run.resplit)

@@ -137,6 +137,10 @@ class ShardStore(Protocol):
         under `index_part_name`) visible under its final name; blocking."""
         ...
 
+    async def publish_async(self, subset: str, name: str) -> None:
+        """`publish` for the event loop: a cancel stops waiting for it."""
+        ...
+
     def put(self, key: str, data: bytes) -> None: ...
 
     def check(self) -> None:
@@ -180,6 +184,9 @@ class LocalShards:
         finally:
             os.close(fd)
 
+    async def publish_async(self, subset: str, name: str) -> None:
+        self.publish(subset, name)
+
     def put(self, key: str, data: bytes) -> None:
         folder, _, name = key.rpartition("/")
         with fsio.atomic_file(self.out / folder / name, "wb") as f:
@@ -207,6 +214,7 @@ class TarSink(Sink):
         self.state: dict[str, str | None] = {}
         self.error: BaseException | None = None
         self.touched: set[str] = set()
+        self.abandoned = False
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
@@ -407,13 +415,12 @@ class TarSink(Sink):
     async def _upload_loop(self) -> None:
         """Remote: uploads closed shards one at a time, in order, so the journal's
         state only ever moves forward past shards that are in the bucket."""
-        loop = asyncio.get_running_loop()
         while True:
             while not self.to_upload:
                 await asyncio.sleep(0.05)
             shard = self.to_upload[0]
             try:
-                await loop.run_in_executor(None, self.store.publish, shard.subset, shard.name)
+                await self.store.publish_async(shard.subset, shard.name)
             except Exception as exc:
                 self.error = self.error or exc
                 return
@@ -463,7 +470,8 @@ class TarSink(Sink):
                 await asyncio.sleep(0.05)
         if self.uploader is not None:
             self.uploader.cancel()
-            if self.to_upload and self.error is None:
+            # A stopped run says so in its exit code; a finished one must not end 0.
+            if self.to_upload and self.error is None and complete and not self.abandoned:
                 self.error = OutputError(f"{len(self.to_upload)} closed shard(s) are not uploaded yet; "
                                          "they are uploaded when the same command runs again")
         try:
@@ -472,11 +480,19 @@ class TarSink(Sink):
             for shard in self.open.values():
                 if shard.fd >= 0:
                     os.close(shard.fd)
-            if complete and not self.to_upload:
+            if complete and not self.to_upload and not self.abandoned:
                 await loop.run_in_executor(self.io, self._write_shard_lists)
             self.io.shutdown(wait=True)
             clear_staging(self.staging)
         return synced
+
+    def abandon(self) -> int:
+        # Closed shards not uploaded stay in the state dir: the next run uploads them
+        # (recover) and journals their samples then.
+        self.abandoned = True
+        if self.uploader is not None:
+            self.uploader.cancel()
+        return len(self.to_upload)
 
     def _write_shard_lists(self) -> None:
         """shards.json of each subset this run wrote to (the wids convention), from the

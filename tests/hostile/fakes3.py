@@ -3,7 +3,7 @@ signature check, objects kept in memory. Enough of the protocol for `-o s3://`
 (list, put, delete, get; multipart for shards), plus the two faults of issue 28:
 
     fake.fail = lambda key: "SlowDown"   # a 503 with that S3 code, every time, for these keys
-    fake.hang = True                     # from now on requests are accepted and never answered
+    fake.hang = lambda key: True         # requests for these keys are accepted, never answered
 
 Used through the standard variables, as a user would point at any S3 server:
 `env=fake.env`."""
@@ -28,7 +28,7 @@ class FakeS3:
         self.objects: dict[str, bytes] = {}  # "bucket/key" → bytes
         self.uploads: dict[str, dict[int, bytes]] = {}
         self.fail: Callable[[str], str | None] = lambda key: None
-        self.hang = False
+        self.hang: Callable[[str], bool] = lambda key: False
         self.hung = 0  # requests held without an answer
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -48,10 +48,10 @@ class FakeS3:
         return sorted(k.partition("/")[2] for k in self.objects if k.startswith(bucket + "/"))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if self.hang:
+        bucket, _, key = request.path.lstrip("/").partition("/")
+        if self.hang(key):
             self.hung += 1
             await asyncio.Event().wait()  # accepted, never answered
-        bucket, _, key = request.path.lstrip("/").partition("/")
         full = f"{bucket}/{key}"
         code = self.fail(key) if key else None
         if code is not None:
@@ -142,5 +142,4 @@ class FakeS3:
 def fake_s3() -> Iterator[FakeS3]:
     server = FakeS3().start()
     yield server
-    server.hang = False
     server.stop()
