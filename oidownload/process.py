@@ -271,8 +271,13 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> Rendered:
         # No decode: only the header is parsed, for the size and the format.
         return Rendered(body, _KEEP_EXT.get(im.format or "", _sniff_ext(body)), im.size)
     pil_format, ext = _ENCODERS[cfg.format]
-    turn = _orientation(im, job, cfg)
     target = target_size(im.size, cfg)
+    if im.format != "JPEG":
+        # Reading a PNG's EXIF (for the orientation) decodes the whole image: the
+        # estimate comes first. A JPEG's EXIF is in its header, and its draft below may
+        # shrink what is decoded, so it is checked after the draft.
+        _check_decode(im, pil_format, target, cfg)
+    turn = _orientation(im, job, cfg)
     if target is None and turn is None and _same_format(im.format, pil_format):
         if job.expected_md5 is None:
             _check_decode(im, im.format or "", None, cfg)
