@@ -324,6 +324,7 @@ class _Run:
             expected_size=plan.expected_size,
             net=self.cfg.net, limiter=self.limiter, reserve=self.budget.reserve,
             new_writer=self.new_writer, deadline=tried.t0 + self.cfg.net.image_deadline, rng=self.rng,
+            stored=plan.check_etag,
         )
         base.attempts = tried.attempts + got.attempts
         result = got.result
@@ -350,7 +351,7 @@ class _Run:
             row.image_id, row.subset, plan.source,
             expected_size=plan.expected_size, expected_md5=expected_md5, checked_by=checked_by,
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
-            file=row.file, line=row.line,
+            file=row.file, line=row.line, encoding=result.encoding, max_decoded=self.cfg.net.max_body_bytes,
         )
         await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, held, result.http_status))
 
