@@ -64,7 +64,7 @@ class Attempts:
 
 
 Reserve = Callable[[int], Awaitable[Reservation]]
-NewWriter = Callable[[], BodyWriter]
+NewWriter = Callable[[int], BodyWriter]  # called with the bytes the body is charged
 
 
 def make_session(net: NetConfig) -> aiohttp.ClientSession:
@@ -254,8 +254,17 @@ async def fetch_once(
                     # (999999999999999): never reserve more than the cap.
                     guess = length if length is not None else min(expected_size or GUESS_BYTES, net.max_body_bytes)
                     held = await reserve(guess)
-                    writer = new_writer()
-                    if not await _read_capped(resp, net.max_body_bytes, writer, held):
+                    writer = new_writer(guess)
+                    # A body whose size is known is not read past it (a chunked original
+                    # of OriginalSize 1000 is not read on to --max-body-mb), except that
+                    # up to PLACEHOLDER_MAX_BYTES are read: the placeholder served in
+                    # its place is told by its MD5.
+                    known = max(expected_size, PLACEHOLDER_MAX_BYTES) if expected_size is not None else None
+                    cap = net.max_body_bytes if known is None else min(net.max_body_bytes, known)
+                    if not await _read_capped(resp, cap, writer, held):
+                        if cap < net.max_body_bytes:
+                            return Failure(Status.SIZE_MISMATCH, f"body longer than OriginalSize {expected_size} "
+                                           f"(stopped reading after {writer.size} bytes)", resp.status)
                         return Failure(Status.TOO_LARGE, f"body over the cap of {net.max_body_bytes} bytes", resp.status)
                     encoding = resp.headers.get("Content-Encoding", "").strip() if stored else ""
                     result = Fetched(writer, resp.status, held, resp.headers.get("ETag"),

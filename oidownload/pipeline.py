@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from .accel import pillow_build
-from .body import BodyWriter, MemfdPool
+from .body import BodyWriter, MemfdPool, pool_share
 from .config import Config
 from .cpus import usable_cpus
 from .errors import ConfigError, InputError, OidownloadError, OutputError
@@ -189,12 +189,14 @@ class _Run:
         self.workers = workers
         self.sink = sink
         self.recorder = Recorder(progress, journal, sink, self.fail, cfg.output.out)
-        self.memfds = MemfdPool() if workers.use_memfd else None
+        # Pooled memfds keep their pages: their share comes out of the byte budget.
+        pooled = pool_share(cfg.run.max_bytes_in_flight) if workers.use_memfd else 0
+        self.memfds = MemfdPool(pooled) if workers.use_memfd else None
         self.formats = formats
         self.filter = SelectionFilter(shard, done, cfg.select.ids)
         n = cfg.net.concurrency
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
-        self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
+        self.budget = ByteBudget(cfg.run.max_bytes_in_flight - pooled)
         self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
@@ -219,8 +221,8 @@ class _Run:
         self.input_errors: list[InputError] = []
         self.stopper: Stopper | None = None
 
-    def new_writer(self) -> BodyWriter:
-        return BodyWriter(self.memfds)
+    def new_writer(self, charged: int) -> BodyWriter:
+        return BodyWriter(self.memfds, charged)
 
     # -- stopping ---------------------------------------------------------------------
     def request_stop(self, code: int, why: str) -> None:
