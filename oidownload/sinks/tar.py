@@ -24,6 +24,7 @@ import json
 import os
 import re
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -215,6 +216,11 @@ class TarSink(Sink):
         self.error: BaseException | None = None
         self.touched: set[str] = set()
         self.abandoned = False
+        # Remote: this task's shard numbers in the bucket, listed once at recovery. The
+        # I/O thread must not list the bucket while it appends: a store that stops
+        # answering would hold that thread, and the process's exit with it.
+        self.taken: dict[str, list[int]] | None = None
+        self.listing: asyncio.Task[None] | None = None  # remote: shards.json being written
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
@@ -229,6 +235,8 @@ class TarSink(Sink):
     # -- recovery -----------------------------------------------------------------------
     def recover(self, state: Mapping[str, str], owns: Callable[[str], bool], crashed: bool) -> Synced:
         clear_staging(self.staging)
+        if self.store.remote:
+            self.taken = {subset: self._listed_seqs(subset) for subset in self.store.blobs.folders("")}
         where: dict[str, tuple[int, int]] = {}
         for key, value in state.items():
             if key.startswith("tar:"):
@@ -298,11 +306,14 @@ class TarSink(Sink):
                         and entry.is_file(follow_symlinks=False) and folder / entry.name not in keep):
                     os.unlink(entry.path)
 
+    def _listed_seqs(self, subset: str) -> list[int]:
+        return [int(m.group(2)) for name, _ in self.store.blobs.files(subset)
+                if (m := SHARD_RE.fullmatch(name)) and int(m.group(1)) == self.shard.index]
+
     def _seq_for(self, subset: str) -> int:
         # Never reuse the name of a closed shard, whatever the journal says: a state dir
         # may have been lost, or the run re-split.
-        taken = [int(m.group(2)) for name, _ in self.store.blobs.files(subset)
-                 if (m := SHARD_RE.fullmatch(name)) and int(m.group(1)) == self.shard.index]
+        taken = self._listed_seqs(subset) if self.taken is None else self.taken.get(subset, [])
         return max([self.next_seq.get(subset, 0), *(t + 1 for t in taken)])
 
     def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
@@ -480,8 +491,18 @@ class TarSink(Sink):
             for shard in self.open.values():
                 if shard.fd >= 0:
                     os.close(shard.fd)
+        try:
             if complete and not self.to_upload and not self.abandoned:
-                await loop.run_in_executor(self.io, self._write_shard_lists)
+                if self.store.remote:
+                    self.listing = loop.create_task(_in_daemon_thread(self._write_shard_lists))
+                    await asyncio.wait([self.listing])
+                    failed = None if self.listing.cancelled() else self.listing.exception()
+                    if failed is not None and synced.error is None:
+                        synced.error = failed if isinstance(failed, OutputError) else OutputError(
+                            f"cannot write the shard lists in {self.where}: {failed}")
+                else:
+                    await loop.run_in_executor(self.io, self._write_shard_lists)
+        finally:
             self.io.shutdown(wait=True)
             clear_staging(self.staging)
         return synced
@@ -492,7 +513,10 @@ class TarSink(Sink):
         self.abandoned = True
         if self.uploader is not None:
             self.uploader.cancel()
-        return len(self.to_upload)
+        listing = self.listing is not None and not self.listing.done()
+        if self.listing is not None:
+            self.listing.cancel()
+        return len(self.to_upload) + listing
 
     def _write_shard_lists(self) -> None:
         """shards.json of each subset this run wrote to (the wids convention), from the
@@ -508,6 +532,35 @@ class TarSink(Sink):
             doc = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": subset,
                    "shardlist": sorted(shards, key=lambda s: str(s["url"]))}
             self.store.put(f"{subset}/shards.json", json.dumps(doc, indent=1).encode())
+
+
+async def _in_daemon_thread(fn: Callable[[], None]) -> None:
+    """fn in a daemon thread, awaited. A cancel ends the wait; the thread, blocked in a
+    request to a store that stopped answering, cannot hold the process's exit as an
+    executor's thread would (those are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+    def run() -> None:
+        try:
+            fn()
+            outcome: BaseException | None = None
+        except BaseException as exc:  # handed to the awaiting task
+            outcome = exc
+        try:
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:
+            pass  # the loop is gone: nobody waits any more
+
+    threading.Thread(target=run, daemon=True, name="shard-lists").start()
+    await fut
 
 
 def _copy(src: int, dst: int, offset: int, size: int) -> None:

@@ -135,3 +135,21 @@ def test_a_store_that_never_answers_fails_each_upload_in_time(tmp_path: Path, ma
     statuses = set(_journal(tmp_path / "state").values())
     assert statuses <= {"write_error"}, statuses
     assert "Traceback" not in err
+
+
+def test_a_store_that_stops_answering_after_the_shards_are_up(tmp_path: Path, make_origin: StartOrigin,
+                                                              fake_s3: FakeS3) -> None:
+    """Every shard is uploaded, then the store stops answering listings: the shard
+    lists (shards.json) cannot be written. --max-runtime still ends the run in time, and
+    every sample uploaded is journaled."""
+    corpus = Corpus.generate(12, mix="tiny", seed=2805)
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    fake_s3.hang = lambda key: not key and any(k.endswith(".tar") for k in fake_s3.objects)
+    t0 = time.monotonic()
+    res = run_cli("download", manifest, "-o", "s3://out/run", "--state-dir", tmp_path / "state", "--output-format",
+                  "webdataset", "--shard-size", "4", "--max-runtime", "4", "--grace", "2", env=fake_s3.env, timeout=60)
+    assert res.returncode == 75, res.stderr
+    assert time.monotonic() - t0 < 15, res.stderr
+    assert fake_s3.hung and "Traceback" not in res.stderr
+    assert sorted(_journal(tmp_path / "state").values()) == ["ok"] * 12
