@@ -31,20 +31,35 @@ class MemfdRef:
 BodyRef = bytes | MemfdRef
 
 
+POOL_MAX_BYTES = 64 * 1024 * 1024
+
+
+def pool_share(budget: int) -> int:
+    """The part of the byte budget kept for pooled memfds: their pages are memory too,
+    so the pool lives inside the budget (an eighth of it, at most POOL_MAX_BYTES)."""
+    return min(POOL_MAX_BYTES, budget // 8)
+
+
 class MemfdPool:
     """Reuses memfds: writing over pages a memfd already has is a plain copy, while a
     fresh one makes the kernel allocate and zero every page (measured: 0.5 ms more per
     MB, in the parent). Up to `keep_bytes` of capacity stays pooled, never in any RSS."""
 
-    def __init__(self, keep_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, keep_bytes: int = POOL_MAX_BYTES) -> None:
         self.keep_bytes = keep_bytes
         self._free: list[tuple[int, int]] = []  # (fd, capacity)
         self._pooled = 0
 
-    def take(self) -> tuple[int, int]:
+    def take(self, fit: int | None = None) -> tuple[int, int]:
+        """A memfd and its capacity (pages it already has). With `fit` (the bytes the
+        body is charged), a pooled one with more is cut down to that first: its stale
+        pages would be memory that no reservation pays for."""
         if self._free:
             fd, cap = self._free.pop()
             self._pooled -= cap
+            if fit is not None and cap > fit:
+                os.ftruncate(fd, fit)  # gives the pages past `fit` back to the kernel
+                cap = fit
             return fd, cap
         return os.memfd_create("oidownload-body", os.MFD_CLOEXEC), 0
 
@@ -67,10 +82,10 @@ class BodyWriter:
 
     __slots__ = ("_cap", "_chunks", "_fd", "_pool", "size")
 
-    def __init__(self, pool: MemfdPool | None) -> None:
+    def __init__(self, pool: MemfdPool | None, charged: int | None = None) -> None:
         self.size = 0
         self._pool = pool
-        self._fd, self._cap = pool.take() if pool is not None else (-1, 0)
+        self._fd, self._cap = pool.take(charged) if pool is not None else (-1, 0)
         self._chunks: list[bytes] = []
 
     def write(self, chunk: bytes) -> None:

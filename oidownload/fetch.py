@@ -44,6 +44,7 @@ class Fetched:
     http_status: int
     held: Reservation  # this body's bytes in the budget; the caller releases it
     etag: str | None = None
+    encoding: str = ""  # the Content-Encoding of a body fetched as stored, still encoded
 
 
 @dataclass(slots=True)
@@ -63,7 +64,7 @@ class Attempts:
 
 
 Reserve = Callable[[int], Awaitable[Reservation]]
-NewWriter = Callable[[], BodyWriter]
+NewWriter = Callable[[int], BodyWriter]  # called with the bytes the body is charged
 
 
 def default_agent(task: str | None = None) -> str:
@@ -218,10 +219,13 @@ async def fetch_once(
     reserve: Reserve,
     new_writer: NewWriter,
     timeout: float,
+    stored: bool = False,
 ) -> Fetched | Failure:
     """One request, following up to `net.max_redirects` redirects (each target checked
     like an input URL). Exceptions are mapped most specific first, because aiohttp's
-    hierarchy nests them (a DNS error is a connector error is a connection error)."""
+    hierarchy nests them (a DNS error is a connector error is a connection error).
+    `stored`: the body as the server stores it, even if it sends it with a
+    Content-Encoding (a mirror's ETag is the MD5 of those bytes); it is decoded later."""
     held: Reservation | None = None
     writer: BodyWriter | None = None
     length: int | None = None
@@ -229,7 +233,8 @@ async def fetch_once(
     try:
         async with asyncio.timeout(timeout):
             while True:
-                async with session.get(url, allow_redirects=False, proxy=proxy_for(url)) as resp:
+                async with session.get(url, allow_redirects=False, proxy=proxy_for(url),
+                                       auto_decompress=not stored) as resp:
                     if resp.status in _REDIRECTS:
                         target = _redirect(url, resp, hops, net)
                         if isinstance(target, Failure):
@@ -257,10 +262,21 @@ async def fetch_once(
                     # (999999999999999): never reserve more than the cap.
                     guess = length if length is not None else min(expected_size or GUESS_BYTES, net.max_body_bytes)
                     held = await reserve(guess)
-                    writer = new_writer()
-                    if not await _read_capped(resp, net.max_body_bytes, writer, held):
+                    writer = new_writer(guess)
+                    # A body whose size is known is not read past it (a chunked original
+                    # of OriginalSize 1000 is not read on to --max-body-mb), except that
+                    # up to PLACEHOLDER_MAX_BYTES are read: the placeholder served in
+                    # its place is told by its MD5.
+                    known = max(expected_size, PLACEHOLDER_MAX_BYTES) if expected_size is not None else None
+                    cap = net.max_body_bytes if known is None else min(net.max_body_bytes, known)
+                    if not await _read_capped(resp, cap, writer, held):
+                        if cap < net.max_body_bytes:
+                            return Failure(Status.SIZE_MISMATCH, f"body longer than OriginalSize {expected_size} "
+                                           f"(stopped reading after {writer.size} bytes)", resp.status)
                         return Failure(Status.TOO_LARGE, f"body over the cap of {net.max_body_bytes} bytes", resp.status)
-                    result = Fetched(writer, resp.status, held, resp.headers.get("ETag"))
+                    encoding = resp.headers.get("Content-Encoding", "").strip() if stored else ""
+                    result = Fetched(writer, resp.status, held, resp.headers.get("ETag"),
+                                     "" if encoding.lower() == "identity" else encoding)
                     held, writer = None, None  # now owned by the result
                     return result
     except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: must come first
@@ -330,6 +346,7 @@ async def fetch_body(
     new_writer: NewWriter,
     deadline: float,
     rng: random.Random,
+    stored: bool = False,
 ) -> Attempts:
     """Fetches url, retrying retryable failures until `net.retries` retries or the
     loop-time `deadline` is spent; final failures are returned at once. No wait (for
@@ -354,7 +371,7 @@ async def fetch_body(
                 left = deadline - loop.time()
                 result = await fetch_once(
                     session, parsed, expected_size=expected_size, net=net, reserve=reserve,
-                    new_writer=new_writer, timeout=max(0.001, min(net.total_timeout, left)),
+                    new_writer=new_writer, timeout=max(0.001, min(net.total_timeout, left)), stored=stored,
                 )
         except HostHeld as held:
             status = Status.HTTP_429 if held.http_status == 429 else Status.HTTP_5XX

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from .accel import pillow_build
-from .body import BodyWriter, MemfdPool
+from .body import BodyWriter, MemfdPool, pool_share
 from .config import Config
 from .cpus import usable_cpus
 from .errors import ConfigError, InputError, OidownloadError, OutputError
@@ -191,12 +191,14 @@ class _Run:
         self.workers = workers
         self.sink = sink
         self.recorder = Recorder(progress, journal, sink, self.fail, cfg.output.out)
-        self.memfds = MemfdPool() if workers.use_memfd else None
+        # Pooled memfds keep their pages: their share comes out of the byte budget.
+        pooled = pool_share(cfg.run.max_bytes_in_flight) if workers.use_memfd else 0
+        self.memfds = MemfdPool(pooled) if workers.use_memfd else None
         self.formats = formats
         self.filter = SelectionFilter(shard, done, cfg.select.ids)
         n = cfg.net.concurrency
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
-        self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
+        self.budget = ByteBudget(cfg.run.max_bytes_in_flight - pooled)
         self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
         self.limiter = HostLimiter(cfg.net.per_host)
         self.rng = random.Random()
@@ -221,8 +223,8 @@ class _Run:
         self.input_errors: list[InputError] = []
         self.stopper: Stopper | None = None
 
-    def new_writer(self) -> BodyWriter:
-        return BodyWriter(self.memfds)
+    def new_writer(self, charged: int) -> BodyWriter:
+        return BodyWriter(self.memfds, charged)
 
     # -- stopping ---------------------------------------------------------------------
     def request_stop(self, code: int, why: str) -> None:
@@ -326,6 +328,7 @@ class _Run:
             expected_size=plan.expected_size,
             net=self.cfg.net, limiter=self.limiter, reserve=self.budget.reserve,
             new_writer=self.new_writer, deadline=tried.t0 + self.cfg.net.image_deadline, rng=self.rng,
+            stored=plan.check_etag,
         )
         base.attempts = tried.attempts + got.attempts
         result = got.result
@@ -352,7 +355,7 @@ class _Run:
             row.image_id, row.subset, plan.source,
             expected_size=plan.expected_size, expected_md5=expected_md5, checked_by=checked_by,
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
-            file=row.file, line=row.line,
+            file=row.file, line=row.line, encoding=result.encoding, max_decoded=self.cfg.net.max_body_bytes,
         )
         await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, held, result.http_status))
 
@@ -560,6 +563,25 @@ class _Run:
             waiting: list[asyncio.Future[Any]] = [*self.in_pool, *self.extra]
             await asyncio.wait(waiting)
 
+    async def close_sink(self) -> None:
+        """The sink's close and the last flush, within the run's time: once a stopping
+        run's grace is over, or at a second signal, what the sink still waits for (an
+        upload to a store that never answers) is abandoned, and the journal keeps
+        what was confirmed."""
+        closing = asyncio.create_task(self.recorder.close(complete=not self.abandoned and self.fatal is None))
+        while not closing.done():
+            done, _ = await asyncio.wait([closing], timeout=0.1)
+            if done:
+                break
+            if self.abort.is_set() or (self.stopping.is_set()
+                                       and time.monotonic() >= self.stopped_at + self.cfg.run.grace):
+                n = self.sink.abandon()
+                if n:
+                    self.progress.log("abandon", f"stopping: {n} upload(s) still under way to {self.cfg.output.out} "
+                                      "abandoned; the next run does them again", level="warning", abandoned=n)
+                break
+        await closing
+
     async def main(self, done_at_start: int) -> None:
         loop = asyncio.get_running_loop()
         # Signal handlers belong to the main thread; the Python API runs a pipeline in
@@ -602,7 +624,7 @@ class _Run:
                 raise drain.exception()  # type: ignore[misc]
         finally:
             await session.close()
-            await self.recorder.close(complete=not self.abandoned and self.fatal is None)
+            await self.close_sink()
             try:
                 await self.recorder.run(self.write_progress, False)
             except OutputError as exc:
@@ -715,7 +737,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         raise InputError("no input CSV given")
     formats = [read_header(p) for p in cfg.inputs]  # a bad header stops us before any request
     state_dir = cfg.output.state_dir
-    sink = open_sink(cfg.output, shard)
+    sink = open_sink(cfg.output, shard, cfg.run.grace)
     _prepare_state(state_dir)
     sink.prepare()
     _check_split(state_dir, shard, cfg.run.resplit)

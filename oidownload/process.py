@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import warnings
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .body import BodyRef, Buffer, opened
 from .config import ImageConfig, Orientation, OutputFormat, ResizeMode
-from .records import Outcome, Source, Status
+from .records import Outcome, Source, Status, clean_text
 from .sinks import Member, Target
 
 # What --format writes, as (Pillow format, file extension).
@@ -84,6 +85,10 @@ class Job:
     has_rotation_column: bool = False
     file: str = ""
     line: int = 0
+    # A mirror copy fetched as stored (its ETag is the MD5 of those bytes) with this
+    # Content-Encoding: checked as it is, then decoded, up to max_decoded bytes.
+    encoding: str = ""
+    max_decoded: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,11 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
         if digest != job.expected_md5:
             return _fail(outcome, Status.MD5_MISMATCH, f"md5 {digest}, {job.checked_by} is {job.expected_md5}")
         outcome.verified = True
+    if job.encoding:
+        decoded = _content_decoded(body, job.encoding, job.max_decoded)
+        if isinstance(decoded, tuple):
+            return _fail(outcome, *decoded)
+        body = decoded
     try:
         r = _render(job, body, settings.image)
     except Image.DecompressionBombError as exc:
@@ -160,6 +170,30 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
     outcome.location, outcome.staged = placed.location, placed.staged
     outcome.out_bytes = len(r.data)
     return outcome
+
+
+def _content_decoded(body: Buffer, encoding: str, cap: int) -> bytes | tuple[Status, str]:
+    """The body a Content-Encoding stands for, or a failure: gzip and deflate (zlib or
+    raw), at most `cap` bytes (a small gzip can stand for gigabytes)."""
+    kind = encoding.strip().lower()
+    if kind in ("gzip", "x-gzip"):
+        candidates = [zlib.MAX_WBITS | 16]
+    elif kind == "deflate":
+        candidates = [zlib.MAX_WBITS, -zlib.MAX_WBITS]
+    else:
+        return Status.CORRUPT, f"served with Content-Encoding {clean_text(encoding, 40)}, which is not decoded"
+    why = ""
+    for wbits in candidates:
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(body, cap + 1)
+        except zlib.error as exc:
+            why = f"its Content-Encoding {kind} does not decode: {exc}"
+            continue
+        if len(out) > cap:
+            return Status.TOO_LARGE, f"decoded from {kind}, over the cap of {cap} bytes"
+        return out
+    return Status.CORRUPT, why
 
 
 def _fail(outcome: Outcome, status: Status, detail: str) -> Outcome:
@@ -271,8 +305,13 @@ def _render(job: Job, body: Buffer, cfg: ImageConfig) -> Rendered:
         # No decode: only the header is parsed, for the size and the format.
         return Rendered(body, _KEEP_EXT.get(im.format or "", _sniff_ext(body)), im.size)
     pil_format, ext = _ENCODERS[cfg.format]
-    turn = _orientation(im, job, cfg)
     target = target_size(im.size, cfg)
+    if im.format != "JPEG":
+        # Reading a PNG's EXIF (for the orientation) decodes the whole image: the
+        # estimate comes first. A JPEG's EXIF is in its header, and its draft below may
+        # shrink what is decoded, so it is checked after the draft.
+        _check_decode(im, pil_format, target, cfg)
+    turn = _orientation(im, job, cfg)
     if target is None and turn is None and _same_format(im.format, pil_format):
         if job.expected_md5 is None:
             _check_decode(im, im.format or "", None, cfg)

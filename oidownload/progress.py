@@ -136,6 +136,28 @@ class Progress:
         if self._bar is not None:
             self._bar.update(1)
 
+    def amend(self, outcome: Outcome, was: Status) -> None:
+        """An outcome counted as `was` ended as another status: a staged image whose
+        upload failed after it was counted."""
+        self._uncount(was)
+        self.tally.by_status[outcome.status] += 1
+        if outcome.status is not Status.OK:
+            self.tally.out_bytes -= outcome.out_bytes
+
+    def retract(self, outcome: Outcome) -> None:
+        """An outcome counted that the journal never got (a staged image not confirmed
+        written when the run ended): the next run does it again."""
+        self._uncount(outcome.status)
+        self.tally.out_bytes -= outcome.out_bytes
+        if self._bar is not None:
+            self._bar.update(-1)
+
+    def _uncount(self, status: Status) -> None:
+        by = self.tally.by_status
+        by[status] -= 1
+        if by[status] <= 0:
+            del by[status]
+
     def tick(self) -> None:
         """Called about once a second by the pipeline."""
         now = time.monotonic()

@@ -38,6 +38,9 @@ class Recorder:
         self.pending_state: dict[str, str | None] = {}
         self.pending_conflicts: list[Conflict] = []
         self.conflicts = 0  # recorded by this run
+        # Staged outcomes counted ok in the progress but not yet committed by the sink,
+        # by identity: an upload that fails later, or never ends, is counted again.
+        self.unconfirmed: dict[int, Outcome] = {}
         self.failed = False
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._lock = asyncio.Lock()
@@ -56,6 +59,7 @@ class Recorder:
             return  # not journaled: it is the disk's fault, not the image's
         self.progress.add(outcome)
         if outcome.status is Status.OK and outcome.staged:
+            self.unconfirmed[id(outcome)] = outcome
             self.sink.publish(outcome, row, release)
         else:
             release()
@@ -74,6 +78,7 @@ class Recorder:
             synced = await (synced_by() if synced_by is not None else self.sink.sync())
             if synced.error is not None:
                 self.fail(synced.error, False)
+            self._confirm(synced.committed)
             batch, self.pending = self.pending + synced.committed, []
             state = {**self.pending_state, **synced.state}
             conflicts, self.pending_conflicts = self.pending_conflicts, []
@@ -95,9 +100,25 @@ class Recorder:
                 advice = ". Free some space and run the same command again to resume" if exc.full else ""
                 self.fail(OutputError(f"{exc}{advice}"), exc.full)
 
+    def _confirm(self, committed: list[Outcome]) -> None:
+        """The summary counts what the journal holds: a staged image that the sink
+        committed as a failure moves from ok to that status."""
+        for outcome in committed:
+            if self.unconfirmed.pop(id(outcome), None) is not None and outcome.status is not Status.OK:
+                self.progress.amend(outcome, Status.OK)
+
     async def close(self, *, complete: bool) -> None:
-        """The sink's end of run, with the last flush."""
+        """The sink's end of run, with the last flush. Staged images the sink never
+        confirmed are not journaled: they leave the summary too, and the next run
+        fetches them again."""
         await self.flush(lambda: self.sink.close(complete=complete))
+        left, self.unconfirmed = list(self.unconfirmed.values()), {}
+        for outcome in left:
+            self.progress.retract(outcome)
+        if left:
+            self.progress.log("unconfirmed", f"{len(left)} image(s) were not confirmed written to {self.where} when "
+                              "the run ended; they are not journaled, and the next run fetches them again",
+                              level="warning", unconfirmed=len(left))
 
     def shutdown(self) -> None:
         self.thread.shutdown(wait=True)

@@ -248,3 +248,48 @@ def test_write_error_is_reported(tmp_path: Path) -> None:
     body = jpeg(100, 100)
     out = process(original_job(body), body, settings(tmp_path))
     assert out.status is Status.WRITE_ERROR and out.errno is not None
+
+
+def tall_png(height: int) -> bytes:
+    """A 1 x height grey PNG, built chunk by chunk: Pillow would need 8 bytes per row
+    (640 MB for 80,000,000 rows) just to make it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    rows = b"\0\0" * 1_000_000  # filter byte, one pixel
+    idat = b"".join(z.compress(rows) for _ in range(height // 1_000_000)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_a_decode_bomb_is_refused_before_its_orientation_is_read(tmp_path: Path) -> None:
+    """Issue 28: reading a PNG's EXIF decodes it whole, so under --orientation upright a
+    1 x 80,000,000 px PNG (155 KB) peaked at 808 MB before the estimate refused it.
+    Run in a child, whose peak memory (VmHWM: ru_maxrss would start at the parent's) is
+    its own."""
+    import subprocess
+    import sys
+
+    png = tmp_path / "tall.png"
+    png.write_bytes(tall_png(80_000_000))
+    assert png.stat().st_size < 200_000
+    code = f"""
+from pathlib import Path
+from oidownload.config import ImageConfig, Orientation
+from oidownload.process import Job, WorkerSettings, process
+from oidownload.records import Source
+body = Path({str(png)!r}).read_bytes()
+cfg = ImageConfig(orientation=Orientation.UPRIGHT, resize=640)
+out = process(Job("{ID}", "train", Source.ORIGINAL), body, WorkerSettings.build(cfg, Path({str(tmp_path)!r})))
+hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+print(out.status.value, int(hwm.split()[1]) // 1024, out.detail)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    status, peak_mb, detail = res.stdout.split(" ", 2)
+    assert status == "too_large" and "1x80000000" in detail, res.stdout
+    assert int(peak_mb) < 200, f"the worker peaked at {peak_mb} MB"

@@ -317,7 +317,7 @@ def test_db_load_skips_the_same_content_under_another_name(tmp_path: Path) -> No
             tar.addfile(info, io.BytesIO(path.read_bytes()))
     (folder / "annotations_human_bbox_2017_11.tar.gz").write_bytes(buf.getvalue())
     db = tmp_path / "oi.sqlite"
-    for run in range(2):
+    for _ in range(2):  # and again: still skipped
         res = run_cli("db", "load", folder, "--db", db)
         assert res.returncode == 0, res.stderr
         assert "annotations_human_bbox_2017_11.tar.gz!2017_11/validation/annotations-human-bbox.csv" in res.stderr

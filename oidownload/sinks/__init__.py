@@ -126,6 +126,13 @@ class Sink:
         error): whatever is open may stay open for the next run to continue."""
         return await self.sync()
 
+    def abandon(self) -> int:
+        """The run's time is up (its grace, --max-runtime, a second signal) while
+        `close` waits: stop waiting for what is still under way (uploads), and say how
+        much that was. What it did not confirm is not committed, so the next run does
+        it again."""
+        return 0
+
 
 class Blobs(Protocol):
     """Named bytes below an output's root, local or remote, for reading back. Keys
@@ -198,13 +205,14 @@ def open_blobs(out: str) -> Blobs:
     return LocalBlobs(out)
 
 
-def open_sink(output: OutputConfig, shard: Shard) -> Sink:
+def open_sink(output: OutputConfig, shard: Shard, grace: float | None = None) -> Sink:
     """The sink for `-o` and `--output-format`: a new kind of output is a new module
-    here, not a branch in the pipeline."""
+    here, not a branch in the pipeline. `grace` (the run's --grace) sizes the
+    timeouts of an object store's requests."""
     if is_remote(output.out):
         from .s3 import open_s3_sink
 
-        return open_s3_sink(output, shard)
+        return open_s3_sink(output, shard, grace)
     if output.kind is OutputKind.WEBDATASET:
         from .tar import LocalShards, TarSink
 

@@ -76,16 +76,29 @@ def _obstore() -> Any:
     return obstore
 
 
-def make_store(uri: S3Uri) -> Any:
-    """An obstore S3Store for the bucket and prefix, configured from the environment."""
+def _clamp(x: float, low: float, high: float) -> timedelta:
+    return timedelta(seconds=min(high, max(low, x)))
+
+
+def make_store(uri: S3Uri, grace: float | None = None) -> Any:
+    """An obstore S3Store for the bucket and prefix, configured from the environment.
+
+    Its timeouts follow the run's --grace (10 s when not given): a server that accepts
+    and never answers fails a request after at most 3 x grace without a first byte (2 to
+    30 s), and a request with all its retries ends within 12 x grace (10 to 120 s). A
+    stopping run does not wait that long: the pipeline abandons what is still under way
+    at the end of its grace."""
     _obstore()
     from obstore.store import S3Store
 
+    g = 10.0 if grace is None else grace
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
-    client: ClientConfig = {"timeout": "120s", "connect_timeout": "10s"}
+    total = _clamp(12 * g, 10, 120)
+    client: ClientConfig = {"timeout": total, "connect_timeout": _clamp(g, 1, 10),
+                            "read_timeout": _clamp(3 * g, 2, 30)}
     if endpoint.startswith("http://"):
         client["allow_http"] = True
-    retry: RetryConfig = {"max_retries": 5, "retry_timeout": timedelta(seconds=300),
+    retry: RetryConfig = {"max_retries": 5, "retry_timeout": total,
                           "backoff": {"init_backoff": timedelta(seconds=0.2), "max_backoff": timedelta(seconds=15),
                                       "base": 2.0}}
     config: S3Config = {}
@@ -118,9 +131,9 @@ def reason(exc: BaseException) -> str:
 
 
 class S3Blobs:
-    def __init__(self, uri: S3Uri, store: Any = None) -> None:
+    def __init__(self, uri: S3Uri, store: Any = None, grace: float | None = None) -> None:
         self.uri = uri
-        self.store = store if store is not None else make_store(uri)
+        self.store = store if store is not None else make_store(uri, grace)
         self.ob = _obstore()
 
     def read(self, key: str) -> bytes:
@@ -194,8 +207,13 @@ class S3Blobs:
         # 60 MB in the main process for no gain over 4 (measured on loopback).
         self.ob.put(self.store, key, path, max_concurrency=SHARD_PARTS_AT_ONCE)
 
-    async def put_file_async(self, key: str, path: Path) -> None:
-        await self.ob.put_async(self.store, key, path)
+    async def put_file_async(self, key: str, path: Path, parts_at_once: int | None = None) -> None:
+        # Awaited, not run in a thread: a cancel (the run's time is up) ends the wait at
+        # once, where a thread blocked in a request would hold the process at its exit.
+        if parts_at_once is None:
+            await self.ob.put_async(self.store, key, path)
+        else:
+            await self.ob.put_async(self.store, key, path, max_concurrency=parts_at_once)
 
 
 class S3Shards:
@@ -227,6 +245,17 @@ class S3Shards:
         try:
             self.s3.put_file(f"{subset}/{name}{INDEX_SUFFIX}", folder / index_part_name(name))
             self.s3.put_file(f"{subset}/{name}", folder / name)
+        except Exception as exc:
+            raise OutputError(f"cannot upload {self.blobs.describe(f'{subset}/{name}')}: {reason(exc)}") from None
+
+    async def publish_async(self, subset: str, name: str) -> None:
+        from .tar import INDEX_SUFFIX, index_part_name
+
+        folder = self.local / subset
+        try:
+            await self.s3.put_file_async(f"{subset}/{name}{INDEX_SUFFIX}", folder / index_part_name(name),
+                                         SHARD_PARTS_AT_ONCE)
+            await self.s3.put_file_async(f"{subset}/{name}", folder / name, SHARD_PARTS_AT_ONCE)
         except Exception as exc:
             raise OutputError(f"cannot upload {self.blobs.describe(f'{subset}/{name}')}: {reason(exc)}") from None
 
@@ -329,10 +358,16 @@ class S3FilesSink(Sink):
         clear_staging(self.staging)
         return Synced(self.done)
 
+    def abandon(self) -> int:
+        # A cancelled upload journals nothing: its image is fetched again next run.
+        for task in list(self.uploading):
+            task.cancel()
+        return len(self.uploading)
 
-def open_s3_sink(output: OutputConfig, shard: Shard) -> Sink:
+
+def open_s3_sink(output: OutputConfig, shard: Shard, grace: float | None = None) -> Sink:
     uri = parse_uri(output.out)
-    blobs = S3Blobs(uri)
+    blobs = S3Blobs(uri, grace=grace)
     if output.kind is OutputKind.WEBDATASET:
         from .tar import TarSink
 

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +151,10 @@ class ShardStore(Protocol):
         under `index_part_name`) visible under its final name; blocking."""
         ...
 
+    async def publish_async(self, subset: str, name: str) -> None:
+        """`publish` for the event loop: a cancel stops waiting for it."""
+        ...
+
     def put(self, key: str, data: bytes) -> None: ...
 
     def check(self) -> None:
@@ -199,6 +204,9 @@ class LocalShards:
         finally:
             os.close(fd)
 
+    async def publish_async(self, subset: str, name: str) -> None:
+        self.publish(subset, name)
+
     def put(self, key: str, data: bytes) -> None:
         folder, _, name = key.rpartition("/")
         with fsio.atomic_file(self.out / folder / name, "wb") as f:
@@ -242,6 +250,12 @@ class TarSink(Sink):
         self._warnings: list[str] = []
         self._said: set[str] = set()
         self.lock_fd: int | None = None
+        self.abandoned = False
+        # Remote: this task's shard numbers in the bucket, listed once at recovery. The
+        # I/O thread must not list the bucket while it appends: a store that stops
+        # answering would hold that thread, and the process's exit with it.
+        self.taken: dict[str, list[int]] | None = None
+        self.listing: asyncio.Task[None] | None = None  # remote: shards.json being written
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
@@ -263,6 +277,8 @@ class TarSink(Sink):
         if self.lock_fd is None:
             self.lock_fd = self.store.lock(self.shard.index)
         clear_staging(self.staging)
+        if self.store.remote:
+            self.taken = {subset: self._listed_seqs(subset) for subset in self.store.blobs.folders("")}
         where: dict[str, tuple[int, int]] = {}
         for key, value in state.items():
             if key.startswith("tar:"):
@@ -383,11 +399,14 @@ class TarSink(Sink):
                         and entry.is_file(follow_symlinks=False) and folder / entry.name not in keep):
                     os.unlink(entry.path)
 
+    def _listed_seqs(self, subset: str) -> list[int]:
+        return [found[1] for name, _ in self.store.blobs.files(subset)
+                if (found := shard_of_name(name, subset)) and found[0] == self.shard.index]
+
     def _seq_for(self, subset: str) -> int:
         # Never reuse the name of a closed shard, whatever the journal says: a state dir
         # may have been lost, or the run re-split.
-        taken = [found[1] for name, _ in self.store.blobs.files(subset)
-                 if (found := shard_of_name(name, subset)) and found[0] == self.shard.index]
+        taken = self._listed_seqs(subset) if self.taken is None else self.taken.get(subset, [])
         return max([self.next_seq.get(subset, 0), *(t + 1 for t in taken)])
 
     def rebuild(self, owns: Callable[[str], bool]) -> Iterator[Outcome]:
@@ -501,13 +520,12 @@ class TarSink(Sink):
     async def _upload_loop(self) -> None:
         """Remote: uploads closed shards one at a time, in order, so the journal's
         state only ever moves forward past shards that are in the bucket."""
-        loop = asyncio.get_running_loop()
         while True:
             while not self.to_upload:
                 await asyncio.sleep(0.05)
             shard = self.to_upload[0]
             try:
-                await loop.run_in_executor(None, self.store.publish, shard.subset, shard.name)
+                await self.store.publish_async(shard.subset, shard.name)
             except Exception as exc:
                 self.error = self.error or exc
                 return
@@ -557,7 +575,8 @@ class TarSink(Sink):
                 await asyncio.sleep(0.05)
         if self.uploader is not None:
             self.uploader.cancel()
-            if self.to_upload and self.error is None:
+            # A stopped run says so in its exit code; a finished one must not end 0.
+            if self.to_upload and self.error is None and complete and not self.abandoned:
                 self.error = OutputError(f"{len(self.to_upload)} closed shard(s) are not uploaded yet; "
                                          "they are uploaded when the same command runs again")
         try:
@@ -566,11 +585,32 @@ class TarSink(Sink):
             for shard in self.open.values():
                 if shard.fd >= 0:
                     os.close(shard.fd)
-            if complete and not self.to_upload:
-                await loop.run_in_executor(self.io, self._write_shard_lists)
+        try:
+            if complete and not self.to_upload and not self.abandoned:
+                if self.store.remote:
+                    self.listing = loop.create_task(_in_daemon_thread(self._write_shard_lists))
+                    await asyncio.wait([self.listing])
+                    failed = None if self.listing.cancelled() else self.listing.exception()
+                    if failed is not None and synced.error is None:
+                        synced.error = failed if isinstance(failed, OutputError) else OutputError(
+                            f"cannot write the shard lists in {self.where}: {failed}")
+                else:
+                    await loop.run_in_executor(self.io, self._write_shard_lists)
+        finally:
             self.io.shutdown(wait=True)
             clear_staging(self.staging)
         return synced
+
+    def abandon(self) -> int:
+        # Closed shards not uploaded stay in the state dir: the next run uploads them
+        # (recover) and journals their samples then.
+        self.abandoned = True
+        if self.uploader is not None:
+            self.uploader.cancel()
+        listing = self.listing is not None and not self.listing.done()
+        if self.listing is not None:
+            self.listing.cancel()
+        return len(self.to_upload) + listing
 
     def _write_shard_lists(self) -> None:
         """shards.json of each subset this run wrote to (the wids convention), from the
@@ -589,6 +629,35 @@ class TarSink(Sink):
             doc = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": subset,
                    "shardlist": sorted(shards, key=lambda s: str(s["url"]))}
             self.store.put(f"{subset}/shards.json", json.dumps(doc, indent=1).encode())
+
+
+async def _in_daemon_thread(fn: Callable[[], None]) -> None:
+    """fn in a daemon thread, awaited. A cancel ends the wait; the thread, blocked in a
+    request to a store that stopped answering, cannot hold the process's exit as an
+    executor's thread would (those are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+    def run() -> None:
+        try:
+            fn()
+            outcome: BaseException | None = None
+        except BaseException as exc:  # handed to the awaiting task
+            outcome = exc
+        try:
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:
+            pass  # the loop is gone: nobody waits any more
+
+    threading.Thread(target=run, daemon=True, name="shard-lists").start()
+    await fut
 
 
 def _copy(src: int, dst: int, offset: int, size: int) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile.fakes3 import fake_s3  # noqa: F401 - a fixture for the tests here
+
 
 @dataclass
 class Request:

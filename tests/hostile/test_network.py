@@ -189,7 +189,7 @@ def test_chunked_bodies_are_charged_to_the_byte_budget_as_they_grow(
     assert res.returncode == 0, res.stderr
     journal = journal_rows(tmp_path / "out")
     assert {i: journal[i][0] for i in corpus.ids} == {i: "ok" for i in corpus.ids}
-    assert {journal[f"{0xbad000 + n:016x}"][0] for n in range(6)} == {"size_mismatch"}  # read whole, then checked
+    assert {journal[f"{0xbad000 + n:016x}"][0] for n in range(6)} == {"size_mismatch"}  # stopped past their OriginalSize
     assert sum(hostile.requests.values()) == 6
     assert streams.most_past <= 2, streams.most_past  # one body over the budget at a time (two at a handover)
 
@@ -290,3 +290,38 @@ def test_a_mirror_url_is_held_to_the_input_rule(tmp_path: Path, mirror: str) -> 
     """It used to pass a looser pattern, and then fail every row at fetch time."""
     res = run_cli("download", tmp_path / "x.csv", "-o", tmp_path / "out", "--source", "cvdf", "--mirror-url", mirror)
     assert res.returncode == 2 and "--mirror-url" in res.stderr, res.stderr
+
+
+def test_a_mirror_copy_served_gzip_encoded_is_checked_as_stored(tmp_path: Path, synth_cache: Path,
+                                                                hostile: Hostile) -> None:
+    """Issue 28: an object stored gzip-encoded is served with Content-Encoding gzip, and
+    its ETag is the MD5 of the stored (gzip) bytes. aiohttp decoded it before the MD5
+    was compared: every right copy ended md5_mismatch."""
+    import gzip
+    import io
+
+    from PIL import Image
+
+    corpus = Corpus.generate(4, mix="tiny", seed=2803)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", "http://127.0.0.1:9")  # the originals: never asked
+    for image_id in corpus.ids:
+        stored = gzip.compress(corpus.original(image_id))
+        etag = hashlib.md5(stored).hexdigest()
+        hostile.route(f"/train/{image_id}.jpg", raw(response(
+            "200 OK", {"Content-Type": "image/jpeg", "Content-Encoding": "gzip", "ETag": f'"{etag}"'}, stored)))
+    bad = corpus.ids[0]  # a torn copy still fails its ETag
+    torn = bytearray(gzip.compress(corpus.original(bad)))
+    etag = hashlib.md5(torn).hexdigest()
+    torn[-12] ^= 0xFF
+    hostile.route(f"/train/{bad}.jpg", raw(response(
+        "200 OK", {"Content-Type": "image/jpeg", "Content-Encoding": "gzip", "ETag": f'"{etag}"'}, bytes(torn))))
+    out = tmp_path / "out"
+    res = run_cli("download", manifest, "-o", out, "--source", "cvdf", "--mirror-url", hostile.url(""),
+                  "--resize", "64", *QUICK)
+    rows = journal_rows(out)
+    for image_id in corpus.ids[1:]:
+        assert rows[image_id][0] == "ok", rows[image_id]
+        with Image.open(io.BytesIO((out / "train" / image_id[:3] / f"{image_id}.jpg").read_bytes())) as im:
+            assert max(im.size) == 64
+    assert rows[bad][0] == "md5_mismatch", rows[bad]
+    assert res.returncode == 0, res.stderr
