@@ -9,6 +9,7 @@ exactly what they mean for download (`select`'s selection options, `--state-dir`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import math
@@ -19,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -214,6 +215,17 @@ def describe_os_error(exc: OSError) -> str:
     return _one_line(f"{where}: {what}" + (f"; {hint}" if hint else "") if where else what)
 
 
+def quiet_exit_on_closed_pipe() -> NoReturn:
+    """The reader of stdout went away (`| head -1`): not an error, as for cat or grep.
+    stdout is pointed at /dev/null first, or the interpreter's last flush would fail
+    and print a complaint of its own."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    sys.exit(ExitCode.OK)
+
+
 def boundary(f: F) -> F:
     """The one place a command's errors end: a usage error exits 2 through click, a
     fatal error or any I/O error prints one line and exits with its code."""
@@ -223,6 +235,8 @@ def boundary(f: F) -> F:
         say = say_to_stderr(LogFormat(kwargs.get("log_format") or "text"))
         try:
             return f(*args, **kwargs)
+        except BrokenPipeError:
+            quiet_exit_on_closed_pipe()
         except ConfigError as exc:
             raise click.UsageError(_one_line(str(exc))) from None
         except OidownloadError as exc:
@@ -266,13 +280,33 @@ class _Main(click.Group):
     """The group: prints a usage error as one JSON object when `download --log-format
     json` was asked for, and as click does otherwise."""
 
+    # click itself turns a closed pipe into exit 1; --help into `| head` is caught first.
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            quiet_exit_on_closed_pipe()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            quiet_exit_on_closed_pipe()
+
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         if not standalone_mode:
             return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
         try:
-            rv = super().main(argv, prog_name, complete_var, False, **extra)
+            try:
+                rv = super().main(argv, prog_name, complete_var, False, **extra)
+            finally:
+                # What is still buffered for a pipe goes now, where a closed one is caught.
+                sys.stdout.flush()
+        except BrokenPipeError:  # --help, a listing or a usage message into a closed pipe
+            quiet_exit_on_closed_pipe()
         except click.ClickException as exc:
             if _requested_log_format(argv) is LogFormat.JSON:
                 say_to_stderr(LogFormat.JSON)("usage", _one_line(exc.format_message()), level="error",
