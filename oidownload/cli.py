@@ -162,6 +162,19 @@ def _enum(cls: type[Any]) -> click.Choice[str]:
     return click.Choice([e.value for e in cls], case_sensitive=False)
 
 
+class _Aliased(click.Choice):  # type: ignore[type-arg]
+    """A choice that also takes the other usual spelling of a value (jpg for jpeg)."""
+
+    def __init__(self, cls: type[Any], aliases: dict[str, str]) -> None:
+        super().__init__([e.value for e in cls], case_sensitive=False)
+        self.aliases = aliases
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            value = self.aliases.get(value.lower(), value)
+        return super().convert(value, param, ctx)
+
+
 # -- saying things on stderr, as text or JSON lines -------------------------------------
 
 Say = Callable[..., None]
@@ -417,6 +430,7 @@ def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say) -> Any
 
 
 MAX_CONCURRENCY = 4096
+DEFAULT_QUALITY = 90
 MAX_PROCESSES = 1024
 MAX_SHARDS = 1_000_000
 
@@ -448,9 +462,10 @@ def download_options(f: F) -> F:
         opt("--resize", type=Int(1, 65535), help="Target size in pixels (never upscales)."),
         opt("--resize-mode", type=_enum(ResizeMode), default="fit",
             help="fit: longest side <= N; fill: centre crop to NxN; none: keep the size."),
-        opt("--format", "fmt", type=_enum(OutputFormat), default="jpeg",
-            help="Output format; keep writes the fetched bytes unchanged."),
-        opt("--quality", type=Int(1, 100), default=90, help="JPEG/WebP quality."),
+        opt("--format", "fmt", type=_Aliased(OutputFormat, {"jpg": "jpeg"}), default="jpeg",
+            help="Output format (jpg is jpeg); keep writes the fetched bytes unchanged."),
+        # No default here, so that a --quality given with png (which has none) can be told apart.
+        opt("--quality", type=Int(1, 100), show_default=str(DEFAULT_QUALITY), help="JPEG/WebP quality."),
         opt("--orientation", type=_enum(Orientation), default="raw",
             help="raw: pixels as stored (the frame of the boxes); upright: turn by the Rotation column, or by EXIF when there is none."),
         opt("--keep-original", is_flag=True, default=False, help="Also keep the verified original bytes under OUT/original/."),
@@ -516,12 +531,26 @@ def _absolute_db(url: str | None) -> str | None:
     return str(path.resolve()) if path is not None else url
 
 
+def _contradictions(p: dict[str, Any], fmt: OutputFormat, say: Say) -> None:
+    """Options that cannot all be meant: a usage error when one would be silently
+    dropped and the output would not be what was asked, a warning when it is only moot."""
+    orientation = Orientation(p["orientation"])
+    if fmt is OutputFormat.KEEP and (p["resize"] is not None or orientation is Orientation.UPRIGHT):
+        raise ConfigError("--format keep writes the fetched bytes unchanged: it cannot --resize or turn --orientation upright")
+    if ResizeMode(p["resize_mode"]) is ResizeMode.FILL and p["resize"] is None:
+        raise ConfigError("--resize-mode fill crops to NxN: give the size with --resize N")
+    if p["keep_original"] and SourceChoice(p["source"]) is SourceChoice.THUMBNAIL:
+        raise ConfigError("--keep-original keeps the verified original, which --source thumbnail never fetches: "
+                          "drop one of them")
+    if p["quality"] is not None and fmt in (OutputFormat.PNG, OutputFormat.KEEP):
+        say("options", f"--quality applies to jpeg and webp; --format {fmt.value} ignores it", level="warning")
+
+
 def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     say = say or (lambda *a, **k: None)
     fmt = OutputFormat(p["fmt"])
     orientation = Orientation(p["orientation"])
-    if fmt is OutputFormat.KEEP and (p["resize"] is not None or orientation is Orientation.UPRIGHT):
-        raise ConfigError("--format keep writes the fetched bytes unchanged: it cannot --resize or turn --orientation upright")
+    _contradictions(p, fmt, say)
     for md5 in p["placeholder_md5"]:
         if not re.fullmatch(r"[A-Za-z0-9+/]{22}==", md5):
             raise ConfigError(f"--placeholder-md5 {md5!r} is not a base64 MD5")
@@ -533,7 +562,8 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         retries=p["retries"], max_body_bytes=int(p["max_body_mb"] * 1024 * 1024), max_redirects=p["max_redirects"],
     )
     image = ImageConfig(
-        resize=p["resize"], resize_mode=ResizeMode(p["resize_mode"]), format=fmt, quality=p["quality"],
+        resize=p["resize"], resize_mode=ResizeMode(p["resize_mode"]), format=fmt,
+        quality=DEFAULT_QUALITY if p["quality"] is None else p["quality"],
         orientation=orientation, keep_original=p["keep_original"], placeholder_md5s=frozenset(p["placeholder_md5"]),
         max_decode_bytes=int(p["max_decode_mb"] * 1024 * 1024),
     )

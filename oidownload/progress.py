@@ -6,6 +6,7 @@ to stderr, so stdout stays clean for pipes. Consumes Outcomes; knows nothing els
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import sys
 import time
@@ -75,7 +76,9 @@ def log_line(log_format: LogFormat, level: str, event: str, message: str, **fiel
     json one JSON object with the time, a level (info, warning, error), the event's name,
     the message and the event's fields."""
     if log_format is LogFormat.JSON:
-        return json.dumps({"time": round(time.time(), 3), "level": level, "event": event, "message": message,
+        # ISO 8601 with its zone (UTC), as structured-logging tools parse it.
+        when = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        return json.dumps({"time": when, "level": level, "event": event, "message": message,
                            **fields})
     return message if event in _PLAIN else _PREFIX.get(level, "") + message
 

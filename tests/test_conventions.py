@@ -4,13 +4,21 @@ right thing."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.conftest import V4
+from oidownload.testing.origin import Corpus, Origin
+from tests.conftest import V4, run_cli
+
+StartOrigin = Callable[..., Origin]
 
 HIERARCHY = V4 / "bbox_labels_600_hierarchy.json"
 
@@ -36,3 +44,47 @@ def test_a_closed_pipe_is_not_an_error(args: list[object]) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
 
+
+
+def _tiny(tmp_path: Path, make_origin: StartOrigin, n: int = 3, seed: int = 270) -> tuple[Path, Corpus]:
+    corpus = Corpus.generate(n, mix="tiny", seed=seed)
+    origin = make_origin(corpus)
+    return corpus.write_manifest(tmp_path / "images.csv", origin.base_url), corpus
+
+
+def test_jpg_is_jpeg_and_json_times_are_iso_8601_with_a_zone(tmp_path: Path, make_origin: StartOrigin) -> None:
+    manifest, corpus = _tiny(tmp_path, make_origin)
+    out = tmp_path / "out"
+    res = run_cli("download", manifest, "-o", out, "--format", "jpg", "--resize", "32", "--log-format", "json")
+    assert res.returncode == 0, res.stderr
+    for image_id in corpus.ids:
+        with Image.open(out / "train" / image_id[:3] / f"{image_id}.jpg") as im:
+            assert im.format == "JPEG"
+    lines = [json.loads(line) for line in res.stderr.splitlines() if line.strip()]
+    assert lines
+    for obj in lines:
+        when = datetime.datetime.fromisoformat(obj["time"])
+        assert when.utcoffset() == datetime.timedelta(0), obj["time"]
+        assert abs((datetime.datetime.now(datetime.UTC) - when).total_seconds()) < 600
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--resize-mode", "fill"], "--resize-mode fill crops to NxN: give the size with --resize N"),
+    (["--keep-original", "--source", "thumbnail"], "--keep-original keeps the verified original"),
+])
+def test_contradictory_options_are_a_usage_error(tmp_path: Path, extra: list[str], says: str) -> None:
+    manifest = Corpus.generate(1, mix="tiny", seed=271).write_manifest(tmp_path / "images.csv", "http://127.0.0.1:9")
+    res = run_cli("download", manifest, "-o", tmp_path / "out", *extra)
+    assert res.returncode == 2, res.stderr
+    assert says in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_quality_with_png_is_warned_about(tmp_path: Path, make_origin: StartOrigin) -> None:
+    manifest, _ = _tiny(tmp_path, make_origin, 1)
+    res = run_cli("download", manifest, "-o", tmp_path / "out", "--format", "png", "--quality", "50",
+                  "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    assert "warning: --quality applies to jpeg and webp; --format png ignores it" in res.stderr
+    res = run_cli("download", manifest, "-o", tmp_path / "out2", "--format", "png", "--progress", "none")
+    assert res.returncode == 0 and "--quality" not in res.stderr, res.stderr
