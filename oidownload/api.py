@@ -125,8 +125,11 @@ def execute(params: dict[str, Any], stopper: Stopper | None, resume: str) -> tup
     from .pipeline import run_download
     from .progress import Progress
     from .shard import resolve_with_count
+    from .sinks import is_remote
 
     check_folder(params["state_dir"], "--state-dir")
+    if not is_remote(str(params["out"])):
+        check_folder(Path(params["out"]), "-o/--output")
     progress = Progress(ProgressMode(params["progress_mode"]), LogFormat(params["log_format"]),
                         params["progress_interval"])
     try:

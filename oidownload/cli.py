@@ -655,9 +655,13 @@ def check_new_file(dest: Path) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe != parent:
-        what = "is a file, not a folder" if probe.exists() and not probe.is_dir() else "does not exist"
-        raise OidownloadError(f"cannot write {dest}: {probe if probe.exists() else parent} {what}; "
-                              "create the folder first or pick another path")
+        if probe.exists() and not probe.is_dir():
+            raise OidownloadError(f"cannot write {dest}: {probe} is a file, not a folder; pick another path")
+        missing = parent  # the first folder on the way that is not there, as the user wrote it
+        while missing.parent != probe and missing.parent != missing:
+            missing = missing.parent
+        raise OidownloadError(f"cannot write {dest}: the folder {missing} does not exist; "
+                              "create it first or pick another path")
     if not parent.is_dir():
         raise OidownloadError(f"cannot write {dest}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):

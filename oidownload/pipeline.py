@@ -54,7 +54,7 @@ from .selection import SelectionFilter, empty_cause
 from .shard import Shard
 from .sinks import Sink, open_sink
 from .sources import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
-from .state import StateDir
+from .state import StateDir, default_state_dir
 from .workers import Workers, start_workers
 
 _READ_BATCH = 512
@@ -649,13 +649,17 @@ def _cpu_seconds(children: bool = True) -> float:
     return total
 
 
-def _prepare_state(state_dir: Path) -> None:
+def _prepare_state(state_dir: Path, out: str) -> None:
+    # Blame --state-dir only when it was given; else the journal's place follows from OUT.
+    given = state_dir != default_state_dir(out)
+    what = f"the state dir {state_dir}" if given else f"the journal folder {state_dir} (in OUT)"
+    fix = "pick a writable --state-dir" if given else "pick another OUT, or keep the journal elsewhere with --state-dir"
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the state dir {state_dir}: {exc.strerror or exc}; pick a writable --state-dir") from None
+        raise OutputError(f"cannot create {what}: {exc.strerror or exc}; {fix}") from None
     if not os.access(state_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"the state dir {state_dir} is not writable; pick a writable --state-dir or fix its permissions")
+        raise OutputError(f"{what} is not writable; fix its permissions or {fix}")
 
 
 def _check_split(state_dir: Path, shard: Shard, resplit: bool) -> None:
@@ -713,7 +717,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     formats = [read_header(p) for p in cfg.inputs]  # a bad header stops us before any request
     state_dir = cfg.output.state_dir
     sink = open_sink(cfg.output, shard)
-    _prepare_state(state_dir)
+    _prepare_state(state_dir, cfg.output.out)
     sink.prepare()
     _check_split(state_dir, shard, cfg.run.resplit)
     started = time.monotonic()

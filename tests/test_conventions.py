@@ -88,3 +88,28 @@ def test_quality_with_png_is_warned_about(tmp_path: Path, make_origin: StartOrig
     assert "warning: --quality applies to jpeg and webp; --format png ignores it" in res.stderr
     res = run_cli("download", manifest, "-o", tmp_path / "out2", "--format", "png", "--progress", "none")
     assert res.returncode == 0 and "--quality" not in res.stderr, res.stderr
+
+
+def test_select_into_a_missing_folder_names_it(tmp_path: Path) -> None:
+    manifest = Corpus.generate(1, mix="tiny", seed=272).write_manifest(tmp_path / "images.csv", "http://127.0.0.1:9")
+    res = subprocess.run([sys.executable, "-m", "oidownload", "select", manifest, "-o", "nodir/x.csv"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert "the folder nodir does not exist" in res.stderr
+    assert "`.`" not in res.stderr and " . does not exist" not in res.stderr
+
+
+def test_an_output_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    manifest = Corpus.generate(1, mix="tiny", seed=273).write_manifest(tmp_path / "images.csv", "http://127.0.0.1:9")
+    (tmp_path / "afile").write_text("x")
+    res = run_cli("download", manifest, "-o", tmp_path / "afile")
+    assert res.returncode == 1, res.stderr
+    assert f"-o/--output {tmp_path / 'afile'} is a file, not a folder" in res.stderr
+    assert "state dir" not in res.stderr and "--state-dir" not in res.stderr
+
+
+def test_db_load_into_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
+    res = run_cli("db", "load", V4 / "bbox_labels_600_hierarchy.json", "--db", tmp_path)
+    assert res.returncode == 1, res.stderr
+    assert f"{tmp_path} is a folder" in res.stderr
+    assert "unable to open database file" not in res.stderr
