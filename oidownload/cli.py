@@ -46,7 +46,7 @@ from .config import (
     SourceConfig,
 )
 from .errors import ConfigError, OidownloadError
-from .exits import RESUMABLE, ExitCode, help_table
+from .exits import RESUMABLE, SELECT_MEANING, VERIFY_MEANING, ExitCode, help_table
 from .progress import log_line
 from .rows import url_problem
 from .state import StateDir, default_state_dir
@@ -669,7 +669,7 @@ def check_new_file(dest: Path) -> None:
                               "fix its permissions or pick another path")
 
 
-@main.command("select", epilog=EXIT_CODES)
+@main.command("select", epilog=help_table(SELECT_MEANING))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @opt("-o", "--output", "dest", scope="select", required=True, type=FILE_OUT,
      help="The new images CSV (same columns as the input).")
@@ -1026,7 +1026,7 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     click.echo(f"{res.conflicted} rows in {res.conflicts}")
 
 
-@main.command(epilog=EXIT_CODES)
+@main.command(epilog=help_table(VERIFY_MEANING))
 @click.argument("out")
 @opt("--processes", scope="verify", type=Int(1, MAX_PROCESSES), show_default="one per usable CPU",
      help="Worker processes reading and decoding; the default counts the CPUs this process may use.")
@@ -1104,7 +1104,7 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
      help="Originals' size mix: light (mean 1.3 MB), openimages (the real V3 mix, mean 2.1 MB), tiny.")
 @opt("--latency-ms", scope="bench", type=Float(0, 60_000, lo_ok=True), default=0.0, help="Median latency the origin adds.")
 @opt("--jitter", scope="bench", type=Float(0, 10, lo_ok=True), default=0.0, help="Lognormal sigma of the latency.")
-@opt("--faults", scope="bench", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01' (see oidownload.origin).")
+@opt("--faults", scope="bench", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01'; the kinds are FAULT_KINDS in oidownload.testing.origin; 'x2' fails only the first 2 requests of a URL.")
 @opt("--processes", scope="bench", type=Int(1, MAX_PROCESSES), help="Passed to download.")
 @opt("--concurrency", scope="bench", type=Int(1, MAX_CONCURRENCY), help="Passed to download.")
 @opt("--serve", scope="bench", is_flag=True, default=False,

@@ -5,8 +5,10 @@ right thing."""
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from oidownload.exits import MEANING, SELECT_MEANING, VERIFY_MEANING, ExitCode
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import V4, run_cli
 
@@ -113,3 +116,19 @@ def test_db_load_into_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
     assert res.returncode == 1, res.stderr
     assert f"{tmp_path} is a folder" in res.stderr
     assert "unable to open database file" not in res.stderr
+
+
+@pytest.mark.parametrize(("command", "meanings"), [("select", SELECT_MEANING), ("verify", VERIFY_MEANING)])
+def test_select_and_verify_help_ends_with_their_own_exit_codes(command: str, meanings: dict[ExitCode, str]) -> None:
+    shown = run_cli(command, "--help").stdout
+    table = " ".join(shown.split("Exit codes:", 1)[1].split())
+    assert table == " ".join(f"{int(code)} {meaning}" for code, meaning in meanings.items())
+    assert MEANING[ExitCode.MAX_RUNTIME] not in shown and MEANING[ExitCode.TOO_MANY_FAILURES] not in shown
+
+
+def test_bench_faults_help_names_a_module_that_exists() -> None:
+    shown = " ".join(run_cli("bench", "--help").stdout.split())
+    names = re.findall(r"(\w+) in (oidownload(?:\.\w+)+)", shown)
+    assert names
+    for attr, module in names:
+        assert hasattr(importlib.import_module(module), attr), (attr, module)
