@@ -49,7 +49,7 @@ from .errors import ConfigError, OidownloadError
 from .exits import RESUMABLE, SELECT_MEANING, VERIFY_MEANING, ExitCode, help_table
 from .progress import log_line
 from .rows import url_problem
-from .state import StateDir, default_state_dir
+from .state import StateDir, default_state_dir, local_dest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -773,6 +773,8 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     from .selection import open_annotations
     from .state import StateDir
 
+    if fmt != "hf":  # hf writes beside the images, not in a dest
+        dest = local_dest(out, dest, "annotations", "-d/--dest")
     check_folder(dest, "-d/--dest")
     remembered = [json.loads(v) for v in StateDir.open(out, state_dir).meta("selection")]
     files = list(annotation_files)
@@ -915,6 +917,7 @@ def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: t
 
     if all_classes and class_names:
         raise ConfigError("--all-classes and --class contradict each other")
+    dest = local_dest(out, dest, "gallery", "-o/--output")
     state = StateDir.open(out, state_dir)
     files, descriptions, classes = remembered_annotations(state, annotation_files, class_descriptions, class_names)
     progress = Progress(ProgressMode(progress_mode), LogFormat.TEXT, 5.0)
@@ -1016,6 +1019,7 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     OriginalURL or OriginalMD5, came first (the first row wins)."""
     from .report import write_report
 
+    dest = local_dest(out, dest, "report", "-d/--dest")
     check_folder(dest, "-d/--dest")
     res = write_report(out, dest, state_dir)
     say = say_to_stderr()

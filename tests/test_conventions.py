@@ -132,3 +132,14 @@ def test_bench_faults_help_names_a_module_that_exists() -> None:
     assert names
     for attr, module in names:
         assert hasattr(importlib.import_module(module), attr), (attr, module)
+
+
+def test_report_annotations_and_gallery_on_a_bucket_say_the_same_thing() -> None:
+    said = {}
+    for command, flag in (("report", "-d/--dest"), ("annotations", "-d/--dest"), ("gallery", "-o/--output")):
+        res = run_cli(command, "s3://bucket/out")
+        assert res.returncode == 2, (command, res.stderr)
+        assert f"give a local folder with {flag}" in res.stderr, (command, res.stderr)
+        said[command] = res.stderr.splitlines()[-1].replace(flag, "FLAG")
+    assert len(set(said.values())) == 1, said
+    assert "s3://bucket/out is in an object store" in said["report"]
