@@ -268,6 +268,9 @@ def read_header(path: Path) -> Format:
     first = first_line(path)
     if not first.strip():
         raise InputError(f"{path}: the file is empty; {_expected()}")
+    if re.search(r"[\x00-\x08\x0e-\x1f\ufffd]", first):
+        # Not echoed: the bytes of a binary file would garble the terminal.
+        raise InputError(f"{path}: unknown header (binary bytes, not shown): this is not a CSV text file; {_expected()}")
     try:
         header = tuple(h.strip() for h in _parse_fields(first))
     except (csv.Error, StopIteration):
@@ -275,6 +278,10 @@ def read_header(path: Path) -> Format:
     for fmt in Format:
         if header == fmt.value:
             return fmt
+    if "ImageID" in header and "LabelName" in header:
+        kind = "a box" if "XMin" in header else "an image-label"
+        raise InputError(f"{path}: this is {kind} annotation file, not an image list: pass it with --annotations, "
+                         f"and give the image list (ImageID,Subset,OriginalURL,...) as the input")
     shown = ",".join(header)[:200]
     raise InputError(f"{path}: unknown header '{shown}'; {_expected()}")
 

@@ -143,3 +143,18 @@ def test_report_annotations_and_gallery_on_a_bucket_say_the_same_thing() -> None
         said[command] = res.stderr.splitlines()[-1].replace(flag, "FLAG")
     assert len(set(said.values())) == 1, said
     assert "s3://bucket/out is in an object store" in said["report"]
+
+
+def test_an_annotation_file_or_a_binary_file_as_the_image_list(tmp_path: Path) -> None:
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax\n0000000000000001,xclick,/m/0152hh,1,0,1,0,1\n")
+    res = run_cli("download", boxes, "-o", tmp_path / "out")
+    assert res.returncode == 1, res.stderr
+    assert "this is a box annotation file, not an image list: pass it with --annotations" in res.stderr
+    binary = tmp_path / "photo.jpg"
+    binary.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01,\x00\x01\x00\x00\xff\xdb\x1b[2J\n" * 3)
+    for command in (["download", binary, "-o", tmp_path / "out"], ["select", binary, "-o", tmp_path / "x.csv"]):
+        res = run_cli(*command)
+        assert res.returncode == 1, res.stderr
+        assert "not a CSV text file" in res.stderr
+        assert "JFIF" not in res.stderr and "\x1b" not in res.stderr and "\ufffd" not in res.stderr
