@@ -10,14 +10,14 @@ import csv
 import html
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from .fsio import atomic_file
-from .records import Status, clean_text
-from .rows import V3_COLUMNS
+from .records import Row, Status, clean_text
+from .rows import V3_COLUMNS, iter_rows
 from .state import StateDir, Written
 
 COLUMNS = ("ImageID", "Location", "Title", "Author", "AuthorProfileURL", "License", "LicenseName", "OriginalURL",
@@ -77,8 +77,17 @@ def credit_of(fields: list[str]) -> Credit:
     )
 
 
-def credits(state: StateDir) -> Iterator[tuple[str, Credit]]:
-    """(ImageID, credit) of every written image whose input row is still at hand."""
+def credits(state: StateDir, lists: Sequence[Path] | None = None,
+            within: Container[str] = ()) -> Iterator[tuple[str, Credit]]:
+    """(ImageID, credit) of every written image whose input row is still at hand; or,
+    given `lists` (image CSVs, e.g. a piped input saved to a file), of the images
+    `within` that they list."""
+    if lists is not None:
+        for path in lists:
+            for row in iter_rows(path):
+                if isinstance(row, Row) and row.image_id in within:
+                    yield row.image_id, credit_of(row.fields)
+        return
     for info in state.inputs():
         for joined in state.joined(info):
             if joined.entry.status == Status.OK and joined.fields is not None:
@@ -94,7 +103,8 @@ class AttributionResult:
     uncredited: int  # written images whose input row is gone
 
 
-def write_attribution(state: StateDir, images: dict[str, Written], dest: Path) -> AttributionResult:
+def write_attribution(state: StateDir, images: dict[str, Written], dest: Path,
+                      lists: Sequence[Path] | None = None) -> AttributionResult:
     """ATTRIBUTION.csv (one row per written image, in the order of the input lists)
     and ATTRIBUTION.html (the same, grouped by licence; written from the CSV, one pass
     per licence)."""
@@ -104,7 +114,7 @@ def write_attribution(state: StateDir, images: dict[str, Written], dest: Path) -
     with atomic_file(table) as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(COLUMNS)
-        for image_id, credit in credits(state):
+        for image_id, credit in credits(state, lists, images):
             if image_id in images and image_id not in seen:
                 seen.add(image_id)
                 w.writerow(_row(image_id, images[image_id].location, credit))

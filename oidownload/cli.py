@@ -48,7 +48,7 @@ from .config import (
 from .errors import ConfigError, OidownloadError
 from .exits import RESUMABLE, SELECT_MEANING, VERIFY_MEANING, ExitCode, help_table
 from .progress import log_line
-from .rows import url_problem
+from .rows import input_name, is_stream, url_problem
 from .state import StateDir, default_state_dir, local_dest
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -636,7 +636,12 @@ def download(**params: Any) -> None:
     if LogFormat(params["log_format"]) is LogFormat.JSON:
         _python_warnings_as_json()
     command = shlex.join(["oidownload", *sys.argv[1:]])
-    _, result = execute(params, None, f"run the same command again: {command}")
+    resume = f"run the same command again: {command}"
+    piped = [input_name(p) for p in params["inputs"] if is_stream(p) or str(p).startswith("/dev/fd/")]
+    if piped:  # read once: the same command line alone would find it empty or gone
+        resume = (f"run the same command again, feeding it the same input ({', '.join(piped)} was read once; "
+                  f"finished images are skipped): {command}")
+    _, result = execute(params, None, resume)
     sys.exit(result.exit_code)
 
 
@@ -745,11 +750,14 @@ def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], 
 @opt("--with-parts", scope="annotations", is_flag=True, default=False, help="With --hierarchy: their parts too.")
 @opt("-d", "--dest", scope="annotations", type=FOLDER,
      help="Output folder [default: OUT/annotations].")
+@opt("--images", "image_lists", scope="annotations", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Image lists (CSV) for the credits (attribution, coco, hf) [default: the download's inputs; give them "
+          "when the download read a pipe].")
 @state_dir_option
 @boundary
 def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
                     class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
-                    with_parts: bool, dest: Path | None, state_dir: Path | None) -> None:
+                    with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...], state_dir: Path | None) -> None:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
     \b
@@ -798,7 +806,7 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
         elif any(m.get("classes") for m in remembered):
             classes = frozenset(c for m in remembered for c in m.get("classes", []))
         res = export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
-                     state_dir=state_dir)
+                     state_dir=state_dir, image_lists=list(image_lists) or None)
     if fmt == "attribution":
         click.echo(f"{res.images} images credited -> {res.dest}", err=True)
     else:

@@ -27,6 +27,7 @@ from .attribution import NO_CREDIT, UNKNOWN, Credit, credits, license_name, writ
 from .classes import ClassDescriptions
 from .errors import ConfigError, InputError, OutputError
 from .fsio import atomic_file
+from .rows import STDIN, input_name, is_stream
 from .sinks import Reader
 from .sinks.files import split_location
 from .state import StateDir, Written
@@ -141,6 +142,7 @@ def export(
     names: ClassDescriptions | None = None,
     classes: frozenset[str] | None = None,
     state_dir: Path | None = None,
+    image_lists: Sequence[Path] | None = None,
 ) -> ExportResult:
     state = StateDir.open(out, state_dir)
     images = {w.image_id: w for w in state.written()}
@@ -154,7 +156,7 @@ def export(
         reader = _local_files(state, images, fmt)
         result = ExportResult(Path(state.where()[0]), images=len(images))
         try:
-            _write_hf(files, images, result, classes, names, reader, dict(credits(state)))
+            _write_hf(files, images, result, classes, names, reader, dict(credits(state, image_lists, images)))
         except OSError as exc:
             raise OutputError(f"cannot write metadata.jsonl in {result.dest}: {exc.strerror or exc}") from None
         return result
@@ -171,14 +173,19 @@ def export(
         if fmt is ExportFormat.CSV:
             _write_csv(files, images, dest, result, classes)
         elif fmt is ExportFormat.COCO:
-            _write_coco(files, images, dest, result, classes, names, dict(credits(state)))
+            _write_coco(files, images, dest, result, classes, names, dict(credits(state, image_lists, images)))
         elif fmt is ExportFormat.YOLO:
             _write_yolo(files, images, dest, result, classes, names, _local_files(state, images, fmt))
         else:
-            credit = write_attribution(state, images, dest)
+            credit = write_attribution(state, images, dest, image_lists)
             result.files += [credit.csv, credit.html]
             if credit.uncredited:
-                result.notes.append(f"{credit.uncredited} images have no credit: their input rows are gone "
+                piped = [input_name(i.display) for i in state.inputs()
+                         if i.display == STDIN or i.display.startswith("/dev/fd/") or is_stream(i.path)]
+                why = (f"they were read from {', '.join(piped)}, which is read once: save the same image list "
+                       "to a file and pass it with --images FILE" if piped and image_lists is None
+                       else "their input rows are gone (pass the image lists with --images)")
+                result.notes.append(f"{credit.uncredited} images have no credit: {why} "
                                     "(their ImageIDs are in ATTRIBUTION.csv with empty fields)")
     except OSError as exc:
         raise OutputError(f"cannot write the export in {dest}: {exc.strerror or exc}") from None

@@ -189,6 +189,14 @@ def is_stream(path: Path) -> bool:
         return False
 
 
+def input_name(path: Path | str) -> str:
+    """An input as a message names it: stdin is not a file called `-`, and a pipe
+    (`<(...)` shows as /dev/fd/63) is said to be one."""
+    if str(path) == STDIN:
+        return "standard input"
+    return f"the pipe {path}" if is_stream(Path(path)) or str(path).startswith("/dev/fd/") else str(path)
+
+
 def open_text(path: Path) -> TextIO:
     """Opens a CSV as text, gunzipping by magic bytes rather than by name (a pipe too);
     a BOM is dropped and stray non-UTF-8 bytes become U+FFFD (counted) instead of

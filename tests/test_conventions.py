@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from oidownload.exits import MEANING, SELECT_MEANING, VERIFY_MEANING, ExitCode
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.origin import Corpus, Fault, Origin
 from tests.conftest import V4, run_cli
 
 StartOrigin = Callable[..., Origin]
@@ -158,3 +158,31 @@ def test_an_annotation_file_or_a_binary_file_as_the_image_list(tmp_path: Path) -
         assert res.returncode == 1, res.stderr
         assert "not a CSV text file" in res.stderr
         assert "JFIF" not in res.stderr and "\x1b" not in res.stderr and "\ufffd" not in res.stderr
+
+
+def test_a_piped_input_is_named_as_one_in_the_resume_hint_the_report_and_the_credits(
+        tmp_path: Path, make_origin: StartOrigin) -> None:
+    corpus = Corpus.generate(3, mix="tiny", seed=274)
+    corpus.entries[corpus.ids[0]].fault = Fault("503")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "oidownload", "download", "-", "-o", out, "--retries", "0",
+                          "--progress", "none"], input=manifest.read_text(), capture_output=True, text=True,
+                         timeout=240)
+    assert res.returncode == ExitCode.INCOMPLETE, res.stderr
+    assert "to resume, run the same command again, feeding it the same input (standard input was read once" \
+        in res.stderr
+    res = run_cli("report", out)
+    assert res.returncode == 0, res.stderr
+    assert "standard input was a pipe, read once" in res.stderr
+    assert "- was" not in res.stderr and "- is gone" not in res.stderr
+    res = run_cli("annotations", out, "--format", "attribution")
+    assert res.returncode == 0, res.stderr
+    assert "2 images have no credit: they were read from standard input, which is read once: save the same image " \
+        "list to a file and pass it with --images FILE" in res.stderr
+    res = run_cli("annotations", out, "--format", "attribution", "--images", manifest)
+    assert res.returncode == 0, res.stderr
+    assert "no credit" not in res.stderr
+    rows = (out / "annotations" / "ATTRIBUTION.csv").read_text().splitlines()
+    assert len(rows) == 3 and all("Synthetic" in r for r in rows[1:]), rows
