@@ -11,15 +11,16 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from oidownload.exits import MEANING, SELECT_MEANING, VERIFY_MEANING, ExitCode
 from oidownload.testing.origin import Corpus, Fault, Origin
-from tests.conftest import V4, run_cli
+from tests.conftest import V3, V4, run_cli
 
 StartOrigin = Callable[..., Origin]
 
@@ -186,3 +187,66 @@ def test_a_piped_input_is_named_as_one_in_the_resume_hint_the_report_and_the_cre
     assert "no credit" not in res.stderr
     rows = (out / "annotations" / "ATTRIBUTION.csv").read_text().splitlines()
     assert len(rows) == 3 and all("Synthetic" in r for r in rows[1:]), rows
+
+
+def _json_tree() -> dict[str, Any]:
+    return json.loads(HIERARCHY.read_text())  # type: ignore[no-any-return]
+
+
+def _walk(node: dict[str, Any], parts: bool, in_part: bool = False) -> Iterator[tuple[str, bool]]:
+    """(MID, reached through a Part edge) of every node shown, from the JSON itself."""
+    yield node["LabelName"], in_part
+    for kid in node.get("Subcategory", []):
+        yield from _walk(kid, parts, in_part)
+    if parts:
+        for kid in node.get("Part", []):
+            yield from _walk(kid, parts, True)
+
+
+def _find(node: dict[str, Any], mid: str) -> dict[str, Any] | None:
+    if node["LabelName"] == mid:
+        return node
+    for kid in [*node.get("Subcategory", []), *node.get("Part", [])]:
+        found = _find(kid, mid)
+        if found is not None:
+            return found
+    return None
+
+
+def _shown(stdout: str) -> list[tuple[str, bool]]:
+    return [(line.rsplit(" (", 1)[1].rstrip(")"), line.strip().startswith("[part] ")) for line in stdout.splitlines()]
+
+
+def test_classes_lists_what_the_selection_takes() -> None:
+    from oidownload.hierarchy import Hierarchy
+
+    doc = _json_tree()
+    res = run_cli("classes", "--hierarchy", HIERARCHY)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == "Entity (/m/0bl9f)"  # the root by name
+    assert sorted(_shown(res.stdout)) == sorted(_walk(doc, parts=False))
+    assert "[part]" not in res.stdout
+    tree = Hierarchy.load(HIERARCHY)
+    person = "/m/01g317"  # its parts have parts, and kinds: every one of them is marked
+    node = _find(doc, person)
+    assert node is not None
+    for with_parts in (False, True):
+        got = run_cli("classes", "--hierarchy", HIERARCHY, "--class", person, *(["--with-parts"] if with_parts else []))
+        assert got.returncode == 0, got.stderr
+        assert sorted(_shown(got.stdout)) == sorted(_walk(node, parts=with_parts))
+        assert {m for m, _ in _shown(got.stdout)} == tree.descendants(person, with_parts=with_parts)
+    shown = run_cli("classes", "--hierarchy", HIERARCHY, "--class", person, "--with-parts").stdout
+    assert [line for line in shown.splitlines() if line.startswith("    ") and "[part]" in line], shown
+
+
+def test_classes_reads_the_hierarchy_and_names_from_a_database(tmp_path: Path) -> None:
+    db = tmp_path / "oi.sqlite"
+    res = run_cli("db", "load", HIERARCHY, V3 / "class-descriptions.csv", "--db", db)
+    assert res.returncode == 0, res.stderr
+    from_db = run_cli("classes", "--db", db, "--class", "Car")
+    assert from_db.returncode == 0, from_db.stderr
+    from_files = run_cli("classes", "--hierarchy", HIERARCHY, "--class", "Car",
+                         "--class-descriptions", V3 / "class-descriptions.csv")
+    assert from_db.stdout == from_files.stdout and from_db.stdout.startswith("Car (")
+    res = run_cli("classes")
+    assert res.returncode == 2 and "--hierarchy" in res.stderr
