@@ -390,8 +390,10 @@ def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], resu
               credit: dict[str, Credit]) -> None:
     """OUT/<subset>/metadata.jsonl beside each subset's images, where Hugging Face's
     imagefolder looks for it (its splits come from those folder names): one line an
-    image with `file_name`, `image_id`, its size, credits and `objects` (COCO-style
-    pixel boxes [x, y, width, height], `categories` and their `labels`)."""
+    image with `file_name`, `image_id`, its size, credits and `objects` as the HF
+    detection guides name them (pixel boxes `bbox` [x, y, width, height], `category`
+    an index into the class names, `labels` the names); and OUT/README.md, a dataset
+    card whose features make `category` a ClassLabel of those names."""
     rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
     index = {mid: i for i, mid in enumerate(cats)}
@@ -412,9 +414,58 @@ def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], resu
             own = boxes[image_id]
             writers[folder].write(json.dumps({
                 "file_name": file_name, "image_id": image_id, "width": image.width, "height": image.height,
-                "objects": {"bbox": [_pixels(r) for r in own], "categories": [index[r.label] for r in own],
+                "objects": {"bbox": [_pixels(r) for r in own], "category": [index[r.label] for r in own],
                             "labels": [names.name(r.label) if names else r.label for r in own],
                             "is_group_of": [r.attrs.get("IsGroupOf", 0) for r in own]},
                 "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url,
             }, ensure_ascii=False) + "\n")
     result.boxes = len(rows)
+    card = reader.local_path("README.md")
+    assert card is not None
+    label_names = _label_names(cats, names)
+    if card.exists() and HF_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace")[:4096]:
+        result.notes.append(f"{card} is not ours, so it was left as it is: without the card's features, `category` "
+                            "loads as integers (class names: the `labels` field)")
+        return
+    with atomic_file(card) as fh:
+        fh.write(_hf_card(sorted(writers), label_names))
+    result.files.append(card)
+
+
+HF_CARD_MARK = "written by `oidownload annotations --format hf`"
+
+
+def _label_names(cats: list[str], names: ClassDescriptions | None) -> list[str]:
+    """ClassLabel names, one per category index: the display name, made unique with the
+    MID where two classes share one (a ClassLabel refuses repeated names)."""
+    shown = [names.name(m) if names else m for m in cats]
+    repeated = {n for n in shown if shown.count(n) > 1}
+    return [f"{n} ({m})" if n in repeated else n for n, m in zip(shown, cats, strict=True)]
+
+
+def _hf_card(splits: list[str], label_names: list[str]) -> str:
+    """A dataset card (README.md) whose YAML `configs` entry gives the features, which
+    `datasets.load_dataset("OUT")` applies; JSON is YAML, so no YAML writer is needed.
+    Its data_files name the subset folders only (not annotations/, original/ or yolo/)."""
+    string = {"dtype": "string"}
+    features = [
+        {"name": "image", "dtype": "image"},
+        {"name": "image_id", **string},
+        {"name": "width", "dtype": "int32"},
+        {"name": "height", "dtype": "int32"},
+        {"name": "objects", "sequence": [
+            {"name": "bbox", "sequence": "float32", "length": 4},
+            {"name": "category", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(label_names)}}}},
+            {"name": "labels", **string},
+            {"name": "is_group_of", "dtype": "int8"},
+        ]},
+        *({"name": k, **string} for k in ("title", "author", "license", "url")),
+    ]
+    config = {"config_name": "default", "features": features,
+              "data_files": [{"split": s, "path": f"{s}/**"} for s in splits]}
+    return (f"---\n# {HF_CARD_MARK}; it is replaced by the next such export\n"
+            f"{json.dumps({'configs': [config]}, ensure_ascii=False, indent=1)}\n---\n\n"
+            "Images downloaded from Open Images with oidownload; boxes in `objects` "
+            "(`bbox` [x, y, width, height] in pixels, `category` a ClassLabel).\n\n"
+            "```python\nimport datasets\nds = datasets.load_dataset(\"path/to/this/folder\")\n"
+            "names = ds[\"train\"].features[\"objects\"][\"category\"].feature.names\n```\n")

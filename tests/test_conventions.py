@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from PIL import Image
 
 from oidownload.exits import MEANING, SELECT_MEANING, VERIFY_MEANING, ExitCode
 from oidownload.testing.origin import Corpus, Fault, Origin
-from tests.conftest import V3, V4, run_cli
+from tests.conftest import V3, V4, require, run_cli
 
 StartOrigin = Callable[..., Origin]
 
@@ -250,3 +251,46 @@ def test_classes_reads_the_hierarchy_and_names_from_a_database(tmp_path: Path) -
     assert from_db.stdout == from_files.stdout and from_db.stdout.startswith("Car (")
     res = run_cli("classes")
     assert res.returncode == 2 and "--hierarchy" in res.stderr
+
+
+_HF_LOAD = """
+import json, sys
+import datasets
+ds = datasets.load_dataset(sys.argv[1], cache_dir=sys.argv[2])
+out = {}
+for split, part in ds.items():
+    category = part.features["objects"]["category"].feature
+    out[split] = {"type": type(category).__name__, "names": category.names,
+                  "rows": {r["image_id"]: [r["objects"]["category"], r["objects"]["labels"], r["objects"]["bbox"]]
+                           for r in part}}
+print(json.dumps(out))
+"""
+
+
+def test_hf_export_categories_load_as_a_class_label(tmp_path: Path, make_origin: StartOrigin) -> None:
+    require(importlib.util.find_spec("datasets") is not None, "Hugging Face datasets (pip install '.[test]')")
+    manifest, corpus = _tiny(tmp_path, make_origin, 4, seed=275)
+    boxes = tmp_path / "boxes.csv"
+    classes = [("/m/0152hh", "Snowman"), ("/m/01yrx", "Cat"), ("/m/0bt9lr", "Dog")]
+    descriptions = tmp_path / "class-descriptions.csv"
+    descriptions.write_text("".join(f"{m},{n}\n" for m, n in classes))
+    boxes.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax\n" + "".join(
+        f"{i},xclick,{classes[k % 3][0]},1,0.1,0.5,0.2,0.6\n{i},xclick,/m/01yrx,1,0.0,0.5,0.0,0.5\n"
+        for k, i in enumerate(corpus.ids)))
+    out = tmp_path / "out"
+    res = run_cli("download", manifest, "-o", out, "--resize", "64", "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("annotations", out, "--format", "hf", "--annotations", boxes, "--class-descriptions", descriptions)
+    assert res.returncode == 0, res.stderr
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    loaded = subprocess.run([sys.executable, "-c", _HF_LOAD, str(out), str(tmp_path / "hf-cache")],
+                            capture_output=True, text=True, env=env, timeout=240)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    got = json.loads(loaded.stdout.splitlines()[-1])
+    assert list(got) == ["train"]
+    train = got["train"]
+    assert train["type"] == "ClassLabel"
+    assert train["names"] == [n for _, n in sorted(classes)]  # the index order: sorted MIDs
+    assert set(train["rows"]) == set(corpus.ids)
+    for category, labels, bbox in train["rows"].values():
+        assert [train["names"][c] for c in category] == labels and len(bbox) == 2
