@@ -89,6 +89,8 @@ DAY = 86400.0
 
 # click's ParamType became generic in 8.2; subscript it for mypy only.
 if TYPE_CHECKING:
+    from .export import ExportResult
+
     _ParamType = click.ParamType[float]
 else:
     _ParamType = click.ParamType
@@ -687,20 +689,28 @@ def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
     so a selection can be checked, shared or split before anything is downloaded.
     An empty selection writes the header only, warns with the likely cause and exits 4.
     """
+    say = say_to_stderr()
+    n, why = run_select(inputs, dest, p, say)
+    click.echo(f"{n} rows written to {dest}", err=True)
+    if why is not None:
+        say("nothing_selected", f"nothing selected: {why}", level="warning", exit_code=int(ExitCode.NOTHING_SELECTED))
+        sys.exit(ExitCode.NOTHING_SELECTED)
+
+
+def run_select(inputs: tuple[Path, ...], dest: Path, p: dict[str, Any], say: Say) -> tuple[int, str | None]:
+    """`select`'s work, for the command and the API: (rows written, why nothing was
+    selected or None)."""
     from .selection import empty_cause, write_selected
 
-    say = say_to_stderr()
     check_new_file(dest)
     chosen = plan_selection(inputs, p, say)
     limit = None if p["seed"] is not None else p["limit"]
     n = write_selected(inputs, dest, subsets=frozenset(p["subsets"]), ids=chosen.ids, limit=limit)
-    click.echo(f"{n} rows written to {dest}", err=True)
-    if not n:
-        ids_from = f"--ids {p['ids_file']}" if chosen.ids_from == "--ids" else chosen.ids_from
-        why = empty_cause(inputs, subsets=frozenset(p["subsets"]), ids=chosen.ids, ids_from=ids_from)
-        say("nothing_selected", f"nothing selected: {why or 'no row of the input is well-formed'}", level="warning",
-            exit_code=int(ExitCode.NOTHING_SELECTED))
-        sys.exit(ExitCode.NOTHING_SELECTED)
+    if n:
+        return n, None
+    ids_from = f"--ids {p['ids_file']}" if chosen.ids_from == "--ids" else chosen.ids_from
+    why = empty_cause(inputs, subsets=frozenset(p["subsets"]), ids=chosen.ids, ids_from=ids_from)
+    return 0, why or "no row of the input is well-formed"
 
 
 def state_dir_option(f: F) -> F:
@@ -773,6 +783,28 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     Widths and heights come from the journal (after resizing and turning). yolo and hf
     need the files output in a local folder.
     """
+    res = run_annotations(out, fmt, annotation_files, db, class_descriptions, class_names, hierarchy, with_parts,
+                          dest, image_lists, state_dir)
+    if fmt == "attribution":
+        click.echo(f"{res.images} images credited -> {res.dest}", err=True)
+    else:
+        click.echo(
+            f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
+            + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
+            + f" -> {res.dest}",
+            err=True,
+        )
+    for note in res.notes:
+        click.echo(f"oidownload: note: {note}", err=True)
+    for f in res.files:
+        click.echo(str(f))
+
+
+def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
+                    class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
+                    with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...],
+                    state_dir: Path | None) -> ExportResult:
+    """`annotations`' work, for the command and the API."""
     import json
 
     from .export import ExportFormat, export
@@ -805,21 +837,8 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
             raise ConfigError("--hierarchy needs --class here: a download's classes are remembered expanded")
         elif any(m.get("classes") for m in remembered):
             classes = frozenset(c for m in remembered for c in m.get("classes", []))
-        res = export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
-                     state_dir=state_dir, image_lists=list(image_lists) or None)
-    if fmt == "attribution":
-        click.echo(f"{res.images} images credited -> {res.dest}", err=True)
-    else:
-        click.echo(
-            f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
-            + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
-            + f" -> {res.dest}",
-            err=True,
-        )
-    for note in res.notes:
-        click.echo(f"oidownload: note: {note}", err=True)
-    for f in res.files:
-        click.echo(str(f))
+        return export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
+                      state_dir=state_dir, image_lists=list(image_lists) or None)
 
 
 # The hierarchy's root has no name in the class descriptions; the Open Images site calls it so.
@@ -836,7 +855,7 @@ ROOT_NAME = "Entity"
      help="A database with the classes and the hierarchy loaded (`oidownload db load`), instead of the files.")
 @opt("--with-parts", scope="classes", is_flag=True, default=False,
      help="Also the parts (Part relations), as download's --with-parts selects them; marked [part].")
-@click.option("--no-parts", is_flag=True, default=False, hidden=True)  # the old default; parts now need --with-parts
+@opt("--no-parts", scope="classes", is_flag=True, default=False, hidden=True)  # the old default; parts need --with-parts now
 @boundary
 def classes_cmd(hierarchy: Path | None, class_name: str | None, class_descriptions: Path | None, db: str | None,
                 with_parts: bool, no_parts: bool) -> None:
