@@ -49,7 +49,7 @@ from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
 from .records import RETRYABLE, BadRow, Conflict, Outcome, Row, Source, Status, clean_text, is_final
-from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
+from .rows import Format, count_rows, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter, empty_cause
 from .shard import Shard
 from .sinks import Sink, open_sink
@@ -534,10 +534,24 @@ class _Run:
                 except OutputError as exc:
                     self.fail(exc)
 
+    def count_total(self, done_at_start: int) -> bool:
+        """Before the bar starts: small inputs are counted, and when every row of them is
+        this run's to handle (one task, no subset, id or limit to narrow them), the bar
+        has its exact total from the start, so it never jumps. False: estimate instead."""
+        sel = self.cfg.select
+        if self.shard.count != 1 or sel.subsets or sel.ids is not None or sel.limit is not None:
+            return False
+        counts = [count_rows(p) for p in self.cfg.inputs]
+        if any(n is None for n in counts):
+            return False
+        self.counted = sum(n or 0 for n in counts)
+        self.progress.set_total(max(0, self.counted - done_at_start))
+        return True
+
     def estimate_total(self, done_at_start: int, loop: asyncio.AbstractEventLoop) -> None:
         """Background: an estimate gives the bar a total before the reader gets there;
         the exact count replaces it when the reader reaches the end."""
-        lines = sum(estimate_rows(p) for p in self.cfg.inputs)
+        lines = sum(count_rows(p) or estimate_rows(p) for p in self.cfg.inputs)
         share = lines // self.shard.count
         if self.cfg.select.limit is not None:
             share = min(share, self.cfg.select.limit)
@@ -571,7 +585,8 @@ class _Run:
         if self.cfg.run.max_runtime is not None:
             loop.call_later(self.cfg.run.max_runtime, self.request_stop, ExitCode.MAX_RUNTIME,
                             f"--max-runtime {self.cfg.run.max_runtime:.0f}s reached")
-        threading.Thread(target=self.estimate_total, args=(done_at_start, loop), daemon=True, name="count").start()
+        if not self.count_total(done_at_start):
+            threading.Thread(target=self.estimate_total, args=(done_at_start, loop), daemon=True, name="count").start()
         # The shard in the User-Agent lets an origin's logs tell cluster tasks apart.
         agent = f"{self.cfg.net.user_agent} shard/{self.shard.tag}"
         session = self.session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))

@@ -5,6 +5,7 @@ right thing."""
 from __future__ import annotations
 
 import datetime
+import gzip
 import importlib
 import importlib.util
 import json
@@ -20,7 +21,7 @@ import pytest
 from PIL import Image
 
 from oidownload.exits import MEANING, SELECT_MEANING, VERIFY_MEANING, ExitCode
-from oidownload.testing.origin import Corpus, Fault, Origin
+from oidownload.testing.origin import Corpus, Fault, Latency, Origin
 from tests.conftest import V3, V4, require, run_cli
 
 StartOrigin = Callable[..., Origin]
@@ -294,3 +295,32 @@ def test_hf_export_categories_load_as_a_class_label(tmp_path: Path, make_origin:
     assert set(train["rows"]) == set(corpus.ids)
     for category, labels, bbox in train["rows"].values():
         assert [train["names"][c] for c in category] == labels and len(bbox) == 2
+
+
+def _bar_frames(stderr: str) -> list[str]:
+    return [part for part in re.split(r"[\r\n]", stderr) if "img" in part and "[" in part]
+
+
+def test_a_small_input_has_its_exact_total_from_the_first_frame(tmp_path: Path, make_origin: StartOrigin) -> None:
+    corpus = Corpus.generate(25, mix="tiny", seed=276)
+    origin = make_origin(corpus, latency=Latency(0.05))
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    res = run_cli("download", manifest, "-o", tmp_path / "out", "--progress", "bar", "--concurrency", "2",
+                  "--format", "keep")
+    assert res.returncode == 0, res.stderr
+    frames = _bar_frames(res.stderr)
+    assert frames, res.stderr
+    done = [int(re.search(r"(\d+)/25", f.replace(" ", "")).group(1)) for f in frames]  # type: ignore[union-attr]
+    assert done == sorted(done) and done[-1] == 25  # every frame has the total, and never goes back
+
+
+def test_count_rows_is_exact_for_small_files_and_leaves_pipes_alone(tmp_path: Path) -> None:
+    from oidownload.rows import count_rows
+
+    plain = tmp_path / "a.csv"
+    plain.write_text("h\n" + "x\n" * 1000 + "last")
+    assert count_rows(plain) == 1001
+    packed = tmp_path / "a.csv.gz"
+    packed.write_bytes(gzip.compress(b"h\n" + b"x\n" * 777))
+    assert count_rows(packed) == 777
+    assert count_rows(Path("-")) is None
