@@ -590,6 +590,11 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
                           shard_size=p["shard_size"], fsync=p["fsync"])
     mirror = p["mirror_url"]
+    if "://" not in mirror or mirror.startswith("file:"):
+        # A local copy is fetched like the mirror itself, over HTTP: one line serves it.
+        raise ConfigError(f"--mirror-url {mirror!r} is not an http(s) URL; to use a local copy of the mirror, serve "
+                          "its folder: `python -m http.server 8000 --bind 127.0.0.1 --directory FOLDER` and pass "
+                          "--mirror-url http://127.0.0.1:8000")
     # The rule every input URL meets, so that a mirror URL cannot fail each row later.
     why = url_problem(mirror) if re.fullmatch(r"[^\s?#]*", mirror) else "has a query or spaces"
     if why is not None:
@@ -1171,7 +1176,8 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
 
     Starts the origin on 127.0.0.1, runs `oidownload download` on N synthetic images
     and prints one JSON line per scenario: images/s, MB/s, CPU ms per image (pool
-    workers included) and peak memory. The first run generates and caches the images.
+    workers included) and peak memory. The first run generates and caches the images
+    (a minute or two, with a progress bar; later runs start at once).
 
     With --serve it only serves the corpus until stopped, with its images.csv written
     to --manifest, for trying `oidownload download` against it by hand.
@@ -1181,9 +1187,10 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
 
     from .bench import DEFAULT_SCENARIOS, run_scenario, serve_corpus
 
+    bar = sys.stderr if sys.stderr.isatty() else None  # the first run's image generation
     if serve:
         check_new_file(manifest)
-        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True))
+        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True), bar)
         return
     chosen = [s for s in DEFAULT_SCENARIOS if not scenarios or s.name in scenarios]
     for scn in chosen:
@@ -1191,7 +1198,7 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
                                   processes=processes, concurrency=concurrency)
         click.echo(f"bench: {scn.name}: {n} images ({mix} mix) ...", err=True)
         try:
-            result = run_scenario(scn, log=lambda m: click.echo(m, err=True))
+            result = run_scenario(scn, log=lambda m: click.echo(m, err=True), bar=bar)
         except RuntimeError as exc:
             raise OidownloadError(str(exc)) from None
         click.echo(json.dumps(result))

@@ -324,3 +324,40 @@ def test_count_rows_is_exact_for_small_files_and_leaves_pipes_alone(tmp_path: Pa
     packed.write_bytes(gzip.compress(b"h\n" + b"x\n" * 777))
     assert count_rows(packed) == 777
     assert count_rows(Path("-")) is None
+
+
+def test_bench_shows_a_bar_while_it_generates_its_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from oidownload.bench import Scenario, corpus_for
+
+    monkeypatch.setenv("OIDOWNLOAD_CACHE", str(tmp_path / "cache"))
+    said: list[str] = []
+    bar = io.StringIO()
+    corpus = corpus_for(Scenario("t", mix="tiny", n=4, seed=277), said.append, bar)
+    assert len(corpus.ids) == 4
+    frames = bar.getvalue()
+    assert "generating tiny:" in frames and "6/6" in frames and "generating tiny-thumbs:" in frames and "3/3" in frames
+    assert said[0].startswith("bench: generating the synthetic images for the tiny and tiny-thumbs mix once")
+    assert any(re.fullmatch(r"bench: 6 tiny images generated in \d+ s", s) for s in said), said
+    again, said[:] = io.StringIO(), []
+    corpus_for(Scenario("t", mix="tiny", n=4, seed=277), said.append, again)
+    assert again.getvalue() == "" and said == []  # cached: no bar, no word
+
+
+def test_a_folder_as_mirror_url_says_how_to_serve_it(tmp_path: Path) -> None:
+    manifest = Corpus.generate(1, mix="tiny", seed=278).write_manifest(tmp_path / "images.csv", "http://127.0.0.1:9")
+    res = run_cli("download", manifest, "-o", tmp_path / "out", "--source", "cvdf", "--mirror-url", tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "python -m http.server 8000 --bind 127.0.0.1 --directory FOLDER" in res.stderr
+
+
+def test_the_readme_option_table_lists_every_source_and_resize_mode() -> None:
+    from oidownload.config import ResizeMode, SourceChoice
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("| option | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    for option, values in (("--source", SourceChoice), ("--resize-mode", ResizeMode)):
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{option} "))
+        listed = row.split("`")[1].split(" ", 1)[1].split("\\|")
+        assert listed == [v.value for v in values], (option, listed)

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from oidownload.exits import ExitCode
 from oidownload.rows import V3_COLUMNS
 from oidownload.testing.origin import Corpus, Origin
@@ -44,6 +46,7 @@ def _first_rows(journal: Path, timeout: float) -> sqlite3.Connection:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # 30,000 rows through a held lock: about 17 s
 def test_a_journal_that_falls_behind_holds_new_rows_back(tmp_path: Path, make_origin: StartOrigin) -> None:
     """A reader holds the journal's lock, so no batch can be committed: the outcomes
     wait in memory. Rows go on only up to a bound; the rest wait for the journal (on a
