@@ -684,7 +684,7 @@ def check_new_file(dest: Path) -> None:
 @main.command("select", epilog=help_table(SELECT_MEANING))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @opt("-o", "--output", "dest", scope="select", required=True, type=FILE_OUT,
-     help="The new images CSV (same columns as the input).")
+     help="The new images CSV (same columns as the input); - for stdout.")
 @selection_options
 @boundary
 def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
@@ -696,7 +696,7 @@ def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
     """
     say = say_to_stderr()
     n, why = run_select(inputs, dest, p, say)
-    click.echo(f"{n} rows written to {dest}", err=True)
+    click.echo(f"{n} rows written to {'stdout' if str(dest) == '-' else dest}", err=True)
     if why is not None:
         say("nothing_selected", f"nothing selected: {why}", level="warning", exit_code=int(ExitCode.NOTHING_SELECTED))
         sys.exit(ExitCode.NOTHING_SELECTED)
@@ -705,9 +705,13 @@ def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
 def run_select(inputs: tuple[Path, ...], dest: Path, p: dict[str, Any], say: Say) -> tuple[int, str | None]:
     """`select`'s work, for the command and the API: (rows written, why nothing was
     selected or None)."""
+    from .fsio import is_stream_target
     from .selection import empty_cause, write_selected
 
-    check_new_file(dest)
+    if str(dest) == "-":
+        dest = Path("/dev/stdout")  # `-o -`: the rows go to stdout, the counts to stderr
+    if not is_stream_target(dest):
+        check_new_file(dest)
     chosen = plan_selection(inputs, p, say)
     limit = None if p["seed"] is not None else p["limit"]
     n = write_selected(inputs, dest, subsets=frozenset(p["subsets"]), ids=chosen.ids, limit=limit)

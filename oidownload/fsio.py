@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -213,17 +214,32 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
+def is_stream_target(path: Path) -> bool:
+    """A path that is a stream, not a file to replace: /dev/stdout, /dev/fd/N, a
+    terminal, a FIFO. Renaming a file over it would replace the device entry itself."""
+    if str(path).startswith("/dev/") or os.path.realpath(path).startswith("/proc/"):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 @contextmanager
 def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """A file written under a temporary name in its folder and renamed into place when
     the block ends without an error; on an error the temporary file is removed and the
-    old file (if any) is left as it was."""
+    old file (if any) is left as it was. A stream (`-o /dev/stdout`) is written through."""
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+        kwargs.setdefault("newline", "")
+    if is_stream_target(path):
+        with open(path, mode, **kwargs) as stream:
+            yield stream
+        return
     folder = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=folder)
     try:
-        if "b" not in mode:
-            kwargs.setdefault("encoding", "utf-8")
-            kwargs.setdefault("newline", "")
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
         os.chmod(tmp, 0o666 & ~_umask())

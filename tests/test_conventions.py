@@ -361,3 +361,17 @@ def test_the_readme_option_table_lists_every_source_and_resize_mode() -> None:
         row = next(line for line in table.splitlines() if line.startswith(f"| `{option} "))
         listed = row.split("`")[1].split(" ", 1)[1].split("\\|")
         assert listed == [v.value for v in values], (option, listed)
+
+
+def test_select_to_stdout_and_into_a_closed_pipe(tmp_path: Path) -> None:
+    manifest = Corpus.generate(3000, mix="tiny", seed=279).write_manifest(tmp_path / "images.csv", "http://127.0.0.1:9")
+    stdout = os.readlink("/dev/stdout") if os.path.islink("/dev/stdout") else None
+    for target in ("-", "/dev/fd/1"):
+        res = run_cli("select", manifest, "-o", target, "--limit", 2)
+        assert res.returncode == 0, res.stderr
+        assert len(res.stdout.splitlines()) == 3 and res.stdout.startswith("ImageID,")
+        assert "2 rows written to" in res.stderr
+        res = closed_pipe("select", manifest, "-o", target)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+    # A stream is written through, never replaced by a renamed file.
+    assert (os.readlink("/dev/stdout") if os.path.islink("/dev/stdout") else None) == stdout
