@@ -375,3 +375,14 @@ def test_select_to_stdout_and_into_a_closed_pipe(tmp_path: Path) -> None:
         assert res.returncode == 0 and res.stderr == "", res.stderr
     # A stream is written through, never replaced by a renamed file.
     assert (os.readlink("/dev/stdout") if os.path.islink("/dev/stdout") else None) == stdout
+
+
+def test_status_report_and_annotations_into_a_closed_pipe(tmp_path: Path, make_origin: StartOrigin) -> None:
+    manifest, _ = _tiny(tmp_path, make_origin, 2, seed=280)
+    out = tmp_path / "out"
+    assert run_cli("download", manifest, "-o", out, "--progress", "none").returncode == 0
+    for args in (["status", out], ["status", out, "--json"], ["report", out],
+                 ["annotations", out, "--format", "attribution"]):
+        res = closed_pipe(*args)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "Broken pipe" not in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
