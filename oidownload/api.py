@@ -302,7 +302,8 @@ def download(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], 
     # So while we wait, SIGINT stops the run (within --grace), and then it is raised.
     interrupted = threading.Event()
     previous: Any = None
-    if main_thread and signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, signal.SIG_IGN):
+    current = signal.getsignal(signal.SIGINT)  # None: set outside Python, and then not ours to replace
+    if main_thread and current is not None and current not in (signal.default_int_handler, signal.SIG_IGN):
         def on_sigint(signum: int, frame: object) -> None:
             interrupted.set()
             stopper.stop(ExitCode.SIGINT, "SIGINT received")
