@@ -553,6 +553,10 @@ class _Run:
         the exact count replaces it when the reader reaches the end."""
         lines = sum(count_rows(p) or estimate_rows(p) for p in self.cfg.inputs)
         share = lines // self.shard.count
+        if self.cfg.select.ids is not None:
+            # A class or --ids selection takes at most its images, however long the list:
+            # the total starts near the truth instead of far above it (and never below it).
+            share = min(share, len(self.cfg.select.ids))
         if self.cfg.select.limit is not None:
             share = min(share, self.cfg.select.limit)
         try:

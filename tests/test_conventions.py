@@ -386,3 +386,17 @@ def test_status_report_and_annotations_into_a_closed_pipe(tmp_path: Path, make_o
         res = closed_pipe(*args)
         assert res.returncode == 0, (args, res.stderr)
         assert "Broken pipe" not in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+
+
+def test_a_selection_total_starts_near_the_truth_and_never_grows(tmp_path: Path, make_origin: StartOrigin) -> None:
+    corpus = Corpus.generate(40, mix="tiny", seed=281)
+    origin = make_origin(corpus, latency=Latency(0.05))
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(corpus.ids[:6]) + "\n")
+    res = run_cli("download", manifest, "-o", tmp_path / "out", "--ids", ids, "--progress", "bar",
+                  "--concurrency", "2", "--format", "keep")
+    assert res.returncode == 0, res.stderr
+    totals = [int(m.group(1)) for f in _bar_frames(res.stderr) if (m := re.search(r"\d+/(\d+)", f.replace(" ", "")))]
+    assert totals and totals[-1] == 6 and max(totals) <= 6, totals  # not the list's 40 rows
+    assert totals == sorted(totals, reverse=True), totals  # a total never grows: the bar never goes back
