@@ -13,14 +13,14 @@ import html
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from .fsio import Tree
-from .records import Status, clean_text
-from .rows import V3_COLUMNS
+from .records import Row, Status, clean_text
+from .rows import V3_COLUMNS, iter_rows
 from .state import StateDir, Written
 
 COLUMNS = ("ImageID", "Location", "Title", "Author", "AuthorProfileURL", "License", "LicenseName", "OriginalURL",
@@ -80,8 +80,17 @@ def credit_of(fields: list[str]) -> Credit:
     )
 
 
-def credits(state: StateDir) -> Iterator[tuple[str, Credit]]:
-    """(ImageID, credit) of every written image whose input row is still at hand."""
+def credits(state: StateDir, lists: Sequence[Path] | None = None,
+            within: Container[str] = ()) -> Iterator[tuple[str, Credit]]:
+    """(ImageID, credit) of every written image whose input row is still at hand; or,
+    given `lists` (image CSVs, e.g. a piped input saved to a file), of the images
+    `within` that they list."""
+    if lists is not None:
+        for path in lists:
+            for row in iter_rows(path):
+                if isinstance(row, Row) and row.image_id in within:
+                    yield row.image_id, credit_of(row.fields)
+        return
     for info in state.inputs():
         for joined in state.joined(info):
             if joined.entry.status == Status.OK and joined.fields is not None:
@@ -97,7 +106,8 @@ class AttributionResult:
     uncredited: int  # written images whose input row is gone
 
 
-def write_attribution(state: StateDir, images: dict[str, Written], tree: Tree) -> AttributionResult:
+def write_attribution(state: StateDir, images: dict[str, Written], tree: Tree,
+                      lists: Sequence[Path] | None = None) -> AttributionResult:
     """ATTRIBUTION.csv (one row per written image, in the order of the input lists)
     and ATTRIBUTION.html (the same, grouped by licence). One pass over the credits:
     each image's list item goes into a temporary on-disk SQLite table beside its CSV
@@ -115,7 +125,7 @@ def write_attribution(state: StateDir, images: dict[str, Written], tree: Tree) -
                 by_license[credit.license] += 1
                 items.execute("INSERT INTO items VALUES (?, ?)", (credit.license, _item(location, credit)))
 
-            for image_id, credit in credits(state):
+            for image_id, credit in credits(state, lists, images):
                 if image_id in images and image_id not in seen:
                     seen.add(image_id)
                     add(image_id, images[image_id].location, credit)

@@ -9,6 +9,7 @@ exactly what they mean for download (`select`'s selection options, `--state-dir`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import math
@@ -19,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -45,10 +46,10 @@ from .config import (
     SourceConfig,
 )
 from .errors import ConfigError, OidownloadError
-from .exits import RESUMABLE, ExitCode, help_table
+from .exits import RESUMABLE, SELECT_MEANING, VERIFY_MEANING, ExitCode, help_table
 from .progress import log_line
-from .rows import url_problem
-from .state import StateDir, default_state_dir
+from .rows import input_name, is_stream, url_problem
+from .state import StateDir, default_state_dir, local_dest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,6 +105,8 @@ DAY = 86400.0
 
 # click's ParamType became generic in 8.2; subscript it for mypy only.
 if TYPE_CHECKING:
+    from .export import ExportResult
+
     _ParamType = click.ParamType[float]
 else:
     _ParamType = click.ParamType
@@ -177,6 +180,19 @@ def _enum(cls: type[Any]) -> click.Choice[str]:
     return click.Choice([e.value for e in cls], case_sensitive=False)
 
 
+class _Aliased(click.Choice):  # type: ignore[type-arg]
+    """A choice that also takes the other usual spelling of a value (jpg for jpeg)."""
+
+    def __init__(self, cls: type[Any], aliases: dict[str, str]) -> None:
+        super().__init__([e.value for e in cls], case_sensitive=False)
+        self.aliases = aliases
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            value = self.aliases.get(value.lower(), value)
+        return super().convert(value, param, ctx)
+
+
 # -- saying things on stderr, as text or JSON lines -------------------------------------
 
 Say = Callable[..., None]
@@ -230,6 +246,17 @@ def describe_os_error(exc: OSError) -> str:
     return _one_line(f"{where}: {what}" + (f"; {hint}" if hint else "") if where else what)
 
 
+def quiet_exit_on_closed_pipe() -> NoReturn:
+    """The reader of stdout went away (`| head -1`): not an error, as for cat or grep.
+    stdout is pointed at /dev/null first, or the interpreter's last flush would fail
+    and print a complaint of its own."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    sys.exit(ExitCode.OK)
+
+
 def boundary(f: F) -> F:
     """The one place a command's errors end: a usage error exits 2 through click, a
     fatal error or any I/O error prints one line and exits with its code."""
@@ -239,6 +266,8 @@ def boundary(f: F) -> F:
         say = say_to_stderr(LogFormat(kwargs.get("log_format") or "text"))
         try:
             return f(*args, **kwargs)
+        except BrokenPipeError:
+            quiet_exit_on_closed_pipe()
         except ConfigError as exc:
             raise click.UsageError(_one_line(str(exc))) from None
         except OidownloadError as exc:
@@ -282,13 +311,33 @@ class _Main(click.Group):
     """The group: prints a usage error as one JSON object when `download --log-format
     json` was asked for, and as click does otherwise."""
 
+    # click itself turns a closed pipe into exit 1; --help into `| head` is caught first.
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            quiet_exit_on_closed_pipe()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            quiet_exit_on_closed_pipe()
+
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         if not standalone_mode:
             return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
         try:
-            rv = super().main(argv, prog_name, complete_var, False, **extra)
+            try:
+                rv = super().main(argv, prog_name, complete_var, False, **extra)
+            finally:
+                # What is still buffered for a pipe goes now, where a closed one is caught.
+                sys.stdout.flush()
+        except BrokenPipeError:  # --help, a listing or a usage message into a closed pipe
+            quiet_exit_on_closed_pipe()
         except click.ClickException as exc:
             if _requested_log_format(argv) is LogFormat.JSON:
                 say_to_stderr(LogFormat.JSON)("usage", _one_line(exc.format_message()), level="error",
@@ -399,6 +448,7 @@ def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say) -> Any
 
 
 MAX_CONCURRENCY = 4096
+DEFAULT_QUALITY = 90
 MAX_PROCESSES = 1024
 MAX_SHARDS = 1_000_000
 
@@ -430,9 +480,10 @@ def download_options(f: F) -> F:
         opt("--resize", type=Int(1, 65535), help="Target size in pixels (never upscales)."),
         opt("--resize-mode", type=_enum(ResizeMode), default="fit",
             help="fit: longest side <= N; fill: centre crop to NxN; none: keep the size."),
-        opt("--format", "fmt", type=_enum(OutputFormat), default="jpeg",
-            help="Output format; keep writes the fetched bytes unchanged."),
-        opt("--quality", type=Int(1, 100), default=90, help="JPEG/WebP quality."),
+        opt("--format", "fmt", type=_Aliased(OutputFormat, {"jpg": "jpeg"}), default="jpeg",
+            help="Output format (jpg is jpeg); keep writes the fetched bytes unchanged."),
+        # No default here, so that a --quality given with png (which has none) can be told apart.
+        opt("--quality", type=Int(1, 100), show_default=str(DEFAULT_QUALITY), help="JPEG/WebP quality."),
         opt("--orientation", type=_enum(Orientation), default="raw",
             help="raw: pixels as stored (the frame of the boxes); upright: turn by the Rotation column, or by EXIF when there is none."),
         opt("--keep-original", is_flag=True, default=False, help="Also keep the verified original bytes under OUT/original/."),
@@ -498,12 +549,26 @@ def _absolute_db(url: str | None) -> str | None:
     return str(path.resolve()) if path is not None else url
 
 
+def _contradictions(p: dict[str, Any], fmt: OutputFormat, say: Say) -> None:
+    """Options that cannot all be meant: a usage error when one would be silently
+    dropped and the output would not be what was asked, a warning when it is only moot."""
+    orientation = Orientation(p["orientation"])
+    if fmt is OutputFormat.KEEP and (p["resize"] is not None or orientation is Orientation.UPRIGHT):
+        raise ConfigError("--format keep writes the fetched bytes unchanged: it cannot --resize or turn --orientation upright")
+    if ResizeMode(p["resize_mode"]) is ResizeMode.FILL and p["resize"] is None:
+        raise ConfigError("--resize-mode fill crops to NxN: give the size with --resize N")
+    if p["keep_original"] and SourceChoice(p["source"]) is SourceChoice.THUMBNAIL:
+        raise ConfigError("--keep-original keeps the verified original, which --source thumbnail never fetches: "
+                          "drop one of them")
+    if p["quality"] is not None and fmt in (OutputFormat.PNG, OutputFormat.KEEP):
+        say("options", f"--quality applies to jpeg and webp; --format {fmt.value} ignores it", level="warning")
+
+
 def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     say = say or (lambda *a, **k: None)
     fmt = OutputFormat(p["fmt"])
     orientation = Orientation(p["orientation"])
-    if fmt is OutputFormat.KEEP and (p["resize"] is not None or orientation is Orientation.UPRIGHT):
-        raise ConfigError("--format keep writes the fetched bytes unchanged: it cannot --resize or turn --orientation upright")
+    _contradictions(p, fmt, say)
     for md5 in p["placeholder_md5"]:
         if not re.fullmatch(r"[A-Za-z0-9+/]{22}==", md5):
             raise ConfigError(f"--placeholder-md5 {md5!r} is not a base64 MD5")
@@ -515,7 +580,8 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         retries=p["retries"], max_body_bytes=int(p["max_body_mb"] * 1024 * 1024), max_redirects=p["max_redirects"],
     )
     image = ImageConfig(
-        resize=p["resize"], resize_mode=ResizeMode(p["resize_mode"]), format=fmt, quality=p["quality"],
+        resize=p["resize"], resize_mode=ResizeMode(p["resize_mode"]), format=fmt,
+        quality=DEFAULT_QUALITY if p["quality"] is None else p["quality"],
         orientation=orientation, keep_original=p["keep_original"], placeholder_md5s=frozenset(p["placeholder_md5"]),
         max_decode_bytes=int(p["max_decode_mb"] * 1024 * 1024),
     )
@@ -540,6 +606,11 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
                           shard_size=p["shard_size"], fsync=p["fsync"])
     mirror = p["mirror_url"]
+    if "://" not in mirror or mirror.startswith("file:"):
+        # A local copy is fetched like the mirror itself, over HTTP: one line serves it.
+        raise ConfigError(f"--mirror-url {mirror!r} is not an http(s) URL; to use a local copy of the mirror, serve "
+                          "its folder: `python -m http.server 8000 --bind 127.0.0.1 --directory FOLDER` and pass "
+                          "--mirror-url http://127.0.0.1:8000")
     # The rule every input URL meets, so that a mirror URL cannot fail each row later.
     why = url_problem(mirror) if re.fullmatch(r"[^\s?#]*", mirror) else "has a query or spaces"
     if why is not None:
@@ -588,7 +659,12 @@ def download(**params: Any) -> None:
     if LogFormat(params["log_format"]) is LogFormat.JSON:
         _python_warnings_as_json()
     command = shlex.join(["oidownload", *sys.argv[1:]])
-    _, result = execute(params, None, f"run the same command again: {command}")
+    resume = f"run the same command again: {command}"
+    piped = [input_name(p) for p in params["inputs"] if is_stream(p) or str(p).startswith("/dev/fd/")]
+    if piped:  # read once: the same command line alone would find it empty or gone
+        resume = (f"run the same command again, feeding it the same input ({', '.join(piped)} was read once; "
+                  f"finished images are skipped): {command}")
+    _, result = execute(params, None, resume)
     sys.exit(result.exit_code)
 
 
@@ -607,9 +683,13 @@ def check_new_file(dest: Path) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe != parent:
-        what = "is a file, not a folder" if probe.exists() and not probe.is_dir() else "does not exist"
-        raise OidownloadError(f"cannot write {dest}: {probe if probe.exists() else parent} {what}; "
-                              "create the folder first or pick another path")
+        if probe.exists() and not probe.is_dir():
+            raise OidownloadError(f"cannot write {dest}: {probe} is a file, not a folder; pick another path")
+        missing = parent  # the first folder on the way that is not there, as the user wrote it
+        while missing.parent != probe and missing.parent != missing:
+            missing = missing.parent
+        raise OidownloadError(f"cannot write {dest}: the folder {missing} does not exist; "
+                              "create it first or pick another path")
     if not parent.is_dir():
         raise OidownloadError(f"cannot write {dest}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -617,10 +697,10 @@ def check_new_file(dest: Path) -> None:
                               "fix its permissions or pick another path")
 
 
-@main.command("select", epilog=EXIT_CODES)
+@main.command("select", epilog=help_table(SELECT_MEANING))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @opt("-o", "--output", "dest", scope="select", required=True, type=FILE_OUT,
-     help="The new images CSV (same columns as the input).")
+     help="The new images CSV (same columns as the input); - for stdout.")
 @selection_options
 @boundary
 def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
@@ -630,20 +710,32 @@ def select_cmd(inputs: tuple[Path, ...], dest: Path, **p: Any) -> None:
     so a selection can be checked, shared or split before anything is downloaded.
     An empty selection writes the header only, warns with the likely cause and exits 4.
     """
+    say = say_to_stderr()
+    n, why = run_select(inputs, dest, p, say)
+    click.echo(f"{n} rows written to {'stdout' if str(dest) == '-' else dest}", err=True)
+    if why is not None:
+        say("nothing_selected", f"nothing selected: {why}", level="warning", exit_code=int(ExitCode.NOTHING_SELECTED))
+        sys.exit(ExitCode.NOTHING_SELECTED)
+
+
+def run_select(inputs: tuple[Path, ...], dest: Path, p: dict[str, Any], say: Say) -> tuple[int, str | None]:
+    """`select`'s work, for the command and the API: (rows written, why nothing was
+    selected or None)."""
+    from .fsio import is_stream_target
     from .selection import empty_cause, write_selected
 
-    say = say_to_stderr()
-    check_new_file(dest)
+    if str(dest) == "-":
+        dest = Path("/dev/stdout")  # `-o -`: the rows go to stdout, the counts to stderr
+    if not is_stream_target(dest):
+        check_new_file(dest)
     chosen = plan_selection(inputs, p, say)
     limit = None if p["seed"] is not None else p["limit"]
     n = write_selected(inputs, dest, subsets=frozenset(p["subsets"]), ids=chosen.ids, limit=limit)
-    click.echo(f"{n} rows written to {dest}", err=True)
-    if not n:
-        ids_from = f"--ids {p['ids_file']}" if chosen.ids_from == "--ids" else chosen.ids_from
-        why = empty_cause(inputs, subsets=frozenset(p["subsets"]), ids=chosen.ids, ids_from=ids_from)
-        say("nothing_selected", f"nothing selected: {why or 'no row of the input is well-formed'}", level="warning",
-            exit_code=int(ExitCode.NOTHING_SELECTED))
-        sys.exit(ExitCode.NOTHING_SELECTED)
+    if n:
+        return n, None
+    ids_from = f"--ids {p['ids_file']}" if chosen.ids_from == "--ids" else chosen.ids_from
+    why = empty_cause(inputs, subsets=frozenset(p["subsets"]), ids=chosen.ids, ids_from=ids_from)
+    return 0, why or "no row of the input is well-formed"
 
 
 def state_dir_option(f: F) -> F:
@@ -693,11 +785,14 @@ def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], 
 @opt("--with-parts", scope="annotations", is_flag=True, default=False, help="With --hierarchy: their parts too.")
 @opt("-d", "--dest", scope="annotations", type=FOLDER,
      help="Output folder [default: OUT/annotations].")
+@opt("--images", "image_lists", scope="annotations", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+     help="Image lists (CSV) for the credits (attribution, coco, hf) [default: the download's inputs; give them "
+          "when the download read a pipe].")
 @state_dir_option
 @boundary
 def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
                     class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
-                    with_parts: bool, dest: Path | None, state_dir: Path | None) -> None:
+                    with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...], state_dir: Path | None) -> None:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
     \b
@@ -713,6 +808,28 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     Widths and heights come from the journal (after resizing and turning). yolo and hf
     need the files output in a local folder.
     """
+    res = run_annotations(out, fmt, annotation_files, db, class_descriptions, class_names, hierarchy, with_parts,
+                          dest, image_lists, state_dir)
+    if fmt == "attribution":
+        click.echo(f"{res.images} images credited -> {res.dest}", err=True)
+    else:
+        click.echo(
+            f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
+            + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
+            + f" -> {res.dest}",
+            err=True,
+        )
+    for note in res.notes:
+        click.echo(f"oidownload: note: {note}", err=True)
+    for f in res.files:
+        click.echo(str(f))
+
+
+def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
+                    class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
+                    with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...],
+                    state_dir: Path | None) -> ExportResult:
+    """`annotations`' work, for the command and the API."""
     import json
 
     from .export import ExportFormat, export
@@ -721,6 +838,8 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     from .selection import open_annotations
     from .state import StateDir
 
+    if fmt != "hf":  # hf writes beside the images, not in a dest
+        dest = local_dest(out, dest, "annotations", "-d/--dest")
     check_folder(dest, "-d/--dest")
     remembered = [json.loads(v) for v in StateDir.open(out, state_dir).meta("selection")]
     files = list(annotation_files)
@@ -743,45 +862,48 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
             raise ConfigError("--hierarchy needs --class here: a download's classes are remembered expanded")
         elif any(m.get("classes") for m in remembered):
             classes = frozenset(c for m in remembered for c in m.get("classes", []))
-        res = export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
-                     state_dir=state_dir)
-    if fmt == "attribution":
-        click.echo(f"{res.images} images credited -> {res.dest}", err=True)
-    else:
-        click.echo(
-            f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
-            + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
-            + f" -> {res.dest}",
-            err=True,
-        )
-    for note in res.notes:
-        click.echo(f"oidownload: note: {note}", err=True)
-    for f in res.files:
-        click.echo(str(f))
+        return export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
+                      state_dir=state_dir, image_lists=list(image_lists) or None)
+
+
+# The hierarchy's root has no name in the class descriptions; the Open Images site calls it so.
+ROOT_NAME = "Entity"
 
 
 @main.command("classes")
-@opt("--hierarchy", scope="classes", required=True, type=click.Path(path_type=Path, dir_okay=False),
-     help="bbox_labels_600_hierarchy.json.")
+@opt("--hierarchy", scope="classes", type=click.Path(path_type=Path, dir_okay=False),
+     help="bbox_labels_600_hierarchy.json [default: the one loaded into --db].")
 @opt("--class", "class_name", scope="classes", help="Show only the subtree of this class (a name or a MID).")
 @opt("--class-descriptions", scope="classes", type=click.Path(path_type=Path, dir_okay=False),
      help="For the names of the MIDs.")
-@opt("--db", scope="classes", help="A database with the classes loaded, for the names (instead of --class-descriptions).")
-@opt("--no-parts", scope="classes", is_flag=True, default=False,
-     help="Leave out Part relations (not followed without --with-parts).")
+@opt("--db", scope="classes",
+     help="A database with the classes and the hierarchy loaded (`oidownload db load`), instead of the files.")
+@opt("--with-parts", scope="classes", is_flag=True, default=False,
+     help="Also the parts (Part relations), as download's --with-parts selects them; marked [part].")
+@opt("--no-parts", scope="classes", is_flag=True, default=False, hidden=True)  # the old default; parts need --with-parts now
 @boundary
-def classes_cmd(hierarchy: Path, class_name: str | None, class_descriptions: Path | None, db: str | None,
-                no_parts: bool) -> None:
-    """Print the class hierarchy as a tree with names, or the subtree of --class: what
-    `--class NAME --hierarchy FILE` selects. Parts are marked [part]."""
+def classes_cmd(hierarchy: Path | None, class_name: str | None, class_descriptions: Path | None, db: str | None,
+                with_parts: bool, no_parts: bool) -> None:
+    """Print the class hierarchy as a tree with names, or the subtree of --class: exactly
+    the classes `--class NAME --hierarchy FILE` selects (with --with-parts, its parts
+    too, each marked [part])."""
     from .classes import MID_RE
     from .hierarchy import Hierarchy
     from .selection import class_names as names_of
     from .selection import open_annotations
 
-    tree = Hierarchy.load(hierarchy)
+    if no_parts and with_parts:
+        raise ConfigError("--no-parts and --with-parts contradict each other")
+    if hierarchy is None and db is None:
+        raise ConfigError("give --hierarchy FILE, or a --db with the hierarchy loaded")
     with open_annotations((), db) as source:
         names = names_of(source, class_descriptions)
+        loaded = getattr(source, "hierarchy", None)
+        tree = Hierarchy.load(hierarchy) if hierarchy is not None else loaded() if loaded is not None else None
+    if tree is None:
+        raise ConfigError(f"the database {db} holds no class hierarchy: load bbox_labels_600_hierarchy.json into it "
+                          "with `oidownload db load`, or give --hierarchy FILE")
+    where = str(hierarchy) if hierarchy is not None else f"the hierarchy in {db}"
     starts = [tree.root]
     if class_name:
         if MID_RE.fullmatch(class_name.strip()):
@@ -792,9 +914,14 @@ def classes_cmd(hierarchy: Path, class_name: str | None, class_descriptions: Pat
             starts = sorted(names.resolve([class_name]))
         missing = [m for m in starts if m not in tree]
         if missing:
-            raise ConfigError(f"{class_name} ({', '.join(missing)}) is not in {hierarchy}")
+            raise ConfigError(f"{class_name} ({', '.join(missing)}) is not in {where}")
+
+    def name(mid: str) -> str:
+        shown = names.name(mid) if names else mid
+        return ROOT_NAME if mid == tree.root and shown == mid else shown
+
     for start in starts:
-        for line in tree.render(names.name if names else str, start, with_parts=not no_parts):
+        for line in tree.render(name, start, with_parts=with_parts):
             click.echo(line)
 
 
@@ -863,6 +990,7 @@ def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: t
 
     if all_classes and class_names:
         raise ConfigError("--all-classes and --class contradict each other")
+    dest = local_dest(out, dest, "gallery", "-o/--output")
     state = StateDir.open(out, state_dir)
     files, descriptions, classes = remembered_annotations(state, annotation_files, class_descriptions, class_names)
     progress = Progress(ProgressMode(progress_mode), LogFormat.TEXT, 5.0)
@@ -968,6 +1096,7 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     OriginalURL or OriginalMD5, came first (the first row wins)."""
     from .report import write_report
 
+    dest = local_dest(out, dest, "report", "-d/--dest")
     check_folder(dest, "-d/--dest")
     res = write_report(out, dest, state_dir)
     say = say_to_stderr()
@@ -978,7 +1107,7 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     click.echo(f"{res.conflicted} rows in {res.conflicts}")
 
 
-@main.command(epilog=EXIT_CODES)
+@main.command(epilog=help_table(VERIFY_MEANING))
 @click.argument("out")
 @opt("--processes", scope="verify", type=Int(1, MAX_PROCESSES), show_default="one per usable CPU",
      help="Worker processes reading and decoding; the default counts the CPUs this process may use.")
@@ -1065,7 +1194,7 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
      help="Originals' size mix: light (mean 1.3 MB), openimages (the real V3 mix, mean 2.1 MB), tiny.")
 @opt("--latency-ms", scope="bench", type=Float(0, 60_000, lo_ok=True), default=0.0, help="Median latency the origin adds.")
 @opt("--jitter", scope="bench", type=Float(0, 10, lo_ok=True), default=0.0, help="Lognormal sigma of the latency.")
-@opt("--faults", scope="bench", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01' (see oidownload.origin).")
+@opt("--faults", scope="bench", default="", help="Fault rates, e.g. '404=0.01,503x2=0.01'; the kinds are FAULT_KINDS in oidownload.testing.origin; 'x2' fails only the first 2 requests of a URL.")
 @opt("--processes", scope="bench", type=Int(1, MAX_PROCESSES), help="Passed to download.")
 @opt("--concurrency", scope="bench", type=Int(1, MAX_CONCURRENCY), help="Passed to download.")
 @opt("--serve", scope="bench", is_flag=True, default=False,
@@ -1080,7 +1209,8 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
 
     Starts the origin on 127.0.0.1, runs `oidownload download` on N synthetic images
     and prints one JSON line per scenario: images/s, MB/s, CPU ms per image (pool
-    workers included) and peak memory. The first run generates and caches the images.
+    workers included) and peak memory. The first run generates and caches the images
+    (a minute or two, with a progress bar; later runs start at once).
 
     With --serve it only serves the corpus until stopped, with its images.csv written
     to --manifest, for trying `oidownload download` against it by hand.
@@ -1090,9 +1220,10 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
 
     from .bench import DEFAULT_SCENARIOS, run_scenario, serve_corpus
 
+    bar = sys.stderr if sys.stderr.isatty() else None  # the first run's image generation
     if serve:
         check_new_file(manifest)
-        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True))
+        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True), bar)
         return
     chosen = [s for s in DEFAULT_SCENARIOS if not scenarios or s.name in scenarios]
     for scn in chosen:
@@ -1100,7 +1231,7 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
                                   processes=processes, concurrency=concurrency)
         click.echo(f"bench: {scn.name}: {n} images ({mix} mix) ...", err=True)
         try:
-            result = run_scenario(scn, log=lambda m: click.echo(m, err=True))
+            result = run_scenario(scn, log=lambda m: click.echo(m, err=True), bar=bar)
         except RuntimeError as exc:
             raise OidownloadError(str(exc)) from None
         click.echo(json.dumps(result))

@@ -40,10 +40,27 @@ MEANING: dict[ExitCode, str] = {
 RESUMABLE = frozenset({ExitCode.INCOMPLETE, ExitCode.MAX_RUNTIME, ExitCode.SIGINT, ExitCode.SIGTERM})
 
 
-def help_table() -> str:
-    """The table as click prints it in an epilog (\\b keeps the lines as they are)."""
+# The codes of the commands that are not a download: each says only what it can return.
+SELECT_MEANING: dict[ExitCode, str] = {
+    ExitCode.OK: "the selected rows are written",
+    ExitCode.FATAL: "fatal: unreadable input, unwritable output file",
+    ExitCode.USAGE: MEANING[ExitCode.USAGE],
+    ExitCode.NOTHING_SELECTED: "nothing selected: the CSV holds the header only (a warning says why)",
+}
+VERIFY_MEANING: dict[ExitCode, str] = {
+    ExitCode.OK: "every image the journal records as written is there and decodes",
+    ExitCode.FATAL: "fatal: no journal, or a download of OUT is running",
+    ExitCode.USAGE: MEANING[ExitCode.USAGE],
+    ExitCode.DAMAGED: "written images are missing or damaged (listed; marked, so the next download fetches them)",
+    ExitCode.SIGINT: "interrupted (SIGINT); nothing was marked",
+}
+
+
+def help_table(meanings: dict[ExitCode, str] | None = None) -> str:
+    """The table as click prints it in an epilog (\\b keeps the lines as they are):
+    download's, or the `meanings` of another command."""
     lines = ["\b", "Exit codes:"]
-    lines += [f"  {int(code):<4} {meaning}" for code, meaning in MEANING.items()]
+    lines += [f"  {int(code):<4} {meaning}" for code, meaning in (meanings or MEANING).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ from .attribution import NO_CREDIT, UNKNOWN, Credit, credits, license_name, writ
 from .classes import ClassDescriptions
 from .errors import ConfigError, InputError, OutputError
 from .fsio import Place, Tree
+from .rows import STDIN, input_name, is_stream
 from .sinks import Reader
 from .sinks.files import split_location
 from .state import StateDir, Written
@@ -142,6 +143,7 @@ def export(
     names: ClassDescriptions | None = None,
     classes: frozenset[str] | None = None,
     state_dir: Path | None = None,
+    image_lists: Sequence[Path] | None = None,
 ) -> ExportResult:
     state = StateDir.open(out, state_dir)
     images = {w.image_id: w for w in state.written()}
@@ -156,7 +158,8 @@ def export(
         result = ExportResult(Path(state.where()[0]), images=len(images))
         try:
             with Tree.at(result.dest, create=False) as tree:
-                _write_hf(files, images, tree, result, classes, names, reader, dict(credits(state)))
+                _write_hf(files, images, tree, result, classes, names, reader,
+                          dict(credits(state, image_lists, images)))
         except OSError as exc:
             raise OutputError(f"cannot write metadata.jsonl in {result.dest}: {exc.strerror or exc}") from None
         return result
@@ -171,7 +174,7 @@ def export(
     result = ExportResult(dest, images=len(images))
     try:
         with tree:
-            _write_export(fmt, state, files, images, tree, result, classes, names)
+            _write_export(fmt, state, files, images, tree, result, classes, names, image_lists)
     except OSError as exc:
         raise OutputError(f"cannot write the export in {dest}: {exc.strerror or exc}") from None
     return result
@@ -179,18 +182,23 @@ def export(
 
 def _write_export(fmt: ExportFormat, state: StateDir, files: Sequence[AnnotationTable], images: dict[str, Written],
                   tree: Tree, result: ExportResult, classes: frozenset[str] | None,
-                  names: ClassDescriptions | None) -> None:
+                  names: ClassDescriptions | None, image_lists: Sequence[Path] | None) -> None:
     if fmt is ExportFormat.CSV:
         _write_csv(files, images, tree, result, classes)
     elif fmt is ExportFormat.COCO:
-        _write_coco(files, images, tree, result, classes, names, dict(credits(state)))
+        _write_coco(files, images, tree, result, classes, names, dict(credits(state, image_lists, images)))
     elif fmt is ExportFormat.YOLO:
         _write_yolo(files, images, tree, result, classes, names, _local_files(state, images, fmt))
     else:
-        credit = write_attribution(state, images, tree)
+        credit = write_attribution(state, images, tree, image_lists)
         result.files += [credit.csv, credit.html]
         if credit.uncredited:
-            result.notes.append(f"{credit.uncredited} images have no credit: their input rows are gone "
+            piped = [input_name(i.display) for i in state.inputs()
+                     if i.display == STDIN or i.display.startswith("/dev/fd/") or is_stream(i.path)]
+            why = (f"they were read from {', '.join(piped)}, which is read once: save the same image list "
+                   "to a file and pass it with --images FILE" if piped and image_lists is None
+                   else "their input rows are gone (pass the image lists with --images)")
+            result.notes.append(f"{credit.uncredited} images have no credit: {why} "
                                 "(their ImageIDs are in ATTRIBUTION.csv with empty fields)")
 
 
@@ -421,8 +429,10 @@ def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], tree
               credit: dict[str, Credit]) -> None:
     """OUT/<subset>/metadata.jsonl beside each subset's images, where Hugging Face's
     imagefolder looks for it (its splits come from those folder names): one line an
-    image with `file_name`, `image_id`, its size, credits and `objects` (COCO-style
-    pixel boxes [x, y, width, height], `categories` and their `labels`)."""
+    image with `file_name`, `image_id`, its size, credits and `objects` as the HF
+    detection guides name them (pixel boxes `bbox` [x, y, width, height], `category`
+    an index into the class names, `labels` the names); and OUT/README.md, a dataset
+    card whose features make `category` a ClassLabel of those names."""
     rows = list(box_rows(files, images, result, mids))
     cats = _categories(rows, mids)
     index = {mid: i for i, mid in enumerate(cats)}
@@ -442,9 +452,59 @@ def _write_hf(files: Sequence[AnnotationTable], images: dict[str, Written], tree
             own = boxes[image_id]
             writers[folder].write(json.dumps({
                 "file_name": file_name, "image_id": image_id, "width": image.width, "height": image.height,
-                "objects": {"bbox": [_pixels(r) for r in own], "categories": [index[r.label] for r in own],
+                "objects": {"bbox": [_pixels(r) for r in own], "category": [index[r.label] for r in own],
                             "labels": [names.name(r.label) if names else r.label for r in own],
                             "is_group_of": [r.attrs.get("IsGroupOf", 0) for r in own]},
                 "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url,
             }, ensure_ascii=False) + "\n")
     result.boxes = len(rows)
+    card = tree.path / "README.md"  # the dataset card, at the root load_dataset is pointed at
+    label_names = _label_names(cats, names)
+    there = tree.lstat("README.md")
+    if there is not None and (not stat.S_ISREG(there.st_mode) or HF_CARD_MARK not in
+                              tree.read_bytes("README.md", 4096).decode("utf-8", "replace")):
+        result.notes.append(f"{card} is not ours, so it was left as it is: without the card's features, `category` "
+                            "loads as integers (class names: the `labels` field)")
+        return
+    with tree.atomic_file("README.md") as fh:
+        fh.write(_hf_card(sorted(writers), label_names))
+    result.files.append(card)
+
+
+HF_CARD_MARK = "written by `oidownload annotations --format hf`"
+
+
+def _label_names(cats: list[str], names: ClassDescriptions | None) -> list[str]:
+    """ClassLabel names, one per category index: the display name, made unique with the
+    MID where two classes share one (a ClassLabel refuses repeated names)."""
+    shown = [names.name(m) if names else m for m in cats]
+    repeated = {n for n in shown if shown.count(n) > 1}
+    return [f"{n} ({m})" if n in repeated else n for n, m in zip(shown, cats, strict=True)]
+
+
+def _hf_card(splits: list[str], label_names: list[str]) -> str:
+    """A dataset card (README.md) whose YAML `configs` entry gives the features, which
+    `datasets.load_dataset("OUT")` applies; JSON is YAML, so no YAML writer is needed.
+    Its data_files name the subset folders only (not annotations/, original/ or yolo/)."""
+    string = {"dtype": "string"}
+    features = [
+        {"name": "image", "dtype": "image"},
+        {"name": "image_id", **string},
+        {"name": "width", "dtype": "int32"},
+        {"name": "height", "dtype": "int32"},
+        {"name": "objects", "sequence": [
+            {"name": "bbox", "sequence": "float32", "length": 4},
+            {"name": "category", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(label_names)}}}},
+            {"name": "labels", **string},
+            {"name": "is_group_of", "dtype": "int8"},
+        ]},
+        *({"name": k, **string} for k in ("title", "author", "license", "url")),
+    ]
+    config = {"config_name": "default", "features": features,
+              "data_files": [{"split": s, "path": f"{s}/**"} for s in splits]}
+    return (f"---\n# {HF_CARD_MARK}; it is replaced by the next such export\n"
+            f"{json.dumps({'configs': [config]}, ensure_ascii=False, indent=1)}\n---\n\n"
+            "Images downloaded from Open Images with oidownload; boxes in `objects` "
+            "(`bbox` [x, y, width, height] in pixels, `category` a ClassLabel).\n\n"
+            "```python\nimport datasets\nds = datasets.load_dataset(\"path/to/this/folder\")\n"
+            "names = ds[\"train\"].features[\"objects\"][\"category\"].feature.names\n```\n")

@@ -239,13 +239,33 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
+def is_stream_target(path: Path) -> bool:
+    """A path that is a stream, not a file to replace: /dev/stdout, /dev/fd/N, a
+    terminal, a FIFO. Renaming a file over it would replace the device entry itself."""
+    if str(path).startswith("/dev/") or os.path.realpath(path).startswith("/proc/"):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 @contextmanager
 def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """A file written under a temporary name in its folder and renamed into place when
     the block ends without an error; on an error the temporary file is removed and the
     old file (if any) is left as it was. The folder is opened once: the temporary file
     and the rename happen in that very folder, and a symlink at the final name is
-    replaced, not written through."""
+    replaced, not written through. A device the user named (`-o /dev/stdout`, a
+    process substitution's /dev/fd/N) is written through: renaming over it would
+    replace the device entry itself. A FIFO elsewhere (planted in OUT) is replaced."""
+    if str(path).startswith("/dev/") or os.path.realpath(path).startswith("/proc/"):
+        if "b" not in mode:
+            kwargs.setdefault("encoding", "utf-8")
+            kwargs.setdefault("newline", "")
+        with open(path, mode, **kwargs) as stream:
+            yield stream
+        return
     with Tree.at(path.parent, create=False) as tree, tree.atomic_file(path.name, mode, **kwargs) as fh:
         yield fh
 

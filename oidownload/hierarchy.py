@@ -172,17 +172,19 @@ class Hierarchy:
             for desc, r in self.reach(mid).items():
                 yield mid, desc, r
 
-    def render(self, name: Callable[[str], str], start: str | None = None, *, with_parts: bool = True) -> Iterator[str]:
-        """The tree as indented lines, `name (MID)`, parts marked; a class under several
-        parents is shown under each."""
-        stack: list[tuple[str, int, Relation | None]] = [(start or self.root, 0, None)]
+    def render(self, name: Callable[[str], str], start: str | None = None, *, with_parts: bool = False) -> Iterator[str]:
+        """The tree as indented lines, `name (MID)`: exactly what `descendants(start,
+        with_parts=...)` selects. A class under several parents is shown under each; with
+        parts, every line reached through a Part edge is marked [part], at any depth
+        below it (a kind of a part is selected only with --with-parts too)."""
+        stack: list[tuple[str, int, bool]] = [(start or self.root, 0, False)]
         while stack:
-            mid, depth, rel = stack.pop()
-            mark = "[part] " if rel is Relation.PART else ""
+            mid, depth, in_part = stack.pop()
+            mark = "[part] " if in_part else ""
             yield f"{'  ' * depth}{mark}{name(mid)} ({mid})"
             kids = [(k, r) for k, r in self.children.get(mid, []) if with_parts or r is Relation.SUBCATEGORY]
             for kid, r in reversed(kids):
-                stack.append((kid, depth + 1, r))
+                stack.append((kid, depth + 1, in_part or r is Relation.PART))
 
 
 @dataclass

@@ -395,7 +395,8 @@ class InputIdentity:
     def of(cls, path: Path) -> InputIdentity:
         """The identity of the file at `path`, named by its resolved path (symlinks,
         `.` and `..` undone), so that every spelling of one file is one input."""
-        absolute = os.path.abspath(path)
+        # stdin is `-` wherever the run started, not a file called `-` in that folder.
+        absolute = str(path) if str(path) == "-" else os.path.abspath(path)
         try:
             st = os.stat(absolute)
         except OSError:

@@ -49,14 +49,14 @@ from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
 from .records import RETRYABLE, BadRow, Conflict, Outcome, Row, Source, Status, clean_text, is_final
-from .rows import Format, decode_errors, estimate_rows, iter_rows, read_header
+from .rows import Format, count_rows, decode_errors, estimate_rows, iter_rows, read_header
 from .selection import SelectionFilter, empty_cause
 from .settings import META_KEY as SETTINGS_KEY
 from .settings import check_rerun, written_settings
 from .shard import Shard
 from .sinks import Sink, open_sink
 from .sources import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
-from .state import StateDir
+from .state import StateDir, default_state_dir
 from .workers import Workers, start_workers
 
 _READ_BATCH = 512
@@ -539,11 +539,29 @@ class _Run:
                 except OutputError as exc:
                     self.fail(exc)
 
+    def count_total(self, done_at_start: int) -> bool:
+        """Before the bar starts: small inputs are counted, and when every row of them is
+        this run's to handle (one task, no subset, id or limit to narrow them), the bar
+        has its exact total from the start, so it never jumps. False: estimate instead."""
+        sel = self.cfg.select
+        if self.shard.count != 1 or sel.subsets or sel.ids is not None or sel.limit is not None:
+            return False
+        counts = [count_rows(p) for p in self.cfg.inputs]
+        if any(n is None for n in counts):
+            return False
+        self.counted = sum(n or 0 for n in counts)
+        self.progress.set_total(max(0, self.counted - done_at_start))
+        return True
+
     def estimate_total(self, done_at_start: int, loop: asyncio.AbstractEventLoop) -> None:
         """Background: an estimate gives the bar a total before the reader gets there;
         the exact count replaces it when the reader reaches the end."""
-        lines = sum(estimate_rows(p) for p in self.cfg.inputs)
+        lines = sum(count_rows(p) or estimate_rows(p) for p in self.cfg.inputs)
         share = lines // self.shard.count
+        if self.cfg.select.ids is not None:
+            # A class or --ids selection takes at most its images, however long the list:
+            # the total starts near the truth instead of far above it (and never below it).
+            share = min(share, len(self.cfg.select.ids))
         if self.cfg.select.limit is not None:
             share = min(share, self.cfg.select.limit)
         try:
@@ -595,7 +613,8 @@ class _Run:
         if self.cfg.run.max_runtime is not None:
             loop.call_later(self.cfg.run.max_runtime, self.request_stop, ExitCode.MAX_RUNTIME,
                             f"--max-runtime {self.cfg.run.max_runtime:.0f}s reached")
-        threading.Thread(target=self.estimate_total, args=(done_at_start, loop), daemon=True, name="count").start()
+        if not self.count_total(done_at_start):
+            threading.Thread(target=self.estimate_total, args=(done_at_start, loop), daemon=True, name="count").start()
         agent = self.cfg.net.user_agent or default_agent(self.shard.tag)
         session = self.session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
         self.sink.start()
@@ -672,13 +691,17 @@ def _cpu_seconds(children: bool = True) -> float:
     return total
 
 
-def _prepare_state(state_dir: Path) -> None:
+def _prepare_state(state_dir: Path, out: str) -> None:
+    # Blame --state-dir only when it was given; else the journal's place follows from OUT.
+    given = state_dir != default_state_dir(out)
+    what = f"the state dir {state_dir}" if given else f"the journal folder {state_dir} (in OUT)"
+    fix = "pick a writable --state-dir" if given else "pick another OUT, or keep the journal elsewhere with --state-dir"
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the state dir {state_dir}: {exc.strerror or exc}; pick a writable --state-dir") from None
+        raise OutputError(f"cannot create {what}: {exc.strerror or exc}; {fix}") from None
     if not os.access(state_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"the state dir {state_dir} is not writable; pick a writable --state-dir or fix its permissions")
+        raise OutputError(f"{what} is not writable; fix its permissions or {fix}")
 
 
 def _check_split(state_dir: Path, shard: Shard, resplit: bool) -> None:
@@ -738,7 +761,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     formats = [read_header(p) for p in cfg.inputs]  # a bad header stops us before any request
     state_dir = cfg.output.state_dir
     sink = open_sink(cfg.output, shard, cfg.run.grace)
-    _prepare_state(state_dir)
+    _prepare_state(state_dir, cfg.output.out)
     sink.prepare()
     _check_split(state_dir, shard, cfg.run.resplit)
     settings = written_settings(cfg)

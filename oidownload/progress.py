@@ -6,6 +6,7 @@ to stderr, so stdout stays clean for pipes. Consumes Outcomes; knows nothing els
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import sys
 import time
@@ -77,7 +78,9 @@ def log_line(log_format: LogFormat, level: str, event: str, message: str, **fiel
     json one JSON object with the time, a level (info, warning, error), the event's name,
     the message and the event's fields."""
     if log_format is LogFormat.JSON:
-        return json.dumps({"time": round(time.time(), 3), "level": level, "event": event, "message": message,
+        # ISO 8601 with its zone (UTC), as structured-logging tools parse it.
+        when = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        return json.dumps({"time": when, "level": level, "event": event, "message": message,
                            **fields})
     return message if event in _PLAIN else _PREFIX.get(level, "") + message
 
@@ -103,8 +106,14 @@ class Progress:
         self._last_log = self.started
         self._window: collections.deque[tuple[float, int, int]] = collections.deque()
         self._bar: tqdm[Any] | None = None
-        if mode is ProgressMode.BAR:
-            self._bar = tqdm(total=None, unit="img", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+        self._closed = False
+
+    def _started_bar(self) -> tqdm[Any] | None:
+        """The bar, drawn at the first total, outcome or tick: a small input's count comes
+        first, so the bar never shows a frame without its total."""
+        if self._bar is None and self.mode is ProgressMode.BAR and not self._closed:
+            self._bar = tqdm(total=self.total, unit="img", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+        return self._bar
 
     # -- events -------------------------------------------------------------------------
     def log(self, event: str, message: str, *, level: str = "info", **fields: Any) -> None:
@@ -116,12 +125,18 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
     def set_total(self, total: int, *, exact: bool = True) -> None:
-        """The rows this run will handle: an estimate first, the count once it is known."""
+        """The rows this run will handle: an estimate first, the count once it is known.
+        An estimate never replaces a count, nor falls below what is already done."""
+        if not exact and self.total_exact:
+            return
+        if not exact:
+            total = max(total, self.tally.done)
         self.total = total
         self.total_exact = exact
-        if self._bar is not None:
-            self._bar.total = total
-            self._bar.refresh()
+        bar = self._started_bar()
+        if bar is not None:
+            bar.total = total
+            bar.refresh()
 
     def add(self, outcome: Outcome) -> None:
         t = self.tally
@@ -133,8 +148,9 @@ class Progress:
             t.ok_sources[src] += 1
             if not outcome.verified:
                 t.ok_unchecked[src] += 1
-        if self._bar is not None:
-            self._bar.update(1)
+        bar = self._started_bar()
+        if bar is not None:
+            bar.update(1)
 
     def amend(self, outcome: Outcome, was: Status) -> None:
         """An outcome counted as `was` ended as another status: a staged image whose
@@ -164,7 +180,7 @@ class Progress:
         self._window.append((now, self.tally.done, self.tally.nbytes))
         while self._window and now - self._window[0][0] > _RATE_WINDOW:
             self._window.popleft()
-        if self._bar is not None:
+        if self._started_bar() is not None:
             self._set_postfix(refresh=False)
         elif self.mode is ProgressMode.LOG and now - self._last_log >= self.interval:
             self._last_log = now
@@ -214,11 +230,11 @@ class Progress:
         )
 
     def close(self) -> None:
-        """Leaves the bar in its true final state: the counts of every outcome (the
-        ticker may not have run since the last ones) and no estimated total."""
+        """Leaves the bar in its final state: the counts of every outcome (the ticker may
+        not have run since the last ones), and its total, so that a stopped run shows how
+        far it got (the same command resumes the rest)."""
+        self._closed = True
         if self._bar is not None:
-            if not self.total_exact:
-                self._bar.total = None
             self._set_postfix(refresh=True)
             self._bar.close()
             self._bar = None

@@ -20,7 +20,7 @@ from .errors import InputError, OutputError
 from .fsio import Place
 from .journal import InputIdentity, writer_alive
 from .records import Status, is_final
-from .rows import V3_COLUMNS, V4_COLUMNS, is_stream, read_header
+from .rows import STDIN, V3_COLUMNS, V4_COLUMNS, is_stream, read_header
 from .state import InputInfo, ProgressRow, StateDir, StatusCount
 
 # A running task refreshes its progress row every few seconds; older than this and
@@ -144,10 +144,11 @@ class ReportResult:
 def _changed(info: InputInfo) -> str | None:
     """Why the input at the recorded path is not the file the download read, or None."""
     path = info.path
+    if str(path) == STDIN or is_stream(path) or info.display.startswith("/dev/fd/"):
+        name = "standard input" if info.display == STDIN else info.display
+        return f"{name} was a pipe, read once; its rows carry only what the journal knows"
     if not path.exists():
         return f"{info.display} is gone; its rows carry only what the journal knows"
-    if is_stream(path):
-        return f"{info.display} was a pipe, read once; its rows carry only what the journal knows"
     if info.size is None:
         return None  # read from a pipe, or a journal from before identities were kept
     now = InputIdentity.of(path)

@@ -189,6 +189,14 @@ def is_stream(path: Path) -> bool:
         return False
 
 
+def input_name(path: Path | str) -> str:
+    """An input as a message names it: stdin is not a file called `-`, and a pipe
+    (`<(...)` shows as /dev/fd/63) is said to be one."""
+    if str(path) == STDIN:
+        return "standard input"
+    return f"the pipe {path}" if is_stream(Path(path)) or str(path).startswith("/dev/fd/") else str(path)
+
+
 def open_text(path: Path) -> TextIO:
     """Opens a CSV as text, gunzipping by magic bytes rather than by name (a pipe too);
     a BOM is dropped and stray non-UTF-8 bytes become U+FFFD (counted) instead of
@@ -268,6 +276,9 @@ def read_header(path: Path) -> Format:
     first = first_line(path)
     if not first.strip():
         raise InputError(f"{path}: the file is empty; {_expected()}")
+    if re.search(r"[\x00-\x08\x0e-\x1f\ufffd]", first):
+        # Not echoed: the bytes of a binary file would garble the terminal.
+        raise InputError(f"{path}: unknown header (binary bytes, not shown): this is not a CSV text file; {_expected()}")
     try:
         header = tuple(h.strip() for h in _parse_fields(first))
     except (csv.Error, StopIteration):
@@ -275,6 +286,10 @@ def read_header(path: Path) -> Format:
     for fmt in Format:
         if header == fmt.value:
             return fmt
+    if "ImageID" in header and "LabelName" in header:
+        kind = "a box" if "XMin" in header else "an image-label"
+        raise InputError(f"{path}: this is {kind} annotation file, not an image list: pass it with --annotations, "
+                         f"and give the image list (ImageID,Subset,OriginalURL,...) as the input")
     shown = ",".join(header)[:200]
     raise InputError(f"{path}: unknown header '{shown}'; {_expected()}")
 
@@ -574,6 +589,33 @@ def iter_rows(
         row = parse_row(fields, fmt, name, line)
         if isinstance(row, BadRow) or accept is None or accept(row):
             yield row
+
+
+# Under this size on disk an input is counted line by line before the bar starts (a
+# fraction of a second), so its total is exact from the first frame.
+COUNT_UNDER = 50 * 1024 * 1024
+
+
+def count_rows(path: Path) -> int | None:
+    """The rows of a regular file under COUNT_UNDER bytes on disk (gunzipped when it is
+    a .gz): its lines after the header, the last one counted without its newline. None
+    for a pipe (its bytes are the reader's), a bigger file or one that cannot be read."""
+    if is_stream(path):
+        return None
+    try:
+        if path.stat().st_size >= COUNT_UNDER:
+            return None
+        with open(path, "rb") as probe:
+            gz = probe.read(2) == _GZIP_MAGIC
+        lines = 0
+        last = b"\n"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            while chunk := f.read(1 << 20):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+    except (OSError, EOFError, zlib.error):
+        return None
+    return max(0, lines - 1 + (last != b"\n"))
 
 
 def estimate_rows(path: Path) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import OutputKind
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .journal import (
     SCHEMA_VERSION,
     connect,
@@ -35,6 +35,18 @@ from .sinks import Reader, is_remote, open_reader
 
 STATE_DIR = ".oidownload"
 _CHUNK = 20_000
+
+
+def local_dest(out: str | Path, dest: Path | None, folder: str, flag: str) -> Path:
+    """Where a command that writes files (report, annotations, gallery) puts them: dest,
+    or OUT/<folder> for a local OUT. A bucket cannot take them, and each command says
+    so alike, before it reads anything."""
+    if dest is not None:
+        return dest
+    if is_remote(str(out)):
+        raise ConfigError(f"{out} is in an object store, where this command cannot write its files: give a local "
+                          f"folder with {flag} (the images are read from the bucket)")
+    return Path(out) / folder
 
 
 def default_state_dir(out: str) -> Path:

@@ -186,3 +186,108 @@ def test_options_are_checked_like_the_command_line(tmp_path: Path) -> None:
                                                                    "deadline": "10m", "subset": ("train", "test")})
     assert params["inputs"] == (Path("a.csv"), Path("b.csv")) and params["class_names"] == ("Snowman",)
     assert params["boxes_only"] is True and params["deadline"] == 600.0 and params["subsets"] == ("train", "test")
+
+
+def test_ctrl_c_under_asyncio_run_stops_within_grace_and_raises(tmp_path: Path, make_origin: StartOrigin) -> None:
+    """asyncio.run's own SIGINT handler only cancels its task, which cannot happen while
+    the sync call blocks the loop: the run used to go on to the end."""
+    corpus = Corpus.generate(60, mix="tiny", seed=102)
+    origin = make_origin(corpus, latency=Latency(0.3))
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    script = _script(tmp_path, """
+        import time
+        async def main():
+            started = time.monotonic()
+            try:
+                oidownload.download(sys.argv[1], sys.argv[2], concurrency=2, processes=1, progress="none",
+                                    format="keep", grace=2)
+            except KeyboardInterrupt as exc:
+                print(json.dumps({"interrupted": str(exc), "seconds": time.monotonic() - started}), flush=True)
+
+        if __name__ == "__main__":
+            asyncio.run(main())
+    """)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), str(manifest), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(_rows(out)) < 3:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    stopped_after = time.monotonic() - sent
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    got = json.loads(stdout.strip().splitlines()[-1])
+    assert "the same call resumes" in got["interrupted"]
+    assert stopped_after < 2 + 5, stopped_after  # --grace, and the interpreter's start-up and exit
+    assert 3 <= len(_rows(out)) < 60  # the journal is saved, and the run did not go on to the end
+
+
+def test_status_select_annotations_and_the_job_counts(tmp_path: Path, make_origin: StartOrigin) -> None:
+    corpus = Corpus.generate(6, mix="tiny", seed=103)
+    corpus.entries[corpus.ids[0]].fault = Fault("404")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    out = tmp_path / "out"
+    twice = _script(tmp_path, """
+        if __name__ == "__main__":
+            runs = []
+            for _ in range(2):
+                r = oidownload.download(sys.argv[1], sys.argv[2], processes=1, progress="none")
+                runs.append({"counts": r.counts, "job": r.job_counts, "ok": r.job.ok,
+                              "final": r.job.final_failures})
+            print(json.dumps(runs))
+    """)
+    res = subprocess.run([sys.executable, str(twice), str(manifest), str(out)], capture_output=True, text=True,
+                         timeout=240)
+    assert res.returncode == 0, res.stderr
+    first, again = json.loads(res.stdout.strip().splitlines()[-1])
+    whole = {"ok": 5, "http_4xx": 1}
+    assert first == {"counts": whole, "job": whole, "ok": 5, "final": 1}
+    assert again == {"counts": {}, "job": whole, "ok": 5, "final": 1}  # a rerun: nothing to do, the job is whole
+
+    st = oidownload.status(out)
+    assert isinstance(st, oidownload.JobStatus)
+    assert st.counts == whole and st.total == 6 and st.ok == 5 and st.final_failures == 1 and st.retryable == 0
+    assert st.by_source == {"original": 5} and st.bytes["ok"] > 0
+    with pytest.raises(oidownload.InputError, match="no journal"):
+        oidownload.status(tmp_path / "elsewhere")
+
+    picked = oidownload.select(manifest, tmp_path / "two.csv", limit=2)
+    assert isinstance(picked, oidownload.SelectResult)
+    assert (picked.rows, picked.exit_code, picked.why) == (2, 0, None)
+    assert len((tmp_path / "two.csv").read_text().splitlines()) == 3
+    none = oidownload.select(manifest, tmp_path / "none.csv", subset=["test"])
+    assert none.rows == 0 and none.exit_code == 4 and none.why
+    with pytest.raises(oidownload.ConfigError, match="--seed"):
+        oidownload.select(manifest, tmp_path / "x.csv", seed=1)
+    with pytest.raises(TypeError, match="select\\(\\) got an unexpected keyword argument 'resize'"):
+        oidownload.select(manifest, tmp_path / "x.csv", resize=64)
+
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax\n"
+                     + "".join(f"{i},xclick,/m/0152hh,1,0.1,0.5,0.2,0.6\n" for i in corpus.ids))
+    exported = oidownload.annotations(out, format="coco", annotations=[boxes])
+    assert isinstance(exported, oidownload.ExportResult)
+    assert (exported.images, exported.boxes) == (5, 5)
+    coco = json.loads((out / "annotations" / "coco.json").read_text())
+    assert len(coco["annotations"]) == 5
+    with pytest.raises(oidownload.ConfigError, match="--format"):
+        oidownload.annotations(out, format="pascal")
+    with pytest.raises(oidownload.ConfigError, match="object store"):
+        oidownload.annotations("s3://bucket/x", format="coco")
+
+
+def test_the_public_names_are_pinned() -> None:
+    assert sorted(oidownload.__all__) == sorted([
+        "ConfigError", "DownloadResult", "ExportResult", "InputError", "JobStatus", "OidownloadError", "OutputError",
+        "SelectResult", "__version__", "annotations", "download", "download_async", "select", "status",
+    ])
+    for name in oidownload.__all__:
+        assert getattr(oidownload, name) is not None
+    from oidownload.annotations import Kind  # the submodule of that name is still importable
+
+    assert Kind.BOXES and callable(oidownload.annotations)

@@ -12,12 +12,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from oidownload.shard import shard_of
 from oidownload.testing.origin import Corpus, Latency, Origin
 from tests.conftest import journal_rows, require, run_cli
 
 ROOT = Path(__file__).parent.parent
 SBATCH = ROOT / "examples" / "slurm-array.sbatch"
+
+# An engine test (a real cluster, container or browser): out of the fast lane, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def slurm(*args: str) -> str:

@@ -19,6 +19,9 @@ from tests.conftest import journal_rows, require
 ROOT = Path(__file__).parent.parent
 IMAGE = "localhost/oidownload:ci"
 
+# An engine test (a real cluster, container or browser): out of the fast lane, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def image() -> str:

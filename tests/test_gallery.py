@@ -27,6 +27,9 @@ from tests.conftest import V3, journal_rows, require, run_cli
 
 VAL = V3 / "validation"
 BOXES_CSV = VAL / "annotations-human-bbox.csv"
+
+# An engine test (a real cluster, container or browser): out of the fast lane, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 LABELS_CSV = VAL / "annotations-human.csv"
 DESCRIPTIONS = V3 / "class-descriptions.csv"
 CHROMIUM = os.environ.get("OIDOWNLOAD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

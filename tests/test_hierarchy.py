@@ -129,7 +129,8 @@ def test_classes_prints_the_subtree_with_names() -> None:
     assert lines[0] == f"Car ({mid_of('Car')})"
     assert {line.strip() for line in lines[1:]} == {f"Limousine ({mid_of('Limousine')})", f"Van ({mid_of('Van')})"}
     assert all(line.startswith("  ") for line in lines[1:])
-    res = run_cli("classes", "--hierarchy", HIERARCHY, "--class-descriptions", DESCRIPTIONS)
+    # Parts are listed with --with-parts only, as download selects them (tests/test_conventions.py).
+    res = run_cli("classes", "--hierarchy", HIERARCHY, "--class-descriptions", DESCRIPTIONS, "--with-parts")
     shown = {line.strip().removeprefix("[part] ").rsplit(" (", 1)[1].rstrip(")") for line in res.stdout.splitlines()}
     assert shown == under(json.loads(HIERARCHY.read_text())["LabelName"], parts=True)
     assert "[part] Human body" in res.stdout

@@ -225,6 +225,8 @@ def connect(url: str | None, *, create: bool) -> Database:
             raise DatabaseError(f"database {url}: cannot connect: "
                                 f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc}") from None
         return Database(url, "postgresql", conn)
+    if path.is_dir():
+        raise DatabaseError(f"database {url}: {path} is a folder; give a file in it, e.g. --db {path / 'openimages.sqlite'}")
     if not create and not path.exists():
         raise DatabaseError(f"database {url}: no such file; create it with `oidownload db load ... --db {url}`")
     try:

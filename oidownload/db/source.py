@@ -13,6 +13,7 @@ from typing import Any
 from ..annotations import ATTRIBUTES, ClassFilter, Kind, LabelSource
 from ..classes import ClassDescriptions
 from ..errors import ConfigError
+from ..hierarchy import Hierarchy
 from ..journal import id_to_int, int_to_id
 from . import Database, DatabaseError, connect, schema
 from .formats import Kind as FileKind
@@ -88,6 +89,13 @@ class DbAnnotations:
     def class_descriptions(self) -> ClassDescriptions | None:
         pairs = [(str(m), str(n)) for m, n in self.db.execute("SELECT mid, name FROM classes")]
         return ClassDescriptions.from_pairs(pairs) if pairs else None
+
+    def hierarchy(self) -> Hierarchy | None:
+        """The class hierarchy loaded into the database, or None when none was."""
+        edges = [(str(p), str(c), str(r)) for p, c, r in
+                 self.db.execute("SELECT parent, child, relation FROM class_hierarchy")]
+        roots = sorted({p for p, _, _ in edges} - {c for _, c, _ in edges})
+        return Hierarchy.from_edges(roots[0], edges) if roots else None
 
     def _files(self) -> list[tuple[int, str, FileKind, tuple[str, ...]]]:
         rows = self.db.execute("SELECT id, path, kind, columns FROM loaded_files WHERE kind IN ('labels', 'boxes') "

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,14 +137,19 @@ def cached(mix: Mix, seed: int = 0, cache: Path | None = None) -> bool:
     return all((folder / f"{i:03d}.jpg").exists() for i in range(mix.templates))
 
 
-def templates(mix: Mix, seed: int = 0, cache: Path | None = None) -> list[bytes]:
-    """The mix's templates, generated once and then read from the cache."""
+def templates(mix: Mix, seed: int = 0, cache: Path | None = None,
+              made: Callable[[], object] | None = None) -> list[bytes]:
+    """The mix's templates, generated once and then read from the cache; `made` is
+    called after each one generated (a progress bar's update: the first run of the
+    openimages mix takes a minute or more)."""
     folder = _folder(mix, seed, cache)
     out: list[bytes] = []
     for i, target in enumerate(mix.targets()):
         path = folder / f"{i:03d}.jpg"
         if path.exists():
             out.append(path.read_bytes())
+            if made is not None:
+                made()
             continue
         data = template(target, mix, seed * 1000 + i)
         folder.mkdir(parents=True, exist_ok=True)
@@ -152,6 +157,8 @@ def templates(mix: Mix, seed: int = 0, cache: Path | None = None) -> list[bytes]
         tmp.write_bytes(data)
         os.replace(tmp, path)
         out.append(data)
+        if made is not None:
+            made()
     return out
 
 
