@@ -839,7 +839,7 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     from .state import StateDir
 
     if fmt != "hf":  # hf writes beside the images, not in a dest
-        dest = local_dest(out, dest, "annotations", "-d/--dest")
+        dest = local_dest(out, dest, "-d/--dest")
     check_folder(dest, "-d/--dest")
     remembered = [json.loads(v) for v in StateDir.open(out, state_dir).meta("selection")]
     files = list(annotation_files)
@@ -990,7 +990,7 @@ def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: t
 
     if all_classes and class_names:
         raise ConfigError("--all-classes and --class contradict each other")
-    dest = local_dest(out, dest, "gallery", "-o/--output")
+    dest = local_dest(out, dest, "-o/--output")
     state = StateDir.open(out, state_dir)
     files, descriptions, classes = remembered_annotations(state, annotation_files, class_descriptions, class_names)
     progress = Progress(ProgressMode(progress_mode), LogFormat.TEXT, 5.0)
@@ -1096,7 +1096,7 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     OriginalURL or OriginalMD5, came first (the first row wins)."""
     from .report import write_report
 
-    dest = local_dest(out, dest, "report", "-d/--dest")
+    dest = local_dest(out, dest, "-d/--dest")
     check_folder(dest, "-d/--dest")
     res = write_report(out, dest, state_dir)
     say = say_to_stderr()

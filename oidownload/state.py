@@ -37,16 +37,15 @@ STATE_DIR = ".oidownload"
 _CHUNK = 20_000
 
 
-def local_dest(out: str | Path, dest: Path | None, folder: str, flag: str) -> Path:
-    """Where a command that writes files (report, annotations, gallery) puts them: dest,
-    or OUT/<folder> for a local OUT. A bucket cannot take them, and each command says
-    so alike, before it reads anything."""
-    if dest is not None:
-        return dest
-    if is_remote(str(out)):
+def local_dest(out: str | Path, dest: Path | None, flag: str) -> Path | None:
+    """Checks where a command that writes files (report, annotations, gallery) can put
+    them: dest, or (None) its default folder in a local OUT. A bucket cannot take them,
+    and each command says so alike, before it reads anything. The default stays None,
+    so the command's writer refuses a symlink planted at OUT/<folder>."""
+    if dest is None and is_remote(str(out)):
         raise ConfigError(f"{out} is in an object store, where this command cannot write its files: give a local "
                           f"folder with {flag} (the images are read from the bucket)")
-    return Path(out) / folder
+    return dest
 
 
 def default_state_dir(out: str) -> Path:

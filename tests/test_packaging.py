@@ -32,7 +32,7 @@ def _third_party_imports(folder: Path) -> set[str]:
                 found |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.add(node.module.split(".")[0])
-    return {m for m in found if m not in sys.stdlib_module_names and m not in ("oidownload", "tests")}
+    return {m for m in found if m not in sys.stdlib_module_names and m not in ("oidownload", "tests", "benchmarks")}
 
 
 # What the test extra holds that no test imports: a pytest plugin, a server binary.

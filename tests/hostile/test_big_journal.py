@@ -27,7 +27,8 @@ def make_big_journal(out: Path, n: int) -> None:
     no synthetic image of the test meets one."""
     empty = out.parent / "empty.csv"
     empty.write_text(",".join(manifests.HEADER) + "\n")
-    made = run_cli("download", empty, "-o", out)  # the journal, as the download makes it
+    # The journal, as the download makes it, with the settings the test's download uses.
+    made = run_cli("download", empty, "-o", out, "--format", "keep")
     assert made.returncode == 4, made.stderr  # nothing selected
     conn = sqlite3.connect(next((out / ".oidownload").glob("journal-*.sqlite")), isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
