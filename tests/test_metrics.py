@@ -147,6 +147,15 @@ def test_prometheus_scrapes_a_running_download(tmp_path: Path, make_origin: Star
         assert requests == {"2xx": 114.0, "4xx": 6.0}
         assert float(_query(base, "sum(oid_request_duration_seconds_count)")[0]["value"][1]) == 120
         assert float(_query(base, "oid_rows_done")[0]["value"][1]) == 120
+        # Every query of the dashboard is valid PromQL against these series, and the
+        # headline panels have data.
+        dashboard = json.loads((Path(__file__).parent.parent / "examples" / "grafana-dashboard.json").read_text())
+        answered = {t["expr"]: _query(base, t["expr"].replace("$job", ".*"))
+                    for panel in dashboard["panels"] for t in panel["targets"]}
+        assert len(answered) >= 15
+        empty = [e for e, v in answered.items() if not v]
+        # No failure but the 404s (final: no retry), and no task still running, at the end.
+        assert all("status!=" in e or "retries" in e or 'state="running"' in e for e in empty), empty
         assert seen_running or proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)  # ends the linger
