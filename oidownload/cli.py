@@ -407,8 +407,8 @@ def download_options(f: F) -> F:
     decorators = [
         click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
         opt("-o", "--output", "out", required=True,
-            help="Output folder (OUT), or s3://bucket/prefix; the journal lives in OUT/.oidownload/ "
-                 "(for s3://, under ~/.local/state/oidownload/) unless --state-dir says otherwise."),
+            help="Output folder (OUT), or s3://bucket/prefix, az://container/prefix, gs://bucket/prefix; the journal "
+                 "lives in OUT/.oidownload/ (for a store, under ~/.local/state/oidownload/) unless --state-dir says otherwise."),
         opt("--state-dir", type=FOLDER,
             help="Where the journal lives [default: OUT/.oidownload]."),
         opt("--output-format", type=_enum(OutputKind), default="files",

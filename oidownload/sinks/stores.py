@@ -1,0 +1,142 @@
+"""The object stores `-o` reaches, one entry each: its scheme, how a container is
+named, how the obstore store is configured from the cloud's own variables, and what
+to check when it refuses. Layout (files or webdataset) is the other axis, in s3.py and
+tar.py: any store here takes either.
+
+    s3://bucket/prefix       S3 and servers that speak it (AWS_*; s3.make_store)
+    az://container/prefix    Azure Blob Storage (AZURE_STORAGE_*), Azurite with an endpoint
+    gs://bucket/prefix       Google Cloud Storage through its S3-compatible XML API with
+                             HMAC keys: the s3:// code path, with Google's endpoint
+
+Why gs:// is not obstore's GCSStore: no local server accepts its writes (fake-gcs-server
+answers 400 "invalid uploadType" to every XML-API upload, gcp-storage-emulator omits the
+ETag obstore needs), so its upload path could not be tested; the XML API's S3 dialect is
+the code path tested against SeaweedFS, and its reads are tested against fake-gcs-server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from obstore.store import AzureConfig, ClientConfig, RetryConfig, S3Config
+
+    from .s3 import S3Uri
+
+GCS_XML_ENDPOINT = "https://storage.googleapis.com"
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    scheme: str
+    noun: str  # what the first part of the URI names: bucket, container
+    name_re: re.Pattern[str]
+    make: Callable[[S3Uri], Any]
+    hint: str  # what to check when the store refuses the write check
+
+
+def client_options(endpoint: str) -> ClientConfig:
+    client: ClientConfig = {"timeout": "120s", "connect_timeout": "10s"}
+    if endpoint.startswith("http://"):
+        client["allow_http"] = True
+    return client
+
+
+def retry_config() -> RetryConfig:
+    return {"max_retries": 5, "retry_timeout": timedelta(seconds=300),
+            "backoff": {"init_backoff": timedelta(seconds=0.2), "max_backoff": timedelta(seconds=15), "base": 2.0}}
+
+
+def _s3(uri: S3Uri) -> Any:
+    from .s3 import make_store
+
+    return make_store(uri)
+
+
+def connection_string(text: str) -> dict[str, str]:
+    """AZURE_STORAGE_CONNECTION_STRING's fields (Key=value;...), which obstore does not read."""
+    fields: dict[str, str] = {}
+    for part in text.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+# Azurite's published development account (the emulator's UseDevelopmentStorage=true).
+_DEV_ACCOUNT = "devstoreaccount1"
+_DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def _azure(uri: S3Uri) -> Any:
+    """AzureStore reads AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN,
+    AZURE_STORAGE_ENDPOINT, AZURE_CLIENT_ID... itself; a connection string is read here."""
+    from obstore.store import AzureStore
+
+    config: AzureConfig = {}
+    env = os.environ
+    endpoint = env.get("AZURE_STORAGE_ENDPOINT") or env.get("AZURE_ENDPOINT") or ""
+    conn = connection_string(env.get("AZURE_STORAGE_CONNECTION_STRING", ""))
+    if conn.get("usedevelopmentstorage", "").lower() == "true":
+        conn = {"accountname": _DEV_ACCOUNT, "accountkey": _DEV_KEY,
+                "blobendpoint": f"http://127.0.0.1:10000/{_DEV_ACCOUNT}"}
+    if conn:
+        if "accountname" in conn:
+            config["account_name"] = conn["accountname"]
+        if "accountkey" in conn:
+            config["account_key"] = conn["accountkey"]
+        if "sharedaccesssignature" in conn:
+            config["sas_key"] = conn["sharedaccesssignature"]
+        if "blobendpoint" in conn:
+            endpoint = conn["blobendpoint"]
+        elif "accountname" in conn and conn.get("defaultendpointsprotocol") == "http":
+            endpoint = f"http://{conn['accountname']}.blob.{conn.get('endpointsuffix', 'core.windows.net')}"
+    if endpoint:
+        config["endpoint"] = endpoint.rstrip("/")
+    emulator = env.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true")
+    client = client_options("http://" if emulator else endpoint)
+    return AzureStore(uri.bucket, prefix=uri.prefix or None, config=config or None,
+                      client_options=client, retry_config=retry_config())
+
+
+def _gcs(uri: S3Uri) -> Any:
+    """The S3 dialect of Cloud Storage's XML API: HMAC keys in AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, the endpoint Google's (or STORAGE_EMULATOR_HOST's)."""
+    from obstore.store import S3Store
+
+    endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or GCS_XML_ENDPOINT
+    if "://" not in endpoint:
+        endpoint = f"http://{endpoint}"  # the emulator variable is often host:port
+    config: S3Config = {"endpoint": endpoint.rstrip("/"), "region": "auto"}
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        config["skip_signature"] = True  # a public bucket can still be read
+    return S3Store(uri.bucket, prefix=uri.prefix or None, config=config,
+                   client_options=client_options(endpoint), retry_config=retry_config())
+
+
+STORES = {
+    "s3": Store("s3", "bucket", re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"), _s3,
+                "Check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL and that the bucket exists "
+                "and allows writes"),
+    "az": Store("az", "container", re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}"), _azure,
+                "Check AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_CONNECTION_STRING, "
+                "AZURE_STORAGE_SAS_TOKEN), AZURE_STORAGE_ENDPOINT and that the container exists and allows writes"),
+    "gs": Store("gs", "bucket", re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]"), _gcs,
+                "Check the HMAC key in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (Cloud Storage's "
+                "interoperability keys), STORAGE_EMULATOR_HOST and that the bucket exists and allows writes"),
+}
+
+
+def store_for(scheme: str, out: str) -> Store:
+    found = STORES.get(scheme.lower())
+    if found is None:
+        raise ConfigError(f"-o {out}: only local folders and {', '.join(f'{s}://' for s in STORES)} "
+                          "are supported")
+    return found

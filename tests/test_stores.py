@@ -1,0 +1,177 @@
+"""Object-store outputs, one suite over the stores (stores.py: a store is one entry,
+either layout goes into it): S3 (SeaweedFS), Azure Blob Storage (Azurite) and the
+reading side of gs:// (fake-gcs-server, which takes no XML-API writes). Every image once
+and readable, a stateless rerun that makes no image request, wrong credentials and a
+missing container refused before any download, and every reading command (status,
+report, verify, annotations COCO and CSV, gallery) through the store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import tarfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from oidownload.testing.origin import Corpus, Origin
+from tests.conftest import V3, run_cli
+
+StartOrigin = Callable[..., Origin]
+VAL = V3 / "validation"
+BOXES = VAL / "annotations-human-bbox.csv"
+
+
+def _boxed_ids(n: int) -> list[str]:
+    with open(BOXES, newline="", encoding="utf-8") as f:
+        boxed = {r["ImageID"] for r in csv.DictReader(f)}
+    with open(VAL / "images.csv", newline="", encoding="utf-8") as f:
+        return [r["ImageID"] for r in csv.DictReader(f) if r["ImageID"] in boxed][:n]
+
+
+@dataclass
+class Target:
+    scheme: str
+    server: Any  # s3server.S3Server or azurite.Azurite: env, make_bucket, keys, store
+    wrong: dict[str, str]  # the environment with a wrong secret
+
+    def make(self, name: str) -> str:
+        self.server.make_bucket(name)
+        return name
+
+    def read(self, bucket: str, key: str) -> bytes:
+        import obstore
+
+        return bytes(obstore.get(self.server.store(bucket), key).bytes())
+
+
+@pytest.fixture(params=["s3", "az"])
+def target(request: pytest.FixtureRequest) -> Target:
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3")
+        return Target("s3", s3, s3.env | {"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    az = request.getfixturevalue("azurite")
+    from oidownload.testing.azurite import KEY
+
+    return Target("az", az, az.env | {"AZURE_STORAGE_ACCOUNT_KEY": "QUJD" + KEY[4:]})
+
+
+def _samples(target: Target, bucket: str, prefix: str) -> Counter[str]:
+    """ImageID → how often it is in a final shard of the store; every image decodes."""
+    seen: Counter[str] = Counter()
+    for key in target.server.keys(bucket, prefix):
+        if not key.endswith(".tar"):
+            continue
+        with tarfile.open(fileobj=io.BytesIO(target.read(bucket, key))) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".jpg") and ".original." not in m.name:
+                    data = tf.extractfile(m).read()  # type: ignore[union-attr]
+                    with Image.open(io.BytesIO(data)) as im:
+                        im.load()
+                    seen[m.name.split(".")[0]] += 1
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["files", "webdataset"])
+def test_every_image_once_read_back_and_a_stateless_rerun_fetches_nothing(
+        tmp_path: Path, make_origin: StartOrigin, target: Target, fmt: str) -> None:
+    ids = _boxed_ids(24)
+    corpus = Corpus.generate(0, mix="tiny", seed=26, ids=ids, subset="validation")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    bucket = target.make(f"stores-{fmt}")
+    out = f"{target.scheme}://{bucket}/run"
+    env = target.server.env | {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    args = ("download", manifest, "-o", out, "--output-format", fmt, "--shard-size", "10", "--resize", "96",
+            "--progress", "none")
+    res = run_cli(*args, env=env)
+    assert res.returncode == 0, res.stderr
+    if fmt == "files":
+        images = [k for k in target.server.keys(bucket, "run") if k.endswith(".jpg")]
+        assert sorted(Path(k).stem for k in images) == sorted(ids)
+        for key in images:
+            with Image.open(io.BytesIO(target.read(bucket, key))) as im:
+                assert max(im.size) == 96
+    else:
+        assert _samples(target, bucket, "run") == Counter({i: 1 for i in ids})
+    assert not [k for k in target.server.keys(bucket) if k.endswith((".part", ".oidtmp")) or "oidownload-check" in k]
+
+    # The reading commands, through the store.
+    st = run_cli("status", out, "--json", env=env)
+    assert st.returncode == 0 and json.loads(st.stdout)["by_status"]["ok"]["count"] == 24, st.stderr
+    rep = run_cli("report", out, "-d", tmp_path / "report", env=env)
+    assert rep.returncode == 0, rep.stderr
+    with open(tmp_path / "report" / "success.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 24
+    ver = run_cli("verify", out, "--progress", "none", env=env)
+    assert ver.returncode == 0 and "24 ok" in ver.stderr, ver.stdout + ver.stderr
+    coco = run_cli("annotations", out, "--format", "coco", "--annotations", BOXES, "-d", tmp_path / "coco", env=env)
+    assert coco.returncode == 0, coco.stderr
+    doc = json.loads((tmp_path / "coco" / "coco.json").read_text())
+    assert {im["open_images_id"] for im in doc["images"]} == set(ids) and doc["annotations"]
+    assert all(im["width"] <= 96 and im["height"] <= 96 for im in doc["images"])  # the written sizes, read back
+    flat = run_cli("annotations", out, "--format", "csv", "--annotations", BOXES, "-d", tmp_path / "csv", env=env)
+    assert flat.returncode == 0, flat.stderr
+    assert list((tmp_path / "csv").rglob("*.csv"))
+    gal = run_cli("gallery", out, "-o", tmp_path / "gallery", "--annotations", BOXES, "--progress", "none", env=env)
+    assert gal.returncode == 0, gal.stderr
+    assert (tmp_path / "gallery" / "index.html").is_file()
+    assert "Traceback" not in "".join(r.stderr for r in (res, st, rep, ver, coco, flat, gal))
+
+    # A pod restarted on a fresh disk: the journal is rebuilt from the store, no image is fetched again.
+    shutil.rmtree(tmp_path / "xdg")
+    before = sum(origin.requests.values())
+    again = run_cli(*args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "found 24 image(s) already in" in again.stderr
+    assert sum(origin.requests.values()) == before
+
+
+@pytest.mark.parametrize("fmt", ["files", "webdataset"])
+def test_wrong_credentials_and_a_missing_container_stop_before_any_download(
+        tmp_path: Path, make_origin: StartOrigin, target: Target, fmt: str) -> None:
+    corpus = Corpus.generate(5, mix="tiny", seed=27)
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    bucket = target.make("stores-creds")
+    res = run_cli("download", manifest, "-o", f"{target.scheme}://{bucket}/x", "--output-format", fmt,
+                  env=target.wrong | {"XDG_STATE_HOME": str(tmp_path / "xdg")})
+    assert res.returncode == 1, res.stderr
+    assert f"cannot write to {target.scheme}://{bucket}/x" in res.stderr and "Traceback" not in res.stderr
+    assert ("403" in res.stderr or "SignatureDoesNotMatch" in res.stderr
+            or "AuthorizationFailure" in res.stderr), res.stderr
+    res = run_cli("download", manifest, "-o", f"{target.scheme}://no-such-container-here/x", "--output-format", fmt,
+                  env=target.server.env | {"XDG_STATE_HOME": str(tmp_path / "xdg2")})
+    assert res.returncode == 1, res.stderr
+    assert "no-such-container-here" in res.stderr and "Traceback" not in res.stderr
+    assert sum(origin.requests.values()) == 0
+
+
+def test_azure_connection_string(tmp_path: Path, make_origin: StartOrigin, azurite: Any) -> None:
+    """AZURE_STORAGE_CONNECTION_STRING alone (as the portal and Azurite print it) is enough."""
+    corpus = Corpus.generate(6, mix="tiny", seed=28)
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    azurite.make_bucket("conn-string")
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    res = run_cli("download", manifest, "-o", "az://conn-string/p", env=env)
+    assert res.returncode == 0, res.stderr
+    assert len([k for k in azurite.keys("conn-string", "p") if k.endswith(".jpg")]) == 6
+    assert run_cli("status", "az://conn-string/p", env=env).returncode == 0
+
+
+def test_store_names_are_checked(tmp_path: Path) -> None:
+    manifest = Corpus.generate(1, mix="tiny").write_manifest(tmp_path / "images.csv", "http://127.0.0.1:9")
+    for out, why in (("az://Bad_Container/x", "is not a az:// container name"),
+                     ("gs://x/p", "is not a gs:// bucket name"),
+                     ("ftp://host/p", "only local folders and s3://, az://, gs://")):
+        res = run_cli("download", manifest, "-o", out, env={"XDG_STATE_HOME": str(tmp_path / "xdg")})
+        assert res.returncode != 0 and why in res.stderr, res.stderr
