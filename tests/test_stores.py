@@ -209,6 +209,29 @@ def test_gs_reads_from_a_cloud_storage_emulator(tmp_path: Path, make_origin: Sta
     assert "Traceback" not in "".join(r.stderr for r in (st, ver, coco, gal, again))
 
 
+def test_a_large_shard_goes_up_in_parts_and_reads_back_by_range(tmp_path: Path, target: Target,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed shard of 12 MiB is a multipart (Azure: block) upload of 5 MiB parts, read
+    back whole and by range through the sink's own blobs."""
+    import os
+
+    from oidownload.sinks.s3 import S3Blobs, parse_uri
+
+    bucket = target.make("stores-large")
+    for key, value in target.env.items():
+        monkeypatch.setenv(key, value)
+    blobs = S3Blobs(parse_uri(f"{target.scheme}://{bucket}/big"))
+    data = os.urandom(12 * 1024 * 1024 + 123)
+    shard = tmp_path / "00000-00000.tar"
+    shard.write_bytes(data)
+    blobs.check_writable()
+    blobs.put_file("validation/00000-00000.tar", shard)
+    assert blobs.read("validation/00000-00000.tar") == data
+    assert blobs.read_range("validation/00000-00000.tar", 5 * 1024 * 1024 - 7, 100) == data[5 * 1024 * 1024 - 7:][:100]
+    assert dict(blobs.files("validation")) == {"00000-00000.tar": len(data)}
+    assert blobs.folders("") == ["validation"]
+
+
 def test_azure_connection_string(tmp_path: Path, make_origin: StartOrigin, azurite: Any) -> None:
     """AZURE_STORAGE_CONNECTION_STRING alone (as the portal and Azurite print it) is enough."""
     corpus = Corpus.generate(6, mix="tiny", seed=28)
