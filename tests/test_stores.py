@@ -243,6 +243,10 @@ def test_azure_connection_string(tmp_path: Path, make_origin: StartOrigin, azuri
     assert res.returncode == 0, res.stderr
     assert len([k for k in azurite.keys("conn-string", "p") if k.endswith(".jpg")]) == 6
     assert run_cli("status", "az://conn-string/p", env=env).returncode == 0
+    # fsspec's spelling of the same store
+    res = run_cli("download", manifest, "-o", "abfs://conn-string/q", env=env)
+    assert res.returncode == 0 and "files in abfs://conn-string/q" in res.stderr, res.stderr
+    assert len([k for k in azurite.keys("conn-string", "q") if k.endswith(".jpg")]) == 6
 
 
 def test_store_names_are_checked(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ to check when it refuses. Layout (files or webdataset) is the other axis, in s3.
 tar.py: any store here takes either.
 
     s3://bucket/prefix       S3 and servers that speak it (AWS_*; s3.make_store)
-    az://container/prefix    Azure Blob Storage (AZURE_STORAGE_*), Azurite with an endpoint
+    az://container/prefix    Azure Blob Storage (AZURE_STORAGE_*), Azurite with an endpoint;
+                             abfs:// and abfss:// (fsspec's spellings) are the same
     gs://bucket/prefix       Google Cloud Storage through its S3-compatible XML API with
                              HMAC keys: the s3:// code path, with Google's endpoint
 
@@ -16,6 +17,7 @@ the code path tested against SeaweedFS, and its reads are tested against fake-gc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -132,6 +134,9 @@ STORES = {
                 "Check the HMAC key in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (Cloud Storage's "
                 "interoperability keys), STORAGE_EMULATOR_HOST and that the bucket exists and allows writes"),
 }
+# fsspec's (adlfs') spellings of az://container/prefix, the account from the same variables.
+for _alias in ("abfs", "abfss"):
+    STORES[_alias] = dataclasses.replace(STORES["az"], scheme=_alias)
 
 
 def store_for(scheme: str, out: str) -> Store:
