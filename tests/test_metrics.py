@@ -202,6 +202,42 @@ def test_metrics_file_is_whole_while_written_and_across_sigkill(tmp_path: Path, 
     _promtool(path)
 
 
+def test_node_exporter_textfile_collector_serves_the_file(tmp_path: Path, make_origin: StartOrigin) -> None:
+    """The Slurm way: the real textfile collector (Debian's prometheus-node-exporter) reads
+    the file and serves its samples without a scrape error."""
+    binary = shutil.which("prometheus-node-exporter")
+    require(binary is not None, "prometheus-node-exporter (installed with apt-get install prometheus)")
+    corpus = Corpus.generate(20, seed=30)
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    res = run_cli("download", manifest, "-o", tmp_path / "out", "--num-shards", "2", "--shard-index", "1",
+                  "--metrics-file", textfiles / "oidownload-{task}.prom")
+    assert res.returncode == 0, res.stderr
+    port = _free_port()
+    proc = subprocess.Popen([str(binary), "--collector.disable-defaults", "--collector.textfile",
+                             f"--collector.textfile.directory={textfiles}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    samples = _parse(text)
+    assert samples["node_textfile_scrape_error"][0][1] == 0
+    images = samples["oid_images_total"]
+    assert {(labels["task"], labels["tasks"]) for labels, _ in images} == {("1", "2")}
+    assert sum(v for _, v in images) == sum(_journal_counts(tmp_path / "out").values()) > 0
+
+
 def test_host_labels_are_capped_with_a_thousand_hosts(tmp_path: Path, make_origin: StartOrigin) -> None:
     pytest.importorskip("prometheus_client")
     corpus = Corpus.generate(1000, seed=28)
