@@ -44,6 +44,8 @@ class Target:
     wrong: dict[str, str]  # the same with a wrong secret
 
     def make(self, name: str) -> str:
+        """A new bucket of this store: s3 and gs share one server, so the name has the scheme."""
+        name = f"{self.scheme}-{name}"
         self.server.make_bucket(name)
         return name
 
@@ -142,6 +144,58 @@ def test_every_image_once_read_back_and_a_stateless_rerun_fetches_nothing(
     assert again.returncode == 0, again.stderr
     assert "found 24 image(s) already in" in again.stderr
     assert sum(origin.requests.values()) == before
+
+
+@pytest.mark.slow
+def test_sigkills_lose_and_duplicate_nothing(tmp_path: Path, make_origin: StartOrigin, target: Target) -> None:
+    """Shards into the store, the run killed at random moments: no image journaled as done
+    is fetched again, and in the end every image is in exactly one uploaded shard."""
+    import os
+    import random
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from oidownload.testing.origin import Latency
+
+    corpus = Corpus.generate(150, mix="tiny", seed=30)
+    origin = make_origin(corpus, latency=Latency(0.06, 0.3))
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    bucket = target.make("stores-kill")
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", f"{target.scheme}://{bucket}/run",
+           "--state-dir", str(state), "--output-format", "webdataset", "--shard-size", "15", "--resize", "48",
+           "--concurrency", "4", "--progress", "none"]
+    env = {**os.environ, **target.env}
+
+    def done() -> set[str]:
+        ids: set[str] = set()
+        for path in state.glob("journal-*.sqlite"):
+            conn = sqlite3.connect(path)
+            ids |= {format(r % (1 << 64), "016x") for (r,) in conn.execute("SELECT id FROM outcomes WHERE status='ok'")}
+            conn.close()
+        return ids
+
+    rng = random.Random(26)
+    kills = 0
+    while kills < 4:
+        before, asked = done(), dict(origin.requests)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.6, 1.4))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        assert all(origin.requests[f"/o/{i}_o.jpg"] == asked.get(f"/o/{i}_o.jpg", 0) for i in before)
+    assert kills >= 2, "the run finished too soon to be killed"
+    before, asked = done(), dict(origin.requests)
+    final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert all(origin.requests[f"/o/{i}_o.jpg"] == asked.get(f"/o/{i}_o.jpg", 0) for i in before)
+    assert _samples(target, bucket, "run") == Counter({i: 1 for i in corpus.ids})
 
 
 @pytest.mark.parametrize("fmt", ["files", "webdataset"])
