@@ -474,7 +474,7 @@ def download_options(f: F) -> F:
         opt("--metrics-file", type=click.Path(path_type=Path, dir_okay=False),
             help="Rewrite the metrics in Prometheus' text format into this file every 2 s, atomically "
                  "(node_exporter's textfile collector: name it *.prom); {task} in it becomes the task, e.g. 3-of-8."),
-        opt("--metrics-linger", type=Duration(zero_ok=True), default="0",
+        opt("--metrics-linger", type=Duration(),
             help="Keep serving /metrics this long after the run ends, so that the last scrape sees the final counts."),
     ]
     return _apply(f, decorators)
@@ -545,7 +545,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         log_format=LogFormat(p["log_format"]), progress=ProgressMode(p["progress_mode"]),
         progress_interval=p["progress_interval"], resplit=p["resplit"],
         metrics_port=p["metrics_port"], metrics_addr=p["metrics_addr"], metrics_file=p["metrics_file"],
-        metrics_linger=p["metrics_linger"],
+        metrics_linger=p["metrics_linger"] or 0.0,
     )
     out = str(p["out"])
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),

