@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import glob
 import os
 import socket
 import time
@@ -248,12 +249,16 @@ def write_file(path: Path, text: str) -> None:
 
 
 def check_file(path: Path) -> None:
-    """Before any download: the folder exists and takes a file."""
+    """Before any download: the folder exists and takes a file. A temporary file that a
+    killed run left behind (hidden, not *.prom) goes."""
     try:
         write_file(path, "")
         path.unlink()
     except OSError as exc:
         raise ConfigError(f"--metrics-file {path}: {exc.strerror or exc}") from None
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def listen(addr: str, port: int) -> socket.socket:

@@ -267,6 +267,29 @@ def test_host_labels_are_capped_with_a_thousand_hosts(tmp_path: Path, make_origi
     _promtool(prom)
 
 
+def test_host_state_stays_bounded_and_totals_stay_whole() -> None:
+    """20,000 hosts, one request each plus a busy few: at most HOST_MEMORY are kept one by
+    one, at most MAX_HOST_LABELS + 1 labels are rendered, and no request is lost."""
+    from oidownload.metrics import HOST_MEMORY, MAX_HOST_LABELS, Metrics
+    from oidownload.shard import Shard
+
+    m = Metrics(Shard(2, 5))
+    for i in range(20_000):
+        m.request(f"h{i}.example", 200 if i % 3 else None, 0.3)
+        if i % 100 == 0:
+            m.request("busy.example", 503, 2.0)
+    assert len(m.hosts) <= HOST_MEMORY
+    samples = _parse(m.render())
+    requests = samples["oid_requests_total"]
+    hosts = {labels["host"] for labels, _ in requests}
+    assert len(hosts) <= MAX_HOST_LABELS + 1 and {"busy.example", "other"} <= hosts
+    assert sum(v for _, v in requests) == 20_200
+    assert sum(v for labels, v in requests if labels["host"] == "busy.example") == 200
+    counts = {labels["host"]: v for labels, v in samples["oid_request_duration_seconds_count"]}
+    assert sum(counts.values()) == 20_200
+    assert {(labels["task"], labels["tasks"]) for labels, _ in requests} == {("2", "5")}
+
+
 def test_a_metrics_port_in_use_stops_the_run_before_any_request(tmp_path: Path, make_origin: StartOrigin) -> None:
     corpus = Corpus.generate(5, seed=29)
     origin = make_origin(corpus)
