@@ -766,7 +766,6 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     _check_split(state_dir, shard, cfg.run.resplit)
     settings = written_settings(cfg)
     check_rerun(state_dir, cfg.output.out, settings)
-    exporter = _exporter(cfg, shard)
     started = time.monotonic()
     cpu0 = _cpu_seconds()
     main0 = _cpu_seconds(children=False)
@@ -779,7 +778,10 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     processes = cfg.run.processes or 1
     workers = start_workers(cfg.image, sink.target, processes)
     run: _Run | None = None
+    exporter: Exporter | None = None
     try:
+        # Bound after the pool is forked, so that no worker holds the port open.
+        exporter = _exporter(cfg, shard)
         journal = Journal(state_dir, shard, cfg.output.out)
         try:
             marker = state_dir / f"running-{shard.tag}"
