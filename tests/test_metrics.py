@@ -202,6 +202,32 @@ def test_metrics_file_is_whole_while_written_and_across_sigkill(tmp_path: Path, 
     _promtool(path)
 
 
+def test_a_stopped_run_leaves_its_final_counts_in_the_file(tmp_path: Path, make_origin: StartOrigin) -> None:
+    """SIGTERM mid-run: the run stops cleanly, and the file's last version says done and
+    counts exactly what the journal holds."""
+    pytest.importorskip("prometheus_client")
+    corpus = Corpus.generate(200, seed=31)
+    origin = make_origin(corpus, latency=Latency(0.05))
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    prom = tmp_path / "m.prom"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(tmp_path / "out"), "--concurrency", "2",
+         "--processes", "1", "--metrics-file", str(prom), "--progress", "none"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not prom.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    samples = _parse(prom.read_text())
+    assert [labels["state"] for labels, v in samples["oid_run_state"] if v == 1] == ["done"]
+    journal = _journal_counts(tmp_path / "out")
+    assert 0 < sum(journal.values()) < 200
+    assert {labels["status"]: v for labels, v in samples["oid_images_total"]} == dict(journal)
+
+
 def test_node_exporter_textfile_collector_serves_the_file(tmp_path: Path, make_origin: StartOrigin) -> None:
     """The Slurm way: the real textfile collector (Debian's prometheus-node-exporter) reads
     the file and serves its samples without a scrape error."""
