@@ -457,8 +457,8 @@ def download_options(f: F) -> F:
     decorators = [
         click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
         opt("-o", "--output", "out", required=True,
-            help="Output folder (OUT), or s3://bucket/prefix; the journal lives in OUT/.oidownload/ "
-                 "(for s3://, under ~/.local/state/oidownload/) unless --state-dir says otherwise."),
+            help="Output folder (OUT), or s3://bucket/prefix, az://container/prefix, gs://bucket/prefix; the journal "
+                 "lives in OUT/.oidownload/ (for a store, under ~/.local/state/oidownload/) unless --state-dir says otherwise."),
         opt("--state-dir", type=FOLDER,
             help="Where the journal lives [default: OUT/.oidownload]."),
         opt("--output-format", type=_enum(OutputKind), default="files",
@@ -518,6 +518,15 @@ def download_options(f: F) -> F:
             help="auto: a bar on a terminal, log lines otherwise."),
         opt("--progress-interval", type=Duration(), default="5", help="Seconds between progress log lines."),
         opt("--placeholder-md5", multiple=True, help="Base64 MD5 of another 'photo unavailable' image (repeatable)."),
+        opt("--metrics-port", type=Int(1, 65535),
+            help="Serve Prometheus metrics on http://ADDR:PORT/metrics while the run lasts (README: Watching a cluster run)."),
+        opt("--metrics-addr", default="127.0.0.1",
+            help="Address for --metrics-port; 0.0.0.0 to let a scraper on another machine (or pod) in."),
+        opt("--metrics-file", type=click.Path(path_type=Path, dir_okay=False),
+            help="Rewrite the metrics in Prometheus' text format into this file every 2 s, atomically "
+                 "(node_exporter's textfile collector: name it *.prom); {task} in it becomes the task, e.g. 3-of-8."),
+        opt("--metrics-linger", type=Duration(),
+            help="Keep serving /metrics this long after the run ends, so that the last scrape sees the final counts."),
     ]
     return _apply(f, decorators)
 
@@ -601,6 +610,8 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         grace=p["grace"], max_failure_rate=p["max_failure_rate"], max_runtime=p["max_runtime"],
         log_format=LogFormat(p["log_format"]), progress=ProgressMode(p["progress_mode"]),
         progress_interval=p["progress_interval"], resplit=p["resplit"],
+        metrics_port=p["metrics_port"], metrics_addr=p["metrics_addr"], metrics_file=p["metrics_file"],
+        metrics_linger=p["metrics_linger"] or 0.0,
     )
     out = str(p["out"])
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),

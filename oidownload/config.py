@@ -140,6 +140,12 @@ class RunConfig:
     # A split of the rows other than the one the state dir's journals have is refused
     # unless asked for: two splits running at once would fetch the same images twice.
     resplit: bool = False
+    # Prometheus metrics (metrics.py): served on metrics_addr:metrics_port, and/or
+    # rewritten into metrics_file; kept served metrics_linger seconds after the end.
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    metrics_file: Path | None = None
+    metrics_linger: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from yarl import URL
 from .body import BodyWriter
 from .config import NetConfig
 from .limits import HostHeld, HostLimiter, Reservation
+from .metrics import Metrics
 from .records import Status, clean_text, is_final
 from .rows import url_problem
 
@@ -347,6 +348,7 @@ async def fetch_body(
     deadline: float,
     rng: random.Random,
     stored: bool = False,
+    metrics: Metrics | None = None,
 ) -> Attempts:
     """Fetches url, retrying retryable failures until `net.retries` retries or the
     loop-time `deadline` is spent; final failures are returned at once. No wait (for
@@ -368,11 +370,14 @@ async def fetch_body(
             return Attempts(Failure(Status.TIMEOUT, "the image's total deadline passed"), attempt - 1)
         try:
             async with limiter.slot(host, deadline):
-                left = deadline - loop.time()
+                began = loop.time()
+                left = deadline - began
                 result = await fetch_once(
                     session, parsed, expected_size=expected_size, net=net, reserve=reserve,
                     new_writer=new_writer, timeout=max(0.001, min(net.total_timeout, left)), stored=stored,
                 )
+                if metrics is not None:
+                    metrics.request(host, result.http_status, loop.time() - began)
         except HostHeld as held:
             status = Status.HTTP_429 if held.http_status == 429 else Status.HTTP_5XX
             return Attempts(Failure(status, f"not asked: the host asked for a pause of {held.seconds:.0f}s "
@@ -396,4 +401,6 @@ async def fetch_body(
         delay = max(backoff(attempt, net, rng), pause or 0.0)
         if loop.time() + delay >= deadline:
             return Attempts(result, attempt)
+        if metrics is not None:
+            metrics.retry(result.status.value)
         await asyncio.sleep(delay)

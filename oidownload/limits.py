@@ -205,6 +205,10 @@ class HostLimiter:
         """How many hosts it keeps state for."""
         return len(self._hosts)
 
+    def hosts(self) -> list[tuple[str, int, int]]:
+        """(host, requests in flight, limit) of every host it keeps state for."""
+        return [(name, h.active, h.limit) for name, h in self._hosts.items()]
+
     def _host(self, host: str) -> _Host:
         h = self._hosts.get(host)
         if h is None:

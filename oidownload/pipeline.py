@@ -45,6 +45,7 @@ from .journal import (
     writer_alive,
 )
 from .limits import ByteBudget, HostLimiter, Reservation
+from .metrics import Exporter, Gauges, Metrics, check_file, expand_path, listen
 from .process import Job
 from .progress import Progress, Tally
 from .recorder import Recorder
@@ -222,6 +223,26 @@ class _Run:
         self.counted: int | None = None
         self.input_errors: list[InputError] = []
         self.stopper: Stopper | None = None
+        self.exporter: Exporter | None = None
+        self.metrics: Metrics | None = None
+        self.woken = asyncio.Event()  # any stop request: ends the metrics' linger
+        self.lingering = False
+
+    def watch(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+        self.metrics = self.recorder.metrics = exporter.metrics
+        exporter.metrics.gauges = self.gauges
+
+    def gauges(self) -> Gauges:
+        skipped = self.filter.done_skipped
+        return Gauges(
+            bytes_in_flight=self.budget.used, bytes_in_flight_limit=self.budget.capacity,
+            pool_workers=self.cfg.run.processes or 1, pool_jobs=len(self.in_pool), fetch_queue=self.queue.qsize(),
+            journal_pending=len(self.recorder.pending), journal_lag=self.recorder.lag(),
+            journal_commit_seconds=self.recorder.commit_seconds, outcomes_per_second=self.progress.rates()[0],
+            rows_planned=self.enqueued + skipped if self.reader_finished else self.counted,
+            rows_done=self.progress.tally.done + skipped, hosts=self.limiter.hosts(),
+        )
 
     def new_writer(self, charged: int) -> BodyWriter:
         return BodyWriter(self.memfds, charged)
@@ -229,6 +250,11 @@ class _Run:
     # -- stopping ---------------------------------------------------------------------
     def request_stop(self, code: int, why: str) -> None:
         now = time.monotonic()
+        self.woken.set()
+        if self.lingering:
+            return  # the work is over: a signal only ends --metrics-linger
+        if self.metrics is not None and self.metrics.state == "running":
+            self.metrics.state = "stopping"
         if self.stopping.is_set():
             # One signal often arrives twice at once: schedulers signal the whole process
             # group and a wrapper script may pass it on as well. Only a later one is a
@@ -329,6 +355,7 @@ class _Run:
             net=self.cfg.net, limiter=self.limiter, reserve=self.budget.reserve,
             new_writer=self.new_writer, deadline=tried.t0 + self.cfg.net.image_deadline, rng=self.rng,
             stored=plan.check_etag,
+            metrics=self.metrics,
         )
         base.attempts = tried.attempts + got.attempts
         result = got.result
@@ -532,6 +559,8 @@ class _Run:
             self.progress.tally.skipped = self.filter.done_skipped
             self.progress.tick()
             await self.recorder.flush()
+            if self.exporter is not None:
+                self.exporter.tick()
             if loop.time() - last_progress >= 5.0:
                 last_progress = loop.time()
                 try:
@@ -574,6 +603,20 @@ class _Run:
         self.counted = share
         if not self.reader_finished:
             self.progress.set_total(max(0, share - done_at_start), exact=False)
+
+    async def end_metrics(self) -> None:
+        """The last counts, in the file and (for --metrics-linger, or until a signal)
+        on /metrics, so that the last scrape sees the run's end."""
+        assert self.exporter is not None and self.metrics is not None
+        self.metrics.state = "done"
+        self.exporter.tick(force=True)
+        linger = self.cfg.run.metrics_linger
+        if linger > 0 and self.exporter.sock is not None and not self.abandoned:
+            self.woken.clear()
+            self.lingering = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.woken.wait(), linger)
+        await self.exporter.stop()
 
     async def drain(self, workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers)
@@ -618,6 +661,8 @@ class _Run:
         agent = self.cfg.net.user_agent or default_agent(self.shard.tag)
         session = self.session = make_session(dataclasses.replace(self.cfg.net, user_agent=agent))
         self.sink.start()
+        if self.exporter is not None:
+            await self.exporter.start()
         try:
             workers = [asyncio.create_task(self.fetch_worker(session)) for _ in range(self.cfg.net.concurrency)]
             reader = asyncio.create_task(self.read())
@@ -649,6 +694,8 @@ class _Run:
             except OutputError as exc:
                 self.fail(exc)
             self.recorder.shutdown()
+            if self.exporter is not None:
+                await self.end_metrics()
             if self.memfds is not None and not self.abandoned:
                 self.memfds.close()
             self.reader_thread.shutdown(wait=False, cancel_futures=True)
@@ -778,7 +825,10 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     processes = cfg.run.processes or 1
     workers = start_workers(cfg.image, sink.target, processes)
     run: _Run | None = None
+    exporter: Exporter | None = None
     try:
+        # Bound after the pool is forked, so that no worker holds the port open.
+        exporter = _exporter(cfg, shard)
         journal = Journal(state_dir, shard, cfg.output.out)
         try:
             marker = state_dir / f"running-{shard.tag}"
@@ -826,6 +876,10 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             cfg = _fit_descriptors(cfg, progress)
             run = _Run(cfg, shard, progress, journal, workers, formats, done, sink)
             run.stopper = stopper
+            if exporter is not None:
+                run.watch(exporter)
+                if exporter.address:
+                    progress.log("metrics", f"Prometheus metrics on {exporter.address}", metrics=exporter.address)
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
         finally:
@@ -835,6 +889,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
                 journal.close()
     finally:
         workers.shutdown(kill=run is not None and run.abandoned)
+        if exporter is not None and exporter.sock is not None:
+            exporter.sock.close()  # already closed unless the run failed before its loop
     if not run.abandoned:
         marker.unlink(missing_ok=True)
     tally = progress.tally
@@ -861,6 +917,19 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         verdict = finished_verdict(job, sum(n for s, n in tally.by_status.items() if s in RETRYABLE),
                                    cfg.run.max_failure_rate)
     return RunResult(tally, int(verdict.code), wall, cpu, verdict.message, job)
+
+
+def _exporter(cfg: Config, shard: Shard) -> Exporter | None:
+    """--metrics-port and --metrics-file, checked before any download: a port in use or
+    a folder that takes no file stops the run here."""
+    r = cfg.run
+    if r.metrics_port is None and r.metrics_file is None:
+        return None
+    path = expand_path(r.metrics_file, shard) if r.metrics_file is not None else None
+    if path is not None:
+        check_file(path)
+    sock = listen(r.metrics_addr, r.metrics_port) if r.metrics_port is not None else None
+    return Exporter(Metrics(shard), sock, path)
 
 
 def _verdict(cfg: Config, shard: Shard, run: _Run, tally: Tally) -> Verdict | None:

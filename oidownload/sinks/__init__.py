@@ -13,6 +13,7 @@ image by its location through `open_reader`, never by rebuilding a path.
     sinks/staging.py    the worker side of the sinks below: whole files in the state dir
     sinks/tar.py        WebDataset tar shards; a sample commits when its bytes are safe
     sinks/s3.py         s3://bucket/prefix, for either layout; commit when the upload succeeded
+    sinks/stores.py     the stores s3.py reaches: s3://, az://, gs://, one entry each
 """
 
 from __future__ import annotations

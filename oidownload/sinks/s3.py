@@ -19,7 +19,6 @@ import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +28,11 @@ from ..records import Outcome, Row, Status, clean_text
 from ..shard import Shard
 from . import Blobs, Release, Sink, Synced
 from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
+from .stores import client_options, retry_config, store_for
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, RetryConfig, S3Config
+    from obstore.store import S3Config
 
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FILE_KEY_RE = re.compile(r"(?:(original)/)?([A-Za-z0-9][A-Za-z0-9_-]{0,63})/([0-9a-f]{3})/([0-9a-f]{16})\.([a-z0-9]{1,5})")
 # Uploads at once; each is a whole image or a shard part, so a few dozen fill a link.
 MAX_UPLOADS = 32
@@ -45,11 +44,12 @@ FAILURES_BEFORE_STOP = 10
 
 @dataclass(frozen=True, slots=True)
 class S3Uri:
-    bucket: str
+    bucket: str  # or an Azure container: the store's top level
     prefix: str  # without leading or trailing '/'
+    scheme: str = "s3"  # an entry of stores.STORES
 
     def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return f"{self.scheme}://{self.bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{self.bucket}"
 
     def describe(self, key: str) -> str:
         return f"{self}/{key}" if key else str(self)
@@ -57,55 +57,39 @@ class S3Uri:
 
 def parse_uri(out: str) -> S3Uri:
     scheme, _, rest = out.partition("://")
-    if scheme.lower() != "s3":
-        raise ConfigError(f"-o {out}: only local folders and s3://bucket/prefix are supported")
+    store = store_for(scheme, out)
     bucket, _, prefix = rest.partition("/")
-    if not _BUCKET_RE.fullmatch(bucket):
-        raise ConfigError(f"-o {out}: {bucket!r} is not an S3 bucket name")
+    if not store.name_re.fullmatch(bucket):
+        raise ConfigError(f"-o {out}: {bucket!r} is not a {store.scheme}:// {store.noun} name")
     prefix = prefix.strip("/")
     if any(p in ("", ".", "..") for p in prefix.split("/")) and prefix:
         raise ConfigError(f"-o {out}: the prefix has an empty, '.' or '..' part")
-    return S3Uri(bucket, prefix)
+    return S3Uri(bucket, prefix, store.scheme)
 
 
 def _obstore() -> Any:
     try:
         import obstore
     except ImportError:
-        raise ConfigError("s3:// needs the optional extra: pip install 'oidownload[s3]'") from None
+        raise ConfigError("s3://, az:// and gs:// need the optional extra: pip install 'oidownload[s3]'") from None
     return obstore
 
 
-def _clamp(x: float, low: float, high: float) -> timedelta:
-    return timedelta(seconds=min(high, max(low, x)))
-
-
 def make_store(uri: S3Uri, grace: float | None = None) -> Any:
-    """An obstore S3Store for the bucket and prefix, configured from the environment.
-
-    Its timeouts follow the run's --grace (10 s when not given): a server that accepts
-    and never answers fails a request after at most 3 x grace without a first byte (2 to
-    30 s), and a request with all its retries ends within 12 x grace (10 to 120 s). A
-    stopping run does not wait that long: the pipeline abandons what is still under way
-    at the end of its grace."""
+    """An obstore S3Store for the bucket and prefix, configured from the environment
+    (another store's scheme: its entry in stores.py). Its timeouts follow the run's
+    --grace (stores.client_options)."""
     _obstore()
+    if uri.scheme != "s3":
+        return store_for(uri.scheme, str(uri)).make(uri, grace)
     from obstore.store import S3Store
 
-    g = 10.0 if grace is None else grace
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
-    total = _clamp(12 * g, 10, 120)
-    client: ClientConfig = {"timeout": total, "connect_timeout": _clamp(g, 1, 10),
-                            "read_timeout": _clamp(3 * g, 2, 30)}
-    if endpoint.startswith("http://"):
-        client["allow_http"] = True
-    retry: RetryConfig = {"max_retries": 5, "retry_timeout": total,
-                          "backoff": {"init_backoff": timedelta(seconds=0.2), "max_backoff": timedelta(seconds=15),
-                                      "base": 2.0}}
     config: S3Config = {}
     if endpoint and not os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
         config["region"] = "us-east-1"  # S3-compatible servers rarely care; signing needs one
     return S3Store(uri.bucket, prefix=uri.prefix or None, config=config or None,
-                   client_options=client, retry_config=retry)
+                   client_options=client_options(endpoint, grace), retry_config=retry_config(grace))
 
 
 _KINDS = {
@@ -198,9 +182,9 @@ class S3Blobs:
             self.ob.put(self.store, key, b"oidownload write check\n")
             self.ob.delete(self.store, key)
         except Exception as exc:
-            raise OutputError(f"cannot write to {self.uri} (bucket {self.uri.bucket!r}): {reason(exc)}. "
-                              "Check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL and that the "
-                              "bucket exists and allows writes") from None
+            store = store_for(self.uri.scheme, str(self.uri))
+            raise OutputError(f"cannot write to {self.uri} ({store.noun} {self.uri.bucket!r}): {reason(exc)}. "
+                              f"{store.hint}") from None
 
     def put_file(self, key: str, path: Path) -> None:
         # A closed shard goes up in 5 MB parts; obstore's default of 12 parts at once put
