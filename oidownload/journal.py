@@ -143,7 +143,7 @@ _TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progre
                      "unchecked_counts", "conflicts"})
 # Columns added after the first release; an older journal gains them when opened.
 _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
-    "outcomes": (("location", "TEXT"),),
+    "outcomes": (("location", "TEXT"), ("sha256", "TEXT"), ("url", "TEXT")),
     "inputs": (("raw", "BLOB"), ("size", "INTEGER"), ("mtime_ns", "INTEGER"), ("head_md5", "TEXT")),
 }
 
@@ -153,8 +153,8 @@ _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 _UPSERT = """
 INSERT INTO outcomes(id, status, final, detail, http_status, nbytes, out_bytes, width, height,
                      attempts, seconds, subset, ext, source, verified, input, line, finished,
-                     orientation, crop, location)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                     orientation, crop, location, sha256, url)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(id) DO UPDATE SET
     status=excluded.status, final=excluded.final, detail=excluded.detail,
     http_status=excluded.http_status, nbytes=excluded.nbytes, out_bytes=excluded.out_bytes,
@@ -163,7 +163,7 @@ ON CONFLICT(id) DO UPDATE SET
     subset=excluded.subset, ext=excluded.ext, source=excluded.source,
     verified=excluded.verified, input=excluded.input, line=excluded.line,
     finished=excluded.finished, orientation=excluded.orientation, crop=excluded.crop,
-    location=excluded.location
+    location=excluded.location, sha256=excluded.sha256, url=excluded.url
 WHERE outcomes.status != 'ok' OR excluded.status = 'ok'
 """
 
@@ -571,7 +571,7 @@ class Journal:
             round(o.seconds, 4), clean_text(o.subset, 64), clean_text(o.ext, 16), o.source.value if o.source else None,
             int(o.verified), self.input_id(o.file) if o.file else None, o.line, now,
             o.orientation, ",".join(f"{v:.6f}" for v in o.crop) if o.crop else None,
-            clean_text(o.location, 2048) or None,
+            clean_text(o.location, 2048) or None, o.sha256, clean_text(o.url, 2048) or None,
         )
 
     def set_meta(self, key: str, value: str) -> None:

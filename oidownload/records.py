@@ -209,4 +209,5 @@ class Outcome:
     crop: tuple[float, float, float, float] | None = None  # kept region, normalised
     location: str = ""
     staged: tuple[str, ...] = ()
-    url: str = ""  # what was fetched (not journaled: the input row has it)
+    url: str = ""  # what was fetched
+    sha256: str | None = None  # hex SHA-256 of the image bytes written (not of a kept original)
