@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import math
 import os
 import re
@@ -528,7 +529,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         ids_from=chosen.ids_from if p["ids_file"] is None or chosen.ids_from != "--ids" else f"--ids {p['ids_file']}",
         classes=chosen.classes, annotations=tuple(a.resolve() for a in chosen.annotations),
         class_descriptions=chosen.class_descriptions.resolve() if chosen.class_descriptions else None,
-        db=_absolute_db(chosen.db),
+        db=_absolute_db(chosen.db), options=_selection_options(p),
     )
     run = RunConfig(
         processes=p["processes"], max_bytes_in_flight=int(p["max_bytes_in_flight_mb"] * 1024 * 1024),
@@ -548,6 +549,27 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     if source.fallback and source.choice in (SourceChoice.CVDF, SourceChoice.THUMBNAIL):
         raise ConfigError(f"--fallback cvdf applies to --source original or auto, not {source.choice.value}")
     return Config(inputs=tuple(p["inputs"]), output=output, net=net, source=source, image=image, select=select, run=run)
+
+
+_SELECTION_KEYS = ("subsets", "limit", "seed", "ids_file", "class_names", "classes_file", "class_descriptions",
+                   "annotation_files", "db", "hierarchy", "no_expand", "with_parts", "limit_per_class", "label_source",
+                   "min_confidence", "boxes_only", "exclude_occluded", "exclude_truncated", "exclude_group_of",
+                   "exclude_depiction", "exclude_inside")
+
+
+def _selection_options(p: dict[str, Any]) -> str:
+    """The selection flags that were given, as JSON (paths made absolute), for the lock."""
+    found: dict[str, Any] = {}
+    for key in _SELECTION_KEYS:
+        value = p.get(key)
+        if value in (None, False, (), []):
+            continue
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        elif isinstance(value, tuple):
+            value = [str(v.resolve()) if isinstance(v, Path) else v for v in value]
+        found[key] = value
+    return json.dumps(found, sort_keys=True)
 
 
 def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -926,13 +948,15 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
     """
     import json
 
+    from .lock import lock_status
     from .progress import human_bytes, human_seconds
     from .records import STATUS_MEANING, checked_words
     from .report import out_status
 
     st = out_status(out, state_dir)
+    lock = lock_status(out, state_dir)
     if as_json:
-        click.echo(json.dumps(st.as_json()))
+        click.echo(json.dumps({**st.as_json(), "lock": lock}))
         return
     click.echo(f"{out}: {st.total} images journaled, {human_bytes(sum(c.bytes for c in st.counts.values()))} fetched")
     click.echo(f"{'status':<15}{'count':>10}{'bytes':>12}  meaning")
@@ -948,6 +972,8 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
         click.echo(f"{s.tag:<12}{s.state:<10}{s.done:>10}{planned:>10}{rate:>9}{human_seconds(s.eta) if s.eta is not None else '':>9}  {s.host} {s.pid or ''}")
     if any(s.state == "running" for s in st.shards):
         click.echo(f"total rate {st.rate:.1f} images/s, ETA {human_seconds(st.eta)}")
+    if lock is not None:
+        click.echo(f"lock: {lock}")
 
 
 @main.command()
@@ -971,6 +997,23 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
     click.echo(f"{res.conflicted} rows in {res.conflicts}")
+
+
+@main.command("lock")
+@click.argument("out")
+@state_dir_option
+@boundary
+def lock_cmd(out: str, state_dir: Path | None) -> None:
+    """Write OUT's lock file (oidownload.lock.jsonl.gz) and Croissant card (croissant.json)
+    again from its journals: for an output made before they existed, or after `verify`.
+
+    Every download writes both at its end; this is the same, on demand.
+    """
+    from .lock import write_lock
+
+    res = write_lock(out, state_dir)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items()))
+    click.echo(f"{res.path}: {res.lines} images ({counts or 'none'}) in {res.seconds:.1f}s")
 
 
 @main.command(epilog=EXIT_CODES)

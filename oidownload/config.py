@@ -123,6 +123,8 @@ class SelectConfig:
     annotations: tuple[Path, ...] = ()
     class_descriptions: Path | None = None
     db: str | None = None
+    # The selection flags as given (JSON), written into the lock file's header.
+    options: str = ""
 
 
 @dataclass(frozen=True, slots=True)

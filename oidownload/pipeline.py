@@ -747,6 +747,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value,
                                                     "keep_original": cfg.image.keep_original}))
             journal.set_meta(SETTINGS_KEY, json.dumps(settings))
+            if cfg.select.options:
+                journal.set_meta("selection_options", cfg.select.options)
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
             if sel.annotations or sel.classes or sel.db:
@@ -779,6 +781,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         workers.shutdown(kill=run is not None and run.abandoned)
     if not run.abandoned:
         marker.unlink(missing_ok=True)
+    if run.fatal is None:
+        _write_lock(cfg, progress)
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
     if run.filter.duplicates or run.recorder.conflicts:
@@ -803,6 +807,20 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         verdict = finished_verdict(job, sum(n for s, n in tally.by_status.items() if s in RETRYABLE),
                                    cfg.run.max_failure_rate)
     return RunResult(tally, int(verdict.code), wall, cpu, verdict.message, job)
+
+
+def _write_lock(cfg: Config, progress: Progress) -> None:
+    """The lock and the Croissant card, rewritten at the end of every run; a failure is
+    said, and costs the run nothing (`oidownload lock OUT` writes them again)."""
+    from .lock import write_lock
+
+    try:
+        res = write_lock(cfg.output.out, cfg.output.state_dir)
+    except (OidownloadError, OSError) as exc:
+        progress.log("lock", f"the lock file was not written: {exc}", level="warning")
+        return
+    progress.log("lock", f"wrote {res.path} ({res.lines} images) in {res.seconds:.1f}s", path=str(res.path),
+                 images=res.lines)
 
 
 def _verdict(cfg: Config, shard: Shard, run: _Run, tally: Tally) -> Verdict | None:
