@@ -999,6 +999,48 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     click.echo(f"{res.conflicted} rows in {res.conflicts}")
 
 
+def _verify_lock(out: str, lock_file: Path, processes: int | None, mode: ProgressMode, interval: float) -> None:
+    """`verify --lock`: one tab-separated line per problem (kind, ImageID, where, why),
+    a summary on stderr, exit 6 when anything is wrong."""
+    from .lockcheck import LockCheck, check_against_lock
+
+    if mode is ProgressMode.AUTO:
+        mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
+    bar: Any = None
+    last = [time.monotonic()]
+
+    def show(r: LockCheck) -> None:
+        nonlocal bar
+        if mode is ProgressMode.BAR:
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=r.expected, unit="img", desc="verify", file=sys.stderr, dynamic_ncols=True)
+            bar.n = r.checked
+            bar.set_postfix_str(f"{len(r.problems)} problem(s)", refresh=True)
+        elif mode is ProgressMode.LOG and time.monotonic() - last[0] >= interval:
+            last[0] = time.monotonic()
+            click.echo(f"verify: {r.checked}/{r.expected} hashed, {len(r.problems)} problem(s)", err=True)
+
+    try:
+        res = check_against_lock(out, lock_file, processes=processes, on_progress=show)
+    except KeyboardInterrupt:
+        click.echo("oidownload: verify interrupted", err=True)
+        sys.exit(ExitCode.SIGINT)
+    finally:
+        if bar is not None:
+            bar.close()
+    for p in res.problems:
+        where, why = (text.replace("\t", " ") for text in (p.where, p.why))
+        click.echo(f"{p.kind}\t{p.image_id}\t{where}\t{why}")
+    rate = res.checked / res.seconds if res.seconds > 0 else 0.0
+    kinds = ", ".join(f"{res.count(k)} {k}" for k in ("missing", "extra", "different", "damaged"))
+    click.echo(f"verify: {res.checked} images hashed against {lock_file} ({res.expected} in the lock) in "
+               f"{res.seconds:.1f}s ({rate:.0f}/s): {kinds}", err=True)
+    if res.problems:
+        sys.exit(ExitCode.DAMAGED)
+
+
 @main.command("lock")
 @click.argument("out")
 @state_dir_option
@@ -1026,10 +1068,13 @@ def lock_cmd(out: str, state_dir: Path | None) -> None:
      help="auto: a bar on a terminal, log lines otherwise.")
 @opt("--progress-interval", scope="verify", type=Duration(), default="5",
      help="Seconds between progress log lines.")
+@opt("--lock", "lock_file", scope="verify", type=click.Path(path_type=Path, dir_okay=False),
+     help="Check OUT against this lock file instead of the journal: every image is hashed; missing, extra and "
+          "different images are listed (no journal needed, nothing is marked).")
 @state_dir_option
 @boundary
 def verify(out: str, processes: int | None, mark: bool, progress_mode: str, progress_interval: float,
-           state_dir: Path | None) -> None:
+           lock_file: Path | None, state_dir: Path | None) -> None:
     """Check every image the journal of OUT records as written: it is there (file, tar
     member or object), it decodes, its width, height and byte count are the journal's,
     and a kept original (--keep-original) still matches its OriginalMD5.
@@ -1042,6 +1087,9 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
     from .verify import VerifyResult
     from .verify import verify as run_verify
 
+    if lock_file is not None:
+        _verify_lock(out, lock_file, processes, ProgressMode(progress_mode), progress_interval)
+        return
     mode = ProgressMode(progress_mode)
     if mode is ProgressMode.AUTO:
         mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG

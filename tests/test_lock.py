@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,3 +139,78 @@ def test_a_kill_while_the_lock_is_written_leaves_the_previous_lock_intact(tmp_pa
     assert lock.read_bytes() == before
     _, lines, end = _lock(lock)
     assert end["images"] == 30_000 and len(lines) == 30_000
+
+
+def _copy(out: Path, dest: Path) -> Path:
+    """The output as another machine gets it: the data and the lock, no journal."""
+    shutil.copytree(out, dest, ignore=shutil.ignore_patterns(".oidownload"))
+    return dest
+
+
+def _problems(res: subprocess.CompletedProcess[str]) -> dict[tuple[str, str], str]:
+    found = {}
+    for line in res.stdout.splitlines():
+        kind, image_id, where, _why = line.split("\t")
+        found[(kind, image_id)] = where
+    return found
+
+
+def test_verify_lock_on_a_copy_of_files_finds_a_flipped_byte_a_deleted_and_an_extra_file(
+        tmp_path: Path, make_origin: StartOrigin) -> None:
+    out, _, _, corpus = _download(tmp_path, make_origin, 10)
+    lock = tmp_path / "shared.lock.jsonl.gz"
+    shutil.copy(out / "oidownload.lock.jsonl.gz", lock)
+    clean = _copy(out, tmp_path / "clean")
+    res = run_cli("verify", clean, "--lock", lock, "--progress", "none")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "10 images hashed" in res.stderr and "0 missing, 0 extra, 0 different" in res.stderr
+
+    copy = _copy(out, tmp_path / "copy")
+    ids = sorted(corpus.ids)
+    flipped, deleted = ids[2], ids[5]
+    path = {i: copy / "validation" / i[:3] / f"{i}.jpg" for i in ids}
+    data = bytearray(path[flipped].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path[flipped].write_bytes(bytes(data))
+    path[deleted].unlink()
+    stranger = "00000000deadbeef"
+    (copy / "validation" / "000").mkdir()
+    (copy / "validation" / "000" / f"{stranger}.jpg").write_bytes(bytes(path[ids[0]].read_bytes()))
+    res = run_cli("verify", copy, "--lock", lock, "--progress", "none")
+    assert res.returncode == 6, res.stdout + res.stderr
+    assert set(_problems(res)) == {("different", flipped), ("missing", deleted), ("extra", stranger)}
+
+
+def test_verify_lock_on_a_copy_of_shards_finds_a_flipped_byte_an_extra_shard_and_a_truncated_shard(
+        tmp_path: Path, make_origin: StartOrigin) -> None:
+    out, _, _, corpus = _download(tmp_path, make_origin, 12, "--output-format", "webdataset", "--shard-size", "4")
+    lock = out / "oidownload.lock.jsonl.gz"
+    clean = _copy(out, tmp_path / "clean")
+    res = run_cli("verify", clean, "--lock", lock, "--progress", "none")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "12 images hashed" in res.stderr
+
+    copy = _copy(out, tmp_path / "copy")
+    shards = sorted((copy / "validation").glob("*.tar"))
+    assert len(shards) == 3
+    index = json.loads(Path(f"{shards[0]}.idx.json").read_text())
+    first = index["samples"][1]
+    offset, size = first["members"]["jpg"]
+    data = bytearray(shards[0].read_bytes())
+    data[offset + size // 2] ^= 0x01
+    shards[0].write_bytes(bytes(data))
+    last = json.loads(Path(f"{shards[2]}.idx.json").read_text())["samples"]
+    cut = last[2]["members"]["jpg"][0] + 10  # inside the third sample's image
+    with open(shards[2], "r+b") as f:
+        f.truncate(cut)
+    stranger = "00000000deadbeef"
+    with tarfile.open(copy / "validation" / "00009-00000.tar", "w") as tar:
+        info = tarfile.TarInfo(f"{stranger}.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    res = run_cli("verify", copy, "--lock", lock, "--progress", "none")
+    assert res.returncode == 6, res.stdout + res.stderr
+    found = _problems(res)
+    assert set(found) == {("different", first["key"]), ("extra", stranger), ("damaged", ""),
+                          ("missing", last[2]["key"]), ("missing", last[3]["key"])}, found
+    assert found[("damaged", "")].endswith("00000-00002.tar")
