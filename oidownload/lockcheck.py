@@ -95,11 +95,8 @@ def hash_shard(key: str) -> tuple[list[Seen], list[Found]]:
     found: list[Found] = []
     path = _blobs.local_path(key)
     try:
-        f: IO[bytes] = open(path, "rb") if path is not None else _as_file(_blobs.read(key))
-    except OSError as exc:
-        return seen, [("unreadable", key, clean_text(str(exc), 200))]
-    try:
-        with f, tarfile.open(fileobj=f, mode="r|") as tar:
+        with (open(path, "rb") if path is not None else _as_file(_blobs.read(key))) as f, \
+                tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 image_id, _, suffix = member.name.partition(".")
                 if not member.isfile() or suffix == "json" or suffix.startswith("original."):
@@ -109,6 +106,8 @@ def hash_shard(key: str) -> tuple[list[Seen], list[Found]]:
                 if len(body) != member.size:
                     raise tarfile.ReadError(f"{member.name} ends after {len(body)} of its {member.size} bytes")
                 seen.append((f"{subset}/{shard}#{image_id}", hashlib.sha256(body).hexdigest(), len(body)))
+    except FileNotFoundError as exc:
+        found.append(("unreadable", key, clean_text(str(exc), 200)))
     except (tarfile.TarError, OSError, EOFError) as exc:
         found.append(("damaged", key, f"cannot be read to its end: {clean_text(str(exc), 200)}"))
     return seen, found

@@ -183,7 +183,7 @@ def test_verify_lock_on_a_copy_of_files_finds_a_flipped_byte_a_deleted_and_an_ex
 
 def test_verify_lock_on_a_copy_of_shards_finds_a_flipped_byte_an_extra_shard_and_a_truncated_shard(
         tmp_path: Path, make_origin: StartOrigin) -> None:
-    out, _, _, corpus = _download(tmp_path, make_origin, 12, "--output-format", "webdataset", "--shard-size", "4")
+    out, *_ = _download(tmp_path, make_origin, 12, "--output-format", "webdataset", "--shard-size", "4")
     lock = out / "oidownload.lock.jsonl.gz"
     clean = _copy(out, tmp_path / "clean")
     res = run_cli("verify", clean, "--lock", lock, "--progress", "none")
