@@ -112,7 +112,9 @@ def parameters(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
     argv = [*_argv({**options, "output": output}, command), "--", *(os.fspath(p) for p in paths)]
     try:
         with command.make_context("download", argv) as ctx:
-            return dict(ctx.params)
+            from .cli import explicit_params
+
+            return {**ctx.params, "explicit": explicit_params(ctx)}
     except click.ClickException as exc:
         raise ConfigError(exc.format_message()) from None
 

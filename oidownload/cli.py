@@ -364,7 +364,7 @@ def selection_options(f: F) -> F:
     ])
 
 
-def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say) -> Any:
+def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say, ids: frozenset[str] | None = None) -> Any:
     """The id-level selection (--ids, classes, a seeded sample), worked out up front."""
     from .annotations import LabelSource
     from .classes import read_classes_file
@@ -390,7 +390,7 @@ def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say) -> Any
                 "boxes_only": p["boxes_only"], "exclude": exclude},
         limit_per_class=p["limit_per_class"],
     )
-    result = plan(inputs, subsets=frozenset(p["subsets"]), ids=_read_ids(p["ids_file"]) if p["ids_file"] else None,
+    result = plan(inputs, subsets=frozenset(p["subsets"]), ids=_read_ids(p["ids_file"]) if p["ids_file"] else ids,
                   choice=choice, limit=p["limit"], seed=p["seed"])
     for note in result.notes:
         say("selection", note)
@@ -468,6 +468,10 @@ def download_options(f: F) -> F:
             help="auto: a bar on a terminal, log lines otherwise."),
         opt("--progress-interval", type=Duration(), default="5", help="Seconds between progress log lines."),
         opt("--placeholder-md5", multiple=True, help="Base64 MD5 of another 'photo unavailable' image (repeatable)."),
+        opt("--from-lock", type=click.Path(path_type=Path, dir_okay=False),
+            help="Rebuild the dataset of this lock file (oidownload.lock.jsonl.gz): its ImageIDs, with its settings "
+                 "(a conflicting option is refused); at the end each image is identical, different, "
+                 "different_source or missing."),
     ]
     return _apply(f, decorators)
 
@@ -501,6 +505,12 @@ def _absolute_db(url: str | None) -> str | None:
 
 def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     say = say or (lambda *a, **k: None)
+    lock_ids: frozenset[str] | None = None
+    if p.get("from_lock") is not None:
+        from .fromlock import apply_lock
+
+        p = dict(p)
+        lock_ids = apply_lock(p, p["from_lock"], _SELECTION_KEYS)
     fmt = OutputFormat(p["fmt"])
     orientation = Orientation(p["orientation"])
     if fmt is OutputFormat.KEEP and (p["resize"] is not None or orientation is Orientation.UPRIGHT):
@@ -520,7 +530,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         orientation=orientation, keep_original=p["keep_original"], placeholder_md5s=frozenset(p["placeholder_md5"]),
         max_decode_bytes=int(p["max_decode_mb"] * 1024 * 1024),
     )
-    chosen = plan_selection(tuple(p["inputs"]), p, say)
+    chosen = plan_selection(tuple(p["inputs"]), p, say, lock_ids)
     select = SelectConfig(
         subsets=frozenset(p["subsets"]),
         # A seeded sample is already cut to --limit; otherwise the first rows count.
@@ -530,6 +540,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         classes=chosen.classes, annotations=tuple(a.resolve() for a in chosen.annotations),
         class_descriptions=chosen.class_descriptions.resolve() if chosen.class_descriptions else None,
         db=_absolute_db(chosen.db), options=_selection_options(p),
+        from_lock=p["from_lock"].resolve() if p.get("from_lock") else None,
     )
     run = RunConfig(
         processes=p["processes"], max_bytes_in_flight=int(p["max_bytes_in_flight_mb"] * 1024 * 1024),
@@ -610,8 +621,18 @@ def download(**params: Any) -> None:
     if LogFormat(params["log_format"]) is LogFormat.JSON:
         _python_warnings_as_json()
     command = shlex.join(["oidownload", *sys.argv[1:]])
+    params["explicit"] = explicit_params(click.get_current_context())
     _, result = execute(params, None, f"run the same command again: {command}")
     sys.exit(result.exit_code)
+
+
+def explicit_params(ctx: click.Context) -> frozenset[str]:
+    """The parameters given (on the command line, in the environment or to the API)
+    rather than left at their defaults: --from-lock refuses those that disagree with it."""
+    from click.core import ParameterSource
+
+    return frozenset(name for name in ctx.params
+                     if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT))
 
 
 def check_folder(path: Path | None, what: str) -> None:
@@ -997,6 +1018,15 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
     click.echo(f"{res.conflicted} rows in {res.conflicts}")
+    from .fromlock import META_KEY, write_csv
+    from .lock import lock_path
+    from .state import StateDir
+
+    state = StateDir.open(out, state_dir)
+    for old_lock in state.meta(META_KEY)[:1]:
+        found = write_csv(res.success.parent / "from-lock.csv", Path(old_lock), lock_path(out, state.path))
+        click.echo(f"{sum(found.values())} rows in {res.success.parent / 'from-lock.csv'} "
+                   f"({', '.join(f'{n} {v}' for v, n in found.items())})")
 
 
 def _verify_lock(out: str, lock_file: Path, processes: int | None, mode: ProgressMode, interval: float) -> None:

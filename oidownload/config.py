@@ -125,6 +125,7 @@ class SelectConfig:
     db: str | None = None
     # The selection flags as given (JSON), written into the lock file's header.
     options: str = ""
+    from_lock: Path | None = None  # --from-lock: compared with this lock at the end
 
 
 @dataclass(frozen=True, slots=True)

@@ -749,6 +749,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             journal.set_meta(SETTINGS_KEY, json.dumps(settings))
             if cfg.select.options:
                 journal.set_meta("selection_options", cfg.select.options)
+            if cfg.select.from_lock is not None:
+                journal.set_meta("from_lock", str(cfg.select.from_lock))
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
             if sel.annotations or sel.classes or sel.db:
@@ -821,6 +823,16 @@ def _write_lock(cfg: Config, progress: Progress) -> None:
         return
     progress.log("lock", f"wrote {res.path} ({res.lines} images) in {res.seconds:.1f}s", path=str(res.path),
                  images=res.lines)
+    if cfg.select.from_lock is not None:
+        from .fromlock import compare, counts, describe
+
+        try:
+            found = counts(compare(cfg.select.from_lock, res.path))
+        except OidownloadError as exc:
+            progress.log("from-lock", f"not compared with {cfg.select.from_lock}: {exc}", level="warning")
+            return
+        progress.log("from-lock", f"against {cfg.select.from_lock}: {describe(found)} "
+                     "(`oidownload report` lists each image in from-lock.csv)", counts=found)
 
 
 def _verdict(cfg: Config, shard: Shard, run: _Run, tally: Tally) -> Verdict | None:

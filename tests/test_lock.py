@@ -4,6 +4,7 @@ on a copy, `download --from-lock` elsewhere, and the Croissant card."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import io
@@ -20,10 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from oidownload.journal import Journal, id_to_int
 from oidownload.shard import Shard
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.origin import Corpus, Fault, Origin
+from oidownload.testing.s3server import PUBLIC_BUCKET
 from tests.conftest import run_cli
+from tests.test_mirror import mirror  # noqa: F401  (a fixture)
 
 StartOrigin = Callable[..., Origin]
 
@@ -214,3 +219,48 @@ def test_verify_lock_on_a_copy_of_shards_finds_a_flipped_byte_an_extra_shard_and
     assert set(found) == {("different", first["key"]), ("extra", stranger), ("damaged", ""),
                           ("missing", last[2]["key"]), ("missing", last[3]["key"])}, found
     assert found[("damaged", "")].endswith("00000-00002.tar")
+
+
+def _from_lock_csv(out: Path) -> dict[str, str]:
+    with open(out / "report" / "from-lock.csv", newline="", encoding="utf-8") as f:
+        return {r["ImageID"]: r["verdict"] for r in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_from_lock_rebuilds_identical_and_names_what_changed(
+        tmp_path: Path, make_origin: StartOrigin, mirror: Callable[..., None], s3: Any) -> None:  # noqa: F811
+    corpus = Corpus.generate(8, mix="tiny", seed=26, subset="validation")
+    ids = sorted(corpus.ids)
+    changed, gone, mirrored = ids[1], ids[3], ids[5]
+    mirror(corpus, [mirrored], "validation")
+    mirror_url = f"{s3.endpoint}/{PUBLIC_BUCKET}"
+    out, manifest, origin, _ = _download(tmp_path, make_origin, 0, "--fallback", "cvdf", "--mirror-url", mirror_url,
+                                         corpus=corpus)
+    lock = tmp_path / "paper.lock.jsonl.gz"
+    shutil.copy(out / "oidownload.lock.jsonl.gz", lock)
+
+    res = run_cli("download", manifest, "-o", tmp_path / "wrong", "--from-lock", lock, "--resize", "32")
+    assert res.returncode != 0
+    assert "--resize 32 conflicts with the lock's --resize 64" in res.stderr, res.stderr
+
+    same = tmp_path / "same"
+    res = run_cli("download", manifest, "-o", same, "--from-lock", lock, "--mirror-url", mirror_url, "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    assert "8 identical, 0 different, 0 different source, 0 missing" in res.stderr, res.stderr
+    assert _lock(same / "oidownload.lock.jsonl.gz")[0]["settings"]["resize"] == 64
+
+    e = corpus.entries[changed]
+    e.original = (e.original + 1) % len(corpus.originals)  # the origin now serves another file
+    corpus.entries[gone].fault = Fault.parse("404")
+    corpus.entries[mirrored].fault = Fault.parse("404")
+    corpus.write_manifest(manifest, origin.base_url)
+    later = tmp_path / "later"
+    res = run_cli("download", manifest, "-o", later, "--from-lock", lock, "--mirror-url", mirror_url, "--progress", "none")
+    assert res.returncode in (0, 3), res.stderr
+    assert "5 identical, 1 different, 1 different source, 1 missing" in res.stderr, res.stderr
+    rep = run_cli("report", later)
+    assert rep.returncode == 0, rep.stderr
+    verdicts = _from_lock_csv(later)
+    assert {i: v for i, v in verdicts.items() if v != "identical"} == {
+        changed: "different", gone: "missing", mirrored: "different_source"}
+    assert len(verdicts) == 8
