@@ -7,8 +7,11 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import html
+import importlib.util
 import io
 import json
+import os
 import random
 import shutil
 import signal
@@ -27,7 +30,7 @@ from oidownload.journal import Journal, id_to_int
 from oidownload.shard import Shard
 from oidownload.testing.origin import Corpus, Fault, Origin
 from oidownload.testing.s3server import PUBLIC_BUCKET
-from tests.conftest import run_cli
+from tests.conftest import require, run_cli
 from tests.test_mirror import mirror  # noqa: F401  (a fixture)
 
 StartOrigin = Callable[..., Origin]
@@ -264,3 +267,51 @@ def test_from_lock_rebuilds_identical_and_names_what_changed(
     assert {i: v for i, v in verdicts.items() if v != "identical"} == {
         changed: "different", gone: "missing", mirrored: "different_source"}
     assert len(verdicts) == 8
+
+
+_RECORDS = """
+import json, sys
+import mlcroissant as mlc
+out = []
+for r in mlc.Dataset(jsonld=sys.argv[1]).records("images"):
+    d = {k.split("/", 1)[1]: (v.decode() if isinstance(v, bytes) else v) for k, v in r.items() if k != "images/file"}
+    d["file_size"] = list(r["images/file"].size)
+    out.append(d)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["files", "webdataset"])
+def test_the_croissant_card_validates_and_its_records_are_the_written_images(
+        tmp_path: Path, make_origin: StartOrigin, fmt: str) -> None:
+    require(importlib.util.find_spec("mlcroissant") is not None, "mlcroissant (pip install 'mlcroissant[image]')")
+    out, manifest, _, corpus = _download(tmp_path, make_origin, 7, "--output-format", fmt, "--shard-size", "3")
+    card = out / "croissant.json"
+    env = {"CROISSANT_CACHE": str(tmp_path / "croissant-cache")}
+    val = subprocess.run([str(Path(sys.executable).parent / "mlcroissant"), "validate", "--jsonld", str(card)],
+                         capture_output=True, text=True, env={**os.environ, **env}, timeout=240)
+    assert val.returncode == 0 and "Done." in val.stderr, val.stderr
+    doc = json.loads(card.read_text())
+    assert doc["license"] == "https://creativecommons.org/licenses/by/4.0/" and "OpenImages" in doc["citeAs"]
+    lock = next(d for d in doc["distribution"] if d["@id"] == "lock")
+    assert lock["sha256"] == hashlib.sha256((out / "oidownload.lock.jsonl.gz").read_bytes()).hexdigest()
+    if fmt == "webdataset":
+        shards = [d for d in doc["distribution"] if d["@id"].startswith("shard:")]
+        assert len(shards) == 3
+        for s in shards:
+            assert s["sha256"] == hashlib.sha256((out / s["contentUrl"]).read_bytes()).hexdigest()
+    res = subprocess.run([sys.executable, "-c", _RECORDS, str(card)], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=240)
+    assert res.returncode == 0, res.stderr
+    records = {r["image_id"]: r for r in json.loads(res.stdout)}
+    rows = _journal(out)
+    listed = {line[0]: line for line in csv.reader(manifest.open(encoding="utf-8"))}
+    assert set(records) == set(corpus.ids) == set(rows)
+    for image_id, rec in records.items():
+        r = rows[image_id]
+        assert rec == {
+            "file_name": f"{image_id}.jpg", "image_id": image_id, "subset": "validation", "width": r["width"],
+            "height": r["height"], "license": listed[image_id][4], "author": html.unescape(listed[image_id][6]),
+            "title": html.unescape(listed[image_id][7]), "source": "original", "sha256": r["sha256"],
+            "file_size": [r["width"], r["height"]],
+        }
