@@ -99,6 +99,10 @@ def test_every_run_writes_a_lock_with_a_line_per_image_and_lock_rewrites_it(
     assert res.returncode == 0, res.stderr
     assert "8 images (8 ok)" in res.stdout
     assert _lock(out / "oidownload.lock.jsonl.gz")[1] == lines
+    (out / lines[0]["location"]).unlink()
+    assert run_cli("verify", out, "--progress", "none").returncode == 6  # marks it damaged: the journal moved on
+    st = run_cli("status", out)
+    assert "lock: not current" in st.stdout, st.stdout
 
 
 def _big_journal(out: Path, n: int) -> None:
@@ -205,6 +209,8 @@ def test_verify_lock_on_a_copy_of_shards_finds_a_flipped_byte_an_extra_shard_and
     first = index["samples"][1]
     offset, size = first["members"]["jpg"]
     data = bytearray(shards[0].read_bytes())
+    # The index keeps each sample's hash, so that a shard adopted after a crash keeps it too.
+    assert first["sha256"] == hashlib.sha256(data[offset:offset + size]).hexdigest()
     data[offset + size // 2] ^= 0x01
     shards[0].write_bytes(bytes(data))
     last = json.loads(Path(f"{shards[2]}.idx.json").read_text())["samples"]

@@ -96,7 +96,7 @@ class _Sample:
         o = self.outcome
         return {"key": o.image_id, "members": self.members, "width": o.width, "height": o.height, "ext": o.ext,
                 "source": o.source.value if o.source else None, "verified": o.verified, "out_bytes": o.out_bytes,
-                "orientation": o.orientation, "crop": list(o.crop) if o.crop else None}
+                "orientation": o.orientation, "crop": list(o.crop) if o.crop else None, "sha256": o.sha256}
 
 
 @dataclass(slots=True)
@@ -549,7 +549,7 @@ def adopt(blobs: Blobs, subset: str, shard: str) -> list[Outcome]:
             image_id, Status.OK, "found in a closed shard", subset=subset, ext=str(s.get("ext") or ""),
             width=s.get("width"), height=s.get("height"), out_bytes=int(s.get("out_bytes") or 0),
             verified=bool(s.get("verified")), orientation=int(s.get("orientation") or 1),
-            crop=tuple(crop) if crop else None, location=f"{subset}/{shard}#{image_id}",
+            crop=tuple(crop) if crop else None, location=f"{subset}/{shard}#{image_id}", sha256=s.get("sha256"),
         ))
     return found
 
