@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import heapq
 import html
+import io
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from typing import Any
 
 from . import __version__, fsio
 from .config import OutputKind
-from .lock import file_sha256, lock_path
+from .lock import dumps_line, file_sha256, lock_path
 from .records import Status
 from .rows import V3_COLUMNS
 from .sinks import is_remote
@@ -248,11 +249,12 @@ def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
     images = root / IMAGES_NAME
     exts: set[str] = set()
     with fsio.atomic_file(images, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped, \
+                io.BufferedWriter(zipped, 1 << 20) as gz:
             for line in _rows(state):
                 exts.add(str(line.pop("ext")))
                 line.pop("location")
-                gz.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+                gz.write(dumps_line(line))
         raw.flush()
         os.fsync(raw.fileno())
     path = root / CARD_NAME

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import heapq
+import io
 import itertools
 import json
 import os
@@ -221,19 +222,23 @@ def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True) ->
 def _write(raw: IO[bytes], state: StateDir, path: Path, result: LockResult) -> None:
     # mtime=0: the gzip header carries no time, so the same journals give the same bytes
     # but for the header's own `written` field.
-    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
-        gz.write(_dumps(header(state, path)))
+    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped, \
+            io.BufferedWriter(zipped, 1 << 20) as gz:  # one compress call per MB, not per line
+        gz.write(dumps_line(header(state, path)))
         for line in lines(state):
-            gz.write(_dumps(line))
+            gz.write(dumps_line(line))
             result.lines += 1
             result.counts[line["status"]] = result.counts.get(line["status"], 0) + 1
-        gz.write(_dumps({"end": True, "images": result.lines, "counts": dict(sorted(result.counts.items()))}))
+        gz.write(dumps_line({"end": True, "images": result.lines, "counts": dict(sorted(result.counts.items()))}))
     raw.flush()
     os.fsync(raw.fileno())
 
 
-def _dumps(d: dict[str, Any]) -> bytes:
-    return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_line(d: dict[str, Any]) -> bytes:
+    return _ENCODER.encode(d).encode() + b"\n"
 
 
 # -- reading a lock ----------------------------------------------------------------------
