@@ -406,7 +406,8 @@ MAX_SHARDS = 1_000_000
 
 def download_options(f: F) -> F:
     decorators = [
-        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
+        # Not required by click: --from-lock can stand in for them (build_config says so).
+        click.argument("inputs", nargs=-1, type=click.Path(path_type=Path)),
         opt("-o", "--output", "out", required=True,
             help="Output folder (OUT), or s3://bucket/prefix; the journal lives in OUT/.oidownload/ "
                  "(for s3://, under ~/.local/state/oidownload/) unless --state-dir says otherwise."),
@@ -511,6 +512,10 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
 
         p = dict(p)
         lock_ids = apply_lock(p, p["from_lock"], _SELECTION_KEYS)
+        if not p["inputs"]:
+            p["inputs"] = (_manifest_from_lock(p),)
+    if not p["inputs"]:
+        raise ConfigError("Missing argument 'INPUTS...': give the image lists to download (or --from-lock LOCK)")
     fmt = OutputFormat(p["fmt"])
     orientation = Orientation(p["orientation"])
     if fmt is OutputFormat.KEEP and (p["resize"] is not None or orientation is Orientation.UPRIGHT):
@@ -581,6 +586,19 @@ def _selection_options(p: dict[str, Any]) -> str:
             value = [str(v.resolve()) if isinstance(v, Path) else v for v in value]
         found[key] = value
     return json.dumps(found, sort_keys=True)
+
+
+def _manifest_from_lock(p: dict[str, Any]) -> Path:
+    """The lock's URLs as an input list in the state dir, for --from-lock without INPUTS."""
+    from .fromlock import write_manifest
+
+    state_dir = p["state_dir"] or default_state_dir(str(p["out"]))
+    path = Path(state_dir) / "from-lock-images.csv"
+    try:
+        write_manifest(p["from_lock"], path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

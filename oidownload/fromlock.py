@@ -23,6 +23,7 @@ from typing import Any
 from .errors import ConfigError
 from .fsio import atomic_file
 from .lock import Lock
+from .rows import V3_COLUMNS
 
 VERDICTS = ("identical", "different", "different_source", "missing")
 META_KEY = "from_lock"
@@ -38,6 +39,9 @@ _FLAGS = {
     "fmt": "--format", "quality": "--quality", "orientation": "--orientation", "output_format": "--output-format",
     "keep_original": "--keep-original", "shard_size": "--shard-size",
 }
+
+_SELECTION_FLAGS = {"subsets": "--subset", "ids_file": "--ids", "class_names": "--class",
+                    "annotation_files": "--annotations"}
 
 
 def _flag(param: str, value: Any) -> str:
@@ -55,7 +59,7 @@ def apply_lock(p: dict[str, Any], lock_file: Path, selection_keys: tuple[str, ..
     explicit: frozenset[str] = p.get("explicit", frozenset())
     for key in selection_keys:
         if key in explicit and p.get(key) not in (None, False, (), []):
-            flag = "--" + key.replace("_file", "").replace("_names", "").replace("_", "-")
+            flag = _SELECTION_FLAGS.get(key, "--" + key.replace("_", "-"))
             raise ConfigError(f"--from-lock {lock_file} selects the lock's ImageIDs: {flag} cannot be combined with it")
     settings = lock.header.get("settings") or {}
     for name, param in _PARAMS.items():
@@ -75,6 +79,31 @@ def apply_lock(p: dict[str, Any], lock_file: Path, selection_keys: tuple[str, ..
     if not ids:
         raise ConfigError(f"the lock {lock_file} lists no written image: nothing to rebuild")
     return ids
+
+
+# Stands in for a row whose lock line knows no OriginalMD5 (a lock of an output made
+# before it was kept): an original fetched for it fails md5_mismatch, and says why.
+_UNKNOWN_MD5 = "AAAAAAAAAAAAAAAAAAAAAA=="
+
+
+def write_manifest(lock_file: Path, path: Path) -> int:
+    """An images.csv (V3 columns) of the lock's written images, with the URL each was
+    fetched from and the OriginalMD5 and OriginalSize the lock kept: a rebuild needs no
+    input list. Licence, author and title are not in a lock: those columns are empty."""
+    n = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, "w") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(V3_COLUMNS)
+        for line in Lock.open(lock_file).lines():
+            url = str(line.get("url") or "")
+            if line.get("status") != "ok" or not url:
+                continue
+            thumb = url if line.get("source") == "thumbnail" else ""
+            w.writerow([line["id"], line.get("subset") or "", url, "", "", "", "", "",
+                        str(line.get("original_size") or 0), line.get("original_md5") or _UNKNOWN_MD5, thumb])
+            n += 1
+    return n
 
 
 def _norm(value: Any) -> Any:

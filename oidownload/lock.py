@@ -42,7 +42,7 @@ LOCK_NAME = "oidownload.lock.jsonl.gz"
 KIND = "oidownload-lock-v1"
 # The outcome columns a line is made of; a journal from before a column existed gives NULL.
 _COLUMNS = ("status", "detail", "subset", "source", "url", "sha256", "out_bytes", "width", "height", "location",
-            "verified", "finished")
+            "verified", "finished", "original_md5", "original_size")
 _HASH_BLOCK = 1 << 20
 # A temporary lock older than this was left by a killed writer, not one still running.
 _STALE_TMP = 3600.0
@@ -175,7 +175,7 @@ def lines(state: StateDir) -> Iterator[dict[str, Any]]:
     """One line per journaled ImageID, in ImageID order, merged across the journals."""
     streams = [_journal_lines(state, j) for j in state.journals]
     for uid, group in itertools.groupby(heapq.merge(*streams, key=lambda r: r[0]), key=lambda r: r[0]):
-        status, detail, subset, source, url, sha, out_bytes, w, h, location, verified, _ = _best([r for _, r in group])
+        status, detail, subset, source, url, sha, out_bytes, w, h, location, verified, _, md5, size = _best([r for _, r in group])
         line: dict[str, Any] = {"id": int_to_id(uid), "subset": subset, "status": status, "source": source or None,
                                 "url": url or None}
         if status == "ok":
@@ -184,6 +184,8 @@ def lines(state: StateDir) -> Iterator[dict[str, Any]]:
                         etag_matched=bool(verified) and source == "cvdf")
         else:
             line["detail"] = detail
+        if md5:  # the row's OriginalMD5 and OriginalSize: a rebuild from the lock alone checks them
+            line.update(original_md5=md5, original_size=size)
         yield line
 
 

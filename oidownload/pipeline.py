@@ -503,6 +503,7 @@ class _Run:
         if prior is not None:
             why = f"the original was {prior.status.value}: {prior.detail}"
             outcome.detail = why if outcome.status is Status.OK and not outcome.detail else f"{why}; mirror: {outcome.detail}"
+        outcome.original_md5, outcome.original_size = row.original_md5, row.original_size
         self.record(outcome, row, release)
 
     def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:

@@ -211,3 +211,6 @@ class Outcome:
     staged: tuple[str, ...] = ()
     url: str = ""  # what was fetched
     sha256: str | None = None  # hex SHA-256 of the image bytes written (not of a kept original)
+    # The row's OriginalMD5 and OriginalSize, kept for the lock (a rebuild from it checks them).
+    original_md5: str | None = None
+    original_size: int | None = None

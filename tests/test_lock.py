@@ -321,3 +321,21 @@ def test_the_croissant_card_validates_and_its_records_are_the_written_images(
             "title": html.unescape(listed[image_id][7]), "source": "original", "sha256": r["sha256"],
             "file_size": [r["width"], r["height"]],
         }
+
+
+def test_from_lock_alone_rebuilds_every_image_identical_and_checks_the_originals(
+        tmp_path: Path, make_origin: StartOrigin) -> None:
+    out, _, _, corpus = _download(tmp_path, make_origin, 6, "--format", "webp", "--quality", "70")
+    lock = out / "oidownload.lock.jsonl.gz"
+    assert all(line["original_md5"] == corpus.listed(line["id"])[1] for line in _lock(lock)[1])
+    res = run_cli("download", "-o", tmp_path / "none")
+    assert res.returncode == 2 and "Missing argument 'INPUTS...'" in res.stderr, res.stderr
+    again = tmp_path / "again"
+    res = run_cli("download", "-o", again, "--from-lock", lock, "--progress", "none")  # no input list: the lock's URLs
+    assert res.returncode == 0, res.stderr
+    assert "6 identical, 0 different, 0 different source, 0 missing" in res.stderr, res.stderr
+    head, lines, _ = _lock(again / "oidownload.lock.jsonl.gz")
+    assert head["settings"]["format"] == "webp" and head["settings"]["quality"] == 70
+    assert all(line["md5_matched"] for line in lines)  # the lock's OriginalMD5 was checked again
+    res = run_cli("download", "-o", tmp_path / "other", "--from-lock", lock, "--ids", tmp_path / "images.csv")
+    assert res.returncode == 2 and "--ids cannot be combined with it" in res.stderr, res.stderr
