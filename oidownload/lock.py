@@ -213,12 +213,25 @@ def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True) ->
             _write(raw, state, path, result)
     except OSError as exc:
         raise OutputError(f"cannot write the lock {path}: {exc.strerror or exc}") from None
+    if is_remote(out):
+        _upload(out, path)
     if card:
         from .croissant import write_card
 
         write_card(out, state, path)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _upload(out: str, path: Path) -> None:
+    """A bucket's lock goes beside its data (the copy in the state dir stays, for `status`)."""
+    from .sinks.s3 import S3Blobs, parse_uri, reason
+
+    blobs = S3Blobs(parse_uri(out))
+    try:
+        blobs.put_file(LOCK_NAME, path)
+    except Exception as exc:  # obstore raises its own kinds
+        raise OutputError(f"cannot upload the lock to {blobs.describe(LOCK_NAME)}: {reason(exc)}") from None
 
 
 def _write(raw: IO[bytes], state: StateDir, path: Path, result: LockResult) -> None:

@@ -28,7 +28,7 @@ from .config import OutputKind
 from .cpus import usable_cpus
 from .lock import Lock
 from .records import clean_text
-from .sinks import Blobs, open_blobs
+from .sinks import Blobs, is_remote, open_blobs
 from .sinks.tar import SHARD_RE
 from .workers import follow_parent, pool_method
 
@@ -226,7 +226,10 @@ def check_against_lock(out: str, lock_file: Path, *, processes: int | None = Non
         expected = _Expected(tmp)
         try:
             result.expected = expected.load(lock.lines())
-            pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(pool_method()),
+            # A bucket is listed here while the pool starts its workers (on demand): the
+            # object store's runtime threads must not be forked.
+            method = "spawn" if is_remote(out) else pool_method()
+            pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method),
                                        initializer=_init, initargs=(out, os.getpid()))
             try:
                 _run(pool, processes, kind, blobs, expected, result, on_progress)

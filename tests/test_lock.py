@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import obstore
 import pytest
 
 from oidownload.journal import Journal, id_to_int
@@ -339,3 +340,21 @@ def test_from_lock_alone_rebuilds_every_image_identical_and_checks_the_originals
     assert all(line["md5_matched"] for line in lines)  # the lock's OriginalMD5 was checked again
     res = run_cli("download", "-o", tmp_path / "other", "--from-lock", lock, "--ids", tmp_path / "images.csv")
     assert res.returncode == 2 and "--ids cannot be combined with it" in res.stderr, res.stderr
+
+
+def test_a_bucket_output_gets_its_lock_beside_the_data_and_verify_lock_reads_it_there(
+        tmp_path: Path, make_origin: StartOrigin, s3: Any) -> None:
+    corpus = Corpus.generate(5, mix="tiny", seed=27, subset="validation")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    env = dict(s3.env) | {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    s3.make_bucket("locked")
+    res = run_cli("download", manifest, "-o", "s3://locked/v", "--resize", "64", "--progress", "none", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "v/oidownload.lock.jsonl.gz" in s3.keys("locked", "v/")
+    lock = tmp_path / "got.lock.jsonl.gz"
+    lock.write_bytes(bytes(obstore.get(s3.store("locked"), "v/oidownload.lock.jsonl.gz").bytes()))
+    assert _lock(lock)[2]["counts"] == {"ok": 5}
+    res = run_cli("verify", "s3://locked/v", "--lock", lock, "--progress", "none", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "5 images hashed" in res.stderr
