@@ -576,9 +576,10 @@ _SELECTION_KEYS = ("subsets", "limit", "seed", "ids_file", "class_names", "class
 def _selection_options(p: dict[str, Any]) -> str:
     """The selection flags that were given, as JSON (paths made absolute), for the lock."""
     found: dict[str, Any] = {}
+    explicit = p.get("explicit")
     for key in _SELECTION_KEYS:
         value = p.get(key)
-        if value in (None, False, (), []):
+        if value in (None, False, (), []) or (explicit is not None and key not in explicit):
             continue
         if isinstance(value, Path):
             value = str(value.resolve())

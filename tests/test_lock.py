@@ -77,8 +77,9 @@ def _lock(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, A
 
 def test_every_run_writes_a_lock_with_a_line_per_image_and_lock_rewrites_it(
         tmp_path: Path, make_origin: StartOrigin) -> None:
-    out, manifest, origin, corpus = _download(tmp_path, make_origin, 8)
+    out, manifest, origin, corpus = _download(tmp_path, make_origin, 8, "--limit", "8", "--seed", "1")
     head, lines, end = _lock(out / "oidownload.lock.jsonl.gz")
+    assert head["selection"] == {"limit": 8, "seed": 1}
     assert head["kind"] == "oidownload-lock-v1" and head["pillow"].startswith("Pillow")
     assert head["settings"]["resize"] == 64 and head["settings"]["output_format"] == "files"
     [inp] = head["inputs"]
