@@ -82,26 +82,28 @@ def _rows(state: StateDir) -> Iterator[dict[str, Any]]:
     """The written images with their credits, input by input in line order (each input
     is read once, beside its journal rows), then those no input row names (found in
     the output when a journal was rebuilt)."""
-    cols = "line, subset, width, height, sha256, source, location, ext"
     for info in state.inputs():
         extras: deque[tuple[object, ...]] = deque()
         streams = []
         for journal in state.journals:
-            have = state.columns(journal)
             found = state.query(journal, "SELECT id FROM inputs WHERE path=?", (info.display,))
-            if not found or "sha256" not in have:
-                continue
-            streams.append(_by_line(state, journal, int(found[0][0]), cols))  # type: ignore[call-overload]
+            if found:
+                cols = _columns(state, journal, ("line", "subset", "width", "height", "sha256", "source", "location", "ext"))
+                streams.append(_by_line(state, journal, int(found[0][0]), cols))  # type: ignore[call-overload]
         merged = heapq.merge(*streams, key=lambda r: int(r[0]))  # type: ignore[call-overload]
         for joined in state.joined(info, _entries(merged, extras)):
             row = extras.popleft()
             yield _line(row[1:], joined.fields)
     for journal in state.journals:
-        if "sha256" not in state.columns(journal):
-            continue
-        for row in state.outcome_rows(journal, "NULL, subset, width, height, sha256, source, location, ext",
-                                      "status='ok' AND input IS NULL"):
+        cols = _columns(state, journal, ("NULL", "subset", "width", "height", "sha256", "source", "location", "ext"))
+        for row in state.outcome_rows(journal, cols, "status='ok' AND input IS NULL"):
             yield _line((row[0], *row[2:]), None)
+
+
+def _columns(state: StateDir, journal: Path, names: tuple[str, ...]) -> str:
+    """The columns as SQL, NULL for those a journal from an older version lacks."""
+    have = state.columns(journal) | {"NULL"}
+    return ", ".join(c if c in have else f"NULL AS {c}" for c in names)
 
 
 def _entries(rows: Iterator[tuple[object, ...]], extras: deque[tuple[object, ...]]) -> Iterator[Entry]:

@@ -35,7 +35,7 @@ from .accel import pillow_build
 from .errors import InputError, OutputError
 from .journal import int_to_id
 from .settings import META_KEY as SETTINGS_KEY
-from .sinks import is_remote
+from .sinks import Reader, is_remote
 from .state import StateDir
 
 LOCK_NAME = "oidownload.lock.jsonl.gz"
@@ -171,13 +171,22 @@ def _best(rows: list[tuple[object, ...]]) -> tuple[object, ...]:
     return max(rows, key=lambda r: float(r[11] or 0))  # type: ignore[arg-type]
 
 
-def lines(state: StateDir) -> Iterator[dict[str, Any]]:
-    """One line per journaled ImageID, in ImageID order, merged across the journals."""
+def lines(state: StateDir, reader: Reader | None = None) -> Iterator[dict[str, Any]]:
+    """One line per journaled ImageID, in ImageID order, merged across the journals. With
+    a `reader`, a written image whose row knows no SHA-256 (journaled before hashes were
+    kept) is read back and hashed."""
     streams = [_journal_lines(state, j) for j in state.journals]
     for uid, group in itertools.groupby(heapq.merge(*streams, key=lambda r: r[0]), key=lambda r: r[0]):
         status, detail, subset, source, url, sha, out_bytes, w, h, location, verified, _, md5, size = _best([r for _, r in group])
         line: dict[str, Any] = {"id": int_to_id(uid), "subset": subset, "status": status, "source": source or None,
                                 "url": url or None}
+        if status == "ok" and sha is None and reader is not None and location:
+            try:
+                data = reader.read(str(location))
+            except OSError:
+                pass  # not there any more: `verify` says so, the lock keeps no hash
+            else:
+                sha, out_bytes = hashlib.sha256(data).hexdigest(), len(data)
         if status == "ok":
             line.update(sha256=sha, size=out_bytes, width=w, height=h, location=location,
                         md5_matched=bool(verified) and source == "original",
@@ -200,8 +209,9 @@ def _sweep(folder: Path) -> None:
         pass
 
 
-def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True) -> LockResult:
-    """Writes (replaces) the lock of OUT from its journals, then the Croissant card.
+def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True, hash_missing: bool = False) -> LockResult:
+    """Writes (replaces) the lock of OUT from its journals, then the Croissant card; with
+    `hash_missing`, images journaled without a SHA-256 are read back and hashed.
     InputError when OUT has no journal, OutputError when the lock cannot be written."""
     started = time.monotonic()
     state = StateDir.open(out, state_dir)
@@ -210,7 +220,7 @@ def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True) ->
     _sweep(path.parent)
     try:
         with fsio.atomic_file(path, "wb") as raw:
-            _write(raw, state, path, result)
+            _write(raw, state, path, result, state.reader() if hash_missing else None)
     except OSError as exc:
         raise OutputError(f"cannot write the lock {path}: {exc.strerror or exc}") from None
     if is_remote(out):
@@ -234,13 +244,13 @@ def _upload(out: str, path: Path) -> None:
         raise OutputError(f"cannot upload the lock to {blobs.describe(LOCK_NAME)}: {reason(exc)}") from None
 
 
-def _write(raw: IO[bytes], state: StateDir, path: Path, result: LockResult) -> None:
+def _write(raw: IO[bytes], state: StateDir, path: Path, result: LockResult, reader: Reader | None) -> None:
     # mtime=0: the gzip header carries no time, so the same journals give the same bytes
     # but for the header's own `written` field.
     with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped, \
             io.BufferedWriter(zipped, 1 << 20) as gz:  # one compress call per MB, not per line
         gz.write(dumps_line(header(state, path)))
-        for line in lines(state):
+        for line in lines(state, reader):
             gz.write(dumps_line(line))
             result.lines += 1
             result.counts[line["status"]] = result.counts.get(line["status"], 0) + 1

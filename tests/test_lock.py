@@ -359,3 +359,28 @@ def test_a_bucket_output_gets_its_lock_beside_the_data_and_verify_lock_reads_it_
     res = run_cli("verify", "s3://locked/v", "--lock", lock, "--progress", "none", env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "5 images hashed" in res.stderr
+
+
+def test_lock_hashes_the_images_of_an_output_journaled_before_hashes_were_kept(
+        tmp_path: Path, make_origin: StartOrigin) -> None:
+    out, *_ = _download(tmp_path, make_origin, 4, "--output-format", "webdataset")
+    for path in (out / ".oidownload").glob("journal-*.sqlite"):
+        conn = sqlite3.connect(path)
+        with conn:  # as a journal of an older version: none of the columns the lock added
+            for column in ("sha256", "url", "original_md5", "original_size"):
+                conn.execute(f"ALTER TABLE outcomes DROP COLUMN {column}")
+        conn.close()
+    (out / "oidownload.lock.jsonl.gz").unlink()
+    res = run_cli("lock", out)
+    assert res.returncode == 0, res.stderr
+    lines = _lock(out / "oidownload.lock.jsonl.gz")[1]
+    rows = _journal(out)
+    tars = {}
+    for tar_path in (out / "validation").glob("*.tar"):
+        with tarfile.open(tar_path) as tar:
+            tars.update({m.name.split(".")[0]: tar.extractfile(m).read() for m in tar.getmembers()  # type: ignore[union-attr]
+                         if m.name.endswith(".jpg")})
+    assert len(lines) == 4 and all("sha256" not in rows[line["id"]] for line in lines)
+    for line in lines:
+        assert line["sha256"] == hashlib.sha256(tars[line["id"]]).hexdigest()
+    assert json.loads((out / "croissant.json").read_text())["recordSet"][1]["name"] == "images"
