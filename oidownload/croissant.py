@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, fsio
+from .annotations import CsvAnnotations, Kind
+from .classes import ClassDescriptions
 from .config import OutputKind
+from .errors import OidownloadError
+from .export import ExportResult, box_rows
 from .lock import dumps_line, file_sha256, lock_path
 from .records import Status
 from .rows import V3_COLUMNS
@@ -40,6 +44,7 @@ from .state import Entry, StateDir
 
 CARD_NAME = "croissant.json"
 IMAGES_NAME = "oidownload.images.jsonl.gz"
+BOXES_NAME = "oidownload.boxes.jsonl.gz"
 _HASH_CACHE = "croissant-hashes.json"
 _AT = {name: V3_COLUMNS.index(name) for name in ("License", "Author", "Title")}
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp",
@@ -142,6 +147,67 @@ def _line(row: tuple[object, ...], fields: list[str] | None) -> dict[str, Any]:
     return {"file_name": f"{image_id}.{ext}", "image_id": image_id, "subset": subset, "width": w, "height": h,
             "license": at("License"), "author": at("Author"), "title": at("Title"), "source": source or "",
             "sha256": sha or "", "location": location, "ext": ext}
+
+
+def _write_boxes(root: Path, state: StateDir) -> int:
+    """The boxes of the written images in the written frame (what `annotations --format
+    csv` exports), from the annotation files the download selected with, as the card's
+    boxes file; 0 (and no file) when the download had no box file."""
+    path = root / BOXES_NAME
+    remembered = [d for d in (_json(v) for v in state.meta("selection")) if d]
+    files = [p for p in dict.fromkeys(Path(str(a)) for m in remembered for a in m.get("annotations", [])) if p.is_file()]
+    n = 0
+    try:
+        tables = [t for t in CsvAnnotations(files).tables() if t.kind is Kind.BOXES]
+        desc = next((Path(str(m["class_descriptions"])) for m in remembered if m.get("class_descriptions")), None)
+        names = ClassDescriptions.load(desc).names if desc is not None and desc.is_file() else {}
+    except OidownloadError:
+        tables, names = [], {}
+    if tables:
+        classes = frozenset(str(c) for m in remembered for c in m.get("classes", [])) or None
+        images = {w.image_id: w for w in state.written()}  # as every export: a dict of the written images
+        with fsio.atomic_file(path, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped, \
+                    io.BufferedWriter(zipped, 1 << 20) as gz:
+                for r in box_rows(tables, images, ExportResult(root), classes):
+                    image = r.image
+                    gz.write(dumps_line({"file_name": f"{image.image_id}.{image.ext}", "image_id": image.image_id,
+                                         "label": r.label, "class_name": names.get(r.label, ""), "xmin": r.box[0],
+                                         "xmax": r.box[1], "ymin": r.box[2], "ymax": r.box[3]}))
+                    n += 1
+            raw.flush()
+            os.fsync(raw.fileno())
+    if n == 0:
+        path.unlink(missing_ok=True)
+    return n
+
+
+def _json(value: str) -> dict[str, Any] | None:
+    try:
+        d = json.loads(value)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _boxes_set(boxes: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The boxes file and its record set."""
+    fields = [("image_id", "sc:Text", "The ImageID of the image the box is on"),
+              ("file_name", "sc:Text", "The image's file name, as in the record set images"),
+              ("label", "sc:Text", "The class's MID (LabelName)"),
+              ("class_name", "sc:Text", "The class's display name (empty when the download had no class descriptions)"),
+              *((c, "sc:Float", f"{c[1:]} edge's {c[0]}, normalised to the written image (0-1)")
+                for c in ("xmin", "xmax", "ymin", "ymax"))]
+    return (
+        {"@type": "cr:FileObject", "@id": "boxes-file", "name": "boxes-file", "contentUrl": BOXES_NAME,
+         "encodingFormat": "application/jsonlines", "sha256": file_sha256(boxes),
+         "description": "One line per box of a written image, in the written frame (gzip)"},
+        {"@type": "cr:RecordSet", "@id": "boxes", "name": "boxes",
+         "description": "The boxes of the written images, with class names and coordinates in the written frame",
+         "field": [{"@type": "cr:Field", "@id": f"boxes/{name}", "name": name, "description": description,
+                    "dataType": kind, "source": {"fileObject": {"@id": "boxes-file"}, "extract": {"column": name}}}
+                   for name, kind, description in fields]},
+    )
 
 
 def _cached_hashes(state_dir: Path) -> dict[str, list[Any]]:
@@ -259,7 +325,12 @@ def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
                 gz.write(dumps_line(line))
         raw.flush()
         os.fsync(raw.fileno())
+    doc = card(root, state, lock, images, exts)
+    if _write_boxes(root, state):
+        box_file, box_set = _boxes_set(root / BOXES_NAME)
+        doc["distribution"].append(box_file)
+        doc["recordSet"].append(box_set)
     path = root / CARD_NAME
     with fsio.atomic_file(path, "w") as f:
-        json.dump(card(root, state, lock, images, exts), f, indent=1, ensure_ascii=False)
+        json.dump(doc, f, indent=1, ensure_ascii=False)
     return path

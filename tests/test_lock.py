@@ -388,3 +388,41 @@ def test_lock_hashes_the_images_of_an_output_journaled_before_hashes_were_kept(
     for line in lines:
         assert line["sha256"] == hashlib.sha256(tars[line["id"]]).hexdigest()
     assert json.loads((out / "croissant.json").read_text())["recordSet"][1]["name"] == "images"
+
+
+_BOX_RECORDS = """
+import json, sys
+import mlcroissant as mlc
+print(json.dumps([{k.split("/", 1)[1]: (v.decode() if isinstance(v, bytes) else v) for k, v in r.items()}
+                  for r in mlc.Dataset(jsonld=sys.argv[1]).records("boxes")]))
+"""
+
+
+def test_the_card_has_the_boxes_in_the_written_frame_when_the_download_selected_by_boxes(
+        tmp_path: Path, make_origin: StartOrigin) -> None:
+    require(importlib.util.find_spec("mlcroissant") is not None, "mlcroissant (pip install 'mlcroissant[image]')")
+    corpus = Corpus.generate(5, mix="tiny", seed=28, subset="validation")
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax\n"
+                     + "".join(f"{i},xclick,/m/0152hh,1,0.1,0.5,0.2,0.6\n{i},xclick,/m/01g317,1,0.3,0.9,0.4,0.8\n"
+                               for i in corpus.ids))
+    desc = tmp_path / "desc.csv"
+    desc.write_text("/m/0152hh,Snowman\n/m/01g317,Person\n")
+    out, *_ = _download(tmp_path, make_origin, 0, "--resize-mode", "fill", "--class", "Snowman", "--annotations", boxes,
+                        "--class-descriptions", desc, corpus=corpus)
+    card = out / "croissant.json"
+    env = {**os.environ, "CROISSANT_CACHE": str(tmp_path / "croissant-cache")}
+    val = subprocess.run([str(Path(sys.executable).parent / "mlcroissant"), "validate", "--jsonld", str(card)],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert val.returncode == 0, val.stderr
+    res = subprocess.run([sys.executable, "-c", _BOX_RECORDS, str(card)], capture_output=True, text=True, env=env,
+                         timeout=240)
+    assert res.returncode == 0, res.stderr
+    got = sorted((r["image_id"], r["label"], r["class_name"], *(f"{r[c]:.6f}" for c in ("xmin", "xmax", "ymin", "ymax")))
+                 for r in json.loads(res.stdout))
+    exp = run_cli("annotations", out, "--format", "csv", "-d", tmp_path / "ann")
+    assert exp.returncode == 0, exp.stderr
+    with open(tmp_path / "ann" / "boxes.csv", newline="", encoding="utf-8") as f:
+        want = sorted((r["ImageID"], r["LabelName"], "Snowman", r["XMin"], r["XMax"], r["YMin"], r["YMax"])
+                      for r in csv.DictReader(f))
+    assert got == want and len(got) == 5  # only the selected class, as the export
