@@ -62,14 +62,17 @@ def file_sha256(path: Path) -> str:
 
 
 def fingerprint(state: StateDir) -> str:
-    """Changes whenever a journal's outcomes do (a new row, a retry, `verify` marking one
-    damaged): the counts per status and the latest finish time of every journal."""
+    """Changes whenever a journal's outcomes do: the counts per status (a new row,
+    `verify` marking one damaged) and each task's run and outcomes recorded (a retry
+    that ended as it was). Two small tables: `status` answers at once on 9M rows."""
     h = hashlib.sha256()
     for journal in state.journals:
         h.update(journal.name.encode())
-        for status, n, latest in state.query(journal, "SELECT status, n, (SELECT max(finished) FROM outcomes) "
-                                                      "FROM counts ORDER BY status"):
-            h.update(f"|{status}:{n}:{latest}".encode())
+        for status, n in state.query(journal, "SELECT status, n FROM counts ORDER BY status"):
+            h.update(f"|{status}:{n}".encode())
+        for shard, started, processed in state.query(journal, "SELECT shard, started, processed FROM progress "
+                                                              "ORDER BY shard"):
+            h.update(f"|{shard}:{started}:{processed}".encode())
     return h.hexdigest()
 
 
