@@ -784,8 +784,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         workers.shutdown(kill=run is not None and run.abandoned)
     if not run.abandoned:
         marker.unlink(missing_ok=True)
-    if run.fatal is None:
-        _write_lock(cfg, progress)
+    compared = _write_lock(cfg, progress) if run.fatal is None else None
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
     if run.filter.duplicates or run.recorder.conflicts:
@@ -799,7 +798,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
     progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe(),
-                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3)})
+                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3),
+                                                **({"from_lock": compared} if compared is not None else {})})
     if run.fatal is not None:
         raise run.fatal
     if run.input_errors and run.stop_code is None:
@@ -812,28 +812,31 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     return RunResult(tally, int(verdict.code), wall, cpu, verdict.message, job)
 
 
-def _write_lock(cfg: Config, progress: Progress) -> None:
+def _write_lock(cfg: Config, progress: Progress) -> dict[str, int] | None:
     """The lock and the Croissant card, rewritten at the end of every run; a failure is
-    said, and costs the run nothing (`oidownload lock OUT` writes them again)."""
+    said, and costs the run nothing (`oidownload lock OUT` writes them again). With
+    --from-lock, returns each verdict's count against that lock, for the summary."""
     from .lock import write_lock
 
     try:
         res = write_lock(cfg.output.out, cfg.output.state_dir)
     except (OidownloadError, OSError) as exc:
         progress.log("lock", f"the lock file was not written: {exc}", level="warning")
-        return
+        return None
     progress.log("lock", f"wrote {res.path} ({res.lines} images) in {res.seconds:.1f}s", path=str(res.path),
                  images=res.lines)
-    if cfg.select.from_lock is not None:
-        from .fromlock import compare, counts, describe
+    if cfg.select.from_lock is None:
+        return None
+    from .fromlock import compare, counts
 
-        try:
-            found = counts(compare(cfg.select.from_lock, res.path))
-        except OidownloadError as exc:
-            progress.log("from-lock", f"not compared with {cfg.select.from_lock}: {exc}", level="warning")
-            return
-        progress.log("from-lock", f"against {cfg.select.from_lock}: {describe(found)} "
-                     "(`oidownload report` lists each image in from-lock.csv)", counts=found)
+    try:
+        found = counts(compare(cfg.select.from_lock, res.path))
+    except OidownloadError as exc:
+        progress.log("from-lock", f"not compared with {cfg.select.from_lock}: {exc}", level="warning")
+        return None
+    progress.log("from-lock", f"compared with {cfg.select.from_lock}: `oidownload report` lists each image in "
+                 "from-lock.csv")
+    return found
 
 
 def _verdict(cfg: Config, shard: Shard, run: _Run, tally: Tally) -> Verdict | None:

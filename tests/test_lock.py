@@ -257,7 +257,7 @@ def test_from_lock_rebuilds_identical_and_names_what_changed(
     same = tmp_path / "same"
     res = run_cli("download", manifest, "-o", same, "--from-lock", lock, "--mirror-url", mirror_url, "--progress", "none")
     assert res.returncode == 0, res.stderr
-    assert "8 identical, 0 different, 0 different source, 0 missing" in res.stderr, res.stderr
+    assert "against the lock: 8 identical, 0 different, 0 different source, 0 missing" in res.stderr, res.stderr
     assert _lock(same / "oidownload.lock.jsonl.gz")[0]["settings"]["resize"] == 64
 
     e = corpus.entries[changed]
@@ -268,7 +268,7 @@ def test_from_lock_rebuilds_identical_and_names_what_changed(
     later = tmp_path / "later"
     res = run_cli("download", manifest, "-o", later, "--from-lock", lock, "--mirror-url", mirror_url, "--progress", "none")
     assert res.returncode in (0, 3), res.stderr
-    assert "5 identical, 1 different, 1 different source, 1 missing" in res.stderr, res.stderr
+    assert "against the lock: 5 identical, 1 different, 1 different source, 1 missing" in res.stderr, res.stderr
     rep = run_cli("report", later)
     assert rep.returncode == 0, rep.stderr
     verdicts = _from_lock_csv(later)
@@ -339,7 +339,7 @@ def test_from_lock_alone_rebuilds_every_image_identical_and_checks_the_originals
     again = tmp_path / "again"
     res = run_cli("download", "-o", again, "--from-lock", lock, "--progress", "none")  # no input list: the lock's URLs
     assert res.returncode == 0, res.stderr
-    assert "6 identical, 0 different, 0 different source, 0 missing" in res.stderr, res.stderr
+    assert "against the lock: 6 identical, 0 different, 0 different source, 0 missing" in res.stderr, res.stderr
     head, lines, _ = _lock(again / "oidownload.lock.jsonl.gz")
     assert head["settings"]["format"] == "webp" and head["settings"]["quality"] == 70
     assert all(line["md5_matched"] for line in lines)  # the lock's OriginalMD5 was checked again
