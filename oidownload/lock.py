@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -120,6 +121,9 @@ def _file_entry(role: str, path: Path, cache: dict[tuple[str, int, int], str],
     except OSError:
         entry.update(size=recorded[0] if recorded else None, sha256=None, changed="gone")
         return entry
+    if not stat.S_ISREG(st.st_mode):  # a pipe or a FIFO: read once by the run, never opened again
+        entry.update(size=None, sha256=None, changed="not a regular file (a pipe?): it was read once")
+        return entry
     entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
     if recorded is not None and recorded[0] is not None and (recorded[0], recorded[1]) != (st.st_size, st.st_mtime_ns):
         entry.update(sha256=None, changed="the file changed after the run read it")
@@ -202,11 +206,12 @@ def lines(state: StateDir, reader: Reader | None = None) -> Iterator[dict[str, A
 
 
 def _sweep(folder: Path) -> None:
-    """Removes temporary locks that a killed writer left behind."""
+    """Removes the temporary files a killed writer of the lock or the card left behind."""
     now = time.time()
     try:
-        for p in folder.glob(f".{LOCK_NAME}.*{fsio.TMP_SUFFIX}"):
-            if now - p.stat().st_mtime > _STALE_TMP:
+        for p in folder.glob(f".*{fsio.TMP_SUFFIX}"):
+            if p.name.startswith((f".{LOCK_NAME}.", ".croissant.json.", ".oidownload.")) \
+                    and now - p.stat().st_mtime > _STALE_TMP:
                 p.unlink(missing_ok=True)
     except OSError:
         pass
