@@ -332,5 +332,5 @@ def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
         doc["recordSet"].append(box_set)
     path = root / CARD_NAME
     with fsio.atomic_file(path, "w") as f:
-        json.dump(doc, f, indent=1, ensure_ascii=False)
+        json.dump(doc, f, indent=1)  # ASCII: an odd byte of a path name cannot stop it
     return path

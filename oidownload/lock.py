@@ -35,6 +35,7 @@ from . import __version__, fsio
 from .accel import pillow_build
 from .errors import InputError, OutputError
 from .journal import int_to_id
+from .records import clean_text
 from .settings import META_KEY as SETTINGS_KEY
 from .sinks import Reader, is_remote
 from .state import StateDir
@@ -111,11 +112,13 @@ def _previous_hashes(path: Path) -> dict[tuple[str, int, int], str]:
 
 
 def _file_entry(role: str, path: Path, cache: dict[tuple[str, int, int], str],
-                recorded: tuple[int | None, int | None] | None = None) -> dict[str, Any]:
+                recorded: tuple[int | None, int | None] | None = None, display: str = "") -> dict[str, Any]:
     """A file the selection was made from, with its size and SHA-256 as it is now; when
     it is gone or no longer the file the run read (`recorded`: size, mtime), its hash is
     null and `changed` says so."""
-    entry: dict[str, Any] = {"role": role, "path": str(path), "name": path.name}
+    # The path as safe text (a name that is not UTF-8 keeps U+FFFD for its odd bytes).
+    display = display or clean_text(str(path), 4096)
+    entry: dict[str, Any] = {"role": role, "path": display, "name": Path(display).name}
     try:
         st = os.stat(path)
     except OSError:
@@ -128,7 +131,7 @@ def _file_entry(role: str, path: Path, cache: dict[tuple[str, int, int], str],
     if recorded is not None and recorded[0] is not None and (recorded[0], recorded[1]) != (st.st_size, st.st_mtime_ns):
         entry.update(sha256=None, changed="the file changed after the run read it")
         return entry
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (display, st.st_size, st.st_mtime_ns)
     try:
         entry["sha256"] = cache.get(key) or file_sha256(path)
     except OSError as exc:
@@ -137,7 +140,7 @@ def _file_entry(role: str, path: Path, cache: dict[tuple[str, int, int], str],
 
 
 def _inputs(state: StateDir, selection: dict[str, Any], cache: dict[tuple[str, int, int], str]) -> list[dict[str, Any]]:
-    files = [_file_entry("images", info.path, cache, (info.size, info.mtime_ns)) for info in state.inputs()]
+    files = [_file_entry("images", info.path, cache, (info.size, info.mtime_ns), info.display) for info in state.inputs()]
     for role, key in (("annotations", "annotation_files"), ("class_descriptions", "class_descriptions"),
                       ("hierarchy", "hierarchy"), ("ids", "ids_file"), ("classes", "classes_file")):
         value = selection.get(key)
@@ -271,7 +274,11 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def dumps_line(d: dict[str, Any]) -> bytes:
-    return _ENCODER.encode(d).encode() + b"\n"
+    text = _ENCODER.encode(d)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate from an undecodable name: escaped, never lost
+        return json.dumps(d, separators=(",", ":")).encode() + b"\n"
 
 
 # -- reading a lock ----------------------------------------------------------------------

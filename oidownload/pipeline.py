@@ -820,8 +820,8 @@ def _write_lock(cfg: Config, progress: Progress) -> dict[str, int] | None:
 
     try:
         res = write_lock(cfg.output.out, cfg.output.state_dir)
-    except (OidownloadError, OSError) as exc:
-        progress.log("lock", f"the lock file was not written: {exc}", level="warning")
+    except Exception as exc:  # whatever it was, the images and the journal are done: say it, go on
+        progress.log("lock", f"the lock file was not written: {type(exc).__name__}: {exc}", level="warning")
         return None
     progress.log("lock", f"wrote {res.path} ({res.lines} images) in {res.seconds:.1f}s", path=str(res.path),
                  images=res.lines)
