@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, fsio
-from .annotations import CsvAnnotations, Kind
+from .annotations import AnnotationFile, CsvAnnotations, Kind
 from .classes import ClassDescriptions
 from .config import OutputKind
 from .errors import OidownloadError
@@ -40,11 +40,12 @@ from .records import Status
 from .rows import V3_COLUMNS
 from .sinks import is_remote
 from .sinks.tar import SHARD_RE
-from .state import Entry, StateDir
+from .state import Entry, StateDir, Written
 
 CARD_NAME = "croissant.json"
 IMAGES_NAME = "oidownload.images.jsonl.gz"
 BOXES_NAME = "oidownload.boxes.jsonl.gz"
+LABELS_NAME = "oidownload.labels.jsonl.gz"
 _HASH_CACHE = "croissant-hashes.json"
 _AT = {name: V3_COLUMNS.index(name) for name in ("License", "Author", "Title")}
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp",
@@ -149,36 +150,65 @@ def _line(row: tuple[object, ...], fields: list[str] | None) -> dict[str, Any]:
             "sha256": sha or "", "location": location, "ext": ext}
 
 
-def _write_boxes(root: Path, state: StateDir) -> int:
-    """The boxes of the written images in the written frame (what `annotations --format
-    csv` exports), from the annotation files the download selected with, as the card's
-    boxes file; 0 (and no file) when the download had no box file."""
-    path = root / BOXES_NAME
+def _write_annotations(root: Path, state: StateDir) -> dict[str, int]:
+    """The boxes (in the written frame) and image-level labels of the written images, as
+    `annotations --format csv` exports them, from the annotation files the download
+    selected with: the card's boxes and labels files. Lines per kind; a kind with none
+    has no file."""
     remembered = [d for d in (_json(v) for v in state.meta("selection")) if d]
     files = [p for p in dict.fromkeys(Path(str(a)) for m in remembered for a in m.get("annotations", [])) if p.is_file()]
-    n = 0
     try:
-        tables = [t for t in CsvAnnotations(files).tables() if t.kind is Kind.BOXES]
+        tables = CsvAnnotations(files).tables()
         desc = next((Path(str(m["class_descriptions"])) for m in remembered if m.get("class_descriptions")), None)
         names = ClassDescriptions.load(desc).names if desc is not None and desc.is_file() else {}
     except OidownloadError:
         tables, names = [], {}
+    found = {}
     if tables:
         classes = frozenset(str(c) for m in remembered for c in m.get("classes", [])) or None
         images = {w.image_id: w for w in state.written()}  # as every export: a dict of the written images
-        with fsio.atomic_file(path, "wb") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped, \
-                    io.BufferedWriter(zipped, 1 << 20) as gz:
-                for r in box_rows(tables, images, ExportResult(root), classes):
-                    image = r.image
-                    gz.write(dumps_line({"file_name": f"{image.image_id}.{image.ext}", "image_id": image.image_id,
-                                         "label": r.label, "class_name": names.get(r.label, ""), "xmin": r.box[0],
-                                         "xmax": r.box[1], "ymin": r.box[2], "ymax": r.box[3]}))
-                    n += 1
-            raw.flush()
-            os.fsync(raw.fileno())
-    if n == 0:
-        path.unlink(missing_ok=True)
+        found[BOXES_NAME] = _write_lines(root / BOXES_NAME, (
+            {"file_name": f"{r.image.image_id}.{r.image.ext}", "image_id": r.image.image_id, "label": r.label,
+             "class_name": names.get(r.label, ""), "xmin": r.box[0], "xmax": r.box[1], "ymin": r.box[2],
+             "ymax": r.box[3]} for r in box_rows(tables, images, ExportResult(root), classes)))
+        found[LABELS_NAME] = _write_lines(root / LABELS_NAME, _label_lines(tables, images, names, classes))
+    for name in (BOXES_NAME, LABELS_NAME):
+        if not found.get(name):
+            (root / name).unlink(missing_ok=True)
+    return found
+
+
+def _label_lines(tables: list[AnnotationFile], images: dict[str, Written], names: dict[str, str],
+                 classes: frozenset[str] | None) -> Iterator[dict[str, Any]]:
+    for f in tables:
+        if f.kind is not Kind.LABELS:
+            continue
+        i_id, i_label = f.index("ImageID"), f.index("LabelName")
+        i_source = f.index("Source") if f.has("Source") else None
+        i_conf = f.index("Confidence") if f.has("Confidence") else None
+        for fields in f.rows(images):
+            if classes is not None and fields[i_label] not in classes:
+                continue
+            image = images[fields[i_id]]
+            try:
+                confidence = float(fields[i_conf]) if i_conf is not None else None
+            except ValueError:
+                confidence = None
+            yield {"file_name": f"{image.image_id}.{image.ext}", "image_id": image.image_id,
+                   "label": fields[i_label], "class_name": names.get(fields[i_label], ""),
+                   "source": fields[i_source] if i_source is not None else "", "confidence": confidence}
+
+
+def _write_lines(path: Path, lines: Iterator[dict[str, Any]]) -> int:
+    n = 0
+    with fsio.atomic_file(path, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped, \
+                io.BufferedWriter(zipped, 1 << 20) as gz:
+            for line in lines:
+                gz.write(dumps_line(line))
+                n += 1
+        raw.flush()
+        os.fsync(raw.fileno())
     return n
 
 
@@ -190,23 +220,35 @@ def _json(value: str) -> dict[str, Any] | None:
     return d if isinstance(d, dict) else None
 
 
-def _boxes_set(boxes: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The boxes file and its record set."""
-    fields = [("image_id", "sc:Text", "The ImageID of the image the box is on"),
-              ("file_name", "sc:Text", "The image's file name, as in the record set images"),
-              ("label", "sc:Text", "The class's MID (LabelName)"),
-              ("class_name", "sc:Text", "The class's display name (empty when the download had no class descriptions)"),
-              *((c, "sc:Float", f"{c[1:]} edge's {c[0]}, normalised to the written image (0-1)")
-                for c in ("xmin", "xmax", "ymin", "ymax"))]
+_ANNOTATION_FIELDS = (
+    ("image_id", "sc:Text", "The ImageID of the image it is about"),
+    ("file_name", "sc:Text", "The image's file name, as in the record set images"),
+    ("label", "sc:Text", "The class's MID (LabelName)"),
+    ("class_name", "sc:Text", "The class's display name (empty when the download had no class descriptions)"),
+)
+# File name → (record set, what a line is, its own fields).
+_ANNOTATION_SETS: dict[str, tuple[str, str, tuple[tuple[str, str, str], ...]]] = {
+    BOXES_NAME: ("boxes", "The boxes of the written images, with class names and coordinates in the written frame",
+                 tuple((c, "sc:Float", f"{c[1:]} edge's {c[0]}, normalised to the written image (0-1)")
+                       for c in ("xmin", "xmax", "ymin", "ymax"))),
+    LABELS_NAME: ("labels", "The image-level labels of the written images, with class names",
+                  (("source", "sc:Text", "Who gave the label (verification, crowdsource-verification, machine...)"),
+                   ("confidence", "sc:Float", "1 present, 0 absent (human); the model's score (machine)"))),
+}
+
+
+def _annotation_set(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An annotations file and its record set."""
+    name, description, own = _ANNOTATION_SETS[path.name]
+    file_id = f"{name}-file"
     return (
-        {"@type": "cr:FileObject", "@id": "boxes-file", "name": "boxes-file", "contentUrl": BOXES_NAME,
-         "encodingFormat": "application/jsonlines", "sha256": file_sha256(boxes),
-         "description": "One line per box of a written image, in the written frame (gzip)"},
-        {"@type": "cr:RecordSet", "@id": "boxes", "name": "boxes",
-         "description": "The boxes of the written images, with class names and coordinates in the written frame",
-         "field": [{"@type": "cr:Field", "@id": f"boxes/{name}", "name": name, "description": description,
-                    "dataType": kind, "source": {"fileObject": {"@id": "boxes-file"}, "extract": {"column": name}}}
-                   for name, kind, description in fields]},
+        {"@type": "cr:FileObject", "@id": file_id, "name": file_id, "contentUrl": path.name,
+         "encodingFormat": "application/jsonlines", "sha256": file_sha256(path),
+         "description": f"{description}: one a line (gzip)"},
+        {"@type": "cr:RecordSet", "@id": name, "name": name, "description": description,
+         "field": [{"@type": "cr:Field", "@id": f"{name}/{field}", "name": field, "description": text,
+                    "dataType": kind, "source": {"fileObject": {"@id": file_id}, "extract": {"column": field}}}
+                   for field, kind, text in (*_ANNOTATION_FIELDS, *own)]},
     )
 
 
@@ -326,10 +368,11 @@ def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
         raw.flush()
         os.fsync(raw.fileno())
     doc = card(root, state, lock, images, exts)
-    if _write_boxes(root, state):
-        box_file, box_set = _boxes_set(root / BOXES_NAME)
-        doc["distribution"].append(box_file)
-        doc["recordSet"].append(box_set)
+    for name, n in _write_annotations(root, state).items():
+        if n:
+            file_object, record_set = _annotation_set(root / name)
+            doc["distribution"].append(file_object)
+            doc["recordSet"].append(record_set)
     path = root / CARD_NAME
     with fsio.atomic_file(path, "w") as f:
         json.dump(doc, f, indent=1)  # ASCII: an odd byte of a path name cannot stop it

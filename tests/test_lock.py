@@ -394,11 +394,11 @@ _BOX_RECORDS = """
 import json, sys
 import mlcroissant as mlc
 print(json.dumps([{k.split("/", 1)[1]: (v.decode() if isinstance(v, bytes) else v) for k, v in r.items()}
-                  for r in mlc.Dataset(jsonld=sys.argv[1]).records("boxes")]))
+                  for r in mlc.Dataset(jsonld=sys.argv[1]).records(sys.argv[2])]))
 """
 
 
-def test_the_card_has_the_boxes_in_the_written_frame_when_the_download_selected_by_boxes(
+def test_the_card_has_the_boxes_in_the_written_frame_and_the_labels_when_the_download_selected_by_them(
         tmp_path: Path, make_origin: StartOrigin) -> None:
     require(importlib.util.find_spec("mlcroissant") is not None, "mlcroissant (pip install 'mlcroissant[image]')")
     corpus = Corpus.generate(5, mix="tiny", seed=28, subset="validation")
@@ -406,17 +406,20 @@ def test_the_card_has_the_boxes_in_the_written_frame_when_the_download_selected_
     boxes.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax\n"
                      + "".join(f"{i},xclick,/m/0152hh,1,0.1,0.5,0.2,0.6\n{i},xclick,/m/01g317,1,0.3,0.9,0.4,0.8\n"
                                for i in corpus.ids))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID,Source,LabelName,Confidence\n"
+                      + "".join(f"{i},verification,/m/0152hh,1\n{i},machine,/m/01g317,0.7\n" for i in corpus.ids))
     desc = tmp_path / "desc.csv"
     desc.write_text("/m/0152hh,Snowman\n/m/01g317,Person\n")
     out, *_ = _download(tmp_path, make_origin, 0, "--resize-mode", "fill", "--class", "Snowman", "--annotations", boxes,
-                        "--class-descriptions", desc, corpus=corpus)
+                        "--annotations", labels, "--class-descriptions", desc, corpus=corpus)
     card = out / "croissant.json"
     env = {**os.environ, "CROISSANT_CACHE": str(tmp_path / "croissant-cache")}
     val = subprocess.run([str(Path(sys.executable).parent / "mlcroissant"), "validate", "--jsonld", str(card)],
                          capture_output=True, text=True, env=env, timeout=240)
     assert val.returncode == 0, val.stderr
-    res = subprocess.run([sys.executable, "-c", _BOX_RECORDS, str(card)], capture_output=True, text=True, env=env,
-                         timeout=240)
+    res = subprocess.run([sys.executable, "-c", _BOX_RECORDS, str(card), "boxes"], capture_output=True, text=True,
+                         env=env, timeout=240)
     assert res.returncode == 0, res.stderr
     got = sorted((r["image_id"], r["label"], r["class_name"], *(f"{r[c]:.6f}" for c in ("xmin", "xmax", "ymin", "ymax")))
                  for r in json.loads(res.stdout))
@@ -426,3 +429,11 @@ def test_the_card_has_the_boxes_in_the_written_frame_when_the_download_selected_
         want = sorted((r["ImageID"], r["LabelName"], "Snowman", r["XMin"], r["XMax"], r["YMin"], r["YMax"])
                       for r in csv.DictReader(f))
     assert got == want and len(got) == 5  # only the selected class, as the export
+    res = subprocess.run([sys.executable, "-c", _BOX_RECORDS, str(card), "labels"], capture_output=True, text=True,
+                         env=env, timeout=240)
+    assert res.returncode == 0, res.stderr
+    got = sorted((r["image_id"], r["label"], r["class_name"], r["source"], r["confidence"]) for r in json.loads(res.stdout))
+    with open(tmp_path / "ann" / "labels.csv", newline="", encoding="utf-8") as f:
+        want = sorted((r["ImageID"], r["LabelName"], "Snowman", r["Source"], float(r["Confidence"]))
+                      for r in csv.DictReader(f))
+    assert got == want and len(got) == 5
