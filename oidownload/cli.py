@@ -511,6 +511,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         from .fromlock import apply_lock
 
         p = dict(p)
+        p["from_lock"] = _lock_kept_apart(p)
         lock_ids = apply_lock(p, p["from_lock"], _SELECTION_KEYS)
         if not p["inputs"]:
             p["inputs"] = (_manifest_from_lock(p),)
@@ -587,6 +588,27 @@ def _selection_options(p: dict[str, Any]) -> str:
             value = [str(v.resolve()) if isinstance(v, Path) else v for v in value]
         found[key] = value
     return json.dumps(found, sort_keys=True)
+
+
+def _lock_kept_apart(p: dict[str, Any]) -> Path:
+    """--from-lock naming OUT's own lock (a rebuild resumed in place): a copy in the state
+    dir is compared with, since the run's end replaces the lock itself."""
+    import shutil
+
+    from .lock import lock_path
+
+    given: Path = p["from_lock"]
+    state_dir = Path(p["state_dir"] or default_state_dir(str(p["out"])))
+    own = lock_path(str(p["out"]), state_dir)
+    try:
+        if not own.exists() or not given.exists() or not os.path.samefile(given, own):
+            return given
+        state_dir.mkdir(parents=True, exist_ok=True)
+        kept = state_dir / "from.lock.jsonl.gz"
+        shutil.copyfile(given, kept)
+    except OSError as exc:
+        raise ConfigError(f"cannot keep a copy of {given} in {state_dir}: {exc.strerror or exc}") from None
+    return kept
 
 
 def _manifest_from_lock(p: dict[str, Any]) -> Path:

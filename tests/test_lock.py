@@ -343,6 +343,16 @@ def test_from_lock_alone_rebuilds_every_image_identical_and_checks_the_originals
     head, lines, _ = _lock(again / "oidownload.lock.jsonl.gz")
     assert head["settings"]["format"] == "webp" and head["settings"]["quality"] == 70
     assert all(line["md5_matched"] for line in lines)  # the lock's OriginalMD5 was checked again
+    # Its own lock, in place: the run's end replaces it, so a copy is what it is compared with. One image
+    # is lost and its origin file changed meanwhile (its MD5 no longer matches): missing, not identical.
+    lost = lines[0]
+    (again / lost["location"]).unlink()
+    assert run_cli("verify", again, "--progress", "none").returncode == 6
+    e = corpus.entries[lost["id"]]
+    e.original = (e.original + 1) % len(corpus.originals)
+    res = run_cli("download", "-o", again, "--from-lock", again / "oidownload.lock.jsonl.gz", "--progress", "none")
+    assert res.returncode in (0, 3), res.stderr
+    assert "against the lock: 5 identical, 0 different, 0 different source, 1 missing" in res.stderr, res.stderr
     res = run_cli("download", "-o", tmp_path / "other", "--from-lock", lock, "--ids", tmp_path / "images.csv")
     assert res.returncode == 2 and "--ids cannot be combined with it" in res.stderr, res.stderr
 
