@@ -592,7 +592,8 @@ def _selection_options(p: dict[str, Any]) -> str:
 
 def _lock_kept_apart(p: dict[str, Any]) -> Path:
     """--from-lock naming OUT's own lock (a rebuild resumed in place): a copy in the state
-    dir is compared with, since the run's end replaces the lock itself."""
+    dir is compared with, since the run's end replaces the lock itself; the first copy
+    stays, so that every resume compares with the lock the rebuild started from."""
     import shutil
 
     from .lock import lock_path
@@ -603,9 +604,10 @@ def _lock_kept_apart(p: dict[str, Any]) -> Path:
     try:
         if not own.exists() or not given.exists() or not os.path.samefile(given, own):
             return given
-        state_dir.mkdir(parents=True, exist_ok=True)
         kept = state_dir / "from.lock.jsonl.gz"
-        shutil.copyfile(given, kept)
+        if not kept.exists():
+            state_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(given, kept)
     except OSError as exc:
         raise ConfigError(f"cannot keep a copy of {given} in {state_dir}: {exc.strerror or exc}") from None
     return kept
