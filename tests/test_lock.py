@@ -96,7 +96,9 @@ def test_every_run_writes_a_lock_with_a_line_per_image_and_lock_rewrites_it(
         assert line["url"] == f"{origin.base_url}/o/{line['id']}_o.jpg" and line["subset"] == "validation"
     st = run_cli("status", out)
     assert "lock: current" in st.stdout, st.stdout
+    assert json.loads(run_cli("status", out, "--json").stdout)["lock"].startswith("current")
     (out / "oidownload.lock.jsonl.gz").unlink()
+    assert json.loads(run_cli("status", out, "--json").stdout)["lock"] is None
     res = run_cli("lock", out)
     assert res.returncode == 0, res.stderr
     assert "8 images (8 ok)" in res.stdout
