@@ -171,7 +171,11 @@ def _parse(command: click.Command, options: Mapping[str, Any], arguments: list[s
     argv = [*_argv(options, command), "--", *arguments]
     try:
         with command.make_context(str(command.name), argv) as ctx:
-            return dict(ctx.params)
+            if command.name != "download":
+                return dict(ctx.params)
+            from .cli import explicit_params
+
+            return {**ctx.params, "explicit": explicit_params(ctx)}
     except click.ClickException as exc:
         raise ConfigError(exc.format_message()) from None
 

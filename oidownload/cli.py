@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import math
 import os
 import re
@@ -412,7 +413,7 @@ def selection_options(f: F) -> F:
     ])
 
 
-def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say) -> Any:
+def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say, ids: frozenset[str] | None = None) -> Any:
     """The id-level selection (--ids, classes, a seeded sample), worked out up front."""
     from .annotations import LabelSource
     from .classes import read_classes_file
@@ -438,7 +439,7 @@ def plan_selection(inputs: tuple[Path, ...], p: dict[str, Any], say: Say) -> Any
                 "boxes_only": p["boxes_only"], "exclude": exclude},
         limit_per_class=p["limit_per_class"],
     )
-    result = plan(inputs, subsets=frozenset(p["subsets"]), ids=_read_ids(p["ids_file"]) if p["ids_file"] else None,
+    result = plan(inputs, subsets=frozenset(p["subsets"]), ids=_read_ids(p["ids_file"]) if p["ids_file"] else ids,
                   choice=choice, limit=p["limit"], seed=p["seed"])
     for note in result.notes:
         say("selection", note)
@@ -455,7 +456,8 @@ MAX_SHARDS = 1_000_000
 
 def download_options(f: F) -> F:
     decorators = [
-        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
+        # Not required by click: --from-lock can stand in for them (build_config says so).
+        click.argument("inputs", nargs=-1, type=click.Path(path_type=Path)),
         opt("-o", "--output", "out", required=True,
             help="Output folder (OUT), or s3://bucket/prefix, az://container/prefix, gs://bucket/prefix; the journal "
                  "lives in OUT/.oidownload/ (for a store, under ~/.local/state/oidownload/) unless --state-dir says otherwise."),
@@ -527,6 +529,10 @@ def download_options(f: F) -> F:
                  "(node_exporter's textfile collector: name it *.prom); {task} in it becomes the task, e.g. 3-of-8."),
         opt("--metrics-linger", type=Duration(),
             help="Keep serving /metrics this long after the run ends, so that the last scrape sees the final counts."),
+        opt("--from-lock", type=click.Path(path_type=Path, dir_okay=False),
+            help="Rebuild the dataset of this lock file (oidownload.lock.jsonl.gz): its ImageIDs, with its settings "
+                 "(a conflicting option is refused); at the end each image is identical, different, "
+                 "different_source or missing."),
     ]
     return _apply(f, decorators)
 
@@ -575,6 +581,17 @@ def _contradictions(p: dict[str, Any], fmt: OutputFormat, say: Say) -> None:
 
 def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     say = say or (lambda *a, **k: None)
+    lock_ids: frozenset[str] | None = None
+    if p.get("from_lock") is not None:
+        from .fromlock import apply_lock
+
+        p = dict(p)
+        p["from_lock"] = _lock_kept_apart(p)
+        lock_ids = apply_lock(p, p["from_lock"], _SELECTION_KEYS)
+        if not p["inputs"]:
+            p["inputs"] = (_manifest_from_lock(p),)
+    if not p["inputs"]:
+        raise ConfigError("Missing argument 'INPUTS...': give the image lists to download (or --from-lock LOCK)")
     fmt = OutputFormat(p["fmt"])
     orientation = Orientation(p["orientation"])
     _contradictions(p, fmt, say)
@@ -594,7 +611,7 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         orientation=orientation, keep_original=p["keep_original"], placeholder_md5s=frozenset(p["placeholder_md5"]),
         max_decode_bytes=int(p["max_decode_mb"] * 1024 * 1024),
     )
-    chosen = plan_selection(tuple(p["inputs"]), p, say)
+    chosen = plan_selection(tuple(p["inputs"]), p, say, lock_ids)
     select = SelectConfig(
         subsets=frozenset(p["subsets"]),
         # A seeded sample is already cut to --limit; otherwise the first rows count.
@@ -603,7 +620,8 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
         ids_from=chosen.ids_from if p["ids_file"] is None or chosen.ids_from != "--ids" else f"--ids {p['ids_file']}",
         classes=chosen.classes, annotations=tuple(a.resolve() for a in chosen.annotations),
         class_descriptions=chosen.class_descriptions.resolve() if chosen.class_descriptions else None,
-        db=_absolute_db(chosen.db),
+        db=_absolute_db(chosen.db), options=_selection_options(p),
+        from_lock=p["from_lock"].resolve() if p.get("from_lock") else None,
     )
     run = RunConfig(
         processes=p["processes"], max_bytes_in_flight=int(p["max_bytes_in_flight_mb"] * 1024 * 1024),
@@ -630,6 +648,64 @@ def build_config(p: dict[str, Any], say: Say | None = None) -> Config:
     if source.fallback and source.choice in (SourceChoice.CVDF, SourceChoice.THUMBNAIL):
         raise ConfigError(f"--fallback cvdf applies to --source original or auto, not {source.choice.value}")
     return Config(inputs=tuple(p["inputs"]), output=output, net=net, source=source, image=image, select=select, run=run)
+
+
+_SELECTION_KEYS = ("subsets", "limit", "seed", "ids_file", "class_names", "classes_file", "class_descriptions",
+                   "annotation_files", "db", "hierarchy", "no_expand", "with_parts", "limit_per_class", "label_source",
+                   "min_confidence", "boxes_only", "exclude_occluded", "exclude_truncated", "exclude_group_of",
+                   "exclude_depiction", "exclude_inside")
+
+
+def _selection_options(p: dict[str, Any]) -> str:
+    """The selection flags that were given, as JSON (paths made absolute), for the lock."""
+    found: dict[str, Any] = {}
+    explicit = p.get("explicit")
+    for key in _SELECTION_KEYS:
+        value = p.get(key)
+        if value in (None, False, (), []) or (explicit is not None and key not in explicit):
+            continue
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        elif isinstance(value, tuple):
+            value = [str(v.resolve()) if isinstance(v, Path) else v for v in value]
+        found[key] = value
+    return json.dumps(found, sort_keys=True)
+
+
+def _lock_kept_apart(p: dict[str, Any]) -> Path:
+    """--from-lock naming OUT's own lock (a rebuild resumed in place): a copy in the state
+    dir is compared with, since the run's end replaces the lock itself; the first copy
+    stays, so that every resume compares with the lock the rebuild started from."""
+    import shutil
+
+    from .lock import lock_path
+
+    given: Path = p["from_lock"]
+    state_dir = Path(p["state_dir"] or default_state_dir(str(p["out"])))
+    own = lock_path(str(p["out"]), state_dir)
+    try:
+        if not own.exists() or not given.exists() or not os.path.samefile(given, own):
+            return given
+        kept = state_dir / "from.lock.jsonl.gz"
+        if not kept.exists():
+            state_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(given, kept)
+    except OSError as exc:
+        raise ConfigError(f"cannot keep a copy of {given} in {state_dir}: {exc.strerror or exc}") from None
+    return kept
+
+
+def _manifest_from_lock(p: dict[str, Any]) -> Path:
+    """The lock's URLs as an input list in the state dir, for --from-lock without INPUTS."""
+    from .fromlock import write_manifest
+
+    state_dir = p["state_dir"] or default_state_dir(str(p["out"]))
+    path = Path(state_dir) / "from-lock-images.csv"
+    try:
+        write_manifest(p["from_lock"], path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -675,8 +751,18 @@ def download(**params: Any) -> None:
     if piped:  # read once: the same command line alone would find it empty or gone
         resume = (f"run the same command again, feeding it the same input ({', '.join(piped)} was read once; "
                   f"finished images are skipped): {command}")
+    params["explicit"] = explicit_params(click.get_current_context())
     _, result = execute(params, None, resume)
     sys.exit(result.exit_code)
+
+
+def explicit_params(ctx: click.Context) -> frozenset[str]:
+    """The parameters given (on the command line, in the environment or to the API)
+    rather than left at their defaults: --from-lock refuses those that disagree with it."""
+    from click.core import ParameterSource
+
+    return frozenset(name for name in ctx.params
+                     if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT))
 
 
 def check_folder(path: Path | None, what: str) -> None:
@@ -1070,13 +1156,15 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
     """
     import json
 
+    from .lock import lock_status
     from .progress import human_bytes, human_seconds
     from .records import STATUS_MEANING, checked_words
     from .report import out_status
 
     st = out_status(out, state_dir)
+    lock = lock_status(out, state_dir)
     if as_json:
-        click.echo(json.dumps(st.as_json()))
+        click.echo(json.dumps({**st.as_json(), "lock": lock}))
         return
     click.echo(f"{out}: {st.total} images journaled, {human_bytes(sum(c.bytes for c in st.counts.values()))} fetched")
     click.echo(f"{'status':<15}{'count':>10}{'bytes':>12}  meaning")
@@ -1092,6 +1180,8 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
         click.echo(f"{s.tag:<12}{s.state:<10}{s.done:>10}{planned:>10}{rate:>9}{human_seconds(s.eta) if s.eta is not None else '':>9}  {s.host} {s.pid or ''}")
     if any(s.state == "running" for s in st.shards):
         click.echo(f"total rate {st.rate:.1f} images/s, ETA {human_seconds(st.eta)}")
+    if lock is not None:
+        click.echo(f"lock: {lock}")
 
 
 @main.command()
@@ -1116,6 +1206,75 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
     click.echo(f"{res.ok} rows in {res.success}")
     click.echo(f"{res.failed} rows in {res.failure}")
     click.echo(f"{res.conflicted} rows in {res.conflicts}")
+    from .fromlock import META_KEY, write_csv
+    from .lock import lock_path
+    from .state import StateDir
+
+    state = StateDir.open(out, state_dir)
+    for old_lock in state.meta(META_KEY)[:1]:
+        found = write_csv(res.success.parent / "from-lock.csv", Path(old_lock), lock_path(out, state.path))
+        click.echo(f"{sum(found.values())} rows in {res.success.parent / 'from-lock.csv'} "
+                   f"({', '.join(f'{n} {v}' for v, n in found.items())})")
+
+
+def _verify_lock(out: str, lock_file: Path, processes: int | None, mode: ProgressMode, interval: float) -> None:
+    """`verify --lock`: one tab-separated line per problem (kind, ImageID, where, why),
+    a summary on stderr, exit 6 when anything is wrong."""
+    from .lockcheck import LockCheck, check_against_lock
+
+    if mode is ProgressMode.AUTO:
+        mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
+    bar: Any = None
+    last = [time.monotonic()]
+
+    def show(r: LockCheck) -> None:
+        nonlocal bar
+        if mode is ProgressMode.BAR:
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=r.expected, unit="img", desc="verify", file=sys.stderr, dynamic_ncols=True)
+            bar.n = r.checked
+            bar.set_postfix_str(f"{len(r.problems)} problem(s)", refresh=True)
+        elif mode is ProgressMode.LOG and time.monotonic() - last[0] >= interval:
+            last[0] = time.monotonic()
+            click.echo(f"verify: {r.checked}/{r.expected} hashed, {len(r.problems)} problem(s)", err=True)
+
+    try:
+        res = check_against_lock(out, lock_file, processes=processes, on_progress=show)
+    except KeyboardInterrupt:
+        click.echo("oidownload: verify interrupted", err=True)
+        sys.exit(ExitCode.SIGINT)
+    finally:
+        if bar is not None:
+            bar.close()
+    for p in res.problems:
+        where, why = (text.replace("\t", " ") for text in (p.where, p.why))
+        click.echo(f"{p.kind}\t{p.image_id}\t{where}\t{why}")
+    rate = res.checked / res.seconds if res.seconds > 0 else 0.0
+    kinds = ", ".join(f"{res.count(k)} {k}" for k in ("missing", "extra", "different", "damaged"))
+    click.echo(f"verify: {res.checked} images hashed against {lock_file} ({res.expected} in the lock) in "
+               f"{res.seconds:.1f}s ({rate:.0f}/s): {kinds}", err=True)
+    if res.problems:
+        sys.exit(ExitCode.DAMAGED)
+
+
+@main.command("lock")
+@click.argument("out")
+@state_dir_option
+@boundary
+def lock_cmd(out: str, state_dir: Path | None) -> None:
+    """Write OUT's lock file (oidownload.lock.jsonl.gz) and Croissant card (croissant.json)
+    again from its journals: for an output made before they existed, or after `verify`.
+
+    Every download writes both at its end; this is the same, on demand, and it also
+    reads back and hashes the images journaled before hashes were kept.
+    """
+    from .lock import write_lock
+
+    res = write_lock(out, state_dir, hash_missing=True)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items()))
+    click.echo(f"{res.path}: {res.lines} images ({counts or 'none'}) in {res.seconds:.1f}s")
 
 
 @main.command(epilog=help_table(VERIFY_MEANING))
@@ -1128,10 +1287,13 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
      help="auto: a bar on a terminal, log lines otherwise.")
 @opt("--progress-interval", scope="verify", type=Duration(), default="5",
      help="Seconds between progress log lines.")
+@opt("--lock", "lock_file", scope="verify", type=click.Path(path_type=Path, dir_okay=False),
+     help="Check OUT against this lock file instead of the journal: every image is hashed; missing, extra and "
+          "different images are listed (no journal needed, nothing is marked).")
 @state_dir_option
 @boundary
 def verify(out: str, processes: int | None, mark: bool, progress_mode: str, progress_interval: float,
-           state_dir: Path | None) -> None:
+           lock_file: Path | None, state_dir: Path | None) -> None:
     """Check every image the journal of OUT records as written: it is there (file, tar
     member or object), it decodes, its width, height and byte count are the journal's,
     and a kept original (--keep-original) still matches its OriginalMD5.
@@ -1144,6 +1306,9 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
     from .verify import VerifyResult
     from .verify import verify as run_verify
 
+    if lock_file is not None:
+        _verify_lock(out, lock_file, processes, ProgressMode(progress_mode), progress_interval)
+        return
     mode = ProgressMode(progress_mode)
     if mode is ProgressMode.AUTO:
         mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG

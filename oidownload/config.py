@@ -123,6 +123,9 @@ class SelectConfig:
     annotations: tuple[Path, ...] = ()
     class_descriptions: Path | None = None
     db: str | None = None
+    # The selection flags as given (JSON), written into the lock file's header.
+    options: str = ""
+    from_lock: Path | None = None  # --from-lock: compared with this lock at the end
 
 
 @dataclass(frozen=True, slots=True)

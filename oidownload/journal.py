@@ -145,7 +145,8 @@ _TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progre
                      "unchecked_counts", "conflicts"})
 # Columns added after the first release; an older journal gains them when opened.
 _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
-    "outcomes": (("location", "TEXT"),),
+    "outcomes": (("location", "TEXT"), ("sha256", "TEXT"), ("url", "TEXT"), ("original_md5", "TEXT"),
+                 ("original_size", "INTEGER")),
     "inputs": (("raw", "BLOB"), ("size", "INTEGER"), ("mtime_ns", "INTEGER"), ("head_md5", "TEXT")),
 }
 
@@ -195,8 +196,8 @@ def not_a_journal(path: Path, why: str) -> str:
 _UPSERT = """
 INSERT INTO outcomes(id, status, final, detail, http_status, nbytes, out_bytes, width, height,
                      attempts, seconds, subset, ext, source, verified, input, line, finished,
-                     orientation, crop, location)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                     orientation, crop, location, sha256, url, original_md5, original_size)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(id) DO UPDATE SET
     status=excluded.status, final=excluded.final, detail=excluded.detail,
     http_status=excluded.http_status, nbytes=excluded.nbytes, out_bytes=excluded.out_bytes,
@@ -205,7 +206,8 @@ ON CONFLICT(id) DO UPDATE SET
     subset=excluded.subset, ext=excluded.ext, source=excluded.source,
     verified=excluded.verified, input=excluded.input, line=excluded.line,
     finished=excluded.finished, orientation=excluded.orientation, crop=excluded.crop,
-    location=excluded.location
+    location=excluded.location, sha256=excluded.sha256, url=excluded.url,
+    original_md5=excluded.original_md5, original_size=excluded.original_size
 WHERE outcomes.status != 'ok' OR excluded.status = 'ok'
 """
 
@@ -613,7 +615,8 @@ class Journal:
             round(o.seconds, 4), clean_text(o.subset, 64), clean_text(o.ext, 16), o.source.value if o.source else None,
             int(o.verified), self.input_id(o.file) if o.file else None, o.line, now,
             o.orientation, ",".join(f"{v:.6f}" for v in o.crop) if o.crop else None,
-            clean_text(o.location, 2048) or None,
+            clean_text(o.location, 2048) or None, o.sha256, clean_text(o.url, 2048) or None,
+            clean_text(o.original_md5, 64) if o.original_md5 else None, o.original_size,
         )
 
     def unfound(self, shard: str, kept: Collection[str], detail: str) -> int:

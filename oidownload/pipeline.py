@@ -533,6 +533,7 @@ class _Run:
         if prior is not None:
             why = f"the original was {prior.status.value}: {prior.detail}"
             outcome.detail = why if outcome.status is Status.OK and not outcome.detail else f"{why}; mirror: {outcome.detail}"
+        outcome.original_md5, outcome.original_size = row.original_md5, row.original_size
         self.record(outcome, row, release)
 
     def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:
@@ -852,6 +853,10 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value,
                                                     "keep_original": cfg.image.keep_original}))
             journal.set_meta(SETTINGS_KEY, json.dumps(settings))
+            if cfg.select.options:
+                journal.set_meta("selection_options", cfg.select.options)
+            if cfg.select.from_lock is not None:
+                journal.set_meta("from_lock", str(cfg.select.from_lock))
             journal.register_inputs(cfg.inputs)
             sel = cfg.select
             if sel.annotations or sel.classes or sel.db:
@@ -893,6 +898,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             exporter.sock.close()  # already closed unless the run failed before its loop
     if not run.abandoned:
         marker.unlink(missing_ok=True)
+    compared = _write_lock(cfg, progress) if run.fatal is None else None
     tally = progress.tally
     tally.skipped = run.filter.done_skipped
     if run.filter.duplicates or run.recorder.conflicts:
@@ -906,7 +912,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
     progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe(),
-                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3)})
+                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3),
+                                                **({"from_lock": compared} if compared is not None else {})})
     if run.fatal is not None:
         raise run.fatal
     if run.input_errors and run.stop_code is None:
@@ -930,6 +937,33 @@ def _exporter(cfg: Config, shard: Shard) -> Exporter | None:
         check_file(path)
     sock = listen(r.metrics_addr, r.metrics_port) if r.metrics_port is not None else None
     return Exporter(Metrics(shard), sock, path)
+
+
+def _write_lock(cfg: Config, progress: Progress) -> dict[str, int] | None:
+    """The lock and the Croissant card, rewritten at the end of every run; a failure is
+    said, and costs the run nothing (`oidownload lock OUT` writes them again). With
+    --from-lock, returns each verdict's count against that lock, for the summary."""
+    from .lock import write_lock
+
+    try:
+        res = write_lock(cfg.output.out, cfg.output.state_dir)
+    except Exception as exc:  # whatever it was, the images and the journal are done: say it, go on
+        progress.log("lock", f"the lock file was not written: {type(exc).__name__}: {exc}", level="warning")
+        return None
+    progress.log("lock", f"wrote {res.path} ({res.lines} images) in {res.seconds:.1f}s", path=str(res.path),
+                 images=res.lines)
+    if cfg.select.from_lock is None:
+        return None
+    from .fromlock import compare, counts
+
+    try:
+        found = counts(compare(cfg.select.from_lock, res.path))
+    except OidownloadError as exc:
+        progress.log("from-lock", f"not compared with {cfg.select.from_lock}: {exc}", level="warning")
+        return None
+    progress.log("from-lock", f"compared with {cfg.select.from_lock}: `oidownload report` lists each image in "
+                 "from-lock.csv")
+    return found
 
 
 def _verdict(cfg: Config, shard: Shard, run: _Run, tally: Tally) -> Verdict | None:

@@ -169,6 +169,8 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
         return _fail(outcome, Status.WRITE_ERROR, f"{name}: {exc.strerror or exc}")
     outcome.location, outcome.staged = placed.location, placed.staged
     outcome.out_bytes = len(r.data)
+    # Hashed here, where the bytes already are, for the lock file (lock.py).
+    outcome.sha256 = hashlib.sha256(r.data).hexdigest()
     return outcome
 
 

@@ -259,6 +259,8 @@ class Progress:
         lines.append(f"{'total':<15}{t.done:>10}  ({t.skipped} already done, skipped)")
         if t.ok_sources:
             lines.append("written: " + "; ".join(checked_words(dict(t.ok_sources), dict(t.ok_unchecked))))
+        if extra and extra.get("from_lock"):  # download --from-lock: each image against the lock
+            lines.append("against the lock: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in extra["from_lock"].items()))
         lines.append(
             f"fetched {human_bytes(t.nbytes)}, wrote {human_bytes(t.out_bytes)}; "
             f"wall {wall:.1f}s, CPU {cpu:.1f}s"

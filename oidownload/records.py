@@ -209,4 +209,8 @@ class Outcome:
     crop: tuple[float, float, float, float] | None = None  # kept region, normalised
     location: str = ""
     staged: tuple[str, ...] = ()
-    url: str = ""  # what was fetched (not journaled: the input row has it)
+    url: str = ""  # what was fetched
+    sha256: str | None = None  # hex SHA-256 of the image bytes written (not of a kept original)
+    # The row's OriginalMD5 and OriginalSize, kept for the lock (a rebuild from it checks them).
+    original_md5: str | None = None
+    original_size: int | None = None

@@ -336,6 +336,19 @@ class StateDir:
                 return
             last = int(rows[-1][0])  # type: ignore[call-overload]
 
+    def query(self, journal: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """One read-only query of one journal; InputError when it cannot be read."""
+        return self._query(journal, sql, args)
+
+    def columns(self, journal: Path) -> set[str]:
+        """The outcome columns a journal has: one written by an older version lacks
+        those added since, until a download opens it."""
+        return {str(r[1]) for r in self._query(journal, "PRAGMA table_info(outcomes)")}
+
+    def outcome_rows(self, journal: Path, columns: str, where: str) -> Iterator[tuple[object, ...]]:
+        """(id, *columns) of a journal's outcomes in id order, read a chunk at a time."""
+        return self._chunks(journal, columns, where)
+
     def written(self) -> Iterator[Written]:
         """Every image whose outcome is ok, across all the journals."""
         cols = "subset, location, ext, width, height, orientation, crop, source, verified, out_bytes"

@@ -108,6 +108,9 @@ CASES: dict[tuple[str, str], tuple[list[str], int, str]] = {
     ("verify", "missing"): (["verify", "missing-out"], 1, "missing-out"),
     ("verify", "read-only"): (["verify", "out"], 1, "--no-mark"),  # marking writes the journal
     ("verify", "file"): (["verify", "file"], 1, "file"),
+    ("lock", "missing"): (["lock", "missing-out"], 1, "missing-out"),
+    ("lock", "read-only"): (["lock", "out"], 1, "out/oidownload.lock.jsonl.gz"),
+    ("lock", "file"): (["lock", "file"], 1, "file"),
 }
 
 

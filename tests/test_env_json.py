@@ -23,7 +23,7 @@ SHARED = {
                "--exclude-truncated", "--exclude-group-of", "--exclude-depiction", "--exclude-inside",
                "--db", "--hierarchy", "--no-expand", "--with-parts", "--limit-per-class"},
     "status": {"--state-dir"}, "report": {"--state-dir"}, "annotations": {"--state-dir"}, "gallery": {"--state-dir"},
-    "verify": {"--state-dir"},
+    "verify": {"--state-dir"}, "lock": {"--state-dir"},
 }
 
 

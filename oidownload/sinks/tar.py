@@ -48,6 +48,7 @@ _END = bytes(2 * BLOCK)  # end-of-archive marker
 SHARD_RE = re.compile(r"(?:(.+)-)?(\d{5})-(\d{5})\.tar")
 INDEX_SUFFIX = ".idx.json"
 INDEX_KIND = "oidownload-tar-index-v1"
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # The EXIF-style turn codes that are plain rotations, as degrees counter-clockwise.
 _DEGREES = {1: 0, 8: 90, 3: 180, 6: 270}
 
@@ -110,7 +111,7 @@ class _Sample:
         o = self.outcome
         return {"key": o.image_id, "members": self.members, "width": o.width, "height": o.height, "ext": o.ext,
                 "source": o.source.value if o.source else None, "verified": o.verified, "out_bytes": o.out_bytes,
-                "orientation": o.orientation, "crop": list(o.crop) if o.crop else None}
+                "orientation": o.orientation, "crop": list(o.crop) if o.crop else None, "sha256": o.sha256}
 
 
 @dataclass(slots=True)
@@ -786,6 +787,7 @@ def _adopted(s: Any, subset: str, shard: str) -> tuple[Outcome, dict[str, tuple[
         width=width, height=height, out_bytes=int(s.get("out_bytes") or 0),
         verified=bool(s.get("verified")), orientation=int(s.get("orientation") or 1),
         crop=_crop(crop) if crop else None, location=f"{subset}/{shard}#{image_id}",
+        sha256=sha if isinstance(sha := s.get("sha256"), str) and SHA256_RE.fullmatch(sha) else None,
     ), members
 
 
