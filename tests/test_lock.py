@@ -454,7 +454,7 @@ def test_the_card_has_the_boxes_in_the_written_frame_and_the_labels_when_the_dow
 def test_verify_lock_passes_a_webdataset_whose_damaged_sample_was_fetched_again_into_a_new_shard(
         tmp_path: Path, make_origin: StartOrigin) -> None:
     out, manifest, *_ = _download(tmp_path, make_origin, 6, "--output-format", "webdataset", "--shard-size", "3")
-    shard = out / "validation" / "00000-00000.tar"
+    shard = out / "validation" / "validation-00000-00000.tar"
     sample = json.loads(Path(f"{shard}.idx.json").read_text())["samples"][0]
     offset, size = sample["members"]["jpg"]
     data = bytearray(shard.read_bytes())
@@ -465,6 +465,6 @@ def test_verify_lock_passes_a_webdataset_whose_damaged_sample_was_fetched_again_
                   "--progress", "none")
     assert res.returncode == 0, res.stderr
     lines = {line["id"]: line for line in _lock(out / "oidownload.lock.jsonl.gz")[1]}
-    assert not lines[sample["key"]]["location"].startswith("validation/00000-00000.tar")
+    assert not lines[sample["key"]]["location"].startswith("validation/validation-00000-00000.tar")
     res = run_cli("verify", out, "--lock", out / "oidownload.lock.jsonl.gz", "--progress", "none")
     assert res.returncode == 0, res.stdout + res.stderr  # the old copy in the old shard is no extra image
