@@ -46,6 +46,7 @@ from .config import (
 )
 from .errors import ConfigError, OidownloadError
 from .exits import RESUMABLE, ExitCode, help_table
+from .limits import AUTO_CEILING, AUTO_START
 from .progress import log_line
 from .rows import url_problem
 from .state import StateDir, default_state_dir
@@ -158,6 +159,15 @@ class Int(click.IntRange):
 
     def __init__(self, lo: int, hi: int) -> None:
         super().__init__(lo, hi)
+
+
+class IntOrAuto(Int):
+    """An integer in [lo, hi], or 'auto' (None)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        return super().convert(value, param, ctx)
 
 
 class Float(click.FloatRange):
@@ -436,8 +446,10 @@ def download_options(f: F) -> F:
         opt("--orientation", type=_enum(Orientation), default="raw",
             help="raw: pixels as stored (the frame of the boxes); upright: turn by the Rotation column, or by EXIF when there is none."),
         opt("--keep-original", is_flag=True, default=False, help="Also keep the verified original bytes under OUT/original/."),
-        opt("--concurrency", type=Int(1, MAX_CONCURRENCY), default=64, help="Requests in flight, in total."),
-        opt("--per-host", type=Int(1, MAX_CONCURRENCY), default=16, help="Requests in flight per host (halved on 429/503)."),
+        opt("--concurrency", type=Int(1, MAX_CONCURRENCY), default=256, help="Requests in flight, in total."),
+        opt("--per-host", type=IntOrAuto(1, MAX_CONCURRENCY), default="auto",
+            help=f"Requests in flight per host: auto starts at {AUTO_START} and doubles while that raises the host's "
+                 f"throughput, up to {AUTO_CEILING} (and --concurrency); N fixes it at N. Halved on 429/503."),
         opt("--processes", type=Int(1, MAX_PROCESSES), show_default="one per usable CPU",
             help="Image-processing worker processes; the default counts the CPUs this process may use (affinity mask, cgroup CPU quota)."),
         opt("--connect-timeout", type=Duration(), default="10", help="Seconds to connect."),

@@ -160,7 +160,7 @@ def _fit_descriptors(cfg: Config, progress: Progress) -> Config:
     progress.log("warning", f"the open-file limit (ulimit -n {fit.limit}) fits {fit.concurrency} requests at once: "
                  f"--concurrency lowered from {cfg.net.concurrency}, so that the journal can always be written; "
                  "raise the limit (ulimit -n 4096) to go faster", concurrency=fit.concurrency, nofile=fit.limit)
-    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=min(cfg.net.per_host, fit.concurrency))
+    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=None if cfg.net.per_host is None else min(cfg.net.per_host, fit.concurrency))
     return dataclasses.replace(cfg, net=net)
 
 
@@ -198,7 +198,7 @@ class _Run:
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
         self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
         self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
-        self.limiter = HostLimiter(cfg.net.per_host)
+        self.limiter = HostLimiter(cfg.net.host_ceiling, auto=cfg.net.per_host is None)
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
         # Fallbacks, refetches, and jobs of a pool whose worker died, under way.
