@@ -355,7 +355,10 @@ class HostLimiter:
         h = self._host(host)
         now = asyncio.get_running_loop().time()
         if sent_at is None or sent_at >= h.cut_at:
-            h.limit = max(1, h.limit // 2)
+            # Half of what was really in flight (the failed request included) when that
+            # was less than the limit, as TCP halves its flight size, not its window.
+            flight = h.limit if sent_at is None else min(h.limit, h.active + 1)
+            h.limit = max(1, flight // 2)
             h.streak = 0
             h.cut_at = now
             h.throttled += 1

@@ -281,8 +281,8 @@ class Origin:
     so tests can assert that a rerun sends nothing and a 404 is asked once.
 
     Optional behaviours of a real server under load: `bandwidth` (bytes/s shared by all
-    connections, a link), `max_in_flight` (above that many image requests in flight to
-    one host it answers `overload`: 503 SlowDown, as S3 words it, or 429 with
+    connections, a link), `max_in_flight` (with that many image requests being served
+    to one host, a new one is answered `overload`: 503 SlowDown, as S3 words it, or 429 with
     Retry-After), and `hosts` (it listens on 127.0.0.1 .. 127.0.0.<hosts>, one host
     each; `base_urls`). `flight` counts requests in flight per host (the Host header).
     """
@@ -300,6 +300,7 @@ class Origin:
         self.overloaded = 0  # answers given because max_in_flight was reached
         self.hosts = hosts
         self.flight: collections.defaultdict[str, Flight] = collections.defaultdict(Flight)
+        self.admitted: collections.Counter[str] = collections.Counter()  # in flight and not refused
         self.trickle_delay = trickle_delay
         self.extra_files = dict(extra_files or {})
         self.requests: collections.Counter[str] = collections.Counter()
@@ -409,23 +410,31 @@ class Origin:
         flight = self.flight[request.host]
         flight.change(+1)
         try:
-            return await self._serve(request, path, name, kind, image_id, flight.now)
+            if self.max_in_flight and self.admitted[request.host] >= self.max_in_flight:
+                return await self._overloaded()
+            self.admitted[request.host] += 1
+            try:
+                return await self._serve(request, path, name, kind, image_id)
+            finally:
+                self.admitted[request.host] -= 1
         finally:
             flight.change(-1)
 
-    async def _serve(self, request: web.Request, path: str, name: str, kind: str, image_id: str,
-                     in_flight: int) -> web.StreamResponse:
+    async def _overloaded(self) -> web.StreamResponse:
+        # After the same latency (the server had to read the request), but not counted
+        # against the limit: refusing is cheap, as it is for S3.
+        self.overloaded += 1
+        delay = self.latency.sample(self.rng)
+        if delay:
+            await asyncio.sleep(delay)
+        if self.overload == "429":
+            return web.Response(status=429, text="slow down\n", headers={"Retry-After": "1"})
+        return web.Response(status=503, reason="Slow Down", text=SLOWDOWN_XML, content_type="application/xml")
+
+    async def _serve(self, request: web.Request, path: str, name: str, kind: str, image_id: str) -> web.StreamResponse:
         fault_text = request.match_info.get("fault")
         fault = Fault.parse(fault_text) if fault_text else None
         delay = self.latency.sample(self.rng)
-        if self.max_in_flight and in_flight > self.max_in_flight:
-            # Answered after the same latency: the server had to read the request first.
-            self.overloaded += 1
-            if delay:
-                await asyncio.sleep(delay)
-            if self.overload == "429":
-                return web.Response(status=429, text="slow down\n", headers={"Retry-After": "1"})
-            return web.Response(status=503, reason="Slow Down", text=SLOWDOWN_XML, content_type="application/xml")
         if delay:
             await asyncio.sleep(delay)
         body = self.corpus.original(image_id) if kind == "o" else self.corpus.thumbnail(image_id)
