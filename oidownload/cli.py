@@ -958,6 +958,8 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
         planned = "?" if s.planned is None else str(s.planned)
         rate = "" if s.rate is None or s.state != "running" else f"{s.rate:.1f}"
         click.echo(f"{s.tag:<12}{s.state:<10}{s.done:>10}{planned:>10}{rate:>9}{human_seconds(s.eta) if s.eta is not None else '':>9}  {s.host} {s.pid or ''}")
+        if s.hosts:
+            click.echo(f"{'':<12}{s.hosts}")
     if any(s.state == "running" for s in st.shards):
         click.echo(f"total rate {st.rate:.1f} images/s, ETA {human_seconds(st.eta)}")
 

@@ -288,6 +288,22 @@ class HostLimiter:
         return [(name, h.active, h.limit, h.peak, h.throttled) for name, h in self._hosts.items()
                 if h.limit != self.start or h.throttled]
 
+    def rows(self, most: int = 8) -> list[dict[str, object]]:
+        """busy() as JSON objects, busiest first."""
+        moved = sorted(self.busy(), key=lambda b: -b[1])[:most]
+        return [{"host": name, "in_flight": active, "limit": limit, "peak": peak, "cuts": cuts}
+                for name, active, limit, peak, cuts in moved]
+
+    def describe(self, most: int = 3) -> str:
+        """'host 118/128 in flight (grew), host2 3/4 (cut 2x)': the hosts whose limit moved,
+        busiest first; '' when none did (then the limit explains nothing)."""
+        moved = sorted(self.busy(), key=lambda b: -b[1])
+        parts = [f"{name} {active}/{limit}" + (f" (cut {cuts}x)" if cuts else " (grew)")
+                 for name, active, limit, _, cuts in moved[:most]]
+        if len(moved) > most:
+            parts.append(f"+{len(moved) - most} more")
+        return ("in flight per host: " + ", ".join(parts)) if parts else ""
+
     async def _acquire(self, h: _Host, deadline: float | None) -> None:
         h.users += 1
         if h.active < h.limit and not h.waiters and h.not_before == 0.0:

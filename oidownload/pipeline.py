@@ -199,6 +199,7 @@ class _Run:
         self.budget = ByteBudget(cfg.run.max_bytes_in_flight)
         self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
         self.limiter = HostLimiter(cfg.net.host_ceiling, auto=cfg.net.per_host is None)
+        progress.hosts, progress.host_rows = self.limiter.describe, self.limiter.rows
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
         # Fallbacks, refetches, and jobs of a pool whose worker died, under way.
@@ -515,7 +516,7 @@ class _Run:
         planned = self.enqueued + self.filter.done_skipped if self.reader_finished else estimate
         self.journal.set_progress(
             running=running, planned=planned, skipped=self.filter.done_skipped,
-            processed=self.progress.tally.done, rate=rate,
+            processed=self.progress.tally.done, rate=rate, hosts=self.limiter.describe() or None,
         )
 
     async def ticker(self) -> None:

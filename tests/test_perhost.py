@@ -25,7 +25,7 @@ OVERSHOOT = 8
 OVERSHOOT_S = 1.0
 
 
-def _run(tmp_path: Path, origin: Origin, corpus: Corpus, *args: str, name: str = "out") -> Path:
+def _run(tmp_path: Path, origin: Origin, corpus: Corpus, *args: str, name: str = "out") -> tuple[Path, str]:
     bases = origin.base_urls if origin.hosts > 1 else origin.base_url
     manifest = corpus.write_manifest(tmp_path / f"{name}.csv", bases)
     out = tmp_path / name
@@ -33,7 +33,7 @@ def _run(tmp_path: Path, origin: Origin, corpus: Corpus, *args: str, name: str =
     assert res.returncode == 0, res.stderr
     rows = journal_rows(out)
     assert len(rows) == len(corpus.entries) and {r[0] for r in rows.values()} == {"ok"}, res.stderr[-2000:]
-    return out
+    return out, res.stderr
 
 
 def test_a_fixed_per_host_is_honoured_exactly(tmp_path: Path, make_origin: StartOrigin) -> None:
@@ -49,7 +49,8 @@ def test_a_host_that_refuses_above_k_is_not_flooded(tmp_path: Path, make_origin:
     k = 12
     corpus = Corpus.generate(500, mix="tiny", seed=6)
     origin = make_origin(corpus, latency=Latency(0.05, 0.2), max_in_flight=k, overload=overload)
-    _run(tmp_path, origin, corpus)
+    out, _ = _run(tmp_path, origin, corpus)
+    assert "(cut " in run_cli("status", out).stdout
     (flight,) = origin.flight.values()
     assert flight.peak <= 2 * k + OVERSHOOT
     assert flight.seconds_above(k + OVERSHOOT) < OVERSHOOT_S
@@ -59,9 +60,13 @@ def test_a_host_that_refuses_above_k_is_not_flooded(tmp_path: Path, make_origin:
 def test_auto_grows_on_a_high_latency_host(tmp_path: Path, make_origin: StartOrigin) -> None:
     corpus = Corpus.generate(700, mix="tiny-thumbs", seed=7)
     origin = make_origin(corpus, latency=Latency(0.2, 0.1))
-    _run(tmp_path, origin, corpus)
+    out, stderr = _run(tmp_path, origin, corpus, "--progress", "log", "--progress-interval", "0.5")
     (flight,) = origin.flight.values()
     assert flight.peak > 16
+    # Why the run is as fast as it is: the host grew, said on the progress line and by status.
+    assert "in flight per host: 127.0.0.1 " in stderr and "(grew)" in stderr, stderr
+    status = run_cli("status", out)
+    assert status.returncode == 0 and "in flight per host: 127.0.0.1 " in status.stdout, status.stdout
 
 
 def test_auto_keeps_each_of_many_hosts_under_64(tmp_path: Path, make_origin: StartOrigin) -> None:
