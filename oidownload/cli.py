@@ -1073,9 +1073,20 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
 @opt("--manifest", scope="bench", type=FILE_OUT, default="bench-images.csv",
      help="With --serve: where to write the corpus's images.csv.")
 @opt("--port", scope="bench", type=Int(0, 65535), default=0, help="With --serve: the port on 127.0.0.1 (0: any free one).")
+@opt("--bandwidth-mbps", scope="bench", type=Float(0, 100_000),
+     help="The origin's link: MB/s shared by all connections [default: no cap].")
+@opt("--max-in-flight", scope="bench", type=Int(1, 100_000),
+     help="With this many requests being served to one host, the origin refuses more (--overload) [default: no limit].")
+@opt("--overload", scope="bench", type=click.Choice(["503", "429"]), default="503",
+     help="How the origin refuses above --max-in-flight: 503 SlowDown (as S3) or 429 with Retry-After: 1.")
+@opt("--hosts", scope="bench", type=Int(1, 254), default=1,
+     help="Spread the images over this many hosts (127.0.0.1 .. 127.0.0.N), as Flickr does.")
+@opt("--per-host", scope="bench", type=IntOrAuto(1, MAX_CONCURRENCY), help="Passed to download.")
 @boundary
 def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitter: float, faults: str,
-          processes: int | None, concurrency: int | None, serve: bool, manifest: Path, port: int) -> None:
+          processes: int | None, concurrency: int | None, serve: bool, manifest: Path, port: int,
+          bandwidth_mbps: float | None, max_in_flight: int | None, overload: str, hosts: int,
+          per_host: int | None) -> None:
     """Measure the whole pipeline on this machine, against the built-in local origin.
 
     Starts the origin on 127.0.0.1, runs `oidownload download` on N synthetic images
@@ -1088,16 +1099,19 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
     import dataclasses
     import json
 
-    from .bench import DEFAULT_SCENARIOS, run_scenario, serve_corpus
+    from .bench import DEFAULT_SCENARIOS, Load, run_scenario, serve_corpus
 
     if serve:
         check_new_file(manifest)
-        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True))
+        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True),
+                     load=Load(bandwidth_mbps or 0.0, max_in_flight or 0, overload, hosts))
         return
     chosen = [s for s in DEFAULT_SCENARIOS if not scenarios or s.name in scenarios]
     for scn in chosen:
         scn = dataclasses.replace(scn, n=n, mix=mix, latency_ms=latency_ms, jitter=jitter, faults=faults,
-                                  processes=processes, concurrency=concurrency)
+                                  processes=processes, concurrency=concurrency,
+                                  load=Load(bandwidth_mbps or 0.0, max_in_flight or 0, overload, hosts),
+                                  extra_args=() if per_host is None else ("--per-host", str(per_host)))
         click.echo(f"bench: {scn.name}: {n} images ({mix} mix) ...", err=True)
         try:
             result = run_scenario(scn, log=lambda m: click.echo(m, err=True))
