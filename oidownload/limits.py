@@ -159,8 +159,10 @@ class HostHeld(Exception):
 AUTO_START = 16
 AUTO_CEILING = 256
 # A measuring window closes after this many completions per slot of the limit: about
-# two round trips, enough to average out a jittery latency.
-_WINDOW_ROUNDS = 2
+# one round trip once the limit is reached. Short, so that the ramp from 16 to a few
+# hundred takes about a second at 100 ms; the thresholds below are wide enough for
+# its noise.
+_WINDOW_ROUNDS = 1
 # Doubling the limit must raise the delivered bytes/s by this much to double again
 # (a host bound by its round trip gives 2x); below _KEEP the step did not pay and
 # the limit goes back.
