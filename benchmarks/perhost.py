@@ -56,7 +56,7 @@ def _with(scn: Scenario, args: tuple[str, ...], **kw: Any) -> Scenario:
     return Scenario(**{**scn.__dict__, "extra_args": args, **kw})
 
 
-FIGURES = ("images_per_s", "mb_per_s", "cpu_ms_per_image")
+FIGURES = ("images_per_s", "mb_per_s", "cpu_ms_per_image", "peak_tree_rss_mb")
 
 
 def main() -> None:
@@ -71,8 +71,8 @@ def main() -> None:
     unknown = [c for c in chosen if c not in table]
     if unknown:
         raise SystemExit(f"unknown case(s): {', '.join(unknown)}")
-    lines = ["| case | flags | images/s | MB/s | CPU ms/image | server: peak / mean in flight per host | refused | ok |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | flags | images/s | MB/s | CPU ms/image | tree RSS MB | server: peak / mean in flight per host "
+             "| refused | ok |", "|---|---|---|---|---|---|---|---|---|"]
     for case in chosen:
         results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in table[case]}
         for run in range(args.runs):
@@ -89,9 +89,9 @@ def main() -> None:
             mean = statistics.median(x["server"]["mean_in_flight_per_host"] for x in rs)
             refused = statistics.median(x["server"]["refused"] / max(1, x["server"]["requests"]) for x in rs)
             ok = all(x["ok"] == args.n for x in rs)
-            share = f" ({med['images_per_s'] / best:.0%} of the best fixed)" if best and label == "auto" else ""
+            share = f" ({med['images_per_s'] / best:.0%} of the best other)" if best and label == "auto" else ""
             lines.append(f"| {case} | {label} | {med['images_per_s']:.0f}{share} | {med['mb_per_s']:.1f} | "
-                         f"{med['cpu_ms_per_image']:.2f} | {peak} / {mean:.1f} | {refused:.2%} | {'all' if ok else 'NO'} |")
+                         f"{med['cpu_ms_per_image']:.2f} | {med['peak_tree_rss_mb']:.0f} | {peak} / {mean:.1f} | {refused:.2%} | {'all' if ok else 'NO'} |")
     print("\n".join(lines))
 
 
