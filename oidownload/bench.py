@@ -263,6 +263,8 @@ def run_scenario(scn: Scenario, workdir: Path | None = None, log: Callable[[str]
         "ok": int(summary.get("ok", 0)),
         "failed": int(summary.get("failed", 0)),
         **m.figures(done, fetched),
+        "main_cpu_ms_per_image": round(1000 * float(summary.get("main_cpu_s", 0.0)) / max(1, done), 3),
+        "hosts": summary.get("hosts", []),
         "server": server,
         "sizes": describe(sizes),
         "settings": {k: v for k, v in asdict(scn).items() if k not in ("name", "extra_args")},

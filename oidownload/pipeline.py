@@ -793,7 +793,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     wall = time.monotonic() - started
     cpu = _cpu_seconds() - cpu0
     progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe(),
-                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3)})
+                                                "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3),
+                                                **({"hosts": rows} if (rows := run.limiter.rows()) else {})})
     if run.fatal is not None:
         raise run.fatal
     if run.input_errors and run.stop_code is None:
