@@ -37,12 +37,12 @@ def fixed(n: int) -> tuple[str, ...]:
     return ("--per-host", str(n), "--concurrency", str(max(64, n)))
 
 
-def cases(n: int) -> dict[str, list[tuple[str, Scenario]]]:
+def cases(n: int, limits: tuple[int, ...] = FIXED) -> dict[str, list[tuple[str, Scenario]]]:
     thumbs = Scenario("thumbs", mix="light", source="thumbnail", resize=None, fmt="keep", n=n, jitter=0.1)
     out: dict[str, list[tuple[str, Scenario]]] = {}
     for ms in (20, 100, 300):
         base = Scenario(**{**thumbs.__dict__, "name": f"sweep-{ms}", "latency_ms": float(ms)})
-        out[f"sweep-{ms}"] = [(f"fixed {k}", _with(base, fixed(k))) for k in FIXED] + [("auto", base)]
+        out[f"sweep-{ms}"] = [(f"fixed {k}", _with(base, fixed(k))) for k in limits] + [("auto", base)]
     at100 = Scenario(**{**thumbs.__dict__, "latency_ms": 100.0})
     out["cap40"] = [("auto", _with(at100, (), name="cap40", load=Load(bandwidth_mbps=40.0)))]
     out["slowdown24"] = [("auto", _with(at100, (), name="slowdown24", load=Load(max_in_flight=24)))]
@@ -65,8 +65,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs of each flag set, alternated [default: 3]")
     ap.add_argument("--cases", default="sweep-20,sweep-100,sweep-300,cap40,slowdown24,hosts8",
                     help="comma-separated, from: sweep-20 sweep-100 sweep-300 cap40 slowdown24 hosts8")
+    ap.add_argument("--fixed", default=",".join(map(str, FIXED)),
+                    help=f"the fixed --per-host values of the sweeps [default: {','.join(map(str, FIXED))}]")
     args = ap.parse_args()
-    table = cases(args.n)
+    table = cases(args.n, tuple(int(k) for k in args.fixed.split(",") if k.strip()))
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in chosen if c not in table]
     if unknown:
