@@ -5,6 +5,7 @@ sheds load; a fixed N is honoured exactly. Counted at the server (the origin's
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,8 @@ def test_auto_grows_on_a_high_latency_host(tmp_path: Path, make_origin: StartOri
     assert "in flight per host: 127.0.0.1 " in stderr and "(grew)" in stderr, stderr
     status = run_cli("status", out)
     assert status.returncode == 0 and "in flight per host: 127.0.0.1 " in status.stdout, status.stdout
+    as_json = json.loads(run_cli("status", out, "--json").stdout)
+    assert "(grew)" in as_json["shards"][0]["hosts"]
 
 
 def test_auto_keeps_each_of_many_hosts_under_64(tmp_path: Path, make_origin: StartOrigin) -> None:
