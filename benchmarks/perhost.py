@@ -17,6 +17,9 @@ of medians:
 
     python benchmarks/perhost.py --n 3000 --runs 3
     python benchmarks/perhost.py --n 300 --runs 1 --cases sweep-100,slowdown24   # a smoke run
+
+With --before DIR (the package of an older commit: `git archive <commit> oidownload | tar -x -C DIR`) each
+case also runs that code with its defaults, first in each round.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def main() -> None:
                     help="comma-separated, from: sweep-20 sweep-100 sweep-300 cap40 slowdown24 hosts8")
     ap.add_argument("--fixed", default=",".join(map(str, FIXED)),
                     help=f"the fixed --per-host values of the sweeps [default: {','.join(map(str, FIXED))}]")
+    ap.add_argument("--before", metavar="DIR",
+                    help="a folder holding the package before (git archive <commit> oidownload | tar -x -C DIR): "
+                         "its defaults are run as one more flag set of every case")
     args = ap.parse_args()
     table = cases(args.n, tuple(int(k) for k in args.fixed.split(",") if k.strip()))
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -76,15 +82,19 @@ def main() -> None:
     lines = ["| case | flags | images/s | MB/s | CPU ms/image (main process) | tree RSS MB "
              "| server: peak / mean in flight per host | refused | ok |", "|---|---|---|---|---|---|---|---|---|"]
     for case in chosen:
-        results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in table[case]}
+        flag_sets = [(label, scn, None) for label, scn in table[case]]
+        if args.before:
+            auto = next(scn for label, scn in table[case] if label == "auto")
+            flag_sets.insert(0, ("before: defaults", auto, args.before))
+        results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in flag_sets}
         for run in range(args.runs):
-            for label, scn in table[case]:
-                r = run_scenario(scn, log=lambda m: print(m, file=sys.stderr))
+            for label, scn, code in flag_sets:
+                r = run_scenario(scn, log=lambda m: print(m, file=sys.stderr), code=code)
                 results[label].append(r)
                 print(json.dumps({"case": case, "flags": label, "run": run, **{k: r[k] for k in FIGURES},
                                   "ok": r["ok"], "server": r["server"], "hosts": r["hosts"][:2]}), flush=True)
-        best = max(statistics.median(x["images_per_s"] for x in rs) for label, rs in results.items()
-                   if label != "auto") if len(results) > 1 else None
+        best = max((statistics.median(x["images_per_s"] for x in rs) for label, rs in results.items()
+                    if label.startswith("fixed") or label == "old defaults"), default=None)
         for label, rs in results.items():
             med = {k: statistics.median(x[k] for x in rs) for k in FIGURES}
             peak = max(x["server"]["peak_in_flight_per_host"] for x in rs)

@@ -154,10 +154,10 @@ class Measured:
         }
 
 
-def measure(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+def measure(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Measured:
     """Runs cmd to the end; CPU is user+sys of it and every descendant it reaped."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     err_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
     reader.start()
@@ -235,15 +235,19 @@ def serve_corpus(n: int, mix: str, latency_ms: float, jitter: float, faults: str
     asyncio.run(serve())
 
 
-def run_scenario(scn: Scenario, workdir: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """One measured run; returns the JSON-able figures."""
+def run_scenario(scn: Scenario, workdir: Path | None = None, log: Callable[[str], None] | None = None,
+                 code: str | None = None) -> dict[str, Any]:
+    """One measured run; returns the JSON-able figures. `code`: a folder holding another
+    version of the package to run instead (a before-and-after comparison)."""
     corpus = corpus_for(scn, log)
     latency = Latency(scn.latency_ms / 1000, scn.jitter)
     with (tempfile.TemporaryDirectory(prefix="oidl-bench-", dir=workdir) as tmp,
           OriginThread(scn.load.origin(corpus, latency)) as origin):
         manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_urls)
         out = Path(tmp) / "out"
-        m = measure(download_cmd(scn, manifest, out))
+        env = None if code is None else {**os.environ, "PYTHONPATH": code}
+        # From inside it: `python -m` puts the working folder first on the path.
+        m = measure(download_cmd(scn, manifest, out), env=env, cwd=code)
         summary = summary_of(m.stderr)
         flights = list(origin.flight.values())
         server = {
