@@ -160,7 +160,8 @@ def _fit_descriptors(cfg: Config, progress: Progress) -> Config:
     progress.log("warning", f"the open-file limit (ulimit -n {fit.limit}) fits {fit.concurrency} requests at once: "
                  f"--concurrency lowered from {cfg.net.concurrency}, so that the journal can always be written; "
                  "raise the limit (ulimit -n 4096) to go faster", concurrency=fit.concurrency, nofile=fit.limit)
-    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=None if cfg.net.per_host is None else min(cfg.net.per_host, fit.concurrency))
+    per_host = None if cfg.net.per_host is None else min(cfg.net.per_host, fit.concurrency)
+    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=per_host)
     return dataclasses.replace(cfg, net=net)
 
 
@@ -509,14 +510,16 @@ class _Run:
     def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:
         self.recorder.record(outcome, row, release)
 
-    def write_progress(self, running: bool) -> None:
+    def write_progress(self, running: bool, hosts: str | None) -> None:
+        """On the journal's thread; `hosts` was read on the loop's (the limiter's dict
+        changes under it)."""
         rate, _ = self.progress.rates()
         # A stopped run keeps no estimate: `status` would show it as the share's size.
         estimate = self.counted if running else None
         planned = self.enqueued + self.filter.done_skipped if self.reader_finished else estimate
         self.journal.set_progress(
             running=running, planned=planned, skipped=self.filter.done_skipped,
-            processed=self.progress.tally.done, rate=rate, hosts=self.limiter.describe() or None,
+            processed=self.progress.tally.done, rate=rate, hosts=hosts,
         )
 
     async def ticker(self) -> None:
@@ -533,7 +536,7 @@ class _Run:
             if loop.time() - last_progress >= 5.0:
                 last_progress = loop.time()
                 try:
-                    await self.recorder.run(self.write_progress, True)
+                    await self.recorder.run(self.write_progress, True, self.limiter.describe() or None)
                 except OutputError as exc:
                     self.fail(exc)
 
@@ -605,7 +608,7 @@ class _Run:
             await session.close()
             await self.recorder.close(complete=not self.abandoned and self.fatal is None)
             try:
-                await self.recorder.run(self.write_progress, False)
+                await self.recorder.run(self.write_progress, False, self.limiter.describe() or None)
             except OutputError as exc:
                 self.fail(exc)
             self.recorder.shutdown()
