@@ -48,8 +48,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--per-host", type=int, default=64, help="the mirror is one host")
+    ap.add_argument("--concurrency", type=int, default=256)
+    ap.add_argument("--per-host", default="auto", help="auto, or N: the mirror is one host [default: auto]")
     args = ap.parse_args()
     templates = synth.templates(COPIES)
     ids = [f"{(0x9E3779B97F4A7C15 * (k + 1)) % (1 << 64):016x}" for k in range(args.n)]
@@ -70,7 +70,7 @@ def main() -> None:
             for k in range(args.runs):
                 cmd = [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(Path(tmp) / f"out-{k}"),
                        "--source", "cvdf", "--mirror-url", f"{server.endpoint}/{s3server.PUBLIC_BUCKET}",
-                       "--format", "keep", "--concurrency", str(args.concurrency), "--per-host", str(args.per_host),
+                       "--format", "keep", "--concurrency", str(args.concurrency), "--per-host", args.per_host,
                        "--progress", "none", "--log-format", "json"]
                 m = measure(cmd)
                 summary = summary_of(m.stderr)

@@ -26,6 +26,22 @@ from .testing.synth import describe
 
 
 @dataclass(frozen=True)
+class Load:
+    """How the origin behaves under load (Origin's options): a link of bandwidth_mbps
+    shared by all, a limit of max_in_flight per host answered with `overload`, and
+    the images spread over `hosts` hosts."""
+
+    bandwidth_mbps: float = 0.0
+    max_in_flight: int = 0
+    overload: str = "503"
+    hosts: int = 1
+
+    def origin(self, corpus: Corpus, latency: Latency) -> Origin:
+        return Origin(corpus, latency, bandwidth=self.bandwidth_mbps * 1e6, max_in_flight=self.max_in_flight,
+                      overload=self.overload, hosts=self.hosts)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     mix: str = "light"
@@ -40,6 +56,7 @@ class Scenario:
     concurrency: int | None = None
     extra_args: tuple[str, ...] = ()
     seed: int = 0
+    load: Load = Load()
 
 
 def _rss_kb(pid: int) -> int:
@@ -139,10 +156,10 @@ class Measured:
         }
 
 
-def measure(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+def measure(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Measured:
     """Runs cmd to the end; CPU is user+sys of it and every descendant it reaped."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     err_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
     reader.start()
@@ -209,18 +226,19 @@ def corpus_for(scn: Scenario, log: Callable[[str], None] | None = None, bar: Tex
 
 
 def serve_corpus(n: int, mix: str, latency_ms: float, jitter: float, faults: str, manifest: Path, port: int,
-                 log: Callable[[str], None], bar: TextIO | None = None) -> None:
+                 log: Callable[[str], None], bar: TextIO | None = None, load: Load = Load()) -> None:
     """Serves a synthetic corpus on 127.0.0.1 until SIGINT/SIGTERM, with its images.csv."""
     import asyncio
     import signal
 
     corpus = corpus_for(Scenario("serve", mix=mix, n=n, faults=faults), log, bar)
-    origin = Origin(corpus, Latency(latency_ms / 1000, jitter))
+    origin = load.origin(corpus, Latency(latency_ms / 1000, jitter))
 
     async def serve() -> None:
         await origin.start(port=port)
-        corpus.write_manifest(manifest, origin.base_url)
-        log(f"bench: serving {n} images ({mix} mix) at {origin.base_url}; their list is {manifest}")
+        corpus.write_manifest(manifest, origin.base_urls)
+        where = origin.base_url if load.hosts == 1 else f"{origin.base_url} .. 127.0.0.{load.hosts}"
+        log(f"bench: serving {n} images ({mix} mix) at {where}; their list is {manifest}")
         log(f"bench: try `oidownload download {manifest} -o out --resize 640`; Ctrl-C stops the server")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -233,15 +251,26 @@ def serve_corpus(n: int, mix: str, latency_ms: float, jitter: float, faults: str
 
 
 def run_scenario(scn: Scenario, workdir: Path | None = None, log: Callable[[str], None] | None = None,
-                 bar: TextIO | None = None) -> dict[str, Any]:
-    """One measured run; returns the JSON-able figures."""
+                 bar: TextIO | None = None, code: str | None = None) -> dict[str, Any]:
+    """One measured run; returns the JSON-able figures. `code`: a folder holding another
+    version of the package to run instead (a before-and-after comparison)."""
     corpus = corpus_for(scn, log, bar)
     latency = Latency(scn.latency_ms / 1000, scn.jitter)
-    with tempfile.TemporaryDirectory(prefix="oidl-bench-", dir=workdir) as tmp, OriginThread(Origin(corpus, latency)) as origin:
-        manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_url)
+    with (tempfile.TemporaryDirectory(prefix="oidl-bench-", dir=workdir) as tmp,
+          OriginThread(scn.load.origin(corpus, latency)) as origin):
+        manifest = corpus.write_manifest(Path(tmp) / "images.csv", origin.base_urls)
         out = Path(tmp) / "out"
-        m = measure(download_cmd(scn, manifest, out))
+        env = None if code is None else {**os.environ, "PYTHONPATH": code}
+        # From inside it: `python -m` puts the working folder first on the path.
+        m = measure(download_cmd(scn, manifest, out), env=env, cwd=code)
         summary = summary_of(m.stderr)
+        flights = list(origin.flight.values())
+        server = {
+            "peak_in_flight_per_host": max((f.peak for f in flights), default=0),
+            "mean_in_flight_per_host": round(max((f.mean() for f in flights), default=0.0), 1),
+            "requests": sum(origin.requests.values()),
+            "refused": origin.overloaded,
+        }
     if m.exit_code != 0:
         raise RuntimeError(f"download exited {m.exit_code}:\n{m.stderr[-2000:]}")
     done = int(summary.get("done", 0))
@@ -253,8 +282,12 @@ def run_scenario(scn: Scenario, workdir: Path | None = None, log: Callable[[str]
         "ok": int(summary.get("ok", 0)),
         "failed": int(summary.get("failed", 0)),
         **m.figures(done, fetched),
+        "main_cpu_ms_per_image": round(1000 * float(summary.get("main_cpu_s", 0.0)) / max(1, done), 3),
+        "hosts": summary.get("hosts", []),
+        "server": server,
         "sizes": describe(sizes),
         "settings": {k: v for k, v in asdict(scn).items() if k not in ("name", "extra_args")},
+        "args": list(scn.extra_args),
     }
 
 

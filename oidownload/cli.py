@@ -48,6 +48,7 @@ from .config import (
 )
 from .errors import ConfigError, OidownloadError
 from .exits import RESUMABLE, SELECT_MEANING, VERIFY_MEANING, ExitCode, help_table
+from .limits import AUTO_CEILING, AUTO_START
 from .progress import log_line
 from .rows import input_name, is_stream, url_problem
 from .state import StateDir, default_state_dir, local_dest
@@ -162,6 +163,15 @@ class Int(click.IntRange):
 
     def __init__(self, lo: int, hi: int) -> None:
         super().__init__(lo, hi)
+
+
+class IntOrAuto(Int):
+    """An integer in [lo, hi], or 'auto' (None)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        return super().convert(value, param, ctx)
 
 
 class Float(click.FloatRange):
@@ -489,8 +499,10 @@ def download_options(f: F) -> F:
         opt("--orientation", type=_enum(Orientation), default="raw",
             help="raw: pixels as stored (the frame of the boxes); upright: turn by the Rotation column, or by EXIF when there is none."),
         opt("--keep-original", is_flag=True, default=False, help="Also keep the verified original bytes under OUT/original/."),
-        opt("--concurrency", type=Int(1, MAX_CONCURRENCY), default=64, help="Requests in flight, in total."),
-        opt("--per-host", type=Int(1, MAX_CONCURRENCY), default=16, help="Requests in flight per host (halved on 429/503)."),
+        opt("--concurrency", type=Int(1, MAX_CONCURRENCY), default=256, help="Requests in flight, in total."),
+        opt("--per-host", type=IntOrAuto(1, MAX_CONCURRENCY), default="auto",
+            help=f"Requests in flight per host: auto starts at {AUTO_START} and doubles while that raises the host's "
+                 f"throughput, up to {AUTO_CEILING} (and --concurrency); N fixes it at N. Halved on 429/503."),
         opt("--processes", type=Int(1, MAX_PROCESSES), show_default="one per usable CPU",
             help="Image-processing worker processes; the default counts the CPUs this process may use (affinity mask, cgroup CPU quota)."),
         opt("--connect-timeout", type=Duration(), default="10", help="Seconds to connect."),
@@ -1178,6 +1190,8 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> None:
         planned = "?" if s.planned is None else str(s.planned)
         rate = "" if s.rate is None or s.state != "running" else f"{s.rate:.1f}"
         click.echo(f"{s.tag:<12}{s.state:<10}{s.done:>10}{planned:>10}{rate:>9}{human_seconds(s.eta) if s.eta is not None else '':>9}  {s.host} {s.pid or ''}")
+        if s.hosts:
+            click.echo(f"{'':<12}{s.hosts}")
     if any(s.state == "running" for s in st.shards):
         click.echo(f"total rate {st.rate:.1f} images/s, ETA {human_seconds(st.eta)}")
     if lock is not None:
@@ -1378,9 +1392,20 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
 @opt("--manifest", scope="bench", type=FILE_OUT, default="bench-images.csv",
      help="With --serve: where to write the corpus's images.csv.")
 @opt("--port", scope="bench", type=Int(0, 65535), default=0, help="With --serve: the port on 127.0.0.1 (0: any free one).")
+@opt("--bandwidth-mbps", scope="bench", type=Float(0, 100_000),
+     help="The origin's link: MB/s shared by all connections [default: no cap].")
+@opt("--max-in-flight", scope="bench", type=Int(1, 100_000),
+     help="With this many requests being served to one host, the origin refuses more (--overload) [default: no limit].")
+@opt("--overload", scope="bench", type=click.Choice(["503", "429"]), default="503",
+     help="How the origin refuses above --max-in-flight: 503 SlowDown (as S3) or 429 with Retry-After: 1.")
+@opt("--hosts", scope="bench", type=Int(1, 254), default=1,
+     help="Spread the images over this many hosts (127.0.0.1 .. 127.0.0.N), as Flickr does.")
+@opt("--per-host", scope="bench", type=IntOrAuto(1, MAX_CONCURRENCY), help="Passed to download.")
 @boundary
 def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitter: float, faults: str,
-          processes: int | None, concurrency: int | None, serve: bool, manifest: Path, port: int) -> None:
+          processes: int | None, concurrency: int | None, serve: bool, manifest: Path, port: int,
+          bandwidth_mbps: float | None, max_in_flight: int | None, overload: str, hosts: int,
+          per_host: int | None) -> None:
     """Measure the whole pipeline on this machine, against the built-in local origin.
 
     Starts the origin on 127.0.0.1, runs `oidownload download` on N synthetic images
@@ -1394,17 +1419,20 @@ def bench(n: int, scenarios: tuple[str, ...], mix: str, latency_ms: float, jitte
     import dataclasses
     import json
 
-    from .bench import DEFAULT_SCENARIOS, run_scenario, serve_corpus
+    from .bench import DEFAULT_SCENARIOS, Load, run_scenario, serve_corpus
 
     bar = sys.stderr if sys.stderr.isatty() else None  # the first run's image generation
     if serve:
         check_new_file(manifest)
-        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True), bar)
+        serve_corpus(n, mix, latency_ms, jitter, faults, manifest, port, lambda m: click.echo(m, err=True), bar,
+                     load=Load(bandwidth_mbps or 0.0, max_in_flight or 0, overload, hosts))
         return
     chosen = [s for s in DEFAULT_SCENARIOS if not scenarios or s.name in scenarios]
     for scn in chosen:
         scn = dataclasses.replace(scn, n=n, mix=mix, latency_ms=latency_ms, jitter=jitter, faults=faults,
-                                  processes=processes, concurrency=concurrency)
+                                  processes=processes, concurrency=concurrency,
+                                  load=Load(bandwidth_mbps or 0.0, max_in_flight or 0, overload, hosts),
+                                  extra_args=() if per_host is None else ("--per-host", str(per_host)))
         click.echo(f"bench: {scn.name}: {n} images ({mix} mix) ...", err=True)
         try:
             result = run_scenario(scn, log=lambda m: click.echo(m, err=True), bar=bar)

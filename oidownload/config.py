@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .limits import AUTO_CEILING
+
 
 class SourceChoice(enum.StrEnum):
     ORIGINAL = "original"
@@ -63,8 +65,8 @@ MAX_REDIRECTS = 20
 
 @dataclass(frozen=True, slots=True)
 class NetConfig:
-    concurrency: int = 64
-    per_host: int = 16
+    concurrency: int = 256
+    per_host: int | None = None  # None: auto (limits.py), up to host_ceiling
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     # Per attempt: a trickling server sends a byte before every read timeout, so only
@@ -84,6 +86,12 @@ class NetConfig:
     # None: the default agent, which also carries the cluster task (pipeline.py).
     user_agent: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
+
+    @property
+    def host_ceiling(self) -> int:
+        """The most requests in flight to one host: --per-host N, or auto's ceiling
+        (which --concurrency also bounds)."""
+        return self.per_host if self.per_host is not None else min(AUTO_CEILING, self.concurrency)
 
 
 @dataclass(frozen=True, slots=True)

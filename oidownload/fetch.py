@@ -1,6 +1,7 @@
 """HTTP: the session factory, and `fetch_body`: one URL → its body bytes or a failure
 status, with retries (full-jitter exponential backoff, Retry-After honoured), a
-per-host limiter that backs off on 429/503, and a total deadline per image.
+per-host limiter that backs off on 429/503 (and, with --per-host auto, grows while
+growing pays), and a total deadline per image.
 
 aiohttp's exceptions become statuses here and nowhere else.
 """
@@ -79,7 +80,7 @@ def default_agent(task: str | None = None) -> str:
 def make_session(net: NetConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=net.concurrency,
-        limit_per_host=net.per_host,
+        limit_per_host=net.host_ceiling,
         use_dns_cache=True,
         ttl_dns_cache=300,
     )
@@ -370,14 +371,14 @@ async def fetch_body(
             return Attempts(Failure(Status.TIMEOUT, "the image's total deadline passed"), attempt - 1)
         try:
             async with limiter.slot(host, deadline):
-                began = loop.time()
-                left = deadline - began
+                sent = loop.time()
+                left = deadline - sent
                 result = await fetch_once(
                     session, parsed, expected_size=expected_size, net=net, reserve=reserve,
                     new_writer=new_writer, timeout=max(0.001, min(net.total_timeout, left)), stored=stored,
                 )
                 if metrics is not None:
-                    metrics.request(host, result.http_status, loop.time() - began)
+                    metrics.request(host, result.http_status, loop.time() - sent)
         except HostHeld as held:
             status = Status.HTTP_429 if held.http_status == 429 else Status.HTTP_5XX
             return Attempts(Failure(status, f"not asked: the host asked for a pause of {held.seconds:.0f}s "
@@ -386,14 +387,17 @@ async def fetch_body(
             return Attempts(Failure(Status.TIMEOUT, f"no free connection to {clean_text(host, 200)} "
                                     "before the image's deadline"), attempt - 1)
         if isinstance(result, Fetched):
-            limiter.reward(host)
+            limiter.reward(host, result.body.size)
             return Attempts(result, attempt)
         pause = result.retry_after
         if pause is not None and pause > net.retry_after_max:
             result.detail += f" (Retry-After {pause:.0f}s is past the {net.retry_after_max:.0f}s cap)"
         if result.http_status in (429, 503):
             # Capped before it holds the host: one answer cannot park a host for days.
-            limiter.penalise(host, min(pause, net.retry_after_max) if pause else None, result.http_status)
+            limiter.penalise(host, min(pause, net.retry_after_max) if pause else None, result.http_status, sent)
+        elif limiter.auto and result.status in (Status.CONNECTION, Status.TIMEOUT):
+            # A reset or a timeout may be a server shedding load: a grown host stops growing.
+            limiter.penalise(host, sent_at=sent)
         if is_final(result.status) or attempt > net.retries:
             return Attempts(result, attempt)
         if pause is not None and pause > net.retry_after_max:

@@ -100,7 +100,8 @@ CREATE TABLE IF NOT EXISTS progress(
     planned INTEGER,            -- rows of this task's selection, once counted
     skipped INTEGER NOT NULL,   -- rows found already done at start
     processed INTEGER NOT NULL, -- outcomes recorded by this run
-    rate REAL                   -- outcomes per second over the last minute
+    rate REAL,                  -- outcomes per second over the last minute
+    hosts TEXT                  -- the per-host limits that moved (HostLimiter.describe)
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_line ON outcomes(input, line);
 -- Written images per source (original, thumbnail, cvdf), for `status`.
@@ -148,6 +149,7 @@ _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outcomes": (("location", "TEXT"), ("sha256", "TEXT"), ("url", "TEXT"), ("original_md5", "TEXT"),
                  ("original_size", "INTEGER")),
     "inputs": (("raw", "BLOB"), ("size", "INTEGER"), ("mtime_ns", "INTEGER"), ("head_md5", "TEXT")),
+    "progress": (("hosts", "TEXT"),),
 }
 
 
@@ -660,12 +662,13 @@ class Journal:
         except sqlite3.Error as exc:
             raise _describe(self.path, exc) from None
 
-    def set_progress(self, *, running: bool, planned: int | None, skipped: int, processed: int, rate: float | None) -> None:
+    def set_progress(self, *, running: bool, planned: int | None, skipped: int, processed: int, rate: float | None,
+                     hosts: str | None = None) -> None:
         try:
             self.conn.execute(
-                "INSERT OR REPLACE INTO progress VALUES(?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO progress VALUES(?,?,?,?,?,?,?,?,?,?,?)",
                 (self.shard.tag, os.getpid(), socket.gethostname(), self.started, time.time(),
-                 int(running), planned, skipped, processed, rate),
+                 int(running), planned, skipped, processed, rate, hosts),
             )
         except sqlite3.Error as exc:
             raise _describe(self.path, exc) from None

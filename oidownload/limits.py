@@ -154,17 +154,56 @@ class HostHeld(Exception):
         self.http_status = http_status
 
 
-class _Host:
-    __slots__ = ("active", "held_by", "limit", "not_before", "streak", "users", "waiters")
+# --per-host auto: every host starts here (the polite number a fixed limit used to be)
+# and may grow to the ceiling, which --concurrency also bounds.
+AUTO_START = 16
+AUTO_CEILING = 256
+# A measuring window closes after this many completions per slot of the limit: about
+# one round trip once the limit is reached. Short, so that the ramp from 16 to a few
+# hundred takes about a second at 100 ms; the thresholds below are wide enough for
+# its noise.
+_WINDOW_ROUNDS = 1
+# Doubling the limit must raise the delivered bytes/s by this much to double again
+# (a host bound by its round trip gives 2x); below _KEEP the step did not pay and
+# the limit goes back.
+_GROW = 1.25
+_KEEP = 1.05
+# A host that settled is probed once more (one doubling) after this many windows: the
+# link or the server may have changed.
+_REPROBE = 16
 
-    def __init__(self, limit: int) -> None:
+# _Host.phase
+_FIXED, _PROBE, _HOLD, _AIMD = 0, 1, 2, 3
+
+
+class _Host:
+    __slots__ = ("active", "ceiling", "cut_at", "full", "held_by", "limit", "not_before", "peak", "phase",
+                 "prev_limit", "prev_rate", "skip", "streak", "throttled", "users", "waiters", "win_bytes",
+                 "win_n", "win_t0", "windows")
+
+    def __init__(self, limit: int, ceiling: int, phase: int) -> None:
         self.limit = limit
+        self.ceiling = ceiling
+        self.phase = phase
         self.active = 0
+        self.peak = 0  # most requests in flight at once
+        self.throttled = 0  # times the limit was cut
         self.users = 0  # holding a slot, or waiting for one
         self.streak = 0
         self.not_before = 0.0
         self.held_by = 0  # the HTTP status that set not_before
+        self.cut_at = 0.0  # loop time of the last cut
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # The measuring window (--per-host auto): completions and bytes since win_t0,
+        # whether the limit was reached in it, and the rate the limit before gave.
+        self.win_t0 = 0.0
+        self.win_n = 0
+        self.win_bytes = 0
+        self.full = False
+        self.skip = 0  # completions still to ignore after a change (sent under the old limit)
+        self.prev_rate = 0.0
+        self.prev_limit = limit
+        self.windows = 0
 
 
 class _Slot:
@@ -183,23 +222,39 @@ class _Slot:
 
 
 class HostLimiter:
-    """Per-host concurrency, additive-increase / multiplicative-decrease.
+    """Per-host concurrency: fixed at `maximum`, or with `auto` found per host.
 
-    A 429 or 503 halves the host's limit (down to 1) and, with Retry-After, holds new
+    Fixed (--per-host N): additive-increase / multiplicative-decrease under N. A 429
+    or 503 halves the host's limit (down to 1) and, with Retry-After, holds new
     requests to it until then; every `limit` successes in a row give one slot back,
-    up to the configured maximum. A wait for a host never outlasts the waiting
-    image's deadline: a hold past it raises HostHeld at once, and a wait for a free
-    slot ends with TimeoutError at the deadline.
+    up to N.
+
+    Auto (--per-host auto): each host starts at AUTO_START and doubles its limit
+    while doubling pays: the bytes/s it delivers over a window of _WINDOW_ROUNDS x
+    limit completions must rise by _GROW (a host bound by its round trip gives 2x;
+    a full link or a busy server gives little, its latency having grown instead).
+    A step that gained less than _KEEP is undone, one that gained a little is kept;
+    either way the host settles there, and is probed once more every _REPROBE
+    windows. Only windows in which the limit was reached count: a host that never
+    fills its limit has nothing to gain from a higher one. An overload answer (429,
+    503, a reset or a timeout) ends the growth for good: the host is then AIMD as
+    above, under the ceiling. The cost is a few counters per completed request.
+
+    A wait for a host never outlasts the waiting image's deadline: a hold past it
+    raises HostHeld at once, and a wait for a free slot ends with TimeoutError at
+    the deadline.
     """
 
-    def __init__(self, maximum: int) -> None:
+    def __init__(self, maximum: int, *, auto: bool = False) -> None:
         self.maximum = maximum
+        self.auto = auto
+        self.start = min(AUTO_START, maximum) if auto else maximum
         self._hosts: dict[str, _Host] = {}
         self._sweep_at = _MAX_IDLE_HOSTS
 
     def limit(self, host: str) -> int:
         h = self._hosts.get(host)
-        return h.limit if h else self.maximum
+        return h.limit if h else self.start
 
     def __len__(self) -> int:
         """How many hosts it keeps state for."""
@@ -214,7 +269,9 @@ class HostLimiter:
         if h is None:
             if len(self._hosts) >= self._sweep_at:
                 self._sweep()
-            h = self._hosts[host] = _Host(self.maximum)
+            h = self._hosts[host] = _Host(self.start, self.maximum, _PROBE if self.auto else _FIXED)
+            if self.auto:
+                h.win_t0 = asyncio.get_running_loop().time()
         return h
 
     def _sweep(self) -> None:
@@ -230,17 +287,45 @@ class HostLimiter:
         `deadline` is in the loop's time."""
         return _Slot(self, self._host(host), deadline)
 
+    def busy(self) -> list[tuple[str, int, int, int, int]]:
+        """(host, in flight, limit, most in flight, times cut) of every host whose
+        limit moved from where it started: what a user needs to see why a run is as
+        fast as it is. A few hosts at most in practice; bounded by the sweep."""
+        return [(name, h.active, h.limit, h.peak, h.throttled) for name, h in self._hosts.items()
+                if h.limit != self.start or h.throttled]
+
+    def rows(self, most: int = 8) -> list[dict[str, object]]:
+        """busy() as JSON objects, busiest first."""
+        moved = sorted(self.busy(), key=lambda b: -b[1])[:most]
+        return [{"host": name, "in_flight": active, "limit": limit, "peak": peak, "cuts": cuts}
+                for name, active, limit, peak, cuts in moved]
+
+    def describe(self, most: int = 3) -> str:
+        """'host 118/128 in flight (grew), host2 3/4 (cut 2x)': the hosts whose limit moved,
+        busiest first; '' when none did (then the limit explains nothing)."""
+        moved = sorted(self.busy(), key=lambda b: -b[1])
+        parts = [f"{name} {active}/{limit}" + (f" (cut {cuts}x)" if cuts else " (grew)")
+                 for name, active, limit, _, cuts in moved[:most]]
+        if len(moved) > most:
+            parts.append(f"+{len(moved) - most} more")
+        return ("in flight per host: " + ", ".join(parts)) if parts else ""
+
     async def _acquire(self, h: _Host, deadline: float | None) -> None:
         h.users += 1
         if h.active < h.limit and not h.waiters and h.not_before == 0.0:
             h.active += 1  # the common case, without touching the loop's clock
+            if h.active > h.peak:
+                h.peak = h.active
             return
+        h.full = True
         try:
             await self._wait(h, deadline)
         except BaseException:
             h.users -= 1
             raise
         h.active += 1
+        if h.active > h.peak:
+            h.peak = h.active
 
     async def _wait(self, h: _Host, deadline: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -282,23 +367,86 @@ class HostLimiter:
                 fut.set_result(None)
                 free -= 1
 
-    def penalise(self, host: str, retry_after: float | None = None, http_status: int = 503) -> None:
+    def penalise(self, host: str, retry_after: float | None = None, http_status: int = 503,
+                 sent_at: float | None = None) -> None:
         """Halves the host's limit; with retry_after (already capped by the caller),
-        holds the host that long."""
+        holds the host that long. With `sent_at` (the loop time the failed request
+        was sent), answers to requests sent before the last cut do not cut again: a
+        burst of 503s to one round of requests is one signal, as TCP counts one loss
+        per window."""
         h = self._host(host)
-        h.limit = max(1, h.limit // 2)
-        h.streak = 0
+        now = asyncio.get_running_loop().time()
+        if sent_at is None or sent_at >= h.cut_at:
+            # Half of what was really in flight (the failed request included) when that
+            # was less than the limit, as TCP halves its flight size, not its window.
+            flight = h.limit if sent_at is None else min(h.limit, h.active + 1)
+            h.limit = max(1, flight // 2)
+            h.streak = 0
+            h.cut_at = now
+            h.throttled += 1
+            if h.phase != _FIXED:
+                h.phase = _AIMD
         if retry_after:
-            until = asyncio.get_running_loop().time() + retry_after
+            until = now + retry_after
             if until > h.not_before:
                 h.not_before, h.held_by = until, http_status
 
-    def reward(self, host: str) -> None:
+    def reward(self, host: str, nbytes: int = 0) -> None:
+        """One request to host succeeded with a body of nbytes."""
         h = self._hosts.get(host)
-        if h is None or h.limit >= self.maximum:
+        if h is None:
+            return
+        if h.phase == _PROBE or h.phase == _HOLD:
+            self._measure(h, nbytes)
+            return
+        if h.limit >= h.ceiling:
             return
         h.streak += 1
         if h.streak >= h.limit:
             h.limit += 1
             h.streak = 0
+            self._wake(h)
+
+    def _measure(self, h: _Host, nbytes: int) -> None:
+        if h.skip:
+            # Sent under the previous limit: the window starts after them.
+            h.skip -= 1
+            if not h.skip:
+                h.win_t0 = asyncio.get_running_loop().time()
+                h.full = False
+            return
+        h.win_n += 1
+        h.win_bytes += nbytes
+        if h.win_n < _WINDOW_ROUNDS * h.limit:
+            return
+        now = asyncio.get_running_loop().time()
+        rate = h.win_bytes / max(now - h.win_t0, 1e-6)
+        full = h.full
+        h.win_t0, h.win_n, h.win_bytes, h.full = now, 0, 0, False
+        if not full:
+            return  # the limit was not reached: a higher one would change nothing
+        if h.phase == _HOLD:
+            h.windows += 1
+            if h.windows < _REPROBE or h.limit >= h.ceiling:
+                return
+            h.phase, h.prev_rate = _PROBE, 0.0
+        if h.prev_rate:
+            gain = rate / h.prev_rate
+            if gain < _KEEP:
+                self._settle(h, h.prev_limit)
+                return
+            if gain < _GROW or h.limit >= h.ceiling:
+                self._settle(h, h.limit)
+                return
+        h.prev_rate, h.prev_limit = rate, h.limit
+        self._set(h, min(h.ceiling, 2 * h.limit))
+
+    def _settle(self, h: _Host, limit: int) -> None:
+        h.phase, h.windows = _HOLD, 0
+        self._set(h, limit)
+
+    def _set(self, h: _Host, limit: int) -> None:
+        if limit != h.limit:
+            h.limit = limit
+            h.skip = h.active
             self._wake(h)

@@ -161,7 +161,8 @@ def _fit_descriptors(cfg: Config, progress: Progress) -> Config:
     progress.log("warning", f"the open-file limit (ulimit -n {fit.limit}) fits {fit.concurrency} requests at once: "
                  f"--concurrency lowered from {cfg.net.concurrency}, so that the journal can always be written; "
                  "raise the limit (ulimit -n 4096) to go faster", concurrency=fit.concurrency, nofile=fit.limit)
-    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=min(cfg.net.per_host, fit.concurrency))
+    per_host = None if cfg.net.per_host is None else min(cfg.net.per_host, fit.concurrency)
+    net = dataclasses.replace(cfg.net, concurrency=fit.concurrency, per_host=per_host)
     return dataclasses.replace(cfg, net=net)
 
 
@@ -201,7 +202,8 @@ class _Run:
         self.queue: asyncio.Queue[Row | BadRow | None] = asyncio.Queue(maxsize=2 * n)
         self.budget = ByteBudget(cfg.run.max_bytes_in_flight - pooled)
         self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
-        self.limiter = HostLimiter(cfg.net.per_host)
+        self.limiter = HostLimiter(cfg.net.host_ceiling, auto=cfg.net.per_host is None)
+        progress.hosts, progress.host_rows = self.limiter.describe, self.limiter.rows
         self.rng = random.Random()
         self.in_pool: set[asyncio.Future[Outcome]] = set()
         # Fallbacks, refetches, and jobs of a pool whose worker died, under way.
@@ -539,14 +541,16 @@ class _Run:
     def record(self, outcome: Outcome, row: Row | None = None, release: Callable[[], None] = lambda: None) -> None:
         self.recorder.record(outcome, row, release)
 
-    def write_progress(self, running: bool) -> None:
+    def write_progress(self, running: bool, hosts: str | None) -> None:
+        """On the journal's thread; `hosts` was read on the loop's (the limiter's dict
+        changes under it)."""
         rate, _ = self.progress.rates()
         # A stopped run keeps no estimate: `status` would show it as the share's size.
         estimate = self.counted if running else None
         planned = self.enqueued + self.filter.done_skipped if self.reader_finished else estimate
         self.journal.set_progress(
             running=running, planned=planned, skipped=self.filter.done_skipped,
-            processed=self.progress.tally.done, rate=rate,
+            processed=self.progress.tally.done, rate=rate, hosts=hosts,
         )
 
     async def ticker(self) -> None:
@@ -565,7 +569,7 @@ class _Run:
             if loop.time() - last_progress >= 5.0:
                 last_progress = loop.time()
                 try:
-                    await self.recorder.run(self.write_progress, True)
+                    await self.recorder.run(self.write_progress, True, self.limiter.describe() or None)
                 except OutputError as exc:
                     self.fail(exc)
 
@@ -691,7 +695,7 @@ class _Run:
             await session.close()
             await self.close_sink()
             try:
-                await self.recorder.run(self.write_progress, False)
+                await self.recorder.run(self.write_progress, False, self.limiter.describe() or None)
             except OutputError as exc:
                 self.fail(exc)
             self.recorder.shutdown()
@@ -913,7 +917,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     cpu = _cpu_seconds() - cpu0
     progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe(),
                                                 "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3),
-                                                **({"from_lock": compared} if compared is not None else {})})
+                                                **({"from_lock": compared} if compared is not None else {}),
+                                                **({"hosts": rows} if (rows := run.limiter.rows()) else {})})
     if run.fatal is not None:
         raise run.fatal
     if run.input_errors and run.stop_code is None:

@@ -10,6 +10,7 @@ import datetime
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -107,6 +108,9 @@ class Progress:
         self._window: collections.deque[tuple[float, int, int]] = collections.deque()
         self._bar: tqdm[Any] | None = None
         self._closed = False
+        # The per-host limits that moved (HostLimiter.describe/busy), when the run has some.
+        self.hosts: Callable[[], str] = str
+        self.host_rows: Callable[[], list[dict[str, Any]]] = list
 
     def _started_bar(self) -> tqdm[Any] | None:
         """The bar, drawn at the first total, outcome or tick: a small input's count comes
@@ -189,8 +193,9 @@ class Progress:
     def _set_postfix(self, *, refresh: bool) -> None:
         assert self._bar is not None
         _, mbps = self.rates()
-        self._bar.set_postfix_str(f"ok={self.tally.ok} failed={self.tally.failed} {mbps / 1e6:.1f}MB/s",
-                                  refresh=refresh)
+        hosts = self.hosts()
+        self._bar.set_postfix_str(f"ok={self.tally.ok} failed={self.tally.failed} {mbps / 1e6:.1f}MB/s"
+                                  + (f" {hosts}" if hosts else ""), refresh=refresh)
 
     # -- figures --------------------------------------------------------------------------
     def rates(self) -> tuple[float, float]:
@@ -219,15 +224,19 @@ class Progress:
                 "progress", "progress", done=t.done, total=self.total, total_exact=self.total_exact,
                 ok=t.ok, failed=t.failed,
                 images_per_s=round(rate, 2), mb_per_s=round(bps / 1e6, 2),
-                eta_s=None if eta is None else round(eta),
+                eta_s=None if eta is None else round(eta), **self._host_fields(),
             )
             return
         of = f"/{self.total}" if self.total is not None else ""
         self.log(
             "progress",
             f"{t.done}{of} done, ok={t.ok} failed={t.failed}, {rate:.1f} img/s, "
-            f"{bps / 1e6:.1f} MB/s, ETA {human_seconds(eta)}",
+            f"{bps / 1e6:.1f} MB/s, ETA {human_seconds(eta)}" + (f"; {hosts}" if (hosts := self.hosts()) else ""),
         )
+
+    def _host_fields(self) -> dict[str, Any]:
+        rows = self.host_rows()
+        return {"hosts": rows} if rows else {}
 
     def close(self) -> None:
         """Leaves the bar in its final state: the counts of every outcome (the ticker may

@@ -38,6 +38,7 @@ class ShardStatus:
     updated: float | None
     host: str = ""
     pid: int | None = None
+    hosts: str | None = None  # the per-host limits that moved, when last written
 
     @property
     def eta(self) -> float | None:
@@ -81,7 +82,8 @@ class OutStatus:
             "shards": [
                 {"shard": s.tag, "state": s.state, "done": s.done, "planned": s.planned,
                  "rate_per_s": None if s.rate is None else round(s.rate, 2),
-                 "eta_s": None if s.eta is None else round(s.eta), "host": s.host, "pid": s.pid}
+                 "eta_s": None if s.eta is None else round(s.eta), "host": s.host, "pid": s.pid,
+                 **({"hosts": s.hosts} if s.hosts else {})}
                 for s in self.shards
             ],
         }
@@ -96,7 +98,7 @@ def _shard_state(p: ProgressRow, journal: Path, done: int, now: float) -> ShardS
         # A run that did not read its whole share leaves no count (an estimate would
         # read as the share's size): it stopped.
         state = "stopped" if p.planned is None or done < p.planned else "finished"
-    return ShardStatus(p.shard, state, done, p.planned, p.rate, p.updated, p.host, p.pid)
+    return ShardStatus(p.shard, state, done, p.planned, p.rate, p.updated, p.host, p.pid, p.hosts)
 
 
 def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:

@@ -79,6 +79,7 @@ class ProgressRow:
     skipped: int
     processed: int
     rate: float | None
+    hosts: str | None = None  # a journal from before has no such column
 
 
 @dataclass(frozen=True, slots=True)

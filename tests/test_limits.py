@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 
 from oidownload.config import NetConfig
@@ -164,3 +165,65 @@ def test_readme_status_table_matches_the_code() -> None:
     for status in Status:
         kind = "final" if is_final(status) else "retryable"
         assert f"| `{status.value}` | {kind} | {STATUS_MEANING[status]} |" in readme
+
+
+def _drive(lim: HostLimiter, requests: int, serve: Callable[[], Awaitable[None]]) -> int:
+    """Sends `requests` requests through the limiter from 512 workers; the most in flight."""
+    peak = active = 0
+
+    async def worker(todo: list[int]) -> None:
+        nonlocal peak, active
+        while todo:
+            todo.pop()
+            async with lim.slot("h"):
+                active += 1
+                peak = max(peak, active)
+                await serve()
+                active -= 1
+            lim.reward("h", 1000)
+
+    async def scenario() -> None:
+        todo = list(range(requests))
+        await asyncio.gather(*(worker(todo) for _ in range(512)))
+
+    asyncio.run(scenario())
+    return peak
+
+
+def test_auto_doubles_while_it_pays_and_settles_at_the_knee() -> None:
+    # Bound by the round trip: every doubling doubles the throughput, up to the ceiling.
+    lim = HostLimiter(256, auto=True)
+    assert lim.limit("h") == 16
+    assert _drive(lim, 3000, lambda: asyncio.sleep(0.02)) == 256
+
+    # A server that serves 24 at a time: beyond that, more in flight only queue there.
+    capacity = asyncio.Semaphore(24)
+
+    async def busy() -> None:
+        async with capacity:
+            await asyncio.sleep(0.01)
+
+    lim = HostLimiter(256, auto=True)
+    _drive(lim, 1500, busy)
+    assert 16 <= lim.limit("h") <= 64
+
+    fixed = HostLimiter(8)
+    assert _drive(fixed, 200, lambda: asyncio.sleep(0.005)) == 8 and fixed.limit("h") == 8
+
+
+def test_auto_stops_growing_after_an_overload_and_cuts_once_per_round() -> None:
+    async def scenario() -> list[int]:
+        lim = HostLimiter(256, auto=True)
+        loop = asyncio.get_running_loop()
+        async with lim.slot("h"):
+            sent = loop.time()
+        seen = [lim.limit("h")]
+        lim.penalise("h", sent_at=sent)
+        lim.penalise("h", sent_at=sent)  # the same round: no second cut
+        seen.append(lim.limit("h"))
+        for _ in range(100):
+            lim.reward("h", 1000)
+        seen.append(lim.limit("h"))  # additive now: +1 per `limit` successes
+        return seen
+
+    assert asyncio.run(scenario()) == [16, 1, 14]  # 1+2+...+13 = 91 successes reach 14

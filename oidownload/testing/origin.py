@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from importlib import resources
@@ -171,8 +171,11 @@ class Corpus:
         h.update(_tail(image_id))
         return len(self.originals[e.original]) + 16, base64.b64encode(h.digest()).decode()
 
-    def write_manifest(self, path: Path, base_url: str, *, rotation_column: bool = False, ids: Iterable[str] | None = None) -> Path:
-        """An Open Images images.csv (V3, or V4+ with Rotation) for the corpus."""
+    def write_manifest(self, path: Path, base_url: str | Sequence[str], *, rotation_column: bool = False,
+                       ids: Iterable[str] | None = None) -> Path:
+        """An Open Images images.csv (V3, or V4+ with Rotation) for the corpus; with
+        several base URLs (one per host) each image goes to one of them, by its id."""
+        bases = [base_url] if isinstance(base_url, str) else list(base_url)
         header = ["ImageID", "Subset", "OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL",
                   "Author", "Title", "OriginalSize", "OriginalMD5", "Thumbnail300KURL"]
         if rotation_column:
@@ -182,7 +185,8 @@ class Corpus:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(header)
             for image_id in ids if ids is not None else self.entries:
-                w.writerow(self.manifest_row(image_id, base_url, rotation_column=rotation_column))
+                base = bases[int(image_id[-8:], 16) % len(bases)] if len(bases) > 1 else bases[0]
+                w.writerow(self.manifest_row(image_id, base, rotation_column=rotation_column))
         return path
 
     def manifest_row(self, image_id: str, base_url: str, *, rotation_column: bool = False) -> list[str]:
@@ -216,14 +220,87 @@ class Latency:
         return self.median * math.exp(rng.gauss(0.0, self.jitter)) if self.jitter else self.median
 
 
+SLOWDOWN_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    "<Message>Please reduce your request rate.</Message></Error>\n"
+)
+
+
+class Flight:
+    """Requests in flight to one host, over time: the most at once, and how long each
+    count lasted (so a test can ask for the time above a level, or the time average).
+    O(1) per request."""
+
+    __slots__ = ("last", "now", "peak", "time_at")
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.last = time.monotonic()
+        self.time_at: collections.defaultdict[int, float] = collections.defaultdict(float)
+
+    def change(self, by: int) -> None:
+        t = time.monotonic()
+        self.time_at[self.now] += t - self.last
+        self.last = t
+        self.now += by
+        self.peak = max(self.peak, self.now)
+
+    def seconds_above(self, level: int) -> float:
+        return sum(s for n, s in self.time_at.items() if n > level)
+
+    def mean(self) -> float:
+        """The time-averaged count, over the time any request was in flight."""
+        busy = sum(s for n, s in self.time_at.items() if n > 0)
+        return sum(n * s for n, s in self.time_at.items()) / busy if busy else 0.0
+
+
+class Link:
+    """A link of `rate` bytes/s shared by every connection: each chunk waits for its
+    turn on one virtual wire, first come, first served."""
+
+    CHUNK = 32 * 1024
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.free_at = 0.0
+
+    async def send(self, resp: web.StreamResponse, body: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(body), self.CHUNK):
+            chunk = body[i : i + self.CHUNK]
+            now = loop.time()
+            self.free_at = max(self.free_at, now) + len(chunk) / self.rate
+            if self.free_at > now:
+                await asyncio.sleep(self.free_at - now)
+            await resp.write(chunk)
+
+
 class Origin:
     """The app and its counters. `requests` counts requests per path (faults included),
-    so tests can assert that a rerun sends nothing and a 404 is asked once."""
+    so tests can assert that a rerun sends nothing and a 404 is asked once.
+
+    Optional behaviours of a real server under load: `bandwidth` (bytes/s shared by all
+    connections, a link), `max_in_flight` (with that many image requests being served
+    to one host, a new one is answered `overload`: 503 SlowDown, as S3 words it, or 429 with
+    Retry-After), and `hosts` (it listens on 127.0.0.1 .. 127.0.0.<hosts>, one host
+    each; `base_urls`). `flight` counts requests in flight per host (the Host header).
+    """
 
     def __init__(self, corpus: Corpus, latency: Latency | None = None, trickle_delay: float = 0.2,
-                 extra_files: Mapping[str, bytes] | None = None) -> None:
+                 extra_files: Mapping[str, bytes] | None = None, *, bandwidth: float = 0.0,
+                 max_in_flight: int = 0, overload: str = "503", hosts: int = 1) -> None:
         self.corpus = corpus
         self.latency = latency or Latency()
+        self.link = Link(bandwidth) if bandwidth > 0 else None
+        self.max_in_flight = max_in_flight
+        if overload not in ("503", "429"):
+            raise ValueError(f"overload must be 503 or 429, not {overload!r}")
+        self.overload = overload
+        self.overloaded = 0  # answers given because max_in_flight was reached
+        self.hosts = hosts
+        self.flight: collections.defaultdict[str, Flight] = collections.defaultdict(Flight)
+        self.admitted: collections.Counter[str] = collections.Counter()  # in flight and not refused
         self.trickle_delay = trickle_delay
         self.extra_files = dict(extra_files or {})
         self.requests: collections.Counter[str] = collections.Counter()
@@ -252,6 +329,10 @@ class Origin:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def base_urls(self) -> list[str]:
+        return [f"http://127.0.0.{k}:{self.port}" for k in range(1, self.hosts + 1)]
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         # handler_cancellation: a client that gives up on a stalled answer frees its
         # handler; shutdown_timeout: `hang` handlers must not hold up stop().
@@ -265,6 +346,8 @@ class Origin:
         sockets = getattr(server, "sockets", None)
         assert sockets, "the origin did not bind"
         self.port = int(sockets[0].getsockname()[1])
+        for k in range(2, self.hosts + 1):  # the other loopback addresses, on the same port
+            await web.TCPSite(self._runner, f"127.0.0.{k}", self.port, reuse_address=True).start()
         return self.base_url
 
     async def stop(self) -> None:
@@ -324,6 +407,31 @@ class Origin:
         entry = self.corpus.entries.get(image_id)
         if entry is None or kind not in ("o", "t"):
             raise web.HTTPNotFound()
+        flight = self.flight[request.host]
+        flight.change(+1)
+        try:
+            if self.max_in_flight and self.admitted[request.host] >= self.max_in_flight:
+                return await self._overloaded()
+            self.admitted[request.host] += 1
+            try:
+                return await self._serve(request, path, name, kind, image_id)
+            finally:
+                self.admitted[request.host] -= 1
+        finally:
+            flight.change(-1)
+
+    async def _overloaded(self) -> web.StreamResponse:
+        # After the same latency (the server had to read the request), but not counted
+        # against the limit: refusing is cheap, as it is for S3.
+        self.overloaded += 1
+        delay = self.latency.sample(self.rng)
+        if delay:
+            await asyncio.sleep(delay)
+        if self.overload == "429":
+            return web.Response(status=429, text="slow down\n", headers={"Retry-After": "1"})
+        return web.Response(status=503, reason="Slow Down", text=SLOWDOWN_XML, content_type="application/xml")
+
+    async def _serve(self, request: web.Request, path: str, name: str, kind: str, image_id: str) -> web.StreamResponse:
         fault_text = request.match_info.get("fault")
         fault = Fault.parse(fault_text) if fault_text else None
         delay = self.latency.sample(self.rng)
@@ -342,7 +450,10 @@ class Origin:
         resp = web.StreamResponse(headers={"Content-Type": content_type})
         resp.content_length = len(body)
         await resp.prepare(request)
-        await resp.write(body)
+        if self.link is not None:
+            await self.link.send(resp, body)
+        else:
+            await resp.write(body)
         await resp.write_eof()
         return resp
 
