@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
 import threading
@@ -24,12 +23,7 @@ from typing import Any
 from bench import run_ours  # benchmarks/bench.py, next to this script
 
 from oidownload.testing.origin import Corpus, Latency, Origin, OriginThread
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from oidownload.testing.procs import free_port
 
 
 def _scrape(port: int, stop: threading.Event, scrapes: list[int]) -> None:
@@ -88,7 +82,7 @@ def main() -> None:
                 stop = threading.Event()
                 scrapes: list[int] = []
                 if mode == "on":
-                    port = _free_port()
+                    port = free_port()
                     extra = ["--metrics-port", str(port), "--metrics-file", str(Path(tmp) / f"m-{k}.prom")]
                     threading.Thread(target=_scrape, args=(port, stop, scrapes), daemon=True).start()
                 try:

@@ -7,10 +7,7 @@ Started once per test session and stopped by its pid. Recipe: shared/INFRA.md.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +15,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from oidownload.testing.procs import free_port, stop_group
 
 
 def binary() -> str | None:
@@ -52,22 +51,14 @@ class FakeGcs:
         self._call("POST", f"/upload/storage/v1/b/{bucket}/o?{query}", data, "application/octet-stream")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc)
 
 
 def start(folder: Path) -> FakeGcs:
     exe = binary()
     assert exe is not None
     folder.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     log = open(folder / "fake-gcs.log", "wb")  # noqa: SIM115 - the server outlives this function
     # -public-host: the XML API is routed only for requests to the public host.
     proc = subprocess.Popen([exe, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",

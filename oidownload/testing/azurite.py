@@ -12,13 +12,13 @@ import hmac
 import http.client
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .procs import free_port, stop_group
 
 VERSION = "3.35.0"
 ACCOUNT = "devstoreaccount1"
@@ -56,11 +56,6 @@ def install() -> str:
         raise RuntimeError(f"npm installed azurite, but {folder}/node_modules/.bin/azurite-blob is missing")
     return found
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -114,20 +109,14 @@ class Azurite:
                 for o in batch}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc)
 
 
 def start(folder: Path) -> Azurite:
     exe = binary()
     assert exe is not None
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log = open(folder / "azurite.log", "wb")  # noqa: SIM115 - the server outlives this function
     # --skipApiVersionCheck: newer SDKs send API versions this Azurite does not know yet.
     proc = subprocess.Popen([exe, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",

@@ -7,10 +7,7 @@ session and stopped by its pid at the end."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .procs import free_port, stop_group
+
 ACCESS_KEY = "oidadmin"
 SECRET_KEY = "oidsecret123"
 PUBLIC_BUCKET = "open-images-dataset"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def weed_binary() -> str | None:
@@ -74,13 +68,7 @@ class S3Server:
         return {str(o["path"]): int(o["size"]) for batch in obstore.list(self.store(bucket), prefix or None) for o in batch}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc)
 
 
 def start(folder: Path) -> S3Server:
@@ -93,7 +81,7 @@ def start(folder: Path) -> S3Server:
         {"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET}", f"List:{PUBLIC_BUCKET}"]},
     ]}
     (folder / "s3.json").write_text(json.dumps(identities))
-    ports = {name: _free_port() for name in (
+    ports = {name: free_port() for name in (
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
         "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port", "debug.port", "s3.debug.port")}
     args = [binary, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
