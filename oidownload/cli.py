@@ -1231,28 +1231,45 @@ def report(out: str, dest: Path | None, state_dir: Path | None) -> None:
                    f"({', '.join(f'{n} {v}' for v, n in found.items())})")
 
 
+class _VerifyProgress:
+    """verify's progress, with and without --lock: a bar on a terminal, a log line every
+    interval otherwise; `close` ends the bar (before the problems are printed)."""
+
+    def __init__(self, mode: ProgressMode, interval: float) -> None:
+        if mode is ProgressMode.AUTO:
+            mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
+        self.mode, self.interval = mode, interval
+        self.bar: Any = None
+        self.last = time.monotonic()
+
+    def show(self, checked: int, expected: int, postfix: str, line: str) -> None:
+        if self.mode is ProgressMode.BAR:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=expected, unit="img", desc="verify", file=sys.stderr, dynamic_ncols=True)
+            self.bar.n = checked
+            self.bar.set_postfix_str(postfix, refresh=True)
+        elif self.mode is ProgressMode.LOG and time.monotonic() - self.last >= self.interval:
+            self.last = time.monotonic()
+            click.echo(f"verify: {checked}/{expected} {line}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _verify_lock(out: str, lock_file: Path, processes: int | None, mode: ProgressMode, interval: float) -> None:
     """`verify --lock`: one tab-separated line per problem (kind, ImageID, where, why),
     a summary on stderr, exit 6 when anything is wrong."""
     from .lockcheck import LockCheck, check_against_lock
 
-    if mode is ProgressMode.AUTO:
-        mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
-    bar: Any = None
-    last = [time.monotonic()]
+    progress = _VerifyProgress(mode, interval)
 
     def show(r: LockCheck) -> None:
-        nonlocal bar
-        if mode is ProgressMode.BAR:
-            if bar is None:
-                from tqdm import tqdm
-
-                bar = tqdm(total=r.expected, unit="img", desc="verify", file=sys.stderr, dynamic_ncols=True)
-            bar.n = r.checked
-            bar.set_postfix_str(f"{len(r.problems)} problem(s)", refresh=True)
-        elif mode is ProgressMode.LOG and time.monotonic() - last[0] >= interval:
-            last[0] = time.monotonic()
-            click.echo(f"verify: {r.checked}/{r.expected} hashed, {len(r.problems)} problem(s)", err=True)
+        progress.show(r.checked, r.expected, f"{len(r.problems)} problem(s)",
+                      f"hashed, {len(r.problems)} problem(s)")
 
     try:
         res = check_against_lock(out, lock_file, processes=processes, on_progress=show)
@@ -1260,8 +1277,7 @@ def _verify_lock(out: str, lock_file: Path, processes: int | None, mode: Progres
         click.echo("oidownload: verify interrupted", err=True)
         sys.exit(ExitCode.SIGINT)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     for p in res.problems:
         where, why = (text.replace("\t", " ") for text in (p.where, p.why))
         click.echo(f"{p.kind}\t{p.image_id}\t{where}\t{why}")
@@ -1323,30 +1339,14 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
     if lock_file is not None:
         _verify_lock(out, lock_file, processes, ProgressMode(progress_mode), progress_interval)
         return
-    mode = ProgressMode(progress_mode)
-    if mode is ProgressMode.AUTO:
-        mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
-    bar: Any = None
-    last = [time.monotonic()]
+    progress = _VerifyProgress(ProgressMode(progress_mode), progress_interval)
 
     def show(r: VerifyResult) -> None:
-        nonlocal bar
-        if mode is ProgressMode.BAR:
-            if bar is None:
-                from tqdm import tqdm
-
-                bar = tqdm(total=r.expected, unit="img", desc="verify", file=sys.stderr, dynamic_ncols=True)
-            bar.n = r.checked
-            bar.set_postfix_str(f"missing {r.missing}, damaged {r.damaged}", refresh=True)
-        elif mode is ProgressMode.LOG and time.monotonic() - last[0] >= progress_interval:
-            last[0] = time.monotonic()
-            click.echo(f"verify: {r.checked}/{r.expected} checked, {r.missing} missing, {r.damaged} damaged", err=True)
+        progress.show(r.checked, r.expected, f"missing {r.missing}, damaged {r.damaged}",
+                      f"checked, {r.missing} missing, {r.damaged} damaged")
 
     def found(r: VerifyResult) -> None:
-        nonlocal bar
-        if bar is not None:
-            bar.close()
-            bar = None
+        progress.close()
         for p in r.problems:
             where, why = (text.replace("\t", " ") for text in (p.where, p.why))  # one problem, four columns
             click.echo(f"{'missing' if p.missing else 'damaged'}\t{p.image_id}\t{where}\t{why}")
@@ -1358,8 +1358,7 @@ def verify(out: str, processes: int | None, mark: bool, progress_mode: str, prog
         click.echo("oidownload: verify interrupted; nothing was marked", err=True)
         sys.exit(ExitCode.SIGINT)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     rate = res.checked / res.seconds if res.seconds > 0 else 0.0
     click.echo(f"verify: {res.checked} images checked in {res.seconds:.1f}s ({rate:.0f}/s): "
                f"{res.checked - len(res.problems)} ok, {res.missing} missing, {res.damaged} damaged"
