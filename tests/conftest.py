@@ -53,6 +53,20 @@ def run_cli(*args: object, timeout: float = 240, env: dict[str, str] | None = No
     )
 
 
+def v3_archive(members: dict[str, bytes]) -> bytes:
+    """A V3-style .tar.gz: each member under the release folder 2017_11/."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"2017_11/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def journal_rows(out: Path) -> dict[str, tuple[str, str, int]]:
     """image id → (status, detail, attempts), read straight from every journal file."""
     rows: dict[str, tuple[str, str, int]] = {}

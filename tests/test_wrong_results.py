@@ -15,7 +15,7 @@ import pytest
 
 from oidownload.rows import V3_COLUMNS
 from oidownload.testing.origin import Corpus, Origin, OriginThread
-from tests.conftest import V3, journal_rows, run_cli
+from tests.conftest import V3, journal_rows, run_cli, v3_archive
 
 BOXES = [V3 / "train" / "annotations-human-bbox.csv", V3 / "validation" / "annotations-human-bbox.csv"]
 DESCRIPTIONS = V3 / "class-descriptions.csv"
@@ -202,18 +202,7 @@ def test_user_agent_is_sent_as_given_and_the_default_names_the_version(served: S
 def test_metadata_then_db_load_loads_every_row_once(served: Served, tmp_path: Path, make_origin: object) -> None:
     """The README's database steps: `metadata` unpacks the V3 archives, `db load metadata/`
     loads the folder; a COCO export from --db then carries each box once, as the CSVs do."""
-    import io
-    import tarfile
-
-    def tgz(members: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for name, data in members.items():
-                info = tarfile.TarInfo(f"2017_11/{name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return buf.getvalue()
-
+    tgz = v3_archive
     archives = {
         "annotations_human_bbox_2017_11.tar.gz": tgz({"validation/annotations-human-bbox.csv": BOXES[1].read_bytes(),
                                                        "train/annotations-human-bbox.csv": BOXES[0].read_bytes()}),
@@ -301,21 +290,14 @@ def test_shard_names_carry_their_split_and_old_names_are_still_read(served: Serv
 
 def test_db_load_skips_the_same_content_under_another_name(tmp_path: Path) -> None:
     """A V3 archive beside the files it unpacked to (as `metadata` left it): each box once."""
-    import io
     import sqlite3
-    import tarfile
 
     folder = tmp_path / "metadata"
     (folder / "validation").mkdir(parents=True)
     (folder / "validation" / "annotations-human-bbox.csv").write_bytes(BOXES[1].read_bytes())
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, path in (("validation/annotations-human-bbox.csv", BOXES[1]),
-                           ("train/annotations-human-bbox.csv", BOXES[0])):
-            info = tarfile.TarInfo(f"2017_11/{name}")
-            info.size = path.stat().st_size
-            tar.addfile(info, io.BytesIO(path.read_bytes()))
-    (folder / "annotations_human_bbox_2017_11.tar.gz").write_bytes(buf.getvalue())
+    (folder / "annotations_human_bbox_2017_11.tar.gz").write_bytes(v3_archive({
+        "validation/annotations-human-bbox.csv": BOXES[1].read_bytes(),
+        "train/annotations-human-bbox.csv": BOXES[0].read_bytes()}))
     db = tmp_path / "oi.sqlite"
     for _ in range(2):  # and again: still skipped
         res = run_cli("db", "load", folder, "--db", db)

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import shutil
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from oidownload.testing.origin import Corpus, Origin, OriginThread
-from tests.conftest import V3, journal_rows, run_cli
+from tests.conftest import V3, journal_rows, run_cli, v3_archive
 from tests.hostile.conftest import Hostile, raw, response
 
 BOXES = V3 / "validation" / "annotations-human-bbox.csv"
@@ -161,14 +159,7 @@ def test_report_refuses_a_linked_report_folder_and_replaces_linked_files(out: Pa
     assert len((out / "report" / "success.csv").read_text().splitlines()) == 7
 
 
-def _tgz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(f"2017_11/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+_tgz = v3_archive
 
 
 def test_metadata_never_writes_through_planted_links(tmp_path: Path, hostile: Hostile, outside: Path) -> None:
