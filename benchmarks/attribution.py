@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from oidownload.bench import measure
-from oidownload.journal import Journal
-from oidownload.records import Outcome, Status
-from oidownload.rows import V3_COLUMNS
-from oidownload.shard import Shard
-from oidownload.state import default_state_dir
+from oidownload.core.records import Outcome, Status
+from oidownload.core.shard import Shard
+from oidownload.inputs.rows import V3_COLUMNS
+from oidownload.state.journal import Journal
+from oidownload.state.reader import default_state_dir
 
 
 def make_download(root: Path, n: int, distinct: bool,

@@ -42,8 +42,8 @@ from typing import Any
 import PIL
 from PIL import Image
 
-from oidownload import process as worker
 from oidownload.bench import measure, summary_of, tree_cpu_s
+from oidownload.engine import process as worker
 from oidownload.testing.origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
 from oidownload.testing.synth import cache_dir, describe
 

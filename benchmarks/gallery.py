@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from oidownload.bench import measure
-from oidownload.journal import Journal
-from oidownload.records import Outcome, Source, Status
-from oidownload.rows import V3_COLUMNS
-from oidownload.shard import Shard
-from oidownload.state import default_state_dir
+from oidownload.core.records import Outcome, Source, Status
+from oidownload.core.shard import Shard
+from oidownload.inputs.rows import V3_COLUMNS
+from oidownload.state.journal import Journal
+from oidownload.state.reader import default_state_dir
 from oidownload.testing.synth import encode, photo
 
 CLASSES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "openimages-v3" / "classes-bbox.txt"

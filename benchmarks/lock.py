@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from oidownload.bench import measure
-from oidownload.journal import Journal
-from oidownload.records import Outcome, Source, Status
-from oidownload.rows import V3_COLUMNS
-from oidownload.shard import Shard
-from oidownload.state import default_state_dir
+from oidownload.core.records import Outcome, Source, Status
+from oidownload.core.shard import Shard
+from oidownload.inputs.rows import V3_COLUMNS
+from oidownload.state.journal import Journal
+from oidownload.state.reader import default_state_dir
 from oidownload.testing.synth import encode, photo
 
 SHAPES = [(640, 480), (640, 427), (480, 640), (640, 360), (640, 640), (427, 640)]

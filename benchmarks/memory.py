@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from oidownload.bench import measure
-from oidownload.rows import V3_COLUMNS
+from oidownload.inputs.rows import V3_COLUMNS
 
 _ANSWER = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nContent-Type: text/plain\r\n\r\n"
 _FIRST = int(ipaddress.IPv4Address("127.0.0.1"))

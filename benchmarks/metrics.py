@@ -38,9 +38,9 @@ def _scrape(port: int, stop: threading.Event, scrapes: list[int]) -> None:
 def micro(n: int = 200_192) -> tuple[float, float]:
     """CPU ms per image of the counting alone (one request, one journaled outcome), in
     this process: the end-to-end difference below is within the runs' noise."""
-    from oidownload.metrics import Metrics
-    from oidownload.records import Outcome, Source, Status
-    from oidownload.shard import Shard
+    from oidownload.core.records import Outcome, Source, Status
+    from oidownload.core.shard import Shard
+    from oidownload.engine.metrics import Metrics
 
     m = Metrics(Shard())
     hosts = [f"farm{i}.staticflickr.com" for i in range(9)]

@@ -23,10 +23,10 @@ import time
 
 from PIL import Image, ImageChops, ImageStat
 
-from oidownload import process
-from oidownload.config import ImageConfig
-from oidownload.process import Job, WorkerSettings
-from oidownload.records import Source
+from oidownload.core.config import ImageConfig
+from oidownload.core.records import Source
+from oidownload.engine import process
+from oidownload.engine.process import Job, WorkerSettings
 from oidownload.testing import synth
 
 CANDIDATES = {

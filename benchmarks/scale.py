@@ -32,10 +32,10 @@ from aiohttp import web
 from PIL import Image
 
 from oidownload.bench import TreeSampler, measure
-from oidownload.journal import Journal
-from oidownload.records import Outcome, Source, Status
-from oidownload.rows import V3_COLUMNS
-from oidownload.shard import Shard
+from oidownload.core.records import Outcome, Source, Status
+from oidownload.core.shard import Shard
+from oidownload.inputs.rows import V3_COLUMNS
+from oidownload.state.journal import Journal
 
 BODY = io.BytesIO()
 Image.new("RGB", (64, 48), (90, 120, 200)).save(BODY, "JPEG")

@@ -8,7 +8,7 @@ From Python, with each command's long option names in snake_case:
 
 __version__ = "0.1.0"
 
-from .api import (
+from oidownload.api import (
     DownloadResult,
     JobStatus,
     SelectResult,
@@ -18,8 +18,8 @@ from .api import (
     select,
     status,
 )
-from .errors import ConfigError, InputError, OidownloadError, OutputError
-from .export import ExportResult
+from oidownload.core.errors import ConfigError, InputError, OidownloadError, OutputError
+from oidownload.exports.formats import ExportResult
 
 # Bound after the imports, which load the submodule oidownload/annotations.py and set
 # this name to it: `oidownload.annotations` is the function; the module is still

@@ -1,3 +1,3 @@
-from .cli import main
+from oidownload.commands.cli import main
 
 main()

@@ -24,17 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .exits import ExitCode
+from oidownload.core.errors import ConfigError
+from oidownload.core.exits import ExitCode
 
 if TYPE_CHECKING:
     import click
 
-    from .config import Config
-    from .export import ExportResult
-    from .pipeline import RunResult, Stopper
-    from .progress import Tally
-    from .report import ShardStatus
+    from oidownload.core.config import Config
+    from oidownload.engine.pipeline import RunResult, Stopper
+    from oidownload.engine.progress import Tally
+    from oidownload.exports.formats import ExportResult
+    from oidownload.state.report import ShardStatus
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class JobStatus:
     @property
     def final_failures(self) -> int:
         """Failures another run does not retry (404, a wrong MD5...); without --retry-failed."""
-        from .records import Status, is_final
+        from oidownload.core.records import Status, is_final
 
         return sum(n for k, n in self.counts.items() if k != "ok" and is_final(Status(k)))
 
@@ -117,7 +117,7 @@ def _command(source: click.Command | None = None) -> click.Command:
     variables: an API call says everything it means in its arguments."""
     import click
 
-    from .cli import download
+    from oidownload.commands.cli import download
 
     source = source or download
     params = []
@@ -173,7 +173,7 @@ def _parse(command: click.Command, options: Mapping[str, Any], arguments: list[s
         with command.make_context(str(command.name), argv) as ctx:
             if command.name != "download":
                 return dict(ctx.params)
-            from .cli import explicit_params
+            from oidownload.commands.cli import explicit_params
 
             return {**ctx.params, "explicit": explicit_params(ctx)}
     except click.ClickException as exc:
@@ -194,12 +194,13 @@ def parameters(inputs: Inputs, output: str | os.PathLike[str], options: Mapping[
 def execute(params: dict[str, Any], stopper: Stopper | None, resume: str) -> tuple[Config, RunResult]:
     """One download from the CLI's parameters, with its verdict said at the end; the
     CLI and the API both run through here. `resume` says how to run it again."""
-    from .cli import announce, build_config, check_folder
-    from .config import LogFormat, ProgressMode
-    from .pipeline import run_download
-    from .progress import Progress
-    from .shard import resolve_with_count
-    from .sinks import is_remote
+    from oidownload.commands.cli import announce, build_config, check_folder
+    from oidownload.core.config import LogFormat, ProgressMode
+    from oidownload.core.shard import resolve_with_count
+    from oidownload.engine.pipeline import run_download
+    from oidownload.engine.progress import Progress
+    from oidownload.provenance.rebuild import finish_run
+    from oidownload.sinks import is_remote
 
     check_folder(params["state_dir"], "--state-dir")
     if not is_remote(str(params["out"])):
@@ -209,7 +210,7 @@ def execute(params: dict[str, Any], stopper: Stopper | None, resume: str) -> tup
     try:
         cfg = build_config(params, progress.log)
         shard = resolve_with_count(params["shard_index"], params["num_shards"], os.environ)
-        result = run_download(cfg, shard, progress, stopper)
+        result = run_download(cfg, shard, progress, stopper, finish=finish_run)
     finally:
         progress.close()
     announce(progress.log, result.exit_code, result.message, resume)
@@ -217,7 +218,7 @@ def execute(params: dict[str, Any], stopper: Stopper | None, resume: str) -> tup
 
 
 def _run(params: dict[str, Any], stopper: Stopper | None) -> DownloadResult:
-    from .errors import OidownloadError
+    from oidownload.core.errors import OidownloadError
 
     cfg, result = execute(params, stopper, "call download() again with the same arguments")
     try:
@@ -231,7 +232,7 @@ def _run(params: dict[str, Any], stopper: Stopper | None) -> DownloadResult:
 def status(out: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None) -> JobStatus:
     """The whole job in OUT, as `oidownload status OUT` counts it (every run, every task;
     works while a download runs). InputError when OUT has no journal."""
-    from .report import out_status
+    from oidownload.state.report import out_status
 
     st = out_status(os.fspath(out), Path(state_dir) if state_dir is not None else None)
     return JobStatus(str(out), {k: c.n for k, c in st.counts.items()}, {k: c.bytes for k, c in st.counts.items()},
@@ -242,7 +243,7 @@ def select(inputs: Inputs, output: str | os.PathLike[str], **options: Any) -> Se
     """Writes the rows of `inputs` that a selection picks into the CSV `output`, as
     `oidownload select` does, with the same options as download's selection (class_,
     annotations, hierarchy, limit, seed...)."""
-    from .cli import run_select, select_cmd
+    from oidownload.commands.cli import run_select, select_cmd
 
     if "output" in options:
         raise TypeError("select() got output twice")
@@ -265,7 +266,7 @@ def export_annotations(out: str | os.PathLike[str], format: str = "coco", **opti
     --format FORMAT` writes them (coco, yolo, hf, csv, attribution), with its options
     (annotations, db, class_descriptions, class_, hierarchy, with_parts, dest, images,
     state_dir). Returns what was written: counts, files and notes."""
-    from .cli import annotations_cmd, run_annotations
+    from oidownload.commands.cli import annotations_cmd, run_annotations
 
     params = _parse(_command(annotations_cmd), {**options, "format": format}, [os.fspath(out)])
     return run_annotations(**params)
@@ -295,7 +296,7 @@ def download(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], 
     main_thread = threading.current_thread() is threading.main_thread()
     if not _loop_running() and main_thread:
         return _run(params, None)
-    from .pipeline import Stopper
+    from oidownload.engine.pipeline import Stopper
 
     stopper = Stopper()
     outcome: list[DownloadResult | BaseException] = []
@@ -348,7 +349,7 @@ async def download_async(inputs: str | os.PathLike[str] | Iterable[str | os.Path
     """`await download_async(...)`: the same run, in a thread with its own event loop, so
     the caller's loop stays free. Cancelling the await stops the run cleanly (the
     journal is flushed, the same call resumes) and then raises CancelledError."""
-    from .pipeline import Stopper
+    from oidownload.engine.pipeline import Stopper
 
     params = parameters(inputs, output, options)
     stopper = Stopper()

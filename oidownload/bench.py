@@ -20,9 +20,9 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from .testing import synth
-from .testing.origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
-from .testing.synth import describe
+from oidownload.testing import synth
+from oidownload.testing.origin import Corpus, Latency, Origin, OriginThread, parse_fault_rates
+from oidownload.testing.synth import describe
 
 
 @dataclass(frozen=True)

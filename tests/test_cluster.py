@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.shard import shard_of
+from oidownload.core.shard import shard_of
 from oidownload.testing.origin import Corpus, Latency, Origin
 from tests.conftest import journal_rows, require, run_cli
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from oidownload.exits import MEANING, SELECT_MEANING, VERIFY_MEANING, ExitCode
+from oidownload.core.exits import MEANING, SELECT_MEANING, VERIFY_MEANING, ExitCode
 from oidownload.testing.origin import Corpus, Fault, Latency, Origin
 from tests.conftest import V3, V4, require, run_cli
 
@@ -220,7 +220,7 @@ def _shown(stdout: str) -> list[tuple[str, bool]]:
 
 
 def test_classes_lists_what_the_selection_takes() -> None:
-    from oidownload.hierarchy import Hierarchy
+    from oidownload.dataset.hierarchy import Hierarchy
 
     doc = _json_tree()
     res = run_cli("classes", "--hierarchy", HIERARCHY)
@@ -315,7 +315,7 @@ def test_a_small_input_has_its_exact_total_from_the_first_frame(tmp_path: Path, 
 
 
 def test_count_rows_is_exact_for_small_files_and_leaves_pipes_alone(tmp_path: Path) -> None:
-    from oidownload.rows import count_rows
+    from oidownload.inputs.rows import count_rows
 
     plain = tmp_path / "a.csv"
     plain.write_text("h\n" + "x\n" * 1000 + "last")
@@ -353,7 +353,7 @@ def test_a_folder_as_mirror_url_says_how_to_serve_it(tmp_path: Path) -> None:
 
 
 def test_the_readme_option_table_lists_every_source_and_resize_mode() -> None:
-    from oidownload.config import ResizeMode, SourceChoice
+    from oidownload.core.config import ResizeMode, SourceChoice
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     table = readme.split("| option | default | meaning |", 1)[1].split("\n\n", 1)[0]

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.cpus import _mounts, _paths, cgroup_quota, usable_cpus
+from oidownload.engine.cpus import _mounts, _paths, cgroup_quota, usable_cpus
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import require
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 import pytest
 
-from oidownload.cli import Duration, Float, Int, main
-from oidownload.exits import MEANING, ExitCode
+from oidownload.commands.cli import Duration, Float, Int, main
+from oidownload.core.exits import MEANING, ExitCode
 from oidownload.testing.origin import Corpus, Fault, Origin
 from tests.conftest import journal_rows, run_cli
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from oidownload.rows import V3_COLUMNS
+from oidownload.inputs.rows import V3_COLUMNS
 from oidownload.testing.origin import Corpus, Origin, OriginThread
 from tests.conftest import V3, journal_rows, require, run_cli
 

@@ -104,7 +104,7 @@ def test_parts_of_a_person_only_with_parts(tmp_path: Path) -> None:
 
 
 def test_a_class_under_several_parents_is_reached_from_each() -> None:
-    from oidownload.hierarchy import Hierarchy
+    from oidownload.dataset.hierarchy import Hierarchy
 
     doc = json.loads(HIERARCHY.read_text())
     parents: dict[str, set[str]] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from oidownload.idset import SeenIds
+from oidownload.inputs.idset import SeenIds
 
 
 def test_first_sighting_then_the_first_fingerprint() -> None:

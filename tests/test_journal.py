@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.journal import DoneSet, Journal, JournalError
-from oidownload.records import Outcome, Status
-from oidownload.shard import Shard
+from oidownload.core.records import Outcome, Status
+from oidownload.core.shard import Shard
+from oidownload.state.journal import DoneSet, Journal, JournalError
 
 A, B, C = "00000000000000a1", "00000000000000b2", "00000000000000c3"
 
@@ -62,9 +62,9 @@ def test_a_flush_cancelled_before_its_write_started_still_writes_its_batch(tmp_p
     import io
     import time
 
-    from oidownload.config import OutputConfig, ProgressMode
-    from oidownload.progress import Progress
-    from oidownload.recorder import Recorder
+    from oidownload.core.config import OutputConfig, ProgressMode
+    from oidownload.engine.progress import Progress
+    from oidownload.engine.recorder import Recorder
     from oidownload.sinks.files import FilesSink
 
     journal = Journal(tmp_path / "state", Shard())

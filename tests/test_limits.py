@@ -8,9 +8,9 @@ import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 
-from oidownload.config import NetConfig
-from oidownload.fetch import backoff, parse_retry_after
-from oidownload.limits import ByteBudget, HostLimiter, Reservation
+from oidownload.core.config import NetConfig
+from oidownload.engine.fetch import backoff, parse_retry_after
+from oidownload.engine.limits import ByteBudget, HostLimiter, Reservation
 
 
 def test_retry_after_both_forms() -> None:
@@ -159,7 +159,7 @@ def test_host_limiter_forgets_idle_hosts() -> None:
 def test_readme_status_table_matches_the_code() -> None:
     from pathlib import Path
 
-    from oidownload.records import STATUS_MEANING, Status, is_final
+    from oidownload.core.records import STATUS_MEANING, Status, is_final
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for status in Status:

@@ -27,8 +27,8 @@ from typing import Any
 import obstore
 import pytest
 
-from oidownload.journal import Journal, id_to_int
-from oidownload.shard import Shard
+from oidownload.core.shard import Shard
+from oidownload.state.journal import Journal, id_to_int
 from oidownload.testing.origin import Corpus, Fault, Origin
 from oidownload.testing.s3server import PUBLIC_BUCKET
 from tests.conftest import require, run_cli

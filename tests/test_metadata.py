@@ -103,7 +103,7 @@ def test_readme_subset_example_runs_as_written(tmp_path: Path, make_origin: Star
 
 
 def test_only_patterns_match_every_version() -> None:
-    from oidownload.metadata import select_files
+    from oidownload.dataset.metadata import select_files
 
     assert [Path(f).name for f in select_files("v3", ("validation-*",))] == [
         "images_2017_11.tar.gz", "annotations_human_bbox_2017_11.tar.gz", "annotations_human_2017_11.tar.gz",

@@ -296,8 +296,8 @@ def test_host_labels_are_capped_with_a_thousand_hosts(tmp_path: Path, make_origi
 def test_host_state_stays_bounded_and_totals_stay_whole() -> None:
     """20,000 hosts, one request each plus a busy few: at most HOST_MEMORY are kept one by
     one, at most MAX_HOST_LABELS + 1 labels are rendered, and no request is lost."""
-    from oidownload.metrics import HOST_MEMORY, MAX_HOST_LABELS, Metrics
-    from oidownload.shard import Shard
+    from oidownload.core.shard import Shard
+    from oidownload.engine.metrics import HOST_MEMORY, MAX_HOST_LABELS, Metrics
 
     m = Metrics(Shard(2, 5))
     for i in range(20_000):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.body import BodyWriter, MemfdPool, opened
-from oidownload.pipepool import PipePool
+from oidownload.engine.body import BodyWriter, MemfdPool, opened
+from oidownload.engine.pool import PipePool
 
 _ctx_method = ["fork", "spawn"]
 

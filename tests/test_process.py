@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from oidownload.config import ImageConfig, Orientation, OutputFormat, ResizeMode
-from oidownload.process import EXIF_ORIENTATION, Job, WorkerSettings, process, target_size
-from oidownload.records import Source, Status
+from oidownload.core.config import ImageConfig, Orientation, OutputFormat, ResizeMode
+from oidownload.core.records import Source, Status
+from oidownload.engine.process import EXIF_ORIENTATION, Job, WorkerSettings, process, target_size
 from oidownload.sinks.files import relative_path
 from oidownload.testing.origin import placeholder_bytes
 
@@ -279,9 +279,9 @@ def test_a_decode_bomb_is_refused_before_its_orientation_is_read(tmp_path: Path)
     assert png.stat().st_size < 200_000
     code = f"""
 from pathlib import Path
-from oidownload.config import ImageConfig, Orientation
-from oidownload.process import Job, WorkerSettings, process
-from oidownload.records import Source
+from oidownload.core.config import ImageConfig, Orientation
+from oidownload.engine.process import Job, WorkerSettings, process
+from oidownload.core.records import Source
 body = Path({str(png)!r}).read_bytes()
 cfg = ImageConfig(orientation=Orientation.UPRIGHT, resize=640)
 out = process(Job("{ID}", "train", Source.ORIGINAL), body, WorkerSettings.build(cfg, Path({str(tmp_path)!r})))

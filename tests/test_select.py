@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from oidownload.classes import ClassDescriptions
-from oidownload.errors import ConfigError
+from oidownload.core.errors import ConfigError
+from oidownload.dataset.classes import ClassDescriptions
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import V3, journal_rows, run_cli
 
@@ -275,7 +275,7 @@ def io_bytes(data: bytes) -> object:
 def test_metadata_download_resumes_and_checks_sizes(tmp_path: Path, make_origin: StartOrigin) -> None:
     import random
 
-    from oidownload.metadata import FILES
+    from oidownload.dataset.metadata import FILES
     from tests.test_metadata import _tgz
 
     rng = random.Random(5)  # incompressible members, so that a 1000-byte .part is a true prefix
@@ -298,9 +298,9 @@ def test_metadata_download_resumes_and_checks_sizes(tmp_path: Path, make_origin:
 def test_box_transform_matches_pillows_turns(code: int) -> None:
     """A painted box, turned by Pillow the way the worker turns images, lands where the
     export puts it; also through a fill crop."""
-    from oidownload.export import to_written_frame
-    from oidownload.process import _EXIF_TRANSPOSE
-    from oidownload.state import Written
+    from oidownload.engine.process import _EXIF_TRANSPOSE
+    from oidownload.exports.formats import to_written_frame
+    from oidownload.state.reader import Written
 
     w, h = 200, 100
     box = (0.1, 0.35, 0.2, 0.7)  # xmin, xmax, ymin, ymax

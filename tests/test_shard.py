@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.errors import ConfigError
-from oidownload.shard import Shard, resolve_shard, resolve_with_count, shard_of
+from oidownload.core.errors import ConfigError
+from oidownload.core.shard import Shard, resolve_shard, resolve_with_count, shard_of
 from tests.conftest import V3, journal_rows, run_cli
 
 PINNED = [6, 1, 11]
@@ -129,6 +129,6 @@ def test_max_runtime_stops_cleanly_with_75_and_resumes(tmp_path: Path, make_orig
      ("10:30", 630), ("bad", None), ("1h x", None), ("", None)],
 )
 def test_durations(text: str, seconds: float | None) -> None:
-    from oidownload.cli import parse_duration
+    from oidownload.commands.cli import parse_duration
 
     assert parse_duration(text) == seconds

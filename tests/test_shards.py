@@ -122,8 +122,8 @@ def test_every_image_once_in_each_output(tmp_path: Path, make_origin: StartOrigi
 
         rows = list(csv.DictReader(f))
     assert len(rows) == 60
-    from oidownload.state import StateDir
-    from oidownload.state import default_state_dir as sd
+    from oidownload.state.reader import StateDir
+    from oidownload.state.reader import default_state_dir as sd
 
     os.environ.update(env)
     try:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from oidownload.journal import Journal
-from oidownload.shard import Shard
+from oidownload.core.shard import Shard
+from oidownload.state.journal import Journal
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import V3, journal_rows, run_cli
 
@@ -180,7 +180,7 @@ def test_verify_webdataset_shards(tmp_path: Path, make_origin: StartOrigin) -> N
 
 def test_an_open_shard_is_read_from_its_headers(tmp_path: Path, make_origin: StartOrigin) -> None:
     """A shard whose download stopped before closing it has no index and no final name."""
-    from oidownload.config import OutputKind
+    from oidownload.core.config import OutputKind
     from oidownload.sinks import open_reader
     from oidownload.sinks.tar import part_name
 

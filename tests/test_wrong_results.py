@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.rows import V3_COLUMNS
+from oidownload.inputs.rows import V3_COLUMNS
 from oidownload.testing.origin import Corpus, Origin, OriginThread
 from tests.conftest import V3, journal_rows, run_cli, v3_archive
 

@@ -25,20 +25,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..cpus import usable_cpus
-from ..errors import ConfigError, InputError, OutputError
-from ..fsio import Place, Tree
-from ..progress import Progress
-from ..records import Outcome, Status
-from ..sinks import is_remote
-from ..state import StateDir, Written
-from . import charts, work
-from .collect import Collected, Entry, collect
-from .reads import input_lists, status_counts, written_images
-from .render import render
-from .stats import figures
-from .work import write_file
+from oidownload import __version__
+from oidownload.core.errors import ConfigError, InputError, OutputError
+from oidownload.core.fsio import Place, Tree
+from oidownload.core.records import Outcome, Status
+from oidownload.engine.cpus import usable_cpus
+from oidownload.engine.progress import Progress
+from oidownload.gallery import charts, work
+from oidownload.gallery.collect import Collected, Entry, collect
+from oidownload.gallery.reads import input_lists, status_counts, written_images
+from oidownload.gallery.render import render
+from oidownload.gallery.stats import figures
+from oidownload.gallery.work import write_file
+from oidownload.sinks import is_remote
+from oidownload.state.reader import StateDir, Written
 
 MARKER = ".oidownload-gallery"
 _EXT = re.compile(r"[a-z0-9]{1,5}")

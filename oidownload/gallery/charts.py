@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from markupsafe import Markup, escape
 
-from .stats import Figure
+from oidownload.gallery.stats import Figure
 
 WIDTH = 720
 LABEL_W = 210

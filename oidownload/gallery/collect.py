@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..annotations import ATTRIBUTES, AnnotationFile, Kind
-from ..classes import ClassDescriptions
-from ..errors import InputError
-from ..export import ExportResult, box_rows
-from ..records import Row
-from ..rows import RowFilter, iter_rows, read_header
-from ..state import Written
+from oidownload.core.errors import InputError
+from oidownload.core.records import Row
+from oidownload.dataset.annotations import ATTRIBUTES, AnnotationFile, Kind
+from oidownload.dataset.classes import ClassDescriptions
+from oidownload.exports.formats import ExportResult, box_rows
+from oidownload.inputs.rows import RowFilter, iter_rows, read_header
+from oidownload.state.reader import Written
 
 # A label at or above this confidence says the image has the class (the default of
 # --min-confidence; human negatives are 0).

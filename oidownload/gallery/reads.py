@@ -8,9 +8,9 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from ..sinks import FileReader, Reader
-from ..sinks.files import LocalBlobs
-from ..state import StateDir, Written
+from oidownload.sinks import FileReader, Reader
+from oidownload.sinks.files import LocalBlobs
+from oidownload.state.reader import StateDir, Written
 
 
 def written_images(state: StateDir) -> list[Written]:

@@ -10,8 +10,8 @@ import collections
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..records import STATUS_MEANING, Status
-from .collect import Collected
+from oidownload.core.records import STATUS_MEANING, Status
+from oidownload.gallery.collect import Collected
 
 
 @dataclass

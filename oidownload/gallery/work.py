@@ -16,11 +16,11 @@ from typing import Any
 
 from PIL import Image
 
-from ..fsio import Place, Tree, temp_name
-from ..sinks import Reader
-from ..state import StateDir
-from .reads import link_image, read_image
-from .render import render
+from oidownload.core.fsio import Place, Tree, temp_name
+from oidownload.gallery.reads import link_image, read_image
+from oidownload.gallery.render import render
+from oidownload.sinks import Reader
+from oidownload.state.reader import StateDir
 
 THUMB_SIDE = 320  # pixels, longest side: sharp in a tile about 200 CSS px wide on a 1.5x screen
 THUMB_QUALITY = 82

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..body import Buffer
-from ..config import OutputConfig, OutputKind
-from ..errors import OidownloadError
-from ..records import Outcome, Row
-from ..shard import Shard
+from oidownload.core.config import OutputConfig, OutputKind
+from oidownload.core.errors import OidownloadError
+from oidownload.core.fsio import Buffer
+from oidownload.core.records import Outcome, Row
+from oidownload.core.shard import Shard
 
 # (member suffix, bytes): "jpg" is the image; "original.jpg" the kept original.
 Member = tuple[str, Buffer | memoryview]
@@ -198,10 +198,10 @@ def is_remote(out: str) -> bool:
 
 def open_blobs(out: str) -> Blobs:
     if is_remote(out):
-        from .s3 import S3Blobs, parse_uri
+        from oidownload.sinks.s3 import S3Blobs, parse_uri
 
         return S3Blobs(parse_uri(out))
-    from .files import LocalBlobs
+    from oidownload.sinks.files import LocalBlobs
 
     return LocalBlobs(out)
 
@@ -211,14 +211,14 @@ def open_sink(output: OutputConfig, shard: Shard, grace: float | None = None) ->
     here, not a branch in the pipeline. `grace` (the run's --grace) sizes the
     timeouts of an object store's requests."""
     if is_remote(output.out):
-        from .s3 import open_s3_sink
+        from oidownload.sinks.s3 import open_s3_sink
 
         return open_s3_sink(output, shard, grace)
     if output.kind is OutputKind.WEBDATASET:
-        from .tar import LocalShards, TarSink
+        from oidownload.sinks.tar import LocalShards, TarSink
 
         return TarSink(output, shard, LocalShards(Path(output.out)), output.out)
-    from .files import FilesSink
+    from oidownload.sinks.files import FilesSink
 
     return FilesSink(output, shard)
 
@@ -226,7 +226,7 @@ def open_sink(output: OutputConfig, shard: Shard, grace: float | None = None) ->
 def open_reader(out: str, kind: OutputKind = OutputKind.FILES) -> Reader:
     blobs = open_blobs(out)
     if kind is OutputKind.WEBDATASET:
-        from .tar import TarReader
+        from oidownload.sinks.tar import TarReader
 
         return TarReader(blobs)
     return FileReader(blobs)
@@ -242,7 +242,7 @@ class FileReader:
         return self.blobs.read(location)
 
     def original(self, location: str) -> Original | None:
-        from .files import original_place
+        from oidownload.sinks.files import original_place
 
         folder, image_id = original_place(location)
         try:  # nearly every original is a JPEG: one read, no listing

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from .. import fsio
-from ..config import OutputConfig
-from ..errors import OutputError
-from ..records import Outcome, Status
-from ..shard import Shard
-from . import Member, Placed, Sink, Synced
+from oidownload.core import fsio
+from oidownload.core.config import OutputConfig
+from oidownload.core.errors import OutputError
+from oidownload.core.records import Outcome, Status
+from oidownload.core.shard import Shard
+from oidownload.sinks import Member, Placed, Sink, Synced
 
 ORIGINAL_DIR = "original"
 _ID_RE = re.compile(r"[0-9a-f]{16}")

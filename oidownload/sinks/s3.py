@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import OutputConfig, OutputKind
-from ..errors import ConfigError, OutputError
-from ..records import Outcome, Row, Status, clean_text
-from ..shard import Shard
-from . import Blobs, Release, Sink, Synced
-from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
-from .stores import client_options, retry_config, store_for
+from oidownload.core.config import OutputConfig, OutputKind
+from oidownload.core.errors import ConfigError, OutputError
+from oidownload.core.records import Outcome, Row, Status, clean_text
+from oidownload.core.shard import Shard
+from oidownload.sinks import Blobs, Release, Sink, Synced
+from oidownload.sinks.staging import StagingTarget, clear_staging, member_suffix, staging_dir
+from oidownload.sinks.stores import client_options, retry_config, store_for
 
 if TYPE_CHECKING:
     from obstore.store import S3Config
@@ -223,7 +223,7 @@ class S3Shards:
         return [Path(e.path) for e in os.scandir(self.local) if e.is_dir(follow_symlinks=False)]
 
     def publish(self, subset: str, name: str) -> None:
-        from .tar import INDEX_SUFFIX, index_part_name
+        from oidownload.sinks.tar import INDEX_SUFFIX, index_part_name
 
         folder = self.local / subset
         try:
@@ -233,7 +233,7 @@ class S3Shards:
             raise OutputError(f"cannot upload {self.blobs.describe(f'{subset}/{name}')}: {reason(exc)}") from None
 
     async def publish_async(self, subset: str, name: str) -> None:
-        from .tar import INDEX_SUFFIX, index_part_name
+        from oidownload.sinks.tar import INDEX_SUFFIX, index_part_name
 
         folder = self.local / subset
         try:
@@ -301,7 +301,7 @@ class S3FilesSink(Sink):
         task.add_done_callback(self.uploading.discard)
 
     async def _upload(self, outcome: Outcome, release: Release) -> None:
-        from .files import relative_path
+        from oidownload.sinks.files import relative_path
 
         assert self.slots is not None
         staged = outcome.staged
@@ -353,7 +353,7 @@ def open_s3_sink(output: OutputConfig, shard: Shard, grace: float | None = None)
     uri = parse_uri(output.out)
     blobs = S3Blobs(uri, grace=grace)
     if output.kind is OutputKind.WEBDATASET:
-        from .tar import TarSink
+        from oidownload.sinks.tar import TarSink
 
         return TarSink(output, shard, S3Shards(blobs, output.state_dir / "shards" / shard.tag), str(uri))
     return S3FilesSink(output, shard, blobs)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import fsio
-from . import Member, Placed
+from oidownload.core import fsio
+from oidownload.sinks import Member, Placed
 
 STAGING_DIR = "staging"
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from oidownload.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from obstore.store import AzureConfig, ClientConfig, RetryConfig, S3Config
 
-    from .s3 import S3Uri
+    from oidownload.sinks.s3 import S3Uri
 
 GCS_XML_ENDPOINT = "https://storage.googleapis.com"
 
@@ -69,7 +69,7 @@ def retry_config(grace: float | None = None) -> RetryConfig:
 
 
 def _s3(uri: S3Uri, grace: float | None) -> Any:
-    from .s3 import make_store
+    from oidownload.sinks.s3 import make_store
 
     return make_store(uri, grace)
 

@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import fsio
-from ..config import OutputConfig, OutputKind
-from ..errors import OutputError
-from ..journal import take_lock
-from ..records import Outcome, Row, Status, clean_text
-from ..rows import ID_RE
-from ..shard import Shard
-from . import Blobs, Original, Release, Sink, Synced, Unproven
-from .staging import StagingTarget, clear_staging, member_suffix, staging_dir
+from oidownload.core import fsio
+from oidownload.core.config import OutputConfig, OutputKind
+from oidownload.core.errors import OutputError
+from oidownload.core.records import Outcome, Row, Status, clean_text
+from oidownload.core.shard import Shard
+from oidownload.inputs.rows import ID_RE
+from oidownload.sinks import Blobs, Original, Release, Sink, Synced, Unproven
+from oidownload.sinks.staging import StagingTarget, clear_staging, member_suffix, staging_dir
+from oidownload.state.journal import take_lock
 
 BLOCK = 512
 _END = bytes(2 * BLOCK)  # end-of-archive marker
@@ -173,13 +173,13 @@ class LocalShards:
     remote = False
 
     def __init__(self, out: Path) -> None:
-        from .files import LocalBlobs
+        from oidownload.sinks.files import LocalBlobs
 
         self.out = out
         self.blobs: Blobs = LocalBlobs(out)
 
     def check(self) -> None:
-        from .files import prepare_folder
+        from oidownload.sinks.files import prepare_folder
 
         prepare_folder(self.out)
 
@@ -740,7 +740,7 @@ def _held_file(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
 
 def held_samples(blobs: Blobs, key: str, size: int | None = None) -> dict[str, dict[str, tuple[int, int]]]:
     """ImageID → members of the whole samples a shard's headers show."""
-    from .files import LocalBlobs
+    from oidownload.sinks.files import LocalBlobs
 
     if isinstance(blobs, LocalBlobs):
         fd = blobs.open_read(key)  # once: a rebuild scans millions of headers

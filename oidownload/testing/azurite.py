@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .procs import free_port, stop_group
+from oidownload.testing.procs import free_port, stop_group
 
 VERSION = "3.35.0"
 ACCOUNT = "devstoreaccount1"

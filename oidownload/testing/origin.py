@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import synth
+from oidownload.testing import synth
 
 FAULT_KINDS = (
     "404", "410", "500", "503", "429", "429date",

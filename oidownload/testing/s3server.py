@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .procs import free_port, stop_group
+from oidownload.testing.procs import free_port, stop_group
 
 ACCESS_KEY = "oidadmin"
 SECRET_KEY = "oidsecret123"

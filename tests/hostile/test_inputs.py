@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.rows import V3_COLUMNS
+from oidownload.inputs.rows import V3_COLUMNS
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import journal_rows, run_cli
 from tests.hostile.conftest import bad_rows

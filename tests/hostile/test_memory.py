@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.exits import ExitCode
-from oidownload.rows import V3_COLUMNS
+from oidownload.core.exits import ExitCode
+from oidownload.inputs.rows import V3_COLUMNS
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import journal_rows
 from tests.hostile import manifests
@@ -120,7 +120,7 @@ def test_pooled_memfds_stay_inside_the_byte_budget() -> None:
     reused memfd larger than its body's charge is cut down to it."""
     import os
 
-    from oidownload.body import BodyWriter, MemfdPool, pool_share
+    from oidownload.engine.body import BodyWriter, MemfdPool, pool_share
 
     assert pool_share(8 << 20) == 1 << 20 and pool_share(1 << 40) == 64 << 20
     pool = MemfdPool(16 << 20)

@@ -94,7 +94,7 @@ def test_two_runs_for_one_file_do_not_share_its_part(tmp_path: Path, hostile: Ho
 
 
 def test_an_archive_of_many_empty_members_is_read_one_at_a_time(tmp_path: Path) -> None:
-    from oidownload.metadata import unpack
+    from oidownload.dataset.metadata import unpack
 
     archive = tmp_path / "classes_2017_11.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.config import MAX_REDIRECTS
-from oidownload.exits import ExitCode
+from oidownload.core.config import MAX_REDIRECTS
+from oidownload.core.exits import ExitCode
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import journal_rows, run_cli
 from tests.hostile.conftest import Hostile, Request, bad_rows, chunked, raw, redirect, response

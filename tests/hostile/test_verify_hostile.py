@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from oidownload import journal as journal_module
-from oidownload.errors import OutputError
-from oidownload.journal import HeldJournals
+from oidownload.core.errors import OutputError
+from oidownload.state import journal as journal_module
+from oidownload.state.journal import HeldJournals
 from oidownload.testing.origin import Origin
 from tests.conftest import journal_rows, run_cli
 from tests.test_verify import VERIFY_DAMAGED, _download, _listed
@@ -98,8 +98,8 @@ def test_a_verify_worker_killed_mid_check_is_replaced_and_the_check_completes(
 
 
 def test_requeue_blames_only_the_job_a_dead_worker_held() -> None:
-    from oidownload.pipepool import Exited
-    from oidownload.verify import VerifyResult, _requeue, _Work
+    from oidownload.engine.pool import Exited
+    from oidownload.provenance.verify import VerifyResult, _requeue, _Work
 
     result = VerifyResult()
     items = [(f"{i:016x}", f"validation/x/{i:016x}.jpg", 0, 0, 0, False, None) for i in range(3)]

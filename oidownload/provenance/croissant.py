@@ -1,0 +1,380 @@
+"""The Croissant card (MLCommons Croissant 1.0, JSON-LD): OUT/croissant.json, written with
+the lock, so that tools that know nothing about Open Images can load what is there
+(`mlcroissant.Dataset(jsonld="OUT/croissant.json").records("images")`).
+
+    OUT/croissant.json                 the card: what, whose, how to cite, where
+    OUT/oidownload.images.jsonl.gz     one line per written image: its fields for the card
+
+The card's record set `images` joins each image file (a file of the `files` layout, or
+a member of a webdataset shard, which Croissant readers take out of the tar) with its
+line by file name: ImageID, subset, width, height, licence, author, title, source and
+SHA-256. The distribution lists the lock and the images file with their SHA-256 and,
+for webdataset, every shard with its own (cached: a closed shard never changes).
+
+The @context is inline (Croissant readers fetch no remote context).
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import html
+import io
+import json
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from oidownload import __version__
+from oidownload.core import fsio
+from oidownload.core.config import OutputKind
+from oidownload.core.errors import OidownloadError
+from oidownload.core.records import Status
+from oidownload.dataset.annotations import AnnotationFile, CsvAnnotations, Kind
+from oidownload.dataset.classes import ClassDescriptions
+from oidownload.exports.formats import ExportResult, box_rows
+from oidownload.inputs.rows import V3_COLUMNS
+from oidownload.provenance.lock import dumps_line, file_sha256, lock_path
+from oidownload.sinks import is_remote
+from oidownload.sinks.tar import SHARD_RE
+from oidownload.state.reader import Entry, StateDir, Written
+
+CARD_NAME = "croissant.json"
+IMAGES_NAME = "oidownload.images.jsonl.gz"
+BOXES_NAME = "oidownload.boxes.jsonl.gz"
+LABELS_NAME = "oidownload.labels.jsonl.gz"
+_HASH_CACHE = "croissant-hashes.json"
+_AT = {name: V3_COLUMNS.index(name) for name in ("License", "Author", "Title")}
+_MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp",
+         "tif": "image/tiff"}
+CITATION = (
+    "@article{OpenImages, author = {Alina Kuznetsova and Hassan Rom and Neil Alldrin and Jasper Uijlings and "
+    "Ivan Krasin and Jordi Pont-Tuset and Shahab Kamali and Stefan Popov and Matteo Malloci and Alexander Kolesnikov "
+    "and Tom Duerig and Vittorio Ferrari}, title = {The Open Images Dataset V4: Unified image classification, object "
+    "detection, and visual relationship detection at scale}, year = {2020}, journal = {IJCV}}"
+)
+# The Croissant 1.0 @context, inline.
+CONTEXT: dict[str, Any] = {
+    "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
+    "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/", "rai": "http://mlcommons.org/croissant/RAI/",
+    "data": {"@id": "cr:data", "@type": "@json"}, "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "dct": "http://purl.org/dc/terms/", "equivalentProperty": "cr:equivalentProperty",
+    "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract", "field": "cr:field",
+    "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject", "fileSet": "cr:fileSet", "format": "cr:format",
+    "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset", "jsonPath": "cr:jsonPath", "key": "cr:key",
+    "md5": "cr:md5", "parentField": "cr:parentField", "path": "cr:path", "recordSet": "cr:recordSet",
+    "references": "cr:references", "regex": "cr:regex", "repeated": "cr:repeated", "replace": "cr:replace",
+    "samplingRate": "cr:samplingRate", "sc": "https://schema.org/", "separator": "cr:separator", "source": "cr:source",
+    "subField": "cr:subField", "transform": "cr:transform",
+}
+# (field, Croissant type, description) of each line of the images file.
+_FIELDS = (
+    ("image_id", "sc:Text", "The Open Images ImageID (16 hex digits)"),
+    ("subset", "sc:Text", "The Open Images subset (train, validation, test...)"),
+    ("width", "sc:Integer", "Width in pixels of the written image"),
+    ("height", "sc:Integer", "Height in pixels of the written image"),
+    ("license", "sc:Text", "The image's own licence (a URL), from the image list"),
+    ("author", "sc:Text", "The image's author, from the image list"),
+    ("title", "sc:Text", "The image's title, from the image list"),
+    ("source", "sc:Text", "Where the bytes came from: original, thumbnail or cvdf (the mirror)"),
+    ("sha256", "sc:Text", "SHA-256 of the written bytes"),
+)
+
+
+def _rows(state: StateDir) -> Iterator[dict[str, Any]]:
+    """The written images with their credits, input by input in line order (each input
+    is read once, beside its journal rows), then those no input row names (found in
+    the output when a journal was rebuilt)."""
+    for info in state.inputs():
+        extras: deque[tuple[object, ...]] = deque()
+        streams = []
+        for journal in state.journals:
+            found = state.query(journal, "SELECT id FROM inputs WHERE path=?", (info.display,))
+            if found:
+                cols = _columns(state, journal, ("line", "subset", "width", "height", "sha256", "source", "location", "ext"))
+                streams.append(_by_line(state, journal, int(found[0][0]), cols))  # type: ignore[call-overload]
+        merged = heapq.merge(*streams, key=lambda r: int(r[0]))  # type: ignore[call-overload]
+        for joined in state.joined(info, _entries(merged, extras)):
+            row = extras.popleft()
+            yield _line(row[1:], joined.fields)
+    for journal in state.journals:
+        cols = _columns(state, journal, ("NULL", "subset", "width", "height", "sha256", "source", "location", "ext"))
+        for row in state.outcome_rows(journal, cols, "status='ok' AND input IS NULL"):
+            yield _line((row[0], *row[2:]), None)
+
+
+def _columns(state: StateDir, journal: Path, names: tuple[str, ...]) -> str:
+    """The columns as SQL, NULL for those a journal from an older version lacks."""
+    have = state.columns(journal) | {"NULL"}
+    return ", ".join(c if c in have else f"NULL AS {c}" for c in names)
+
+
+def _entries(rows: Iterator[tuple[object, ...]], extras: deque[tuple[object, ...]]) -> Iterator[Entry]:
+    """The rows as `joined` takes them; each row waits in `extras` until its join comes
+    out (one for one, in order)."""
+    for row in rows:
+        extras.append(row)
+        yield Entry(int(row[0]), _hex(row[1]), Status.OK.value, "", None, 0, str(row[7] or ""), str(row[6] or ""))  # type: ignore[call-overload]
+
+
+def _by_line(state: StateDir, journal: Path, input_id: int, cols: str) -> Iterator[tuple[object, ...]]:
+    last = -1
+    while True:
+        rows = state.query(journal, f"SELECT {cols}, id FROM outcomes WHERE status='ok' AND input=? AND line > ? "
+                                    "ORDER BY line LIMIT 20000", (input_id, last))
+        for r in rows:
+            yield (r[0], r[-1], *r[1:-1])
+        if len(rows) < 20000:
+            return
+        last = int(rows[-1][0])  # type: ignore[call-overload]
+
+
+def _hex(rid: object) -> str:
+    return format(int(rid) % (1 << 64), "016x")  # type: ignore[call-overload]
+
+
+def _line(row: tuple[object, ...], fields: list[str] | None) -> dict[str, Any]:
+    rid, subset, w, h, sha, source, location, ext = row
+    image_id = _hex(rid)
+    f = fields or []
+
+    def at(name: str) -> str:
+        i = _AT[name]
+        return html.unescape(f[i]) if len(f) > i else ""
+
+    return {"file_name": f"{image_id}.{ext}", "image_id": image_id, "subset": subset, "width": w, "height": h,
+            "license": at("License"), "author": at("Author"), "title": at("Title"), "source": source or "",
+            "sha256": sha or "", "location": location, "ext": ext}
+
+
+def _write_annotations(root: Path, state: StateDir) -> dict[str, int]:
+    """The boxes (in the written frame) and image-level labels of the written images, as
+    `annotations --format csv` exports them, from the annotation files the download
+    selected with: the card's boxes and labels files. Lines per kind; a kind with none
+    has no file."""
+    remembered = [d for d in (_json(v) for v in state.meta("selection")) if d]
+    files = [p for p in dict.fromkeys(Path(str(a)) for m in remembered for a in m.get("annotations", [])) if p.is_file()]
+    try:
+        tables = CsvAnnotations(files).tables()
+        desc = next((Path(str(m["class_descriptions"])) for m in remembered if m.get("class_descriptions")), None)
+        names = ClassDescriptions.load(desc).names if desc is not None and desc.is_file() else {}
+    except OidownloadError:
+        tables, names = [], {}
+    found = {}
+    if tables:
+        classes = frozenset(str(c) for m in remembered for c in m.get("classes", [])) or None
+        images = {w.image_id: w for w in state.written()}  # as every export: a dict of the written images
+        found[BOXES_NAME] = _write_lines(root / BOXES_NAME, (
+            {"file_name": f"{r.image.image_id}.{r.image.ext}", "image_id": r.image.image_id, "label": r.label,
+             "class_name": names.get(r.label, ""), "xmin": r.box[0], "xmax": r.box[1], "ymin": r.box[2],
+             "ymax": r.box[3]} for r in box_rows(tables, images, ExportResult(root), classes)))
+        found[LABELS_NAME] = _write_lines(root / LABELS_NAME, _label_lines(tables, images, names, classes))
+    for name in (BOXES_NAME, LABELS_NAME):
+        if not found.get(name):
+            (root / name).unlink(missing_ok=True)
+    return found
+
+
+def _label_lines(tables: list[AnnotationFile], images: dict[str, Written], names: dict[str, str],
+                 classes: frozenset[str] | None) -> Iterator[dict[str, Any]]:
+    for f in tables:
+        if f.kind is not Kind.LABELS:
+            continue
+        i_id, i_label = f.index("ImageID"), f.index("LabelName")
+        i_source = f.index("Source") if f.has("Source") else None
+        i_conf = f.index("Confidence") if f.has("Confidence") else None
+        for fields in f.rows(images):
+            if classes is not None and fields[i_label] not in classes:
+                continue
+            image = images[fields[i_id]]
+            try:
+                confidence = float(fields[i_conf]) if i_conf is not None else None
+            except ValueError:
+                confidence = None
+            yield {"file_name": f"{image.image_id}.{image.ext}", "image_id": image.image_id,
+                   "label": fields[i_label], "class_name": names.get(fields[i_label], ""),
+                   "source": fields[i_source] if i_source is not None else "", "confidence": confidence}
+
+
+def _write_lines(path: Path, lines: Iterator[dict[str, Any]]) -> int:
+    n = 0
+    with fsio.atomic_file(path, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped, \
+                io.BufferedWriter(zipped, 1 << 20) as gz:
+            for line in lines:
+                gz.write(dumps_line(line))
+                n += 1
+        raw.flush()
+        os.fsync(raw.fileno())
+    return n
+
+
+def _json(value: str) -> dict[str, Any] | None:
+    try:
+        d = json.loads(value)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) else None
+
+
+_ANNOTATION_FIELDS = (
+    ("image_id", "sc:Text", "The ImageID of the image it is about"),
+    ("file_name", "sc:Text", "The image's file name, as in the record set images"),
+    ("label", "sc:Text", "The class's MID (LabelName)"),
+    ("class_name", "sc:Text", "The class's display name (empty when the download had no class descriptions)"),
+)
+# File name → (record set, what a line is, its own fields).
+_ANNOTATION_SETS: dict[str, tuple[str, str, tuple[tuple[str, str, str], ...]]] = {
+    BOXES_NAME: ("boxes", "The boxes of the written images, with class names and coordinates in the written frame",
+                 tuple((c, "sc:Float", f"{c[1:]} edge's {c[0]}, normalised to the written image (0-1)")
+                       for c in ("xmin", "xmax", "ymin", "ymax"))),
+    LABELS_NAME: ("labels", "The image-level labels of the written images, with class names",
+                  (("source", "sc:Text", "Who gave the label (verification, crowdsource-verification, machine...)"),
+                   ("confidence", "sc:Float", "1 present, 0 absent (human); the model's score (machine)"))),
+}
+
+
+def _annotation_set(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An annotations file and its record set."""
+    name, description, own = _ANNOTATION_SETS[path.name]
+    file_id = f"{name}-file"
+    return (
+        {"@type": "cr:FileObject", "@id": file_id, "name": file_id, "contentUrl": path.name,
+         "encodingFormat": "application/jsonlines", "sha256": file_sha256(path),
+         "description": f"{description}: one a line (gzip)"},
+        {"@type": "cr:RecordSet", "@id": name, "name": name, "description": description,
+         "field": [{"@type": "cr:Field", "@id": f"{name}/{field}", "name": field, "description": text,
+                    "dataType": kind, "source": {"fileObject": {"@id": file_id}, "extract": {"column": field}}}
+                   for field, kind, text in (*_ANNOTATION_FIELDS, *own)]},
+    )
+
+
+def _cached_hashes(state_dir: Path) -> dict[str, list[Any]]:
+    try:
+        d = json.loads((state_dir / _HASH_CACHE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _shard_objects(out: Path, state_dir: Path) -> list[dict[str, Any]]:
+    """A FileObject per closed shard, with its SHA-256 (hashed once, then cached by
+    path, size and mtime: a closed shard is never written again)."""
+    cache = _cached_hashes(state_dir)
+    fresh: dict[str, list[Any]] = {}
+    objects = []
+    for subset in sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for shard in sorted(p for p in (out / subset).iterdir() if SHARD_RE.fullmatch(p.name)):
+            rel = f"{subset}/{shard.name}"
+            st = shard.stat()
+            known = cache.get(rel)
+            sha = known[2] if known and known[:2] == [st.st_size, st.st_mtime_ns] else file_sha256(shard)
+            fresh[rel] = [st.st_size, st.st_mtime_ns, sha]
+            objects.append({"@type": "cr:FileObject", "@id": f"shard:{rel}", "name": f"shard:{rel}",
+                            "contentUrl": rel, "encodingFormat": "application/x-tar", "sha256": sha})
+    try:
+        with fsio.atomic_file(state_dir / _HASH_CACHE, "w") as fh:
+            json.dump(fresh, fh)
+    except OSError:
+        pass  # only a cache: the next card hashes again
+    return objects
+
+
+def _field(name: str, kind: str, description: str) -> dict[str, Any]:
+    return {"@type": "cr:Field", "@id": f"images/{name}", "name": name, "description": description, "dataType": kind,
+            "source": {"field": {"@id": f"meta/{name}"}}}
+
+
+def card(out: Path, state: StateDir, lock: Path, images: Path, exts: set[str]) -> dict[str, Any]:
+    _, kind = state.output()
+    settings = {}
+    for value in state.meta("settings")[:1]:
+        settings = json.loads(value)
+    files_id = "image-files"
+    distribution: list[dict[str, Any]] = [
+        {"@type": "cr:FileObject", "@id": "lock", "name": "lock", "contentUrl": os.path.relpath(lock, out),
+         "encodingFormat": "application/jsonlines", "sha256": file_sha256(lock),
+         "description": "The oidownload lock file: every selected ImageID and what became of it (gzip)"},
+        {"@type": "cr:FileObject", "@id": "images-file", "name": "images-file", "contentUrl": IMAGES_NAME,
+         "encodingFormat": "application/jsonlines", "sha256": file_sha256(images),
+         "description": "One line per written image: its fields in this card (gzip)"},
+    ]
+    file_set: dict[str, Any] = {"@type": "cr:FileSet", "@id": files_id, "name": files_id,
+                                "encodingFormat": sorted({_MIME.get(e, "application/octet-stream") for e in exts}) or "image/jpeg"}
+    if kind is OutputKind.WEBDATASET:
+        shards = _shard_objects(out, state.path)
+        distribution += shards
+        file_set["containedIn"] = [{"@id": s["@id"]} for s in shards]
+        file_set["includes"] = [f"*.{e}" for e in sorted(exts)] or ["*.jpg"]
+        file_set["description"] = "The images, as members of the webdataset shards"
+    else:
+        subsets = sorted({p.name for p in out.iterdir() if p.is_dir() and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", p.name)
+                          and p.name not in ("original", "report", "gallery")})
+        file_set["includes"] = [f"{s}/*.{e}" for s in subsets for e in sorted(exts)] or ["*/*.jpg"]
+        file_set["description"] = "The images, one file each: <subset>/<first 3 hex digits>/<ImageID>.<ext>"
+    distribution.append(file_set)
+    meta_fields = [{"@type": "cr:Field", "@id": f"meta/{name}", "name": name, "dataType": kind_,
+                    "source": {"fileObject": {"@id": "images-file"}, "extract": {"column": name}}}
+                   for name, kind_, _ in (("file_name", "sc:Text", ""), *_FIELDS)]
+    images_fields = [
+        {"@type": "cr:Field", "@id": "images/file_name", "name": "file_name", "dataType": "sc:Text",
+         "description": "The image's file name (<ImageID>.<ext>)",
+         "source": {"fileSet": {"@id": files_id}, "extract": {"fileProperty": "filename"}},
+         "references": {"field": {"@id": "meta/file_name"}}},
+        *(_field(name, kind_, description) for name, kind_, description in _FIELDS),
+        {"@type": "cr:Field", "@id": "images/file", "name": "file", "dataType": "sc:ImageObject",
+         "description": "The image as written",
+         "source": {"fileSet": {"@id": files_id}, "extract": {"fileProperty": "content"}}},
+    ]
+    describe = ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None and v is not False)
+    return {
+        "@context": CONTEXT, "@type": "sc:Dataset", "conformsTo": "http://mlcommons.org/croissant/1.0",
+        "name": "open-images-download",
+        "description": ("Images of the Open Images dataset as downloaded by oidownload " + __version__ +
+                        (f" ({describe})" if describe else "") + ". The lock file lists every selected ImageID "
+                        "with the SHA-256 of the bytes written; each image keeps its own licence, in the `license` "
+                        "field."),
+        "license": "https://creativecommons.org/licenses/by/4.0/",
+        "url": "https://storage.googleapis.com/openimages/web/index.html",
+        "citeAs": CITATION, "version": "1.0.0", "datePublished": time.strftime("%Y-%m-%d", time.gmtime()),
+        "distribution": distribution,
+        "recordSet": [
+            {"@type": "cr:RecordSet", "@id": "meta", "name": "meta", "key": {"@id": "meta/file_name"},
+             "description": "The images file, line by line", "field": meta_fields},
+            {"@type": "cr:RecordSet", "@id": "images", "name": "images",
+             "description": "Every written image, with its fields and its file", "field": images_fields},
+        ],
+    }
+
+
+def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
+    """croissant.json and its images file beside the lock; None for an s3:// output (a
+    card must sit beside the data it names)."""
+    if is_remote(out) or lock != lock_path(out, state.path):
+        return None
+    root = Path(out)
+    images = root / IMAGES_NAME
+    exts: set[str] = set()
+    with fsio.atomic_file(images, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped, \
+                io.BufferedWriter(zipped, 1 << 20) as gz:
+            for line in _rows(state):
+                exts.add(str(line.pop("ext")))
+                line.pop("location")
+                gz.write(dumps_line(line))
+        raw.flush()
+        os.fsync(raw.fileno())
+    doc = card(root, state, lock, images, exts)
+    for name, n in _write_annotations(root, state).items():
+        if n:
+            file_object, record_set = _annotation_set(root / name)
+            doc["distribution"].append(file_object)
+            doc["recordSet"].append(record_set)
+    path = root / CARD_NAME
+    with fsio.atomic_file(path, "w") as f:
+        json.dump(doc, f, indent=1)  # ASCII: an odd byte of a path name cannot stop it
+    return path
