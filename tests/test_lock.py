@@ -27,8 +27,9 @@ from typing import Any
 import obstore
 import pytest
 
+from oidownload.core.ids import id_to_int
 from oidownload.core.shard import Shard
-from oidownload.state.journal import Journal, id_to_int
+from oidownload.state.journal import Journal
 from oidownload.testing.origin import Corpus, Fault, Origin
 from oidownload.testing.s3server import PUBLIC_BUCKET
 from tests.conftest import require, run_cli

@@ -48,6 +48,7 @@ from oidownload.core.config import (
 )
 from oidownload.core.errors import ConfigError, OidownloadError
 from oidownload.core.exits import RESUMABLE, SELECT_MEANING, VERIFY_MEANING, ExitCode, help_table
+from oidownload.core.ids import is_image_id
 from oidownload.engine.accel import check as check_pillow
 from oidownload.engine.accel import pillow_build
 from oidownload.engine.progress import log_line
@@ -560,7 +561,7 @@ def _read_ids(path: Path) -> frozenset[str]:
         token = line.strip().split(",")[0].strip()
         if not token or token.startswith("#") or token == "ImageID":
             continue
-        if not re.fullmatch(r"[0-9a-fA-F]{16}", token):
+        if not is_image_id(token):
             raise ConfigError(f"{path}:{n}: {token[:40]!r} is not a 16-hex-digit ImageID")
         ids.add(token.lower())
     return frozenset(ids)

@@ -7,14 +7,13 @@ job arrays, Kubernetes Indexed Jobs).
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from oidownload.core.errors import ConfigError
+from oidownload.core.ids import is_image_id
 
-_HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 _MASK = (1 << 64) - 1
 
 
@@ -31,7 +30,7 @@ def shard_of(raw_id: str, count: int) -> int:
     (by CRC), so exactly one task reports each bad row."""
     if count == 1:
         return 0
-    if _HEX16.fullmatch(raw_id):
+    if is_image_id(raw_id):
         return mix64(int(raw_id, 16)) % count
     return zlib.crc32(raw_id.encode("utf-8", "surrogatepass")) % count
 

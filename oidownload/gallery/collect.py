@@ -15,6 +15,7 @@ from pathlib import Path
 
 from oidownload.core.errors import InputError
 from oidownload.core.records import Row
+from oidownload.dataset import attribution
 from oidownload.dataset.annotations import ATTRIBUTES, AnnotationFile, Kind
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.exports.formats import ExportResult, box_rows
@@ -27,7 +28,6 @@ POSITIVE = 0.5
 # Flickr text is untrusted: bounded before it reaches a page (and escaped there).
 MAX_TEXT = 300
 _HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>`]{1,500}", re.IGNORECASE)
-_CC = re.compile(r"https?://creativecommons\.org/(licenses|publicdomain)/([a-z-]+)/([0-9.]+)/?", re.IGNORECASE)
 
 # (class, xmin, xmax, ymin, ymax, attributes) in the written frame, normalised; the
 # attributes tuple holds 1, 0 or -1 (unknown) per name in ATTRIBUTES, and is shared.
@@ -124,12 +124,9 @@ def collect(
 
 
 def license_name(url: str) -> str:
-    """'CC BY 2.0' for a Creative Commons licence URL, else the text itself (bounded)."""
-    m = _CC.fullmatch(url.strip())
-    if m is None:
-        return bound(url.strip())
-    kind = m.group(2).upper()
-    return f"{kind} {m.group(3)}" if m.group(1).lower() == "publicdomain" else f"CC {kind} {m.group(3)}"
+    """The short name attribution gives a licence URL (CC BY 2.0, CC0 1.0), bounded; ''
+    for none."""
+    return bound(attribution.license_name(url)) if url.strip() else ""
 
 
 def _read_boxes(f: AnnotationFile, entries: dict[str, Entry], result: Collected,

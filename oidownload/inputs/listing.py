@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Protocol
 
 from oidownload.core.errors import ConfigError
+from oidownload.core.ids import ID_RE
 from oidownload.core.records import Conflict, Row
 from oidownload.core.shard import Shard
 from oidownload.inputs.idset import SeenIds
-from oidownload.inputs.rows import ID_RE, RowFilter, iter_rows, read_header
+from oidownload.inputs.rows import RowFilter, iter_rows, read_header
 
 
 class DoneIds(Protocol):

@@ -26,6 +26,7 @@ from typing import BinaryIO, TextIO, cast
 from yarl import URL
 
 from oidownload.core.errors import InputError
+from oidownload.core.ids import ID_RE, RESERVED_SUBSETS, SUBSET_RE
 from oidownload.core.records import BadRow, Row
 
 V3_COLUMNS: tuple[str, ...] = (
@@ -51,8 +52,6 @@ MAX_RECORD_LINES = 16
 # keeping it, so an endless line (`/dev/zero`) cannot exhaust memory.
 MAX_LINE = 64 * 1024
 
-ID_RE = re.compile(r"[0-9a-fA-F]{16}")  # ASCII only: re's [0-9] is not str.isdigit
-_SUBSET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # No whitespace or control characters anywhere; what else a URL must be is url_problem's.
 _URL_RE = re.compile(r"(?i:https?)://[^/?#\s\x00-\x1f\x7f]+(?:[/?#][^\s\x00-\x1f\x7f]*)?")
 # The usual shape, decided without a full parse: a plain ASCII host and an optional
@@ -67,9 +66,6 @@ _IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")  # canonical: no leading 
 _good_authorities: set[str] = set()
 _MD5_RE = re.compile(r"[A-Za-z0-9+/]{22}==")
 _SIZE_RE = re.compile(r"[0-9]{1,15}")
-
-# Subset names become folder names next to these, so they may not be used.
-RESERVED_SUBSETS = frozenset({"original"})
 
 
 class Format(enum.Enum):
@@ -415,7 +411,7 @@ def _problem(fields: list[str], fmt: Format) -> str | None:
     image_id, subset, url, size, md5, thumb = fields[0], fields[1], fields[2], fields[8], fields[9], fields[10]
     if not ID_RE.fullmatch(image_id):
         return f"ImageID {image_id[:40]!r} is not 16 hex digits"
-    if not _SUBSET_RE.fullmatch(subset) or subset in RESERVED_SUBSETS:
+    if not SUBSET_RE.fullmatch(subset) or subset in RESERVED_SUBSETS:
         return f"Subset {subset[:40]!r} is not a plain folder name"
     why = url_problem(url)
     if why is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from oidownload.core.config import OutputKind
+from oidownload.core.ids import WRITTEN_ID, is_subset
 from oidownload.core.records import clean_text
 from oidownload.engine.cpus import usable_cpus
 from oidownload.engine.workers import follow_parent, pool_method
@@ -33,8 +34,7 @@ from oidownload.sinks import Blobs, is_remote, open_blobs
 from oidownload.sinks.tar import SHARD_RE
 
 CHUNK = 64  # image files per task; a shard is a task of its own
-_SUBSET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_IMAGE_RE = re.compile(r"([0-9a-f]{3})/(([0-9a-f]{16})\.[a-z0-9]{1,5})")
+_IMAGE_RE = re.compile(rf"([0-9a-f]{{3}})/(({WRITTEN_ID})\.[a-z0-9]{{1,5}})")
 _BATCH = 10_000
 
 # (location, SHA-256, size) of what a worker read; a problem is (kind, location, why).
@@ -191,7 +191,7 @@ def _id_of(location: str) -> str:
 
 
 def _subsets(blobs: Blobs) -> list[str]:
-    return sorted(s for s in blobs.folders("") if _SUBSET_RE.fullmatch(s) and s != "original")
+    return sorted(s for s in blobs.folders("") if is_subset(s))
 
 
 def _file_tasks(blobs: Blobs) -> Iterator[list[str]]:

@@ -34,10 +34,10 @@ from typing import IO, Any
 from oidownload import __version__
 from oidownload.core import fsio
 from oidownload.core.errors import InputError, OutputError
+from oidownload.core.ids import int_to_id
 from oidownload.core.records import clean_text
 from oidownload.engine.accel import pillow_build
 from oidownload.sinks import Reader, is_remote
-from oidownload.state.journal import int_to_id
 from oidownload.state.reader import StateDir
 from oidownload.state.settings import META_KEY as SETTINGS_KEY
 

@@ -23,22 +23,21 @@ from PIL import Image
 from oidownload.core import fsio
 from oidownload.core.config import OutputConfig
 from oidownload.core.errors import OutputError
+from oidownload.core.ids import SUBSET_RE, WRITTEN_ID, WRITTEN_ID_RE
 from oidownload.core.records import Outcome, Status
 from oidownload.core.shard import Shard
 from oidownload.sinks import Member, Placed, Sink, Synced
 
 ORIGINAL_DIR = "original"
-_ID_RE = re.compile(r"[0-9a-f]{16}")
-_FILE_RE = re.compile(r"([0-9a-f]{16})\.([a-z0-9]{1,5})")
+_FILE_RE = re.compile(rf"({WRITTEN_ID})\.([a-z0-9]{{1,5}})")
 # Temporary files of this sink: `.<ImageID>.<ext>.<random or pid>.oidtmp`.
-_TMP_RE = re.compile(r"\.([0-9a-f]{16})\.[^/]*" + re.escape(fsio.TMP_SUFFIX))
-_SUBSET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_TMP_RE = re.compile(rf"\.({WRITTEN_ID})\.[^/]*" + re.escape(fsio.TMP_SUFFIX))
 
 
 def check_id(image_id: str) -> str:
     """The id itself if it is 16 lower-case hex digits; anything else could name a
     path outside OUT, so it raises ValueError rather than being used."""
-    if not _ID_RE.fullmatch(image_id):
+    if not WRITTEN_ID_RE.fullmatch(image_id):
         raise ValueError(f"not a 16-hex-digit ImageID: {image_id[:40]!r}")
     return image_id
 
@@ -120,7 +119,7 @@ class FilesSink(Sink):
             for (subset, prefix), entry, dir_fd in fsio.walk_files(root_fd, 2):
                 m = _FILE_RE.fullmatch(entry.name)
                 if (m is None or prefix != m.group(1)[:3] or subset == ORIGINAL_DIR
-                        or not _SUBSET_RE.fullmatch(subset) or not owns(m.group(1))):
+                        or not SUBSET_RE.fullmatch(subset) or not owns(m.group(1))):
                     continue
                 image_id, ext = m.groups()
                 try:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from oidownload.core.config import OutputConfig, OutputKind
 from oidownload.core.errors import ConfigError, OutputError
+from oidownload.core.ids import SUBSET, WRITTEN_ID
 from oidownload.core.records import Outcome, Row, Status, clean_text
 from oidownload.core.shard import Shard
 from oidownload.sinks import Blobs, Release, Sink, Synced
@@ -33,7 +34,7 @@ from oidownload.sinks.stores import client_options, retry_config, store_for
 if TYPE_CHECKING:
     from obstore.store import S3Config
 
-_FILE_KEY_RE = re.compile(r"(?:(original)/)?([A-Za-z0-9][A-Za-z0-9_-]{0,63})/([0-9a-f]{3})/([0-9a-f]{16})\.([a-z0-9]{1,5})")
+_FILE_KEY_RE = re.compile(rf"(?:(original)/)?({SUBSET})/([0-9a-f]{{3}})/({WRITTEN_ID})\.([a-z0-9]{{1,5}})")
 # Uploads at once; each is a whole image or a shard part, so a few dozen fill a link.
 MAX_UPLOADS = 32
 SHARD_PARTS_AT_ONCE = 4

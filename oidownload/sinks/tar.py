@@ -35,9 +35,9 @@ from typing import Any, Protocol
 from oidownload.core import fsio
 from oidownload.core.config import OutputConfig, OutputKind
 from oidownload.core.errors import OutputError
+from oidownload.core.ids import ID_RE
 from oidownload.core.records import Outcome, Row, Status, clean_text
 from oidownload.core.shard import Shard
-from oidownload.inputs.rows import ID_RE
 from oidownload.sinks import Blobs, Original, Release, Sink, Synced, Unproven
 from oidownload.sinks.staging import StagingTarget, clear_staging, member_suffix, staging_dir
 from oidownload.state.journal import take_lock

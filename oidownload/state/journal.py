@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from oidownload.core.errors import OutputError
+from oidownload.core.ids import id_to_int, int_to_id
 from oidownload.core.records import Conflict, Outcome, Status, clean_text, is_final
 from oidownload.core.shard import Shard
 
@@ -40,7 +41,6 @@ RESERVE_BYTES = 512 * 1024
 # waits and retries rather than give up, for up to this long per batch.
 BUSY_PATIENCE = 300.0
 _U64 = 1 << 64
-_I64 = 1 << 63
 _HEAD_BYTES = 1 << 16
 
 _SCHEMA = """
@@ -212,16 +212,6 @@ ON CONFLICT(id) DO UPDATE SET
     original_md5=excluded.original_md5, original_size=excluded.original_size
 WHERE outcomes.status != 'ok' OR excluded.status = 'ok'
 """
-
-
-def id_to_int(image_id: str) -> int:
-    """A 16-hex-digit ImageID as SQLite's signed 64-bit integer."""
-    v = int(image_id, 16)
-    return v - _U64 if v >= _I64 else v
-
-
-def int_to_id(v: int) -> str:
-    return format(v % _U64, "016x")
 
 
 def journal_path(state_dir: Path, shard: Shard) -> Path:

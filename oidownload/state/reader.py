@@ -20,6 +20,7 @@ from pathlib import Path
 
 from oidownload.core.config import OutputKind
 from oidownload.core.errors import ConfigError, InputError
+from oidownload.core.ids import int_to_id
 from oidownload.core.records import Status
 from oidownload.inputs.rows import is_stream, iter_records
 from oidownload.sinks import Reader, is_remote, open_reader
@@ -27,7 +28,6 @@ from oidownload.state.journal import (
     SCHEMA_VERSION,
     connect,
     foreign_schema,
-    int_to_id,
     journal_files,
     not_a_journal,
     shard_counts,

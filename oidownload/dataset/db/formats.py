@@ -23,14 +23,13 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from oidownload.core.ids import id_to_int, is_image_id
 from oidownload.core.records import BadRow
 from oidownload.dataset.classes import MID_RE
 from oidownload.dataset.db.schema import BOXES, IMAGES, LABELS, Column
 from oidownload.inputs.rows import MAX_LINE, Format, parse_row, records
-from oidownload.state.journal import id_to_int
 
 Converted = tuple[Any, ...]
-_HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 # verification, crowdsource-verification, machine, xclick, activemil...: a short word.
 _SOURCE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TOO_LONG = f"the line is longer than {MAX_LINE} characters"
@@ -109,7 +108,7 @@ def _converter(col: Column) -> Callable[[str], Any]:
 
 
 def _image_id(v: str) -> int:
-    if not _HEX16.fullmatch(v):
+    if not is_image_id(v):
         raise ValueError(f"ImageID {v[:40]!r} is not 16 hex digits")
     return id_to_int(v)
 
