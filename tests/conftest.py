@@ -6,15 +6,17 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
-import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from oidownload.testing import journals
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Origin, OriginThread
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -30,12 +32,12 @@ def synth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_origin(synth_cache: Path) -> Iterator[object]:
+def make_origin(synth_cache: Path) -> Iterator[StartOrigin]:
     """make_origin(corpus, **kw) → a started Origin, stopped after the test."""
     threads: list[OriginThread] = []
 
-    def start(corpus: Corpus, **kw: object) -> Origin:
-        t = OriginThread(Origin(corpus, **kw))  # type: ignore[arg-type]
+    def start(corpus: Corpus, **kw: Any) -> Origin:
+        t = OriginThread(Origin(corpus, **kw))
         threads.append(t)
         return t.__enter__()
 
@@ -69,13 +71,7 @@ def v3_archive(members: dict[str, bytes]) -> bytes:
 
 def journal_rows(out: Path) -> dict[str, tuple[str, str, int]]:
     """image id → (status, detail, attempts), read straight from every journal file."""
-    rows: dict[str, tuple[str, str, int]] = {}
-    for path in sorted((out / ".oidownload").glob("journal-*.sqlite")):
-        conn = sqlite3.connect(path)
-        for rid, status, detail, attempts in conn.execute("SELECT id, status, detail, attempts FROM outcomes"):
-            rows[format(rid % (1 << 64), "016x")] = (status, detail, attempts)
-        conn.close()
-    return rows
+    return {i: (r.status, r.detail, r.attempts) for i, r in journals.outcomes(out).items()}
 
 
 # Linux capabilities that let root read and write where the permissions say no (prctl's

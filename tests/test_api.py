@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,9 @@ import pytest
 from PIL import Image
 
 import oidownload
-from oidownload.testing.origin import Corpus, Fault, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault, Latency
 from tests.conftest import journal_rows
-
-StartOrigin = Callable[..., Origin]
 
 
 def _script(tmp_path: Path, body: str) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from oidownload.core.shard import shard_of
+from oidownload.testing import journals
 from oidownload.testing.origin import Corpus, Latency, Origin
 from tests.conftest import journal_rows, require, run_cli
 
@@ -98,14 +99,4 @@ def test_slurm_array_shards_one_out_and_survives_scancel(tmp_path: Path, make_or
 
 
 def journal_rows_of(path: Path) -> dict[str, str]:
-    import sqlite3
-
-    if not path.exists():
-        return {}
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        rows = {format(i % (1 << 64), "016x"): s for i, s in conn.execute("SELECT id, status FROM outcomes")}
-        conn.close()
-        return rows
-    except sqlite3.Error:
-        return {}
+    return journals.statuses(path, read_only=True)

@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,9 @@ import pytest
 from PIL import Image
 
 from oidownload.core.exits import MEANING, SELECT_MEANING, VERIFY_MEANING, ExitCode
-from oidownload.testing.origin import Corpus, Fault, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault, Latency
 from tests.conftest import V3, V4, require, run_cli
-
-StartOrigin = Callable[..., Origin]
 
 HIERARCHY = V4 / "bbox_labels_600_hierarchy.json"
 

@@ -9,14 +9,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Fault, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault, Latency
 from tests.conftest import journal_rows, run_cli
 from tests.hostile import manifests
-
-StartOrigin = Callable[..., Origin]
 
 
 def _cli(cwd: Path, *args: object) -> subprocess.CompletedProcess[str]:

@@ -8,14 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from oidownload.engine.cpus import _mounts, _paths, cgroup_quota, usable_cpus
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import require
-
-StartOrigin = Callable[..., Origin]
 
 
 def _fake_proc(tmp_path: Path, cgroup: str, mountinfo: str) -> Path:

@@ -12,16 +12,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from oidownload.testing.origin import Corpus, Fault, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault, Latency
 from tests.conftest import journal_rows, run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def start(*args: object) -> subprocess.Popen[str]:

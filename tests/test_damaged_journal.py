@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def _digest(path: Path) -> str:

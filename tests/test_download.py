@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from oidownload.testing.origin import Corpus, Fault, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault
 from tests.conftest import journal_rows, run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def _files(out: Path, image_id: str) -> list[Path]:

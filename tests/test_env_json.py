@@ -4,7 +4,6 @@ stderr JSON lines: notes, warnings, the summary, the verdict, fatal and usage er
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,10 @@ import click
 from PIL import Image
 
 from oidownload.commands.cli import main
-from oidownload.testing.origin import Corpus, Fault, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault
 from tests.conftest import journal_rows, run_cli
 
-StartOrigin = Callable[..., Origin]
 # Options that mean exactly what download's options of the same name mean.
 SHARED = {
     "select": {"--subset", "--limit", "--seed", "--ids", "--class", "--classes-file", "--class-descriptions",

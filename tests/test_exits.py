@@ -6,7 +6,6 @@ of codes in the README and in --help."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -14,10 +13,10 @@ import pytest
 
 from oidownload.commands.cli import Duration, Float, Int, main
 from oidownload.core.exits import MEANING, ExitCode
-from oidownload.testing.origin import Corpus, Fault, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault
 from tests.conftest import journal_rows, run_cli
 
-StartOrigin = Callable[..., Origin]
 README = Path(__file__).parent.parent / "README.md"
 QUIET = ("--progress", "none")
 

@@ -4,23 +4,20 @@ to success, permanent ones are asked once, and a rerun retries only what is retr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import (
     FAULT_KINDS,
     MIXED_FAULTS,
     Corpus,
     Fault,
-    Origin,
     parse_fault_rates,
 )
 from tests.conftest import journal_rows, run_cli
-
-StartOrigin = Callable[..., Origin]
 
 EXPECTED = {
     "404": "http_4xx", "410": "http_4xx", "500": "http_5xx", "503": "http_5xx",

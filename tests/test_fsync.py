@@ -9,13 +9,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import journal_rows, require
 
-StartOrigin = Callable[..., Origin]
 # fsync(7</tmp/.../out/train/1f3/.1f3....jpg.a1b2c3d4e5f6.oidtmp>) = 0, or split in two
 # lines ("<unfinished ...>", "<... fsync resumed>") when processes race.
 _FSYNC = re.compile(r"\bfsync\((\d+)<([^>]*)>")

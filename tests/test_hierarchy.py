@@ -8,12 +8,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import V3, V4, journal_rows, run_cli
 from tests.test_select import mid_of, rows_of
 
@@ -21,7 +21,6 @@ HIERARCHY = V4 / "bbox_labels_600_hierarchy.json"
 DESCRIPTIONS = V3 / "class-descriptions.csv"
 VAL = V3 / "validation"
 BOXES = VAL / "annotations-human-bbox.csv"
-StartOrigin = Callable[..., Origin]
 
 
 def under(mid: str, *, parts: bool) -> set[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import array
 import random
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,13 @@ import pytest
 from oidownload.core.records import Outcome, Status
 from oidownload.core.shard import Shard
 from oidownload.state.journal import DoneSet, Journal, JournalError
+from oidownload.testing import journals
 
 A, B, C = "00000000000000a1", "00000000000000b2", "00000000000000c3"
 
 
 def _rows(path: Path) -> dict[str, str]:
-    conn = sqlite3.connect(path)
-    try:
-        return {format(r % (1 << 64), "016x"): s for r, s in conn.execute("SELECT id, status FROM outcomes")}
-    finally:
-        conn.close()
+    return journals.statuses(path)
 
 
 def test_a_failed_batch_rolls_back_and_the_next_one_commits(tmp_path: Path) -> None:

@@ -30,12 +30,12 @@ import pytest
 from oidownload.core.ids import id_to_int
 from oidownload.core.shard import Shard
 from oidownload.state.journal import Journal
+from oidownload.testing import journals
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Fault, Origin
 from oidownload.testing.s3server import PUBLIC_BUCKET
 from tests.conftest import require, run_cli
 from tests.test_mirror import mirror  # noqa: F401  (a fixture)
-
-StartOrigin = Callable[..., Origin]
 
 
 def _download(tmp_path: Path, make_origin: StartOrigin, n: int, *extra: object,
@@ -50,14 +50,7 @@ def _download(tmp_path: Path, make_origin: StartOrigin, n: int, *extra: object,
 
 
 def _journal(out: Path) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for path in sorted((out / ".oidownload").glob("journal-*.sqlite")):
-        conn = sqlite3.connect(path)
-        conn.row_factory = sqlite3.Row
-        for r in conn.execute("SELECT * FROM outcomes"):
-            found[format(r["id"] % (1 << 64), "016x")] = dict(r)
-        conn.close()
-    return found
+    return {i: r.raw for i, r in journals.outcomes(out).items()}
 
 
 def test_the_journal_holds_the_sha256_and_url_of_every_written_image(tmp_path: Path, make_origin: StartOrigin) -> None:

@@ -13,13 +13,12 @@ import shlex
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.test_select import DESCRIPTIONS, V3, VAL, rows_of
 
-StartOrigin = Callable[..., Origin]
 ROOT = Path(__file__).parent.parent
 
 

@@ -8,7 +8,6 @@ import json
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from oidownload.testing.origin import Corpus, Fault, Latency, Origin
+from oidownload.testing import journals
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault, Latency
 from tests.conftest import require, run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def _free_port() -> int:
@@ -34,12 +33,7 @@ def _free_port() -> int:
 
 
 def _journal_counts(out: Path) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for path in (out / ".oidownload").glob("journal-*.sqlite"):
-        conn = sqlite3.connect(path)
-        counts.update(dict(conn.execute("SELECT status, count(*) FROM outcomes GROUP BY status").fetchall()))
-        conn.close()
-    return counts
+    return Counter(journals.statuses(out).values())
 
 
 def _parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

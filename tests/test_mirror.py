@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,11 +16,11 @@ import pytest
 from aiohttp import ClientSession, web
 from PIL import Image
 
-from oidownload.testing.origin import Corpus, Fault, Origin
+from oidownload.testing import journals
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault
 from oidownload.testing.s3server import PUBLIC_BUCKET
 from tests.conftest import run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def _copy_of(original: bytes, side: int = 300) -> bytes:
@@ -82,14 +81,8 @@ class Forwarder:
         self.thread.join(5)
 
 
-def _journal(out: Path) -> dict[str, tuple[str, str, str, int]]:
-    rows = {}
-    for path in (out / ".oidownload").glob("journal-*.sqlite"):
-        conn = sqlite3.connect(path)
-        for rid, status, detail, source, verified in conn.execute("SELECT id, status, detail, source, verified FROM outcomes"):
-            rows[format(rid % (1 << 64), "016x")] = (status, detail, source, verified)
-        conn.close()
-    return rows
+def _journal(out: Path) -> dict[str, tuple[str, str, str | None, int]]:
+    return {i: (r.status, r.detail, r.source, r.verified) for i, r in journals.outcomes(out).items()}
 
 
 @pytest.fixture

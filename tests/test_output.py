@@ -5,27 +5,19 @@ symlink planted inside OUT."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing import journals
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import journal_rows, run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def _locations(state: Path) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for path in state.glob("journal-*.sqlite"):
-        conn = sqlite3.connect(path)
-        for rid, loc in conn.execute("SELECT id, location FROM outcomes WHERE status='ok'"):
-            found[format(rid % (1 << 64), "016x")] = loc
-        conn.close()
-    return found
+    return {i: r.location or "" for i, r in journals.outcomes(state).items() if r.status == "ok"}
 
 
 def test_state_dir_apart_and_a_lost_journal_is_rebuilt(tmp_path: Path, make_origin: StartOrigin) -> None:
@@ -64,12 +56,7 @@ def test_state_dir_apart_and_a_lost_journal_is_rebuilt(tmp_path: Path, make_orig
 
 
 def journal_rows_in(state: Path) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for path in state.glob("journal-*.sqlite"):
-        conn = sqlite3.connect(path)
-        found.update((format(r % (1 << 64), "016x"), s) for r, s in conn.execute("SELECT id, status FROM outcomes"))
-        conn.close()
-    return found
+    return journals.statuses(state)
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "keep"])

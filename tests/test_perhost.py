@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Latency, Origin
 from tests.conftest import journal_rows, run_cli
 
-StartOrigin = Callable[..., Origin]
 THUMBS = ("--source", "thumbnail", "--format", "keep", "--progress", "none")
 
 # Documented in README.md ("how fast, and why"): against a host that refuses above K in

@@ -10,13 +10,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Fault, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Fault, Latency
 from tests.conftest import journal_rows, run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def _last_bar(stderr: str) -> str:

@@ -8,12 +8,10 @@ import csv
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Origin
-
-StartOrigin = Callable[..., Origin]
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 
 
 def _cli(cwd: Path, *args: object) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,10 @@ from PIL import Image
 
 from oidownload.core.errors import ConfigError
 from oidownload.dataset.classes import ClassDescriptions
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import V3, journal_rows, run_cli
 
-StartOrigin = Callable[..., Origin]
 DESCRIPTIONS = V3 / "class-descriptions.csv"
 VAL = V3 / "validation"
 

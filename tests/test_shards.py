@@ -16,17 +16,16 @@ import sys
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from oidownload.testing.origin import Corpus, Latency, Origin
+from oidownload.testing import journals
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Latency
 from tests.conftest import run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def _env(s3: Any) -> dict[str, str]:
@@ -155,31 +154,11 @@ def test_bad_credentials_stop_before_any_download(tmp_path: Path, make_origin: S
 
 
 def _journal_ok(state: Path) -> set[str]:
-    import sqlite3
-
-    ids: set[str] = set()
-    for path in state.glob("journal-*.sqlite"):
-        conn = sqlite3.connect(path)
-        try:
-            ids |= {format(r % (1 << 64), "016x") for (r,) in conn.execute("SELECT id FROM outcomes WHERE status='ok'")}
-        except sqlite3.OperationalError:
-            pass  # killed before its tables were made
-        finally:
-            conn.close()
-    return ids
+    return {i for i, s in journals.statuses(state).items() if s == "ok"}
 
 
 def _statuses(state: Path, ids: set[str]) -> dict[str, str]:
-    import sqlite3
-
-    found = {}
-    for path in state.glob("journal-*.sqlite"):
-        conn = sqlite3.connect(path)
-        for r, status, detail, loc in conn.execute("SELECT id, status, detail, location FROM outcomes"):
-            if format(r % (1 << 64), "016x") in ids:
-                found[format(r % (1 << 64), "016x")] = f"{status} {detail} {loc}"
-        conn.close()
-    return found
+    return {i: f"{r.status} {r.detail} {r.location}" for i, r in journals.outcomes(state).items() if i in ids}
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

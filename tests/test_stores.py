@@ -13,7 +13,6 @@ import json
 import shutil
 import tarfile
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import V3, run_cli
 
-StartOrigin = Callable[..., Origin]
 VAL = V3 / "validation"
 BOXES = VAL / "annotations-human-bbox.csv"
 

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ from PIL import Image
 
 from oidownload.core.shard import Shard
 from oidownload.state.journal import Journal
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import V3, journal_rows, run_cli
 
-StartOrigin = Callable[..., Origin]
 VERIFY_DAMAGED = 6  # the documented exit code (ExitCode.DAMAGED)
 
 

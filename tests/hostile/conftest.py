@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from oidownload.testing import journals
 from tests.hostile.fakes3 import fake_s3  # noqa: F401 - a fixture for the tests here
 
 
@@ -156,10 +156,4 @@ def hostile() -> Iterator[Hostile]:
 
 def bad_rows(out: Path) -> dict[int, tuple[str, str]]:
     """line → (raw id, detail) of every bad row journaled under OUT (any input)."""
-    rows: dict[int, tuple[str, str]] = {}
-    for path in sorted((out / ".oidownload").glob("journal-*.sqlite")):
-        conn = sqlite3.connect(path)
-        for line, raw_id, detail in conn.execute("SELECT line, raw_id, detail FROM bad_rows"):
-            rows[line] = (raw_id, detail)
-        conn.close()
-    return rows
+    return journals.bad_rows(out)

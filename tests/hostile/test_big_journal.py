@@ -10,14 +10,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Latency
 from tests.conftest import run_cli
 from tests.hostile import manifests
 
-StartOrigin = Callable[..., Origin]
 BIG = 2_000_000
 
 

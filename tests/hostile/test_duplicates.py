@@ -8,15 +8,13 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import journal_rows, run_cli
 from tests.hostile import manifests
 from tests.hostile.conftest import Hostile, raw, response
-
-StartOrigin = Callable[..., Origin]
 
 
 def _summary_ok(stderr: str) -> int:

@@ -4,13 +4,11 @@ overwrite, or a crash recovery delete, anything outside OUT."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import journal_rows, run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def _next_pids(n: int) -> list[int]:

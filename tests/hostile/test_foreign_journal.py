@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import run_cli
-
-StartOrigin = Callable[..., Origin]
 
 
 def test_a_database_with_our_table_names_but_not_our_columns(tmp_path: Path, make_origin: StartOrigin) -> None:

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Origin
+from oidownload.testing.fixtures import StartOrigin
 from tests.conftest import run_cli
 from tests.test_verify import _download
-
-StartOrigin = Callable[..., Origin]
 
 
 def _leftovers(gallery: Path) -> list[Path]:

@@ -14,15 +14,14 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 from oidownload.inputs.rows import V3_COLUMNS
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import journal_rows, run_cli
 from tests.hostile.conftest import bad_rows
 
-StartOrigin = Callable[..., Origin]
 QUICK = ["--progress", "none", "--retries", "0", "--timeout", "5"]
 
 # Each passed the old pattern (http(s)://, no spaces) and crashed or blocked the run.

@@ -5,15 +5,14 @@ journal: every written image is journaled, on this run and the next."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import journal_rows, run_cli
 from tests.hostile import manifests
 from tests.hostile.conftest import Hostile, raw
 
-StartOrigin = Callable[..., Origin]
 BAD_ID = "ffffffffffff0001"
 
 

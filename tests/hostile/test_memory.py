@@ -13,19 +13,18 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from oidownload.core.exits import ExitCode
 from oidownload.inputs.rows import V3_COLUMNS
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import journal_rows
 from tests.hostile import manifests
 from tests.hostile.conftest import Hostile, chunked
 
-StartOrigin = Callable[..., Origin]
 MAX_PENDING = 10_000  # pipeline._MAX_PENDING
 
 

@@ -11,19 +11,18 @@ import base64
 import hashlib
 import itertools
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from oidownload.core.config import MAX_REDIRECTS
 from oidownload.core.exits import ExitCode
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Origin
 from tests.conftest import journal_rows, run_cli
 from tests.hostile.conftest import Hostile, Request, bad_rows, chunked, raw, redirect, response
 from tests.hostile.test_inputs import UNUSABLE_URLS, _lines, _with
 
-StartOrigin = Callable[..., Origin]
 QUICK = ["--progress", "none", "--timeout", "10"]
 
 

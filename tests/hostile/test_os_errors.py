@@ -12,11 +12,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from oidownload.testing.origin import Corpus, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Latency
 from tests.conftest import journal_rows, obey_permissions
 from tests.hostile import manifests
-
-StartOrigin = Callable[..., Origin]
 
 
 def _cli(*args: object, preexec: Callable[[], None] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -20,10 +20,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Latency, Origin
 from tests.conftest import journal_rows, run_cli
 
-StartOrigin = Callable[..., Origin]
 WDS = ("--output-format", "webdataset", "--shard-size", "1000", "--resize", "48", "--progress", "none")
 
 

@@ -12,16 +12,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from oidownload.testing.origin import Corpus, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Latency
 from tests.conftest import journal_rows
 from tests.test_crash import wait_for_journal
-
-StartOrigin = Callable[..., Origin]
 
 
 def _spin(stop_at: float) -> None:

@@ -10,16 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from oidownload.testing.origin import Corpus, Origin
+from oidownload.testing import journals
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
 from tests.conftest import run_cli
 from tests.hostile.fakes3 import FakeS3
-
-StartOrigin = Callable[..., Origin]
 
 
 def _summary(stderr: str) -> dict[str, int]:
@@ -27,15 +26,7 @@ def _summary(stderr: str) -> dict[str, int]:
 
 
 def _journal(state: Path) -> dict[str, str]:
-    import sqlite3
-
-    rows: dict[str, str] = {}
-    for path in state.glob("journal-*.sqlite"):
-        conn = sqlite3.connect(path)
-        for rid, status in conn.execute("SELECT id, status FROM outcomes"):
-            rows[format(rid % (1 << 64), "016x")] = status
-        conn.close()
-    return rows
+    return journals.statuses(state)
 
 
 def test_a_failed_upload_is_not_counted_as_written(tmp_path: Path, make_origin: StartOrigin, fake_s3: FakeS3) -> None:

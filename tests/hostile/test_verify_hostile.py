@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,9 @@ from PIL import Image
 from oidownload.core.errors import OutputError
 from oidownload.state import journal as journal_module
 from oidownload.state.journal import HeldJournals
-from oidownload.testing.origin import Origin
+from oidownload.testing.fixtures import StartOrigin
 from tests.conftest import journal_rows, run_cli
 from tests.test_verify import VERIFY_DAMAGED, _download, _listed
-
-StartOrigin = Callable[..., Origin]
 
 
 def test_a_fifo_at_an_images_path_is_damage_not_a_hang(tmp_path: Path, make_origin: StartOrigin) -> None:

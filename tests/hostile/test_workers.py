@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from oidownload.testing.origin import Corpus, Latency, Origin
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Latency
 from tests.conftest import journal_rows
 from tests.hostile import manifests
 from tests.hostile.conftest import Hostile, raw, response
 
-StartOrigin = Callable[..., Origin]
 TALL_ID = "7a11000000000001"
 
 
