@@ -282,3 +282,16 @@ def test_narratives_base_url_redirects_only_the_narratives(tmp_path: Path, make_
                             narratives_base_url=f"{origin.base_url}/files/ln", bars=False)
     assert [r.name for r in got] == ["classes-segmentation.txt", *captions]
     assert dict(origin.requests) == {"/files/v5/classes-segmentation.txt": 1, **{f"/files/ln/{f}": 1 for f in captions}}
+
+
+def test_the_readme_table_names_every_group_and_whether_it_is_fetched_by_default() -> None:
+    from oidownload.dataset.releases import GROUPS
+
+    table = (ROOT / "README.md").read_text().split("| group | what | versions | by default |", 1)[1].split("\n\n", 1)[0]
+    rows = {cells[1].strip("` "): cells for line in table.splitlines()[2:] if (cells := line.split("|"))}
+    for version, groups in GROUPS.items():
+        for g in groups:
+            versions, default = rows[g.name][3].strip(), rows[g.name][4].strip()
+            assert versions == "all" or version in versions.split(", "), (g.name, version)
+            assert default.startswith("yes" if g.default else f"no: `--only {g.name}`"), g.name
+    assert set(rows) == {g.name for groups in GROUPS.values() for g in groups}
