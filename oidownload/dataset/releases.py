@@ -46,6 +46,10 @@ class Group:
     default: bool = True  # False: GBs, fetched only when --only asks for them
 
 
+def _slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
 def mask_zip_path(split: str, digit: str) -> str:
     """The masks zip of `split` holding the ImageIDs that start with `digit`, relative to
     MASKS_URL: `train-masks/train-masks-0.zip`."""
@@ -64,6 +68,7 @@ def mask_zip_url(split: str, digit: str, masks_url: str = MASKS_URL) -> str:
 
 def _split_files(pattern: str, splits: Iterable[str] = _SPLITS) -> tuple[str, ...]:
     return tuple(pattern.format(split=s) for s in splits)
+
 
 # -- the groups, per version -------------------------------------------------------------
 # V3 comes as five archives; MEMBERS says what each holds, so that a pattern can pick an
@@ -155,7 +160,7 @@ GROUPS: dict[str, tuple[Group, ...]] = {
     ),
 }
 VERSIONS = tuple(GROUPS)
-# What a version fetches without --only.
+# What a version fetches without --only (each path relative to its group's host).
 FILES: dict[str, tuple[str, ...]] = {
     v: tuple(dict.fromkeys(f for g in groups if g.default for f in g.files)) for v, groups in GROUPS.items()}
 # Sizes as the server published them (HTTP HEAD, rounded), for --list; not checked against:
@@ -171,10 +176,6 @@ APPROX_SIZES: dict[str, str] = {
 
 
 # -- selection ---------------------------------------------------------------------------
-
-def _slash(url: str) -> str:
-    return url if url.endswith("/") else url + "/"
-
 
 def base_urls(base_url: str = BASE_URL, narratives_base_url: str | None = None) -> dict[Host, str]:
     """Each host's base URL: --base-url for the openimages files; the narratives' own
