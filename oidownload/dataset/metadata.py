@@ -3,9 +3,11 @@ progress bar, resume (HTTP Range on a .part file) and size checks. The V3 releas
 as .tar.gz archives: they are unpacked (safely: regular files only, nothing outside
 the folder), with their release folder (`2017_11/`) dropped, so the files land where
 `download` is pointed at them: DEST/validation/images.csv, DEST/class-descriptions.csv.
+Every other file lands in DEST under its own name.
 
-The file table is the one place the URLs live. They are relative to BASE_URL, which
---base-url replaces (the tests serve them from the local origin).
+Which files a version has, where they are served from and what --only picks is
+releases.py's table; --base-url (and --narratives-base-url) replace its hosts (the tests
+serve them from the local origin).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import fnmatch
 import os
 import re
 import stat
@@ -27,73 +28,19 @@ from typing import IO
 import aiohttp
 from tqdm import tqdm
 
-from oidownload.core.errors import ConfigError, OutputError
+from oidownload.core.errors import OutputError
 from oidownload.core.fsio import SymlinkRefused, Tree
+from oidownload.dataset.releases import BASE_URL, FILES, base_urls, matches, select, select_files
 
-BASE_URL = "https://storage.googleapis.com/openimages/"
+# FILES and select_files stay importable from here, where they were.
+__all__ = ["BASE_URL", "FILES", "FileResult", "download_metadata", "fetch_all", "select_files", "unpack"]
 
-# version → files, relative to BASE_URL. V7 reuses the V6 boxes and image lists.
-_V6_COMMON = (
-    "v6/oidv6-train-images-with-labels-with-rotation.csv",
-    "v5/validation-images-with-rotation.csv",
-    "v5/test-images-with-rotation.csv",
-    "v6/oidv6-train-annotations-bbox.csv",
-    "v5/validation-annotations-bbox.csv",
-    "v5/test-annotations-bbox.csv",
-    "v5/class-descriptions-boxable.csv",
-)
-FILES: dict[str, tuple[str, ...]] = {
-    "v3": (
-        "2017_11/images_2017_11.tar.gz",
-        "2017_11/annotations_human_bbox_2017_11.tar.gz",
-        "2017_11/annotations_human_2017_11.tar.gz",
-        "2017_11/annotations_machine_2017_11.tar.gz",
-        "2017_11/classes_2017_11.tar.gz",
-    ),
-    "v6": (
-        *_V6_COMMON,
-        "v6/oidv6-class-descriptions.csv",
-        "v6/oidv6-train-annotations-human-imagelabels.csv",
-        "v5/validation-annotations-human-imagelabels.csv",
-        "v5/test-annotations-human-imagelabels.csv",
-    ),
-    "v7": (
-        *_V6_COMMON,
-        "v7/oidv7-class-descriptions.csv",
-        "v7/oidv7-classes-trainable.txt",
-        "v7/oidv7-train-annotations-human-imagelabels.csv",
-        "v7/oidv7-val-annotations-human-imagelabels.csv",
-        "v7/oidv7-test-annotations-human-imagelabels.csv",
-    ),
-}
 _CHUNK = 1 << 20
 ARCHIVES = ".archives"  # under DEST: the V3 archives, kept for resume and "already there"
 # The most a file may have when the server publishes no size (a chunked body): the
 # largest official file is under 4 GB; a body that never ends stops here.
 MAX_SIZE_MB = 8192
 MAX_BYTES = MAX_SIZE_MB << 20
-_SPLITS = ("train", "validation", "test")
-# What each V3 archive holds (after its release folder), so that --only can pick the
-# archives a pattern needs and unpack only the matching members.
-MEMBERS: dict[str, tuple[str, ...]] = {
-    "images_2017_11.tar.gz": tuple(f"{s}/images.csv" for s in _SPLITS),
-    "annotations_human_bbox_2017_11.tar.gz": tuple(f"{s}/annotations-human-bbox.csv" for s in _SPLITS),
-    "annotations_human_2017_11.tar.gz": tuple(f"{s}/annotations-human.csv" for s in _SPLITS),
-    "annotations_machine_2017_11.tar.gz": tuple(f"{s}/annotations-machine.csv" for s in _SPLITS),
-    "classes_2017_11.tar.gz": ("class-descriptions.csv", "classes.txt", "classes-trainable.txt",
-                               "classes-bbox.txt", "classes-bbox-trainable.txt"),
-}
-
-
-def _names(path: str) -> tuple[str, ...]:
-    """The spellings a --only pattern is matched against: the name, the path, and the
-    path with '-' for '/' (so 'validation-*' picks V3's validation/… as it picks V5's
-    validation-…)."""
-    return (Path(path).name, path, path.replace("/", "-"))
-
-
-def matches(path: str, only: tuple[str, ...]) -> bool:
-    return not only or any(fnmatch.fnmatch(n.lower(), pat.lower()) for pat in only for n in _names(path))
 
 
 @dataclass
@@ -103,18 +50,6 @@ class FileResult:
     size: int
     state: str  # downloaded / resumed / already there / unpacked / refused
     note: str = ""  # why, when refused
-
-
-def select_files(version: str, only: tuple[str, ...]) -> list[str]:
-    if version not in FILES:
-        raise ConfigError(f"unknown version {version!r}; known: {', '.join(FILES)}")
-    files = list(FILES[version])
-    if only:
-        files = [f for f in files if matches(f, only) or any(matches(m, only) for m in MEMBERS.get(Path(f).name, ()))]
-        if not files:
-            known = [n for f in FILES[version] for n in (Path(f).name, *MEMBERS.get(Path(f).name, ()))]
-            raise ConfigError(f"no {version} file matches {', '.join(only)}; files: {', '.join(known)}")
-    return files
 
 
 def _range_start(resp: aiohttp.ClientResponse) -> int | None:
@@ -235,39 +170,39 @@ async def _receive(resp: aiohttp.ClientResponse, f: IO[bytes], name: str, start:
 
 
 async def fetch_all(version: str, dest: Path, base_url: str, only: tuple[str, ...], bars: bool,
-                    max_bytes: int = MAX_BYTES) -> list[FileResult]:
-    files = select_files(version, only)
+                    max_bytes: int = MAX_BYTES, narratives_base_url: str | None = None) -> list[FileResult]:
+    picks = select(version, only)
     try:
         tree = Tree.at(dest)
     except OSError as exc:
         raise OutputError(f"cannot create {dest}: {exc.strerror or exc}") from None
-    base = base_url if base_url.endswith("/") else base_url + "/"
+    bases = base_urls(base_url, narratives_base_url)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     results = []
     with tree:
         async with aiohttp.ClientSession(timeout=timeout, headers={"Accept-Encoding": "identity"}) as session:
-            for rel in files:
-                archive = rel.endswith((".tar.gz", ".tgz"))
+            for pick in picks:
+                url = bases[pick.group.host] + pick.rel
+                archive = pick.rel.endswith((".tar.gz", ".tgz"))
                 # An archive is kept in DEST/.archives/, not beside what it unpacks to: `db load
                 # DEST` would find both and load every row twice (it passes over hidden folders).
                 try:
-                    where = _archives(tree, Path(rel).name) if archive else tree
+                    where = _archives(tree, pick.name) if archive else tree
                 except OSError as exc:
                     raise OutputError(f"cannot use {dest / ARCHIVES}: {exc.strerror or exc}") from None
                 try:
-                    got = await _fetch(session, base + rel, where, Path(rel).name, bars, max_bytes)
+                    got = await _fetch(session, url, where, pick.name, bars, max_bytes)
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    raise OutputError(f"{base + rel}: {type(exc).__name__}: {exc}; run again to resume") from None
+                    raise OutputError(f"{url}: {type(exc).__name__}: {exc}; run again to resume") from None
                 except OSError as exc:
-                    raise OutputError(f"cannot write {dest / Path(rel).name}: {exc.strerror or exc}") from None
+                    raise OutputError(f"cannot write {dest / pick.name}: {exc.strerror or exc}") from None
                 finally:
                     if where is not tree:
                         where.close()
                 results.append(got)
                 if archive:
-                    archive_only = () if matches(rel, only) else only
                     results += await asyncio.get_running_loop().run_in_executor(None, unpack, got.path, dest,
-                                                                                archive_only)
+                                                                                pick.members)
     return results
 
 
@@ -333,5 +268,6 @@ def unpack(archive: Path, dest: Path, only: tuple[str, ...] = ()) -> list[FileRe
 
 
 def download_metadata(version: str, dest: Path, *, base_url: str = BASE_URL, only: tuple[str, ...] = (),
-                      bars: bool = True, max_bytes: int = MAX_BYTES) -> list[FileResult]:
-    return asyncio.run(fetch_all(version, dest, base_url, only, bars, max_bytes))
+                      bars: bool = True, max_bytes: int = MAX_BYTES,
+                      narratives_base_url: str | None = None) -> list[FileResult]:
+    return asyncio.run(fetch_all(version, dest, base_url, only, bars, max_bytes, narratives_base_url))
