@@ -285,3 +285,28 @@ def test_a_member_over_the_cap_is_refused_unread(make_origin: StartOrigin) -> No
     assert bomb.status == "too_large" and "over the 1000000-byte cap" in bomb.detail
     assert sum(m.ok for m in got.values()) == 5
     assert origin.bytes_sent[f"/files/{ZIP_PATH}"] < len(data) - 1000  # its ~2 KB were not fetched
+
+
+def test_the_origin_answers_each_kind_of_range(make_origin: StartOrigin) -> None:
+    body = bytes(range(256)) * 4
+    origin, url = serve(make_origin, body)
+
+    async def get(spec: str) -> tuple[int, str, bytes, str]:
+        async with aiohttp.ClientSession() as session, session.get(url, headers={"Range": spec}) as resp:
+            return resp.status, resp.headers.get("Content-Range", ""), await resp.read(), resp.headers.get("ETag", "")
+
+    async def go() -> None:
+        assert (await get("bytes=10-19"))[:3] == (206, "bytes 10-19/1024", body[10:20])
+        assert (await get("bytes=1000-"))[:3] == (206, "bytes 1000-1023/1024", body[1000:])
+        assert (await get("bytes=-24"))[:3] == (206, "bytes 1000-1023/1024", body[1000:])
+        assert (await get("bytes=-5000"))[:3] == (206, "bytes 0-1023/1024", body)
+        assert (await get("bytes=1020-5000"))[:3] == (206, "bytes 1020-1023/1024", body[1020:])
+        for unsatisfiable in ("bytes=1024-", "bytes=2000-3000", "bytes=-0", "bytes=5-2"):
+            assert (await get(unsatisfiable))[:2] == (416, "bytes */1024"), unsatisfiable
+        origin.ignore_range = True
+        status, _, got, etag = await get("bytes=10-19")
+        assert (status, got) == (200, body) and etag.startswith('"')
+
+    asyncio.run(go())
+    assert origin.requests[f"/files/{ZIP_PATH}"] == 10
+    assert origin.bytes_sent[f"/files/{ZIP_PATH}"] == 10 + 24 + 24 + 1024 + 4 + 1024
