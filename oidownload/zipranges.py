@@ -35,7 +35,7 @@ MAX_GAP = 16 * 1024  # members this close share one request: the gap costs less 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # one coalesced request is held in memory whole
 MAX_MEMBER_BYTES = 64 * 1024 * 1024  # a mask PNG is well under 1 MB; far more is a zip bomb
 MAX_MEMBERS = 2_000_000  # a mask zip holds about 175,000; a directory claiming more is hostile
-MAX_DIRECTORY_BYTES = 512 * 1024 * 1024
+MAX_DIRECTORY_BYTES = 256 * 1024 * 1024  # a 175,000-member directory is about 15 MB
 # The local extra field may be longer than the central one (timestamps, zip64 sizes): asking
 # for this much more usually saves a second request for the member's last bytes.
 HEADER_SLACK = 64
@@ -319,7 +319,7 @@ def _parse_entries(cd: memoryview, count: int, shift: int, out: Directory) -> No
         raw = bytes(cd[name_at:extra_at])
         # Bit 11: the name is UTF-8; otherwise cp437, as zipfile reads it.
         name = raw.decode("utf-8", "replace") if flags & 0x800 else raw.decode("cp437")
-        values = (offset + shift, csize, usize, crc, method, flags, 30 + nlen + xlen)
+        values = (min(offset + shift, out.size), csize, usize, crc, method, flags, 30 + nlen + xlen)
         i = rows.setdefault(name, len(cols[0]))
         for col, v in zip(cols, values, strict=True):
             if i == len(col):

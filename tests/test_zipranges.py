@@ -310,3 +310,25 @@ def test_the_origin_answers_each_kind_of_range(make_origin: StartOrigin) -> None
     asyncio.run(go())
     assert origin.requests[f"/files/{ZIP_PATH}"] == 10
     assert origin.bytes_sent[f"/files/{ZIP_PATH}"] == 10 + 24 + 24 + 1024 + 4 + 1024
+
+
+def test_damaged_zips_give_statuses_or_a_zip_error_and_nothing_else() -> None:
+    members = masks(12, 11)
+    data = build_zip(members)
+    rng = random.Random(11)
+    seen: set[str] = set()
+    for _ in range(300):
+        damaged = bytearray(data)
+        for _ in range(rng.randrange(1, 6)):  # mostly in the directory and the EOCD
+            damaged[rng.randrange(data.find(b"PK\x01\x02") if rng.random() < 0.8 else 0, len(data))] = rng.randrange(256)
+        reader = BytesReader(bytes(damaged))
+
+        async def go(reader: BytesReader = reader) -> dict[str, zr.Member]:
+            d = await zr.parse_directory(reader)
+            return await zr.read_members(reader, d, [*members, *list(d.rows)[:20]])
+
+        try:
+            seen.update(m.status for m in asyncio.run(go()).values())
+        except zr.ZipError:
+            seen.add("ZipError")
+    assert {"ok", "missing", "crc", "ZipError"} <= seen
