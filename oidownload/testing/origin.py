@@ -304,6 +304,8 @@ class Origin:
         self.trickle_delay = trickle_delay
         self.extra_files = dict(extra_files or {})
         self.requests: collections.Counter[str] = collections.Counter()
+        self.bytes_sent: collections.Counter[str] = collections.Counter()  # body bytes, for /files/ only
+        self.ignore_range = False  # /files/ answers a Range request 200 with the whole body
         self.served_ok: collections.Counter[str] = collections.Counter()
         self.times: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
         self.agents: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
@@ -370,23 +372,36 @@ class Origin:
         data = self.extra_files.get(request.match_info["name"])
         if data is None:
             raise web.HTTPNotFound()
+        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{hashlib.md5(data).hexdigest()}"'}
         if request.method == "HEAD":  # aiohttp leaves the body out of a HEAD answer
-            return web.Response(body=data, content_type="application/octet-stream")
-        rng = request.http_range  # Range: bytes=N- resumes, as a static file server does
-        if rng.start is not None and request.method == "GET":
-            start = rng.start
-            if start >= len(data):
-                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
-            resp = web.StreamResponse(status=206, headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}",
-            })
-            resp.content_length = len(data) - start
-            await resp.prepare(request)
-            await resp.write(data[start:])
+            return web.Response(body=data, headers=headers)
+        if "Range" not in request.headers or self.ignore_range:
+            return await self._send_file(request, web.StreamResponse(headers=headers), data)
+        # bytes=a-b, bytes=a- (a resume, as a static file server does) and bytes=-n (a suffix)
+        try:
+            rng = request.http_range
+        except ValueError:
+            rng = slice(len(data), None)
+        start, end = rng.start or 0, len(data) if rng.stop is None else min(rng.stop, len(data))
+        if start < 0 or request.headers["Range"].replace(" ", "") == "bytes=-0":
+            start = max(0, len(data) + start) if start < 0 else len(data)
+        if start >= end:
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        return await self._send_file(request, web.StreamResponse(status=206, headers=headers), data[start:end])
+
+    async def _send_file(self, request: web.Request, resp: web.StreamResponse, body: bytes) -> web.StreamResponse:
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        try:  # by chunks, so that `bytes_sent` shows where a client that hung up stopped it
+            for i in range(0, len(body), Link.CHUNK):
+                chunk = body[i : i + Link.CHUNK]
+                await (self.link.send(resp, chunk) if self.link is not None else resp.write(chunk))
+                self.bytes_sent[request.path] += len(chunk)
             await resp.write_eof()
-            return resp
-        return await self._send(request, data, "application/octet-stream")
+        except ConnectionError:  # the client closed early, e.g. on a 200 to its Range request
+            pass
+        return resp
 
     async def redirect_loop(self, request: web.Request) -> web.StreamResponse:
         self.requests[request.path] += 1
