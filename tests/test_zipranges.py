@@ -9,17 +9,17 @@ import random
 import struct
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image, ImageDraw
 
-from oidownload import zipranges as zr
+from oidownload.sources import zipranges as zr
+from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Origin
 
-StartOrigin = Callable[..., Origin]
 ZIP_PATH = "masks/train-masks-0.zip"
 EOCD = 22
 

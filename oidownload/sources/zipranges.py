@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 
 import aiohttp
 
-from .errors import InputError
+from oidownload.core.errors import InputError
 
 TAIL_BYTES = 64 * 1024  # the first, suffix request: the EOCD and most zips' whole directory
 CHECK_BYTES = 1024  # the first request when a cached directory only needs its size and ETag checked
