@@ -11,7 +11,7 @@ from typing import Any
 import click
 from PIL import Image
 
-from oidownload.commands.cli import main
+from oidownload.commands import main
 from oidownload.testing.origin import Corpus, Fault, Origin
 from tests.conftest import journal_rows, run_cli
 
