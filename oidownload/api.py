@@ -3,8 +3,9 @@
 (`export_annotations` here).
 
 Options are each command's long option names in snake_case (`resize=640`,
-`class_=["Snowman"]`), checked by the very rules of the command line (the OIDOWNLOAD_*
-variables do not apply); errors are the commands' own, typed (ConfigError for what the
+`class_=["Snowman"]`), typed (DownloadOptions, SelectOptions) and checked by the option
+table the command line is built from (core/options.py; the OIDOWNLOAD_* variables do not
+apply), without click; errors are the commands' own, typed (ConfigError for what the
 command line calls a usage error, InputError, OutputError). download works from a script
 and from inside a running event loop (Jupyter): there the run gets a thread and an
 event loop of its own.

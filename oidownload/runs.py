@@ -144,20 +144,3 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
         return export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
                       state_dir=state_dir, image_lists=list(image_lists) or None)
 
-
-def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
-                           class_names: tuple[str, ...]) -> tuple[list[Path], Path | None, frozenset[str] | None]:
-    """(annotation files, class descriptions, classes) as given, or else as the download
-    into OUT selected with (its journal remembers them); classes None: every class."""
-    from oidownload.dataset.classes import ClassDescriptions
-
-    remembered = RememberedSelection.read(state)
-    files = list(dict.fromkeys(annotation_files or remembered.annotations))
-    descriptions = class_descriptions or remembered.class_descriptions
-    classes = remembered.classes
-    if class_names:
-        if descriptions is None and any(not n.startswith("/") for n in class_names):
-            raise ConfigError("class names need --class-descriptions")
-        classes = frozenset(ClassDescriptions.load(descriptions).resolve(class_names) if descriptions
-                            else class_names)
-    return files, descriptions, classes

@@ -12,8 +12,8 @@ from oidownload.core.config import LogFormat, ProgressMode
 from oidownload.core.errors import ConfigError
 from oidownload.core.exits import ExitCode
 from oidownload.core.options import MAX_PROCESSES
-from oidownload.runs import remembered_annotations
 from oidownload.state.reader import StateDir, local_dest
+from oidownload.state.remembered import RememberedSelection
 
 
 @main.command("gallery")
@@ -72,3 +72,21 @@ def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: t
     )
     click.echo(str(res.dest / "index.html"))
     return ExitCode.OK
+
+
+def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], class_descriptions: Path | None,
+                           class_names: tuple[str, ...]) -> tuple[list[Path], Path | None, frozenset[str] | None]:
+    """(annotation files, class descriptions, classes) as given, or else as the download
+    into OUT selected with (its journal remembers them); classes None: every class."""
+    from oidownload.dataset.classes import ClassDescriptions
+
+    remembered = RememberedSelection.read(state)
+    files = list(dict.fromkeys(annotation_files or remembered.annotations))
+    descriptions = class_descriptions or remembered.class_descriptions
+    classes = remembered.classes
+    if class_names:
+        if descriptions is None and any(not n.startswith("/") for n in class_names):
+            raise ConfigError("class names need --class-descriptions")
+        classes = frozenset(ClassDescriptions.load(descriptions).resolve(class_names) if descriptions
+                            else class_names)
+    return files, descriptions, classes
