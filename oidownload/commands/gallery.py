@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from oidownload.commands.group import boundary, main
-from oidownload.commands.options import FOLDER, Int, _enum, opt, state_dir_option
+from oidownload.commands.options import FOLDER, Int, choice_of, opt, state_dir_option
 from oidownload.core.config import LogFormat, ProgressMode
 from oidownload.core.errors import ConfigError
 from oidownload.core.exits import ExitCode
@@ -32,7 +32,7 @@ from oidownload.state.remembered import RememberedSelection
      help="Image lists (CSV) for the attribution [default: the download's inputs].")
 @opt("--processes", scope="gallery", type=Int(1, MAX_PROCESSES), default=None,
      help="Worker processes for thumbnails and pages [default: one per usable CPU].")
-@opt("--progress", "progress_mode", scope="gallery", type=_enum(ProgressMode), default="auto",
+@opt("--progress", "progress_mode", scope="gallery", type=choice_of(ProgressMode), default="auto",
      help="auto: a bar on a terminal, log lines otherwise.")
 @state_dir_option
 @boundary

@@ -99,7 +99,7 @@ def quiet_exit_on_closed_pipe() -> NoReturn:
     sys.exit(closed_pipe())
 
 
-def boundary(f: Callable[..., int | None]) -> Callable[..., int]:
+def boundary(f: Callable[..., int]) -> Callable[..., int]:
     """The one place a command's errors end: a usage error goes to click (exit 2), a
     fatal error or any I/O error prints one line and becomes its exit code, which the
     command returns as it returns its own."""
@@ -108,7 +108,7 @@ def boundary(f: Callable[..., int | None]) -> Callable[..., int]:
     def wrapper(*args: Any, **kwargs: Any) -> int:
         say = say_to_stderr(LogFormat(kwargs.get("log_format") or "text"))
         try:
-            return int(f(*args, **kwargs) or ExitCode.OK)
+            return f(*args, **kwargs)
         except BrokenPipeError:
             return closed_pipe()
         except ConfigError as exc:

@@ -149,7 +149,7 @@ class _Choice(click.Choice):  # type: ignore[type-arg]
             _fail(exc, param, ctx)
 
 
-def _enum(cls: type[Any]) -> click.Choice[str]:
+def choice_of(cls: type[Any]) -> click.Choice[str]:
     return _Choice(OneOf(tuple(e.value for e in cls)))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from oidownload.commands.group import boundary, main
-from oidownload.commands.options import Duration, Int, _enum, opt, state_dir_option
+from oidownload.commands.options import Duration, Int, choice_of, opt, state_dir_option
 from oidownload.core.config import ProgressMode
 from oidownload.core.exits import VERIFY_MEANING, ExitCode, help_table
 from oidownload.core.options import MAX_PROCESSES
@@ -80,7 +80,7 @@ def _verify_lock(out: str, lock_file: Path, processes: int | None, mode: Progres
      help="Worker processes reading and decoding; the default counts the CPUs this process may use.")
 @opt("--mark/--no-mark", scope="verify", default=True,
      help="Mark what is missing or damaged in the journal, so that the next download fetches exactly that again.")
-@opt("--progress", "progress_mode", scope="verify", type=_enum(ProgressMode), default="auto",
+@opt("--progress", "progress_mode", scope="verify", type=choice_of(ProgressMode), default="auto",
      help="auto: a bar on a terminal, log lines otherwise.")
 @opt("--progress-interval", scope="verify", type=Duration(), default="5",
      help="Seconds between progress log lines.")
