@@ -63,3 +63,16 @@ def test_the_api_imports_neither_click_nor_the_commands() -> None:
              "print(sorted(m for m in sys.modules if m == 'click' or m.startswith('oidownload.commands')))")
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert res.stdout.strip() == "[]"
+
+
+def test_core_imports_nothing_else_of_ours_nor_click() -> None:
+    import ast
+
+    core = Path(__file__).parent.parent / "oidownload" / "core"
+    for path in sorted(core.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith("click"), f"{path.name} imports {name}"
+                assert not name.startswith("oidownload") or name.startswith("oidownload.core"), f"{path.name}: {name}"

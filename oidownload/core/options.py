@@ -241,6 +241,8 @@ DOWNLOAD_OPTIONS: tuple[OptionSpec, ...] = (*_OUTPUT, *SELECTION_OPTIONS, *_FETC
 # `select`'s -o: the new images CSV (- for stdout).
 SELECT_OUTPUT = _spec("-o", "--output", dest="dest", scope="select", required=True, value=PATH,
                       help="The new images CSV (same columns as the input); - for stdout.")
+# download's and select's INPUTS argument: each a path, checked as an option's; the hint
+# is how click names an argument in a usage error.
 INPUTS = OptionSpec(("[INPUTS]...",), "inputs", "", value=PATH, multiple=True)
 SELECTION_KEYS = tuple(s.dest for s in SELECTION_OPTIONS)
 
