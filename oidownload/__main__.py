@@ -1,3 +1,3 @@
-from oidownload.commands.cli import main
+from oidownload.commands import main
 
 main()

@@ -3,8 +3,9 @@
 (`export_annotations` here).
 
 Options are each command's long option names in snake_case (`resize=640`,
-`class_=["Snowman"]`), checked by the very rules of the command line (the OIDOWNLOAD_*
-variables do not apply); errors are the commands' own, typed (ConfigError for what the
+`class_=["Snowman"]`), typed (DownloadOptions, SelectOptions) and checked by the option
+table the command line is built from (core/options.py; the OIDOWNLOAD_* variables do not
+apply), without click; errors are the commands' own, typed (ConfigError for what the
 command line calls a usage error, InputError, OutputError). download works from a script
 and from inside a running event loop (Jupyter): there the run gets a thread and an
 event loop of its own.
@@ -14,24 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import difflib
 import os
 import signal
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-from oidownload.core.errors import ConfigError
 from oidownload.core.exits import ExitCode
+from oidownload.core.options import (
+    DOWNLOAD_OPTIONS,
+    INPUTS,
+    SELECT_OUTPUT,
+    SELECTION_OPTIONS,
+    DownloadOptions,
+    DownloadParams,
+    OptionSpec,
+    SelectionParams,
+    SelectOptions,
+    parse_options,
+)
+from oidownload.core.values import OneOf, PathIn
 
 if TYPE_CHECKING:
-    import click
-
-    from oidownload.core.config import Config
-    from oidownload.engine.pipeline import RunResult, Stopper
+    from oidownload.engine.pipeline import Stopper
     from oidownload.engine.progress import Tally
     from oidownload.exports.formats import ExportResult
     from oidownload.state.report import ShardStatus
@@ -112,113 +120,33 @@ class SelectResult:
     warnings: tuple[str, ...]
 
 
-def _command(source: click.Command | None = None) -> click.Command:
-    """A command's parameters (download's by default) without their environment
-    variables: an API call says everything it means in its arguments."""
-    import click
-
-    from oidownload.commands.cli import download
-
-    source = source or download
-    params = []
-    for param in source.params:
-        clone = copy.copy(param)
-        clone.envvar = None
-        params.append(clone)
-    return click.Command(source.name, params=params)
-
-
-def _keyword(param: click.Parameter) -> str:
-    longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
-    return longs[0][2:].replace("-", "_") if longs else str(param.name)
-
-
-def _argv(options: Mapping[str, Any], command: click.Command) -> list[str]:
-    import click
-
-    by_keyword = {_keyword(p): p for p in command.params if isinstance(p, click.Option) and not p.hidden}
-    argv: list[str] = []
-    for name, value in options.items():
-        param = by_keyword.get(name.rstrip("_"))  # class_=...: `class` is a Python keyword
-        if param is None:
-            close = difflib.get_close_matches(name, by_keyword, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise TypeError(f"{command.name}() got an unexpected keyword argument {name!r}{hint}")
-        flag = next(o for o in param.opts if o.startswith("--"))
-        if value is None or (value is False and getattr(param, "is_flag", False)):
-            continue
-        if getattr(param, "is_flag", False):
-            if value is not True:
-                raise ConfigError(f"{name}={value!r}: give True or False")
-            argv.append(flag)
-            continue
-        values = [value] if isinstance(value, str | os.PathLike) or not isinstance(value, Iterable) else list(value)
-        if len(values) > 1 and not getattr(param, "multiple", False):
-            raise ConfigError(f"{name} takes one value, got {len(values)}")
-        for v in values:
-            argv += [flag, os.fspath(v) if isinstance(v, os.PathLike) else str(v)]
-    return argv
-
-
 Inputs = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
-
-
-def _parse(command: click.Command, options: Mapping[str, Any], arguments: list[str]) -> dict[str, Any]:
-    """The dict of parameters the command gets from these options and arguments, or
-    ConfigError (a usage error on the command line) / TypeError (an unknown keyword)."""
-    import click
-
-    argv = [*_argv(options, command), "--", *arguments]
-    try:
-        with command.make_context(str(command.name), argv) as ctx:
-            if command.name != "download":
-                return dict(ctx.params)
-            from oidownload.commands.cli import explicit_params
-
-            return {**ctx.params, "explicit": explicit_params(ctx)}
-    except click.ClickException as exc:
-        raise ConfigError(exc.format_message()) from None
+Paths = str | os.PathLike[str]
 
 
 def _paths(inputs: Inputs) -> list[str]:
     return [os.fspath(p) for p in ([inputs] if isinstance(inputs, str | os.PathLike) else list(inputs))]
 
 
-def parameters(inputs: Inputs, output: str | os.PathLike[str], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The same dict of parameters the CLI's `download` gets, or ConfigError / TypeError."""
+def _inputs(inputs: Inputs) -> tuple[Path, ...]:
+    return tuple(INPUTS.convert(p) for p in _paths(inputs))
+
+
+def parameters(inputs: Inputs, output: str | os.PathLike[str], options: DownloadOptions) -> DownloadParams:
+    """The parameters the CLI's `download` gets from these arguments (checked by the same
+    option table), or ConfigError / TypeError."""
     if "output" in options:
         raise TypeError("download() got output twice")
-    return _parse(_command(), {**options, "output": output}, _paths(inputs))
+    params: dict[str, Any] = parse_options("download", DOWNLOAD_OPTIONS, {**options, "output": os.fspath(output)})
+    params["inputs"] = _inputs(inputs)
+    if params["inputs"]:
+        params["explicit"] = params["explicit"] | {"inputs"}
+    return params  # type: ignore[return-value]
 
 
-def execute(params: dict[str, Any], stopper: Stopper | None, resume: str) -> tuple[Config, RunResult]:
-    """One download from the CLI's parameters, with its verdict said at the end; the
-    CLI and the API both run through here. `resume` says how to run it again."""
-    from oidownload.commands.cli import announce, build_config, check_folder
-    from oidownload.core.config import LogFormat, ProgressMode
-    from oidownload.core.shard import resolve_with_count
-    from oidownload.engine.pipeline import run_download
-    from oidownload.engine.progress import Progress
-    from oidownload.provenance.rebuild import finish_run
-    from oidownload.sinks import is_remote
-
-    check_folder(params["state_dir"], "--state-dir")
-    if not is_remote(str(params["out"])):
-        check_folder(Path(params["out"]), "-o/--output")
-    progress = Progress(ProgressMode(params["progress_mode"]), LogFormat(params["log_format"]),
-                        params["progress_interval"])
-    try:
-        cfg = build_config(params, progress.log)
-        shard = resolve_with_count(params["shard_index"], params["num_shards"], os.environ)
-        result = run_download(cfg, shard, progress, stopper, finish=finish_run)
-    finally:
-        progress.close()
-    announce(progress.log, result.exit_code, result.message, resume)
-    return cfg, result
-
-
-def _run(params: dict[str, Any], stopper: Stopper | None) -> DownloadResult:
+def _run(params: DownloadParams, stopper: Stopper | None) -> DownloadResult:
     from oidownload.core.errors import OidownloadError
+    from oidownload.runs import execute
 
     cfg, result = execute(params, stopper, "call download() again with the same arguments")
     try:
@@ -239,37 +167,60 @@ def status(out: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | N
                      dict(st.sources), tuple(st.shards))
 
 
-def select(inputs: Inputs, output: str | os.PathLike[str], **options: Any) -> SelectResult:
+def select(inputs: Inputs, output: str | os.PathLike[str], **options: Unpack[SelectOptions]) -> SelectResult:
     """Writes the rows of `inputs` that a selection picks into the CSV `output`, as
     `oidownload select` does, with the same options as download's selection (class_,
     annotations, hierarchy, limit, seed...)."""
-    from oidownload.commands.cli import run_select, select_cmd
+    from oidownload.runs import run_select
 
     if "output" in options:
         raise TypeError("select() got output twice")
-    params = _parse(_command(select_cmd), {**options, "output": output}, _paths(inputs))
+    params = parse_options("select", (SELECT_OUTPUT, *SELECTION_OPTIONS), {**options, "output": os.fspath(output)})
     notes: list[str] = []
     warnings: list[str] = []
 
     def say(event: str, message: str, *, level: str = "info", **fields: Any) -> None:
         (warnings if level == "warning" else notes).append(message)
 
-    inputs_, dest = params.pop("inputs"), params.pop("dest")
-    rows, why = run_select(inputs_, dest, params, say)
+    dest: Path = params.pop("dest")
+    selection: SelectionParams = params  # type: ignore[assignment]
+    rows, why = run_select(_inputs(inputs), dest, selection, say)
     code = ExitCode.OK if why is None else ExitCode.NOTHING_SELECTED
     return SelectResult(rows, dest, int(code), why, tuple(notes), tuple(warnings))
 
 
-# `oidownload.annotations` (this module cannot bind that name: `from __future__ import annotations`).
-def export_annotations(out: str | os.PathLike[str], format: str = "coco", **options: Any) -> ExportResult:
-    """The annotations of the images downloaded into OUT, as `oidownload annotations OUT
-    --format FORMAT` writes them (coco, yolo, hf, csv, attribution), with its options
-    (annotations, db, class_descriptions, class_, hierarchy, with_parts, dest, images,
-    state_dir). Returns what was written: counts, files and notes."""
-    from oidownload.commands.cli import annotations_cmd, run_annotations
+def _checked(flags: tuple[str, ...], rule: PathIn | OneOf, values: Paths | Iterable[Paths] | None) -> tuple[Any, ...]:
+    """Values of an `annotations` option, checked as its command line checks them."""
+    spec = OptionSpec(flags, "", "", value=rule)
+    return tuple(spec.convert(v) for v in ([] if values is None else _paths(values)))
 
-    params = _parse(_command(annotations_cmd), {**options, "format": format}, [os.fspath(out)])
-    return run_annotations(**params)
+
+def _one(flags: tuple[str, ...], rule: PathIn, value: Paths | None) -> Path | None:
+    return next(iter(_checked(flags, rule, value)), None)
+
+
+_FILE = PathIn(dir_okay=False)
+
+
+# `oidownload.annotations` (this module cannot bind that name: `from __future__ import annotations`).
+def export_annotations(out: str | os.PathLike[str], format: str = "coco", *,
+                       annotations: Paths | Iterable[Paths] = (), db: str | None = None,
+                       class_descriptions: Paths | None = None, class_: str | Iterable[str] = (),
+                       hierarchy: Paths | None = None, with_parts: bool = False, dest: Paths | None = None,
+                       images: Paths | Iterable[Paths] = (), state_dir: Paths | None = None) -> ExportResult:
+    """The annotations of the images downloaded into OUT, as `oidownload annotations OUT
+    --format FORMAT` writes them (coco, yolo, hf, csv, attribution), with its options.
+    Returns what was written: counts, files and notes."""
+    from oidownload.exports.formats import ExportFormat
+    from oidownload.runs import run_annotations
+
+    fmt = _checked(("--format",), OneOf(tuple(f.value for f in ExportFormat), case_sensitive=True), format)[0]
+    return run_annotations(
+        os.fspath(out), fmt, _checked(("--annotations",), _FILE, annotations), db,
+        _one(("--class-descriptions",), _FILE, class_descriptions),
+        tuple([class_] if isinstance(class_, str) else class_), _one(("--hierarchy",), _FILE, hierarchy),
+        with_parts, _one(("-d", "--dest"), PathIn(), dest), _checked(("--images",), _FILE, images),
+        _one(("--state-dir",), PathIn(), state_dir))
 
 
 def _loop_running() -> bool:
@@ -280,8 +231,7 @@ def _loop_running() -> bool:
     return True
 
 
-def download(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], output: str | os.PathLike[str],
-             **options: Any) -> DownloadResult:
+def download(inputs: Inputs, output: str | os.PathLike[str], **options: Unpack[DownloadOptions]) -> DownloadResult:
     """Downloads the images listed in `inputs` into `output`, as `oidownload download`
     does, and returns a DownloadResult. Fatal errors raise InputError / OutputError,
     bad options ConfigError (unknown ones TypeError). Calling it again resumes.
@@ -344,8 +294,8 @@ def download(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], 
     return outcome[0]
 
 
-async def download_async(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-                         output: str | os.PathLike[str], **options: Any) -> DownloadResult:
+async def download_async(inputs: Inputs, output: str | os.PathLike[str],
+                         **options: Unpack[DownloadOptions]) -> DownloadResult:
     """`await download_async(...)`: the same run, in a thread with its own event loop, so
     the caller's loop stays free. Cancelling the await stops the run cleanly (the
     journal is flushed, the same call resumes) and then raises CancelledError."""

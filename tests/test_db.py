@@ -382,7 +382,7 @@ def test_database_urls_bad_and_unreachable(tmp_path: Path) -> None:
     assert res.returncode == 1 and "database /proc/oi.sqlite" in res.stderr
     res = run_cli("select", VAL / "images.csv", "-o", tmp_path / "x.csv", "--class", "Car", "--db", tmp_path / "none.db")
     assert res.returncode == 1 and "no such file" in res.stderr and "db load" in res.stderr
-    hide = "import sys; sys.modules['psycopg'] = None; from oidownload.commands.cli import main; main()"
+    hide = "import sys; sys.modules['psycopg'] = None; from oidownload.commands import main; main()"
     res = subprocess.run([sys.executable, "-c", hide, "db", "load", DESCRIPTIONS, "--db", "postgresql://u@h/db"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "pip install 'oidownload[postgres]'" in res.stderr

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from PIL import Image
 
-from oidownload.commands.cli import main
+from oidownload.commands import main
 from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Fault
 from tests.conftest import journal_rows, run_cli

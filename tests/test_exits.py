@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 import pytest
 
-from oidownload.commands.cli import Duration, Float, Int, main
+from oidownload.commands import main
+from oidownload.commands.options import Duration, Float, Int
 from oidownload.core.exits import MEANING, ExitCode
 from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Fault

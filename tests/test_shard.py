@@ -129,6 +129,6 @@ def test_max_runtime_stops_cleanly_with_75_and_resumes(tmp_path: Path, make_orig
      ("10:30", 630), ("bad", None), ("1h x", None), ("", None)],
 )
 def test_durations(text: str, seconds: float | None) -> None:
-    from oidownload.commands.cli import parse_duration
+    from oidownload.core.values import parse_duration
 
     assert parse_duration(text) == seconds

@@ -1,89 +1,57 @@
-"""One frozen `Config`, built once in cli.py; each stage is handed only its part.
+"""One frozen `Config`, built once (build.py) for the CLI and the API; each stage is
+handed only its part. The defaults are the option table's (core/options.py).
 
 Tests vary it with `dataclasses.replace`.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# --per-host auto: every host starts here (the polite number a fixed limit used to be)
-# and may grow to the ceiling, which --concurrency also bounds.
-AUTO_START = 16
-AUTO_CEILING = 256
+from oidownload.core.choices import Fallback as Fallback
+from oidownload.core.choices import LogFormat as LogFormat
+from oidownload.core.choices import Orientation as Orientation
+from oidownload.core.choices import OutputFormat as OutputFormat
+from oidownload.core.choices import OutputKind as OutputKind
+from oidownload.core.choices import ProgressMode as ProgressMode
+from oidownload.core.choices import ResizeMode as ResizeMode
+from oidownload.core.choices import SourceChoice as SourceChoice
+from oidownload.core.options import AUTO_CEILING as AUTO_CEILING
+from oidownload.core.options import AUTO_START as AUTO_START
+from oidownload.core.options import DEFAULT_QUALITY, default
+from oidownload.core.options import MAX_REDIRECTS as MAX_REDIRECTS
 
-class SourceChoice(enum.StrEnum):
-    ORIGINAL = "original"
-    THUMBNAIL = "thumbnail"
-    AUTO = "auto"
-    CVDF = "cvdf"
-
-
-class Fallback(enum.StrEnum):
-    NONE = "none"
-    CVDF = "cvdf"
-
-
-class ResizeMode(enum.StrEnum):
-    FIT = "fit"
-    FILL = "fill"
-    NONE = "none"
-
-
-class OutputFormat(enum.StrEnum):
-    JPEG = "jpeg"
-    WEBP = "webp"
-    PNG = "png"
-    KEEP = "keep"
-
-
-class Orientation(enum.StrEnum):
-    RAW = "raw"
-    UPRIGHT = "upright"
-
-
-class OutputKind(enum.StrEnum):
-    FILES = "files"
-    WEBDATASET = "webdataset"
-
-
-class LogFormat(enum.StrEnum):
-    TEXT = "text"
-    JSON = "json"
-
-
-class ProgressMode(enum.StrEnum):
-    AUTO = "auto"
-    BAR = "bar"
-    LOG = "log"
-    NONE = "none"
-
-
-# Browsers follow at most 20 redirects; a real image is never further away.
-MAX_REDIRECTS = 20
+MB = 1024 * 1024
+# The table's choices as Config holds them.
+_RESIZE_MODE = ResizeMode(default("resize_mode"))
+_FMT = OutputFormat(default("fmt"))
+_ORIENTATION = Orientation(default("orientation"))
+_SOURCE = SourceChoice(default("source"))
+_LOG_FORMAT = LogFormat(default("log_format"))
+_PROGRESS_MODE = ProgressMode(default("progress_mode"))
+_OUTPUT_FORMAT = OutputKind(default("output_format"))
 
 
 @dataclass(frozen=True, slots=True)
 class NetConfig:
-    concurrency: int = 256
-    per_host: int | None = None  # None: auto (limits.py), up to host_ceiling
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
+    concurrency: int = default("concurrency")
+    per_host: int | None = default("per_host")  # None: auto (limits.py), up to host_ceiling
+    connect_timeout: float = default("connect_timeout")
+    read_timeout: float = default("read_timeout")
     # Per attempt: a trickling server sends a byte before every read timeout, so only
     # a total deadline bounds it.
-    total_timeout: float = 120.0
+    total_timeout: float = default("timeout")
     # Across every attempt and backoff of one image: the run always ends.
-    image_deadline: float = 600.0
-    retries: int = 3
+    image_deadline: float = default("deadline")
+    retries: int = default("retries")
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     # A Retry-After longer than this is not waited for in this run: the row ends as
     # http_429 (retryable) and the next run picks it up.
     retry_after_max: float = 120.0
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_redirects: int = 5
+    max_body_bytes: int = int(default("max_body_mb") * MB)
+    max_redirects: int = default("max_redirects")
     # The project's name and version only: it is not published at any URL to name.
     # None: the default agent, which also carries the cluster task (pipeline.py).
     user_agent: str | None = None
@@ -99,26 +67,26 @@ class NetConfig:
 @dataclass(frozen=True, slots=True)
 class ImageConfig:
     resize: int | None = None
-    resize_mode: ResizeMode = ResizeMode.FIT
-    format: OutputFormat = OutputFormat.JPEG
-    quality: int = 90
-    orientation: Orientation = Orientation.RAW
+    resize_mode: ResizeMode = _RESIZE_MODE
+    format: OutputFormat = _FMT
+    quality: int = DEFAULT_QUALITY
+    orientation: Orientation = _ORIENTATION
     keep_original: bool = False
     # Extra MD5s (base64) of "photo unavailable" placeholder images.
     placeholder_md5s: frozenset[str] = frozenset()
     # What one image may take to decode, convert and resize, estimated from its header
     # before any pixel is decoded: a small file can hold a huge image (a 155 KB PNG of
     # 1 x 80,000,000 pixels), and a worker killed for memory would take the run with it.
-    max_decode_bytes: int = 512 * 1024 * 1024
+    max_decode_bytes: int = int(default("max_decode_mb") * MB)
 
 
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
     """Where images come from (sources.py): the choice, the mirror, and the fallback."""
 
-    choice: SourceChoice = SourceChoice.ORIGINAL
-    mirror_url: str = "https://open-images-dataset.s3.amazonaws.com"
-    fallback: bool = False
+    choice: SourceChoice = _SOURCE
+    mirror_url: str = default("mirror_url")
+    fallback: bool = Fallback(default("fallback")) is Fallback.CVDF
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +111,20 @@ class RunConfig:
     # None: one per CPU this process may use (affinity and cgroup quota, cpus.py).
     processes: int | None = None
     # Bodies fetched but not yet processed; bounds memory when originals run to 15 MB.
-    max_bytes_in_flight: int = 128 * 1024 * 1024
-    grace: float = 10.0
+    max_bytes_in_flight: int = int(default("max_bytes_in_flight_mb") * MB)
+    grace: float = default("grace")
     max_failure_rate: float | None = None
     max_runtime: float | None = None
-    log_format: LogFormat = LogFormat.TEXT
-    progress: ProgressMode = ProgressMode.AUTO
-    progress_interval: float = 5.0
+    log_format: LogFormat = _LOG_FORMAT
+    progress: ProgressMode = _PROGRESS_MODE
+    progress_interval: float = default("progress_interval")
     # A split of the rows other than the one the state dir's journals have is refused
     # unless asked for: two splits running at once would fetch the same images twice.
     resplit: bool = False
     # Prometheus metrics (metrics.py): served on metrics_addr:metrics_port, and/or
     # rewritten into metrics_file; kept served metrics_linger seconds after the end.
     metrics_port: int | None = None
-    metrics_addr: str = "127.0.0.1"
+    metrics_addr: str = default("metrics_addr")
     metrics_file: Path | None = None
     metrics_linger: float = 0.0
 
@@ -167,11 +135,11 @@ class OutputConfig:
 
     out: str
     state_dir: Path
-    kind: OutputKind = OutputKind.FILES
-    shard_size: int = 10_000
+    kind: OutputKind = _OUTPUT_FORMAT
+    shard_size: int = default("shard_size")
     # Sync each image and its folder before the journal records it: survives a power
     # cut, at a cost per image (benchmarks/RESULTS.md).
-    fsync: bool = False
+    fsync: bool = default("fsync")
 
 
 @dataclass(frozen=True, slots=True)
