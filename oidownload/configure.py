@@ -33,7 +33,7 @@ from oidownload.core.config import (
 from oidownload.core.errors import ConfigError
 from oidownload.core.ids import is_image_id
 from oidownload.core.options import DEFAULT_QUALITY, SELECTION_KEYS, DownloadParams, SelectionParams
-from oidownload.inputs.rows import url_problem
+from oidownload.inputs.urls import url_problem
 from oidownload.state.reader import default_state_dir
 
 if TYPE_CHECKING:

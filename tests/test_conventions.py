@@ -314,7 +314,7 @@ def test_a_small_input_has_its_exact_total_from_the_first_frame(tmp_path: Path, 
 
 
 def test_count_rows_is_exact_for_small_files_and_leaves_pipes_alone(tmp_path: Path) -> None:
-    from oidownload.inputs.rows import count_rows
+    from oidownload.inputs.csvrecords import count_rows
 
     plain = tmp_path / "a.csv"
     plain.write_text("h\n" + "x\n" * 1000 + "last")

@@ -11,7 +11,8 @@ import pytest
 
 from oidownload.core.errors import InputError
 from oidownload.core.records import BadRow, Row
-from oidownload.inputs.rows import V3_COLUMNS, Format, estimate_rows, iter_rows, read_header
+from oidownload.inputs.csvrecords import estimate_rows
+from oidownload.inputs.rows import V3_COLUMNS, Format, iter_rows, read_header
 from tests.conftest import V3, V4
 
 V3_FILES = [V3 / "train" / "images.csv", V3 / "validation" / "images.csv"]
@@ -232,7 +233,8 @@ def test_odd_rotation_is_a_bad_row(tmp_path: Path) -> None:
 
 def _reference(path: Path, skip: object) -> list[tuple[int, object]]:
     """The reader as the plain generator chain (the rule the one-loop reader follows)."""
-    from oidownload.inputs.rows import bounded_lines, open_text, records
+    from oidownload.inputs.csvrecords import records
+    from oidownload.inputs.text import bounded_lines, open_text
 
     with open_text(path) as f:
         lines = bounded_lines(f)
@@ -245,7 +247,8 @@ def test_one_loop_reader_gives_what_the_generator_chain_gives(tmp_path: Path, se
     # Every kind of record mixed at random: plain, quoted with commas, spread over lines
     # (closing and never closing), over-long (in and out of a quoted record), blank,
     # CRLF, quoted ids, and ids the skip test drops.
-    from oidownload.inputs.rows import MAX_LINE, MAX_RECORD_LINES, iter_records
+    from oidownload.inputs.csvrecords import MAX_RECORD_LINES, iter_records
+    from oidownload.inputs.text import MAX_LINE
 
     rng = random.Random(seed)
     pieces = [

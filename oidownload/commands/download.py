@@ -13,7 +13,7 @@ from oidownload.commands.group import EXIT_CODES, boundary, main, python_warning
 from oidownload.commands.options import download_options, explicit_params
 from oidownload.core.config import LogFormat
 from oidownload.core.options import DownloadParams
-from oidownload.inputs.rows import input_name, is_stream
+from oidownload.inputs.text import input_name, is_stream
 
 
 @main.command(epilog=EXIT_CODES)

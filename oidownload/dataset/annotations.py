@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Protocol
 
 from oidownload.core.errors import ConfigError, InputError
-from oidownload.inputs.rows import first_line, iter_records
+from oidownload.inputs.csvrecords import iter_records
+from oidownload.inputs.text import first_line
 
 ATTRIBUTES = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
 MACHINE_SOURCES = frozenset({"machine"})

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oidownload.core.errors import ConfigError, InputError
-from oidownload.inputs.rows import text_lines
+from oidownload.inputs.text import text_lines
 
 # Real MIDs are under 16 characters; the bound keeps a hostile one out of a database
 # index (PostgreSQL refuses an index row over 2704 bytes, and then every later load).

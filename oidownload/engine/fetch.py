@@ -27,7 +27,7 @@ from oidownload.core.records import Status, clean_text, is_final
 from oidownload.engine.body import BodyWriter
 from oidownload.engine.limits import HostHeld, HostLimiter, Reservation
 from oidownload.engine.metrics import Metrics
-from oidownload.inputs.rows import url_problem
+from oidownload.inputs.urls import url_problem
 
 PLACEHOLDER_MARK = "photo_unavailable"
 # An original whose Content-Length is wrong is rejected unread, unless it is this

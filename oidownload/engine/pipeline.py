@@ -53,15 +53,10 @@ from oidownload.engine.process import Job
 from oidownload.engine.progress import Progress, Tally
 from oidownload.engine.recorder import Recorder
 from oidownload.engine.workers import Workers, start_workers
+from oidownload.inputs.csvrecords import count_rows, estimate_rows
 from oidownload.inputs.listing import SelectionFilter, empty_cause
-from oidownload.inputs.rows import (
-    Format,
-    count_rows,
-    decode_errors,
-    estimate_rows,
-    iter_rows,
-    read_header,
-)
+from oidownload.inputs.rows import Format, iter_rows, read_header
+from oidownload.inputs.text import decode_errors
 from oidownload.sinks import Sink, open_sink
 from oidownload.sources.plan import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
 from oidownload.state.journal import (

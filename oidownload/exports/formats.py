@@ -35,7 +35,7 @@ from oidownload.dataset.attribution import (
     write_attribution,
 )
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.inputs.rows import STDIN, input_name, is_stream
+from oidownload.inputs.text import STDIN, input_name, is_stream
 from oidownload.sinks import Reader
 from oidownload.sinks.files import split_location
 from oidownload.state.reader import StateDir, Written

@@ -22,7 +22,8 @@ from oidownload.core.config import OutputKind
 from oidownload.core.errors import ConfigError, InputError
 from oidownload.core.ids import int_to_id
 from oidownload.core.records import Status
-from oidownload.inputs.rows import is_stream, iter_records
+from oidownload.inputs.csvrecords import iter_records
+from oidownload.inputs.text import is_stream
 from oidownload.sinks import Reader, is_remote, open_reader
 from oidownload.state.journal import (
     SCHEMA_VERSION,

@@ -19,7 +19,8 @@ from typing import Any
 from oidownload.core.errors import InputError, OutputError
 from oidownload.core.fsio import Place
 from oidownload.core.records import Status, is_final
-from oidownload.inputs.rows import STDIN, V3_COLUMNS, V4_COLUMNS, is_stream, read_header
+from oidownload.inputs.rows import V3_COLUMNS, V4_COLUMNS, read_header
+from oidownload.inputs.text import STDIN, is_stream
 from oidownload.state.journal import InputIdentity, writer_alive
 from oidownload.state.reader import InputInfo, ProgressRow, StateDir, StatusCount
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from oidownload.inputs.rows import MAX_LINE
+from oidownload.inputs.text import MAX_LINE
 from tests.conftest import V3, run_cli
 from tests.test_db import DESCRIPTIONS, count, load, query
 

@@ -27,12 +27,14 @@ from oidownload.core.ids import id_to_int, is_image_id
 from oidownload.core.records import BadRow
 from oidownload.dataset.classes import MID_RE
 from oidownload.dataset.db.schema import BOXES, IMAGES, LABELS, Column
-from oidownload.inputs.rows import MAX_LINE, Format, parse_row, records
+from oidownload.inputs.csvrecords import records
+from oidownload.inputs.rows import Format, parse_row
+from oidownload.inputs.text import MAX_LINE
 
 Converted = tuple[Any, ...]
 # verification, crowdsource-verification, machine, xclick, activemil...: a short word.
 _SOURCE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_TOO_LONG = f"the line is longer than {MAX_LINE} characters"
+TOO_LONG = f"the line is longer than {MAX_LINE} characters"
 
 
 class Kind(enum.StrEnum):
@@ -173,7 +175,7 @@ def annotation_rows(lines: Iterable[str | None], kind: Kind, header: tuple[str, 
 def _fields(line: str | None, n: int, line_no: int, bad: Bad, tally: Tally) -> list[str] | None:
     if line is None:  # over-long: read past, never held (rows.bounded_lines)
         tally.bad += 1
-        bad(line_no, _TOO_LONG)
+        bad(line_no, TOO_LONG)
         return None
     if '"' in line:
         try:

@@ -39,7 +39,8 @@ from oidownload.dataset.db.formats import (
     table_columns,
 )
 from oidownload.dataset.hierarchy import Hierarchy
-from oidownload.inputs.rows import MAX_LINE, _then, bounded_lines, open_text
+from oidownload.inputs.csvrecords import then_lines
+from oidownload.inputs.text import MAX_LINE, bounded_lines, open_text
 
 _ORDER = {Kind.CLASSES: 0, Kind.HIERARCHY: 1, Kind.IMAGES: 2, Kind.LABELS: 3, Kind.BOXES: 3}
 _SUFFIXES = (".csv", ".csv.gz", ".gz", ".json", ".tar.gz", ".tgz", ".txt")
@@ -129,7 +130,7 @@ def _file_lines(path: Path, digest: Any) -> Iterator[Iterator[str | None]]:
 
 @contextmanager
 def _member_lines(first: str, rest: TextIO) -> Iterator[Iterator[str | None]]:
-    yield _then([first], rest)  # `first` may be the head of an over-long line: read past its rest
+    yield then_lines([first], rest)  # `first` may be the head of an over-long line: read past its rest
 
 
 def expand(paths: Iterable[Path]) -> tuple[list[Item], list[Path]]:
