@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from oidownload.core.config import Config
     from oidownload.engine.pipeline import RunResult, Stopper
     from oidownload.engine.progress import Tally
-    from oidownload.exports.formats import ExportResult
+    from oidownload.exports import ExportResult
     from oidownload.state.report import ShardStatus
 
 
@@ -263,7 +263,7 @@ def select(inputs: Inputs, output: str | os.PathLike[str], **options: Any) -> Se
 # `oidownload.annotations` (this module cannot bind that name: `from __future__ import annotations`).
 def export_annotations(out: str | os.PathLike[str], format: str = "coco", **options: Any) -> ExportResult:
     """The annotations of the images downloaded into OUT, as `oidownload annotations OUT
-    --format FORMAT` writes them (coco, yolo, hf, csv, attribution), with its options
+    --format FORMAT` writes them (exports.EXPORTERS: coco, yolo, hf, csv, voc, attribution), with its options
     (annotations, db, class_descriptions, class_, hierarchy, with_parts, dest, images,
     state_dir). Returns what was written: counts, files and notes."""
     from oidownload.commands.cli import annotations_cmd, run_annotations

@@ -52,6 +52,7 @@ from oidownload.core.ids import is_image_id
 from oidownload.engine.accel import check as check_pillow
 from oidownload.engine.accel import pillow_build
 from oidownload.engine.progress import log_line
+from oidownload.exports import EXPORTERS
 from oidownload.inputs.rows import input_name, is_stream, url_problem
 from oidownload.state.reader import StateDir, default_state_dir, local_dest
 
@@ -109,7 +110,7 @@ DAY = 86400.0
 
 # click's ParamType became generic in 8.2; subscript it for mypy only.
 if TYPE_CHECKING:
-    from oidownload.exports.formats import ExportResult
+    from oidownload.exports import ExportResult
 
     _ParamType = click.ParamType[float]
 else:
@@ -881,7 +882,7 @@ def remembered_annotations(state: StateDir, annotation_files: tuple[Path, ...], 
 
 @main.command("annotations")
 @click.argument("out")
-@opt("--format", "fmt", scope="annotations", type=click.Choice(["csv", "coco", "yolo", "hf", "attribution"]),
+@opt("--format", "fmt", scope="annotations", type=click.Choice(sorted(EXPORTERS)),
      default="coco", help="Output layout.")
 @opt("--annotations", "annotation_files", scope="annotations", multiple=True,
      type=click.Path(path_type=Path, dir_okay=False),
@@ -946,7 +947,7 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     from oidownload.dataset.hierarchy import Hierarchy, expand
     from oidownload.dataset.selection import class_names as names_of
     from oidownload.dataset.selection import open_annotations
-    from oidownload.exports.formats import ExportFormat, export
+    from oidownload.exports import export
     from oidownload.state.reader import StateDir
 
     if fmt != "hf":  # hf writes beside the images, not in a dest
@@ -973,7 +974,7 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
             raise ConfigError("--hierarchy needs --class here: a download's classes are remembered expanded")
         elif any(m.get("classes") for m in remembered):
             classes = frozenset(c for m in remembered for c in m.get("classes", []))
-        return export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
+        return export(out, fmt, source, dest=dest, names=names, classes=classes,
                       state_dir=state_dir, image_lists=list(image_lists) or None)
 
 
