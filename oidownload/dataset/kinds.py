@@ -292,5 +292,4 @@ def kind_of(header: Sequence[str], where: str) -> AnnotationKind[Any]:
     near, lacks = closest(header)
     raise InputError(
         f"{where}: not an Open Images annotation file: its header {shown!r} is none of the known kinds "
-        f"({', '.join(KINDS)}); the closest is {near.name} ({','.join(near.signature)}), "
-        f"which also needs {', '.join(lacks)}")
+        f"({', '.join(KINDS)}); the closest is {near.name}, which also needs {', '.join(lacks)}")
