@@ -63,6 +63,7 @@ class VocExporter:
         file_name = f"{image.image_id}.{image.ext}"
         self.out.link(image, f"{ROOT}/JPEGImages/{file_name}")
         doc = self._annotation(image, file_name, item.boxes)
+        ET.indent(doc)
         fd = self.new.open(f"{ROOT}/Annotations/{image.image_id}.xml", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with os.fdopen(fd, "wb") as fh:
             ET.ElementTree(doc).write(fh, encoding="utf-8", xml_declaration=True)
