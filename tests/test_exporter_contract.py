@@ -241,3 +241,15 @@ def test_an_exporter_refuses_a_kind_it_does_not_handle(download: Download) -> No
         assert res.returncode == 1 and "Traceback" not in res.stderr
         assert "segmentation annotations are recognised but not yet supported by `annotations`" in res.stderr
         assert not (download.out.parent / f"refused-{fmt}").exists()
+
+
+def test_the_gallery_never_imports_the_exporters() -> None:
+    """Box geometry lives in dataset/geometry.py, which the gallery and every exporter share."""
+    import ast
+
+    root = Path(__file__).parent.parent / "oidownload" / "gallery"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith("oidownload.exports")], path

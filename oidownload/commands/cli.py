@@ -950,7 +950,7 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     from oidownload.exports import export
     from oidownload.state.reader import StateDir
 
-    if fmt != "hf":  # hf writes beside the images, not in a dest
+    if not EXPORTERS[fmt].beside_images:  # hf writes beside the images, not in a dest
         dest = local_dest(out, dest, "-d/--dest")
     check_folder(dest, "-d/--dest")
     remembered = [json.loads(v) for v in StateDir.open(out, state_dir).meta("selection")]
