@@ -19,7 +19,7 @@ from oidownload.api import (
     status,
 )
 from oidownload.core.errors import ConfigError, InputError, OidownloadError, OutputError
-from oidownload.exports.formats import ExportResult
+from oidownload.exports import ExportResult
 
 # Bound after the imports, which load the submodule oidownload/annotations.py and set
 # this name to it: `oidownload.annotations` is the function; the module is still

@@ -41,7 +41,7 @@ from oidownload.core.values import OneOf, PathIn
 if TYPE_CHECKING:
     from oidownload.engine.pipeline import Stopper
     from oidownload.engine.progress import Tally
-    from oidownload.exports.formats import ExportResult
+    from oidownload.exports import ExportResult
     from oidownload.state.report import ShardStatus
 
 
@@ -209,12 +209,12 @@ def export_annotations(out: str | os.PathLike[str], format: str = "coco", *,
                        hierarchy: Paths | None = None, with_parts: bool = False, dest: Paths | None = None,
                        images: Paths | Iterable[Paths] = (), state_dir: Paths | None = None) -> ExportResult:
     """The annotations of the images downloaded into OUT, as `oidownload annotations OUT
-    --format FORMAT` writes them (coco, yolo, hf, csv, attribution), with its options.
+    --format FORMAT` writes them (exports.EXPORTERS: coco, yolo, hf, csv, voc, attribution), with its options.
     Returns what was written: counts, files and notes."""
-    from oidownload.exports.formats import ExportFormat
+    from oidownload.exports import EXPORTERS
     from oidownload.runs import run_annotations
 
-    fmt = _checked(("--format",), OneOf(tuple(f.value for f in ExportFormat), case_sensitive=True), format)[0]
+    fmt = _checked(("--format",), OneOf(tuple(sorted(EXPORTERS)), case_sensitive=True), format)[0]
     return run_annotations(
         os.fspath(out), fmt, _checked(("--annotations",), _FILE, annotations), db,
         _one(("--class-descriptions",), _FILE, class_descriptions),

@@ -18,7 +18,7 @@ from oidownload.state.remembered import RememberedSelection
 if TYPE_CHECKING:
     from oidownload.core.config import Config
     from oidownload.engine.pipeline import RunResult, Stopper
-    from oidownload.exports.formats import ExportResult
+    from oidownload.exports import ExportResult
 
 
 def check_folder(path: Path | None, what: str) -> None:
@@ -117,9 +117,9 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     from oidownload.dataset.hierarchy import Hierarchy, expand
     from oidownload.dataset.selection import class_names as names_of
     from oidownload.dataset.selection import open_annotations
-    from oidownload.exports.formats import ExportFormat, export
+    from oidownload.exports import EXPORTERS, export
 
-    if fmt != "hf":  # hf writes beside the images, not in a dest
+    if not EXPORTERS[fmt].beside_images:  # hf writes beside the images, not in a dest
         dest = local_dest(out, dest, "-d/--dest")
     check_folder(dest, "-d/--dest")
     remembered = RememberedSelection.read(StateDir.open(out, state_dir))
@@ -141,6 +141,6 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
             raise ConfigError("--hierarchy needs --class here: a download's classes are remembered expanded")
         else:
             classes = remembered.classes
-        return export(out, ExportFormat(fmt), source, dest=dest, names=names, classes=classes,
+        return export(out, fmt, source, dest=dest, names=names, classes=classes,
                       state_dir=state_dir, image_lists=list(image_lists) or None)
 

@@ -3,6 +3,7 @@ and a runner for the real `oidownload` command in a child process."""
 
 from __future__ import annotations
 
+import csv
 import ctypes
 import glob
 import os
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from oidownload.inputs.rows import V3_COLUMNS
 from oidownload.testing import journals
 from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus, Origin, OriginThread
@@ -178,3 +180,69 @@ def pg_url(pg_server: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# -- the exports' download (tests/test_exports.py, tests/test_exporter_contract.py) -------------------
+
+BOXES = [V3 / "train" / "annotations-human-bbox.csv", V3 / "validation" / "annotations-human-bbox.csv"]
+DESCRIPTIONS = V3 / "class-descriptions.csv"
+HOSTILE_AUTHOR = '<script>alert("a")</script> &lt;script&gt;alert(2)&lt;/script&gt;'
+HOSTILE_TITLE = "<img src=x onerror=alert(1)> O&#x27;Neil&#39;s &quot;car&quot;"
+BY_SA = "https://creativecommons.org/licenses/by-sa/2.0/"
+
+
+def rows_of(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def class_names() -> dict[str, str]:
+    with open(DESCRIPTIONS, newline="", encoding="utf-8") as f:
+        return dict(csv.reader(f))
+
+
+class Download:
+    def __init__(self, out: Path, source: dict[str, dict[str, str]], hostile: str) -> None:
+        self.out = out
+        self.source = source  # ImageID → the manifest row the download read
+        self.hostile = hostile
+
+    def boxes(self) -> dict[str, list[dict[str, str]]]:
+        found: dict[str, list[dict[str, str]]] = {i: [] for i in self.source}
+        for path in BOXES:
+            for r in rows_of(path):
+                if r["ImageID"] in found:
+                    found[r["ImageID"]].append(r)
+        return found
+
+
+@pytest.fixture(scope="module")
+def download(tmp_path_factory: pytest.TempPathFactory, synth_cache: Path) -> Iterator[Download]:
+    tmp = tmp_path_factory.mktemp("exports")
+    real = rows_of(V3 / "train" / "images.csv")[:40] + rows_of(V3 / "validation" / "images.csv")[:40]
+    corpus = Corpus.generate(0, mix="tiny", seed=51, ids=[r["ImageID"] for r in real])
+    for r in real:
+        corpus.entries[r["ImageID"]].subset = r["Subset"]
+    # The one hostile row: a validation image with boxes.
+    boxed = {r["ImageID"] for r in rows_of(BOXES[1])}
+    hostile = next(r["ImageID"] for r in real if r["Subset"] == "validation" and r["ImageID"] in boxed)
+    with OriginThread(Origin(corpus)) as origin:
+        manifest = tmp / "images.csv"
+        source = {}
+        with open(manifest, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(V3_COLUMNS)
+            for r in real:
+                ours = dict(zip(V3_COLUMNS, corpus.manifest_row(r["ImageID"], origin.base_url), strict=True))
+                row = {**r, **{k: ours[k] for k in ("OriginalURL", "OriginalSize", "OriginalMD5", "Thumbnail300KURL")}}
+                if r["ImageID"] == hostile:
+                    row.update(Author=HOSTILE_AUTHOR, Title=HOSTILE_TITLE, AuthorProfileURL="javascript:alert(1)",
+                               OriginalLandingURL="data:text/html,<script>alert(3)</script>", License=BY_SA)
+                source[r["ImageID"]] = row
+                w.writerow([row[c] for c in V3_COLUMNS])
+        out = tmp / "out"
+        res = run_cli("download", manifest, "-o", out, "--resize", "120", "--keep-original", "--progress", "none",
+                      "--annotations", BOXES[0], "--annotations", BOXES[1], "--class-descriptions", DESCRIPTIONS)
+        assert res.returncode == 0, res.stderr
+    assert set(journal_rows(out)) == set(source) and all(r[0] == "ok" for r in journal_rows(out).values())
+    yield Download(out, source, hostile)

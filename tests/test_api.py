@@ -287,7 +287,7 @@ def test_the_public_names_are_pinned() -> None:
     for name in oidownload.__all__:
         assert getattr(oidownload, name) is not None
     from oidownload.dataset.annotations import (
-        Kind,  # the submodule of that name is still importable
+        BOXES,  # the submodule of that name is still importable
     )
 
-    assert Kind.BOXES and callable(oidownload.annotations)
+    assert BOXES and callable(oidownload.annotations)

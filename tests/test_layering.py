@@ -31,6 +31,10 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "exports": frozenset({"engine", "gallery", "commands", "testing", "api", "bench"}),
     "provenance": frozenset({"gallery", "commands", "testing", "api", "bench"}),
     "gallery": frozenset({"exports", "provenance", "commands", "testing", "api", "bench"}),
+    # What the CLI and the API share (configure: options → Config; runs: the work of a
+    # command) sits under both, so that the API never reaches into click.
+    "configure": frozenset({"commands", "testing", "api", "bench", "runs"}),
+    "runs": frozenset({"commands", "testing", "api", "bench"}),
     "api": frozenset({"commands", "testing", "bench"}),
     "testing": frozenset({"engine", "sources", "sinks", "state", "dataset", "provenance", "exports", "gallery",
                           "commands", "api", "bench"}),

@@ -297,8 +297,8 @@ def test_metadata_download_resumes_and_checks_sizes(tmp_path: Path, make_origin:
 def test_box_transform_matches_pillows_turns(code: int) -> None:
     """A painted box, turned by Pillow the way the worker turns images, lands where the
     export puts it; also through a fill crop."""
+    from oidownload.dataset.geometry import to_written_frame
     from oidownload.engine.process import _EXIF_TRANSPOSE
-    from oidownload.exports.formats import to_written_frame
     from oidownload.state.reader import Written
 
     w, h = 200, 100

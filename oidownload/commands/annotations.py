@@ -10,12 +10,13 @@ import click
 from oidownload.commands.group import boundary, main
 from oidownload.commands.options import FOLDER, opt, state_dir_option
 from oidownload.core.exits import ExitCode
+from oidownload.exports import EXPORTERS
 from oidownload.runs import run_annotations
 
 
 @main.command("annotations")
 @click.argument("out")
-@opt("--format", "fmt", scope="annotations", type=click.Choice(["csv", "coco", "yolo", "hf", "attribution"]),
+@opt("--format", "fmt", scope="annotations", type=click.Choice(sorted(EXPORTERS)),
      default="coco", help="Output layout.")
 @opt("--annotations", "annotation_files", scope="annotations", multiple=True,
      type=click.Path(path_type=Path, dir_okay=False),

@@ -1,11 +1,9 @@
-"""Open Images annotation files (box and image-label CSVs, V3 or V4+ layout, plain or
-.gz), streamed: which images a class selection picks, and the rows of given images.
-`AnnotationSource` is where such rows come from: these files (`CsvAnnotations`), or the
-database (`oidownload.db.source`); selection and export only see the protocol.
-
-    boxes:  ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax
-            [,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside[,XClick1X...]]
-    labels: ImageID,Source,LabelName,Confidence
+"""Open Images annotation files (plain or .gz), streamed: which images a class selection
+picks, and the rows of given images. What a file is comes from its header, by the one
+detector of `oidownload.dataset.kinds` (boxes, image labels, and the kinds not yet
+selected by: segmentation, relationships, points). `AnnotationSource` is where such rows
+come from: these files (`CsvAnnotations`), or the database (`oidownload.db.source`);
+selection and export only see the protocol.
 
 Rows stay lists of strings until they match, so a scan of tens of millions of rows
 keeps only the selected ImageIDs in memory.
@@ -18,19 +16,25 @@ import enum
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from oidownload.core.errors import ConfigError, InputError
+from oidownload.core.errors import ConfigError
+from oidownload.dataset.kinds import (
+    ATTRIBUTES,
+    BOXES,
+    LABELS,
+    SELECT,
+    AnnotationKind,
+    BoxAttribute,
+    kind_of,
+)
 from oidownload.inputs.csvrecords import iter_records
 from oidownload.inputs.text import first_line
 
-ATTRIBUTES = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
+__all__ = ["ATTRIBUTES", "BOXES", "LABELS", "AnnotationFile", "AnnotationSource", "AnnotationTable",
+           "ClassFilter", "CsvAnnotations", "LabelSource", "select_ids"]
+
 MACHINE_SOURCES = frozenset({"machine"})
-
-
-class Kind(enum.Enum):
-    BOXES = "boxes"
-    LABELS = "labels"
 
 
 class LabelSource(enum.StrEnum):
@@ -47,7 +51,7 @@ class AnnotationTable(Protocol):
     @property
     def where(self) -> str: ...  # the whole path (an archive's member as `archive!member`)
     @property
-    def kind(self) -> Kind: ...
+    def kind(self) -> AnnotationKind[Any]: ...
     @property
     def columns(self) -> tuple[str, ...]: ...
     def index(self, name: str) -> int: ...
@@ -66,7 +70,7 @@ class AnnotationSource(Protocol):
 @dataclass(frozen=True)
 class AnnotationFile:
     path: Path
-    kind: Kind
+    kind: AnnotationKind[Any]
     columns: tuple[str, ...]
 
     @property
@@ -88,21 +92,18 @@ class AnnotationFile:
     def open(cls, path: Path) -> AnnotationFile:
         first = first_line(path)
         header = tuple(h.strip() for h in next(csv.reader([first]), []))
-        needed = ("ImageID", "Source", "LabelName", "Confidence")
-        if not all(c in header for c in needed):
-            raise InputError(
-                f"{path}: not an Open Images annotation file; expected a header with "
-                f"{','.join(needed)} (image labels) and XMin,XMax,YMin,YMax (boxes), found {first.strip()[:120]!r}"
-            )
-        kind = Kind.BOXES if all(c in header for c in ("XMin", "XMax", "YMin", "YMax")) else Kind.LABELS
-        return cls(path, kind, header)
+        return cls(path, kind_of(header, str(path)), header)
 
     def rows(self, ids: Container[str] | None = None) -> Iterator[list[str]]:
         """Field lists of well-formed rows (of the given images, when ids is set)."""
-        skip: Callable[[str], bool] | None = (lambda raw: raw not in ids) if ids is not None else None
+        i_id = self.index(self.kind.image_column)
+        # The raw first field is skipped unparsed; a kind whose ImageID comes later
+        # (segmentation: MaskPath first) is filtered once split.
+        skip: Callable[[str], bool] | None = (lambda raw: raw not in ids) if ids is not None and i_id == 0 else None
+        later = ids if ids is not None and i_id != 0 else None
         n = len(self.columns)
         for _, fields in iter_records(self.path, skip):
-            if isinstance(fields, list) and len(fields) == n:
+            if isinstance(fields, list) and len(fields) == n and (later is None or fields[i_id] in later):
                 yield fields
 
 
@@ -114,22 +115,24 @@ class ClassFilter:
     label_source: LabelSource = LabelSource.ANY
     min_confidence: float = 0.5
     boxes_only: bool = False
-    exclude: frozenset[str] = field(default_factory=frozenset)  # attribute names from ATTRIBUTES
+    exclude: frozenset[BoxAttribute] = field(default_factory=frozenset)  # strings are taken and checked
 
     def __post_init__(self) -> None:
-        unknown = self.exclude - set(ATTRIBUTES)
+        unknown = {a for a in self.exclude if a not in ATTRIBUTES}
         if unknown:
             raise ConfigError(f"unknown box attributes {sorted(unknown)}; known: {', '.join(ATTRIBUTES)}")
+        object.__setattr__(self, "exclude", frozenset(BoxAttribute(a) for a in self.exclude))
 
-    def predicate(self, f: AnnotationFile) -> Callable[[list[str]], bool] | None:
+    def predicate(self, f: AnnotationTable) -> Callable[[list[str]], bool] | None:
         """A test on one row's fields, or None when the file cannot contribute."""
-        if self.boxes_only and f.kind is not Kind.BOXES:
+        f.kind.require(SELECT, f.where)
+        if self.boxes_only and f.kind is not BOXES:
             return None
-        if self.exclude and f.kind is Kind.BOXES and not all(f.has(a) for a in self.exclude):
+        if self.exclude and f.kind is BOXES and not all(f.has(a) for a in self.exclude):
             missing = sorted(a for a in self.exclude if not f.has(a))
-            raise ConfigError(f"{f.path} has no {', '.join(missing)} column (V3 train boxes carry no attributes); drop the --exclude option for it")
+            raise ConfigError(f"{f.where} has no {', '.join(missing)} column (V3 train boxes carry no attributes); drop the --exclude option for it")
         i_label, i_src, i_conf = f.index("LabelName"), f.index("Source"), f.index("Confidence")
-        attr_idx = [f.index(a) for a in self.exclude] if f.kind is Kind.BOXES else []
+        attr_idx = [f.index(a) for a in self.exclude] if f.kind is BOXES else []
         mids, src, low = self.mids, self.label_source, self.min_confidence
 
         def test(fields: list[str]) -> bool:
@@ -163,7 +166,7 @@ class CsvAnnotations:
         for f, test in tests:
             if test is None:
                 continue
-            i_id, i_label = f.index("ImageID"), f.index("LabelName")
+            i_id, i_label = f.index(f.kind.image_column), f.index(f.kind.label_column)
             for fields in f.rows(within):
                 if test(fields):
                     yield fields[i_id].lower(), fields[i_label]

@@ -1,0 +1,107 @@
+"""`oidownload annotations`: the boxes and labels of the images that downloaded, in the
+frame of the written pixels (dataset.geometry), as frameworks load them. One exporter
+per format, one file each, in EXPORTERS (the CLI's --format choices): a new format is
+a new file and one entry here.
+
+Sizes come from the journal (after resizing and turning). `export` reads the boxes
+once, as typed records in the written frame, and hands each written image with its
+boxes to the exporter (base.Exporter: start, add, finish).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from oidownload.core.errors import ConfigError, InputError, OutputError
+from oidownload.core.fsio import Place, Tree
+from oidownload.dataset.annotations import AnnotationSource
+from oidownload.dataset.classes import ClassDescriptions
+from oidownload.dataset.geometry import WrittenBoxes
+from oidownload.dataset.kinds import BOXES, EXPORT, Box
+from oidownload.exports.attribution import AttributionExporter
+from oidownload.exports.base import Annotated, ExportContext, Exporter, ExportResult
+from oidownload.exports.coco import CocoExporter
+from oidownload.exports.csv_export import CsvExporter
+from oidownload.exports.hf import HfExporter
+from oidownload.exports.voc import VocExporter
+from oidownload.exports.yolo import YoloExporter
+from oidownload.state.reader import StateDir
+
+__all__ = ["EXPORTERS", "Annotated", "ExportContext", "ExportResult", "Exporter", "export"]
+
+EXPORTERS: dict[str, type[Exporter]] = {
+    e.name: e for e in (CsvExporter, CocoExporter, YoloExporter, HfExporter, AttributionExporter, VocExporter)
+}
+
+
+def export(
+    out: str | Path,
+    fmt: str,
+    source: AnnotationSource,
+    *,
+    dest: Path | None = None,
+    names: ClassDescriptions | None = None,
+    classes: frozenset[str] | None = None,
+    state_dir: Path | None = None,
+    image_lists: Sequence[Path] | None = None,
+) -> ExportResult:
+    if fmt not in EXPORTERS:
+        raise ConfigError(f"--format {fmt}: no such export; known: {', '.join(sorted(EXPORTERS))}")
+    exporter = EXPORTERS[fmt]()
+    state = StateDir.open(out, state_dir)
+    images = {w.image_id: w for w in state.written()}
+    if not images:
+        raise InputError(f"{out} has no downloaded images (no row with status ok in its journal)")
+    tables = list(source.tables()) if exporter.needs_annotations else []
+    if exporter.needs_annotations and not tables:
+        raise ConfigError("no annotations: pass --annotations or --db (they are remembered when download had them)")
+    for t in tables:
+        t.kind.require(EXPORT, t.where)  # before anything is written
+    if exporter.beside_images:
+        dest = Path(state.where()[0])
+        what = f"cannot write the export beside the images in {dest}"
+        try:
+            tree = Tree.at(dest, create=False)
+        except OSError as exc:
+            raise OutputError(f"{what}: {exc.strerror or exc}") from None
+    else:
+        if dest is None and "://" in str(out):
+            raise ConfigError(f"{out} is not a local folder: pass -d/--dest for the annotations")
+        place = Place.of(out, "annotations", dest)
+        try:
+            tree = place.open()  # OUT/annotations a symlink: refused, never written (or deleted) through
+        except OSError as exc:
+            raise OutputError(f"cannot create {place.path}: {exc.strerror or exc}") from None
+        dest = place.path
+        what = f"cannot write the export in {dest}"
+    result = ExportResult(dest, images=len(images))
+    ctx = ExportContext(fmt, state, images, tables, tree, result, names, classes,
+                        list(image_lists) if image_lists is not None else None)
+    try:
+        with tree:
+            _run(exporter, ctx)
+    except OSError as exc:
+        raise OutputError(f"{what}: {exc.strerror or exc}") from None
+    return result
+
+
+def _run(exporter: Exporter, ctx: ExportContext) -> None:
+    # Boxes are the one kind with records for exporters so far; a format that wants
+    # another kind adds its reader here (kinds.py has the records).
+    if exporter.kinds - {BOXES}:
+        raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - {BOXES})} yet")
+    exporter.start(ctx)
+    try:
+        boxes: dict[str, list[Box]] = {}
+        if BOXES in exporter.kinds:
+            reader = WrittenBoxes(ctx.images, ctx.classes)
+            for box in reader.read(ctx.tables):
+                boxes.setdefault(box.image_id, []).append(box)
+            ctx.result.dropped += reader.dropped
+        for image_id in sorted(ctx.images):
+            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ()))))
+        exporter.finish()
+    except BaseException:
+        exporter.abort()
+        raise

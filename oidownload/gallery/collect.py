@@ -1,5 +1,5 @@
 """What the gallery shows of each image, gathered in one pass over each file: its boxes
-in the written frame (read by `export.box_rows`, so they are the exported ones), its
+in the written frame (read by `geometry.WrittenBoxes`, as the exports read them), its
 image-level labels, and its attribution from the input image lists.
 
 Annotation rows of other images are skipped before they are parsed; memory grows with
@@ -16,9 +16,10 @@ from pathlib import Path
 from oidownload.core.errors import InputError
 from oidownload.core.records import Row
 from oidownload.dataset import attribution
-from oidownload.dataset.annotations import ATTRIBUTES, AnnotationFile, Kind
+from oidownload.dataset.annotations import AnnotationFile
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.exports.formats import ExportResult, box_rows
+from oidownload.dataset.geometry import WrittenBoxes
+from oidownload.dataset.kinds import ATTRIBUTES, BOXES, GALLERY
 from oidownload.inputs.rows import RowFilter, iter_rows, read_header
 from oidownload.state.reader import Written
 
@@ -113,7 +114,8 @@ def collect(
     result = Collected(list(entries.values()), Classes(), [])
     for path in annotation_paths:
         f = AnnotationFile.open(path)
-        if f.kind is Kind.BOXES:
+        f.kind.require(GALLERY, f.where)
+        if f.kind is BOXES:
             result.box_files += 1
             _read_boxes(f, entries, result, names, classes)
         else:
@@ -131,15 +133,14 @@ def license_name(url: str) -> str:
 
 def _read_boxes(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
                 names: ClassDescriptions | None, mids: frozenset[str] | None) -> None:
-    """The export's own box reader, so the gallery draws exactly the boxes it exports."""
-    images = {i: e.written for i, e in entries.items()}
-    counts = ExportResult(Path())
+    """The exports' own box reader, so the gallery draws exactly the boxes they export."""
+    reader = WrittenBoxes({i: e.written for i, e in entries.items()}, mids)
     shared: dict[tuple[int, ...], tuple[int, ...]] = {}
-    for row in box_rows([f], images, counts, mids):
-        attrs = tuple(row.attrs.get(a, -1) for a in ATTRIBUTES)
+    for box in reader.read([f]):
+        attrs = tuple(box.attrs.get(a, -1) for a in ATTRIBUTES)
         attrs = shared.setdefault(attrs, attrs)
-        entries[row.image.image_id].boxes.append((result.classes.index(row.label, names), *row.box, attrs))
-    result.dropped += counts.dropped
+        entries[box.image_id].boxes.append((result.classes.index(box.label, names), *box.box, attrs))
+    result.dropped += reader.dropped
 
 
 def _read_labels(f: AnnotationFile, entries: dict[str, Entry], result: Collected,

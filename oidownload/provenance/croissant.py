@@ -34,9 +34,10 @@ from oidownload.core import fsio
 from oidownload.core.config import OutputKind
 from oidownload.core.errors import OidownloadError
 from oidownload.core.records import Status
-from oidownload.dataset.annotations import AnnotationFile, CsvAnnotations, Kind
+from oidownload.dataset.annotations import AnnotationFile, CsvAnnotations
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.exports.formats import ExportResult, box_rows
+from oidownload.dataset.geometry import WrittenBoxes
+from oidownload.dataset.kinds import LABELS
 from oidownload.inputs.rows import V3_COLUMNS
 from oidownload.provenance.lock import dumps_line, file_sha256, lock_path
 from oidownload.sinks import is_remote
@@ -169,9 +170,9 @@ def _write_annotations(root: Path, state: StateDir) -> dict[str, int]:
         classes = frozenset(str(c) for m in remembered for c in m.get("classes", [])) or None
         images = {w.image_id: w for w in state.written()}  # as every export: a dict of the written images
         found[BOXES_NAME] = _write_lines(root / BOXES_NAME, (
-            {"file_name": f"{r.image.image_id}.{r.image.ext}", "image_id": r.image.image_id, "label": r.label,
-             "class_name": names.get(r.label, ""), "xmin": r.box[0], "xmax": r.box[1], "ymin": r.box[2],
-             "ymax": r.box[3]} for r in box_rows(tables, images, ExportResult(root), classes)))
+            {"file_name": f"{b.image_id}.{images[b.image_id].ext}", "image_id": b.image_id, "label": b.label,
+             "class_name": names.get(b.label, ""), "xmin": b.xmin, "xmax": b.xmax, "ymin": b.ymin,
+             "ymax": b.ymax} for b in WrittenBoxes(images, classes).read(tables)))
         found[LABELS_NAME] = _write_lines(root / LABELS_NAME, _label_lines(tables, images, names, classes))
     for name in (BOXES_NAME, LABELS_NAME):
         if not found.get(name):
@@ -182,7 +183,7 @@ def _write_annotations(root: Path, state: StateDir) -> dict[str, int]:
 def _label_lines(tables: list[AnnotationFile], images: dict[str, Written], names: dict[str, str],
                  classes: frozenset[str] | None) -> Iterator[dict[str, Any]]:
     for f in tables:
-        if f.kind is not Kind.LABELS:
+        if f.kind is not LABELS:
             continue
         i_id, i_label = f.index("ImageID"), f.index("LabelName")
         i_source = f.index("Source") if f.has("Source") else None

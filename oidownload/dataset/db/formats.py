@@ -3,8 +3,7 @@ first row), and its data lines → row tuples for one table, with every malforme
 reported as (line, why) instead.
 
     images     V3 (11 columns) or V4+ (12, with Rotation) image lists
-    labels     ImageID,Source,LabelName,Confidence
-    boxes      labels' columns + XMin,XMax,YMin,YMax [+ attributes] [+ XClick points]
+    labels, boxes, ...   the annotation kinds, by kinds.detect (their tables: kinds.py)
     classes    MID,name (no header in V3; LabelName,DisplayName in V6/V7)
     hierarchy  bbox_labels_600_hierarchy.json
     mid_list   classes*.txt: one MID a line (nothing to load)
@@ -26,7 +25,9 @@ from typing import Any, cast
 from oidownload.core.ids import id_to_int, is_image_id
 from oidownload.core.records import BadRow
 from oidownload.dataset.classes import MID_RE
-from oidownload.dataset.db.schema import BOXES, IMAGES, LABELS, Column
+from oidownload.dataset.db.schema import IMAGES
+from oidownload.dataset.kinds import BOXES, LABELS, AnnotationKind, Column
+from oidownload.dataset.kinds import detect as detect_kind
 from oidownload.inputs.csvrecords import records
 from oidownload.inputs.rows import Format, parse_row
 from oidownload.inputs.text import MAX_LINE
@@ -37,10 +38,10 @@ _SOURCE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TOO_LONG = f"the line is longer than {MAX_LINE} characters"
 
 
-class Kind(enum.StrEnum):
+class FileKind(enum.StrEnum):
+    """The files `db load` takes besides annotations (whose kinds are kinds.KINDS)."""
+
     IMAGES = "images"
-    LABELS = "labels"
-    BOXES = "boxes"
     CLASSES = "classes"
     HIERARCHY = "hierarchy"
     MID_LIST = "mid_list"
@@ -48,12 +49,13 @@ class Kind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Detected:
-    kind: Kind
+    kind: FileKind | AnnotationKind[Any]
     columns: tuple[str, ...]  # the header; for a header-less class file, ()
 
-
-_LABEL_COLS = ("ImageID", "Source", "LabelName", "Confidence")
-_BOX_COLS = (*_LABEL_COLS, "XMin", "XMax", "YMin", "YMax")
+    @property
+    def kind_name(self) -> str:
+        """loaded_files.kind: images, classes, hierarchy, mid_list, or the annotation kind's name."""
+        return self.kind.value if isinstance(self.kind, FileKind) else self.kind.name
 
 
 def detect(name: str, first_line: str) -> Detected | None:
@@ -64,23 +66,22 @@ def detect(name: str, first_line: str) -> Detected | None:
         return None
     header = tuple(fields)
     if header in (Format.V3.value, Format.V4.value):
-        return Detected(Kind.IMAGES, header)
-    if all(c in header for c in _BOX_COLS):
-        return Detected(Kind.BOXES, header)
-    if header and set(header) == set(_LABEL_COLS):
-        return Detected(Kind.LABELS, header)
+        return Detected(FileKind.IMAGES, header)
+    kinds = detect_kind(header)
+    if len(kinds) == 1:
+        return Detected(kinds[0], header)
     if header == ("LabelName", "DisplayName"):
-        return Detected(Kind.CLASSES, header)
+        return Detected(FileKind.CLASSES, header)
     if len(fields) == 2 and MID_RE.fullmatch(fields[0]):
-        return Detected(Kind.CLASSES, ())  # V3's class-descriptions.csv: no header
+        return Detected(FileKind.CLASSES, ())  # V3's class-descriptions.csv: no header
     if len(fields) == 1 and MID_RE.fullmatch(fields[0]) and name.endswith(".txt"):
-        return Detected(Kind.MID_LIST, ())
+        return Detected(FileKind.MID_LIST, ())
     return None
 
 
-def table_columns(kind: Kind, header: tuple[str, ...]) -> tuple[Column, ...]:
+def table_columns(kind: FileKind | AnnotationKind[Any], header: tuple[str, ...]) -> tuple[Column, ...]:
     """The table columns a file fills: every one its header has (the rest stay NULL)."""
-    table = {Kind.IMAGES: IMAGES, Kind.LABELS: LABELS, Kind.BOXES: BOXES}[kind]
+    table = IMAGES if kind is FileKind.IMAGES else cast(AnnotationKind[Any], kind).columns
     return tuple(c for c in table if c.csv in header)
 
 
@@ -136,7 +137,7 @@ def _text_problem(fields: list[str], i_source: int, i_mid: int) -> str | None:
     return None
 
 
-def annotation_rows(lines: Iterable[str | None], kind: Kind, header: tuple[str, ...], file_id: int,
+def annotation_rows(lines: Iterable[str | None], kind: AnnotationKind[Any], header: tuple[str, ...], file_id: int,
                     known_mids: Container[str] | None, bad: Bad, tally: Tally) -> Iterator[Converted]:
     """Labels or boxes as row tuples. Lines without a quote (all real ones) are split by
     hand, several times faster than the csv module; a quoted line goes through csv."""
@@ -146,7 +147,7 @@ def annotation_rows(lines: Iterable[str | None], kind: Kind, header: tuple[str, 
     i_id, i_mid, i_source = header.index("ImageID"), header.index("LabelName"), header.index("Source")
     n = len(header)
     rest = list(zip(index, convs, strict=True))[1:]
-    check_mid = known_mids if kind is Kind.BOXES else None
+    check_mid = known_mids if kind is BOXES else None
     line_no = 1
     for line in lines:
         line_no += 1
@@ -194,7 +195,7 @@ def _fields(line: str | None, n: int, line_no: int, bad: Bad, tally: Tally) -> l
     return fields
 
 
-STANDARD_LABELS = ("ImageID", "Source", "LabelName", "Confidence")
+STANDARD_LABELS = LABELS.signature
 # Lines per block of label_rows: about 3 MB of text.
 BLOCK = 65536
 _NOT_PLAIN = ('"', "\\", "\t", "\r")  # quoting, or bytes COPY's text format would need escaped
@@ -270,7 +271,7 @@ def label_rows(lines: Iterator[str | None], file_id: int, bad: Bad, tally: Tally
             yield plain
         else:
             rows = [row for i, line in enumerate(chunk) for row in annotation_rows(
-                [line], Kind.LABELS, STANDARD_LABELS, file_id, None, _at(bad, first_line + i), tally)]
+                [line], LABELS, STANDARD_LABELS, file_id, None, _at(bad, first_line + i), tally)]
             if copy_text:
                 yield "".join("\t".join(_copy_field(x) for x in (v, src, mid, fid, c)) + "\n"
                               for v, src, mid, c, fid in rows)

@@ -29,7 +29,7 @@ from oidownload.dataset.db.formats import (
     STANDARD_LABELS,
     Bad,
     Detected,
-    Kind,
+    FileKind,
     Tally,
     annotation_rows,
     class_rows,
@@ -39,10 +39,12 @@ from oidownload.dataset.db.formats import (
     table_columns,
 )
 from oidownload.dataset.hierarchy import Hierarchy
+from oidownload.dataset.kinds import DB_LOAD, LABELS, AnnotationKind
 from oidownload.inputs.csvrecords import then_lines
 from oidownload.inputs.text import MAX_LINE, bounded_lines, open_text
 
-_ORDER = {Kind.CLASSES: 0, Kind.HIERARCHY: 1, Kind.IMAGES: 2, Kind.LABELS: 3, Kind.BOXES: 3}
+# Class names first (box rows are checked against them), then annotations (3), mid lists last.
+_ORDER = {FileKind.CLASSES.value: 0, FileKind.HIERARCHY.value: 1, FileKind.IMAGES.value: 2, FileKind.MID_LIST.value: 9}
 _SUFFIXES = (".csv", ".csv.gz", ".gz", ".json", ".tar.gz", ".tgz", ".txt")
 BAD_ROWS_SHOWN = 10  # per file; the rest are counted
 _TEXT_BUFFER = 1 << 20
@@ -102,7 +104,7 @@ def _plain_item(path: Path) -> Item:
     digest = hashlib.sha256()
     if path.name.endswith(".json"):
         Hierarchy.load(path)  # refuse a wrong shape before anything is loaded
-        return Item(key, Detected(Kind.HIERARCHY, ()), st.st_size, st.st_mtime_ns,
+        return Item(key, Detected(FileKind.HIERARCHY, ()), st.st_size, st.st_mtime_ns,
                     lambda: _file_lines(path, digest), digest)
     with open_text(path) as f:
         first = _first_line(f, str(path))
@@ -112,6 +114,8 @@ def _plain_item(path: Path) -> Item:
             f"{path}: not a file oidownload can load (found {first.strip()[:100]!r}); expected an Open Images "
             "image list, label or box CSV, class descriptions or the class hierarchy JSON; leave it out"
         )
+    if isinstance(found.kind, AnnotationKind):
+        found.kind.require(DB_LOAD, str(path))
     return Item(key, found, st.st_size, st.st_mtime_ns, lambda: _file_lines(path, digest), digest)
 
 
@@ -182,6 +186,9 @@ def _archive_items(path: Path) -> Iterator[tuple[Item | None, str]]:
                 found = detect(Path(member.name).name, first)
                 if found is None:
                     yield None, f"{name}: not a file oidownload can load; skipped"
+                    continue
+                if isinstance(found.kind, AnnotationKind) and DB_LOAD not in found.kind.supported:
+                    yield None, f"{name}: {found.kind.what} are recognised but not yet supported by `{DB_LOAD}`; skipped"
                     continue
                 mtime = int(member.mtime) * 1_000_000_000 ^ st.st_size  # changes when the archive does
                 yield Item(name, found, member.size, mtime, functools.partial(_member_lines, first, text), digest), ""
@@ -264,24 +271,24 @@ class Loader:
         return self._known_mids
 
     def load(self, item: Item) -> FileResult:
-        kind = item.detected.kind
-        if kind is Kind.MID_LIST:
-            return FileResult(item.key, kind.value, "skipped")
+        kind, name = item.detected.kind, item.detected.kind_name
+        if kind is FileKind.MID_LIST:
+            return FileResult(item.key, name, "skipped")
         old = self.db.execute("SELECT id, size, mtime_ns, kind, columns FROM loaded_files WHERE path = ?", (item.key,))
         if old and (old[0][1], old[0][2]) == (item.size, item.mtime_ns):
             if old[0][3] == DUPLICATE:
-                return FileResult(item.key, kind.value, DUPLICATE, same_as=str(old[0][4]))
-            return FileResult(item.key, kind.value, "unchanged")
+                return FileResult(item.key, name, DUPLICATE, same_as=str(old[0][4]))
+            return FileResult(item.key, name, "unchanged")
         started, cpu = time.monotonic(), time.process_time()
-        result = FileResult(item.key, kind.value, "reloaded" if old else "loaded")
+        result = FileResult(item.key, name, "reloaded" if old else "loaded")
         try:
             self._load(item, old, result)
         except _Same as same:
             self._skip(item, old, same.other)
-            return FileResult(item.key, kind.value, DUPLICATE, same_as=same.other)
-        if kind is Kind.CLASSES:
+            return FileResult(item.key, name, DUPLICATE, same_as=same.other)
+        if kind is FileKind.CLASSES:
             self._known_mids = None
-        if kind is Kind.HIERARCHY:
+        if kind is FileKind.HIERARCHY:
             self.hierarchy_changed = True
         result.seconds, result.cpu_seconds = time.monotonic() - started, time.process_time() - cpu
         return result
@@ -291,7 +298,7 @@ class Loader:
         skipped again while its size and mtime stay the same."""
         with self.db.transaction():
             if old:
-                self._delete(item.detected.kind, int(old[0][0]))
+                self._delete(item.detected, int(old[0][0]))
                 self.db.execute("UPDATE loaded_files SET kind = ?, columns = ?, size = ?, mtime_ns = ?, rows = 0, "
                                 "bad_rows = 0, loaded_at = ? WHERE id = ?",
                                 (DUPLICATE, other, item.size, item.mtime_ns, _now(), int(old[0][0])))
@@ -300,18 +307,18 @@ class Loader:
                                 "VALUES (?, ?, ?, ?, ?, ?)", (item.key, DUPLICATE, other, item.size, item.mtime_ns, _now()))
 
     def _load(self, item: Item, old: list[tuple[Any, ...]], result: FileResult) -> None:
-        kind = item.detected.kind
+        kind = item.detected.kind_name
         with self.db.transaction():
             if old:
                 file_id = int(old[0][0])
-                self._delete(kind, file_id)
+                self._delete(item.detected, file_id)
                 self.db.execute("UPDATE loaded_files SET kind = ?, columns = ?, size = ?, mtime_ns = ?, loaded_at = ? "
-                                "WHERE id = ?", (kind.value, ",".join(item.detected.columns), item.size,
+                                "WHERE id = ?", (kind, ",".join(item.detected.columns), item.size,
                                                  item.mtime_ns, _now(), file_id))
             else:
                 self.db.execute("INSERT INTO loaded_files (path, kind, columns, size, mtime_ns, loaded_at) "
                                 "VALUES (?, ?, ?, ?, ?, ?)",
-                                (item.key, kind.value, ",".join(item.detected.columns), item.size, item.mtime_ns, _now()))
+                                (item.key, kind, ",".join(item.detected.columns), item.size, item.mtime_ns, _now()))
                 file_id = int(self.db.execute("SELECT id FROM loaded_files WHERE path = ?", (item.key,))[0][0])
             try:
                 with item.lines() as lines:
@@ -323,19 +330,20 @@ class Loader:
                 raise InputError(f"{item.key}: read failed: {exc.strerror or exc}") from None
             content = item.digest.hexdigest()
             same = self.db.execute("SELECT path FROM loaded_files WHERE content_sha256 = ? AND id <> ? AND kind = ?",
-                                   (content, file_id, kind.value))
+                                   (content, file_id, kind))
             if same:
                 raise _Same(str(same[0][0]))  # rolls this file's rows back
             self.db.execute("UPDATE loaded_files SET rows = ?, bad_rows = ?, content_sha256 = ? WHERE id = ?",
                             (result.rows, result.bad_rows, content, file_id))
 
-    def _delete(self, kind: Kind, file_id: int) -> None:
-        table = {Kind.CLASSES: "classes", Kind.HIERARCHY: "class_hierarchy"}.get(kind, kind.value)
+    def _delete(self, detected: Detected, file_id: int) -> None:
+        name = detected.kind_name
+        table = {FileKind.CLASSES.value: "classes", FileKind.HIERARCHY.value: "class_hierarchy"}.get(name, name)
         self.db.execute(f"DELETE FROM {table} WHERE file_id = ?", (file_id,))
 
     def _rows(self, item: Item, lines: Iterator[str | None], file_id: int, result: FileResult) -> None:
         kind, header = item.detected.kind, item.detected.columns
-        if kind is Kind.HIERARCHY:
+        if kind is FileKind.HIERARCHY:
             tree = Hierarchy.load(Path(item.key))  # a plain file (archives skip JSON), read within its bound
             edges = [(p, c, r.value, file_id) for p, c, r in tree.edges()]
             self.db.executemany(
@@ -347,16 +355,16 @@ class Loader:
             next(lines, None)  # the header, already recognised
         tally = Tally()
         bad = self._bad(item, result)
-        if kind is Kind.CLASSES:
+        if kind is FileKind.CLASSES:
             self.db.executemany(
                 "INSERT INTO classes (mid, name, file_id) VALUES (?, ?, ?) "
                 "ON CONFLICT (mid) DO UPDATE SET name = excluded.name, file_id = excluded.file_id",
                 list(class_rows(lines, bool(header), file_id, bad, tally)))
-        elif kind is Kind.IMAGES:
+        elif kind is FileKind.IMAGES:
             with _no_gc():  # millions of short-lived tuples: the cycle collector only costs time here
                 self.db.bulk("images", [*(c.name for c in schema.IMAGES), "file_id"],
                              image_rows(lines, header, file_id, item.key, bad, tally))
-        elif kind is Kind.LABELS and header == STANDARD_LABELS:
+        elif kind is LABELS and header == STANDARD_LABELS:
             with _no_gc():
                 if self.db.postgres:
                     self.db.copy_text("labels", LABEL_COPY_COLUMNS,
@@ -364,10 +372,10 @@ class Loader:
                 else:
                     self.db.bulk_flat("labels", [*(c.name for c in schema.LABELS), "file_id"],
                                       label_rows(lines, file_id, bad, tally, copy_text=False))
-        else:
+        elif isinstance(kind, AnnotationKind):
             columns = [*(c.name for c in table_columns(kind, header)), "file_id"]
             with _no_gc():
-                self.db.bulk(kind.value, columns,
+                self.db.bulk(kind.name, columns,
                              annotation_rows(lines, kind, header, file_id, self.known_mids(), bad, tally))
         result.rows, result.bad_rows = tally.rows, tally.bad
 
@@ -420,7 +428,7 @@ def load(url: str | None, paths: list[Path], *, strict: bool = False,
         schema.create(db)
         loader = Loader(db, strict=strict, log=log)
         out = LoadResult()
-        for item in sorted(items, key=lambda i: _ORDER.get(i.detected.kind, 9)):
+        for item in sorted(items, key=lambda i: _ORDER.get(i.detected.kind_name, 3)):
             out.files.append(_report(loader.load(item), log))
         for archive in sorted(archives, key=lambda p: "class" not in p.name):  # names before boxes
             for member, why in _archive_items(archive):

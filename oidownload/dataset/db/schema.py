@@ -8,18 +8,10 @@ loaded file carries its file_id, so a changed file's rows can be replaced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from oidownload.dataset.db import Database, hex_id_sql
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str  # in the database
-    csv: str  # in the Open Images files
-    type: str  # one of the keys of _TYPES
-    nullable: bool = False
-
+from oidownload.dataset.kinds import BOX_ATTRIBUTE_COLUMNS, DB_LOAD, KINDS, Column
+from oidownload.dataset.kinds import BOXES as BOX_KIND
+from oidownload.dataset.kinds import LABELS as LABEL_KIND
 
 _TYPES = {
     # name: (SQLite, PostgreSQL)
@@ -44,31 +36,11 @@ IMAGES = (
     Column("thumbnail_300k_url", "Thumbnail300KURL", "text"),
     Column("rotation", "Rotation", "real", nullable=True),
 )
-LABELS = (
-    Column("image_id", "ImageID", "id"),
-    Column("source", "Source", "text"),
-    Column("mid", "LabelName", "text"),
-    Column("confidence", "Confidence", "real"),
-)
-BOX_ATTRIBUTES = (
-    Column("is_occluded", "IsOccluded", "flag", nullable=True),
-    Column("is_truncated", "IsTruncated", "flag", nullable=True),
-    Column("is_group_of", "IsGroupOf", "flag", nullable=True),
-    Column("is_depiction", "IsDepiction", "flag", nullable=True),
-    Column("is_inside", "IsInside", "flag", nullable=True),
-)
-BOXES = (
-    *LABELS,
-    # x_min, not xmin: PostgreSQL reserves xmin and xmax as system columns.
-    Column("x_min", "XMin", "real"),
-    Column("x_max", "XMax", "real"),
-    Column("y_min", "YMin", "real"),
-    Column("y_max", "YMax", "real"),
-    *BOX_ATTRIBUTES,
-    *(Column(f"xclick{k}{axis.lower()}", f"XClick{k}{axis}", "real", nullable=True)
-      for axis in ("X", "Y") for k in range(1, 5)),
-)
-TABLES = {"images": IMAGES, "labels": LABELS, "boxes": BOXES}
+# The annotation tables are the kinds' own (kinds.py): a kind `db load` loads has its columns there.
+LABELS = LABEL_KIND.columns
+BOX_ATTRIBUTES = BOX_ATTRIBUTE_COLUMNS
+BOXES = BOX_KIND.columns
+TABLES = {"images": IMAGES, **{k.name: k.columns for k in KINDS.values() if DB_LOAD in k.supported}}
 
 
 def _table(db: Database, name: str, columns: tuple[Column, ...]) -> str:

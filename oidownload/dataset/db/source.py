@@ -12,12 +12,12 @@ from typing import Any
 
 from oidownload.core.errors import ConfigError
 from oidownload.core.ids import id_to_int, int_to_id
-from oidownload.dataset.annotations import ATTRIBUTES, ClassFilter, Kind, LabelSource
+from oidownload.dataset.annotations import ATTRIBUTES, ClassFilter, LabelSource
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.db import Database, DatabaseError, connect, schema
-from oidownload.dataset.db.formats import Kind as FileKind
 from oidownload.dataset.db.formats import table_columns
 from oidownload.dataset.hierarchy import Hierarchy
+from oidownload.dataset.kinds import BOXES, DB_LOAD, KINDS, AnnotationKind
 
 _ATTR_COLUMN = {c.csv: c.name for c in schema.BOX_ATTRIBUTES}
 
@@ -37,7 +37,7 @@ class DbTable:
     db: Database
     file_id: int
     name: str
-    kind: Kind
+    kind: AnnotationKind[Any]
     columns: tuple[str, ...]
     _db_columns: tuple[str, ...]
     where: str = ""
@@ -49,7 +49,7 @@ class DbTable:
         return name in self.columns
 
     def rows(self, ids: Container[str] | None = None) -> Iterator[list[str]]:
-        table = "boxes" if self.kind is Kind.BOXES else "labels"
+        table = self.kind.name
         cols = ", ".join(self._db_columns)
         order = "rowid" if not self.db.postgres else "(image_id < 0), image_id"
         if ids is None:
@@ -97,10 +97,11 @@ class DbAnnotations:
         roots = sorted({p for p, _, _ in edges} - {c for _, c, _ in edges})
         return Hierarchy.from_edges(roots[0], edges) if roots else None
 
-    def _files(self) -> list[tuple[int, str, FileKind, tuple[str, ...]]]:
-        rows = self.db.execute("SELECT id, path, kind, columns FROM loaded_files WHERE kind IN ('labels', 'boxes') "
-                               "ORDER BY id")
-        return [(int(i), str(p), FileKind(k), tuple(str(c).split(","))) for i, p, k, c in rows]
+    def _files(self) -> list[tuple[int, str, AnnotationKind[Any], tuple[str, ...]]]:
+        loaded = [k.name for k in KINDS.values() if DB_LOAD in k.supported]
+        rows = self.db.execute(f"SELECT id, path, kind, columns FROM loaded_files WHERE kind IN "
+                               f"({', '.join('?' * len(loaded))}) ORDER BY id", tuple(loaded))
+        return [(int(i), str(p), KINDS[str(k)], tuple(str(c).split(","))) for i, p, k, c in rows]
 
     def tables(self) -> list[DbTable]:
         out = []
@@ -108,13 +109,12 @@ class DbAnnotations:
             cols = table_columns(kind, header)
             name = path.rsplit("!", 1)[-1].rsplit("/", 1)[-1]
             name = name[:-3] if name.endswith(".gz") else name
-            out.append(DbTable(self.db, file_id, name, Kind.BOXES if kind is FileKind.BOXES else Kind.LABELS,
-                               tuple(c.csv for c in cols), tuple(c.name for c in cols), path))
+            out.append(DbTable(self.db, file_id, name, kind, tuple(c.csv for c in cols), tuple(c.name for c in cols), path))
         return out
 
     def matches(self, flt: ClassFilter, within: Container[str] | None = None) -> Iterator[tuple[str, str]]:
         files = self._files()
-        boxes = [(p, h) for _, p, k, h in files if k is FileKind.BOXES]
+        boxes = [(p, h) for _, p, k, h in files if k is BOXES]
         if flt.boxes_only and not boxes:
             raise ConfigError(f"--boxes-only: the database {self.db.url} holds no box file")
         for path, header in boxes:

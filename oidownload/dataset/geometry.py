@@ -1,0 +1,104 @@
+"""Normalised coordinates of the source image → the frame of the written file: into the
+kept region when `--resize-mode fill` cropped, then through the turn `--orientation
+upright` applied (the EXIF-style code the journal records). Every exporter and the
+gallery move boxes and points through here, so they agree on every pixel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from oidownload.dataset.annotations import AnnotationTable
+from oidownload.dataset.kinds import BOXES, Box
+from oidownload.state.reader import Written
+
+Coords = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax, normalised
+
+# Where a normalised point (x, y) of the stored frame lands after each EXIF-style turn
+# (the codes process.py records): 8 is 90 degrees counter-clockwise, 6 clockwise.
+_TURNS: dict[int, Callable[[float, float], tuple[float, float]]] = {
+    2: lambda x, y: (1 - x, y),
+    3: lambda x, y: (1 - x, 1 - y),
+    4: lambda x, y: (x, 1 - y),
+    5: lambda x, y: (y, x),
+    6: lambda x, y: (1 - y, x),
+    7: lambda x, y: (1 - y, 1 - x),
+    8: lambda x, y: (y, 1 - x),
+}
+
+
+def turn_point(code: int, x: float, y: float) -> tuple[float, float]:
+    turn = _TURNS.get(code)
+    return turn(x, y) if turn else (x, y)
+
+
+def to_written_frame(box: Coords, image: Written) -> Coords | None:
+    """The box in the written image's frame, normalised; None when a crop cut it away."""
+    xmin, xmax, ymin, ymax = box
+    if image.crop is not None:
+        cx0, cy0, cx1, cy1 = image.crop
+        sx, sy = cx1 - cx0, cy1 - cy0
+        xmin, xmax = (min(1.0, max(0.0, (v - cx0) / sx)) for v in (xmin, xmax))
+        ymin, ymax = (min(1.0, max(0.0, (v - cy0) / sy)) for v in (ymin, ymax))
+        if xmax <= xmin or ymax <= ymin:
+            return None
+    if image.orientation == 1:
+        return xmin, xmax, ymin, ymax
+    (ax, ay), (bx, by) = turn_point(image.orientation, xmin, ymin), turn_point(image.orientation, xmax, ymax)
+    return min(ax, bx), max(ax, bx), min(ay, by), max(ay, by)
+
+
+def point_to_written(x: float, y: float, image: Written) -> tuple[float, float]:
+    """A point (an XClick) in the written frame; a crop may put it outside [0, 1]."""
+    if image.crop is not None:
+        cx0, cy0, cx1, cy1 = image.crop
+        x, y = (x - cx0) / (cx1 - cx0), (y - cy0) / (cy1 - cy0)
+    return turn_point(image.orientation, x, y)
+
+
+def written_box(box: Box, image: Written) -> Box | None:
+    """The record with its box in the written frame; None when a crop cut it away."""
+    moved = to_written_frame(box.box, image)
+    if moved is None:
+        return None
+    xmin, xmax, ymin, ymax = moved
+    return dataclasses.replace(box, xmin=xmin, xmax=xmax, ymin=ymin, ymax=ymax)
+
+
+def pixels(box: Box, image: Written) -> list[float]:
+    """A written-frame box as COCO's [x, y, width, height] in pixels of the written image."""
+    w, h = image.width, image.height
+    return [round(box.xmin * w, 3), round(box.ymin * h, 3), round((box.xmax - box.xmin) * w, 3),
+            round((box.ymax - box.ymin) * h, 3)]
+
+
+@dataclass
+class WrittenBoxes:
+    """The boxes of the given images (of the given classes) as records in the written
+    frame, in file order; `dropped` counts those a crop cut away. The exports and the
+    gallery read boxes only through here, so the gallery draws exactly the exported ones."""
+
+    images: Mapping[str, Written]
+    mids: frozenset[str] | None = None
+    dropped: int = 0
+
+    def read(self, tables: Iterable[AnnotationTable]) -> Iterator[Box]:
+        images, mids = self.images, self.mids
+        for f in tables:
+            if f.kind is not BOXES:
+                continue
+            i_label = f.index("LabelName")
+            record = BOXES.reader(f.columns)
+            for fields in f.rows(images):
+                if mids is not None and fields[i_label] not in mids:
+                    continue  # filtered on the strings: only kept rows become records
+                box = record(fields)
+                if box is None:
+                    continue
+                moved = written_box(box, images[box.image_id])
+                if moved is None:
+                    self.dropped += 1
+                    continue
+                yield moved

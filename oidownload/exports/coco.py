@@ -1,0 +1,74 @@
+"""`--format coco`: DEST/coco.json, boxes in pixels of the written images."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from oidownload.dataset.attribution import NO_CREDIT, UNKNOWN, license_name
+from oidownload.dataset.geometry import pixels
+from oidownload.dataset.kinds import BOXES, AnnotationKind, BoxAttribute
+from oidownload.exports.base import Annotated, ExportContext, categories
+
+
+class CocoExporter:
+    """One JSON file. Each image names its own licence (COCO's `licenses` list holds
+    each licence the images use), author, title and `flickr_url`. Each box is also a
+    4-point polygon `segmentation` (pycocotools needs one), and IsGroupOf=1 becomes
+    iscrowd=1: COCO evaluation then treats the box as a crowd region."""
+
+    name: ClassVar[str] = "coco"
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES})
+    needs_annotations: ClassVar[bool] = True
+    beside_images: ClassVar[bool] = False
+
+    def start(self, ctx: ExportContext) -> None:
+        self.ctx = ctx
+        self.items: list[Annotated] = []
+
+    def add(self, item: Annotated) -> None:
+        self.items.append(item)  # the category ids need every class first
+
+    def abort(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        ctx = self.ctx
+        credit = ctx.credits()
+        cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
+        cat_id = {mid: i + 1 for i, mid in enumerate(cats)}
+        licenses: dict[str, int] = {}
+        for it in self.items:
+            licenses.setdefault(credit.get(it.image.image_id, NO_CREDIT).license, len(licenses) + 1)
+        doc: dict[str, Any] = {
+            "info": {"description": "Open Images, downloaded by oidownload", "version": "1.0"},
+            "licenses": [{"id": n, "name": license_name(url) if url else UNKNOWN, "url": url}
+                         for url, n in licenses.items()],
+            "images": [],
+            "categories": [
+                {"id": cat_id[m], "name": ctx.name(m), "supercategory": "object", "freebase_id": m} for m in cats
+            ],
+            "annotations": [],
+        }
+        n = 0
+        for k, it in enumerate(self.items, 1):
+            image, c = it.image, credit.get(it.image.image_id, NO_CREDIT)
+            doc["images"].append({
+                "id": k, "file_name": image.location, "width": image.width, "height": image.height,
+                "license": licenses[c.license], "flickr_url": c.original_url, "flickr_page_url": c.landing_url,
+                "title": c.title, "author": c.author, "author_url": c.author_url, "open_images_id": image.image_id,
+            })
+            for b in it.boxes:
+                n += 1
+                x, y, bw, bh = pixels(b, image)
+                doc["annotations"].append({
+                    "id": n, "image_id": k, "category_id": cat_id[b.label],
+                    "bbox": [x, y, bw, bh], "area": round(bw * bh, 3),
+                    "segmentation": [[x, y, round(x + bw, 3), y, round(x + bw, 3), round(y + bh, 3), x,
+                                      round(y + bh, 3)]],
+                    "iscrowd": b.flag(BoxAttribute.IS_GROUP_OF), "attributes": dict(b.attrs),
+                })
+        ctx.result.boxes = n
+        with ctx.tree.atomic_file("coco.json") as fh:
+            json.dump(doc, fh)
+        ctx.result.files.append(ctx.tree.path / "coco.json")

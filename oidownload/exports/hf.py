@@ -1,0 +1,115 @@
+"""`--format hf`: Hugging Face imagefolder metadata beside the images, and a dataset card."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import stat
+from typing import Any, ClassVar
+
+from oidownload.dataset.attribution import NO_CREDIT
+from oidownload.dataset.classes import ClassDescriptions
+from oidownload.dataset.geometry import pixels
+from oidownload.dataset.kinds import BOXES, AnnotationKind, BoxAttribute
+from oidownload.exports.base import Annotated, ExportContext, categories
+from oidownload.sinks.files import split_location
+
+HF_CARD_MARK = "written by `oidownload annotations --format hf`"
+
+
+class HfExporter:
+    """OUT/<subset>/metadata.jsonl beside each subset's images, where Hugging Face's
+    imagefolder looks for it (its splits come from those folder names): one line an
+    image with `file_name`, `image_id`, its size, credits and `objects` as the HF
+    detection guides name them (pixel boxes `bbox` [x, y, width, height], `category`
+    an index into the class names, `labels` the names); and OUT/README.md, a dataset
+    card whose features make `category` a ClassLabel of those names."""
+
+    name: ClassVar[str] = "hf"
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES})
+    needs_annotations: ClassVar[bool] = True
+    beside_images: ClassVar[bool] = True  # imagefolder reads metadata.jsonl beside the images: -d does not apply
+
+    def start(self, ctx: ExportContext) -> None:
+        self.ctx = ctx
+        ctx.local_files()
+        self.items: list[Annotated] = []
+
+    def add(self, item: Annotated) -> None:
+        self.items.append(item)  # the category indices need every class first
+
+    def abort(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        ctx, tree, result = self.ctx, self.ctx.tree, self.ctx.result
+        credit = ctx.credits()
+        cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
+        index = {mid: i for i, mid in enumerate(cats)}
+        with contextlib.ExitStack() as stack:
+            writers: dict[str, Any] = {}
+            for it in self.items:
+                image = it.image
+                folder, file_name = split_location(image.location)
+                if folder not in writers:
+                    # Beside the images, in OUT/<subset>: a symlink there is refused, not followed.
+                    writers[folder] = stack.enter_context(tree.atomic_file(f"{folder}/metadata.jsonl",
+                                                                           create_dirs=False))
+                    result.files.append(tree.path / folder / "metadata.jsonl")
+                c = credit.get(image.image_id, NO_CREDIT)
+                own = it.boxes
+                writers[folder].write(json.dumps({
+                    "file_name": file_name, "image_id": image.image_id, "width": image.width, "height": image.height,
+                    "objects": {"bbox": [pixels(b, image) for b in own], "category": [index[b.label] for b in own],
+                                "labels": [ctx.name(b.label) for b in own],
+                                "is_group_of": [b.flag(BoxAttribute.IS_GROUP_OF) for b in own]},
+                    "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url,
+                }, ensure_ascii=False) + "\n")
+        result.boxes = sum(len(it.boxes) for it in self.items)
+        card = tree.path / "README.md"  # the dataset card, at the root load_dataset is pointed at
+        label_names = _label_names(cats, ctx.names)
+        there = tree.lstat("README.md")
+        if there is not None and (not stat.S_ISREG(there.st_mode) or HF_CARD_MARK not in
+                                  tree.read_bytes("README.md", 4096).decode("utf-8", "replace")):
+            result.notes.append(f"{card} is not ours, so it was left as it is: without the card's features, "
+                                "`category` loads as integers (class names: the `labels` field)")
+            return
+        with tree.atomic_file("README.md") as fh:
+            fh.write(_hf_card(sorted(writers), label_names))
+        result.files.append(card)
+
+
+def _label_names(cats: list[str], names: ClassDescriptions | None) -> list[str]:
+    """ClassLabel names, one per category index: the display name, made unique with the
+    MID where two classes share one (a ClassLabel refuses repeated names)."""
+    shown = [names.name(m) if names else m for m in cats]
+    repeated = {n for n in shown if shown.count(n) > 1}
+    return [f"{n} ({m})" if n in repeated else n for n, m in zip(shown, cats, strict=True)]
+
+
+def _hf_card(splits: list[str], label_names: list[str]) -> str:
+    """A dataset card (README.md) whose YAML `configs` entry gives the features, which
+    `datasets.load_dataset("OUT")` applies; JSON is YAML, so no YAML writer is needed.
+    Its data_files name the subset folders only (not annotations/, original/ or yolo/)."""
+    string = {"dtype": "string"}
+    features = [
+        {"name": "image", "dtype": "image"},
+        {"name": "image_id", **string},
+        {"name": "width", "dtype": "int32"},
+        {"name": "height", "dtype": "int32"},
+        {"name": "objects", "sequence": [
+            {"name": "bbox", "sequence": "float32", "length": 4},
+            {"name": "category", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(label_names)}}}},
+            {"name": "labels", **string},
+            {"name": "is_group_of", "dtype": "int8"},
+        ]},
+        *({"name": k, **string} for k in ("title", "author", "license", "url")),
+    ]
+    config = {"config_name": "default", "features": features,
+              "data_files": [{"split": s, "path": f"{s}/**"} for s in splits]}
+    return (f"---\n# {HF_CARD_MARK}; it is replaced by the next such export\n"
+            f"{json.dumps({'configs': [config]}, ensure_ascii=False, indent=1)}\n---\n\n"
+            "Images downloaded from Open Images with oidownload; boxes in `objects` "
+            "(`bbox` [x, y, width, height] in pixels, `category` a ClassLabel).\n\n"
+            "```python\nimport datasets\nds = datasets.load_dataset(\"path/to/this/folder\")\n"
+            "names = ds[\"train\"].features[\"objects\"][\"category\"].feature.names\n```\n")

@@ -1,0 +1,255 @@
+"""Every registered exporter (oidownload.exports.EXPORTERS) round-trips the same download
+(tests/test_exports.py's: 80 real V3 ids with their real boxes) through a real reader
+of its format, and the boxes each reader gets back are the COCO export's boxes, in
+pixels of the written files, image for image:
+
+    csv          Python's csv
+    coco         pycocotools
+    yolo         Ultralytics' own label-path rule and line format
+    hf           Hugging Face `datasets` (a child process, as a user runs it)
+    voc          an XML parser and torchvision.datasets.VOCDetection
+    attribution  Python's csv (credits, no boxes)
+
+A new exporter without a reader here fails test_every_exporter_has_a_reader."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from oidownload.exports import EXPORTERS
+from tests.conftest import (
+    BOXES,
+    DESCRIPTIONS,
+    V4,
+    Download,
+    class_names,
+    journal_rows,
+    require,
+    rows_of,
+    run_cli,
+)
+from tests.test_exports import ultralytics_label_path
+
+# name → [(class display name, xmin, ymin, xmax, ymax)] in pixels of the written file, per ImageID
+Boxes = dict[str, list[tuple[str, float, float, float, float]]]
+TOLERANCE = 0.01  # px: COCO and VOC round to 0.001 px, YOLO and CSV to 1e-6 of a side, HF to float32
+
+
+def _export(download: Download, fmt: str, *args: object) -> Path:
+    res = run_cli("annotations", download.out, "--format", fmt, *args)
+    assert res.returncode == 0, res.stderr
+    return download.out / "annotations"
+
+
+def _size(download: Download, image_id: str) -> tuple[int, int]:
+    subset = download.source[image_id]["Subset"]
+    with Image.open(download.out / subset / image_id[:3] / f"{image_id}.jpg") as im:
+        return im.size
+
+
+def read_csv(download: Download) -> Boxes | None:
+    dest = _export(download, "csv")
+    names = class_names()
+    found: Boxes = {i: [] for i in download.source}
+    for path in BOXES:  # one exported file per input file, named after it (with its folder when names repeat)
+        out = dest / f"{path.parent.name}-{path.name}"
+        for r in rows_of(out):
+            w, h = _size(download, r["ImageID"])
+            found[r["ImageID"]].append((names[r["LabelName"]], float(r["XMin"]) * w, float(r["YMin"]) * h,
+                                        float(r["XMax"]) * w, float(r["YMax"]) * h))
+    return found
+
+
+def read_coco(download: Download) -> Boxes | None:
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(_export(download, "coco") / "coco.json"))
+    cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    found: Boxes = {}
+    for img in coco.loadImgs(coco.getImgIds()):
+        assert (img["width"], img["height"]) == _size(download, img["open_images_id"])
+        found[img["open_images_id"]] = [
+            (cats[a["category_id"]], a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])
+            for a in coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))]
+    return found
+
+
+def read_yolo(download: Download) -> Boxes | None:
+    import yaml
+
+    root = _export(download, "yolo") / "yolo"
+    data = yaml.safe_load((root / "data.yaml").read_text())
+    found: Boxes = {}
+    for split in ("train", "val", "test"):
+        if split not in data:
+            continue
+        for image in (Path(data["path"]) / data[split]).rglob("*.jpg"):
+            with Image.open(image) as im:
+                w, h = im.size
+            boxes = found.setdefault(image.stem, [])
+            for line in Path(ultralytics_label_path(str(image))).read_text().splitlines():
+                k, cx, cy, bw, bh = line.split()
+                x, y, ww, hh = float(cx) * w, float(cy) * h, float(bw) * w, float(bh) * h
+                boxes.append((data["names"][int(k)], x - ww / 2, y - hh / 2, x + ww / 2, y + hh / 2))
+    return found
+
+
+_HF = """
+import json, sys
+import datasets
+ds = datasets.load_dataset(sys.argv[1], cache_dir=sys.argv[2])
+found = {}
+for part in ds.values():
+    names = part.features["objects"]["category"].feature.names
+    for row in part:
+        objects = row["objects"]
+        found[row["image_id"]] = [[names[c], *b] for c, b in zip(objects["category"], objects["bbox"])]
+print(json.dumps(found))
+"""
+
+
+def read_hf(download: Download) -> Boxes | None:
+    require(importlib.util.find_spec("datasets") is not None, "Hugging Face datasets (pip install '.[test]')")
+    _export(download, "hf")
+    cache = download.out.parent / "hf-contract"
+    env = {**os.environ, "HF_HOME": str(cache / "home"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    loaded = subprocess.run([sys.executable, "-c", _HF, str(download.out), str(cache / "datasets")],
+                            capture_output=True, text=True, env=env, timeout=240)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    rows = json.loads(loaded.stdout.splitlines()[-1])
+    return {i: [(name, x, y, x + w, y + h) for name, x, y, w, h in boxes] for i, boxes in rows.items()}
+
+
+def read_voc(download: Download) -> Boxes | None:
+    require(importlib.util.find_spec("torchvision") is not None, "torchvision (pip install '.[test]')")
+    from torchvision.datasets import VOCDetection
+
+    root = _export(download, "voc")
+    voc = root / "VOCdevkit" / "VOC2007"
+    found: Boxes = {}
+    subsets = {"train": "train", "val": "validation"}
+    for image_set, subset in subsets.items():
+        ids = (voc / "ImageSets" / "Main" / f"{image_set}.txt").read_text().split()
+        assert ids == sorted(i for i, r in download.source.items() if r["Subset"] == subset)
+        dataset = VOCDetection(str(root), year="2007", image_set=image_set)
+        assert len(dataset) == len(ids)
+        for image_id, (image, target) in zip(ids, dataset, strict=True):
+            xml = ET.parse(voc / "Annotations" / f"{image_id}.xml").getroot()  # the same file, by a plain parser
+            ann = target["annotation"]
+            assert ann["filename"] == xml.findtext("filename") == f"{image_id}.jpg"
+            assert (int(ann["size"]["width"]), int(ann["size"]["height"])) == image.size == _size(download, image_id)
+            assert int(ann["size"]["depth"]) == len(image.getbands())
+            assert ann["segmented"] == "0"
+            objects = ann.get("object", [])
+            assert len(objects) == len(xml.findall("object"))
+            found[image_id] = []
+            for obj in objects:
+                assert obj["pose"] == "Unspecified" and obj["difficult"] == "0"
+                b = obj["bndbox"]
+                found[image_id].append((obj["name"], float(b["xmin"]), float(b["ymin"]), float(b["xmax"]),
+                                        float(b["ymax"])))
+    trainval = (voc / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    assert sorted(trainval) == sorted(download.source)
+    return found
+
+
+def read_attribution(download: Download) -> Boxes | None:
+    rows = rows_of(_export(download, "attribution") / "ATTRIBUTION.csv")
+    assert sorted(r["ImageID"] for r in rows) == sorted(journal_rows(download.out))
+    return None  # credits only
+
+
+READERS: dict[str, Callable[[Download], Boxes | None]] = {
+    "csv": read_csv, "coco": read_coco, "yolo": read_yolo, "hf": read_hf, "voc": read_voc,
+    "attribution": read_attribution,
+}
+
+
+def test_every_exporter_has_a_reader() -> None:
+    assert set(READERS) == set(EXPORTERS)
+
+
+@pytest.fixture(scope="module")
+def coco_boxes(download: Download) -> Boxes:
+    boxes = read_coco(download)
+    assert boxes is not None
+    return boxes
+
+
+def _same(got: Boxes, want: Boxes) -> None:
+    """The same boxes per image, each matched to one of the same class within TOLERANCE."""
+    assert set(got) == set(want)
+    for image_id, boxes in want.items():
+        left = list(got[image_id])
+        assert len(left) == len(boxes), image_id
+        for b in boxes:
+            match = next((g for g in left if g[0] == b[0] and all(abs(p - q) <= TOLERANCE
+                                                                   for p, q in zip(g[1:], b[1:], strict=True))), None)
+            assert match is not None, (image_id, b, left)
+            left.remove(match)
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORTERS))
+def test_exporter_round_trips_through_its_reader(fmt: str, download: Download, coco_boxes: Boxes) -> None:
+    if fmt not in READERS:
+        pytest.fail(f"exporter {fmt!r} has no reader check in READERS")
+    got = READERS[fmt](download)
+    if got is None:
+        return
+    names = class_names()
+    source = download.boxes()
+    assert {i: sorted(names[r["LabelName"]] for r in rs) for i, rs in source.items()} == {
+        i: sorted(b[0] for b in got.get(i, [])) for i in source}
+    _same(got, coco_boxes)
+
+
+def test_voc_keeps_the_box_attributes_and_escapes_untrusted_names(download: Download, tmp_path: Path) -> None:
+    """Class names come from a CSV: markup and control characters in one stay text."""
+    with open(DESCRIPTIONS, newline="", encoding="utf-8") as f:
+        pairs = list(csv.reader(f))
+    mid = sorted({r["LabelName"] for rs in download.boxes().values() for r in rs})[0]
+    hostile = '<name>&amp; "Car" </object>\x01'
+    descriptions = tmp_path / "descriptions.csv"
+    with open(descriptions, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([m, hostile if m == mid else n] for m, n in pairs)
+    voc = _export(download, "voc", "--class-descriptions", descriptions) / "VOCdevkit" / "VOC2007"
+    names = {**class_names(), mid: hostile.replace("\x01", "\ufffd")}  # XML 1.0 cannot hold \x01
+    flags = (("truncated", "IsTruncated"), ("occluded", "IsOccluded"), ("group_of", "IsGroupOf"))
+    for image_id, rows in download.boxes().items():
+        objects = ET.parse(voc / "Annotations" / f"{image_id}.xml").getroot().findall("object")
+        assert sorted((o.findtext("name"), *(o.findtext(tag) for tag, _ in flags)) for o in objects) == sorted(
+            (names[r["LabelName"]], *(str(int(r.get(attr) or 0)) for _, attr in flags)) for r in rows)
+    assert not [p for p in voc.parent.parent.iterdir() if p.name.startswith(".VOCdevkit")]  # swapped in whole
+
+
+def test_an_exporter_refuses_a_kind_it_does_not_handle(download: Download) -> None:
+    seg = V4 / "train-annotations-object-segmentation.head.csv"
+    for fmt in ("coco", "csv"):
+        res = run_cli("annotations", download.out, "--format", fmt, "--annotations", BOXES[1], "--annotations", seg,
+                      "-d", download.out.parent / f"refused-{fmt}")
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        assert "segmentation annotations are recognised but not yet supported by `annotations`" in res.stderr
+        assert not (download.out.parent / f"refused-{fmt}").exists()
+
+
+def test_the_gallery_never_imports_the_exporters() -> None:
+    """Box geometry lives in dataset/geometry.py, which the gallery and every exporter share."""
+    import ast
+
+    root = Path(__file__).parent.parent / "oidownload" / "gallery"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith("oidownload.exports")], path
