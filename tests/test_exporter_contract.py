@@ -253,3 +253,22 @@ def test_the_gallery_never_imports_the_exporters() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not [n for n in names if n.startswith("oidownload.exports")], path
+
+
+def test_a_box_row_that_cannot_be_read_is_said_not_lost(tmp_path: Path) -> None:
+    # A box whose confidence is not a number is left out of the exports, and the note
+    # says how many: nothing disappears without a word.
+    from oidownload.dataset.annotations import AnnotationFile
+    from oidownload.dataset.geometry import WrittenBoxes
+    from oidownload.state.reader import Written
+
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax\n"
+                     "000000000000000a,xclick,/m/01,1,0.1,0.5,0.1,0.5\n"
+                     "000000000000000a,xclick,/m/01,high,0.1,0.5,0.1,0.5\n"
+                     "000000000000000a,xclick,/m/01,1,0.2,wide,0.1,0.5\n", encoding="utf-8")
+    image = Written("000000000000000a", "validation", "validation/000/000000000000000a.jpg", "jpg", 100, 80, 1, None,
+                    "original", True, 1000)
+    reader = WrittenBoxes({image.image_id: image})
+    got = list(reader.read([AnnotationFile.open(boxes)]))
+    assert len(got) == 1 and reader.unreadable == 2

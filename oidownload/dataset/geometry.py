@@ -77,12 +77,14 @@ def pixels(box: Box, image: Written) -> list[float]:
 @dataclass
 class WrittenBoxes:
     """The boxes of the given images (of the given classes) as records in the written
-    frame, in file order; `dropped` counts those a crop cut away. The exports and the
+    frame, in file order; `dropped` counts those a crop cut away, `unreadable` the rows
+    with a value that is not a number (said, never silently lost). The exports and the
     gallery read boxes only through here, so the gallery draws exactly the exported ones."""
 
     images: Mapping[str, Written]
     mids: frozenset[str] | None = None
     dropped: int = 0
+    unreadable: int = 0
 
     def read(self, tables: Iterable[AnnotationTable]) -> Iterator[Box]:
         images, mids = self.images, self.mids
@@ -96,6 +98,7 @@ class WrittenBoxes:
                     continue  # filtered on the strings: only kept rows become records
                 box = record(fields)
                 if box is None:
+                    self.unreadable += 1
                     continue
                 moved = written_box(box, images[box.image_id])
                 if moved is None:

@@ -99,6 +99,9 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
             for box in reader.read(ctx.tables):
                 boxes.setdefault(box.image_id, []).append(box)
             ctx.result.dropped += reader.dropped
+            if reader.unreadable:
+                ctx.result.notes.append(f"{reader.unreadable} box row(s) with a coordinate or confidence that is not "
+                                        "a number were left out")
         for image_id in sorted(ctx.images):
             exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ()))))
         exporter.finish()

@@ -141,6 +141,9 @@ def _read_boxes(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
         attrs = shared.setdefault(attrs, attrs)
         entries[box.image_id].boxes.append((result.classes.index(box.label, names), *box.box, attrs))
     result.dropped += reader.dropped
+    if reader.unreadable:
+        result.notes.append(f"{f.name}: {reader.unreadable} box row(s) with a value that is not a number were "
+                            "left out")
 
 
 def _read_labels(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
