@@ -4,6 +4,12 @@ the lock, so that tools that know nothing about Open Images can load what is the
 
     OUT/croissant.json                 the card: what, whose, how to cite, where
     OUT/oidownload.images.jsonl.gz     one line per written image: its fields for the card
+    OUT/oidownload.{boxes,labels}.jsonl.gz   the annotations the download selected with
+                                       (its --annotations files or its --db), joined to
+                                       the written images in bounded memory (written_index.py)
+
+For a bucket (s3://, az://, gs://) these are made in the state dir, beside the lock's
+copy, and uploaded beside the data as the lock is.
 
 The card's record set `images` joins each image file (a file of the `files` layout, or
 a member of a webdataset shard, which Croissant readers take out of the tar) with its
@@ -16,7 +22,9 @@ The @context is inline (Croissant readers fetch no remote context).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import heapq
 import html
 import io
@@ -25,7 +33,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +42,14 @@ from oidownload.core import fsio
 from oidownload.core.config import OutputKind
 from oidownload.core.errors import OidownloadError
 from oidownload.core.records import Status
-from oidownload.dataset.annotations import AnnotationFile, CsvAnnotations
-from oidownload.dataset.classes import ClassDescriptions
+from oidownload.dataset.annotations import AnnotationSource, AnnotationTable
 from oidownload.dataset.geometry import WrittenBoxes
-from oidownload.dataset.kinds import LABELS
+from oidownload.dataset.kinds import BOXES, LABELS
+from oidownload.dataset.selection import class_names, open_annotations
 from oidownload.inputs.rows import V3_COLUMNS
-from oidownload.provenance.lock import dumps_line, file_sha256, lock_path
-from oidownload.sinks import is_remote
+from oidownload.provenance.lock import LOCK_NAME, dumps_line, file_sha256, lock_path, upload_beside
+from oidownload.provenance.written_index import WrittenIndex
+from oidownload.sinks import Blobs, is_remote, open_blobs
 from oidownload.sinks.tar import SHARD_RE
 from oidownload.state.reader import Entry, StateDir, Written
 
@@ -49,6 +58,7 @@ IMAGES_NAME = "oidownload.images.jsonl.gz"
 BOXES_NAME = "oidownload.boxes.jsonl.gz"
 LABELS_NAME = "oidownload.labels.jsonl.gz"
 _HASH_CACHE = "croissant-hashes.json"
+_RANGE = 8 << 20  # bytes of a remote shard read at once to hash it
 _AT = {name: V3_COLUMNS.index(name) for name in ("License", "Author", "Title")}
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp",
          "tif": "image/tiff"}
@@ -154,33 +164,55 @@ def _line(row: tuple[object, ...], fields: list[str] | None) -> dict[str, Any]:
 
 def _write_annotations(root: Path, state: StateDir) -> dict[str, int]:
     """The boxes (in the written frame) and image-level labels of the written images, as
-    `annotations --format csv` exports them, from the annotation files the download
-    selected with: the card's boxes and labels files. Lines per kind; a kind with none
-    has no file."""
+    `annotations --format csv` exports them, from the annotations the download selected
+    with (its --annotations files, or its --db database): the card's boxes and labels
+    files. Lines per kind; a kind with none has no file. Bounded memory: the written
+    images wait in a temporary table, and the rows are joined to them a chunk at a time."""
     remembered = [d for d in (_json(v) for v in state.meta("selection")) if d]
-    files = [p for p in dict.fromkeys(Path(str(a)) for m in remembered for a in m.get("annotations", [])) if p.is_file()]
+    found: dict[str, int] = {}
     try:
-        tables = CsvAnnotations(files).tables()
-        desc = next((Path(str(m["class_descriptions"])) for m in remembered if m.get("class_descriptions")), None)
-        names = ClassDescriptions.load(desc).names if desc is not None and desc.is_file() else {}
+        with _selection_source(remembered) as (source, names):
+            tables = list(source.tables()) if source is not None else []
+            if tables:
+                classes = frozenset(str(c) for m in remembered for c in m.get("classes", [])) or None
+                with WrittenIndex.build(state) as index:
+                    wanted = index.wanted()
+                    found[BOXES_NAME] = _write_lines(root / BOXES_NAME, (
+                        {"file_name": f"{b.image_id}.{images[b.image_id].ext}", "image_id": b.image_id,
+                         "label": b.label, "class_name": names.get(b.label, ""), "xmin": b.xmin,
+                         "xmax": b.xmax, "ymin": b.ymin, "ymax": b.ymax}
+                        for chunk, images in index.chunks(tables, BOXES, wanted)
+                        for b in WrittenBoxes(images, classes).read([chunk])))
+                    found[LABELS_NAME] = _write_lines(root / LABELS_NAME, (
+                        line for chunk, images in index.chunks(tables, LABELS, wanted)
+                        for line in _label_lines([chunk], images, names, classes)))
     except OidownloadError:
-        tables, names = [], {}
-    found = {}
-    if tables:
-        classes = frozenset(str(c) for m in remembered for c in m.get("classes", [])) or None
-        images = {w.image_id: w for w in state.written()}  # as every export: a dict of the written images
-        found[BOXES_NAME] = _write_lines(root / BOXES_NAME, (
-            {"file_name": f"{b.image_id}.{images[b.image_id].ext}", "image_id": b.image_id, "label": b.label,
-             "class_name": names.get(b.label, ""), "xmin": b.xmin, "xmax": b.xmax, "ymin": b.ymin,
-             "ymax": b.ymax} for b in WrittenBoxes(images, classes).read(tables)))
-        found[LABELS_NAME] = _write_lines(root / LABELS_NAME, _label_lines(tables, images, names, classes))
+        found = {}  # the annotations are gone or unreadable: the card has the images alone
     for name in (BOXES_NAME, LABELS_NAME):
         if not found.get(name):
             (root / name).unlink(missing_ok=True)
     return found
 
 
-def _label_lines(tables: list[AnnotationFile], images: dict[str, Written], names: dict[str, str],
+@contextlib.contextmanager
+def _selection_source(remembered: list[dict[str, Any]]) -> Iterator[tuple[AnnotationSource | None,
+                                                                           dict[str, str]]]:
+    """The annotations the download selected with, as the `annotations` command opens
+    them (`open_annotations`): the --db database, else the --annotations files still
+    there; and the class names (the --class-descriptions file, else the database's)."""
+    db = next((str(m["db"]) for m in remembered if m.get("db")), None)
+    files = tuple(p for p in dict.fromkeys(Path(str(a)) for m in remembered for a in m.get("annotations", []))
+                  if p.is_file())
+    if db is None and not files:
+        yield None, {}
+        return
+    desc = next((Path(str(m["class_descriptions"])) for m in remembered if m.get("class_descriptions")), None)
+    with open_annotations(() if db is not None else files, db) as source:
+        loaded = class_names(source, desc if desc is not None and desc.is_file() else None)
+        yield source, loaded.names if loaded is not None else {}
+
+
+def _label_lines(tables: Sequence[AnnotationTable], images: dict[str, Written], names: dict[str, str],
                  classes: frozenset[str] | None) -> Iterator[dict[str, Any]]:
     for f in tables:
         if f.kind is not LABELS:
@@ -262,19 +294,23 @@ def _cached_hashes(state_dir: Path) -> dict[str, list[Any]]:
     return d if isinstance(d, dict) else {}
 
 
-def _shard_objects(out: Path, state_dir: Path) -> list[dict[str, Any]]:
+def _shard_objects(blobs: Blobs, state_dir: Path) -> list[dict[str, Any]]:
     """A FileObject per closed shard, with its SHA-256 (hashed once, then cached by
-    path, size and mtime: a closed shard is never written again)."""
+    path, size and mtime, or in a bucket, where objects have no mtime we can set, by
+    path and size: a closed shard is never written again)."""
     cache = _cached_hashes(state_dir)
     fresh: dict[str, list[Any]] = {}
     objects = []
-    for subset in sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for shard in sorted(p for p in (out / subset).iterdir() if SHARD_RE.fullmatch(p.name)):
-            rel = f"{subset}/{shard.name}"
-            st = shard.stat()
+    for subset in blobs.folders(""):
+        for name, size in sorted(blobs.files(subset)):
+            if not SHARD_RE.fullmatch(name):
+                continue
+            rel = f"{subset}/{name}"
+            local = blobs.local_path(rel)
+            stamp = local.stat().st_mtime_ns if local is not None else None
             known = cache.get(rel)
-            sha = known[2] if known and known[:2] == [st.st_size, st.st_mtime_ns] else file_sha256(shard)
-            fresh[rel] = [st.st_size, st.st_mtime_ns, sha]
+            sha = known[2] if known and known[:2] == [size, stamp] else _blob_sha256(blobs, rel, size, local)
+            fresh[rel] = [size, stamp, sha]
             objects.append({"@type": "cr:FileObject", "@id": f"shard:{rel}", "name": f"shard:{rel}",
                             "contentUrl": rel, "encodingFormat": "application/x-tar", "sha256": sha})
     try:
@@ -285,19 +321,30 @@ def _shard_objects(out: Path, state_dir: Path) -> list[dict[str, Any]]:
     return objects
 
 
+def _blob_sha256(blobs: Blobs, key: str, size: int, local: Path | None) -> str:
+    if local is not None:
+        return file_sha256(local)
+    h = hashlib.sha256()
+    for offset in range(0, size, _RANGE):  # a shard of a bucket, a range at a time
+        h.update(blobs.read_range(key, offset, min(_RANGE, size - offset)))
+    return h.hexdigest()
+
+
 def _field(name: str, kind: str, description: str) -> dict[str, Any]:
     return {"@type": "cr:Field", "@id": f"images/{name}", "name": name, "description": description, "dataType": kind,
             "source": {"field": {"@id": f"meta/{name}"}}}
 
 
-def card(out: Path, state: StateDir, lock: Path, images: Path, exts: set[str]) -> dict[str, Any]:
+def card(blobs: Blobs, state: StateDir, lock: Path, images: Path, exts: set[str]) -> dict[str, Any]:
+    """The card of the output `blobs` reads, beside which the lock and the images file
+    lie (their local copies: `lock`, `images`)."""
     _, kind = state.output()
     settings = {}
     for value in state.meta("settings")[:1]:
         settings = json.loads(value)
     files_id = "image-files"
     distribution: list[dict[str, Any]] = [
-        {"@type": "cr:FileObject", "@id": "lock", "name": "lock", "contentUrl": os.path.relpath(lock, out),
+        {"@type": "cr:FileObject", "@id": "lock", "name": "lock", "contentUrl": LOCK_NAME,
          "encodingFormat": "application/jsonlines", "sha256": file_sha256(lock),
          "description": "The oidownload lock file: every selected ImageID and what became of it (gzip)"},
         {"@type": "cr:FileObject", "@id": "images-file", "name": "images-file", "contentUrl": IMAGES_NAME,
@@ -307,14 +354,14 @@ def card(out: Path, state: StateDir, lock: Path, images: Path, exts: set[str]) -
     file_set: dict[str, Any] = {"@type": "cr:FileSet", "@id": files_id, "name": files_id,
                                 "encodingFormat": sorted({_MIME.get(e, "application/octet-stream") for e in exts}) or "image/jpeg"}
     if kind is OutputKind.WEBDATASET:
-        shards = _shard_objects(out, state.path)
+        shards = _shard_objects(blobs, state.path)
         distribution += shards
         file_set["containedIn"] = [{"@id": s["@id"]} for s in shards]
         file_set["includes"] = [f"*.{e}" for e in sorted(exts)] or ["*.jpg"]
         file_set["description"] = "The images, as members of the webdataset shards"
     else:
-        subsets = sorted({p.name for p in out.iterdir() if p.is_dir() and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", p.name)
-                          and p.name not in ("original", "report", "gallery")})
+        subsets = sorted({name for name in blobs.folders("") if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)
+                          and name not in ("original", "report", "gallery")})
         file_set["includes"] = [f"{s}/*.{e}" for s in subsets for e in sorted(exts)] or ["*/*.jpg"]
         file_set["description"] = "The images, one file each: <subset>/<first 3 hex digits>/<ImageID>.<ext>"
     distribution.append(file_set)
@@ -353,11 +400,12 @@ def card(out: Path, state: StateDir, lock: Path, images: Path, exts: set[str]) -
 
 
 def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
-    """croissant.json and its images file beside the lock; None for an s3:// output (a
-    card must sit beside the data it names)."""
-    if is_remote(out) or lock != lock_path(out, state.path):
+    """croissant.json and its images, boxes and labels files beside the lock: in OUT, or
+    for a bucket made in the state dir (beside the lock's copy) and uploaded beside the
+    data, as the lock is. None when `lock` is not the output's own lock."""
+    if lock != lock_path(out, state.path):
         return None
-    root = Path(out)
+    root = lock.parent
     images = root / IMAGES_NAME
     exts: set[str] = set()
     with fsio.atomic_file(images, "wb") as raw:
@@ -369,13 +417,18 @@ def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
                 gz.write(dumps_line(line))
         raw.flush()
         os.fsync(raw.fileno())
-    doc = card(root, state, lock, images, exts)
+    doc = card(open_blobs(out), state, lock, images, exts)
+    written = [images]
     for name, n in _write_annotations(root, state).items():
         if n:
             file_object, record_set = _annotation_set(root / name)
             doc["distribution"].append(file_object)
             doc["recordSet"].append(record_set)
+            written.append(root / name)
     path = root / CARD_NAME
     with fsio.atomic_file(path, "w") as f:
         json.dump(doc, f, indent=1)  # ASCII: an odd byte of a path name cannot stop it
+    if is_remote(out):
+        for done in (*written, path):  # the card last: a card in the bucket names files already there
+            upload_beside(out, done)
     return path

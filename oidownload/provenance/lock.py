@@ -236,7 +236,7 @@ def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True, ha
     except OSError as exc:
         raise OutputError(f"cannot write the lock {path}: {exc.strerror or exc}") from None
     if is_remote(out):
-        _upload(out, path)
+        upload_beside(out, path)
     if card:
         from oidownload.provenance.croissant import write_card
 
@@ -245,15 +245,16 @@ def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True, ha
     return result
 
 
-def _upload(out: str, path: Path) -> None:
-    """A bucket's lock goes beside its data (the copy in the state dir stays, for `status`)."""
+def upload_beside(out: str, path: Path) -> None:
+    """A bucket's lock (or card file) goes beside its data, under its own name; the copy
+    in the state dir stays, for `status` and the next card."""
     from oidownload.sinks.s3 import S3Blobs, parse_uri, reason
 
     blobs = S3Blobs(parse_uri(out))
     try:
-        blobs.put_file(LOCK_NAME, path)
+        blobs.put_file(path.name, path)
     except Exception as exc:  # obstore raises its own kinds
-        raise OutputError(f"cannot upload the lock to {blobs.describe(LOCK_NAME)}: {reason(exc)}") from None
+        raise OutputError(f"cannot upload {path.name} to {blobs.describe(path.name)}: {reason(exc)}") from None
 
 
 def _write(raw: IO[bytes], state: StateDir, path: Path, result: LockResult, reader: Reader | None) -> None:

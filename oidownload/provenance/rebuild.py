@@ -26,6 +26,7 @@ from oidownload.core.fsio import atomic_file
 from oidownload.engine.progress import Progress
 from oidownload.inputs.rows import V3_COLUMNS
 from oidownload.provenance.lock import Lock, write_lock
+from oidownload.state.report import running_tasks
 
 VERDICTS = ("identical", "different", "different_source", "missing")
 META_KEY = "from_lock"
@@ -174,11 +175,35 @@ def write_csv(path: Path, old_lock: Path, new_lock: Path) -> dict[str, int]:
     return found
 
 
+def _last_writer(cfg: Config) -> str | None:
+    """Another task of the output still running (its tag), which will write the lock in
+    its turn; None when this task is the last and writes it.
+
+    The rule, and why two tasks ending together never both leave it: a task stops
+    counting as running (`running_tasks`: its journal's writer lock is released) when
+    `run_download` closes its journal, before it calls this. So of two tasks that end
+    at the same moment, the one that looks second finds the other no longer running,
+    and writes. Both may write (each replaces the lock atomically with the same
+    content): a wasted pass, never a missing lock. A task killed before its end leaves
+    no live writer, so it holds back no one."""
+    try:
+        others = running_tasks(cfg.output.out, cfg.output.state_dir)
+    except OidownloadError:
+        return None  # the journals cannot be read: writing the lock says why
+    return others[0] if others else None
+
+
 def finish_run(cfg: Config, progress: Progress) -> dict[str, int] | None:
     """The end of every download (`run_download`'s finish): the lock and the Croissant
-    card, rewritten; a failure is said, and costs the run nothing (`oidownload lock OUT`
-    writes them again). With --from-lock, returns each verdict's count against that
-    lock, for the summary."""
+    card, rewritten by the last task of the output to finish (one pass over the whole
+    output, not one per task); a failure is said, and costs the run nothing
+    (`oidownload lock OUT` writes them again). With --from-lock, returns each verdict's
+    count against that lock, for the summary."""
+    writer = _last_writer(cfg)
+    if writer is not None:
+        progress.log("lock", f"the lock and the card are left to task {writer}, still running: the last task of "
+                     f"{cfg.output.out} to finish writes them (`oidownload lock` writes them now)", writer=writer)
+        return None
     try:
         res = write_lock(cfg.output.out, cfg.output.state_dir)
     except Exception as exc:  # whatever it was, the images and the journal are done: say it, go on

@@ -102,6 +102,23 @@ def _shard_state(p: ProgressRow, journal: Path, done: int, now: float) -> ShardS
     return ShardStatus(p.shard, state, done, p.planned, p.rate, p.updated, p.host, p.pid, p.hosts)
 
 
+def running_tasks(out: str | Path, state_dir: Path | None = None) -> list[str]:
+    """The tags of OUT's tasks still running now, by `status`'s rule: the progress row
+    says running and a live process holds the journal (a stale task counts: it holds it
+    still, and will finish or die). A task that holds its journal but has not written
+    its first progress row yet (its first half second) is running too."""
+    state = StateDir.open(out, state_dir)
+    now = time.time()
+    running = []
+    for jc in state.counts():
+        if not jc.progress:
+            if writer_alive(jc.path):
+                running.append(jc.path.stem.removeprefix("journal-"))
+            continue
+        running += [p.shard for p in jc.progress if _shard_state(p, jc.path, 0, now).state in ("running", "stale")]
+    return running
+
+
 def out_status(out: str | Path, state_dir: Path | None = None) -> OutStatus:
     state = StateDir.open(out, state_dir)
     status = OutStatus(Path(out))
