@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     import click
 
     from oidownload.core.config import Config
-    from oidownload.engine.pipeline import RunResult, Stopper
     from oidownload.engine.progress import Tally
+    from oidownload.engine.run import RunResult, Stopper
     from oidownload.exports.formats import ExportResult
     from oidownload.state.report import ShardStatus
 
@@ -197,8 +197,8 @@ def execute(params: dict[str, Any], stopper: Stopper | None, resume: str) -> tup
     from oidownload.commands.cli import announce, build_config, check_folder
     from oidownload.core.config import LogFormat, ProgressMode
     from oidownload.core.shard import resolve_with_count
-    from oidownload.engine.pipeline import run_download
     from oidownload.engine.progress import Progress
+    from oidownload.engine.run import run_download
     from oidownload.provenance.rebuild import finish_run
     from oidownload.sinks import is_remote
 
@@ -296,7 +296,7 @@ def download(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], 
     main_thread = threading.current_thread() is threading.main_thread()
     if not _loop_running() and main_thread:
         return _run(params, None)
-    from oidownload.engine.pipeline import Stopper
+    from oidownload.engine.run import Stopper
 
     stopper = Stopper()
     outcome: list[DownloadResult | BaseException] = []
@@ -349,7 +349,7 @@ async def download_async(inputs: str | os.PathLike[str] | Iterable[str | os.Path
     """`await download_async(...)`: the same run, in a thread with its own event loop, so
     the caller's loop stays free. Cancelling the await stops the run cleanly (the
     journal is flushed, the same call resumes) and then raises CancelledError."""
-    from oidownload.engine.pipeline import Stopper
+    from oidownload.engine.run import Stopper
 
     params = parameters(inputs, output, options)
     stopper = Stopper()
