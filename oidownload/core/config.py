@@ -85,7 +85,7 @@ class NetConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     max_redirects: int = 5
     # The project's name and version only: it is not published at any URL to name.
-    # None: the default agent, which also carries the cluster task (pipeline.py).
+    # None: the default agent, which also carries the cluster task (engine/fetch.py).
     user_agent: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
 
@@ -114,7 +114,7 @@ class ImageConfig:
 
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
-    """Where images come from (sources.py): the choice, the mirror, and the fallback."""
+    """Where images come from (sources/): the choice, the mirror, and the fallback."""
 
     choice: SourceChoice = SourceChoice.ORIGINAL
     mirror_url: str = "https://open-images-dataset.s3.amazonaws.com"

@@ -9,7 +9,6 @@ fallback when the first source failed for good, the body's trip through the pool
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import random
 from collections.abc import Callable
@@ -20,7 +19,7 @@ import aiohttp
 
 from oidownload.core.config import Config
 from oidownload.core.errors import OidownloadError, OutputError
-from oidownload.core.records import Outcome, Row, Source, Status, clean_text
+from oidownload.core.records import Outcome, Row, Status
 from oidownload.engine.body import BodyWriter, MemfdPool
 from oidownload.engine.fetch import Failure, fetch_body
 from oidownload.engine.limits import ByteBudget, HostLimiter, Reservation
@@ -30,9 +29,8 @@ from oidownload.engine.progress import Progress
 from oidownload.engine.recorder import Recorder
 from oidownload.engine.stopping import Halt
 from oidownload.engine.workers import Workers
-from oidownload.sources.plan import FetchPlan, etag_md5, mirror_plan, plan_fetch, wants_fallback
+from oidownload.sources import FetchPlan, Tried, open_source
 
-MIRROR_403_LIMIT = 5  # 403s in a row from the mirror that stop the run
 # A pool whose workers keep dying for reasons of the machine, not of an image, must not
 # restart for ever.
 MAX_POOL_RESTARTS = 20
@@ -43,18 +41,6 @@ Fail = Callable[[OidownloadError], None]
 def pool_slots(processes: int) -> int:
     # Enough queued jobs that no pool worker idles while the next one is handed over.
     return max(2, 3 * processes)
-
-
-@dataclass(frozen=True, slots=True)
-class Tried:
-    """What came before an attempt at one row: when it started (the image's deadline
-    counts from there), requests so far, the original's failure when this is the
-    fallback to the mirror, and whether the mirror copy was fetched a second time."""
-
-    t0: float
-    attempts: int = 0
-    prior: Outcome | None = None
-    refetched: bool = False
 
 
 @dataclass
@@ -91,13 +77,13 @@ class Attempts:
         self.limiter = limiter
         self.halt = halt
         self.fail = fail
+        self.source = open_source(cfg.source)
         self.metrics: Metrics | None = None
         self.rng = random.Random()
         self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
         self.in_pool: set[asyncio.Future[Outcome]] = set()
         # Fallbacks, refetches, and jobs of a pool whose worker died, under way.
         self.extra: set[asyncio.Task[None]] = set()
-        self.mirror_403s = 0
         self.restart_lock = asyncio.Lock()
         self.deaths: dict[str, int] = {}  # ImageID -> times its worker died under it
         self.death_cause: dict[str, str] = {}
@@ -106,10 +92,9 @@ class Attempts:
         return BodyWriter(self.memfds, charged)
 
     async def handle(self, session: aiohttp.ClientSession, row: Row) -> None:
-        plan = plan_fetch(row, self.cfg.source)
+        plan = self.source.plan(row)
         if plan is None:
-            choice = self.cfg.source.choice.value
-            self.record(Outcome(row.image_id, Status.NO_URL, f"the row has no {choice} URL", subset=row.subset,
+            self.record(Outcome(row.image_id, Status.NO_URL, f"the row has no {self.source.name} URL", subset=row.subset,
                                 file=row.file, line=row.line))
             return
         await self.attempt(row, plan, Tried(asyncio.get_running_loop().time()))
@@ -134,21 +119,16 @@ class Attempts:
             base.status, base.detail, base.http_status = result.status, result.detail, result.http_status
             if result.status is Status.BAD_ROW:
                 base.detail = f"{row.file}:{row.line}: {base.detail}"
-            if plan.source is Source.CVDF:
-                self.mirror_answered(base)
+            stop = plan.via.failed(base)
+            if stop is not None:
+                self.fail(stop)
             base.seconds = loop.time() - tried.t0
             self.finish(base, row, plan, tried)
             return
-        if plan.source is Source.CVDF:
-            self.mirror_403s = 0
         held = result.held
         body = result.body
         held.settle(body.size)
-        expected_md5, checked_by, note = plan.expected_md5, "OriginalMD5", ""
-        if plan.check_etag:
-            expected_md5, checked_by = etag_md5(result.etag), "the ETag"
-            if expected_md5 is None:
-                note = f"not hash-checked: the ETag {clean_text(result.etag or 'none', 80)} is not an MD5"
+        expected_md5, checked_by, note = plan.via.checks(plan, result.etag)
         job = Job(
             row.image_id, row.subset, plan.source,
             expected_size=plan.expected_size, expected_md5=expected_md5, checked_by=checked_by,
@@ -186,23 +166,6 @@ class Attempts:
     def drop(self, p: _Pooled) -> None:
         p.held.release()
         p.body.close()
-
-    def mirror_answered(self, outcome: Outcome) -> None:
-        """A mirror's 404 is final (it lacks the image); its 403 never is: a private
-        bucket or a wrong --mirror-url answers 403 to everything, so after a few in a row
-        the run stops instead of failing every row."""
-        if outcome.http_status in (404, 410):
-            outcome.status = Status.NOT_IN_MIRROR
-        elif outcome.http_status == 403:
-            outcome.status = Status.MIRROR_REFUSED
-            self.mirror_403s += 1
-            if self.mirror_403s >= MIRROR_403_LIMIT:
-                self.fail(OidownloadError(
-                    f"the mirror at {self.cfg.source.mirror_url} answered 403 Forbidden to {self.mirror_403s} "
-                    "requests in a row: is --mirror-url right, and is the bucket public? Rows it refused are "
-                    "tried again by the next run"))
-            return
-        self.mirror_403s = 0
 
     def processed(self, p: _Pooled, generation: int, fut: asyncio.Future[Outcome]) -> None:
         self.in_pool.discard(fut)
@@ -286,14 +249,10 @@ class Attempts:
 
     def finish(self, outcome: Outcome, row: Row, plan: FetchPlan, tried: Tried,
                release: Callable[[], None] = lambda: None) -> None:
-        """A fetch's outcome: recorded, or, when the original is gone for good and
-        --fallback allows, followed by one try of the mirror; a mirror copy whose MD5
-        disagrees with its ETag is fetched once more (a torn transfer)."""
-        again: tuple[FetchPlan, Tried] | None = None
-        if tried.prior is None and wants_fallback(self.cfg.source, plan, outcome.status, outcome.http_status):
-            again = mirror_plan(row, self.cfg.source), dataclasses.replace(tried, attempts=outcome.attempts, prior=outcome)
-        elif plan.source is Source.CVDF and outcome.status is Status.MD5_MISMATCH and not tried.refetched:
-            again = plan, dataclasses.replace(tried, attempts=outcome.attempts, refetched=True)
+        """A fetch's outcome: recorded, or followed by the attempt the plan's source asks
+        for (the fallback when the original is gone for good, a second fetch of a mirror
+        copy whose MD5 disagrees with its ETag)."""
+        again = plan.via.again(row, plan, outcome, tried)
         if again is not None and not self.halt.stopping.is_set():
             release()
             task = asyncio.get_running_loop().create_task(self.attempt(row, *again))
