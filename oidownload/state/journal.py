@@ -655,9 +655,6 @@ class Journal:
         except sqlite3.Error as exc:
             raise _describe(self.path, exc) from None
 
-    def is_empty(self) -> bool:
-        return self._read(lambda: self.conn.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is None)
-
     def done_set(self, *, retry_failed: bool) -> DoneSet:
         """Ids this task must not request again: every final outcome, or with
         retry_failed only the ok ones."""
