@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from oidownload.core.config import Config
-from oidownload.core.errors import OidownloadError, OutputError
+from oidownload.core.errors import OutputError
 from oidownload.core.records import Outcome, Row, Status
 from oidownload.engine.body import BodyWriter, MemfdPool
 from oidownload.engine.fetch import Failure, fetch_body
@@ -27,15 +27,13 @@ from oidownload.engine.metrics import Metrics
 from oidownload.engine.process import Job
 from oidownload.engine.progress import Progress
 from oidownload.engine.recorder import Recorder
-from oidownload.engine.stopping import Halt
+from oidownload.engine.stopping import Fail, Halt
 from oidownload.engine.workers import Workers
 from oidownload.sources import FetchPlan, Tried, open_source
 
 # A pool whose workers keep dying for reasons of the machine, not of an image, must not
 # restart for ever.
 MAX_POOL_RESTARTS = 20
-
-Fail = Callable[[OidownloadError], None]
 
 
 def pool_slots(processes: int) -> int:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from oidownload.core.config import Config
-from oidownload.core.errors import InputError, OidownloadError
+from oidownload.core.errors import InputError
 from oidownload.core.records import BadRow, Conflict, Row
 from oidownload.core.shard import Shard
 from oidownload.engine.progress import Progress
 from oidownload.engine.recorder import Recorder
-from oidownload.engine.stopping import Halt
+from oidownload.engine.stopping import Fail, Halt
 from oidownload.inputs.listing import SelectionFilter
 from oidownload.inputs.rows import Format, count_rows, estimate_rows, iter_rows
 from oidownload.state.journal import DoneSet
@@ -54,7 +54,7 @@ class Intake:
     is the share's size as far as it is known before the end."""
 
     def __init__(self, cfg: Config, shard: Shard, progress: Progress, recorder: Recorder, formats: list[Format],
-                 done: DoneSet, halt: Halt, fail: Callable[[OidownloadError], None]) -> None:
+                 done: DoneSet, halt: Halt, fail: Fail) -> None:
         self.cfg = cfg
         self.shard = shard
         self.progress = progress

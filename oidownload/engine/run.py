@@ -138,6 +138,44 @@ def _check_split(state_dir: Path, shard: Shard, resplit: bool) -> None:
         )
 
 
+def _recover(journal: Journal, sink: Sink, shard: Shard, progress: Progress, *, crashed: bool) -> None:
+    """What the sink finds committed, or lost, after the last run (`crashed`: it did
+    not end cleanly), journaled before the run decides what is left to do."""
+    found = sink.recover(journal.sink_state(), shard.owns, crashed)
+    # Before the state that goes with it: a crash in between finds the same loss again.
+    for lost in found.unproven:
+        n = journal.unfound(lost.shard, lost.kept, f"{lost.why}: fetched again")
+        if n:
+            progress.log("recover", f"{lost.why}: {n} sample(s) journaled in it are not there and "
+                         "are fetched again", level="warning", shard_file=lost.shard, lost=n)
+    journal.record(found.committed, found.state)
+    for warning in sink.warnings():
+        progress.log("recover", warning, level="warning")
+    if crashed:
+        progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; "
+                     f"cleaned up after it in {sink.describe()}")
+
+
+def _remember(journal: Journal, cfg: Config, settings: dict[str, object]) -> None:
+    """What the readers of the journal need of this run: the output, the settings, the
+    inputs, and the selection (for `annotations`, `lock` and the croissant)."""
+    journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value,
+                                            "keep_original": cfg.image.keep_original}))
+    journal.set_meta(SETTINGS_KEY, json.dumps(settings))
+    if cfg.select.options:
+        journal.set_meta("selection_options", cfg.select.options)
+    if cfg.select.from_lock is not None:
+        journal.set_meta("from_lock", str(cfg.select.from_lock))
+    journal.register_inputs(cfg.inputs)
+    sel = cfg.select
+    if sel.annotations or sel.classes or sel.db:
+        journal.set_meta("selection", json.dumps({
+            "annotations": [str(a) for a in sel.annotations], "classes": sorted(sel.classes),
+            "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
+            "db": sel.db,
+        }))
+
+
 def _rebuild(journal: Journal, sink: Sink, shard: Shard, progress: Progress) -> None:
     """A new journal next to an output that already holds images (the state dir was
     lost, or moved): record what the output holds, so none of it is fetched again."""
@@ -193,38 +231,11 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
         journal = Journal(state_dir, shard, cfg.output.out)
         try:
             marker = state_dir / f"running-{shard.tag}"
-            crashed = marker.exists()
-            found = sink.recover(journal.sink_state(), shard.owns, crashed)
-            # Before the state that goes with it: a crash in between finds the same loss again.
-            for lost in found.unproven:
-                n = journal.unfound(lost.shard, lost.kept, f"{lost.why}: fetched again")
-                if n:
-                    progress.log("recover", f"{lost.why}: {n} sample(s) journaled in it are not there and "
-                                 "are fetched again", level="warning", shard_file=lost.shard, lost=n)
-            journal.record(found.committed, found.state)
-            for warning in sink.warnings():
-                progress.log("recover", warning, level="warning")
-            if crashed:
-                progress.log("recover", f"the last run of {shard.describe()} did not finish cleanly; "
-                             f"cleaned up after it in {sink.describe()}")
+            _recover(journal, sink, shard, progress, crashed=marker.exists())
             marker.touch()
             if journal.created:
                 _rebuild(journal, sink, shard, progress)
-            journal.set_meta("output", json.dumps({"out": cfg.output.out, "kind": cfg.output.kind.value,
-                                                    "keep_original": cfg.image.keep_original}))
-            journal.set_meta(SETTINGS_KEY, json.dumps(settings))
-            if cfg.select.options:
-                journal.set_meta("selection_options", cfg.select.options)
-            if cfg.select.from_lock is not None:
-                journal.set_meta("from_lock", str(cfg.select.from_lock))
-            journal.register_inputs(cfg.inputs)
-            sel = cfg.select
-            if sel.annotations or sel.classes or sel.db:
-                journal.set_meta("selection", json.dumps({
-                    "annotations": [str(a) for a in sel.annotations], "classes": sorted(sel.classes),
-                    "class_descriptions": str(sel.class_descriptions) if sel.class_descriptions else None,
-                    "db": sel.db,
-                }))
+            _remember(journal, cfg, settings)
             done = journal.done_set(retry_failed=cfg.select.retry_failed)
             others = other_done_sets(state_dir, shard, retry_failed=cfg.select.retry_failed)
             if others:

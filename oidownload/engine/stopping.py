@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -12,6 +13,9 @@ from oidownload.core.errors import OidownloadError
 from oidownload.core.exits import ExitCode
 
 SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated signal is the same one
+
+# Stops the run with a fatal error (the first one wins); the run raises it at its end.
+Fail = Callable[[OidownloadError], None]
 
 
 @dataclass(slots=True)

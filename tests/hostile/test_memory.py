@@ -26,7 +26,7 @@ from tests.hostile import manifests
 from tests.hostile.conftest import Hostile, chunked
 
 StartOrigin = Callable[..., Origin]
-MAX_PENDING = 10_000  # pipeline._MAX_PENDING
+MAX_PENDING = 10_000  # engine/task.py _MAX_PENDING
 
 
 def _journaled(conn: sqlite3.Connection) -> int:
