@@ -39,8 +39,8 @@ from oidownload.core.options import (
 from oidownload.core.values import OneOf, PathIn
 
 if TYPE_CHECKING:
-    from oidownload.engine.pipeline import Stopper
     from oidownload.engine.progress import Tally
+    from oidownload.engine.run import Stopper
     from oidownload.exports import ExportResult
     from oidownload.state.report import ShardStatus
 
@@ -246,7 +246,7 @@ def download(inputs: Inputs, output: str | os.PathLike[str], **options: Unpack[D
     main_thread = threading.current_thread() is threading.main_thread()
     if not _loop_running() and main_thread:
         return _run(params, None)
-    from oidownload.engine.pipeline import Stopper
+    from oidownload.engine.run import Stopper
 
     stopper = Stopper()
     outcome: list[DownloadResult | BaseException] = []
@@ -299,7 +299,7 @@ async def download_async(inputs: Inputs, output: str | os.PathLike[str],
     """`await download_async(...)`: the same run, in a thread with its own event loop, so
     the caller's loop stays free. Cancelling the await stops the run cleanly (the
     journal is flushed, the same call resumes) and then raises CancelledError."""
-    from oidownload.engine.pipeline import Stopper
+    from oidownload.engine.run import Stopper
 
     params = parameters(inputs, output, options)
     stopper = Stopper()

@@ -17,7 +17,7 @@ from oidownload.state.remembered import RememberedSelection
 
 if TYPE_CHECKING:
     from oidownload.core.config import Config
-    from oidownload.engine.pipeline import RunResult, Stopper
+    from oidownload.engine.run import RunResult, Stopper
     from oidownload.exports import ExportResult
 
 
@@ -69,8 +69,8 @@ def execute(params: DownloadParams, stopper: Stopper | None, resume: str) -> tup
     the API both run through here. `resume` says how to run it again."""
     from oidownload.core.config import LogFormat, ProgressMode
     from oidownload.core.shard import resolve_with_count
-    from oidownload.engine.pipeline import run_download
     from oidownload.engine.progress import Progress
+    from oidownload.engine.run import run_download
     from oidownload.provenance.rebuild import finish_run
     from oidownload.sinks import is_remote
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from oidownload.core.errors import JournalError
 from oidownload.core.records import Outcome, Status
 from oidownload.core.shard import Shard
-from oidownload.state.journal import DoneSet, Journal, JournalError
+from oidownload.state.journal import DoneSet, Journal
 from oidownload.testing import journals
 
 A, B, C = "00000000000000a1", "00000000000000b2", "00000000000000c3"

@@ -53,7 +53,7 @@ class NetConfig:
     max_body_bytes: int = int(default("max_body_mb") * MB)
     max_redirects: int = default("max_redirects")
     # The project's name and version only: it is not published at any URL to name.
-    # None: the default agent, which also carries the cluster task (pipeline.py).
+    # None: the default agent, which also carries the cluster task (engine/fetch.py).
     user_agent: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
 
@@ -82,7 +82,7 @@ class ImageConfig:
 
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
-    """Where images come from (sources.py): the choice, the mirror, and the fallback."""
+    """Where images come from (sources/): the choice, the mirror, and the fallback."""
 
     choice: SourceChoice = _SOURCE
     mirror_url: str = default("mirror_url")

@@ -1,9 +1,15 @@
 """Fatal errors only. Per-image failures are `Outcome`s, never exceptions.
 
-    OidownloadError          anything that ends the run; cli.py prints it and exits 1
+    OidownloadError          anything that ends the run; the CLI prints it and exits 1
      ├── InputError          an input file is missing, unreadable or has an unknown header
      ├── OutputError         OUT is unwritable, the disk is full, the journal is locked
-     └── ConfigError         options that contradict each other (exit 2, like a usage error)
+     │    └── JournalError   a journal write failed (`full`: the disk or quota is full)
+     ├── ConfigError         options that contradict each other (exit 2, like a usage error)
+     └── DatabaseError       the --db database cannot be reached, read or written
+
+Other exceptions of the package never leave the module that raises them: the fetch's
+HostHeld, the worker's TooLarge, the tar index's BadIndex, and fsio's SymlinkRefused
+and NotRegular (OSErrors, which their callers turn into outcomes or one of the above).
 """
 
 from __future__ import annotations
@@ -23,5 +29,17 @@ class OutputError(OidownloadError):
     pass
 
 
+class JournalError(OutputError):
+    """A journal write failed; `full` when the disk (or quota) is full."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+
 class ConfigError(OidownloadError):
     exit_code = 2
+
+
+class DatabaseError(OidownloadError):
+    """The database cannot be reached, read or written (exit 1)."""

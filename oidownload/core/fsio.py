@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -31,9 +30,6 @@ Buffer = bytes | mmap.mmap
 TMP_SUFFIX = ".oidtmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# `.<final name>.<12 random hex>.oidtmp`: the final name leads, so recovery can tell
-# whose file it is; the random part makes the name unguessable in advance.
-TMP_RE = re.compile(r"\.(?P<final>[^/]+)\.[0-9a-f]{12}" + re.escape(TMP_SUFFIX))
 
 
 class SymlinkRefused(OSError):
@@ -83,6 +79,8 @@ def open_dir(root_fd: int, parts: Sequence[str], *, create: bool, sync: bool = F
 
 
 def temp_name(final: str) -> str:
+    # The final name leads, so recovery can tell whose file it is; the random part
+    # makes the name unguessable in advance.
     return f".{final}.{secrets.token_hex(6)}{TMP_SUFFIX}"
 
 
@@ -148,17 +146,6 @@ def open_regular(name: str, dir_fd: int) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def read_below(root: str | Path, parts: Sequence[str], name: str) -> bytes:
-    """The bytes of root/parts/name, a regular file, refusing symlinks below the root."""
-    dfd = _folder_below(root, parts)
-    try:
-        fd = open_regular(name, dfd)
-    finally:
-        os.close(dfd)
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
 
 
 def link_below(root: str | Path, parts: Sequence[str], name: str, dest_dir_fd: int, dest: str) -> bool:

@@ -47,9 +47,6 @@ class Tally:
     def failed(self) -> int:
         return self.done - self.ok
 
-    def failure_rate(self) -> float:
-        return self.failed / self.done if self.done else 0.0
-
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -179,7 +176,7 @@ class Progress:
             del by[status]
 
     def tick(self) -> None:
-        """Called about once a second by the pipeline."""
+        """Called at each journal flush by the task's ticker (engine/task.py)."""
         now = time.monotonic()
         self._window.append((now, self.tally.done, self.tally.nbytes))
         while self._window and now - self._window[0][0] > _RATE_WINDOW:

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from oidownload.core.errors import OidownloadError, OutputError
+from oidownload.core.errors import JournalError, OidownloadError, OutputError
 from oidownload.core.records import Conflict, Outcome, Row, Status
 from oidownload.engine.metrics import Metrics
 from oidownload.engine.progress import Progress
 from oidownload.sinks import Release, Sink
-from oidownload.state.journal import Journal, JournalError
+from oidownload.state.journal import Journal
 
 # A full disk, a read-only mount or a folder we may not write fails every later write
 # too: stop the run rather than record a failure per image.

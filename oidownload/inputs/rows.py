@@ -57,7 +57,7 @@ class Format(enum.Enum):
 
 class RowFilter:
     """Decides, from the raw ImageID alone, whether a row is skipped before parsing.
-    The base keeps everything; the pipeline composes shard, id-list and journal tests."""
+    The base keeps everything; inputs/listing.py composes shard, id-list and journal tests."""
 
     def skip(self, raw_id: str) -> bool:
         return False

@@ -196,40 +196,94 @@ def is_remote(out: str) -> bool:
     return "://" in out
 
 
-def open_blobs(out: str) -> Blobs:
-    if is_remote(out):
-        from oidownload.sinks.s3 import S3Blobs, parse_uri
-
-        return S3Blobs(parse_uri(out))
-    from oidownload.sinks.files import LocalBlobs
-
-    return LocalBlobs(out)
+# Where an output lives: this machine's filesystem, or an object store (which one, by
+# the URI's scheme, is stores.py's registry). With the layout, the two keys of a sink.
+LOCAL = "local"
+STORE = "store"
 
 
-def open_sink(output: OutputConfig, shard: Shard, grace: float | None = None) -> Sink:
-    """The sink for `-o` and `--output-format`: a new kind of output is a new module
-    here, not a branch in the pipeline. `grace` (the run's --grace) sizes the
-    timeouts of an object store's requests."""
-    if is_remote(output.out):
-        from oidownload.sinks.s3 import open_s3_sink
+def where(out: str) -> str:
+    return STORE if is_remote(out) else LOCAL
 
-        return open_s3_sink(output, shard, grace)
-    if output.kind is OutputKind.WEBDATASET:
-        from oidownload.sinks.tar import LocalShards, TarSink
 
-        return TarSink(output, shard, LocalShards(Path(output.out)), output.out)
+# (output, shard, the run's --grace or None: it sizes an object store's timeouts)
+SinkFactory = Callable[[OutputConfig, Shard, float | None], Sink]
+
+
+def _local_files(output: OutputConfig, shard: Shard, grace: float | None) -> Sink:
     from oidownload.sinks.files import FilesSink
 
     return FilesSink(output, shard)
 
 
-def open_reader(out: str, kind: OutputKind = OutputKind.FILES) -> Reader:
-    blobs = open_blobs(out)
-    if kind is OutputKind.WEBDATASET:
-        from oidownload.sinks.tar import TarReader
+def _local_shards(output: OutputConfig, shard: Shard, grace: float | None) -> Sink:
+    from oidownload.sinks.tar import LocalShards, TarSink
 
-        return TarReader(blobs)
-    return FileReader(blobs)
+    return TarSink(output, shard, LocalShards(Path(output.out)), output.out)
+
+
+def _store_files(output: OutputConfig, shard: Shard, grace: float | None) -> Sink:
+    from oidownload.sinks.s3 import S3Blobs, S3FilesSink, parse_uri
+
+    return S3FilesSink(output, shard, S3Blobs(parse_uri(output.out), grace=grace))
+
+
+def _store_shards(output: OutputConfig, shard: Shard, grace: float | None) -> Sink:
+    from oidownload.sinks.s3 import S3Blobs, S3Shards, parse_uri
+    from oidownload.sinks.tar import TarSink
+
+    uri = parse_uri(output.out)
+    blobs = S3Blobs(uri, grace=grace)
+    return TarSink(output, shard, S3Shards(blobs, output.state_dir / "shards" / shard.tag), str(uri))
+
+
+SINKS: dict[tuple[str, OutputKind], SinkFactory] = {
+    (LOCAL, OutputKind.FILES): _local_files,
+    (LOCAL, OutputKind.WEBDATASET): _local_shards,
+    (STORE, OutputKind.FILES): _store_files,
+    (STORE, OutputKind.WEBDATASET): _store_shards,
+}
+
+
+def _local_blobs(out: str) -> Blobs:
+    from oidownload.sinks.files import LocalBlobs
+
+    return LocalBlobs(out)
+
+
+def _store_blobs(out: str) -> Blobs:
+    from oidownload.sinks.s3 import S3Blobs, parse_uri
+
+    return S3Blobs(parse_uri(out))
+
+
+def _tar_reader(blobs: Blobs) -> Reader:
+    from oidownload.sinks.tar import TarReader
+
+    return TarReader(blobs)
+
+
+# Reading back, the two axes stay apart: where the bytes are (blobs), and how the
+# layout finds an image in them (a reader over any blobs).
+BLOBS: dict[str, Callable[[str], Blobs]] = {LOCAL: _local_blobs, STORE: _store_blobs}
+READERS: dict[OutputKind, Callable[[Blobs], Reader]] = {
+    OutputKind.FILES: lambda blobs: FileReader(blobs),
+    OutputKind.WEBDATASET: _tar_reader,
+}
+
+
+def open_blobs(out: str) -> Blobs:
+    return BLOBS[where(out)](out)
+
+
+def open_sink(output: OutputConfig, shard: Shard, grace: float | None = None) -> Sink:
+    """The sink for `-o` and `--output-format`: a new kind of output is a new module and
+    an entry in SINKS, not a branch in the engine."""
+    return SINKS[where(output.out), output.kind](output, shard, grace)
+
+
+def open_reader(out: str, kind: OutputKind = OutputKind.FILES) -> Reader:
+    return READERS[kind](open_blobs(out))
 
 
 class FileReader:

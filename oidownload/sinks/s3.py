@@ -348,13 +348,3 @@ class S3FilesSink(Sink):
         for task in list(self.uploading):
             task.cancel()
         return len(self.uploading)
-
-
-def open_s3_sink(output: OutputConfig, shard: Shard, grace: float | None = None) -> Sink:
-    uri = parse_uri(output.out)
-    blobs = S3Blobs(uri, grace=grace)
-    if output.kind is OutputKind.WEBDATASET:
-        from oidownload.sinks.tar import TarSink
-
-        return TarSink(output, shard, S3Shards(blobs, output.state_dir / "shards" / shard.tag), str(uri))
-    return S3FilesSink(output, shard, blobs)

@@ -52,7 +52,7 @@ def client_options(endpoint: str, grace: float | None = None) -> ClientConfig:
     """Timeouts that follow the run's --grace (10 s when not given), for every store: a
     server that accepts and never answers fails a request after at most 3 x grace
     without a first byte (2 to 30 s), and a request with all its retries ends within
-    12 x grace (10 to 120 s). A stopping run does not wait that long: the pipeline
+    12 x grace (10 to 120 s). A stopping run does not wait that long: the task (Task.close_sink)
     abandons what is still under way at the end of its grace."""
     g = 10.0 if grace is None else grace
     client: ClientConfig = {"timeout": _clamp(12 * g, 10, 120), "connect_timeout": _clamp(g, 1, 10),

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from oidownload.core.errors import OutputError
+from oidownload.core.errors import JournalError, OutputError
 from oidownload.core.ids import id_to_int, int_to_id
 from oidownload.core.records import Conflict, Outcome, Status, clean_text, is_final
 from oidownload.core.shard import Shard
@@ -257,14 +257,6 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
-
-
-class JournalError(OutputError):
-    """A journal write failed; `full` when the disk (or quota) is full."""
-
-    def __init__(self, message: str, *, full: bool = False) -> None:
-        super().__init__(message)
-        self.full = full
 
 
 def _describe(path: Path, exc: BaseException) -> JournalError:
@@ -662,9 +654,6 @@ class Journal:
             )
         except sqlite3.Error as exc:
             raise _describe(self.path, exc) from None
-
-    def is_empty(self) -> bool:
-        return self._read(lambda: self.conn.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is None)
 
     def done_set(self, *, retry_failed: bool) -> DoneSet:
         """Ids this task must not request again: every final outcome, or with

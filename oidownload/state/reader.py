@@ -14,9 +14,10 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 from oidownload.core.config import OutputKind
 from oidownload.core.errors import ConfigError, InputError
@@ -36,6 +37,7 @@ from oidownload.state.journal import (
 
 STATE_DIR = ".oidownload"
 _CHUNK = 20_000
+_T = TypeVar("_T")
 
 
 def local_dest(out: str | Path, dest: Path | None, flag: str) -> Path | None:
@@ -154,6 +156,69 @@ class InputInfo:
         return Path(os.fsdecode(self.raw)) if self.raw else Path(self.display)
 
 
+@dataclass(frozen=True, slots=True)
+class OutputMeta:
+    """The output a download recorded in its journal (meta key `output`)."""
+
+    out: str
+    kind: OutputKind
+    keep_original: bool
+
+    @classmethod
+    def parse(cls, value: str) -> OutputMeta | None:
+        """None for a value this version cannot read (not JSON, no `out`, an unknown kind)."""
+        try:
+            d = json.loads(value)
+        except ValueError:
+            return None
+        if not isinstance(d, dict) or "out" not in d:
+            return None
+        try:
+            kind = OutputKind(str(d.get("kind", "files")))
+        except ValueError:
+            return None
+        return cls(str(d["out"]), kind, d.get("keep_original") is True)
+
+
+# Rows as the journal's schema types them; NULLs are coalesced in the SQL where the
+# field takes none.
+class _PerSource(NamedTuple):
+    source: str
+    n: int
+
+
+class _Latest(NamedTuple):
+    """One outcome of an ImageID, to pick its best across journals (distinct_counts)."""
+
+    id: int
+    status: str
+    nbytes: int
+    finished: float
+    source: str
+    verified: int
+
+
+class _BadLine(NamedTuple):
+    path: str
+    line: int
+
+
+def _written(rid: int, subset: str, location: str, ext: str, width: int, height: int, orientation: int,
+             crop: str | None, source: str, verified: int, out_bytes: int) -> Written:
+    box = None
+    if crop:
+        x0, y0, x1, y1 = map(float, crop.split(","))
+        box = (x0, y0, x1, y1)
+    return Written(int_to_id(rid), subset, location, ext, width, height, orientation, box, source, bool(verified),
+                   out_bytes)
+
+
+def _id_entry(line: int, rid: int, status: str, detail: str, http_status: int | None, attempts: int,
+              location: str, source: str) -> Entry:
+    """An entry whose ImageID the journal keeps as its integer."""
+    return Entry(line, int_to_id(rid), status, detail, http_status, attempts, location, source)
+
+
 class StateDir:
     def __init__(self, path: Path, out: str = "") -> None:
         self.path = path
@@ -196,7 +261,8 @@ class StateDir:
             raise InputError(f"{journal} was written by a newer oidownload (journal schema {schema[0][0]}); upgrade oidownload")
 
     # -- plumbing -------------------------------------------------------------------------
-    def _query(self, journal: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _execute(self, journal: Path, sql: str, args: tuple[object, ...]) -> list[Any]:
+        # Any: SQLite's values; every caller types them (_rows, _chunks, or as objects).
         try:
             conn = connect(journal, readonly=True)
         except sqlite3.Error as exc:
@@ -207,6 +273,13 @@ class StateDir:
             raise self._damaged(journal, exc) from None
         finally:
             conn.close()
+
+    def _query(self, journal: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        return self._execute(journal, sql, args)
+
+    def _rows(self, journal: Path, make: Callable[..., _T], sql: str, args: tuple[object, ...] = ()) -> list[_T]:
+        """Each row made into `make`'s type, its columns in `make`'s order."""
+        return [make(*row) for row in self._execute(journal, sql, args)]
 
     @staticmethod
     def _damaged(journal: Path, exc: sqlite3.Error) -> InputError:
@@ -221,9 +294,8 @@ class StateDir:
         return [
             JournalCounts(
                 j,
-                [StatusCount(str(s), int(n), int(b)) for s, n, b in  # type: ignore[call-overload]
-                 self._query(j, "SELECT status, n, bytes FROM counts WHERE n > 0")],
-                [ProgressRow(*r) for r in self._query(j, "SELECT * FROM progress")],  # type: ignore[arg-type]
+                self._rows(j, StatusCount, "SELECT status, n, bytes FROM counts WHERE n > 0"),
+                self._rows(j, ProgressRow, "SELECT * FROM progress"),
                 self._sources(j),
                 self._unchecked(j),
             )
@@ -251,69 +323,62 @@ class StateDir:
             n[0] += 1
             n[1] += nbytes
 
-        streams = [self._chunks(j, "status, nbytes, finished, coalesce(source, ''), verified", "1")
+        streams = [self._chunks(j, _Latest, "status, nbytes, finished, coalesce(source, ''), verified", "1")
                    for j in self.journals]
-        for _, group in itertools.groupby(heapq.merge(*streams), key=lambda r: r[0]):
+        for _, group in itertools.groupby(heapq.merge(*streams), key=lambda r: r.id):
             rows = list(group)
-            oks = [r for r in rows if r[1] == "ok"]
+            oks = [r for r in rows if r.status == "ok"]
             if oks:
                 # A rebuilt journal's row knows no source and no bytes: the fetching one wins.
-                best = max(oks, key=lambda r: (r[4] != "", int(r[2] or 0), bool(r[5])))  # type: ignore[call-overload]
-                src = str(best[4])
+                best = max(oks, key=lambda r: (r.source != "", r.nbytes or 0, bool(r.verified)))
+                src = best.source
                 sources[src or "unknown"] = sources.get(src or "unknown", 0) + 1
-                if not best[5]:
+                if not best.verified:
                     unchecked[src or "unknown"] = unchecked.get(src or "unknown", 0) + 1
             else:
-                best = max(rows, key=lambda r: float(r[3]))  # type: ignore[arg-type]
-            add(str(best[1]), int(best[2] or 0))  # type: ignore[call-overload]
-        bad: set[tuple[str, int]] = set()
+                best = max(rows, key=lambda r: r.finished)
+            add(best.status, best.nbytes or 0)
+        bad: set[_BadLine] = set()
         for j in self.journals:
-            bad.update((str(p), int(line)) for p, line in self._query(  # type: ignore[call-overload]
-                j, "SELECT inputs.path, bad_rows.line FROM bad_rows JOIN inputs ON inputs.id = bad_rows.input"))
+            bad.update(self._rows(j, _BadLine, "SELECT inputs.path, bad_rows.line FROM bad_rows "
+                                               "JOIN inputs ON inputs.id = bad_rows.input"))
         for _ in bad:
             add("bad_row", 0)
         return DistinctCounts([StatusCount(k, n, b) for k, (n, b) in tally.items()], sources, unchecked)
 
     def _unchecked(self, journal: Path) -> dict[str, int]:
         try:
-            rows = self._query(journal, "SELECT source, n FROM unchecked_counts WHERE n > 0")
+            rows = self._rows(journal, _PerSource, "SELECT source, n FROM unchecked_counts WHERE n > 0")
         except InputError:  # a journal from before the table: every row once
-            rows = self._query(journal, "SELECT coalesce(source, ''), count(*) FROM outcomes "
-                                        "WHERE status='ok' AND verified=0 GROUP BY 1")
-        return {str(src) or "unknown": int(n) for src, n in rows}  # type: ignore[call-overload]
+            rows = self._rows(journal, _PerSource, "SELECT coalesce(source, ''), count(*) FROM outcomes "
+                                                   "WHERE status='ok' AND verified=0 GROUP BY 1")
+        return {src or "unknown": n for src, n in rows}
 
     def _sources(self, journal: Path) -> dict[str, int]:
         try:
-            rows = self._query(journal, "SELECT source, n FROM source_counts WHERE n > 0")
+            rows = self._rows(journal, _PerSource, "SELECT source, n FROM source_counts WHERE n > 0")
         except InputError:
-            rows = self._query(journal, "SELECT coalesce(source, ''), count(*) FROM outcomes WHERE status='ok' GROUP BY 1")
-        return {str(src) or "unknown": int(n) for src, n in rows}  # type: ignore[call-overload]
+            rows = self._rows(journal, _PerSource,
+                              "SELECT coalesce(source, ''), count(*) FROM outcomes WHERE status='ok' GROUP BY 1")
+        return {src or "unknown": n for src, n in rows}
 
     def meta(self, key: str) -> list[str]:
         """A meta value from every journal (each task writes its own)."""
         return [str(r[0]) for j in self.journals for r in self._query(j, "SELECT value FROM meta WHERE key=?", (key,))]
 
-    def _outputs(self) -> Iterator[dict[str, object]]:
-        for value in self.meta("output"):
-            try:
-                d = json.loads(value)
-            except ValueError:
-                continue
-            if isinstance(d, dict) and "out" in d:
-                yield d
+    def outputs(self) -> list[OutputMeta]:
+        """The output each task's (last) download recorded, where this version reads it."""
+        return [m for m in map(OutputMeta.parse, self.meta("output")) if m is not None]
 
     def output(self) -> tuple[str, OutputKind]:
         """Where the images went, as the download recorded it."""
-        for d in self._outputs():
-            try:
-                return str(d["out"]), OutputKind(str(d.get("kind", "files")))
-            except ValueError:
-                continue
+        for m in self.outputs():
+            return m.out, m.kind
         return self.out, OutputKind.FILES
 
     def keeps_originals(self) -> bool:
         """Whether the (last) download of any task kept the verified originals."""
-        return any(d.get("keep_original") is True for d in self._outputs())
+        return any(m.keep_original for m in self.outputs())
 
     def where(self) -> tuple[str, OutputKind]:
         """The output to read images from: the local folder named as OUT (an output that
@@ -327,16 +392,18 @@ class StateDir:
     def reader(self) -> Reader:
         return open_reader(*self.where())
 
-    def _chunks(self, journal: Path, columns: str, where: str) -> Iterator[tuple[object, ...]]:
+    def _chunks(self, journal: Path, make: Callable[..., _T], columns: str, where: str) -> Iterator[_T]:
+        """`make(id, *columns)` of a journal's outcomes in id order, read a chunk at a time."""
         last: int | None = None
         while True:
             cond = f"({where})" + ("" if last is None else " AND id > ?")
-            rows = self._query(journal, f"SELECT id, {columns} FROM outcomes WHERE {cond} ORDER BY id LIMIT {_CHUNK}",
-                               () if last is None else (last,))
-            yield from rows
+            rows = self._execute(journal, f"SELECT id, {columns} FROM outcomes WHERE {cond} ORDER BY id LIMIT {_CHUNK}",
+                                 () if last is None else (last,))
+            for row in rows:
+                yield make(*row)
             if len(rows) < _CHUNK:
                 return
-            last = int(rows[-1][0])  # type: ignore[call-overload]
+            last = rows[-1][0]
 
     def query(self, journal: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         """One read-only query of one journal; InputError when it cannot be read."""
@@ -349,22 +416,20 @@ class StateDir:
 
     def outcome_rows(self, journal: Path, columns: str, where: str) -> Iterator[tuple[object, ...]]:
         """(id, *columns) of a journal's outcomes in id order, read a chunk at a time."""
-        return self._chunks(journal, columns, where)
+        return self._chunks(journal, _as_tuple, columns, where)
 
     def written(self) -> Iterator[Written]:
         """Every image whose outcome is ok, across all the journals."""
-        cols = "subset, location, ext, width, height, orientation, crop, source, verified, out_bytes"
+        cols = ("subset, coalesce(location, ''), ext, coalesce(width, 0), coalesce(height, 0), "
+                "coalesce(nullif(orientation, 0), 1), crop, coalesce(source, ''), verified, coalesce(out_bytes, 0)")
         for j in self.journals:
-            for rid, subset, location, ext, w, h, orient, crop, source, verified, out_bytes in self._chunks(j, cols, "status='ok'"):
-                box = tuple(float(v) for v in str(crop).split(",")) if crop else None
-                yield Written(int_to_id(int(rid)), str(subset), str(location or ""), str(ext), int(w or 0), int(h or 0),  # type: ignore[call-overload]
-                              int(orient or 1), box, str(source or ""), bool(verified), int(out_bytes or 0))  # type: ignore[arg-type, call-overload]
+            yield from self._chunks(j, _written, cols, "status='ok'")
 
     def inputs(self) -> list[InputInfo]:
         seen: dict[str, InputInfo] = {}
         for j in self.journals:
-            for display, raw, size, mtime, head in self._query(j, "SELECT path, raw, size, mtime_ns, head_md5 FROM inputs ORDER BY id"):
-                seen.setdefault(str(display), InputInfo(str(display), raw, size, mtime, head))  # type: ignore[arg-type]
+            for info in self._rows(j, InputInfo, "SELECT path, raw, size, mtime_ns, head_md5 FROM inputs ORDER BY id"):
+                seen.setdefault(info.display, info)
         return list(seen.values())
 
     def entries(self, display: str) -> Iterator[Entry]:
@@ -377,10 +442,11 @@ class StateDir:
             return
         input_id = found[0][0]
         yield from heapq.merge(
-            self._by_line(journal, "SELECT line, id, status, detail, http_status, attempts, location, source "
-                                   "FROM outcomes WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id, True),
-            self._by_line(journal, "SELECT line, raw_id, 'bad_row', detail, NULL, 0, '', '' "
-                                   "FROM bad_rows WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id, False),
+            self._by_line(journal, _id_entry, "SELECT line, id, status, detail, http_status, attempts, "
+                                              "coalesce(location, ''), coalesce(source, '') "
+                                              "FROM outcomes WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id),
+            self._by_line(journal, Entry, "SELECT line, raw_id, 'bad_row', detail, NULL, 0, '', '' "
+                                          "FROM bad_rows WHERE input=? AND line > ? ORDER BY line LIMIT ?", input_id),
         )
 
     def conflicts(self, display: str) -> Iterator[Entry]:
@@ -393,20 +459,18 @@ class StateDir:
             return  # a journal from before conflicts were kept
         found = self._query(journal, "SELECT id FROM inputs WHERE path=?", (display,))
         if found:
-            yield from self._by_line(journal, "SELECT line, id, 'conflict', detail, NULL, 0, '', '' FROM conflicts "
-                                              "WHERE input=? AND line > ? ORDER BY line LIMIT ?", found[0][0], True)
+            yield from self._by_line(journal, _id_entry, "SELECT line, id, 'conflict', detail, NULL, 0, '', '' "
+                                                         "FROM conflicts WHERE input=? AND line > ? ORDER BY line LIMIT ?",
+                                     found[0][0])
 
-    def _by_line(self, journal: Path, sql: str, input_id: object, ids_are_ints: bool) -> Iterator[Entry]:
+    def _by_line(self, journal: Path, make: Callable[..., Entry], sql: str, input_id: object) -> Iterator[Entry]:
         last = -1
         while True:
-            rows = self._query(journal, sql, (input_id, last, _CHUNK))
-            for line, rid, status, detail, http, attempts, location, source in rows:
-                image_id = int_to_id(int(rid)) if ids_are_ints else str(rid)  # type: ignore[call-overload]
-                yield Entry(int(line), image_id, str(status), str(detail), http, int(attempts), str(location or ""),  # type: ignore[arg-type, call-overload]
-                            str(source or ""))
+            rows = self._rows(journal, make, sql, (input_id, last, _CHUNK))
+            yield from rows
             if len(rows) < _CHUNK:
                 return
-            last = int(rows[-1][0])  # type: ignore[call-overload]
+            last = rows[-1].line
 
     def joined(self, info: InputInfo, entries: Iterator[Entry] | None = None) -> Iterator[Joined]:
         """The journaled rows of one input (`entries`, default its outcomes) in line order,
@@ -439,3 +503,7 @@ def _records_or_nothing(path: Path) -> Iterator[tuple[int, list[str] | str]]:
         yield from iter_records(path)
     except InputError:
         return
+
+
+def _as_tuple(*row: object) -> tuple[object, ...]:
+    return row

@@ -25,7 +25,7 @@ from tests.conftest import journal_rows
 from tests.hostile import manifests
 from tests.hostile.conftest import Hostile, chunked
 
-MAX_PENDING = 10_000  # pipeline._MAX_PENDING
+MAX_PENDING = 10_000  # engine/task.py _MAX_PENDING
 
 
 def _journaled(conn: sqlite3.Connection) -> int:

@@ -16,17 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from oidownload.core.errors import ConfigError, OidownloadError
+from oidownload.core.errors import ConfigError, DatabaseError
 
 DEFAULT_DB = "openimages.sqlite"
 POSTGRES_EXTRA = "pip install 'oidownload[postgres]'"
 # Rows handed to the server at a time: large enough that per-call overhead vanishes,
 # small enough that a batch stays a few MB.
 BATCH = 20000
-
-
-class DatabaseError(OidownloadError):
-    """The database cannot be reached, read or written (exit 1)."""
 
 
 def _driver_errors() -> tuple[type[Exception], ...]:

@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from oidownload.core.errors import ConfigError
+from oidownload.core.errors import ConfigError, DatabaseError
 from oidownload.core.ids import id_to_int, int_to_id
 from oidownload.dataset.annotations import ATTRIBUTES, ClassFilter, LabelSource
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.db import Database, DatabaseError, connect, schema
+from oidownload.dataset.db import Database, connect, schema
 from oidownload.dataset.db.formats import table_columns
 from oidownload.dataset.hierarchy import Hierarchy
 from oidownload.dataset.kinds import BOXES, DB_LOAD, KINDS, AnnotationKind
