@@ -90,3 +90,13 @@ def test_symlinks_inside_out_are_never_followed(tmp_path: Path, make_origin: Sta
     final = folder / f"{linked_file_id}.jpg"
     assert rows[linked_file_id][0] == "ok" and final.is_file() and not final.is_symlink()
     assert all(rows[i][0] == "ok" for i in corpus.ids[2:])
+
+
+def test_a_mask_member_has_its_own_folder_and_no_box_id_can_leave_it() -> None:
+    from oidownload.sinks.files import mask_suffix, member_path
+
+    assert member_path("validation", "0a1b2c3d4e5f6789", mask_suffix("9a041d52")) == (
+        ("masks", "validation", "0a1"), "0a1b2c3d4e5f6789_9a041d52.png")
+    for bad in ("../x", "9A04", "", "a/b", "x" * 40):
+        with pytest.raises(ValueError):
+            mask_suffix(bad)

@@ -18,7 +18,7 @@ WRITTEN_ID_RE = re.compile(WRITTEN_ID)
 SUBSET = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 SUBSET_RE = re.compile(SUBSET)
 # Subset names become folder names next to these, so they may not be used.
-RESERVED_SUBSETS = frozenset({"original"})
+RESERVED_SUBSETS = frozenset({"original", "masks"})
 
 _U64 = 1 << 64
 _I64 = 1 << 63

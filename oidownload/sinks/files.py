@@ -29,6 +29,8 @@ from oidownload.core.shard import Shard
 from oidownload.sinks import Member, Placed, Sink, Synced
 
 ORIGINAL_DIR = "original"
+MASKS_DIR = "masks"
+_BOX_ID_RE = re.compile(r"[0-9a-f]{1,32}")
 _FILE_RE = re.compile(rf"({WRITTEN_ID})\.([a-z0-9]{{1,5}})")
 # Temporary files of this sink: `.<ImageID>.<ext>.<random or pid>.oidtmp`.
 _TMP_RE = re.compile(rf"\.({WRITTEN_ID})\.[^/]*" + re.escape(fsio.TMP_SUFFIX))
@@ -43,13 +45,31 @@ def check_id(image_id: str) -> str:
 
 
 def member_path(subset: str, image_id: str, suffix: str) -> tuple[tuple[str, ...], str]:
-    """(folders, file name) of a member, relative to OUT."""
+    """(folders, file name) of a member, relative to OUT: the image (`jpg`), its kept
+    original (`original.jpg`), or one of its masks (`<BoxID>.mask.png`, in OUT/masks/,
+    named `<ImageID>_<BoxID>.png` as Open Images names them)."""
     check_id(image_id)
     kind, _, ext = suffix.rpartition(".")
     folders: tuple[str, ...] = (subset, image_id[:3])
     if kind == "original":
         folders = (ORIGINAL_DIR, *folders)
+    elif kind.endswith(".mask"):
+        return (MASKS_DIR, *folders), f"{image_id}_{check_box_id(kind.removesuffix('.mask'))}.{ext}"
     return folders, f"{image_id}.{ext}"
+
+
+def mask_suffix(box_id: str) -> str:
+    """The member suffix of a mask: `<ImageID>.<BoxID>.mask.png` in a shard, and
+    OUT/masks/<subset>/<abc>/<ImageID>_<BoxID>.png as a file (member_path)."""
+    return f"{check_box_id(box_id)}.mask.png"
+
+
+def check_box_id(box_id: str) -> str:
+    """A BoxID as Open Images writes them (hex digits); anything else could name a path
+    or a member outside its sample, so it raises ValueError."""
+    if not _BOX_ID_RE.fullmatch(box_id):
+        raise ValueError(f"not a BoxID: {box_id[:40]!r}")
+    return box_id
 
 
 def relative_path(subset: str, image_id: str, ext: str) -> str:
