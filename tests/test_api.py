@@ -176,7 +176,7 @@ def test_options_are_checked_like_the_command_line(tmp_path: Path) -> None:
     with pytest.raises(oidownload.ConfigError, match="--format"):
         oidownload.download("x.csv", tmp_path / "out", format="gif")
     with pytest.raises(TypeError, match="did you mean resize"):
-        oidownload.download("x.csv", tmp_path / "out", resise=640)
+        oidownload.download("x.csv", tmp_path / "out", resise=640)  # type: ignore[call-arg]  # mypy says so too
     with pytest.raises(oidownload.InputError, match="no such file"):
         oidownload.download(tmp_path / "x.csv", tmp_path / "out", progress="none")
     assert not (tmp_path / "out").exists()
@@ -263,7 +263,7 @@ def test_status_select_annotations_and_the_job_counts(tmp_path: Path, make_origi
     with pytest.raises(oidownload.ConfigError, match="--seed"):
         oidownload.select(manifest, tmp_path / "x.csv", seed=1)
     with pytest.raises(TypeError, match="select\\(\\) got an unexpected keyword argument 'resize'"):
-        oidownload.select(manifest, tmp_path / "x.csv", resize=64)
+        oidownload.select(manifest, tmp_path / "x.csv", resize=64)  # type: ignore[call-arg]  # mypy says so too
 
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax\n"

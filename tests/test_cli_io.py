@@ -117,7 +117,7 @@ CASES: dict[tuple[str, str], tuple[list[str], int, str]] = {
 def test_every_command_has_its_cases() -> None:
     from oidownload.commands import main
 
-    for command in main.commands:  # type: ignore[attr-defined]
+    for command in main.commands:
         for case in ("missing", "read-only", "file"):
             assert (command, case) in CASES, (command, case)
 

@@ -41,7 +41,7 @@ def dict_rows(path: Path) -> list[dict[str, str]]:
 
 def data_lines(path: Path) -> int:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", newline="", encoding="utf-8") as f:  # type: ignore[operator]
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
         return sum(1 for _ in csv.reader(f)) - 1
 
 

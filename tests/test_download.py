@@ -60,8 +60,8 @@ def test_download_verifies_resizes_shards_and_resumes(tmp_path: Path, make_origi
 
 
 def _reference(body: bytes, n: int, turn: Image.Transpose | None) -> Image.Image:
-    with Image.open(io.BytesIO(body)) as im:
-        im = im.convert("RGB")
+    with Image.open(io.BytesIO(body)) as src:
+        im = src.convert("RGB")
         scale = n / max(im.size)
         ref = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
     return ref.transpose(turn) if turn is not None else ref

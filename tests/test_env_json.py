@@ -31,7 +31,7 @@ def _long(param: click.Option) -> str:
 
 
 def test_environment_variables_are_scoped_by_command() -> None:
-    commands: dict[str, click.Command] = main.commands  # type: ignore[attr-defined]
+    commands = main.commands
     download = {_long(p): p.envvar for p in commands["download"].params if isinstance(p, click.Option)}
     assert download["--resize"] == "OIDOWNLOAD_RESIZE" and download["--format"] == "OIDOWNLOAD_FORMAT"
     for name, command in commands.items():

@@ -151,7 +151,7 @@ REQUIRED = {"download": ["x.csv", "-o", "out"], "select": ["x.csv", "-o", "sel.c
 
 def _numeric_options() -> list[tuple[str, click.Option]]:
     found = []
-    for name, command in sorted(main.commands.items()):  # type: ignore[attr-defined]
+    for name, command in sorted(main.commands.items()):
         for param in command.params:
             if isinstance(param, click.Option) and isinstance(param.type, click.types._NumberParamTypeBase | Duration):
                 found.append((name, param))
@@ -159,7 +159,7 @@ def _numeric_options() -> list[tuple[str, click.Option]]:
 
 
 def _parses(command: str, option: click.Option, value: str) -> bool:
-    cmd = main.commands[command]  # type: ignore[attr-defined]
+    cmd = main.commands[command]
     flag = next(o for o in option.opts if o.startswith("--"))
     try:
         cmd.make_context(command, [*REQUIRED.get(command, []), flag, value])

@@ -116,7 +116,7 @@ def _record(path: Path) -> object:
     fields = next(table.rows())
     record = table.kind.reader(table.columns)(fields)
     assert record is not None
-    assert dataclasses.is_dataclass(record) and type(record).__dataclass_params__.frozen  # type: ignore[attr-defined]
+    assert dataclasses.is_dataclass(record) and type(record).__dataclass_params__.frozen  # type: ignore[union-attr]
     assert not hasattr(record, "__dict__")  # slots
     return record
 

@@ -440,9 +440,9 @@ def test_the_card_has_the_boxes_in_the_written_frame_and_the_labels_when_the_dow
     assert res.returncode == 0, res.stderr
     got = sorted((r["image_id"], r["label"], r["class_name"], r["source"], r["confidence"]) for r in json.loads(res.stdout))
     with open(tmp_path / "ann" / "labels.csv", newline="", encoding="utf-8") as f:
-        want = sorted((r["ImageID"], r["LabelName"], "Snowman", r["Source"], float(r["Confidence"]))
+        want_labels = sorted((r["ImageID"], r["LabelName"], "Snowman", r["Source"], float(r["Confidence"]))
                       for r in csv.DictReader(f))
-    assert got == want and len(got) == 5
+    assert got == want_labels and len(got) == 5
 
 
 def test_verify_lock_passes_a_webdataset_whose_damaged_sample_was_fetched_again_into_a_new_shard(

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from oidownload.testing.fixtures import StartOrigin
 from oidownload.testing.origin import Corpus
-from tests.test_select import DESCRIPTIONS, V3, VAL, rows_of
+from tests.conftest import V3
+from tests.test_select import DESCRIPTIONS, VAL, rows_of
 
 ROOT = Path(__file__).parent.parent
 

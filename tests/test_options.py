@@ -29,7 +29,7 @@ def test_the_typed_keywords_are_the_table_s() -> None:
 
 def test_the_click_options_are_the_table_s() -> None:
     for name, specs in (("download", DOWNLOAD_OPTIONS), ("select", SELECTION_OPTIONS)):
-        command = main.commands[name]  # type: ignore[attr-defined]
+        command = main.commands[name]
         options = {p.name: p for p in command.params if isinstance(p, click.Option)}
         for spec in specs:
             option = options[spec.dest]

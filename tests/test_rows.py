@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -251,7 +252,7 @@ def test_one_loop_reader_gives_what_the_generator_chain_gives(tmp_path: Path, se
     from oidownload.inputs.text import MAX_LINE
 
     rng = random.Random(seed)
-    pieces = [
+    pieces: list[Callable[[int], str]] = [
         lambda i: f"{i:016x},train,http://a/{i}.jpg\n",
         lambda i: f'{i:016x},train,"a title, with a comma",x\n',
         lambda i: f'{i:016x},"a title\nover\r\nlines",x\n',

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from PIL import Image
@@ -259,13 +261,13 @@ def test_boxes_follow_an_upright_turn(tmp_path: Path, make_origin: StartOrigin) 
     assert_boxes_close(got, want, 0.01)
 
 
-def assert_boxes_close(got: list[tuple[float, ...]], want: list[tuple[float, ...]], tol: float) -> None:
+def assert_boxes_close(got: Sequence[tuple[float, ...]], want: Sequence[tuple[float, ...]], tol: float) -> None:
     assert len(got) == len(want) > 0
     for g, w in zip(got, want, strict=True):
         assert all(abs(a - b) <= tol for a, b in zip(g, w, strict=True)), (g, w)
 
 
-def io_bytes(data: bytes) -> object:
+def io_bytes(data: bytes) -> BinaryIO:
     import io
 
     return io.BytesIO(data)

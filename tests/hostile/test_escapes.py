@@ -15,7 +15,8 @@ def _next_pids(n: int) -> list[int]:
     """The next n process ids the kernel will hand out (other processes may take some)."""
     last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
     top = int(Path("/proc/sys/kernel/pid_max").read_text())
-    pids, pid = [], last
+    pids: list[int] = []
+    pid = last
     while len(pids) < n:
         pid = pid + 1 if pid + 1 < top else 300  # the kernel wraps to 300
         pids.append(pid)

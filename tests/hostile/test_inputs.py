@@ -143,11 +143,11 @@ def test_piped_gzip_and_stdin(tmp_path: Path, make_origin: StartOrigin) -> None:
         assert res.returncode == 0, (name, res.stderr)
         assert {i: s for i, (s, _, _) in journal_rows(out).items()} == {i: "ok" for i in corpus.ids}, name
 
-    res = subprocess.run(
+    piped = subprocess.run(
         [sys.executable, "-m", "oidownload", "download", "-", "-o", str(tmp_path / "out-stdin"), *QUICK],
         input=gzip.compress(text), capture_output=True, timeout=120,
     )
-    assert res.returncode == 0, res.stderr.decode()
+    assert piped.returncode == 0, piped.stderr.decode()
     assert {i: s for i, (s, _, _) in journal_rows(tmp_path / "out-stdin").items()} == {i: "ok" for i in corpus.ids}
 
     # A named FIFO: downloaded from, and never opened again by `report` (that would

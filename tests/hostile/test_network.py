@@ -57,7 +57,7 @@ RETRY_AFTERS = {
 def test_a_long_retry_after_never_holds_the_run_past_the_deadline(
         tmp_path: Path, make_origin: StartOrigin, hostile: Hostile) -> None:
     corpus, good, _ = _good(tmp_path, make_origin, 40, seed=51)
-    rows = []
+    rows: list[str] = []
     for status, values in RETRY_AFTERS.items():
         for value in values:
             for _ in range(3):

@@ -99,7 +99,8 @@ def test_requeue_blames_only_the_job_a_dead_worker_held() -> None:
     from oidownload.provenance.verify import VerifyResult, _requeue, _Work
 
     result = VerifyResult()
-    items = [(f"{i:016x}", f"validation/x/{i:016x}.jpg", 0, 0, 0, False, None) for i in range(3)]
+    items: list[tuple[str, str, int, int, int, bool, str | None]] = [
+        (f"{i:016x}", f"validation/x/{i:016x}.jpg", 0, 0, 0, False, None) for i in range(3)]
     again: collections.deque[Any] = collections.deque()
     held, waiting = _Work(items[:2]), _Work(items[2:])
     death = Exited(123, -9, ("7",))

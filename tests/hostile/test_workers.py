@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -86,7 +87,7 @@ def _journaled(out: Path) -> int:
         return 0
 
 
-def _wait(what: Callable[[], object], timeout: float = 60) -> object:
+def _wait(what: Callable[[], Any], timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -127,8 +128,11 @@ def test_a_dead_worker_is_replaced_and_the_run_never_hangs(tmp_path: Path, make_
         killed = []
         for _ in range(3):  # idle workers too: one that held the pool's queue lock used to hang the run
             target = _journaled(out) + 40
-            _wait(lambda t=target: _journaled(out) >= t)  # each time into a pool at work again
-            victim = _wait(lambda: [p for p in _pool_workers(proc.pid) if p not in killed])[0]  # type: ignore[index]
+            def grown(t: int = target) -> bool:
+                return _journaled(out) >= t
+
+            _wait(grown)  # each time into a pool at work again
+            victim = _wait(lambda: [p for p in _pool_workers(proc.pid) if p not in killed])[0]
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
         _, err = proc.communicate(timeout=120)
@@ -156,8 +160,11 @@ def test_an_image_whose_worker_dies_twice_is_worker_died(tmp_path: Path, make_or
             _wait(lambda: hostile.requests["/tall.png"] == 1)
             # Only the tall PNG takes hundreds of MB: the worker that holds it.
             busy = _wait(lambda: [p for p in _pool_workers(proc.pid) if _rss_mb(p) > 300])
-            os.kill(busy[0], signal.SIGKILL)  # type: ignore[index]
-            _wait(lambda b=busy: b[0] not in _pool_workers(proc.pid))  # type: ignore[index]
+            os.kill(busy[0], signal.SIGKILL)
+            def gone(b: list[int] = busy) -> bool:
+                return b[0] not in _pool_workers(proc.pid)
+
+            _wait(gone)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
