@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from oidownload.testing.origin import Corpus, Fault, Origin, OriginThread
-from tests.conftest import V3, journal_rows, require, run_cli
+from tests.conftest import V3, V4, journal_rows, require, run_cli
 
 VAL = V3 / "validation"
 BOXES_CSV = VAL / "annotations-human-bbox.csv"
@@ -40,6 +40,7 @@ HOSTILE_AUTHOR = "<script>window.pwned = 1</script>"
 HOSTILE_TITLE = '<img src=x onerror="window.pwned = 2">'
 HOSTILE_CLASS = '<b onmouseover="window.pwned = 3">Wheel</b>'
 PAGE_SIZE = 6
+HIERARCHY = V4 / "bbox_labels_600_hierarchy.json"  # README views: the hierarchy page
 
 
 def rows_of(path: Path) -> list[dict[str, str]]:
@@ -121,7 +122,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, origin: Callable[[Corpus], O
     res = run_cli("download", manifest, "-o", out, "--resize", "160", "--progress", "none",
                   "--annotations", BOXES_CSV, "--annotations", LABELS_CSV, "--class-descriptions", descriptions)
     assert res.returncode == 0, res.stderr
-    res = run_cli("gallery", out, "--page-size", PAGE_SIZE, "--progress", "log")
+    res = run_cli("gallery", out, "--page-size", PAGE_SIZE, "--progress", "log", "--hierarchy", HIERARCHY)
     assert res.returncode == 0, res.stderr
     gallery = Path(res.stdout.strip()).parent
     assert gallery == out / "gallery"
@@ -565,3 +566,131 @@ def test_webdataset_and_s3_outputs(tmp_path: Path, origin: Callable[[Corpus], Or
     loaded = page.evaluate("""Promise.all([...document.querySelectorAll('#grid svg image')].map(i =>
         new Promise(res => { const p = new Image(); p.onload = () => res(p.naturalWidth); p.onerror = () => res(0); p.src = i.href.baseVal; })))""")
     assert len(loaded) == len(ids) and all(w > 0 for w in loaded)
+
+
+# -- the README's views: label frequency per split, the hierarchy page -------------------------
+
+
+def human_label_counts(ids: set[str], test_split: set[str]) -> dict[str, dict[str, tuple[int, int]]]:
+    """split -> MID -> (positive, negative) human-verified labels, from the label CSV and the
+    download's manifest subsets (every ok image is validation but the test ones)."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for r in rows_of(LABELS_CSV):
+        if r["ImageID"] not in ids or r["Source"] == "machine" or r["Confidence"] not in ("0", "1"):
+            continue
+        split = "test" if r["ImageID"] in test_split else "validation"
+        pair = counts.setdefault(split, {}).setdefault(r["LabelName"], [0, 0])
+        pair[0 if r["Confidence"] == "1" else 1] += 1
+    return {s: {m: (p, n) for m, (p, n) in per.items()} for s, per in counts.items()}
+
+
+def test_label_frequency_per_split_equals_the_label_rows(built: Built, session: Callable[[int], Session]) -> None:
+    want = human_label_counts(set(built.ok), built.test_split)
+    assert set(want) == {"validation", "test"}
+    s = session(WIDTHS[0])
+    page = s.open((built.gallery / "stats.html").as_uri())
+    figures = page.evaluate("""[...document.querySelectorAll('section.figure')].filter(f => f.id.startsWith('labels-'))
+        .map(f => ({key: f.id, title: f.querySelector('h2').textContent,
+                    bars: [...f.querySelectorAll('svg rect')].filter(r => r.querySelector('title'))
+                          .map(r => [r.getAttribute('fill'), r.querySelector('title').textContent]),
+                    order: [...f.querySelectorAll('tbody tr')].map(tr => tr.dataset.key)}))""")
+    assert sorted(f["title"] for f in figures) == ["Label frequency: test", "Label frequency: validation"]
+    for f in figures:
+        split = f["title"].rsplit(": ", 1)[1]
+        got = {k: tuple(int(n) for n in v) for k, v in _table(page, f["key"]).items()}
+        assert got == want[split] and len(got) > 5
+        # Ordered by positives, then negatives; one green and one red bar per class drawn.
+        assert [tuple(-n for n in got[m]) for m in f["order"]] == sorted(tuple(-n for n in got[m]) for m in f["order"])
+        drawn = min(100, len(got))
+        assert len(f["bars"]) == 2 * drawn
+        assert [fill for fill, _ in f["bars"]] == ["#3a9a45", "#d0413a"] * drawn
+        counts = [int(t.rsplit(": ", 1)[1].split()[0].replace(",", "")) for _, t in f["bars"]]
+        assert counts == [n for m in f["order"][:drawn] for n in got[m]]
+
+
+def hierarchy_json() -> tuple[set[str], set[tuple[str, str]], int]:
+    """Every MID of the fixture hierarchy, its Part edges, and its lines (a class under
+    several parents counts under each), read with json."""
+    doc = json.loads(HIERARCHY.read_text())
+    mids: set[str] = set()
+    parts: set[tuple[str, str]] = set()
+    lines = 0
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        lines += 1
+        mids.add(node["LabelName"])
+        parts |= {(node["LabelName"], k["LabelName"]) for k in node.get("Part", [])}
+        stack += node.get("Subcategory", []) + node.get("Part", [])
+    return mids, parts, lines
+
+
+NODES_JS = """[...document.querySelectorAll('#tree li.node')].map(li => ({
+  mid: li.dataset.mid, images: Number(li.dataset.images), boxes: Number(li.dataset.boxes),
+  part: li.classList.contains('part') && !!li.querySelector(':scope > .badge, :scope > details > summary > .badge'),
+  parent: li.parentElement.closest('li.node')?.dataset.mid ?? null,
+  link: (li.querySelector(':scope > .cls a, :scope > details > summary > .cls a') || {}).href || null}))"""
+
+
+def hierarchy_nodes(s: Session, gallery: Path) -> list[dict[str, Any]]:
+    page = s.open((gallery / "hierarchy.html").as_uri())
+    return page.evaluate(NODES_JS)  # type: ignore[no-any-return]
+
+
+def test_hierarchy_page_counts_parts_and_links(built: Built, session: Callable[[int], Session]) -> None:
+    mids, parts, lines = hierarchy_json()
+    ok = set(built.ok)
+    boxes, labels = source_boxes(ok), positive_labels(ok)
+    n_boxes = collections.Counter(r["LabelName"] for rs in boxes.values() for r in rs)
+    has: dict[str, set[str]] = collections.defaultdict(set)
+    for i in ok:
+        for mid in {r["LabelName"] for r in boxes[i]} | labels[i]:
+            has[mid].add(i)
+    s = session(WIDTHS[0])
+    nodes = hierarchy_nodes(s, built.gallery)
+    assert len(nodes) == lines and {n["mid"] for n in nodes} == mids
+    assert {(n["parent"], n["mid"]) for n in nodes if n["part"]} == parts
+    for n in nodes:
+        assert (n["images"], n["boxes"]) == (len(has[n["mid"]]), n_boxes[n["mid"]]), n["mid"]
+        assert (n["link"] is not None) == bool(has[n["mid"]])
+    present = [n for n in nodes if n["images"]]
+    assert len({n["mid"] for n in present}) >= 5
+    # The navigation of the index and the statistics pages leads here.
+    for name in ("index.html", "stats.html"):
+        page = s.open((built.gallery / name).as_uri())
+        assert page.locator("header nav a", has_text="Hierarchy").get_attribute("href") == "hierarchy.html"
+    # Clicking a class opens the grid filtered to it: exactly the images that carry it.
+    page = s.open((built.gallery / "hierarchy.html").as_uri())
+    mid = max(sorted({n["mid"] for n in present}), key=lambda m: len(has[m]))
+    page.locator(f'li.node[data-mid="{mid}"] .cls a').first.click()
+    page.wait_for_url("**/index.html#class=*")
+    wait_render(page, None)
+    assert page.locator("#class option:checked").get_attribute("data-mid") == mid
+    assert sorted(t["id"] for t in every_page(page)) == sorted(has[mid])
+    # The hostile class name stays text here too.
+    page = s.open((built.gallery / "hierarchy.html").as_uri())
+    assert page.evaluate("document.querySelectorAll('b, img, script').length") == 0
+    assert HOSTILE_CLASS in page.locator("#tree").inner_text()
+
+
+def test_hierarchy_page_from_the_database_equals_the_file(built: Built, session: Callable[[int], Session],
+                                                         tmp_path: Path) -> None:
+    db = tmp_path / "oi.sqlite"
+    res = run_cli("db", "load", HIERARCHY, "--db", db)
+    assert res.returncode == 0, res.stderr
+    res = run_cli("gallery", built.out, "-o", tmp_path / "g", "--db", db, "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    s = session(WIDTHS[0])
+    key = lambda n: (n["parent"] or "", n["mid"], n["images"], n["boxes"], n["part"], (n["link"] or "").rsplit("/", 1)[-1])  # noqa: E731
+    assert sorted(map(key, hierarchy_nodes(s, tmp_path / "g"))) == sorted(map(key, hierarchy_nodes(s, built.gallery)))
+    # A database without a hierarchy: said, no traceback, nothing half-made.
+    empty = tmp_path / "empty.sqlite"
+    res = run_cli("db", "load", V3 / "class-descriptions.csv", "--db", empty)
+    assert res.returncode == 0, res.stderr
+    res = run_cli("gallery", built.out, "-o", tmp_path / "g2", "--db", empty, "--progress", "none")
+    assert res.returncode == 2 and "holds no class hierarchy" in res.stderr and "Traceback" not in res.stderr
+    # Without a tree, no page and no link to one.
+    res = run_cli("gallery", built.out, "-o", tmp_path / "g", "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "g" / "hierarchy.html").exists()
+    assert "hierarchy.html" not in (tmp_path / "g" / "stats.html").read_text()

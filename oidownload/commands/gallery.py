@@ -30,6 +30,11 @@ from oidownload.state.remembered import RememberedSelection
      help="Draw every class's boxes, not only the download's classes.")
 @opt("--images", "image_lists", scope="gallery", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
      help="Image lists (CSV) for the attribution [default: the download's inputs].")
+# README views: the hierarchy page's tree.
+@opt("--hierarchy", scope="gallery", type=click.Path(path_type=Path, dir_okay=False),
+     help="The class hierarchy (bbox_labels_600_hierarchy.json) for the hierarchy page.")
+@opt("--db", scope="gallery", help="A database (`db load`) whose class hierarchy makes the hierarchy page "
+     "[default: the download's, when it has one].")
 @opt("--processes", scope="gallery", type=Int(1, MAX_PROCESSES), default=None,
      help="Worker processes for thumbnails and pages [default: one per usable CPU].")
 @opt("--progress", "progress_mode", scope="gallery", type=choice_of(ProgressMode), default="auto",
@@ -38,7 +43,8 @@ from oidownload.state.remembered import RememberedSelection
 @boundary
 def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: tuple[Path, ...],
                 class_descriptions: Path | None, class_names: tuple[str, ...], all_classes: bool,
-                image_lists: tuple[Path, ...], processes: int | None, progress_mode: str, state_dir: Path | None) -> int:
+                image_lists: tuple[Path, ...], hierarchy: Path | None, db: str | None, processes: int | None,
+                progress_mode: str, state_dir: Path | None) -> int:
     """A static HTML gallery of the images downloaded into OUT, with their boxes drawn,
     a page per image (boxes, labels, attribution) and the dataset's statistics.
 
@@ -47,19 +53,22 @@ def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: t
     """
     from oidownload.engine.progress import Progress
     from oidownload.gallery import build_gallery
+    from oidownload.gallery.trees import class_tree
 
     if all_classes and class_names:
         raise ConfigError("--all-classes and --class contradict each other")
     dest = local_dest(out, dest, "-o/--output")
     state = StateDir.open(out, state_dir)
     files, descriptions, classes = remembered_annotations(state, annotation_files, class_descriptions, class_names)
+    tree_notes: list[str] = []
+    tree = class_tree(hierarchy, db, RememberedSelection.read(state).db, descriptions, tree_notes)
     progress = Progress(ProgressMode(progress_mode), LogFormat.TEXT, 5.0)
     res = build_gallery(
         state, dest, annotation_paths=files, class_descriptions=descriptions,
         classes=None if all_classes else classes, image_lists=list(image_lists) or None,
-        page_size=page_size, processes=processes, progress=progress,
+        page_size=page_size, processes=processes, progress=progress, hierarchy=tree,
     )
-    for note in res.notes:
+    for note in tree_notes + res.notes:
         click.echo(f"oidownload: {note}", err=True)
     for image_id, why in res.failed[:10]:
         click.echo(f"oidownload: warning: {image_id}: {why}", err=True)

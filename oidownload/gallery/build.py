@@ -29,10 +29,14 @@ from oidownload import __version__
 from oidownload.core.errors import ConfigError, InputError, OutputError
 from oidownload.core.fsio import Place, Tree
 from oidownload.core.records import Outcome, Status
+from oidownload.dataset.classes import ClassDescriptions
+from oidownload.dataset.hierarchy import Hierarchy
 from oidownload.engine.cpus import usable_cpus
 from oidownload.engine.progress import Progress
 from oidownload.gallery import charts, work
 from oidownload.gallery.collect import Collected, Entry, collect
+from oidownload.gallery.hierarchy import MAX_NODES, hierarchy_view
+from oidownload.gallery.labelfreq import label_frequency
 from oidownload.gallery.reads import input_lists, status_counts, written_images
 from oidownload.gallery.render import render
 from oidownload.gallery.stats import figures
@@ -58,6 +62,16 @@ class GalleryResult:
     dropped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (ImageID, why) without a thumbnail
     notes: list[str] = field(default_factory=list)
+    hierarchy_page: bool = False  # hierarchy.html written (README views)
+
+
+@dataclass(frozen=True)
+class ClassTree:
+    """The hierarchy page's input: the tree, where it came from, and names for its classes."""
+
+    hierarchy: Hierarchy
+    source: str  # the file's name, or "the database"
+    names: ClassDescriptions | None = None
 
 
 # Distinct colours for the most frequent classes (Tableau 10, then two more); the rest
@@ -87,6 +101,7 @@ def build_gallery(
     page_size: int = 100,
     processes: int | None = None,
     progress: Progress,
+    hierarchy: ClassTree | None = None,
 ) -> GalleryResult:
     """The gallery of the output `state` describes, in dest (default OUT/gallery).
     image_lists: where the attribution comes from (default: the download's inputs)."""
@@ -102,7 +117,7 @@ def build_gallery(
     with _pool(workers, state) as pool:
         return _build(state, place, images, pool, 4 * workers, annotation_paths=annotation_paths,
                       class_descriptions=class_descriptions, classes=classes, image_lists=lists,
-                      page_size=page_size, progress=progress)
+                      page_size=page_size, progress=progress, hierarchy=hierarchy)
 
 
 @contextlib.contextmanager
@@ -120,14 +135,14 @@ def _pool(workers: int, state: StateDir) -> Iterator[cf.ProcessPoolExecutor | No
 
 def _build(state: StateDir, place: Place, images: list[Written], pool: cf.ProcessPoolExecutor | None, in_flight: int, *,
            annotation_paths: list[Path], class_descriptions: Path | None, classes: frozenset[str] | None,
-           image_lists: list[Path], page_size: int, progress: Progress) -> GalleryResult:
+           image_lists: list[Path], page_size: int, progress: Progress, hierarchy: ClassTree | None) -> GalleryResult:
     progress.log("gallery", f"gallery: {len(images)} images; reading annotations and attribution")
     data = collect(images, annotation_paths, class_descriptions=class_descriptions, classes=classes,
                    image_lists=image_lists)
     result = GalleryResult(place.path, images=len(images), boxes=sum(len(e.boxes) for e in data.entries),
                            labels=sum(len(e.labels) for e in data.entries),
                            classes=len({b[0] for e in data.entries for b in e.boxes}),
-                           dropped=data.dropped, notes=list(data.notes))
+                           dropped=data.dropped, notes=list(data.notes), hierarchy_page=hierarchy is not None)
     if not data.box_files and not data.label_files:
         result.notes.append("no annotation files: the images are shown without boxes (pass --annotations)")
     progress.log("gallery", f"gallery: {result.boxes} boxes, {result.labels} labels; thumbnails and image pages")
@@ -141,6 +156,7 @@ def _build(state: StateDir, place: Place, images: list[Written], pool: cf.Proces
         with place.open(create=False) as tree:
             _write_site(Path(state.out).name or state.out, tree, data, palette, status_counts(state), page_size,
                         failed, result)
+            _write_views(tree, data, result, hierarchy)
     except OSError as exc:
         raise OutputError(f"cannot write the gallery in {place.path}: {exc.strerror or exc}") from None
     return result
@@ -288,16 +304,32 @@ def _write_site(out_name: str, tree: Tree, data: Collected, palette: list[str], 
     write_file(tree, "data/meta.js", _js("meta", meta))
     for name in ("gallery.css", "gallery.js"):
         write_file(tree, f"assets/{name}", resources.files("oidownload.gallery").joinpath("static", name).read_bytes())
-    common = {"root": "", "version": __version__, "out_name": out_name, "summary": result}
+    common = {"root": "", "version": __version__, "out_name": out_name, "summary": result,
+              "hierarchy_page": result.hierarchy_page}
     class_options = sorted(((names[c], mids[c], c, len(m)) for c, m in per_class.items()), key=lambda t: (t[0].casefold(), t[1]))
     write_file(tree, "index.html", render("index.html", {
         **common, "scripts": True, "title": "Gallery", "classes": class_options,
         "splits": [(k, s, len(per_split[s])) for k, s in enumerate(splits)], "page_size": page_size,
     }).encode())
-    figs = figures(data, statuses)
+    figs = figures(data, statuses) + label_frequency(data)  # + the README's label frequency
     write_file(tree, "stats.html", render("stats.html", {
         **common, "scripts": False, "title": "Statistics",
         "figures": [(f, charts.chart(f)) for f in figs], "data": data, "statuses": statuses,
+    }).encode())
+
+
+# -- the README's views: the hierarchy page ------------------------------------------------
+
+
+def _write_views(tree: Tree, data: Collected, result: GalleryResult, hierarchy: ClassTree | None) -> None:
+    """hierarchy.html when there is a tree; an earlier build's page goes when there is none."""
+    if hierarchy is None:
+        tree.unlink("hierarchy.html", missing_ok=True)
+        return
+    view = hierarchy_view(hierarchy.hierarchy, data, hierarchy.names)
+    write_file(tree, "hierarchy.html", render("hierarchy.html", {
+        "root": "", "version": __version__, "scripts": False, "title": "Class hierarchy", "hierarchy_page": True,
+        "view": view, "source": hierarchy.source, "max_nodes": MAX_NODES,
     }).encode())
 
 

@@ -64,12 +64,12 @@ def _svg(body: list[str], height: float, title: str) -> Markup:
     )
 
 
-def _legend(series: Sequence[str], y: float) -> list[str]:
+def _legend(series: Sequence[str], y: float, colours: Sequence[str] = COLOURS) -> list[str]:
     if len(series) < 2:
         return []
     out, x = [], LABEL_W
     for i, s in enumerate(series):
-        out.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{COLOURS[i % len(COLOURS)]}"/>'
+        out.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{colours[i % len(colours)]}"/>'
                    f'<text x="{x + 14}" y="{y}" class="legend">{escape(s)}</text>')
         x += 30 + 8 * len(s)
     return out
@@ -84,7 +84,8 @@ def bars(fig: Figure) -> Markup:
     plot_w = WIDTH - LABEL_W - 60
     scale = _Scale(max((max(c) for _, _, c in rows), default=1), plot_w, fig.log)
     height = top + row_h * len(rows) + 10
-    body = _legend(fig.series, 14)
+    colours = fig.colours or COLOURS
+    body = _legend(fig.series, 14, colours)
     for t in scale.ticks():
         x = LABEL_W + scale(t) if t else LABEL_W
         body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 6}" y2="{height - 8}" class="grid"/>'
@@ -96,7 +97,7 @@ def bars(fig: Figure) -> Markup:
         for i, v in enumerate(counts):
             w = scale(v)
             yy = y + i * BAR_H
-            body.append(f'<rect x="{LABEL_W}" y="{yy}" width="{w:.1f}" height="{BAR_H - 1}" fill="{COLOURS[i % len(COLOURS)]}">'
+            body.append(f'<rect x="{LABEL_W}" y="{yy}" width="{w:.1f}" height="{BAR_H - 1}" fill="{colours[i % len(colours)]}">'
                         f'<title>{escape(label)}: {_fmt(v)} {escape(fig.series[i])}</title></rect>'
                         f'<text x="{LABEL_W + w + 3:.1f}" y="{yy + BAR_H - 1.5}" class="value">{_fmt(v)}</text>')
     if len(fig.rows) > len(rows):

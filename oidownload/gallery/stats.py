@@ -28,6 +28,8 @@ class Figure:
     note: str = ""
     columns: tuple[str, ...] = ()  # extra label columns in the table, before the counts
     extra: dict[str, list[str]] = field(default_factory=dict)  # row key -> extra cells
+    # README views (label frequency): a colour per series instead of the chart's own.
+    colours: tuple[str, ...] = ()
 
 
 def _buckets(values: collections.Counter[float], edges: Sequence[float], labels: Sequence[str]) -> list[tuple[str, str, tuple[int, ...]]]:
