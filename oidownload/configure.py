@@ -74,8 +74,11 @@ def plan_selection(inputs: tuple[Path, ...], p: SelectionParams, say: Say,
                 "boxes_only": p["boxes_only"], "exclude": exclude},
         limit_per_class=p["limit_per_class"],
     )
+    from oidownload.dataset.narratives import NarrativeChoice
+
+    narratives = NarrativeChoice(p["with_narrative"], p["narrative_words"])  # narratives (issue 23)
     result = plan(inputs, subsets=frozenset(p["subsets"]), ids=read_ids(p["ids_file"]) if p["ids_file"] else ids,
-                  choice=choice, limit=p["limit"], seed=p["seed"])
+                  choice=choice, limit=p["limit"], seed=p["seed"], narratives=narratives)
     for note in result.notes:
         say("selection", note)
     for warning in result.warnings:

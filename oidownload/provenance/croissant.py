@@ -34,7 +34,7 @@ from oidownload.core import fsio
 from oidownload.core.config import OutputKind
 from oidownload.core.errors import OidownloadError
 from oidownload.core.records import Status
-from oidownload.dataset.annotations import AnnotationFile, CsvAnnotations
+from oidownload.dataset.annotations import AnnotationTable, CsvAnnotations
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import WrittenBoxes
 from oidownload.dataset.kinds import LABELS
@@ -180,7 +180,7 @@ def _write_annotations(root: Path, state: StateDir) -> dict[str, int]:
     return found
 
 
-def _label_lines(tables: list[AnnotationFile], images: dict[str, Written], names: dict[str, str],
+def _label_lines(tables: list[AnnotationTable], images: dict[str, Written], names: dict[str, str],
                  classes: frozenset[str] | None) -> Iterator[dict[str, Any]]:
     for f in tables:
         if f.kind is not LABELS:

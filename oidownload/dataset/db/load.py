@@ -39,13 +39,14 @@ from oidownload.dataset.db.formats import (
     table_columns,
 )
 from oidownload.dataset.hierarchy import Hierarchy
-from oidownload.dataset.kinds import DB_LOAD, LABELS, AnnotationKind
+from oidownload.dataset.kinds import DB_LOAD, LABELS, NARRATIVES, AnnotationKind
+from oidownload.dataset.narratives import NARRATIVE_LINE, narrative_rows
 from oidownload.inputs.csvrecords import then_lines
 from oidownload.inputs.text import MAX_LINE, bounded_lines, open_text
 
 # Class names first (box rows are checked against them), then annotations (3), mid lists last.
 _ORDER = {FileKind.CLASSES.value: 0, FileKind.HIERARCHY.value: 1, FileKind.IMAGES.value: 2, FileKind.MID_LIST.value: 9}
-_SUFFIXES = (".csv", ".csv.gz", ".gz", ".json", ".tar.gz", ".tgz", ".txt")
+_SUFFIXES = (".csv", ".csv.gz", ".gz", ".json", ".tar.gz", ".tgz", ".txt", ".jsonl")
 BAD_ROWS_SHOWN = 10  # per file; the rest are counted
 _TEXT_BUFFER = 1 << 20
 
@@ -116,11 +117,12 @@ def _plain_item(path: Path) -> Item:
         )
     if isinstance(found.kind, AnnotationKind):
         found.kind.require(DB_LOAD, str(path))
-    return Item(key, found, st.st_size, st.st_mtime_ns, lambda: _file_lines(path, digest), digest)
+    limit = NARRATIVE_LINE if found.kind is NARRATIVES else MAX_LINE  # a narrative with traces is a long line
+    return Item(key, found, st.st_size, st.st_mtime_ns, lambda: _file_lines(path, digest, limit), digest)
 
 
 @contextmanager
-def _file_lines(path: Path, digest: Any) -> Iterator[Iterator[str | None]]:
+def _file_lines(path: Path, digest: Any, limit: int = MAX_LINE) -> Iterator[Iterator[str | None]]:
     try:
         with open(path, "rb") as probe:
             gz = probe.read(2) == b"\x1f\x8b"
@@ -129,7 +131,7 @@ def _file_lines(path: Path, digest: Any) -> Iterator[Iterator[str | None]]:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     hashed = io.BufferedReader(_Hashing(binary, digest), _TEXT_BUFFER)
     with io.TextIOWrapper(hashed, encoding="utf-8-sig", errors="oidownload-replace", newline="") as f:
-        yield bounded_lines(f)
+        yield bounded_lines(f, limit)
 
 
 @contextmanager
@@ -351,10 +353,16 @@ class Loader:
                 "ON CONFLICT (parent, child, relation) DO UPDATE SET file_id = excluded.file_id", edges)
             result.rows = len(edges)
             return
-        if header:
-            next(lines, None)  # the header, already recognised
         tally = Tally()
         bad = self._bad(item, result)
+        if kind is NARRATIVES:  # narratives (issue 23): JSON lines, no header line
+            with _no_gc():
+                self.db.bulk("narratives", [c.name for c in NARRATIVES.columns] + ["file_id"],
+                             narrative_rows(lines, file_id, bad, tally))
+            result.rows, result.bad_rows = tally.rows, tally.bad
+            return
+        if header:
+            next(lines, None)  # the header, already recognised
         if kind is FileKind.CLASSES:
             self.db.executemany(
                 "INSERT INTO classes (mid, name, file_id) VALUES (?, ?, ?) "
