@@ -62,6 +62,7 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
         click.echo(
             f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
             + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
+            + (f", {res.captions} captions" if res.captions else "")  # narratives (issue 23)
             + f" -> {res.dest}",
             err=True,
         )

@@ -18,7 +18,8 @@ from oidownload.core.fsio import Place, Tree
 from oidownload.dataset.annotations import AnnotationSource
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import WrittenBoxes
-from oidownload.dataset.kinds import BOXES, EXPORT, Box
+from oidownload.dataset.kinds import BOXES, EXPORT, NARRATIVES, Box
+from oidownload.dataset.narratives import narratives_of
 from oidownload.exports.attribution import AttributionExporter
 from oidownload.exports.base import Annotated, ExportContext, Exporter, ExportResult
 from oidownload.exports.coco import CocoExporter
@@ -87,10 +88,11 @@ def export(
 
 
 def _run(exporter: Exporter, ctx: ExportContext) -> None:
-    # Boxes are the one kind with records for exporters so far; a format that wants
-    # another kind adds its reader here (kinds.py has the records).
-    if exporter.kinds - {BOXES}:
-        raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - {BOXES})} yet")
+    # Boxes and narratives are the kinds with records for exporters so far; a format
+    # that wants another kind adds its reader here (kinds.py has the records).
+    if exporter.kinds - {BOXES, NARRATIVES}:
+        unread = sorted(k.name for k in exporter.kinds - {BOXES, NARRATIVES})
+        raise TypeError(f"{exporter.name}: no records of {unread} yet")
     exporter.start(ctx)
     try:
         boxes: dict[str, list[Box]] = {}
@@ -102,8 +104,11 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
             if reader.unreadable:
                 ctx.result.notes.append(f"{reader.unreadable} box row(s) with a coordinate or confidence that is not "
                                         "a number were left out")
+        # narratives (issue 23): captions carry no geometry, so they need no move
+        told = narratives_of(ctx.tables, ctx.images) if NARRATIVES in exporter.kinds else {}
         for image_id in sorted(ctx.images):
-            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ()))))
+            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ())),
+                                   tuple(told.pop(image_id, ()))))
         exporter.finish()
     except BaseException:
         exporter.abort()

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from oidownload.dataset.annotations import AnnotationTable
 from oidownload.dataset.geometry import point_to_written, to_written_frame
-from oidownload.dataset.kinds import BOXES, COORDS, AnnotationKind
+from oidownload.dataset.kinds import BOXES, COORDS, NARRATIVES, AnnotationKind
 from oidownload.exports.base import Annotated, ExportContext
 
 
@@ -56,6 +56,10 @@ class CsvExporter:
     def finish(self) -> None:
         ctx, images, result, mids = self.ctx, self.ctx.images, self.ctx.result, self.ctx.classes
         for f, name in zip(ctx.tables, csv_names(ctx.tables), strict=True):
+            if f.kind is NARRATIVES:  # narratives (issue 23): their rows as CSV, captions need no move
+                name = self._narratives(f, name)
+                result.files.append(ctx.tree.path / name)
+                continue
             target = ctx.tree.path / name
             i_id, i_label = f.index("ImageID"), f.index("LabelName")
             coords = [f.index(c) for c in COORDS] if f.kind is BOXES else []
@@ -88,3 +92,15 @@ class CsvExporter:
                         result.labels += 1
                     w.writerow(fields)
             result.files.append(target)
+
+    def _narratives(self, f: AnnotationTable, name: str) -> str:
+        """The narratives of the written images as ImageID,AnnotatorID,Caption; the name
+        of the .jsonl with .csv. Returns the name written."""
+        name = (name[:-6] if name.endswith(".jsonl") else name) + ".csv"
+        with self.ctx.tree.atomic_file(name) as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(f.columns)
+            for fields in f.rows(self.ctx.images):
+                w.writerow(fields)
+                self.ctx.result.captions += 1
+        return name
