@@ -305,7 +305,7 @@ NARRATIVE_COLUMNS = (
 )
 NARRATIVES: AnnotationKind[Narrative] = AnnotationKind(
     "narratives", "localized narratives", ("ImageID", "Caption"), "ImageID", "", _narrative, NARRATIVE_COLUMNS,
-    frozenset({SELECT, DB_LOAD, EXPORT}))
+    frozenset({SELECT, DB_LOAD, EXPORT, GALLERY}))
 
 KINDS: dict[str, AnnotationKind[Any]] = {
     k.name: k for k in (BOXES, LABELS, SEGMENTATION, RELATIONSHIPS, POINTS, NARRATIVES)}
