@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORDS = ("in this image we can see a person dog car tree building sky grass road table chair window "
-         "the and on of with there is are background foreground left right top bottom holding standing").split()
+WORDS = ["in", "this", "image", "we", "can", "see", "a", "person", "dog", "car", "tree", "building", "sky", "grass", "road", "table", "chair", "window", "the", "and", "on", "of", "with", "there", "is", "are", "background", "foreground", "left", "right", "top", "bottom", "holding", "standing"]
 V3_HEADER = ("ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,OriginalSize,"
              "OriginalMD5,Thumbnail300KURL")
 
