@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,3 +180,52 @@ def test_the_sample_files_say_where_their_format_comes_from() -> None:
     with open(V3 / "train" / "images.csv", newline="", encoding="utf-8") as f:
         real = {r["ImageID"] for r in csv.DictReader(f)}
     assert {r[0] for r in NarrativeFile(CAPTIONS).rows()} <= real  # real ImageIDs, so downloads can match
+
+
+# -- webdataset: the caption as <ImageID>.txt --------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["files", "db"])
+def test_a_download_into_shards_carries_each_caption_as_txt(tmp_path: Path, make_origin: Any, where: str) -> None:
+    import tarfile
+
+    import webdataset as wds
+
+    from oidownload.testing.origin import Corpus
+
+    rows = rows_of(V3 / "train" / "images.csv")[:12]
+    corpus = Corpus.generate(0, mix="tiny", seed=23, ids=[r["ImageID"] for r in rows], subset="train")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    if where == "db":
+        db = tmp_path / "oi.sqlite"
+        assert run_cli("db", "load", CAPTIONS, "--db", db).returncode == 0
+        source: list[object] = ["--db", db]
+    else:
+        source = ["--annotations", CAPTIONS]
+    out = tmp_path / "out"
+    res = run_cli("download", manifest, "-o", out, "--output-format", "webdataset", "--shard-size", "5",
+                  "--resize", "48", "--progress", "none", *source)
+    assert res.returncode == 0, res.stderr
+    want: dict[str, list[str]] = {}
+    for line in CAPTIONS.read_text(encoding="utf-8").splitlines():
+        obj = json.loads(line)
+        want.setdefault(obj["image_id"], []).append(obj["caption"])
+    shards = sorted(str(p) for p in out.rglob("*.tar"))
+    samples = list(wds.WebDataset(shards, shardshuffle=False).decode())
+    assert sorted(s["__key__"] for s in samples) == sorted(r["ImageID"] for r in rows)
+    for s in samples:
+        key = s["__key__"]
+        if key in want:
+            assert s["txt"] == want[key][0]  # decoded as text
+            assert s["json"]["captions"] == want[key]
+        else:
+            assert "txt" not in s and "captions" not in s["json"]
+    assert len([s for s in samples if "txt" in s]) == len(want) == 6
+    # The image is still what readers take as the sample's image (the txt comes before the JSON).
+    with tarfile.open(shards[0]) as tf:
+        names = tf.getnames()
+    for k, name in enumerate(names):
+        if name.endswith(".txt"):
+            assert names[k + 1] == name[:-4] + ".json" and names[k - 1].endswith(".jpg")
+    assert run_cli("verify", out).returncode == 0
