@@ -112,7 +112,7 @@ def run_select(inputs: tuple[Path, ...], dest: Path, p: SelectionParams, say: Sa
 def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
                     class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
                     with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...],
-                    state_dir: Path | None) -> ExportResult:
+                    state_dir: Path | None, *, narrative_traces: bool = False) -> ExportResult:
     """`annotations`' work, for the command and the API."""
     from oidownload.dataset.hierarchy import Hierarchy, expand
     from oidownload.dataset.selection import class_names as names_of
@@ -128,7 +128,9 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
         files, db = list(remembered.annotations), remembered.db
     files = list(dict.fromkeys(files))
     descriptions = class_descriptions or remembered.class_descriptions
-    with open_annotations(tuple(files), db) as source:
+    if narrative_traces and fmt not in ("coco", "csv"):  # narratives (issue 23)
+        raise ConfigError(f"--narrative-traces: --format {fmt} carries no traces; coco and csv do")
+    with open_annotations(tuple(files), db, narrative_traces=narrative_traces) as source:
         names = names_of(source, descriptions)
         classes: frozenset[str] | None = None
         if class_names:

@@ -229,3 +229,112 @@ def test_a_download_into_shards_carries_each_caption_as_txt(tmp_path: Path, make
         if name.endswith(".txt"):
             assert names[k + 1] == name[:-4] + ".json" and names[k - 1].endswith(".jpg")
     assert run_cli("verify", out).returncode == 0
+
+
+# -- traces (--narrative-traces): kept only when asked, moved into the written frame -----------------
+
+
+def _fixture_traces() -> dict[tuple[str, str], list[list[tuple[float, float, float]]]]:
+    found = {}
+    for line in FULL.read_text(encoding="utf-8").splitlines():
+        obj = json.loads(line)
+        found[obj["image_id"], str(obj["annotator_id"])] = [[(p["x"], p["y"], p["t"]) for p in seg]
+                                                             for seg in obj["traces"]]
+    return found
+
+
+def test_traces_are_read_only_when_asked() -> None:
+    plain = list(NarrativeFile(FULL).rows())
+    assert all(len(r) == 3 for r in plain)
+    kept = list(NarrativeFile(FULL, traces=True).rows())
+    want = _fixture_traces()
+    for r in kept:
+        record = kinds.NARRATIVES.reader((*("ImageID", "AnnotatorID", "Caption"), "Traces"))(r)
+        assert record is not None
+        assert [list(seg) for seg in record.traces] == want[r[0], r[1]]
+    # A captions-only file has no traces: the column is empty, not a bad row.
+    assert {r[3] for r in NarrativeFile(CAPTIONS, traces=True).rows()} == {""}
+    line = '{"image_id": "0001eeaf4aed83f9", "caption": "a", "traces": [[{"x": "left", "y": 0, "t": 0}]]}'
+    from oidownload.dataset.narratives import numbered
+    assert [why for _, why in numbered([line], traces=True)] == ["traces: a point's x, y or t is not a number"]
+
+
+def test_traces_move_through_fill_crops_and_turns(tmp_path: Path, make_origin: Any, db_url: str) -> None:
+    """Every kept point equals the file's point moved by an independent reading of the
+    crop (the centre square) and the turn, within 0.5 px; points outside the crop are
+    dropped and said; the same from --db (loaded with --narrative-traces) as from the file."""
+    import io
+
+    from PIL import Image
+
+    from oidownload.testing.origin import Corpus
+
+    ids = ["0001eeaf4aed83f9", "0004886b7d043cfd", "000595fe6fee6369"]
+    corpus = Corpus.generate(0, mix="tiny", seed=29, ids=ids, subset="validation")
+    turns = dict(zip(ids, (0, 90, 270), strict=True))
+    for image_id, degrees in turns.items():
+        corpus.entries[image_id].rotation = f"{degrees}.0"
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url, rotation_column=True)
+    out = tmp_path / "out"
+    res = run_cli("download", manifest, "-o", out, "--orientation", "upright", "--resize", "120",
+                  "--resize-mode", "fill", "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("annotations", out, "--format", "coco", "--annotations", FULL, "--narrative-traces")
+    assert res.returncode == 0, res.stderr
+    caps = json.loads((out / "annotations" / "captions.json").read_text(encoding="utf-8"))
+    turn = {0: lambda x, y: (x, y), 90: lambda x, y: (y, 1 - x), 270: lambda x, y: (1 - y, x)}
+    want: dict[tuple[str, str], list[list[tuple[float, float, float]]]] = {}
+    cut = 0
+    for (image_id, annotator), segments in _fixture_traces().items():
+        with Image.open(io.BytesIO(corpus.original(image_id))) as im:
+            w0, h0 = im.size
+        side = min(w0, h0)
+        cx, cy, sx, sy = (w0 - side) / 2 / w0, (h0 - side) / 2 / h0, side / w0, side / h0
+        moved = []
+        for seg in segments:
+            kept = []
+            for x, y, t in seg:
+                if not (cx <= x <= cx + sx and cy <= y <= cy + sy):
+                    cut += 1
+                    continue
+                wx, wy = turn[turns[image_id]]((x - cx) / sx, (y - cy) / sy)
+                kept.append((wx * 120, wy * 120, t))
+            if kept:
+                moved.append(kept)
+        want[image_id, annotator] = moved
+    assert cut > 0  # the fixture's points below 0 at least
+    assert f"{cut} trace point(s) outside a fill crop were dropped" in res.stderr
+    by_id = {img["id"]: img["open_images_id"] for img in caps["images"]}
+    got = {(by_id[a["image_id"]], a["annotator_id"]): a.get("traces", []) for a in caps["annotations"]}
+    assert set(got) == set(want)
+    for key, segments in want.items():
+        assert len(got[key]) == len(segments), key
+        for gs, ws in zip(got[key], segments, strict=True):
+            assert len(gs) == len(ws)
+            assert all(abs(g[0] - w[0]) <= 0.5 and abs(g[1] - w[1]) <= 0.5 and g[2] == w[2]
+                       for g, w in zip(gs, ws, strict=True))
+    # The CSV export's Traces column: the same, normalised; and from the database the same file.
+    res = run_cli("annotations", out, "--format", "csv", "--annotations", FULL, "--narrative-traces",
+                  "-d", tmp_path / "from-files")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("db", "load", FULL, "--db", db_url, "--narrative-traces")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("annotations", out, "--format", "csv", "--db", db_url, "--narrative-traces",
+                  "-d", tmp_path / "from-db")
+    assert res.returncode == 0, res.stderr
+    name = FULL.name.replace(".jsonl", ".csv")
+    files = rows_of(tmp_path / "from-files" / name)
+    assert sorted(map(tuple, (r.values() for r in rows_of(tmp_path / "from-db" / name)))) == \
+        sorted(map(tuple, (r.values() for r in files)))
+    assert len(files) == len(want)
+    for r in files:
+        segments = json.loads(r["Traces"])
+        w = want[r["ImageID"], r["AnnotatorID"]]
+        assert [len(seg) for seg in segments] == [len(seg) for seg in w]
+        for sa, sb in zip(segments, w, strict=True):
+            assert all(abs(a[0] * 120 - b[0]) <= 0.5 and abs(a[1] * 120 - b[1]) <= 0.5 and a[2] == b[2]
+                       for a, b in zip(sa, sb, strict=True))
+    # Asked of a format that has no place for them: refused.
+    res = run_cli("annotations", out, "--format", "hf", "--annotations", FULL, "--narrative-traces")
+    assert res.returncode == 2 and "--format hf carries no traces" in res.stderr

@@ -129,7 +129,8 @@ SELECTION_OPTIONS: tuple[OptionSpec, ...] = (
     _spec("--classes-file", value=FILE, help="Class names or MIDs, one a line."),
     _spec("--class-descriptions", value=FILE, help="class-descriptions.csv (V3) or oidv6/7-class-descriptions.csv."),
     _spec("--annotations", dest="annotation_files", multiple=True, value=FILE,
-          help="Box or image-label CSVs (V3 or V4+, plain or .gz) to select from; repeatable."),
+          help="Box or image-label CSVs (V3 or V4+, plain or .gz), or localized narratives (.jsonl), to select "
+               "from; repeatable."),
     _spec("--db", help="Select from this database (see `oidownload db load`) instead of --annotations: "
                        "a path, sqlite:///path or postgresql://user@host:port/dbname."),
     _spec("--hierarchy", value=FILE,

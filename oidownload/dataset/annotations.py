@@ -108,13 +108,13 @@ class AnnotationFile:
                 yield fields
 
 
-def open_table(path: Path) -> AnnotationTable:
+def open_table(path: Path, narrative_traces: bool = False) -> AnnotationTable:
     """An annotation file of any kind: a CSV by its header, or (issue 23) a localized
-    narratives JSON-lines file by its first object's keys."""
+    narratives JSON-lines file by its first object's keys (its traces kept when asked)."""
     from oidownload.dataset.narratives import is_json_lines, open_narratives
 
     if is_json_lines(path):
-        return open_narratives(path)
+        return open_narratives(path, narrative_traces)
     return AnnotationFile.open(path)
 
 
@@ -168,9 +168,10 @@ class CsvAnnotations:
     """The annotation CSVs given with --annotations, streamed on every call."""
 
     paths: Sequence[Path]
+    narrative_traces: bool = False  # narratives (issue 23): keep their traces (big)
 
     def tables(self) -> list[AnnotationTable]:
-        return [open_table(p) for p in self.paths]
+        return [open_table(p, self.narrative_traces) for p in self.paths]
 
     def matches(self, flt: ClassFilter, within: Container[str] | None = None) -> Iterator[tuple[str, str]]:
         tests = [(f, flt.predicate(f)) for f in self.tables()]  # every file's columns checked before any scan

@@ -130,11 +130,28 @@ class Point:
 # -- narratives (issue 23) -----------------------------------------------------------------------
 
 
+TracePoint = tuple[float, float, float]  # x, y (normalised, may stray slightly outside [0, 1]), t (seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class Narrative:
     image_id: str
     annotator_id: str
     caption: str
+    # The mouse trace's segments, kept only when asked (--narrative-traces): () otherwise.
+    traces: tuple[tuple[TracePoint, ...], ...] = ()
+
+
+def parse_traces(text: str) -> tuple[tuple[TracePoint, ...], ...]:
+    """The Traces column (compact JSON `[[[x, y, t], ...], ...]`) → segments; ValueError
+    for anything else."""
+    segments = json.loads(text)
+    if not isinstance(segments, list):
+        raise ValueError("traces")
+    try:
+        return tuple(tuple((float(x), float(y), float(t)) for x, y, t in seg) for seg in segments)
+    except TypeError:
+        raise ValueError("traces") from None
 
 
 # A narratives file is JSON lines, not CSV: its first object's keys, in these names,
@@ -159,8 +176,9 @@ def json_header(first_line: str) -> tuple[str, ...] | None:
 
 
 def _narrative(fields: Sequence[str], at: Mapping[str, int]) -> Narrative:
+    traces = fields[at["Traces"]] if "Traces" in at else ""
     return Narrative(fields[at["ImageID"]], fields[at["AnnotatorID"]] if "AnnotatorID" in at else "",
-                     fields[at["Caption"]])
+                     fields[at["Caption"]], parse_traces(traces) if traces else ())
 
 
 # -- kinds -----------------------------------------------------------------------------------------
@@ -302,6 +320,7 @@ NARRATIVE_COLUMNS = (
     Column("image_id", "ImageID", "id"),
     Column("annotator_id", "AnnotatorID", "text", nullable=True),
     Column("caption", "Caption", "text"),
+    Column("traces", "Traces", "text", nullable=True),  # compact JSON; only with --narrative-traces
 )
 NARRATIVES: AnnotationKind[Narrative] = AnnotationKind(
     "narratives", "localized narratives", ("ImageID", "Caption"), "ImageID", "", _narrative, NARRATIVE_COLUMNS,

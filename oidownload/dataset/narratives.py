@@ -12,6 +12,7 @@ tens to hundreds of KB); a longer or malformed line is one bad row with its numb
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +37,30 @@ MAX_CAPTION = 64 * 1024
 Bad = Callable[[int, str], None]  # (line, why)
 
 
-def parse(line: str | None) -> list[str] | str:
-    """One line → [ImageID (lower case), AnnotatorID, Caption], or why it is a bad row."""
+def compact_traces(traces: Any) -> str:
+    """A full file's `traces` (segments of {x, y, t}) as the Traces column's compact JSON
+    `[[[x, y, t], ...], ...]`; ValueError when they are not that shape."""
+    if not isinstance(traces, list):
+        raise ValueError("not a list")
+    out = []
+    for seg in traces:
+        if not isinstance(seg, list):
+            raise ValueError("a segment is not a list")
+        points = []
+        for p in seg:
+            if not isinstance(p, dict):
+                raise ValueError("a point is not an object")
+            x, y, t = (p.get(k) for k in ("x", "y", "t"))
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (x, y, t)):
+                raise ValueError("a point's x, y or t is not a number")
+            points.append([x, y, t])
+        out.append(points)
+    return json.dumps(out, separators=(",", ":"))
+
+
+def parse(line: str | None, traces: bool = False) -> list[str] | str:
+    """One line → [ImageID (lower case), AnnotatorID, Caption] (and, with traces, the
+    Traces column: "" for a line without), or why it is a bad row."""
     if line is None:
         return f"the line is longer than {NARRATIVE_LINE} characters"
     try:
@@ -55,35 +78,48 @@ def parse(line: str | None) -> list[str] | str:
         return "annotator_id is not a number or text"
     if "\0" in caption or "\0" in str(annotator):
         return "caption holds a NUL byte"  # PostgreSQL cannot store one; refused in both databases
-    return [image_id.lower(), str(annotator)[:64], caption[:MAX_CAPTION]]
+    fields = [image_id.lower(), str(annotator)[:64], caption[:MAX_CAPTION]]
+    if traces:
+        try:
+            fields.append(compact_traces(obj["traces"]) if "traces" in obj else "")
+        except ValueError as exc:
+            return f"traces: {exc}"
+    return fields
 
 
-def numbered(lines: Iterable[str | None]) -> Iterator[tuple[int, list[str] | str]]:
+def numbered(lines: Iterable[str | None], traces: bool = False) -> Iterator[tuple[int, list[str] | str]]:
     """(line number, fields or why bad) of every non-blank line."""
     for n, line in enumerate(lines, 1):
         if line is not None and not line.strip():
             continue
-        yield n, parse(line)
+        yield n, parse(line, traces)
 
 
-def narrative_rows(lines: Iterable[str | None], file_id: int, bad: Bad, tally: Any) -> Iterator[tuple[Any, ...]]:
-    """`db load`'s rows for the narratives table: (image_id, annotator_id, caption, file_id)."""
-    for n, fields in numbered(lines):
+def narrative_rows(lines: Iterable[str | None], file_id: int, bad: Bad, tally: Any,
+                   traces: bool = False) -> Iterator[tuple[Any, ...]]:
+    """`db load`'s rows for the narratives table: (image_id, annotator_id, caption, traces
+    (None unless asked for), file_id)."""
+    for n, fields in numbered(lines, traces):
         if isinstance(fields, str):
             tally.bad += 1
             bad(n, fields)
             continue
         tally.rows += 1
-        yield id_to_int(fields[0]), fields[1], fields[2], file_id
+        yield id_to_int(fields[0]), fields[1], fields[2], (fields[3] or None) if traces else None, file_id
 
 
 @dataclass(frozen=True)
 class NarrativeFile:
-    """A narratives file as an AnnotationTable (annotations.py): rows in COLUMNS."""
+    """A narratives file as an AnnotationTable (annotations.py): rows in COLUMNS, and
+    with `traces` a Traces column too (compact JSON; "" for a line without)."""
 
     path: Path
+    traces: bool = False
     kind: AnnotationKind[Any] = NARRATIVES
-    columns: tuple[str, ...] = COLUMNS
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*COLUMNS, "Traces") if self.traces else COLUMNS
 
     @property
     def name(self) -> str:
@@ -104,7 +140,7 @@ class NarrativeFile:
         """Good rows (of the given images); each bad one goes to `bad` when given."""
         try:
             with open_text(self.path) as f:
-                for n, fields in numbered(bounded_lines(f, NARRATIVE_LINE)):
+                for n, fields in numbered(bounded_lines(f, NARRATIVE_LINE), self.traces):
                     if isinstance(fields, str):
                         if bad is not None:
                             bad(n, fields)
@@ -125,12 +161,12 @@ def is_json_lines(path: Path) -> bool:
     return head.lstrip().startswith("{")
 
 
-def open_narratives(path: Path) -> NarrativeFile:
+def open_narratives(path: Path, traces: bool = False) -> NarrativeFile:
     """The file as narratives, or InputError by the one detector's words."""
     with open_text(path) as f:
         head = f.readline(1 << 16)
     kind_of(json_header(head) or (), str(path))  # the kind from its keys, as a CSV's from its header
-    return NarrativeFile(path)
+    return NarrativeFile(path, traces)
 
 
 # -- selection -------------------------------------------------------------------------------------

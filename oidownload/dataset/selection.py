@@ -49,7 +49,8 @@ class ClassChoice:
 
 
 @contextmanager
-def open_annotations(annotations: tuple[Path, ...], db: str | None) -> Iterator[AnnotationSource]:
+def open_annotations(annotations: tuple[Path, ...], db: str | None,
+                     narrative_traces: bool = False) -> Iterator[AnnotationSource]:
     """The rows to select from: the --annotations CSVs, or the --db database."""
     if db is not None:
         if annotations:
@@ -59,7 +60,7 @@ def open_annotations(annotations: tuple[Path, ...], db: str | None) -> Iterator[
         with DbAnnotations.open(db) as source:
             yield source
         return
-    yield CsvAnnotations(annotations)
+    yield CsvAnnotations(annotations, narrative_traces)  # a --db's narratives have traces when loaded with them
 
 
 def class_names(source: AnnotationSource, class_descriptions: Path | None) -> ClassDescriptions | None:

@@ -17,7 +17,7 @@ from oidownload.core.errors import ConfigError, InputError, OutputError
 from oidownload.core.fsio import Place, Tree
 from oidownload.dataset.annotations import AnnotationSource
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.geometry import WrittenBoxes
+from oidownload.dataset.geometry import WrittenBoxes, written_traces
 from oidownload.dataset.kinds import BOXES, EXPORT, NARRATIVES, Box
 from oidownload.dataset.narratives import narratives_of
 from oidownload.exports.attribution import AttributionExporter
@@ -104,8 +104,15 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
             if reader.unreadable:
                 ctx.result.notes.append(f"{reader.unreadable} box row(s) with a coordinate or confidence that is not "
                                         "a number were left out")
-        # narratives (issue 23): captions carry no geometry, so they need no move
+        # narratives (issue 23): their traces (when kept) move into the written frame
         told = narratives_of(ctx.tables, ctx.images) if NARRATIVES in exporter.kinds else {}
+        cut = 0
+        for image_id, found in told.items():
+            for k, n in enumerate(found):
+                found[k], dropped = written_traces(n, ctx.images[image_id])
+                cut += dropped
+        if cut:
+            ctx.result.notes.append(f"{cut} trace point(s) outside a fill crop were dropped")
         for image_id in sorted(ctx.images):
             exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ())),
                                    tuple(told.pop(image_id, ()))))

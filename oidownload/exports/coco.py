@@ -83,8 +83,13 @@ class CocoExporter:
         ctx = self.ctx
         anns: list[dict[str, Any]] = []
         for k, it in enumerate(self.items, 1):
+            w, h = it.image.width, it.image.height
             for n in it.narratives:
-                anns.append({"id": len(anns) + 1, "image_id": k, "caption": n.caption, "annotator_id": n.annotator_id})
+                ann: dict[str, Any] = {"id": len(anns) + 1, "image_id": k, "caption": n.caption,
+                                       "annotator_id": n.annotator_id}
+                if n.traces:  # --narrative-traces: [x, y, t] in pixels of the written image, t in seconds
+                    ann["traces"] = [[[round(x * w, 2), round(y * h, 2), t] for x, y, t in seg] for seg in n.traces]
+                anns.append(ann)
         doc = {"info": {"description": "Open Images localized narratives, by oidownload", "version": "1.0"},
                "images": [{key: img[key] for key in ("id", "file_name", "width", "height", "open_images_id")}
                           for img in images],
