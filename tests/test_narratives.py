@@ -335,6 +335,9 @@ def test_traces_move_through_fill_crops_and_turns(tmp_path: Path, make_origin: A
         for sa, sb in zip(segments, w, strict=True):
             assert all(abs(a[0] * 120 - b[0]) <= 0.5 and abs(a[1] * 120 - b[1]) <= 0.5 and a[2] == b[2]
                        for a, b in zip(sa, sb, strict=True))
+    res = run_cli("annotations", out, "--format", "coco", "--db", db_url, "--narrative-traces", "-d", tmp_path / "c")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "c" / "captions.json").read_text(encoding="utf-8")) == caps  # --db equals the file
     # Asked of a format that has no place for them: refused.
     res = run_cli("annotations", out, "--format", "hf", "--annotations", FULL, "--narrative-traces")
     assert res.returncode == 2 and "--format hf carries no traces" in res.stderr
