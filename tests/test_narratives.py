@@ -341,3 +341,24 @@ def test_traces_move_through_fill_crops_and_turns(tmp_path: Path, make_origin: A
     # Asked of a format that has no place for them: refused.
     res = run_cli("annotations", out, "--format", "hf", "--annotations", FULL, "--narrative-traces")
     assert res.returncode == 2 and "--format hf carries no traces" in res.stderr
+
+
+def test_annotations_exports_only_the_narrated_images_when_asked(tmp_path: Path, make_origin: Any) -> None:
+    from oidownload.testing.origin import Corpus
+
+    rows = rows_of(V3 / "train" / "images.csv")[:12]
+    corpus = Corpus.generate(0, mix="tiny", seed=31, ids=[r["ImageID"] for r in rows], subset="train")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    out = tmp_path / "out"
+    res = run_cli("download", manifest, "-o", out, "--resize", "48", "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    for flags, words in ((["--with-narrative"], []), (["--narrative-contains", "dog"], ["dog"])):
+        dest = tmp_path / f"coco-{len(words)}"
+        res = run_cli("annotations", out, "--format", "coco", "--annotations", CAPTIONS, *flags, "-d", dest)
+        assert res.returncode == 0, res.stderr
+        doc = json.loads((dest / "coco.json").read_text(encoding="utf-8"))
+        assert {img["open_images_id"] for img in doc["images"]} == independent([CAPTIONS], words)
+    res = run_cli("annotations", out, "--format", "csv", "--annotations", CAPTIONS, "--narrative-contains", "zebra",
+                  "-d", tmp_path / "none")
+    assert res.returncode == 1 and "has a narrative the selection accepts" in res.stderr

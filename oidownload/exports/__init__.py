@@ -46,6 +46,7 @@ def export(
     classes: frozenset[str] | None = None,
     state_dir: Path | None = None,
     image_lists: Sequence[Path] | None = None,
+    only: frozenset[str] | None = None,  # narratives (issue 23): the images --with-narrative kept
 ) -> ExportResult:
     if fmt not in EXPORTERS:
         raise ConfigError(f"--format {fmt}: no such export; known: {', '.join(sorted(EXPORTERS))}")
@@ -54,6 +55,10 @@ def export(
     images = {w.image_id: w for w in state.written()}
     if not images:
         raise InputError(f"{out} has no downloaded images (no row with status ok in its journal)")
+    if only is not None:
+        images = {i: w for i, w in images.items() if i in only}
+        if not images:
+            raise InputError(f"no image downloaded into {out} has a narrative the selection accepts")
     tables = list(source.tables()) if exporter.needs_annotations else []
     if exporter.needs_annotations and not tables:
         raise ConfigError("no annotations: pass --annotations or --db (they are remembered when download had them)")
