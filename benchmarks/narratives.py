@@ -6,7 +6,7 @@ line per measurement. The data are generated in a temporary folder (never commit
 captions-only JSON lines in the documented layout, ~200 characters a caption, 1.3
 narratives an image; an image list of the same images plus as many without one.
 
-    python benchmarks/narratives.py [--lines 675000]
+    python benchmarks/narratives.py [--lines 675000] [--pg postgresql://user@host:port/db]
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def measure(name: str, args: list[str], rows: int) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=675_000)
+    ap.add_argument("--pg", help="Also load into (and select from) this PostgreSQL database.")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="oid-narratives-") as tmp:
         folder = Path(tmp)
@@ -90,6 +91,10 @@ def main() -> None:
         measure("db load (SQLite)", ["db", "load", str(captions), "--db", str(db)], a.lines)
         measure("select --with-narrative --db (SQLite)", ["select", str(images), "-o", str(folder / "c.csv"),
                                                           "--db", str(db), "--with-narrative"], a.lines)
+        if a.pg:
+            measure("db load (PostgreSQL)", ["db", "load", str(captions), "--db", a.pg], a.lines)
+            measure("select --with-narrative --db (PostgreSQL)", ["select", str(images), "-o", str(folder / "d.csv"),
+                                                                  "--db", a.pg, "--with-narrative"], a.lines)
 
 
 if __name__ == "__main__":
