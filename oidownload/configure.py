@@ -4,6 +4,7 @@ applied. The one builder both `oidownload download` and `oidownload.download` us
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -74,8 +75,11 @@ def plan_selection(inputs: tuple[Path, ...], p: SelectionParams, say: Say,
                 "boxes_only": p["boxes_only"], "exclude": exclude},
         limit_per_class=p["limit_per_class"],
     )
+    from oidownload.dataset.narratives import NarrativeChoice
+
+    narratives = NarrativeChoice(p["with_narrative"], p["narrative_words"])  # narratives (issue 23)
     result = plan(inputs, subsets=frozenset(p["subsets"]), ids=read_ids(p["ids_file"]) if p["ids_file"] else ids,
-                  choice=choice, limit=p["limit"], seed=p["seed"])
+                  choice=choice, limit=p["limit"], seed=p["seed"], narratives=narratives)
     for note in result.notes:
         say("selection", note)
     for warning in result.warnings:
@@ -179,6 +183,8 @@ def build_config(p: DownloadParams, say: Say = say_nothing) -> Config:
     out = str(p["out"])
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
                           shard_size=p["shard_size"], fsync=p["fsync"])
+    if output.kind is OutputKind.WEBDATASET:  # narratives (issue 23): captions as <ImageID>.txt
+        output = dataclasses.replace(output, texts=_sample_texts(chosen, output.state_dir, say))
     mirror = p["mirror_url"]
     if "://" not in mirror or mirror.startswith("file:"):
         # A local copy is fetched like the mirror itself, over HTTP: one line serves it.
@@ -193,6 +199,24 @@ def build_config(p: DownloadParams, say: Say = say_nothing) -> Config:
     if source.fallback and source.choice in (SourceChoice.CVDF, SourceChoice.THUMBNAIL):
         raise ConfigError(f"--fallback cvdf applies to --source original or auto, not {source.choice.value}")
     return Config(inputs=tuple(p["inputs"]), output=output, net=net, source=source, image=image, select=select, run=run)
+
+
+def _sample_texts(chosen: Plan, state_dir: Path, say: Say) -> Path | None:
+    """The captions of the selected images, for the shards; None without narratives."""
+    from oidownload.dataset.narratives import write_sample_texts
+    from oidownload.dataset.selection import open_annotations
+
+    path = Path(state_dir) / "narratives-texts.sqlite"
+    try:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        with open_annotations(chosen.annotations, chosen.db) as source:
+            n = write_sample_texts(source, chosen.ids, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the captions for the shards in {state_dir}: {exc.strerror or exc}") from None
+    if n is None:
+        return None
+    say("selection", f"{n} captions of the selected images go into the shards as <ImageID>.txt")
+    return path
 
 
 def _selection_options(p: DownloadParams) -> str:

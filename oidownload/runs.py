@@ -112,9 +112,11 @@ def run_select(inputs: tuple[Path, ...], dest: Path, p: SelectionParams, say: Sa
 def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
                     class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
                     with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...],
-                    state_dir: Path | None) -> ExportResult:
+                    state_dir: Path | None, *, narrative_traces: bool = False, with_narrative: bool = False,
+                    narrative_words: tuple[str, ...] = ()) -> ExportResult:
     """`annotations`' work, for the command and the API."""
     from oidownload.dataset.hierarchy import Hierarchy, expand
+    from oidownload.dataset.narratives import NarrativeChoice, narrative_ids
     from oidownload.dataset.selection import class_names as names_of
     from oidownload.dataset.selection import open_annotations
     from oidownload.exports import EXPORTERS, export
@@ -128,7 +130,9 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
         files, db = list(remembered.annotations), remembered.db
     files = list(dict.fromkeys(files))
     descriptions = class_descriptions or remembered.class_descriptions
-    with open_annotations(tuple(files), db) as source:
+    if narrative_traces and fmt not in ("coco", "csv"):  # narratives (issue 23)
+        raise ConfigError(f"--narrative-traces: --format {fmt} carries no traces; coco and csv do")
+    with open_annotations(tuple(files), db, narrative_traces=narrative_traces) as source:
         names = names_of(source, descriptions)
         classes: frozenset[str] | None = None
         if class_names:
@@ -141,6 +145,10 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
             raise ConfigError("--hierarchy needs --class here: a download's classes are remembered expanded")
         else:
             classes = remembered.classes
+        only = None
+        told = NarrativeChoice(with_narrative, narrative_words)  # narratives (issue 23)
+        if told.active:
+            only = frozenset(narrative_ids(source, told))
         return export(out, fmt, source, dest=dest, names=names, classes=classes,
-                      state_dir=state_dir, image_lists=list(image_lists) or None)
+                      state_dir=state_dir, image_lists=list(image_lists) or None, only=only)
 

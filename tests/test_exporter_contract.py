@@ -272,3 +272,76 @@ def test_a_box_row_that_cannot_be_read_is_said_not_lost(tmp_path: Path) -> None:
     reader = WrittenBoxes({image.image_id: image})
     got = list(reader.read([AnnotationFile.open(boxes)]))
     assert len(got) == 1 and reader.unreadable == 2
+
+
+# -- narratives (issue 23): the captions round trip ---------------------------------------------------
+
+NARRATIVES = [Path(__file__).parent / "fixtures" / "localized-narratives" / n for n in
+              ("open_images_train_v6_captions.sample.jsonl", "open_images_validation_localized_narratives.sample.jsonl")]
+
+
+def fixture_captions(ids: set[str]) -> dict[str, list[str]]:
+    """Every caption of the given images, read with json alone, in file order."""
+    found: dict[str, list[str]] = {}
+    for path in NARRATIVES:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            obj = json.loads(line)
+            if obj["image_id"] in ids:
+                found.setdefault(obj["image_id"], []).append(obj["caption"])
+    return found
+
+
+def _with_narratives(download: Download, fmt: str, *args: object) -> Path:
+    boxes = [a for p in BOXES for a in ("--annotations", p)]
+    told = [a for p in NARRATIVES for a in ("--annotations", p)]
+    return _export(download, fmt, *boxes, *told, *args)
+
+
+def test_coco_captions_load_in_pycocotools_with_every_caption_of_every_image(download: Download) -> None:
+    from pycocotools.coco import COCO
+
+    dest = _with_narratives(download, "coco")
+    want = fixture_captions(set(download.source))
+    assert len(want) == 9 and sum(map(len, want.values())) == 13  # several annotators, an empty caption, unicode
+    caps = COCO(str(dest / "captions.json"))
+    boxes = COCO(str(dest / "coco.json"))
+    got: dict[str, list[str]] = {}
+    for img in caps.loadImgs(caps.getImgIds()):
+        assert boxes.loadImgs([img["id"]])[0]["open_images_id"] == img["open_images_id"]  # the same image ids
+        anns = caps.loadAnns(caps.getAnnIds(imgIds=[img["id"]]))
+        if anns:
+            got[img["open_images_id"]] = [a["caption"] for a in anns]
+    assert got == want
+    assert len(caps.getImgIds()) == len(download.source)
+
+
+def test_hf_metadata_gives_an_image_text_dataset(download: Download) -> None:
+    require(importlib.util.find_spec("datasets") is not None, "Hugging Face datasets (pip install '.[test]')")
+    _with_narratives(download, "hf")
+    cache = download.out.parent / "hf-captions"
+    env = {**os.environ, "HF_HOME": str(cache / "home"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    script = ("import json, sys, datasets\nds = datasets.load_dataset(sys.argv[1], cache_dir=sys.argv[2])\n"
+              "print(json.dumps({r['image_id']: [r['caption'], r['captions'], r['image'].size[0] > 0] "
+              "for part in ds.values() for r in part}))")
+    try:
+        loaded = subprocess.run([sys.executable, "-c", script, str(download.out), str(cache / "datasets")],
+                                capture_output=True, text=True, env=env, timeout=240)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        rows = json.loads(loaded.stdout.splitlines()[-1])
+    finally:
+        _export(download, "hf", *[a for p in BOXES for a in ("--annotations", p)])  # as the other tests expect it
+    want = fixture_captions(set(download.source))
+    assert set(rows) == set(download.source)
+    for image_id, (caption, captions, has_image) in rows.items():
+        assert has_image
+        assert captions == want.get(image_id, [])
+        assert caption == (want[image_id][0] if image_id in want else "")
+
+
+def test_csv_export_holds_the_narratives_of_the_downloaded_images(download: Download) -> None:
+    dest = _with_narratives(download, "csv")
+    got: dict[str, list[str]] = {}
+    for path in NARRATIVES:
+        for r in rows_of(dest / path.name.replace(".jsonl", ".csv")):
+            got.setdefault(r["ImageID"], []).append(r["Caption"])
+    assert got == fixture_captions(set(download.source))

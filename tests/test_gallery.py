@@ -694,3 +694,61 @@ def test_hierarchy_page_from_the_database_equals_the_file(built: Built, session:
     assert res.returncode == 0, res.stderr
     assert not (tmp_path / "g" / "hierarchy.html").exists()
     assert "hierarchy.html" not in (tmp_path / "g" / "stats.html").read_text()
+# -- narratives (issue 23) ------------------------------------------------------------------------
+
+HOSTILE_CAPTION = '<img src=x onerror="window.pwned = 5"> a dog on the grass'
+
+
+def test_captions_are_shown_and_the_word_filter_narrows_the_grid(built: Built, tmp_path: Path,
+                                                                 session: Callable[[int], Session]) -> None:
+    """Captions from a narratives file: under the image on its page (as text), searchable
+    on the grid by whole words, and their lengths on the statistics page."""
+    captions = {
+        built.ok[0]: ["In this image we can see a dog on the grass.", "A DOG and a cat."],
+        built.ok[1]: [HOSTILE_CAPTION],
+        built.ok[2]: ["Dogs are not a dog-like word match? They are: dog-like holds dog."],
+        built.ok[3]: ["Caf\u00e9 M\u00fcller with a grassy road."],
+        built.ok[4]: [""],
+    }
+    path = tmp_path / "open_images_validation_captions.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for image_id, texts in captions.items():
+            for k, text in enumerate(texts):
+                f.write(json.dumps({"dataset_id": "open_images_validation", "image_id": image_id,
+                                    "annotator_id": k + 1, "caption": text}, ensure_ascii=False) + "\n")
+    dest = tmp_path / "gallery"
+    res = run_cli("gallery", built.out, "-o", dest, "--page-size", PAGE_SIZE, "--annotations", BOXES_CSV,
+                  "--annotations", path)
+    assert res.returncode == 0, res.stderr
+
+    def said(*words: str) -> set[str]:  # independent: a split into words, any case
+        import re
+        return {i for i, texts in captions.items()
+                if any(all(w in re.findall(r"\w+", t.lower()) for w in words) for t in texts)}
+
+    s = session(WIDTHS[0])
+    page = s.open((dest / "index.html").as_uri())
+    wait_render(page, None)
+    assert len(every_page(page)) == len(built.ok)
+    for query, words in (("dog", ("dog",)), ("DOG grass", ("dog", "grass")), ("caf\u00e9", ("caf\u00e9",)),
+                         ("grass", ("grass",)), ("nothing-here", ("nothing", "here"))):
+        before = ticket(page)
+        page.fill("#word", query)
+        page.press("#word", "Enter")
+        wait_render(page, before)
+        assert sorted(t["id"] for t in every_page(page)) == sorted(said(*words)), query
+        assert said(*words) or page.locator("#count").inner_text() == "0 images"
+    assert said("dog") == {built.ok[0], built.ok[1], built.ok[2]} and said("grass") == {built.ok[0], built.ok[1]}
+    # The caption under the image on its page, as text.
+    for image_id, texts in captions.items():
+        image = s.open((dest / "images" / image_id[:3] / f"{image_id}.html").as_uri())
+        shown = image.locator("blockquote.caption").all_inner_texts()
+        assert shown == [t or "(an empty caption)" for t in texts]
+        assert image.evaluate("window.pwned") is None and image.evaluate("document.querySelectorAll('img').length") == 0
+    # Caption lengths on the statistics page.
+    stats = s.open((dest / "stats.html").as_uri())
+    lengths = collections.Counter(
+        _bucket(len(t.split()), [0, 1, 10, 20, 30, 40, 60, 80, 120],
+                ["0 (empty)", "1-9", "10-19", "20-29", "30-39", "40-59", "60-79", "80-119", "\u2265 120"])
+        for texts in captions.values() for t in texts)
+    assert {k: int(v[0]) for k, v in _table(stats, "caption-length").items() if int(v[0])} == dict(lengths)

@@ -72,7 +72,8 @@ def test_every_fixture_csv_is_in_one_table_here() -> None:
 
 
 def test_every_registered_kind_has_a_real_header_here() -> None:
-    assert set(kinds.KINDS) == {*ANNOTATIONS.values(), "points"}
+    # narratives: JSON lines, detected from their keys (tests/test_narratives.py)
+    assert set(kinds.KINDS) == {*ANNOTATIONS.values(), "points", "narratives"}
 
 
 @pytest.mark.parametrize("path", sorted(ANNOTATIONS), ids=lambda p: p.name)

@@ -34,11 +34,19 @@ from oidownload.runs import run_annotations
 @opt("--images", "image_lists", scope="annotations", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
      help="Image lists (CSV) for the credits (attribution, coco, hf) [default: the download's inputs; give them "
           "when the download read a pipe].")
+@opt("--with-narrative", scope="annotations", is_flag=True, default=False,
+     help="Only the downloaded images with a localized narrative (a narratives .jsonl among the annotations).")
+@opt("--narrative-contains", "narrative_words", scope="annotations", multiple=True,
+     help="Only the downloaded images with a narrative holding this word (whole words, any case; repeatable: all).")
+@opt("--narrative-traces", scope="annotations", is_flag=True, default=False,
+     help="Localized narratives: keep each one's mouse trace, in the written frame (coco: captions.json in pixels; "
+          "csv: a Traces column). Needs the full narratives files, or a --db loaded with --narrative-traces.")
 @state_dir_option
 @boundary
 def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
                     class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
-                    with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...], state_dir: Path | None) -> int:
+                    with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...], with_narrative: bool,
+                    narrative_words: tuple[str, ...], narrative_traces: bool, state_dir: Path | None) -> int:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
     \b
@@ -55,13 +63,15 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     need the files output in a local folder.
     """
     res = run_annotations(out, fmt, annotation_files, db, class_descriptions, class_names, hierarchy, with_parts,
-                          dest, image_lists, state_dir)
+                          dest, image_lists, state_dir, narrative_traces=narrative_traces,
+                          with_narrative=with_narrative, narrative_words=narrative_words)
     if fmt == "attribution":
         click.echo(f"{res.images} images credited -> {res.dest}", err=True)
     else:
         click.echo(
             f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
             + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
+            + (f", {res.captions} captions" if res.captions else "")  # narratives (issue 23)
             + f" -> {res.dest}",
             err=True,
         )

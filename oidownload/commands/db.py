@@ -22,8 +22,10 @@ def db_group() -> None:
      help="A path, sqlite:///path or postgresql://user@host:port/dbname (the password from PGPASSWORD or ~/.pgpass).")
 @opt("--strict", scope="db_load", is_flag=True, default=False,
      help="A malformed row stops the load (its file is not loaded).")
+@opt("--narrative-traces", scope="db_load", is_flag=True, default=False,
+     help="Localized narratives: also store each one's mouse trace (the full files only; large).")
 @boundary
-def db_load(paths: tuple[Path, ...], db: str, strict: bool) -> int:
+def db_load(paths: tuple[Path, ...], db: str, strict: bool, narrative_traces: bool) -> int:
     """Load image lists, labels, boxes, class descriptions and the class hierarchy.
 
     PATHS are files (.csv, .gz, the hierarchy JSON), folders of them, or the V3
@@ -33,7 +35,8 @@ def db_load(paths: tuple[Path, ...], db: str, strict: bool) -> int:
     """
     from oidownload.dataset.db.load import load
 
-    res = load(db, list(paths), strict=strict, log=lambda msg: click.echo(msg, err=True))
+    res = load(db, list(paths), strict=strict, log=lambda msg: click.echo(msg, err=True),
+               narrative_traces=narrative_traces)
     loaded = [f for f in res.files if f.state in ("loaded", "reloaded")]
     rows = sum(f.rows for f in loaded)
     bad = sum(f.bad_rows for f in res.files)

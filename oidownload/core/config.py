@@ -140,6 +140,9 @@ class OutputConfig:
     # Sync each image and its folder before the journal records it: survives a power
     # cut, at a cost per image (benchmarks/RESULTS.md).
     fsync: bool = default("fsync")
+    # narratives (issue 23): ImageID → captions (sinks/texts.py), for the webdataset
+    # sink's <ImageID>.txt; None without narratives in the selection.
+    texts: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,8 @@ SELECTION_OPTIONS: tuple[OptionSpec, ...] = (
     _spec("--classes-file", value=FILE, help="Class names or MIDs, one a line."),
     _spec("--class-descriptions", value=FILE, help="class-descriptions.csv (V3) or oidv6/7-class-descriptions.csv."),
     _spec("--annotations", dest="annotation_files", multiple=True, value=FILE,
-          help="Box or image-label CSVs (V3 or V4+, plain or .gz) to select from; repeatable."),
+          help="Box or image-label CSVs (V3 or V4+, plain or .gz), or localized narratives (.jsonl), to select "
+               "from; repeatable."),
     _spec("--db", help="Select from this database (see `oidownload db load`) instead of --annotations: "
                        "a path, sqlite:///path or postgresql://user@host:port/dbname."),
     _spec("--hierarchy", value=FILE,
@@ -148,6 +149,12 @@ SELECTION_OPTIONS: tuple[OptionSpec, ...] = (
     _flag("--exclude-group-of", help="Boxes marked IsGroupOf do not count."),
     _flag("--exclude-depiction", help="Boxes marked IsDepiction do not count."),
     _flag("--exclude-inside", help="Boxes marked IsInside do not count."),
+    # narratives (issue 23)
+    _flag("--with-narrative", help="Only images with a localized narrative (a narratives .jsonl among --annotations, "
+                                   "or loaded into --db)."),
+    _spec("--narrative-contains", dest="narrative_words", multiple=True,
+          help="Only images with a narrative whose caption contains this word (case-insensitive, whole words; "
+               "repeatable: every word, in the same narrative)."),
 )
 
 _OUTPUT = (
@@ -284,6 +291,9 @@ class SelectOptions(TypedDict, total=False):
     exclude_group_of: bool
     exclude_depiction: bool
     exclude_inside: bool
+    # narratives (issue 23)
+    with_narrative: bool
+    narrative_contains: Texts
 
 
 class DownloadOptions(SelectOptions, total=False):
@@ -359,6 +369,9 @@ class SelectionParams(TypedDict):
     exclude_group_of: bool
     exclude_depiction: bool
     exclude_inside: bool
+    # narratives (issue 23)
+    with_narrative: bool
+    narrative_words: tuple[str, ...]
 
 
 class DownloadParams(SelectionParams):

@@ -23,6 +23,7 @@ from oidownload.dataset.kinds import (
     ATTRIBUTES,
     BOXES,
     LABELS,
+    NARRATIVES,
     SELECT,
     AnnotationKind,
     BoxAttribute,
@@ -32,7 +33,7 @@ from oidownload.inputs.csvrecords import iter_records
 from oidownload.inputs.text import first_line
 
 __all__ = ["ATTRIBUTES", "BOXES", "LABELS", "AnnotationFile", "AnnotationSource", "AnnotationTable",
-           "ClassFilter", "CsvAnnotations", "LabelSource", "select_ids"]
+           "ClassFilter", "CsvAnnotations", "LabelSource", "open_table", "select_ids"]
 
 MACHINE_SOURCES = frozenset({"machine"})
 
@@ -107,6 +108,16 @@ class AnnotationFile:
                 yield fields
 
 
+def open_table(path: Path, narrative_traces: bool = False) -> AnnotationTable:
+    """An annotation file of any kind: a CSV by its header, or (issue 23) a localized
+    narratives JSON-lines file by its first object's keys (its traces kept when asked)."""
+    from oidownload.dataset.narratives import is_json_lines, open_narratives
+
+    if is_json_lines(path):
+        return open_narratives(path, narrative_traces)
+    return AnnotationFile.open(path)
+
+
 @dataclass(frozen=True)
 class ClassFilter:
     """Which annotation rows pick their image."""
@@ -126,6 +137,8 @@ class ClassFilter:
     def predicate(self, f: AnnotationTable) -> Callable[[list[str]], bool] | None:
         """A test on one row's fields, or None when the file cannot contribute."""
         f.kind.require(SELECT, f.where)
+        if f.kind is NARRATIVES:
+            return None  # no class in a caption: selected by narratives.NarrativeChoice
         if self.boxes_only and f.kind is not BOXES:
             return None
         if self.exclude and f.kind is BOXES and not all(f.has(a) for a in self.exclude):
@@ -155,13 +168,16 @@ class CsvAnnotations:
     """The annotation CSVs given with --annotations, streamed on every call."""
 
     paths: Sequence[Path]
+    narrative_traces: bool = False  # narratives (issue 23): keep their traces (big)
 
-    def tables(self) -> list[AnnotationFile]:
-        return [AnnotationFile.open(p) for p in self.paths]
+    def tables(self) -> list[AnnotationTable]:
+        return [open_table(p, self.narrative_traces) for p in self.paths]
 
     def matches(self, flt: ClassFilter, within: Container[str] | None = None) -> Iterator[tuple[str, str]]:
         tests = [(f, flt.predicate(f)) for f in self.tables()]  # every file's columns checked before any scan
         if not any(test for _, test in tests):
+            if not flt.boxes_only:  # narratives only (issue 23): they carry no class
+                raise ConfigError("--class needs a box or image-label file among --annotations")
             raise ConfigError("--boxes-only needs at least one box file (with XMin,XMax,YMin,YMax) among --annotations")
         for f, test in tests:
             if test is None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from oidownload.dataset.annotations import AnnotationTable
-from oidownload.dataset.kinds import BOXES, Box
+from oidownload.dataset.kinds import BOXES, Box, Narrative, TracePoint
 from oidownload.state.reader import Written
 
 Coords = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax, normalised
@@ -56,6 +56,32 @@ def point_to_written(x: float, y: float, image: Written) -> tuple[float, float]:
         cx0, cy0, cx1, cy1 = image.crop
         x, y = (x - cx0) / (cx1 - cx0), (y - cy0) / (cy1 - cy0)
     return turn_point(image.orientation, x, y)
+
+
+# -- narratives (issue 23) ------------------------------------------------------------------------
+
+
+def written_traces(narrative: Narrative, image: Written) -> tuple[Narrative, int]:
+    """The narrative with its trace in the written frame, and how many points a fill
+    crop cut away (dropped; a segment left empty goes too). Without a crop every point
+    stays, even the few a trace has just outside [0, 1]: nothing was cut there."""
+    if not narrative.traces:
+        return narrative, 0
+    dropped = 0
+    segments: list[tuple[TracePoint, ...]] = []
+    for seg in narrative.traces:
+        kept = []
+        for x, y, t in seg:
+            if image.crop is not None:
+                cx0, cy0, cx1, cy1 = image.crop
+                if not (cx0 <= x <= cx1 and cy0 <= y <= cy1):
+                    dropped += 1
+                    continue
+            wx, wy = point_to_written(x, y, image)
+            kept.append((wx, wy, t))
+        if kept:
+            segments.append(tuple(kept))
+    return dataclasses.replace(narrative, traces=tuple(segments)), dropped
 
 
 def written_box(box: Box, image: Written) -> Box | None:

@@ -6,6 +6,8 @@ kind → its columns, its database table, and a typed record built from one row.
     segmentation   MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks
     relationships  ImageID,LabelName1,LabelName2,XMin1,...,YMax2,RelationshipLabel
     points         ImageId,X,Y,Label,EstimatedYesNo,Source,YesVotes,NoVotes,UnsureVotes,TextLabel (V7)
+    narratives     JSON lines {"image_id", "annotator_id", "caption"[, "traces", ...]} (V6 localized
+                   narratives): their keys are read as the header ImageID,AnnotatorID,Caption (json_header)
 
 Rows stay `list[str]` through the scans (a selection reads tens of millions of them);
 a record is built only for a row a filter kept. A consumer that does not handle a kind
@@ -16,6 +18,7 @@ one record type, one builder and one entry in KINDS.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -122,6 +125,60 @@ class Point:
     no_votes: int
     unsure_votes: int
     text_label: str
+
+
+# -- narratives (issue 23) -----------------------------------------------------------------------
+
+
+TracePoint = tuple[float, float, float]  # x, y (normalised, may stray slightly outside [0, 1]), t (seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Narrative:
+    image_id: str
+    annotator_id: str
+    caption: str
+    # The mouse trace's segments, kept only when asked (--narrative-traces): () otherwise.
+    traces: tuple[tuple[TracePoint, ...], ...] = ()
+
+
+def parse_traces(text: str) -> tuple[tuple[TracePoint, ...], ...]:
+    """The Traces column (compact JSON `[[[x, y, t], ...], ...]`) → segments; ValueError
+    for anything else."""
+    segments = json.loads(text)
+    if not isinstance(segments, list):
+        raise ValueError("traces")
+    try:
+        return tuple(tuple((float(x), float(y), float(t)) for x, y, t in seg) for seg in segments)
+    except TypeError:
+        raise ValueError("traces") from None
+
+
+# A narratives file is JSON lines, not CSV: its first object's keys, in these names,
+# are its header, so the one detector (`detect`) tells it apart like the CSVs.
+NARRATIVE_KEYS = {"image_id": "ImageID", "annotator_id": "AnnotatorID", "caption": "Caption"}
+
+
+def json_header(first_line: str) -> tuple[str, ...] | None:
+    """The header of a JSON-lines file from its first line (the keys we know, in our
+    order), or None when the line is no JSON object."""
+    if not first_line.lstrip().startswith("{"):
+        return None
+    try:
+        obj = json.loads(first_line)
+    except ValueError:
+        # The head of a line cut at a reader's bound (a full file's traces make lines of
+        # hundreds of KB): its top-level keys come first, as the files write them.
+        return tuple(name for key, name in NARRATIVE_KEYS.items() if f'"{key}"' in first_line)
+    if not isinstance(obj, dict):
+        return None
+    return tuple(name for key, name in NARRATIVE_KEYS.items() if key in obj)
+
+
+def _narrative(fields: Sequence[str], at: Mapping[str, int]) -> Narrative:
+    traces = fields[at["Traces"]] if "Traces" in at else ""
+    return Narrative(fields[at["ImageID"]], fields[at["AnnotatorID"]] if "AnnotatorID" in at else "",
+                     fields[at["Caption"]], parse_traces(traces) if traces else ())
 
 
 # -- kinds -----------------------------------------------------------------------------------------
@@ -258,7 +315,19 @@ POINTS: AnnotationKind[Point] = AnnotationKind(
     ("ImageId", "X", "Y", "Label", "EstimatedYesNo", "Source", "YesVotes", "NoVotes", "UnsureVotes"),
     "ImageId", "Label", _point)
 
-KINDS: dict[str, AnnotationKind[Any]] = {k.name: k for k in (BOXES, LABELS, SEGMENTATION, RELATIONSHIPS, POINTS)}
+# narratives (issue 23): no class column; a ClassFilter passes them by (annotations.py).
+NARRATIVE_COLUMNS = (
+    Column("image_id", "ImageID", "id"),
+    Column("annotator_id", "AnnotatorID", "text", nullable=True),
+    Column("caption", "Caption", "text"),
+    Column("traces", "Traces", "text", nullable=True),  # compact JSON; only with --narrative-traces
+)
+NARRATIVES: AnnotationKind[Narrative] = AnnotationKind(
+    "narratives", "localized narratives", ("ImageID", "Caption"), "ImageID", "", _narrative, NARRATIVE_COLUMNS,
+    frozenset({SELECT, DB_LOAD, EXPORT, GALLERY}))
+
+KINDS: dict[str, AnnotationKind[Any]] = {
+    k.name: k for k in (BOXES, LABELS, SEGMENTATION, RELATIONSHIPS, POINTS, NARRATIVES)}
 
 
 def detect(header: Sequence[str]) -> list[AnnotationKind[Any]]:

@@ -13,6 +13,7 @@ from oidownload.core.errors import ConfigError
 from oidownload.dataset.annotations import AnnotationSource, ClassFilter, CsvAnnotations, select_ids
 from oidownload.dataset.classes import MID_RE, ClassDescriptions
 from oidownload.dataset.hierarchy import Hierarchy, expand
+from oidownload.dataset.narratives import NarrativeChoice, narrative_ids
 from oidownload.dataset.sampling import per_class, sample
 from oidownload.inputs.listing import listed_ids
 
@@ -48,7 +49,8 @@ class ClassChoice:
 
 
 @contextmanager
-def open_annotations(annotations: tuple[Path, ...], db: str | None) -> Iterator[AnnotationSource]:
+def open_annotations(annotations: tuple[Path, ...], db: str | None,
+                     narrative_traces: bool = False) -> Iterator[AnnotationSource]:
     """The rows to select from: the --annotations CSVs, or the --db database."""
     if db is not None:
         if annotations:
@@ -58,7 +60,7 @@ def open_annotations(annotations: tuple[Path, ...], db: str | None) -> Iterator[
         with DbAnnotations.open(db) as source:
             yield source
         return
-    yield CsvAnnotations(annotations)
+    yield CsvAnnotations(annotations, narrative_traces)  # a --db's narratives have traces when loaded with them
 
 
 def class_names(source: AnnotationSource, class_descriptions: Path | None) -> ClassDescriptions | None:
@@ -122,6 +124,19 @@ def _select_classes(inputs: tuple[Path, ...], subsets: frozenset[str], ids: froz
             result.notes.append(f"{len(short)} class(es) had fewer than {n}: {', '.join(short)}")
 
 
+def _select_narratives(choice: ClassChoice, narratives: NarrativeChoice, result: Plan) -> None:
+    """Keeps the images (of the selection so far) with a narrative the choice accepts."""
+    if not choice.annotations and choice.db is None:
+        raise ConfigError("--with-narrative and --narrative-contains need --annotations (a localized narratives "
+                          "file) or --db")
+    with open_annotations(choice.annotations, choice.db) as source:
+        picked = narrative_ids(source, narratives, within=result.ids)
+    result.ids = frozenset(picked)
+    said = f" containing {' and '.join(repr(w) for w in narratives.words)}" if narratives.words else ""
+    result.ids_from = f"the narrative selection ({len(picked)} images with a narrative{said})"
+    result.notes.append(f"{len(picked)} images have a narrative{said}")
+
+
 def plan(
     inputs: tuple[Path, ...],
     *,
@@ -130,6 +145,7 @@ def plan(
     choice: ClassChoice,
     limit: int | None,
     seed: int | None,
+    narratives: NarrativeChoice | None = None,
 ) -> Plan:
     """Resolves classes to MIDs (and their subcategories with a hierarchy), reads the
     annotations for the images that carry them, intersects with --ids, takes N per class
@@ -140,6 +156,8 @@ def plan(
         _select_classes(inputs, subsets, ids, choice, seed, result)
     elif choice.limit_per_class is not None:
         raise ConfigError("--limit-per-class needs --class (or --classes-file): the classes to balance")
+    if narratives is not None and narratives.active:  # narratives (issue 23)
+        _select_narratives(choice, narratives, result)
     if limit is not None and seed is not None:
         # nsmallest keeps only `limit` ids in memory
         result.ids = sample(listed_ids(inputs, subsets, result.ids), limit, seed)

@@ -17,8 +17,9 @@ from oidownload.core.errors import ConfigError, InputError, OutputError
 from oidownload.core.fsio import Place, Tree
 from oidownload.dataset.annotations import AnnotationSource
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.geometry import WrittenBoxes
-from oidownload.dataset.kinds import BOXES, EXPORT, Box
+from oidownload.dataset.geometry import WrittenBoxes, written_traces
+from oidownload.dataset.kinds import BOXES, EXPORT, NARRATIVES, Box
+from oidownload.dataset.narratives import narratives_of
 from oidownload.exports.attribution import AttributionExporter
 from oidownload.exports.base import Annotated, ExportContext, Exporter, ExportResult
 from oidownload.exports.coco import CocoExporter
@@ -45,6 +46,7 @@ def export(
     classes: frozenset[str] | None = None,
     state_dir: Path | None = None,
     image_lists: Sequence[Path] | None = None,
+    only: frozenset[str] | None = None,  # narratives (issue 23): the images --with-narrative kept
 ) -> ExportResult:
     if fmt not in EXPORTERS:
         raise ConfigError(f"--format {fmt}: no such export; known: {', '.join(sorted(EXPORTERS))}")
@@ -53,6 +55,10 @@ def export(
     images = {w.image_id: w for w in state.written()}
     if not images:
         raise InputError(f"{out} has no downloaded images (no row with status ok in its journal)")
+    if only is not None:
+        images = {i: w for i, w in images.items() if i in only}
+        if not images:
+            raise InputError(f"no image downloaded into {out} has a narrative the selection accepts")
     tables = list(source.tables()) if exporter.needs_annotations else []
     if exporter.needs_annotations and not tables:
         raise ConfigError("no annotations: pass --annotations or --db (they are remembered when download had them)")
@@ -87,10 +93,11 @@ def export(
 
 
 def _run(exporter: Exporter, ctx: ExportContext) -> None:
-    # Boxes are the one kind with records for exporters so far; a format that wants
-    # another kind adds its reader here (kinds.py has the records).
-    if exporter.kinds - {BOXES}:
-        raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - {BOXES})} yet")
+    # Boxes and narratives are the kinds with records for exporters so far; a format
+    # that wants another kind adds its reader here (kinds.py has the records).
+    if exporter.kinds - {BOXES, NARRATIVES}:
+        unread = sorted(k.name for k in exporter.kinds - {BOXES, NARRATIVES})
+        raise TypeError(f"{exporter.name}: no records of {unread} yet")
     exporter.start(ctx)
     try:
         boxes: dict[str, list[Box]] = {}
@@ -102,8 +109,18 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
             if reader.unreadable:
                 ctx.result.notes.append(f"{reader.unreadable} box row(s) with a coordinate or confidence that is not "
                                         "a number were left out")
+        # narratives (issue 23): their traces (when kept) move into the written frame
+        told = narratives_of(ctx.tables, ctx.images) if NARRATIVES in exporter.kinds else {}
+        cut = 0
+        for image_id, found in told.items():
+            for k, n in enumerate(found):
+                found[k], dropped = written_traces(n, ctx.images[image_id])
+                cut += dropped
+        if cut:
+            ctx.result.notes.append(f"{cut} trace point(s) outside a fill crop were dropped")
         for image_id in sorted(ctx.images):
-            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ()))))
+            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ())),
+                                   tuple(told.pop(image_id, ()))))
         exporter.finish()
     except BaseException:
         exporter.abort()

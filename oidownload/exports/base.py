@@ -22,7 +22,7 @@ from oidownload.core.fsio import Tree
 from oidownload.dataset.annotations import AnnotationTable
 from oidownload.dataset.attribution import Credit, credits
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.kinds import AnnotationKind, Box
+from oidownload.dataset.kinds import AnnotationKind, Box, Narrative
 from oidownload.sinks import Reader
 from oidownload.state.reader import StateDir, Written
 
@@ -36,6 +36,7 @@ class ExportResult:
     images: int = 0
     boxes: int = 0
     labels: int = 0
+    captions: int = 0  # narratives (issue 23)
     dropped: int = 0  # boxes a crop cut away entirely
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth telling the user
@@ -47,6 +48,7 @@ class Annotated:
 
     image: Written
     boxes: tuple[Box, ...] = ()
+    narratives: tuple[Narrative, ...] = ()  # narratives (issue 23): for exporters whose kinds hold NARRATIVES
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`--format coco`: DEST/coco.json, boxes in pixels of the written images."""
+"""`--format coco`: DEST/coco.json, boxes in pixels of the written images; and, when the
+annotations hold localized narratives, DEST/captions.json (COCO captions)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, ClassVar
 
 from oidownload.dataset.attribution import NO_CREDIT, UNKNOWN, license_name
 from oidownload.dataset.geometry import pixels
-from oidownload.dataset.kinds import BOXES, AnnotationKind, BoxAttribute
+from oidownload.dataset.kinds import BOXES, NARRATIVES, AnnotationKind, BoxAttribute
 from oidownload.exports.base import Annotated, ExportContext, categories
 
 
@@ -18,7 +19,7 @@ class CocoExporter:
     iscrowd=1: COCO evaluation then treats the box as a crowd region."""
 
     name: ClassVar[str] = "coco"
-    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES})
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, NARRATIVES})
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = False
 
@@ -72,3 +73,28 @@ class CocoExporter:
         with ctx.tree.atomic_file("coco.json") as fh:
             json.dump(doc, fh)
         ctx.result.files.append(ctx.tree.path / "coco.json")
+        if any(t.kind is NARRATIVES for t in ctx.tables):
+            self._captions(doc["images"])
+
+    # narratives (issue 23)
+    def _captions(self, images: list[dict[str, Any]]) -> None:
+        """captions.json as COCO's captions files are: the same images (same ids as
+        coco.json) and one annotation per narrative, `caption` its text."""
+        ctx = self.ctx
+        anns: list[dict[str, Any]] = []
+        for k, it in enumerate(self.items, 1):
+            w, h = it.image.width, it.image.height
+            for n in it.narratives:
+                ann: dict[str, Any] = {"id": len(anns) + 1, "image_id": k, "caption": n.caption,
+                                       "annotator_id": n.annotator_id}
+                if n.traces:  # --narrative-traces: [x, y, t] in pixels of the written image, t in seconds
+                    ann["traces"] = [[[round(x * w, 2), round(y * h, 2), t] for x, y, t in seg] for seg in n.traces]
+                anns.append(ann)
+        doc = {"info": {"description": "Open Images localized narratives, by oidownload", "version": "1.0"},
+               "images": [{key: img[key] for key in ("id", "file_name", "width", "height", "open_images_id")}
+                          for img in images],
+               "annotations": anns}
+        with ctx.tree.atomic_file("captions.json") as fh:
+            json.dump(doc, fh, ensure_ascii=False)
+        ctx.result.captions = len(anns)
+        ctx.result.files.append(ctx.tree.path / "captions.json")

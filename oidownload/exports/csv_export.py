@@ -5,14 +5,15 @@ Rows are copied as read (string fields), so this exporter takes no records."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from oidownload.dataset.annotations import AnnotationTable
-from oidownload.dataset.geometry import point_to_written, to_written_frame
-from oidownload.dataset.kinds import BOXES, COORDS, AnnotationKind
+from oidownload.dataset.geometry import point_to_written, to_written_frame, written_traces
+from oidownload.dataset.kinds import BOXES, COORDS, NARRATIVES, AnnotationKind
 from oidownload.exports.base import Annotated, ExportContext
 
 
@@ -56,6 +57,10 @@ class CsvExporter:
     def finish(self) -> None:
         ctx, images, result, mids = self.ctx, self.ctx.images, self.ctx.result, self.ctx.classes
         for f, name in zip(ctx.tables, csv_names(ctx.tables), strict=True):
+            if f.kind is NARRATIVES:  # narratives (issue 23): their rows as CSV, captions need no move
+                name = self._narratives(f, name)
+                result.files.append(ctx.tree.path / name)
+                continue
             target = ctx.tree.path / name
             i_id, i_label = f.index("ImageID"), f.index("LabelName")
             coords = [f.index(c) for c in COORDS] if f.kind is BOXES else []
@@ -88,3 +93,26 @@ class CsvExporter:
                         result.labels += 1
                     w.writerow(fields)
             result.files.append(target)
+
+    def _narratives(self, f: AnnotationTable, name: str) -> str:
+        """The narratives of the written images as ImageID,AnnotatorID,Caption; the name
+        of the .jsonl with .csv. Returns the name written."""
+        name = (name[:-6] if name.endswith(".jsonl") else name) + ".csv"
+        with self.ctx.tree.atomic_file(name) as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(f.columns)
+            record, cut = NARRATIVES.reader(f.columns), 0
+            i_traces = f.index("Traces") if f.has("Traces") else None
+            for fields in f.rows(self.ctx.images):
+                if i_traces is not None and fields[i_traces]:  # in the written frame, normalised
+                    n = record(fields)
+                    if n is not None:
+                        moved, dropped = written_traces(n, self.ctx.images[n.image_id])
+                        cut += dropped
+                        fields[i_traces] = json.dumps([[[round(x, 6), round(y, 6), t] for x, y, t in seg]
+                                                       for seg in moved.traces], separators=(",", ":"))
+                w.writerow(fields)
+                self.ctx.result.captions += 1
+        if cut:
+            self.ctx.result.notes.append(f"{name}: {cut} trace point(s) outside a fill crop were dropped")
+        return name

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from oidownload.dataset.attribution import NO_CREDIT
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import pixels
-from oidownload.dataset.kinds import BOXES, AnnotationKind, BoxAttribute
+from oidownload.dataset.kinds import BOXES, NARRATIVES, AnnotationKind, BoxAttribute
 from oidownload.exports.base import Annotated, ExportContext, categories
 from oidownload.sinks.files import split_location
 
@@ -26,7 +26,7 @@ class HfExporter:
     card whose features make `category` a ClassLabel of those names."""
 
     name: ClassVar[str] = "hf"
-    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES})
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, NARRATIVES})
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = True  # imagefolder reads metadata.jsonl beside the images: -d does not apply
 
@@ -46,6 +46,7 @@ class HfExporter:
         credit = ctx.credits()
         cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
         index = {mid: i for i, mid in enumerate(cats)}
+        narrated = any(t.kind is NARRATIVES for t in ctx.tables)
         with contextlib.ExitStack() as stack:
             writers: dict[str, Any] = {}
             for it in self.items:
@@ -58,14 +59,19 @@ class HfExporter:
                     result.files.append(tree.path / folder / "metadata.jsonl")
                 c = credit.get(image.image_id, NO_CREDIT)
                 own = it.boxes
+                # narratives (issue 23): `caption` the first, `captions` every one (a text
+                # column for image-text training, and all annotators' for those who want them)
+                told = {"caption": it.narratives[0].caption if it.narratives else "",
+                        "captions": [n.caption for n in it.narratives]} if narrated else {}
                 writers[folder].write(json.dumps({
                     "file_name": file_name, "image_id": image.image_id, "width": image.width, "height": image.height,
                     "objects": {"bbox": [pixels(b, image) for b in own], "category": [index[b.label] for b in own],
                                 "labels": [ctx.name(b.label) for b in own],
                                 "is_group_of": [b.flag(BoxAttribute.IS_GROUP_OF) for b in own]},
-                    "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url,
+                    "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url, **told,
                 }, ensure_ascii=False) + "\n")
         result.boxes = sum(len(it.boxes) for it in self.items)
+        result.captions = sum(len(it.narratives) for it in self.items)
         card = tree.path / "README.md"  # the dataset card, at the root load_dataset is pointed at
         label_names = _label_names(cats, ctx.names)
         there = tree.lstat("README.md")
@@ -75,7 +81,7 @@ class HfExporter:
                                 "`category` loads as integers (class names: the `labels` field)")
             return
         with tree.atomic_file("README.md") as fh:
-            fh.write(_hf_card(sorted(writers), label_names))
+            fh.write(_hf_card(sorted(writers), label_names, narrated))
         result.files.append(card)
 
 
@@ -87,7 +93,7 @@ def _label_names(cats: list[str], names: ClassDescriptions | None) -> list[str]:
     return [f"{n} ({m})" if n in repeated else n for n, m in zip(shown, cats, strict=True)]
 
 
-def _hf_card(splits: list[str], label_names: list[str]) -> str:
+def _hf_card(splits: list[str], label_names: list[str], narrated: bool = False) -> str:
     """A dataset card (README.md) whose YAML `configs` entry gives the features, which
     `datasets.load_dataset("OUT")` applies; JSON is YAML, so no YAML writer is needed.
     Its data_files name the subset folders only (not annotations/, original/ or yolo/)."""
@@ -104,6 +110,8 @@ def _hf_card(splits: list[str], label_names: list[str]) -> str:
             {"name": "is_group_of", "dtype": "int8"},
         ]},
         *({"name": k, **string} for k in ("title", "author", "license", "url")),
+        # narratives (issue 23)
+        *([{"name": "caption", **string}, {"name": "captions", "sequence": "string"}] if narrated else []),
     ]
     config = {"config_name": "default", "features": features,
               "data_files": [{"split": s, "path": f"{s}/**"} for s in splits]}

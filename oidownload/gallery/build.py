@@ -222,6 +222,7 @@ def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev
         "has_attributes": any(a != -1 for b in e.boxes for a in b[5]),
         "attribution": e.attribution, "prev": _sibling(prev), "next": _sibling(nxt), "position": i + 1, "count": n,
         # Small images are shown larger, so their boxes can be told apart.
+        "captions": e.captions,  # narratives (issue 23): escaped by the template
         "display_width": max(im.width, min(640, round(640 * im.width / max(im.height, 1)))),
         "label_size": max(8.0, round(max(im.width, im.height) / 40, 1)),
     }
@@ -301,6 +302,10 @@ def _write_site(out_name: str, tree: Tree, data: Collected, palette: list[str], 
         write_file(tree, f"data/split-{split_of[s]}.js", _js(f"split-{split_of[s]}", members))
     meta = {"total": len(entries), "pageSize": page_size, "classes": [[m, names[c], palette[c]] for c, m in enumerate(mids)],
             "splits": splits}
+    # narratives (issue 23): the grid's word filter searches these, loaded only when used
+    narrated = [[i, "\n".join(e.captions)] for i, e in enumerate(entries) if e.captions]
+    if narrated:
+        write_file(tree, "data/captions.js", _js("captions", narrated))
     write_file(tree, "data/meta.js", _js("meta", meta))
     for name in ("gallery.css", "gallery.js"):
         write_file(tree, f"assets/{name}", resources.files("oidownload.gallery").joinpath("static", name).read_bytes())
@@ -308,7 +313,7 @@ def _write_site(out_name: str, tree: Tree, data: Collected, palette: list[str], 
               "hierarchy_page": result.hierarchy_page}
     class_options = sorted(((names[c], mids[c], c, len(m)) for c, m in per_class.items()), key=lambda t: (t[0].casefold(), t[1]))
     write_file(tree, "index.html", render("index.html", {
-        **common, "scripts": True, "title": "Gallery", "classes": class_options,
+        **common, "scripts": True, "title": "Gallery", "classes": class_options, "narrated": len(narrated),
         "splits": [(k, s, len(per_split[s])) for k, s in enumerate(splits)], "page_size": page_size,
     }).encode())
     figs = figures(data, statuses) + label_frequency(data)  # + the README's label frequency

@@ -16,10 +16,10 @@ from pathlib import Path
 from oidownload.core.errors import InputError
 from oidownload.core.records import Row
 from oidownload.dataset import attribution
-from oidownload.dataset.annotations import AnnotationFile
+from oidownload.dataset.annotations import AnnotationTable, open_table
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import WrittenBoxes
-from oidownload.dataset.kinds import ATTRIBUTES, BOXES, GALLERY
+from oidownload.dataset.kinds import ATTRIBUTES, BOXES, GALLERY, NARRATIVES
 from oidownload.inputs.rows import RowFilter, iter_rows, read_header
 from oidownload.state.reader import Written
 
@@ -52,6 +52,7 @@ class Entry:
     boxes: list[Box] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)
     attribution: Attribution | None = None
+    captions: list[str] = field(default_factory=list)  # narratives (issue 23), bounded to MAX_CAPTION
 
     @property
     def image_id(self) -> str:
@@ -86,6 +87,7 @@ class Collected:
     label_sources: list[str]
     box_files: int = 0
     label_files: int = 0
+    narrative_files: int = 0  # narratives (issue 23)
     dropped: int = 0  # boxes a fill crop cut away
     notes: list[str] = field(default_factory=list)
 
@@ -113,9 +115,12 @@ def collect(
     names = ClassDescriptions.load(class_descriptions) if class_descriptions else None
     result = Collected(list(entries.values()), Classes(), [])
     for path in annotation_paths:
-        f = AnnotationFile.open(path)
+        f = open_table(path)
         f.kind.require(GALLERY, f.where)
-        if f.kind is BOXES:
+        if f.kind is NARRATIVES:  # narratives (issue 23)
+            result.narrative_files += 1
+            _read_narratives(f, entries)
+        elif f.kind is BOXES:
             result.box_files += 1
             _read_boxes(f, entries, result, names, classes)
         else:
@@ -125,13 +130,26 @@ def collect(
     return result
 
 
+# A caption is untrusted text: bounded here, escaped on the page (a real one is a few
+# hundred characters).
+MAX_CAPTION = 2000
+
+
+def _read_narratives(f: AnnotationTable, entries: dict[str, Entry]) -> None:
+    i_id, i_caption = f.index("ImageID"), f.index("Caption")
+    for fields in f.rows(entries):
+        caption = fields[i_caption]
+        entries[fields[i_id]].captions.append(caption if len(caption) <= MAX_CAPTION
+                                              else caption[: MAX_CAPTION - 1] + "…")
+
+
 def license_name(url: str) -> str:
     """The short name attribution gives a licence URL (CC BY 2.0, CC0 1.0), bounded; ''
     for none."""
     return bound(attribution.license_name(url)) if url.strip() else ""
 
 
-def _read_boxes(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
+def _read_boxes(f: AnnotationTable, entries: dict[str, Entry], result: Collected,
                 names: ClassDescriptions | None, mids: frozenset[str] | None) -> None:
     """The exports' own box reader, so the gallery draws exactly the boxes they export."""
     reader = WrittenBoxes({i: e.written for i, e in entries.items()}, mids)
@@ -146,7 +164,7 @@ def _read_boxes(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
                             "left out")
 
 
-def _read_labels(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
+def _read_labels(f: AnnotationTable, entries: dict[str, Entry], result: Collected,
                  names: ClassDescriptions | None) -> None:
     i_id, i_label, i_src, i_conf = (f.index(c) for c in ("ImageID", "LabelName", "Source", "Confidence"))
     sources: dict[str, int] = {s: i for i, s in enumerate(result.label_sources)}

@@ -101,7 +101,22 @@ def figures(data: Collected, statuses: dict[str, int]) -> list[Figure]:
         Figure("source", "Source of each image", ("images",),
                [(s, s, (n,)) for s, n in sorted(sources.items(), key=lambda kv: (-kv[1], kv[0]))]),
     ]
+    out += _caption_figures(data)  # narratives (issue 23)
     return out
+
+
+# narratives (issue 23): words per caption, as Open Images' own captions run (~20-80).
+CAPTION_EDGES = [0, 1, 10, 20, 30, 40, 60, 80, 120]
+CAPTION_LABELS = ["0 (empty)", "1-9", "10-19", "20-29", "30-39", "40-59", "60-79", "80-119", "≥ 120"]
+
+
+def _caption_figures(data: Collected) -> list[Figure]:
+    lengths = collections.Counter[float](len(c.split()) for e in data.entries for c in e.captions)
+    if not lengths:
+        return []
+    return [Figure("caption-length", "Caption length (words)", ("captions",),
+                   _buckets(lengths, CAPTION_EDGES, CAPTION_LABELS), chart="columns",
+                   note="Words in each localized narrative's caption (split at spaces).")]
 
 
 def _status_rows(statuses: dict[str, int]) -> list[tuple[str, str, tuple[int, ...]]]:

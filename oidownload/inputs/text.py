@@ -159,15 +159,15 @@ def open_text(path: Path) -> TextIO:
 TOO_LONG = f"the line is longer than {MAX_LINE} characters"
 
 
-def bounded_lines(f: TextIO) -> Iterator[str | None]:
-    """The lines of f, each at most MAX_LINE characters; None stands for a longer line,
+def bounded_lines(f: TextIO, limit: int = MAX_LINE) -> Iterator[str | None]:
+    """The lines of f, each at most `limit` characters; None stands for a longer line,
     which is read past in pieces and never held whole."""
     readline = f.readline
-    while line := readline(MAX_LINE):
-        if len(line) < MAX_LINE or line[-1] in "\r\n":
+    while line := readline(limit):
+        if len(line) < limit or line[-1] in "\r\n":
             yield line
             continue
-        while (rest := readline(MAX_LINE)) and len(rest) == MAX_LINE and rest[-1] not in "\r\n":
+        while (rest := readline(limit)) and len(rest) == limit and rest[-1] not in "\r\n":
             pass
         yield None
 

@@ -99,7 +99,7 @@ def hash_shard(key: str) -> tuple[list[Seen], list[Found]]:
                 tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 image_id, _, suffix = member.name.partition(".")
-                if not member.isfile() or suffix == "json" or suffix.startswith("original."):
+                if not member.isfile() or suffix in ("json", "txt") or suffix.startswith("original."):
                     continue
                 data = tar.extractfile(member)
                 body = data.read() if data is not None else b""

@@ -44,7 +44,7 @@ _FLAGS = {
 }
 
 _SELECTION_FLAGS = {"subsets": "--subset", "ids_file": "--ids", "class_names": "--class",
-                    "annotation_files": "--annotations"}
+                    "annotation_files": "--annotations", "narrative_words": "--narrative-contains"}  # narratives: issue 23
 
 
 def _flag(param: str, value: Any) -> str:

@@ -40,6 +40,7 @@ from oidownload.core.records import Outcome, Row, Status, clean_text
 from oidownload.core.shard import Shard
 from oidownload.sinks import Blobs, Original, Release, Sink, Synced, Unproven
 from oidownload.sinks.staging import StagingTarget, clear_staging, member_suffix, staging_dir
+from oidownload.sinks.texts import SampleTexts
 from oidownload.state.journal import take_lock
 
 BLOCK = 512
@@ -257,6 +258,8 @@ class TarSink(Sink):
         # answering would hold that thread, and the process's exit with it.
         self.taken: dict[str, list[int]] | None = None
         self.listing: asyncio.Task[None] | None = None  # remote: shards.json being written
+        # narratives (issue 23): each sample's captions, when the selection has narratives
+        self.texts = SampleTexts(output.texts) if output.texts is not None else None
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
@@ -425,8 +428,14 @@ class TarSink(Sink):
             self.uploader = asyncio.get_running_loop().create_task(self._upload_loop())
 
     def publish(self, outcome: Outcome, row: Row | None, release: Release) -> None:
-        meta = json.dumps(sample_json(outcome, row), ensure_ascii=False).encode()
-        fut = asyncio.get_running_loop().run_in_executor(self.io, self._append, outcome, meta)
+        sample = sample_json(outcome, row)
+        captions = self.texts.captions(outcome.image_id) if self.texts is not None else []
+        text = None
+        if captions:  # narratives (issue 23): the first as <ImageID>.txt, all in the JSON
+            sample["captions"] = captions
+            text = captions[0].encode()
+        meta = json.dumps(sample, ensure_ascii=False).encode()
+        fut = asyncio.get_running_loop().run_in_executor(self.io, self._append, outcome, meta, text)
         self.appending.add(fut)
 
         def appended(f: asyncio.Future[_Open | None]) -> None:
@@ -442,7 +451,7 @@ class TarSink(Sink):
 
         fut.add_done_callback(appended)
 
-    def _append(self, outcome: Outcome, meta: bytes) -> _Open | None:
+    def _append(self, outcome: Outcome, meta: bytes, text: bytes | None = None) -> _Open | None:
         """On the I/O thread: the staged members and the JSON, as one sample; returns
         the shard if this sample filled (and so closed) it."""
         subset = outcome.subset
@@ -455,7 +464,7 @@ class TarSink(Sink):
                 shard.fd = os.open(shard.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
                 self.open[subset] = shard
                 self.touched.add(subset)
-            shard.samples.append(self._write_sample(shard, outcome, meta))
+            shard.samples.append(self._write_sample(shard, outcome, meta, text))
         finally:
             for staged in outcome.staged:
                 try:
@@ -470,7 +479,7 @@ class TarSink(Sink):
         self._close(shard)
         return shard
 
-    def _write_sample(self, shard: _Open, outcome: Outcome, meta: bytes) -> _Sample:
+    def _write_sample(self, shard: _Open, outcome: Outcome, meta: bytes, text: bytes | None = None) -> _Sample:
         mtime = int(time.time())
         members: dict[str, tuple[int, int]] = {}
         pos = shard.size
@@ -483,6 +492,11 @@ class TarSink(Sink):
                 os.pwrite(shard.fd, bytes(-size % BLOCK), pos + BLOCK + size)
                 members[member_suffix(staged)] = (pos + BLOCK, size)
                 pos += BLOCK + _padded(size)
+            if text is not None:  # before the JSON, which ends a sample when shards are scanned
+                os.pwrite(shard.fd, _header(f"{outcome.image_id}.txt", len(text), mtime) + text
+                          + bytes(-len(text) % BLOCK), pos)
+                members["txt"] = (pos + BLOCK, len(text))
+                pos += BLOCK + _padded(len(text))
             os.pwrite(shard.fd, _header(f"{outcome.image_id}.json", len(meta), mtime) + meta + bytes(-len(meta) % BLOCK), pos)
             members["json"] = (pos + BLOCK, len(meta))
             pos += BLOCK + _padded(len(meta))
@@ -868,7 +882,7 @@ class TarReader:
 
     def read(self, location: str) -> bytes:
         path, members = self._sample(location)
-        suffix = next((k for k in members if k != "json" and not k.startswith("original.")), None)
+        suffix = next((k for k in members if k not in ("json", "txt") and not k.startswith("original.")), None)
         if suffix is None:
             raise FileNotFoundError(f"{self.describe(location)} has no image member")
         return self._member(path, members, suffix)

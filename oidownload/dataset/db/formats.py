@@ -26,7 +26,7 @@ from oidownload.core.ids import id_to_int, is_image_id
 from oidownload.core.records import BadRow
 from oidownload.dataset.classes import MID_RE
 from oidownload.dataset.db.schema import IMAGES
-from oidownload.dataset.kinds import BOXES, LABELS, AnnotationKind, Column
+from oidownload.dataset.kinds import BOXES, LABELS, AnnotationKind, Column, json_header
 from oidownload.dataset.kinds import detect as detect_kind
 from oidownload.inputs.csvrecords import records
 from oidownload.inputs.rows import Format, parse_row
@@ -60,6 +60,10 @@ class Detected:
 
 def detect(name: str, first_line: str) -> Detected | None:
     """The kind of a CSV from its first line; None when it is none we know."""
+    keys = json_header(first_line)  # narratives (issue 23): JSON lines, their keys as the header
+    if keys is not None:
+        found = detect_kind(keys)
+        return Detected(found[0], keys) if len(found) == 1 else None
     try:
         fields = [f.strip() for f in next(csv.reader([first_line]), [])]
     except csv.Error:

@@ -39,13 +39,14 @@ from oidownload.dataset.db.formats import (
     table_columns,
 )
 from oidownload.dataset.hierarchy import Hierarchy
-from oidownload.dataset.kinds import DB_LOAD, LABELS, AnnotationKind
+from oidownload.dataset.kinds import DB_LOAD, LABELS, NARRATIVES, AnnotationKind
+from oidownload.dataset.narratives import NARRATIVE_LINE, narrative_rows
 from oidownload.inputs.csvrecords import then_lines
 from oidownload.inputs.text import MAX_LINE, bounded_lines, open_text
 
 # Class names first (box rows are checked against them), then annotations (3), mid lists last.
 _ORDER = {FileKind.CLASSES.value: 0, FileKind.HIERARCHY.value: 1, FileKind.IMAGES.value: 2, FileKind.MID_LIST.value: 9}
-_SUFFIXES = (".csv", ".csv.gz", ".gz", ".json", ".tar.gz", ".tgz", ".txt")
+_SUFFIXES = (".csv", ".csv.gz", ".gz", ".json", ".tar.gz", ".tgz", ".txt", ".jsonl")
 BAD_ROWS_SHOWN = 10  # per file; the rest are counted
 _TEXT_BUFFER = 1 << 20
 
@@ -98,7 +99,7 @@ def _first_line(f: IO[str], name: str) -> str:
         raise InputError(f"{name}: cannot read: {exc}") from None
 
 
-def _plain_item(path: Path) -> Item:
+def _plain_item(path: Path, narrative_traces: bool = False) -> Item:
     key = str(path.resolve())
     st = path.stat()
     digest = hashlib.sha256()
@@ -116,11 +117,14 @@ def _plain_item(path: Path) -> Item:
         )
     if isinstance(found.kind, AnnotationKind):
         found.kind.require(DB_LOAD, str(path))
-    return Item(key, found, st.st_size, st.st_mtime_ns, lambda: _file_lines(path, digest), digest)
+    limit = NARRATIVE_LINE if found.kind is NARRATIVES else MAX_LINE  # a narrative with traces is a long line
+    if found.kind is NARRATIVES and narrative_traces:  # kept only when asked: a full file's traces are 16 GB
+        found = Detected(NARRATIVES, (*found.columns, "Traces"))
+    return Item(key, found, st.st_size, st.st_mtime_ns, lambda: _file_lines(path, digest, limit), digest)
 
 
 @contextmanager
-def _file_lines(path: Path, digest: Any) -> Iterator[Iterator[str | None]]:
+def _file_lines(path: Path, digest: Any, limit: int = MAX_LINE) -> Iterator[Iterator[str | None]]:
     try:
         with open(path, "rb") as probe:
             gz = probe.read(2) == b"\x1f\x8b"
@@ -129,7 +133,7 @@ def _file_lines(path: Path, digest: Any) -> Iterator[Iterator[str | None]]:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     hashed = io.BufferedReader(_Hashing(binary, digest), _TEXT_BUFFER)
     with io.TextIOWrapper(hashed, encoding="utf-8-sig", errors="oidownload-replace", newline="") as f:
-        yield bounded_lines(f)
+        yield bounded_lines(f, limit)
 
 
 @contextmanager
@@ -137,7 +141,7 @@ def _member_lines(first: str, rest: TextIO) -> Iterator[Iterator[str | None]]:
     yield then_lines([first], rest)  # `first` may be the head of an over-long line: read past its rest
 
 
-def expand(paths: Iterable[Path]) -> tuple[list[Item], list[Path]]:
+def expand(paths: Iterable[Path], narrative_traces: bool = False) -> tuple[list[Item], list[Path]]:
     """Plain files (recognised now, or refused) and archives (read as they load)."""
     items: list[Item] = []
     archives: list[Path] = []
@@ -154,7 +158,7 @@ def expand(paths: Iterable[Path]) -> tuple[list[Item], list[Path]]:
             if _is_archive(path):
                 archives.append(path)
             else:
-                items.append(_plain_item(path))
+                items.append(_plain_item(path, narrative_traces))
     keys = [i.key for i in items]
     dup = next((k for k in keys if keys.count(k) > 1), None)
     if dup is not None:
@@ -275,7 +279,9 @@ class Loader:
         if kind is FileKind.MID_LIST:
             return FileResult(item.key, name, "skipped")
         old = self.db.execute("SELECT id, size, mtime_ns, kind, columns FROM loaded_files WHERE path = ?", (item.key,))
-        if old and (old[0][1], old[0][2]) == (item.size, item.mtime_ns):
+        # A narratives file asked for again with (or without) its traces is loaded again.
+        same_columns = kind is not NARRATIVES or str(old[0][4]) == ",".join(item.detected.columns) if old else True
+        if old and (old[0][1], old[0][2]) == (item.size, item.mtime_ns) and same_columns:
             if old[0][3] == DUPLICATE:
                 return FileResult(item.key, name, DUPLICATE, same_as=str(old[0][4]))
             return FileResult(item.key, name, "unchanged")
@@ -351,10 +357,16 @@ class Loader:
                 "ON CONFLICT (parent, child, relation) DO UPDATE SET file_id = excluded.file_id", edges)
             result.rows = len(edges)
             return
-        if header:
-            next(lines, None)  # the header, already recognised
         tally = Tally()
         bad = self._bad(item, result)
+        if kind is NARRATIVES:  # narratives (issue 23): JSON lines, no header line
+            with _no_gc():
+                self.db.bulk("narratives", [c.name for c in NARRATIVES.columns] + ["file_id"],
+                             narrative_rows(lines, file_id, bad, tally, "Traces" in header))
+            result.rows, result.bad_rows = tally.rows, tally.bad
+            return
+        if header:
+            next(lines, None)  # the header, already recognised
         if kind is FileKind.CLASSES:
             self.db.executemany(
                 "INSERT INTO classes (mid, name, file_id) VALUES (?, ?, ?) "
@@ -420,9 +432,9 @@ def rebuild_closure(db: Database) -> int:
 
 
 def load(url: str | None, paths: list[Path], *, strict: bool = False,
-         log: Callable[[str], None] = lambda _: None) -> LoadResult:
+         log: Callable[[str], None] = lambda _: None, narrative_traces: bool = False) -> LoadResult:
     started = time.monotonic()
-    items, archives = expand(paths)  # every plain file recognised before anything loads
+    items, archives = expand(paths, narrative_traces)  # every plain file recognised before anything loads
     db = connect(url, create=True)
     try:
         schema.create(db)

@@ -125,6 +125,7 @@ INDEXES = (
     ("boxes_mid", "boxes", "mid, image_id"),
     ("boxes_image_id", "boxes", "image_id"),
     ("class_closure_descendant", "class_closure", "descendant"),
+    ("narratives_image_id", "narratives", "image_id"),  # narratives (issue 23)
 )
 
 

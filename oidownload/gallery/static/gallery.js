@@ -45,13 +45,25 @@ function intersect(a, b) {  // both sorted ascending
 function readState() {
   const p = new URLSearchParams(location.hash.slice(1));
   const int = (k) => (p.has(k) && /^\d+$/.test(p.get(k)) ? Number(p.get(k)) : null);
-  return { cls: int("class"), split: int("split"), page: Math.max(1, int("page") || 1) };
+  return { cls: int("class"), split: int("split"), page: Math.max(1, int("page") || 1), word: p.get("word") || "" };
+}
+
+// narratives (issue 23): whole words, any case; a query of several words wants them all.
+// Captions are only ever matched, never inserted as HTML.
+const WORD = /[\p{L}\p{N}_]+/gu;
+
+function captionTest(query) {
+  const words = query.match(WORD) || [];
+  if (!words.length) return null;
+  const res = words.map((w) => new RegExp("(?<![\\p{L}\\p{N}_])" + w + "(?![\\p{L}\\p{N}_])", "iu"));
+  return (text) => res.every((re) => re.test(text));
 }
 
 function writeState(st) {
   const p = new URLSearchParams();
   if (st.cls !== null) p.set("class", st.cls);
   if (st.split !== null) p.set("split", st.split);
+  if (st.word) p.set("word", st.word);
   if (st.page > 1) p.set("page", st.page);
   const hash = p.toString();
   if (location.hash.slice(1) !== hash) location.hash = hash;
@@ -132,6 +144,13 @@ async function render() {
     const s = await OIG.load("split-" + st.split);
     list = list === null ? s : intersect(list, s);
   }
+  const test = captionTest(st.word);
+  const wordEl = document.getElementById("word");
+  if (wordEl && document.activeElement !== wordEl) wordEl.value = st.word;
+  if (test !== null && wordEl) {
+    const said = (await OIG.load("captions")).filter(([, text]) => test(text)).map(([i]) => i);
+    list = list === null ? said : intersect(list, said);
+  }
   const total = list === null ? meta.total : list.length;
   const size = meta.pageSize;
   const pages = Math.max(1, Math.ceil(total / size));
@@ -161,6 +180,13 @@ function start() {
   const pick = (v) => (v === "" ? null : Number(v));
   cls.addEventListener("change", () => writeState({ ...readState(), cls: pick(cls.value), page: 1 }));
   split.addEventListener("change", () => writeState({ ...readState(), split: pick(split.value), page: 1 }));
+  const word = document.getElementById("word");
+  if (word) {
+    const apply = () => { if (word.value.trim() !== readState().word) writeState({ ...readState(), word: word.value.trim(), page: 1 }); };
+    word.addEventListener("change", apply);
+    // Enter in the field submits the form: that would reload the page, so it applies the words instead.
+    document.getElementById("controls").addEventListener("submit", (ev) => { ev.preventDefault(); apply(); });
+  }
   boxes.addEventListener("change", () => document.getElementById("grid").classList.toggle("noboxes", !boxes.checked));
   document.getElementById("prev").addEventListener("click", () => { const s = readState(); writeState({ ...s, page: s.page - 1 }); });
   document.getElementById("next").addEventListener("click", () => { const s = readState(); writeState({ ...s, page: s.page + 1 }); });
