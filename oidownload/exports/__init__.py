@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from oidownload.core.errors import ConfigError, InputError, OutputError
 from oidownload.core.fsio import Place, Tree
 from oidownload.dataset.annotations import AnnotationSource
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.geometry import WrittenBoxes
-from oidownload.dataset.kinds import BOXES, EXPORT, Box
+from oidownload.dataset.geometry import (
+    WrittenBoxes,
+    WrittenRecords,
+    written_points,
+    written_relationships,
+)
+from oidownload.dataset.kinds import BOXES, EXPORT, POINTS, RELATIONSHIPS, Box, Point, Relationship
 from oidownload.exports.attribution import AttributionExporter
 from oidownload.exports.base import Annotated, ExportContext, Exporter, ExportResult
 from oidownload.exports.coco import CocoExporter
@@ -27,6 +33,8 @@ from oidownload.exports.hf import HfExporter
 from oidownload.exports.voc import VocExporter
 from oidownload.exports.yolo import YoloExporter
 from oidownload.state.reader import StateDir
+
+R = TypeVar("R")
 
 __all__ = ["EXPORTERS", "Annotated", "ExportContext", "ExportResult", "Exporter", "export"]
 
@@ -87,10 +95,11 @@ def export(
 
 
 def _run(exporter: Exporter, ctx: ExportContext) -> None:
-    # Boxes are the one kind with records for exporters so far; a format that wants
-    # another kind adds its reader here (kinds.py has the records).
-    if exporter.kinds - {BOXES}:
-        raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - {BOXES})} yet")
+    # Each kind with records is read here, in the written frame, for the formats that
+    # declare it; a format that wants another kind adds its reader here.
+    readable = {BOXES, RELATIONSHIPS, POINTS}
+    if exporter.kinds - readable:
+        raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - readable)} yet")
     exporter.start(ctx)
     try:
         boxes: dict[str, list[Box]] = {}
@@ -102,9 +111,31 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
             if reader.unreadable:
                 ctx.result.notes.append(f"{reader.unreadable} box row(s) with a coordinate or confidence that is not "
                                         "a number were left out")
+        rels, points = _other_records(exporter, ctx)
         for image_id in sorted(ctx.images):
-            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ()))))
+            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ())),
+                                   tuple(rels.pop(image_id, ())), tuple(points.pop(image_id, ()))))
         exporter.finish()
     except BaseException:
         exporter.abort()
         raise
+
+
+def _other_records(exporter: Exporter, ctx: ExportContext) -> tuple[dict[str, list[Relationship]],
+                                                                    dict[str, list[Point]]]:
+    """relationships and points (issue 23): their records per image, in the written frame."""
+    rels = _per_image(ctx, written_relationships(ctx.images, ctx.classes), "relationship") \
+        if RELATIONSHIPS in exporter.kinds else {}
+    points = _per_image(ctx, written_points(ctx.images, ctx.classes), "point") if POINTS in exporter.kinds else {}
+    return rels, points
+
+
+def _per_image(ctx: ExportContext, reader: WrittenRecords[R], what: str) -> dict[str, list[R]]:
+    found: dict[str, list[R]] = {}
+    for rec in reader.read(ctx.tables):
+        found.setdefault(reader.image_id(rec), []).append(rec)
+    if reader.dropped:
+        ctx.result.notes.append(f"{reader.dropped} {what}(s) cut away by the crop were left out")
+    if reader.unreadable:
+        ctx.result.notes.append(f"{reader.unreadable} {what} row(s) with a value that is not a number were left out")
+    return found

@@ -22,7 +22,7 @@ from oidownload.core.fsio import Tree
 from oidownload.dataset.annotations import AnnotationTable
 from oidownload.dataset.attribution import Credit, credits
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.kinds import AnnotationKind, Box
+from oidownload.dataset.kinds import AnnotationKind, Box, Point, Relationship
 from oidownload.sinks import Reader
 from oidownload.state.reader import StateDir, Written
 
@@ -47,6 +47,9 @@ class Annotated:
 
     image: Written
     boxes: tuple[Box, ...] = ()
+    # relationships and points (issue 23): given to exporters whose `kinds` name them
+    relationships: tuple[Relationship, ...] = ()
+    points: tuple[Point, ...] = ()
 
 
 @dataclass

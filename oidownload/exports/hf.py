@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 from oidownload.dataset.attribution import NO_CREDIT
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import pixels
-from oidownload.dataset.kinds import BOXES, AnnotationKind, BoxAttribute
+from oidownload.dataset.kinds import BOXES, POINTS, RELATIONSHIPS, AnnotationKind, BoxAttribute
 from oidownload.exports.base import Annotated, ExportContext, categories
+from oidownload.exports.hf_kinds import hf_columns, hf_features
 from oidownload.sinks.files import split_location
 
 HF_CARD_MARK = "written by `oidownload annotations --format hf`"
@@ -26,7 +27,7 @@ class HfExporter:
     card whose features make `category` a ClassLabel of those names."""
 
     name: ClassVar[str] = "hf"
-    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES})
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, RELATIONSHIPS, POINTS})
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = True  # imagefolder reads metadata.jsonl beside the images: -d does not apply
 
@@ -46,6 +47,8 @@ class HfExporter:
         credit = ctx.credits()
         cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
         index = {mid: i for i, mid in enumerate(cats)}
+        # relationships and points (issue 23): columns only when the annotations hold them
+        extra = [k for k in (RELATIONSHIPS, POINTS) if any(t.kind is k for t in ctx.tables)]
         with contextlib.ExitStack() as stack:
             writers: dict[str, Any] = {}
             for it in self.items:
@@ -64,6 +67,7 @@ class HfExporter:
                                 "labels": [ctx.name(b.label) for b in own],
                                 "is_group_of": [b.flag(BoxAttribute.IS_GROUP_OF) for b in own]},
                     "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url,
+                    **hf_columns(it, extra, ctx.name),
                 }, ensure_ascii=False) + "\n")
         result.boxes = sum(len(it.boxes) for it in self.items)
         card = tree.path / "README.md"  # the dataset card, at the root load_dataset is pointed at
@@ -75,7 +79,7 @@ class HfExporter:
                                 "`category` loads as integers (class names: the `labels` field)")
             return
         with tree.atomic_file("README.md") as fh:
-            fh.write(_hf_card(sorted(writers), label_names))
+            fh.write(_hf_card(sorted(writers), label_names, extra))
         result.files.append(card)
 
 
@@ -87,7 +91,7 @@ def _label_names(cats: list[str], names: ClassDescriptions | None) -> list[str]:
     return [f"{n} ({m})" if n in repeated else n for n, m in zip(shown, cats, strict=True)]
 
 
-def _hf_card(splits: list[str], label_names: list[str]) -> str:
+def _hf_card(splits: list[str], label_names: list[str], extra: list[AnnotationKind[Any]]) -> str:
     """A dataset card (README.md) whose YAML `configs` entry gives the features, which
     `datasets.load_dataset("OUT")` applies; JSON is YAML, so no YAML writer is needed.
     Its data_files name the subset folders only (not annotations/, original/ or yolo/)."""
@@ -104,6 +108,7 @@ def _hf_card(splits: list[str], label_names: list[str]) -> str:
             {"name": "is_group_of", "dtype": "int8"},
         ]},
         *({"name": k, **string} for k in ("title", "author", "license", "url")),
+        *hf_features(extra),
     ]
     config = {"config_name": "default", "features": features,
               "data_files": [{"split": s, "path": f"{s}/**"} for s in splits]}
