@@ -23,6 +23,7 @@ from PIL import Image
 
 from oidownload.testing.origin import Corpus, Origin, OriginThread
 from tests.conftest import V3, class_names, rows_of, run_cli
+from tests.test_gallery import Session, chromium, session  # noqa: F401 -- the browser fixtures
 
 VAL = V3 / "validation"
 BOXES_CSV = VAL / "annotations-human-bbox.csv"
@@ -226,3 +227,45 @@ def test_names_of_classes_in_coco(made: Made, tmp_path: Path) -> None:
     assert all(c["name"] == names[c["freebase_id"]] for c in doc["categories"])
     added = [a for a in doc["annotations"] if a.get("relationship_box")]
     assert len(added) == 2  # the 'plays' row's two boxes match no box annotation
+
+
+# -- the gallery ------------------------------------------------------------------------------------
+
+def test_gallery_draws_one_line_per_relationship_and_one_dot_per_point(made: Made, tmp_path: Path,
+                                                                       session: Callable[[int], Session]) -> None:
+    gallery = tmp_path / "g"
+    res = run_cli("gallery", made.out, "-o", gallery, "--state-dir", made.state, "--progress", "none",
+                  "--class-descriptions", DESCRIPTIONS, "--annotations", BOXES_CSV, "--annotations", made.vrd,
+                  "--annotations", made.points)
+    assert res.returncode == 0, res.stderr
+    rels: dict[str, list[tuple[str, ...]]] = {}
+    for r in expected_relationships(made):
+        rels.setdefault(r[0], []).append(r)
+    points: dict[str, list[tuple[str, str, float, float]]] = {}
+    for p in expected_points(made):
+        points.setdefault(p[0], []).append(p)
+    s = session(640)
+    for image_id in made.turns:
+        page = s.open((gallery / "images" / image_id[:3] / f"{image_id}.html").as_uri())
+        drawn = page.evaluate("""() => {
+          const svg = document.querySelector('figure.full svg'), m = svg.viewBox.baseVal;
+          return {lines: [...svg.querySelectorAll('line.relline')].map(l =>
+                    [l.x1.baseVal.value, l.y1.baseVal.value, l.x2.baseVal.value, l.y2.baseVal.value]),
+                  labels: [...svg.querySelectorAll('text.rellabel')].map(t => t.textContent),
+                  dots: [...svg.querySelectorAll('circle.point')].map(c =>
+                    [c.dataset.answer, c.cx.baseVal.value, c.cy.baseVal.value, getComputedStyle(c).fill]),
+                  width: m.width};
+        }""")
+        want = rels.get(image_id, [])
+        assert len(drawn["lines"]) == len(want) == len(drawn["labels"])
+        centres = sorted((b1[0] + b1[2] / 2, b1[1] + b1[3] / 2, b2[0] + b2[2] / 2, b2[1] + b2[3] / 2)
+                         for *_, b1, b2 in want)  # type: ignore[misc]
+        for g, w in zip(sorted(drawn["lines"]), centres, strict=True):
+            assert close(g, w, 0.6), (g, w)
+        assert sorted(drawn["labels"]) == sorted("is Wood" if r[3] == "is" else r[3] for r in want)
+        dots = points.get(image_id, [])
+        assert len(drawn["dots"]) == len(dots)
+        for g, w in zip(sorted(drawn["dots"]), sorted(dots), strict=True):
+            assert g[0] == w[1] and close(g[1:3], w[2:], 0.6)
+        colours = {d[0]: d[3] for d in drawn["dots"]}
+        assert len(set(colours.values())) == len(colours)  # one colour per answer

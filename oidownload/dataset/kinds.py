@@ -271,12 +271,12 @@ POINT_COLUMNS = (
 RELATIONSHIPS: AnnotationKind[Relationship] = AnnotationKind(
     "relationships", "visual relationship annotations",
     ("ImageID", "LabelName1", "LabelName2", *(f"{c}{k}" for k in (1, 2) for c in COORDS), "RelationshipLabel"),
-    "ImageID", "LabelName1", _relationship, RELATIONSHIP_COLUMNS, frozenset({SELECT, DB_LOAD, EXPORT}))
+    "ImageID", "LabelName1", _relationship, RELATIONSHIP_COLUMNS, _ALL)
 # V7 spells the image column ImageId; TextLabel may be absent, so it is not required.
 POINTS: AnnotationKind[Point] = AnnotationKind(
     "points", "point labels",
     ("ImageId", "X", "Y", "Label", "EstimatedYesNo", "Source", "YesVotes", "NoVotes", "UnsureVotes"),
-    "ImageId", "Label", _point, POINT_COLUMNS, frozenset({SELECT, DB_LOAD, EXPORT}))
+    "ImageId", "Label", _point, POINT_COLUMNS, _ALL)
 
 KINDS: dict[str, AnnotationKind[Any]] = {k.name: k for k in (BOXES, LABELS, SEGMENTATION, RELATIONSHIPS, POINTS)}
 
