@@ -232,7 +232,7 @@ def test_names_of_classes_in_coco(made: Made, tmp_path: Path) -> None:
 # -- the gallery ------------------------------------------------------------------------------------
 
 def test_gallery_draws_one_line_per_relationship_and_one_dot_per_point(made: Made, tmp_path: Path,
-                                                                       session: Callable[[int], Session]) -> None:
+                                                                       session: Callable[[int], Session]) -> None:  # noqa: F811
     gallery = tmp_path / "g"
     res = run_cli("gallery", made.out, "-o", gallery, "--state-dir", made.state, "--progress", "none",
                   "--class-descriptions", DESCRIPTIONS, "--annotations", BOXES_CSV, "--annotations", made.vrd,
