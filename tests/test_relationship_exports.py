@@ -269,3 +269,14 @@ def test_gallery_draws_one_line_per_relationship_and_one_dot_per_point(made: Mad
             assert g[0] == w[1] and close(g[1:3], w[2:], 0.6)
         colours = {d[0]: d[3] for d in drawn["dots"]}
         assert len(set(colours.values())) == len(colours)  # one colour per answer
+    stats = s.open((gallery / "stats.html").as_uri())
+    table = stats.evaluate("""(key) => Object.fromEntries([...document.querySelectorAll('#table-' + key + ' tbody tr')]
+        .map(r => [r.dataset.key, [...r.querySelectorAll('td.num')].map(td => +td.textContent)]))""", "predicates")
+    assert table == {p: [sum(1 for r in expected_relationships(made) if r[3] == p)]
+                     for p in {r[3] for r in expected_relationships(made)}}
+    triplets = stats.evaluate("(k) => [...document.querySelectorAll('#table-' + k + ' tbody tr')].map(r => r.dataset.key)",
+                              "triplets")
+    assert set(triplets) == {f"{r[1]} {r[3]} {r[2]}" for r in expected_relationships(made)}
+    per_class = stats.evaluate("""(key) => Object.fromEntries([...document.querySelectorAll('#table-' + key + ' tbody tr')]
+        .map(r => [r.dataset.key, [...r.querySelectorAll('td.num')].map(td => +td.textContent)]))""", "points")
+    assert per_class == {"/m/0342h": [sum(1 for p in expected_points(made) if p[1] == a) for a in ("yes", "no", "unsure")]}
