@@ -207,7 +207,9 @@ def export_annotations(out: str | os.PathLike[str], format: str = "coco", *,
                        annotations: Paths | Iterable[Paths] = (), db: str | None = None,
                        class_descriptions: Paths | None = None, class_: str | Iterable[str] = (),
                        hierarchy: Paths | None = None, with_parts: bool = False, dest: Paths | None = None,
-                       images: Paths | Iterable[Paths] = (), state_dir: Paths | None = None) -> ExportResult:
+                       images: Paths | Iterable[Paths] = (), state_dir: Paths | None = None,
+                       relationship: str | Iterable[str] = (), predicate: str | Iterable[str] = (),
+                       attributes: Paths | None = None) -> ExportResult:
     """The annotations of the images downloaded into OUT, as `oidownload annotations OUT
     --format FORMAT` writes them (exports.EXPORTERS: coco, yolo, hf, csv, voc, attribution), with its options.
     Returns what was written: counts, files and notes."""
@@ -220,7 +222,10 @@ def export_annotations(out: str | os.PathLike[str], format: str = "coco", *,
         _one(("--class-descriptions",), _FILE, class_descriptions),
         tuple([class_] if isinstance(class_, str) else class_), _one(("--hierarchy",), _FILE, hierarchy),
         with_parts, _one(("-d", "--dest"), PathIn(), dest), _checked(("--images",), _FILE, images),
-        _one(("--state-dir",), PathIn(), state_dir))
+        _one(("--state-dir",), PathIn(), state_dir),
+        relationships=tuple([relationship] if isinstance(relationship, str) else relationship),
+        predicates=tuple([predicate] if isinstance(predicate, str) else predicate),
+        attributes=_one(("--attributes",), _FILE, attributes))
 
 
 def _loop_running() -> bool:

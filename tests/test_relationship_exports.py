@@ -280,3 +280,13 @@ def test_gallery_draws_one_line_per_relationship_and_one_dot_per_point(made: Mad
     per_class = stats.evaluate("""(key) => Object.fromEntries([...document.querySelectorAll('#table-' + key + ' tbody tr')]
         .map(r => [r.dataset.key, [...r.querySelectorAll('td.num')].map(td => +td.textContent)]))""", "points")
     assert per_class == {"/m/0342h": [sum(1 for p in expected_points(made) if p[1] == a) for a in ("yes", "no", "unsure")]}
+
+
+def test_annotations_keeps_only_the_asked_relationships(made: Made, tmp_path: Path) -> None:
+    dest = _export(made, "coco", tmp_path / "at", *csv_sources(made), "--predicate", "at")
+    rels, _ = coco_relationships(dest / "coco.json")
+    want = [r for r in expected_relationships(made) if r[3] == "at"]
+    _same_relationships(rels, want)
+    res = run_cli("annotations", made.out, "--format", "coco", "--state-dir", made.state, "-d", tmp_path / "bad",
+                  "--class-descriptions", DESCRIPTIONS, *csv_sources(made), "--relationship", "Man plyas Guitar")
+    assert res.returncode != 0 and "Traceback" not in res.stderr and "no known predicate" in res.stderr and "'plays'" in res.stderr

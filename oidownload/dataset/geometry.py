@@ -7,9 +7,9 @@ gallery move boxes and points through here, so they agree on every pixel.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from oidownload.dataset.annotations import AnnotationTable
 from oidownload.dataset.kinds import (
@@ -22,6 +22,9 @@ from oidownload.dataset.kinds import (
     Relationship,
 )
 from oidownload.state.reader import Written
+
+if TYPE_CHECKING:
+    from oidownload.dataset.relationships import RelationshipQuery
 
 Coords = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax, normalised
 R = TypeVar("R")
@@ -156,6 +159,7 @@ class WrittenRecords(Generic[R]):
     move: Callable[[R, Written], R | None]
     images: Mapping[str, Written]
     mids: frozenset[str] | None = None
+    keep: Callable[[R], bool] | None = None  # a further test on the record (--relationship)
     dropped: int = 0
     unreadable: int = 0
 
@@ -177,6 +181,8 @@ class WrittenRecords(Generic[R]):
                 if rec is None:
                     self.unreadable += 1
                     continue
+                if self.keep is not None and not self.keep(rec):
+                    continue
                 moved = self.move(rec, images[fields[i_id]])
                 if moved is None:
                     self.dropped += 1
@@ -185,8 +191,11 @@ class WrittenRecords(Generic[R]):
 
 
 def written_relationships(images: Mapping[str, Written], mids: frozenset[str] | None = None,
-                          ) -> WrittenRecords[Relationship]:
-    return WrittenRecords(RELATIONSHIPS, written_relationship, images, mids)
+                          wanted: Sequence[RelationshipQuery] | None = None) -> WrittenRecords[Relationship]:
+    """`wanted`: keep only the relationships one of these queries matches."""
+    keep = None if wanted is None else (
+        lambda r: any(q.test(r.label1, r.label2, r.relationship) for q in wanted))
+    return WrittenRecords(RELATIONSHIPS, written_relationship, images, mids, keep)
 
 
 def written_points(images: Mapping[str, Written], mids: frozenset[str] | None = None) -> WrittenRecords[Point]:

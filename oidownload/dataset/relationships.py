@@ -10,7 +10,8 @@ Rows stay field lists; memory grows with the selected images only.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Iterator, Sequence
+import difflib
+from collections.abc import Collection, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class RelationshipQuery:
                 and (self.object is None or label2 in self.object))
 
 
-def split_query(text: str, predicates: Container[str] = KNOWN_PREDICATES) -> tuple[str, str, str]:
+def split_query(text: str, predicates: Collection[str] = KNOWN_PREDICATES) -> tuple[str, str, str]:
     """'Coffee table on Floor' → ('Coffee table', 'on', 'Floor'): the predicate is one
     word between two non-empty sides, a known predicate when the words allow several."""
     words = text.split()
@@ -59,10 +60,13 @@ def split_query(text: str, predicates: Container[str] = KNOWN_PREDICATES) -> tup
     if len(known) > 1:
         raise ConfigError(f"--relationship {text[:80]!r}: several words could be the predicate "
                           f"({', '.join(words[i] for i in known)}); use MIDs for the classes")
-    if not known and len(words) != 3:
-        raise ConfigError(f"--relationship {text[:80]!r}: no known predicate in it "
-                          f"(known: {', '.join(sorted(str(p) for p in KNOWN_PREDICATES))})")
-    at = known[0] if known else 1
+    if not known:
+        # an unknown predicate: the closest known ones, as a misspelled class name gets
+        close = [c for w in words[1:-1] for c in difflib.get_close_matches(w.lower(), sorted(predicates), n=3)]
+        hint = f"; did you mean {', '.join(repr(c) for c in dict.fromkeys(close))}?" if close else ""
+        raise ConfigError(f"--relationship {text[:80]!r}: no known predicate in it{hint} "
+                          f"(known: {', '.join(sorted(predicates))})")
+    at = known[0]
     return " ".join(words[:at]), words[at].lower(), " ".join(words[at + 1:])
 
 
@@ -97,14 +101,14 @@ class Resolver:
             return frozenset(mids)
         return expand(sorted(mids), self.hierarchy, with_parts=self.with_parts).mids
 
-    def query(self, text: str, predicates: Container[str] = KNOWN_PREDICATES) -> RelationshipQuery:
+    def query(self, text: str, predicates: Collection[str] = KNOWN_PREDICATES) -> RelationshipQuery:
         subject, predicate, obj = split_query(text, predicates)
         return RelationshipQuery(self.side(subject, attribute=False), None if predicate == ANY else predicate,
                                  self.side(obj, attribute=predicate == IS), text)
 
 
 def queries(resolver: Resolver, relationships: Sequence[str], predicates: Sequence[str],
-            known: Container[str] = KNOWN_PREDICATES) -> list[RelationshipQuery]:
+            known: Collection[str] = KNOWN_PREDICATES) -> list[RelationshipQuery]:
     """--relationship and --predicate as queries: a --predicate alone is '* P *'."""
     out = [resolver.query(t, known) for t in relationships]
     out += [RelationshipQuery(None, p.strip().lower(), None, f"* {p.strip()} *") for p in predicates if p.strip()]

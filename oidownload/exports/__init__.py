@@ -25,6 +25,7 @@ from oidownload.dataset.geometry import (
     written_relationships,
 )
 from oidownload.dataset.kinds import BOXES, EXPORT, POINTS, RELATIONSHIPS, Box, Point, Relationship
+from oidownload.dataset.relationships import RelationshipQuery
 from oidownload.exports.attribution import AttributionExporter
 from oidownload.exports.base import Annotated, ExportContext, Exporter, ExportResult
 from oidownload.exports.coco import CocoExporter
@@ -53,6 +54,7 @@ def export(
     classes: frozenset[str] | None = None,
     state_dir: Path | None = None,
     image_lists: Sequence[Path] | None = None,
+    relationships: Sequence[RelationshipQuery] | None = None,
 ) -> ExportResult:
     if fmt not in EXPORTERS:
         raise ConfigError(f"--format {fmt}: no such export; known: {', '.join(sorted(EXPORTERS))}")
@@ -85,7 +87,7 @@ def export(
         what = f"cannot write the export in {dest}"
     result = ExportResult(dest, images=len(images))
     ctx = ExportContext(fmt, state, images, tables, tree, result, names, classes,
-                        list(image_lists) if image_lists is not None else None)
+                        list(image_lists) if image_lists is not None else None, relationships)
     try:
         with tree:
             _run(exporter, ctx)
@@ -124,7 +126,7 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
 def _other_records(exporter: Exporter, ctx: ExportContext) -> tuple[dict[str, list[Relationship]],
                                                                     dict[str, list[Point]]]:
     """relationships and points (issue 23): their records per image, in the written frame."""
-    rels = _per_image(ctx, written_relationships(ctx.images, ctx.classes), "relationship") \
+    rels = _per_image(ctx, written_relationships(ctx.images, ctx.classes, ctx.relationships), "relationship") \
         if RELATIONSHIPS in exporter.kinds else {}
     points = _per_image(ctx, written_points(ctx.images, ctx.classes), "point") if POINTS in exporter.kinds else {}
     return rels, points

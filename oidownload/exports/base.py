@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -23,6 +23,7 @@ from oidownload.dataset.annotations import AnnotationTable
 from oidownload.dataset.attribution import Credit, credits
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.kinds import AnnotationKind, Box, Point, Relationship
+from oidownload.dataset.relationships import RelationshipQuery
 from oidownload.sinks import Reader
 from oidownload.state.reader import StateDir, Written
 
@@ -66,6 +67,8 @@ class ExportContext:
     names: ClassDescriptions | None = None
     classes: frozenset[str] | None = None
     image_lists: list[Path] | None = None
+    # relationships and points (issue 23): the relationships to keep (None: all)
+    relationships: Sequence[RelationshipQuery] | None = None
 
     def credits(self) -> dict[str, Credit]:
         """Each image's credit, from its input row."""
