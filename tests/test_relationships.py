@@ -216,3 +216,40 @@ def test_db_load_folder_skips_the_triplets_with_a_line(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM relationships").fetchone() == (2,)
         assert conn.execute("SELECT name FROM attributes WHERE mid = ?", (SMILE,)).fetchone() == ("Smiling",)
+
+
+def test_the_api_selects_as_the_command(files: dict[str, Path], tmp_path: Path) -> None:
+    import oidownload
+
+    res = oidownload.select(IMAGES, tmp_path / "api.csv", annotations=[files["vrd"], files["points"]],
+                            class_descriptions=DESCRIPTIONS, attributes=files["attributes"],
+                            relationship=["Table is Wooden"], predicate="plays", class_="Guitar",
+                            point_answer="any", min_yes_votes=1)
+    got = {r["ImageID"] for r in rows_of(tmp_path / "api.csv")}
+    rel = expected(files["vrd"], lambda r: (r["LabelName1"], r["LabelName2"], r["RelationshipLabel"])
+                   == (TABLE, WOOD, "is") or r["RelationshipLabel"] == "plays")
+    pts = expected(files["points"], lambda r: r["Label"] == GUITAR and int(r["YesVotes"]) >= 1)
+    assert got == rel & pts and res.rows == len(got) > 0
+
+
+def test_db_load_reports_bad_relationship_and_point_rows(tmp_path: Path) -> None:
+    vrd, points = tmp_path / "vrd.csv", tmp_path / "points.csv"
+    lines = VRD.read_text(encoding="utf-8").splitlines()
+    vrd.write_text("\n".join([*lines, lines[1].replace("/m/019nj4", "not-a-mid"), lines[1].replace("0.049375", "x", 1)])
+                   + "\n", encoding="utf-8")
+    points.write_text(",".join(POINT_HEADER) + "\n0001eeaf4aed83f9,0.25,0.5,/m/0342h,yes,ih,2,0,1,\n"
+                      "0001eeaf4aed83f9,0.25,half,/m/0342h,yes,ih,2,0,1,\n0001eeaf4aed83f9,0.1,0.1,/m/0342h,yes,ih,two,0,1,\n",
+                      encoding="utf-8")
+    db = tmp_path / "oi.sqlite"
+    res = run_cli("db", "load", vrd, points, "--db", db)
+    assert res.returncode == 0, res.stderr
+    assert f"{vrd.resolve()}:4: LabelName2 'not-a-mid' is not a MID" in res.stderr
+    assert f"{vrd.resolve()}:5:" in res.stderr and f"{points.resolve()}:3:" in res.stderr
+    assert f"{points.resolve()}:4:" in res.stderr
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        assert dict(conn.execute("SELECT kind, rows || '/' || bad_rows FROM loaded_files").fetchall()) == {
+            "relationships": "2/2", "points": "1/2"}
+    res = run_cli("db", "load", vrd, points, "--db", db)  # resume: nothing changed, nothing loaded again
+    assert res.returncode == 0 and res.stderr.count("unchanged") == 2, res.stderr

@@ -1,7 +1,7 @@
 """Open Images annotation files (plain or .gz), streamed: which images a class selection
 picks, and the rows of given images. What a file is comes from its header, by the one
-detector of `oidownload.dataset.kinds` (boxes, image labels, and the kinds not yet
-selected by: segmentation, relationships, points). `AnnotationSource` is where such rows
+detector of `oidownload.dataset.kinds` (boxes, image labels and point labels select
+by class here; relationships through `dataset.relationships`; segmentation not yet). `AnnotationSource` is where such rows
 come from: these files (`CsvAnnotations`), or the database (`oidownload.db.source`);
 selection and export only see the protocol.
 
