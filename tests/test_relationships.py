@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import V3, V4, rows_of, run_cli
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus
+from tests.conftest import V3, V4, journal_rows, rows_of, run_cli
 
 IMAGES = V3 / "validation" / "images.csv"
 DESCRIPTIONS = V3 / "class-descriptions.csv"
@@ -253,3 +255,20 @@ def test_db_load_reports_bad_relationship_and_point_rows(tmp_path: Path) -> None
             "relationships": "2/2", "points": "1/2"}
     res = run_cli("db", "load", vrd, points, "--db", db)  # resume: nothing changed, nothing loaded again
     assert res.returncode == 0 and res.stderr.count("unchanged") == 2, res.stderr
+
+
+def test_download_fetches_exactly_the_relationship_selection(files: dict[str, Path], tmp_path: Path,
+                                                             make_origin: StartOrigin) -> None:
+    """download shares select's plan: the images fetched are the independent reading's."""
+    want = expected(files["vrd"], lambda r: (r["LabelName1"], r["LabelName2"], r["RelationshipLabel"])
+                    == (GIRL, TABLE, "at"))
+    ids = sorted(want)[:6]
+    corpus = Corpus.generate(0, mix="tiny", seed=23, ids=[*ids, *sorted(set(image_ids()) - want)[:6]],
+                             subset="validation")
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    out = tmp_path / "out"
+    res = run_cli("download", manifest, "-o", out, "--progress", "none", "--annotations", files["vrd"],
+                  "--class-descriptions", DESCRIPTIONS, "--relationship", "Girl at Table")
+    assert res.returncode == 0, res.stderr
+    assert sorted(journal_rows(out)) == ids and sum(origin.requests.values()) == len(ids)
