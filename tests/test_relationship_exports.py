@@ -187,6 +187,12 @@ def test_coco_relationships_and_points_in_the_written_frame(made: Made, tmp_path
     want_points = expected_points(made)
     _same_points(points, want_points)
     assert len(want_points) < len(rows_of(made.points))  # the crop cut some away: dropped, not misplaced
+    res = run_cli("annotations", made.out, "--format", "csv", "--state-dir", made.state, "-d", tmp_path / "n",
+                  *csv_sources(made))
+    n_rel = len(expected_relationships(made))
+    assert f", {n_rel} relationships, {len(want_points)} points" in res.stderr, res.stderr
+    cut = len(rows_of(made.points)) - len(want_points)
+    assert f"{made.points.name}: {cut} point(s) cut away by the crop were left out" in res.stderr
 
 
 def test_csv_rows_in_the_written_frame(made: Made, tmp_path: Path) -> None:

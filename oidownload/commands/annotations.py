@@ -71,6 +71,8 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     else:
         click.echo(
             f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
+            + (f", {res.relationships} relationships" if res.relationships else "")
+            + (f", {res.points} points" if res.points else "")
             + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
             + f" -> {res.dest}",
             err=True,

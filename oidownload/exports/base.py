@@ -38,6 +38,8 @@ class ExportResult:
     boxes: int = 0
     labels: int = 0
     dropped: int = 0  # boxes a crop cut away entirely
+    relationships: int = 0  # relationships and points (issue 23) written
+    points: int = 0
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth telling the user
 

@@ -79,6 +79,7 @@ class CocoExporter:
         ctx.result.boxes = n - extra.points
         if kinds:
             extra.into(doc)
+            ctx.result.relationships, ctx.result.points = len(extra.relationships), extra.points
             ctx.result.notes.append(f"{len(extra.relationships)} relationship(s), {extra.points} point(s); "
                                     f"{extra.added_boxes} relationship box(es) matched no box annotation "
                                     f"(within {TOLERANCE_PX} px) and were added")

@@ -107,6 +107,7 @@ def _moved_rows(ctx: ExportContext, f: AnnotationTable, name: str) -> None:
     labels = [f.index(c) for c in (("LabelName1", "LabelName2") if f.kind is RELATIONSHIPS else ("Label",))]
     quads = [[f.index(c) for c in q] for q in _QUADS] if f.kind is RELATIONSHIPS else []
     i_x, i_y = (f.index("X"), f.index("Y")) if f.kind is POINTS else (0, 0)
+    dropped = 0
     with ctx.tree.atomic_file(name) as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(f.columns)
@@ -119,7 +120,7 @@ def _moved_rows(ctx: ExportContext, f: AnnotationTable, name: str) -> None:
                     moved = [to_written_frame(tuple(float(fields[i]) for i in q), image)  # type: ignore[arg-type]
                              for q in quads]
                     if any(b is None for b in moved):
-                        result.dropped += 1
+                        dropped += 1
                         continue
                     for q, b in zip(quads, moved, strict=True):
                         for i, v in zip(q, b or (), strict=True):
@@ -127,11 +128,17 @@ def _moved_rows(ctx: ExportContext, f: AnnotationTable, name: str) -> None:
                 else:
                     point = point_inside(float(fields[i_x]), float(fields[i_y]), image)
                     if point is None:
-                        result.dropped += 1
+                        dropped += 1
                         continue
                     fields[i_x], fields[i_y] = (f"{v:.6f}" for v in point)
             except ValueError:
                 continue
-            result.labels += 1
+            if quads:
+                result.relationships += 1
+            else:
+                result.points += 1
             w.writerow(fields)
     result.files.append(ctx.tree.path / name)
+    if dropped:  # said as the other exports say it (exports._per_image), not as boxes
+        what = "relationship" if quads else "point"
+        result.notes.append(f"{name}: {dropped} {what}(s) cut away by the crop were left out")

@@ -70,6 +70,8 @@ class HfExporter:
                     **hf_columns(it, extra, ctx.name),
                 }, ensure_ascii=False) + "\n")
         result.boxes = sum(len(it.boxes) for it in self.items)
+        result.relationships = sum(len(it.relationships) for it in self.items)
+        result.points = sum(len(it.points) for it in self.items)
         card = tree.path / "README.md"  # the dataset card, at the root load_dataset is pointed at
         label_names = _label_names(cats, ctx.names)
         there = tree.lstat("README.md")
