@@ -272,3 +272,29 @@ def test_download_fetches_exactly_the_relationship_selection(files: dict[str, Pa
                   "--class-descriptions", DESCRIPTIONS, "--relationship", "Girl at Table")
     assert res.returncode == 0, res.stderr
     assert sorted(journal_rows(out)) == ids and sum(origin.requests.values()) == len(ids)
+
+
+@pytest.mark.parametrize(("text", "parts"), [
+    ("Man plays Guitar", ("Man", "plays", "Guitar")),
+    ("Coffee table on Floor", ("Coffee table", "on", "Floor")),
+    ("* on Table", ("*", "on", "Table")),
+    ("Man * Musical instrument", ("Man", "*", "Musical instrument")),
+    ("  Table   is Wooden ", ("Table", "is", "Wooden")),
+])
+def test_a_query_splits_at_its_predicate(text: str, parts: tuple[str, str, str]) -> None:
+    from oidownload.dataset.relationships import split_query
+
+    assert split_query(text) == parts
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("Man Guitar", "give 'SUBJECT PREDICATE OBJECT'"),
+    ("Man on Table on Floor", "several words could be the predicate"),
+    ("Man plyas Guitar", "did you mean 'plays'"),
+])
+def test_a_bad_query_says_why(text: str, message: str) -> None:
+    from oidownload.core.errors import ConfigError
+    from oidownload.dataset.relationships import split_query
+
+    with pytest.raises(ConfigError, match=message):
+        split_query(text)
