@@ -209,7 +209,9 @@ def export_annotations(out: str | os.PathLike[str], format: str = "coco", *,
                        hierarchy: Paths | None = None, with_parts: bool = False, dest: Paths | None = None,
                        images: Paths | Iterable[Paths] = (), state_dir: Paths | None = None,
                        narrative_traces: bool = False, with_narrative: bool = False,
-                       narrative_contains: str | Iterable[str] = ()) -> ExportResult:
+                       narrative_contains: str | Iterable[str] = (),
+                       relationship: str | Iterable[str] = (), predicate: str | Iterable[str] = (),
+                       attributes: Paths | None = None) -> ExportResult:
     """The annotations of the images downloaded into OUT, as `oidownload annotations OUT
     --format FORMAT` writes them (exports.EXPORTERS: coco, yolo, hf, csv, voc, attribution), with its options.
     Returns what was written: counts, files and notes."""
@@ -223,7 +225,10 @@ def export_annotations(out: str | os.PathLike[str], format: str = "coco", *,
         tuple([class_] if isinstance(class_, str) else class_), _one(("--hierarchy",), _FILE, hierarchy),
         with_parts, _one(("-d", "--dest"), PathIn(), dest), _checked(("--images",), _FILE, images),
         _one(("--state-dir",), PathIn(), state_dir), narrative_traces=narrative_traces, with_narrative=with_narrative,
-        narrative_words=tuple([narrative_contains] if isinstance(narrative_contains, str) else narrative_contains))
+        narrative_words=tuple([narrative_contains] if isinstance(narrative_contains, str) else narrative_contains),
+        relationships=tuple([relationship] if isinstance(relationship, str) else relationship),
+        predicates=tuple([predicate] if isinstance(predicate, str) else predicate),
+        attributes=_one(("--attributes",), _FILE, attributes))
 
 
 def _loop_running() -> bool:

@@ -53,6 +53,7 @@ def plan_selection(inputs: tuple[Path, ...], p: SelectionParams, say: Say,
     """The id-level selection (--ids, classes, a seeded sample), worked out up front."""
     from oidownload.dataset.annotations import LabelSource
     from oidownload.dataset.classes import read_classes_file
+    from oidownload.dataset.points import PointAnswer
     from oidownload.dataset.selection import ClassChoice, plan
 
     names = list(p["class_names"])
@@ -72,8 +73,11 @@ def plan_selection(inputs: tuple[Path, ...], p: SelectionParams, say: Say,
         tuple(names), class_descriptions=p["class_descriptions"], annotations=tuple(p["annotation_files"]),
         db=p["db"], hierarchy=p["hierarchy"], expand=not p["no_expand"], with_parts=p["with_parts"],
         filter={"label_source": LabelSource(p["label_source"]), "min_confidence": p["min_confidence"],
-                "boxes_only": p["boxes_only"], "exclude": exclude},
+                "boxes_only": p["boxes_only"], "exclude": exclude,
+                # relationships and points (issue 23)
+                "point_answer": PointAnswer(p["point_answer"]), "min_yes_votes": p["min_yes_votes"]},
         limit_per_class=p["limit_per_class"],
+        relationships=tuple(p["relationships"]), predicates=tuple(p["predicates"]), attributes=p["attributes_file"],
     )
     from oidownload.dataset.narratives import NarrativeChoice
 

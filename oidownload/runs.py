@@ -113,8 +113,10 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
                     class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
                     with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...],
                     state_dir: Path | None, *, narrative_traces: bool = False, with_narrative: bool = False,
-                    narrative_words: tuple[str, ...] = ()) -> ExportResult:
-    """`annotations`' work, for the command and the API."""
+                    narrative_words: tuple[str, ...] = (), relationships: tuple[str, ...] = (),
+                    predicates: tuple[str, ...] = (), attributes: Path | None = None) -> ExportResult:
+    """`annotations`' work, for the command and the API. --relationship and --predicate
+    (issue 23) keep only the relationships they match."""
     from oidownload.dataset.hierarchy import Hierarchy, expand
     from oidownload.dataset.narratives import NarrativeChoice, narrative_ids
     from oidownload.dataset.selection import class_names as names_of
@@ -141,7 +143,7 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
             classes = frozenset(names.resolve(class_names) if names else class_names)
             if hierarchy is not None:
                 classes = expand(sorted(classes), Hierarchy.load(hierarchy), with_parts=with_parts).mids
-        elif hierarchy is not None:
+        elif hierarchy is not None and not (relationships or predicates):
             raise ConfigError("--hierarchy needs --class here: a download's classes are remembered expanded")
         else:
             classes = remembered.classes
@@ -149,6 +151,13 @@ def run_annotations(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
         told = NarrativeChoice(with_narrative, narrative_words)  # narratives (issue 23)
         if told.active:
             only = frozenset(narrative_ids(source, told))
+        wanted = None
+        if relationships or predicates:  # relationships and points (issue 23)
+            from oidownload.dataset.relationships import Resolver, attribute_names, queries
+
+            tree = Hierarchy.load(hierarchy) if hierarchy is not None else None
+            wanted = queries(Resolver(names, attribute_names(source, attributes), tree, with_parts),
+                             relationships, predicates)
         return export(out, fmt, source, dest=dest, names=names, classes=classes,
-                      state_dir=state_dir, image_lists=list(image_lists) or None, only=only)
+                      state_dir=state_dir, image_lists=list(image_lists) or None, only=only, relationships=wanted)
 

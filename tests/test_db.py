@@ -366,7 +366,8 @@ def test_an_unknown_file_is_refused_before_anything_loads(tmp_path: Path) -> Non
     folder = tmp_path / "meta"
     folder.mkdir()
     (folder / "class-descriptions.csv").write_bytes(DESCRIPTIONS.read_bytes())
-    (folder / "relationships.csv").write_text("LabelName1,LabelName2,RelationshipLabel\n/m/03bt1vf,/m/02wzbmj,is\n")
+    # (a triplets file is known since issue 23: skipped with a line, tests/test_relationships.py)
+    (folder / "relationships.csv").write_text("LabelName1,LabelName2,Relation\n/m/03bt1vf,/m/02wzbmj,is\n")
     db = tmp_path / "oi.sqlite"
     res = run_cli("db", "load", folder, "--db", db)
     assert res.returncode == 1 and "relationships.csv: not a file oidownload can load" in res.stderr

@@ -20,7 +20,9 @@ SHARED = {
     "select": {"--subset", "--limit", "--seed", "--ids", "--class", "--classes-file", "--class-descriptions",
                "--annotations", "--label-source", "--min-confidence", "--boxes-only", "--exclude-occluded",
                "--exclude-truncated", "--exclude-group-of", "--exclude-depiction", "--exclude-inside",
-               "--db", "--hierarchy", "--no-expand", "--with-parts", "--limit-per-class"},
+               "--db", "--hierarchy", "--no-expand", "--with-parts", "--limit-per-class",
+               # relationships and points (issue 23)
+               "--relationship", "--predicate", "--attributes", "--point-answer", "--min-yes-votes"},
     "status": {"--state-dir"}, "report": {"--state-dir"}, "annotations": {"--state-dir"}, "gallery": {"--state-dir"},
     "verify": {"--state-dir"}, "lock": {"--state-dir"},
 }

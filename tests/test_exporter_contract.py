@@ -345,3 +345,97 @@ def test_csv_export_holds_the_narratives_of_the_downloaded_images(download: Down
         for r in rows_of(dest / path.name.replace(".jsonl", ".csv")):
             got.setdefault(r["ImageID"], []).append(r["Caption"])
     assert got == fixture_captions(set(download.source))
+# -- relationships and points (issue 23) through pycocotools and `datasets` ----------------------------
+
+def _kind_files(download: Download, tmp: Path) -> tuple[Path, Path, dict[str, int], dict[str, int]]:
+    """A relationship file on the download's real boxes (the first and last box of each
+    image, and an `is`), and three points an image, with the count per image of each."""
+    vrd, points = tmp / "vrd.csv", tmp / "points.csv"
+    rels: dict[str, int] = {}
+    pts: dict[str, int] = {}
+    q = ("XMin", "XMax", "YMin", "YMax")
+    with open(vrd, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["ImageID", "LabelName1", "LabelName2", *(f"{c}{k}" for k in (1, 2) for c in q), "RelationshipLabel"])
+        for image_id, boxes in sorted(download.boxes().items()):
+            if len(boxes) >= 2:
+                a, b = boxes[0], boxes[-1]
+                w.writerow([image_id, a["LabelName"], b["LabelName"], *(a[c] for c in q), *(b[c] for c in q), "on"])
+                w.writerow([image_id, a["LabelName"], "/m/083vt", *(a[c] for c in q), *(a[c] for c in q), "is"])
+                rels[image_id] = 2
+    with open(points, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["ImageId", "X", "Y", "Label", "EstimatedYesNo", "Source", "YesVotes", "NoVotes", "UnsureVotes",
+                    "TextLabel"])
+        for k, image_id in enumerate(sorted(download.source)):
+            for j in range(3):
+                w.writerow([image_id, f"{(k % 7 + 1) / 9:.4f}", f"{(j + 1) / 4:.4f}", "/m/0342h",
+                            ("yes", "no", "unsure")[j], "ih", 2 - j, j, 0, ""])
+            pts[image_id] = 3
+    return vrd, points, rels, pts
+
+
+def test_relationships_and_points_round_trip_through_pycocotools(download: Download, tmp_path: Path) -> None:
+    from pycocotools.coco import COCO
+
+    vrd, points, rels, pts = _kind_files(download, tmp_path)
+    res = run_cli("annotations", download.out, "--format", "coco", "-d", tmp_path / "coco",
+                  "--annotations", BOXES[0], "--annotations", BOXES[1], "--annotations", vrd, "--annotations", points,
+                  "--class-descriptions", DESCRIPTIONS)
+    assert res.returncode == 0, res.stderr
+    coco = COCO(str(tmp_path / "coco" / "coco.json"))
+    doc = coco.dataset
+    mids = {c["id"]: c["freebase_id"] for c in doc["categories"]}
+    by_image = {i["id"]: i["open_images_id"] for i in doc["images"]}
+    source = {(r["ImageID"], r["RelationshipLabel"]): r for r in rows_of(vrd)}
+    assert len(doc["relationships"]) == sum(rels.values()) > 0
+    assert {p["name"] for p in doc["predicates"]} == {"on", "is"}
+    for r in doc["relationships"]:
+        image_id = by_image[r["image_id"]]
+        row = source[(image_id, r["predicate"])]
+        subject, obj = coco.loadAnns([r["subject_id"], r["object_id"]])
+        w, h = _size(download, image_id)
+        assert mids[subject["category_id"]] == row["LabelName1"]
+        for ann, k in ((subject, 1), (obj, 2 if r["predicate"] != "is" else 1)):
+            x0, x1, y0, y1 = (float(row[f"{c}{k}"]) for c in ("XMin", "XMax", "YMin", "YMax"))
+            assert all(abs(u - v) <= 0.5 for u, v in zip(ann["bbox"], (x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h),
+                                                         strict=True))
+        if r["predicate"] == "is":
+            assert r["attribute_mid"] == "/m/083vt" and r["object_id"] == r["subject_id"]
+        else:
+            assert mids[obj["category_id"]] == row["LabelName2"]
+    assert not any(a.get("relationship_box") for a in doc["annotations"])  # every side is a real box
+    got_points = [a for a in coco.loadAnns(coco.getAnnIds()) if "point" in a]
+    assert len(got_points) == sum(pts.values())
+    assert {(a["answer"], a["yes_votes"]) for a in got_points} == {("yes", 2), ("no", 1), ("unsure", 0)}
+
+
+_HF_KINDS = """
+import json, sys
+import datasets
+ds = datasets.load_dataset("imagefolder", data_dir=sys.argv[1], cache_dir=sys.argv[2])
+print(json.dumps({row["image_id"]: [row["relationships"], row["points"]] for part in ds.values() for row in part}))
+"""
+
+
+def test_relationships_and_points_round_trip_through_datasets(download: Download, tmp_path: Path) -> None:
+    require(importlib.util.find_spec("datasets") is not None, "Hugging Face datasets (pip install '.[test]')")
+    vrd, points, rels, _ = _kind_files(download, tmp_path)
+    try:
+        _export(download, "hf", "--annotations", BOXES[0], "--annotations", BOXES[1], "--annotations", vrd,
+                "--annotations", points, "--class-descriptions", DESCRIPTIONS)
+        env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+        loaded = subprocess.run([sys.executable, "-c", _HF_KINDS, str(download.out), str(tmp_path / "datasets")],
+                                capture_output=True, text=True, env=env, timeout=240)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        rows = json.loads(loaded.stdout.splitlines()[-1])
+        assert set(rows) == set(download.source)
+        names = class_names()
+        for image_id, (relationships, pts_of) in rows.items():
+            assert len(relationships) == rels.get(image_id, 0)
+            for r in relationships:
+                assert r["subject"] == names[r["subject_mid"]] and len(r["subject_bbox"]) == len(r["object_bbox"]) == 4
+                assert r["predicate"] in ("on", "is")
+            assert [p["answer"] for p in pts_of] == ["yes", "no", "unsure"] and all(len(p["point"]) == 2 for p in pts_of)
+    finally:
+        _export(download, "hf")  # the boxes-only metadata the other tests read

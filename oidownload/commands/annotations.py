@@ -29,6 +29,13 @@ from oidownload.runs import run_annotations
 @opt("--hierarchy", scope="annotations", type=click.Path(path_type=Path, dir_okay=False),
      help="With --class: the classes' subcategories too (bbox_labels_600_hierarchy.json).")
 @opt("--with-parts", scope="annotations", is_flag=True, default=False, help="With --hierarchy: their parts too.")
+# relationships and points (issue 23)
+@opt("--relationship", "relationships", scope="annotations", multiple=True,
+     help="Only relationships like this, 'SUBJECT PREDICATE OBJECT' (names or MIDs, * for any side); repeatable.")
+@opt("--predicate", "predicates", scope="annotations", multiple=True,
+     help="Only relationships of this predicate; repeatable.")
+@opt("--attributes", "attributes_file", scope="annotations", type=click.Path(path_type=Path, dir_okay=False),
+     help="oidv6-attributes-description.csv: the names of the right side of 'is' [default: the database's].")
 @opt("-d", "--dest", scope="annotations", type=FOLDER,
      help="Output folder [default: OUT/annotations].")
 @opt("--images", "image_lists", scope="annotations", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
@@ -45,8 +52,10 @@ from oidownload.runs import run_annotations
 @boundary
 def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: str | None,
                     class_descriptions: Path | None, class_names: tuple[str, ...], hierarchy: Path | None,
-                    with_parts: bool, dest: Path | None, image_lists: tuple[Path, ...], with_narrative: bool,
-                    narrative_words: tuple[str, ...], narrative_traces: bool, state_dir: Path | None) -> int:
+                    with_parts: bool, relationships: tuple[str, ...], predicates: tuple[str, ...],
+                    attributes_file: Path | None, dest: Path | None, image_lists: tuple[Path, ...],
+                    with_narrative: bool, narrative_words: tuple[str, ...], narrative_traces: bool,
+                    state_dir: Path | None) -> int:
     """Annotations of the images downloaded into OUT, in the frame of the written files.
 
     \b
@@ -64,12 +73,15 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     """
     res = run_annotations(out, fmt, annotation_files, db, class_descriptions, class_names, hierarchy, with_parts,
                           dest, image_lists, state_dir, narrative_traces=narrative_traces,
-                          with_narrative=with_narrative, narrative_words=narrative_words)
+                          with_narrative=with_narrative, narrative_words=narrative_words,
+                          relationships=relationships, predicates=predicates, attributes=attributes_file)
     if fmt == "attribution":
         click.echo(f"{res.images} images credited -> {res.dest}", err=True)
     else:
         click.echo(
             f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
+            + (f", {res.relationships} relationships" if res.relationships else "")
+            + (f", {res.points} points" if res.points else "")
             + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
             + (f", {res.captions} captions" if res.captions else "")  # narratives (issue 23)
             + f" -> {res.dest}",

@@ -155,6 +155,18 @@ SELECTION_OPTIONS: tuple[OptionSpec, ...] = (
     _spec("--narrative-contains", dest="narrative_words", multiple=True,
           help="Only images with a narrative whose caption contains this word (case-insensitive, whole words; "
                "repeatable: every word, in the same narrative)."),
+    # relationships and points (issue 23)
+    _spec("--relationship", dest="relationships", multiple=True,
+          help="Only images with this visual relationship, 'SUBJECT PREDICATE OBJECT' (names or MIDs, * for any "
+               "side): 'Man plays Guitar', '* on Table', 'Table is Wooden'; repeatable (any of them)."),
+    _spec("--predicate", dest="predicates", multiple=True,
+          help="Only images with a relationship of this predicate (plays, on, is...); repeatable."),
+    _spec("--attributes", dest="attributes_file", value=FILE,
+          help="oidv6-attributes-description.csv: the names of the right side of 'is' (Wooden, Transparent...)."),
+    _spec("--point-answer", value=OneOf(("yes", "no", "unsure", "any"), case_sensitive=True), default="yes",
+          help="With point-label files: which EstimatedYesNo makes a point of the class count."),
+    _spec("--min-yes-votes", value=IntIn(0, 10**6), default=0,
+          help="With point-label files: points with fewer yes votes do not count."),
 )
 
 _OUTPUT = (
@@ -294,6 +306,12 @@ class SelectOptions(TypedDict, total=False):
     # narratives (issue 23)
     with_narrative: bool
     narrative_contains: Texts
+    # relationships and points (issue 23)
+    relationship: Texts
+    predicate: Texts
+    attributes: Paths | None
+    point_answer: str
+    min_yes_votes: int
 
 
 class DownloadOptions(SelectOptions, total=False):
@@ -372,6 +390,12 @@ class SelectionParams(TypedDict):
     # narratives (issue 23)
     with_narrative: bool
     narrative_words: tuple[str, ...]
+    # relationships and points (issue 23)
+    relationships: tuple[str, ...]
+    predicates: tuple[str, ...]
+    attributes_file: Path | None
+    point_answer: str
+    min_yes_votes: int
 
 
 class DownloadParams(SelectionParams):

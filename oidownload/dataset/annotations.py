@@ -1,7 +1,7 @@
 """Open Images annotation files (plain or .gz), streamed: which images a class selection
 picks, and the rows of given images. What a file is comes from its header, by the one
-detector of `oidownload.dataset.kinds` (boxes, image labels, and the kinds not yet
-selected by: segmentation, relationships, points). `AnnotationSource` is where such rows
+detector of `oidownload.dataset.kinds` (boxes, image labels and point labels select
+by class here; relationships through `dataset.relationships`; segmentation not yet). `AnnotationSource` is where such rows
 come from: these files (`CsvAnnotations`), or the database (`oidownload.db.source`);
 selection and export only see the protocol.
 
@@ -24,11 +24,14 @@ from oidownload.dataset.kinds import (
     BOXES,
     LABELS,
     NARRATIVES,
+    POINTS,
+    RELATIONSHIPS,
     SELECT,
     AnnotationKind,
     BoxAttribute,
     kind_of,
 )
+from oidownload.dataset.points import PointAnswer, point_test
 from oidownload.inputs.csvrecords import iter_records
 from oidownload.inputs.text import first_line
 
@@ -127,6 +130,9 @@ class ClassFilter:
     min_confidence: float = 0.5
     boxes_only: bool = False
     exclude: frozenset[BoxAttribute] = field(default_factory=frozenset)  # strings are taken and checked
+    # relationships and points (issue 23): which point-label rows count
+    point_answer: PointAnswer = PointAnswer.YES
+    min_yes_votes: int = 0
 
     def __post_init__(self) -> None:
         unknown = {a for a in self.exclude if a not in ATTRIBUTES}
@@ -141,6 +147,12 @@ class ClassFilter:
             return None  # no class in a caption: selected by narratives.NarrativeChoice
         if self.boxes_only and f.kind is not BOXES:
             return None
+        # relationships and points (issue 23): relationship rows select through
+        # --relationship (dataset.relationships), not --class; points have their own columns.
+        if f.kind is RELATIONSHIPS:
+            return None
+        if f.kind is POINTS:
+            return point_test(f, self.mids, self.point_answer, self.min_yes_votes)
         if self.exclude and f.kind is BOXES and not all(f.has(a) for a in self.exclude):
             missing = sorted(a for a in self.exclude if not f.has(a))
             raise ConfigError(f"{f.where} has no {', '.join(missing)} column (V3 train boxes carry no attributes); drop the --exclude option for it")
@@ -176,9 +188,10 @@ class CsvAnnotations:
     def matches(self, flt: ClassFilter, within: Container[str] | None = None) -> Iterator[tuple[str, str]]:
         tests = [(f, flt.predicate(f)) for f in self.tables()]  # every file's columns checked before any scan
         if not any(test for _, test in tests):
-            if not flt.boxes_only:  # narratives only (issue 23): they carry no class
-                raise ConfigError("--class needs a box or image-label file among --annotations")
-            raise ConfigError("--boxes-only needs at least one box file (with XMin,XMax,YMin,YMax) among --annotations")
+            if flt.boxes_only:
+                raise ConfigError("--boxes-only needs at least one box file (with XMin,XMax,YMin,YMax) among --annotations")
+            raise ConfigError("--class needs a box, image-label or point-label file among --annotations "
+                              "(relationship files select with --relationship)")
         for f, test in tests:
             if test is None:
                 continue

@@ -33,7 +33,8 @@ class ClassDescriptions:
     def load(cls, path: Path) -> ClassDescriptions:
         pairs = []
         for n, row in enumerate(csv.reader(text_lines(path)), 1):
-            if not row or (n == 1 and row[0].strip() in ("LabelName", "LabelName ")):
+            # oidv6-attributes-description.csv may open with MID,Name (unconfirmed): tolerated.
+            if not row or (n == 1 and row[0].strip() in ("LabelName", "LabelName ", "MID")):
                 continue
             if len(row) < 2 or not MID_RE.fullmatch(row[0].strip()):
                 raise InputError(f"{path}:{n}: expected 'MID,DisplayName', found {','.join(row)[:80]!r}")

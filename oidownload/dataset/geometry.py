@@ -7,14 +7,29 @@ gallery move boxes and points through here, so they agree on every pixel.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from oidownload.dataset.annotations import AnnotationTable
-from oidownload.dataset.kinds import BOXES, Box, Narrative, TracePoint
+from oidownload.dataset.kinds import (
+    BOXES,
+    POINTS,
+    RELATIONSHIPS,
+    AnnotationKind,
+    Box,
+    Narrative,
+    Point,
+    Relationship,
+    TracePoint,
+)
 from oidownload.state.reader import Written
 
+if TYPE_CHECKING:
+    from oidownload.dataset.relationships import RelationshipQuery
+
 Coords = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax, normalised
+R = TypeVar("R")
 
 # Where a normalised point (x, y) of the stored frame lands after each EXIF-style turn
 # (the codes process.py records): 8 is 90 degrees counter-clockwise, 6 clockwise.
@@ -95,9 +110,14 @@ def written_box(box: Box, image: Written) -> Box | None:
 
 def pixels(box: Box, image: Written) -> list[float]:
     """A written-frame box as COCO's [x, y, width, height] in pixels of the written image."""
+    return coords_pixels(box.box, image)
+
+
+def coords_pixels(box: Coords, image: Written) -> list[float]:
+    """Written-frame (xmin, xmax, ymin, ymax) as [x, y, width, height] in pixels."""
+    xmin, xmax, ymin, ymax = box
     w, h = image.width, image.height
-    return [round(box.xmin * w, 3), round(box.ymin * h, 3), round((box.xmax - box.xmin) * w, 3),
-            round((box.ymax - box.ymin) * h, 3)]
+    return [round(xmin * w, 3), round(ymin * h, 3), round((xmax - xmin) * w, 3), round((ymax - ymin) * h, 3)]
 
 
 @dataclass
@@ -131,3 +151,80 @@ class WrittenBoxes:
                     self.dropped += 1
                     continue
                 yield moved
+
+
+# -- relationships and points (issue 23) --------------------------------------------------------------
+
+
+def written_relationship(rel: Relationship, image: Written) -> Relationship | None:
+    """Both boxes in the written frame; None when a crop cut either away (a relationship
+    with one object gone is no relationship)."""
+    box1, box2 = to_written_frame(rel.box1, image), to_written_frame(rel.box2, image)
+    if box1 is None or box2 is None:
+        return None
+    return dataclasses.replace(rel, box1=box1, box2=box2)
+
+
+def point_inside(x: float, y: float, image: Written) -> tuple[float, float] | None:
+    """A point label's place in the written frame; None when a crop left it outside."""
+    x, y = point_to_written(x, y, image)
+    return (x, y) if 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0 else None
+
+
+def written_point(point: Point, image: Written) -> Point | None:
+    """The point in the written frame; None when a crop left it outside the image."""
+    moved = point_inside(point.x, point.y, image)
+    return None if moved is None else dataclasses.replace(point, x=moved[0], y=moved[1])
+
+
+@dataclass
+class WrittenRecords(Generic[R]):
+    """The relationships or points of the given images (a relationship with a selected
+    class on either side, a point of a selected class) in the written frame, in file
+    order; `dropped` and `unreadable` as WrittenBoxes counts them."""
+
+    kind: AnnotationKind[R]
+    move: Callable[[R, Written], R | None]
+    images: Mapping[str, Written]
+    mids: frozenset[str] | None = None
+    keep: Callable[[R], bool] | None = None  # a further test on the record (--relationship)
+    dropped: int = 0
+    unreadable: int = 0
+
+    def image_id(self, record: R) -> str:
+        return str(getattr(record, "image_id"))  # noqa: B009 -- both record types have it; R is unbounded
+
+    def read(self, tables: Iterable[AnnotationTable]) -> Iterator[R]:
+        images, mids = self.images, self.mids
+        for f in tables:
+            if f.kind is not self.kind:
+                continue
+            i_id = f.index(self.kind.image_column)
+            labels = [f.index(c) for c in (("LabelName1", "LabelName2") if self.kind is RELATIONSHIPS else ("Label",))]
+            record = self.kind.reader(f.columns)
+            for fields in f.rows(images):
+                if mids is not None and not any(fields[i] in mids for i in labels):
+                    continue
+                rec = record(fields)
+                if rec is None:
+                    self.unreadable += 1
+                    continue
+                if self.keep is not None and not self.keep(rec):
+                    continue
+                moved = self.move(rec, images[fields[i_id]])
+                if moved is None:
+                    self.dropped += 1
+                    continue
+                yield moved
+
+
+def written_relationships(images: Mapping[str, Written], mids: frozenset[str] | None = None,
+                          wanted: Sequence[RelationshipQuery] | None = None) -> WrittenRecords[Relationship]:
+    """`wanted`: keep only the relationships one of these queries matches."""
+    keep = None if wanted is None else (
+        lambda r: any(q.test(r.label1, r.label2, r.relationship) for q in wanted))
+    return WrittenRecords(RELATIONSHIPS, written_relationship, images, mids, keep)
+
+
+def written_points(images: Mapping[str, Written], mids: frozenset[str] | None = None) -> WrittenRecords[Point]:
+    return WrittenRecords(POINTS, written_point, images, mids)

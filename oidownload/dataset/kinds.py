@@ -305,15 +305,35 @@ SEGMENTATION: AnnotationKind[Mask] = AnnotationKind(
     "segmentation", "segmentation annotations",
     ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax", "PredictedIoU",
      "Clicks"), "ImageID", "LabelName", _mask)
+# relationships and points (issue 23): their tables, and the consumers that read them.
+RELATIONSHIP_COLUMNS = (
+    Column("image_id", "ImageID", "id"),
+    Column("mid1", "LabelName1", "text"),
+    Column("mid2", "LabelName2", "text"),
+    *(Column(f"{c[0].lower()}_{c[1:].lower()}{k}", f"{c}{k}", "real") for k in (1, 2) for c in COORDS),
+    Column("predicate", "RelationshipLabel", "text"),
+)
+POINT_COLUMNS = (
+    Column("image_id", "ImageId", "id"),
+    Column("mid", "Label", "text"),
+    Column("x", "X", "real"),
+    Column("y", "Y", "real"),
+    Column("answer", "EstimatedYesNo", "text"),
+    Column("source", "Source", "text"),
+    Column("yes_votes", "YesVotes", "int"),
+    Column("no_votes", "NoVotes", "int"),
+    Column("unsure_votes", "UnsureVotes", "int"),
+    Column("text_label", "TextLabel", "text", nullable=True),
+)
 RELATIONSHIPS: AnnotationKind[Relationship] = AnnotationKind(
     "relationships", "visual relationship annotations",
     ("ImageID", "LabelName1", "LabelName2", *(f"{c}{k}" for k in (1, 2) for c in COORDS), "RelationshipLabel"),
-    "ImageID", "LabelName1", _relationship)
+    "ImageID", "LabelName1", _relationship, RELATIONSHIP_COLUMNS, _ALL)
 # V7 spells the image column ImageId; TextLabel may be absent, so it is not required.
 POINTS: AnnotationKind[Point] = AnnotationKind(
     "points", "point labels",
     ("ImageId", "X", "Y", "Label", "EstimatedYesNo", "Source", "YesVotes", "NoVotes", "UnsureVotes"),
-    "ImageId", "Label", _point)
+    "ImageId", "Label", _point, POINT_COLUMNS, _ALL)
 
 # narratives (issue 23): no class column; a ClassFilter passes them by (annotations.py).
 NARRATIVE_COLUMNS = (

@@ -46,6 +46,10 @@ class ClassChoice:
     with_parts: bool = False
     filter: dict[str, Any] = field(default_factory=dict)  # ClassFilter's other fields
     limit_per_class: int | None = None
+    # relationships and points (issue 23)
+    relationships: tuple[str, ...] = ()
+    predicates: tuple[str, ...] = ()
+    attributes: Path | None = None
 
 
 @contextmanager
@@ -158,6 +162,10 @@ def plan(
         raise ConfigError("--limit-per-class needs --class (or --classes-file): the classes to balance")
     if narratives is not None and narratives.active:  # narratives (issue 23)
         _select_narratives(choice, narratives, result)
+    if choice.relationships or choice.predicates:
+        from oidownload.dataset.relationships import select_relationships_into
+
+        select_relationships_into(choice, result)
     if limit is not None and seed is not None:
         # nsmallest keeps only `limit` ids in memory
         result.ids = sample(listed_ids(inputs, subsets, result.ids), limit, seed)

@@ -12,14 +12,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from oidownload.core.errors import ConfigError, InputError, OutputError
 from oidownload.core.fsio import Place, Tree
 from oidownload.dataset.annotations import AnnotationSource
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.geometry import WrittenBoxes, written_traces
-from oidownload.dataset.kinds import BOXES, EXPORT, NARRATIVES, Box
+from oidownload.dataset.geometry import (
+    WrittenBoxes,
+    WrittenRecords,
+    written_points,
+    written_relationships,
+    written_traces,
+)
+from oidownload.dataset.kinds import (
+    BOXES,
+    EXPORT,
+    NARRATIVES,
+    POINTS,
+    RELATIONSHIPS,
+    Box,
+    Point,
+    Relationship,
+)
 from oidownload.dataset.narratives import narratives_of
+from oidownload.dataset.relationships import RelationshipQuery
 from oidownload.exports.attribution import AttributionExporter
 from oidownload.exports.base import Annotated, ExportContext, Exporter, ExportResult
 from oidownload.exports.coco import CocoExporter
@@ -28,6 +45,8 @@ from oidownload.exports.hf import HfExporter
 from oidownload.exports.voc import VocExporter
 from oidownload.exports.yolo import YoloExporter
 from oidownload.state.reader import StateDir
+
+R = TypeVar("R")
 
 __all__ = ["EXPORTERS", "Annotated", "ExportContext", "ExportResult", "Exporter", "export"]
 
@@ -47,6 +66,7 @@ def export(
     state_dir: Path | None = None,
     image_lists: Sequence[Path] | None = None,
     only: frozenset[str] | None = None,  # narratives (issue 23): the images --with-narrative kept
+    relationships: Sequence[RelationshipQuery] | None = None,
 ) -> ExportResult:
     if fmt not in EXPORTERS:
         raise ConfigError(f"--format {fmt}: no such export; known: {', '.join(sorted(EXPORTERS))}")
@@ -83,7 +103,7 @@ def export(
         what = f"cannot write the export in {dest}"
     result = ExportResult(dest, images=len(images))
     ctx = ExportContext(fmt, state, images, tables, tree, result, names, classes,
-                        list(image_lists) if image_lists is not None else None)
+                        list(image_lists) if image_lists is not None else None, relationships)
     try:
         with tree:
             _run(exporter, ctx)
@@ -93,11 +113,11 @@ def export(
 
 
 def _run(exporter: Exporter, ctx: ExportContext) -> None:
-    # Boxes and narratives are the kinds with records for exporters so far; a format
-    # that wants another kind adds its reader here (kinds.py has the records).
-    if exporter.kinds - {BOXES, NARRATIVES}:
-        unread = sorted(k.name for k in exporter.kinds - {BOXES, NARRATIVES})
-        raise TypeError(f"{exporter.name}: no records of {unread} yet")
+    # Each kind with records is read here, in the written frame, for the formats that
+    # declare it; a format that wants another kind adds its reader here.
+    readable = {BOXES, NARRATIVES, RELATIONSHIPS, POINTS}
+    if exporter.kinds - readable:
+        raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - readable)} yet")
     exporter.start(ctx)
     try:
         boxes: dict[str, list[Box]] = {}
@@ -118,10 +138,32 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
                 cut += dropped
         if cut:
             ctx.result.notes.append(f"{cut} trace point(s) outside a fill crop were dropped")
+        rels, points = _other_records(exporter, ctx)
         for image_id in sorted(ctx.images):
             exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ())),
-                                   tuple(told.pop(image_id, ()))))
+                                   narratives=tuple(told.pop(image_id, ())),
+                                   relationships=tuple(rels.pop(image_id, ())), points=tuple(points.pop(image_id, ()))))
         exporter.finish()
     except BaseException:
         exporter.abort()
         raise
+
+
+def _other_records(exporter: Exporter, ctx: ExportContext) -> tuple[dict[str, list[Relationship]],
+                                                                    dict[str, list[Point]]]:
+    """relationships and points (issue 23): their records per image, in the written frame."""
+    rels = _per_image(ctx, written_relationships(ctx.images, ctx.classes, ctx.relationships), "relationship") \
+        if RELATIONSHIPS in exporter.kinds else {}
+    points = _per_image(ctx, written_points(ctx.images, ctx.classes), "point") if POINTS in exporter.kinds else {}
+    return rels, points
+
+
+def _per_image(ctx: ExportContext, reader: WrittenRecords[R], what: str) -> dict[str, list[R]]:
+    found: dict[str, list[R]] = {}
+    for rec in reader.read(ctx.tables):
+        found.setdefault(reader.image_id(rec), []).append(rec)
+    if reader.dropped:
+        ctx.result.notes.append(f"{reader.dropped} {what}(s) cut away by the crop were left out")
+    if reader.unreadable:
+        ctx.result.notes.append(f"{reader.unreadable} {what} row(s) with a value that is not a number were left out")
+    return found

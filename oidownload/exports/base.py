@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -22,7 +22,8 @@ from oidownload.core.fsio import Tree
 from oidownload.dataset.annotations import AnnotationTable
 from oidownload.dataset.attribution import Credit, credits
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.kinds import AnnotationKind, Box, Narrative
+from oidownload.dataset.kinds import AnnotationKind, Box, Narrative, Point, Relationship
+from oidownload.dataset.relationships import RelationshipQuery
 from oidownload.sinks import Reader
 from oidownload.state.reader import StateDir, Written
 
@@ -38,6 +39,8 @@ class ExportResult:
     labels: int = 0
     captions: int = 0  # narratives (issue 23)
     dropped: int = 0  # boxes a crop cut away entirely
+    relationships: int = 0  # relationships and points (issue 23) written
+    points: int = 0
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth telling the user
 
@@ -49,6 +52,9 @@ class Annotated:
     image: Written
     boxes: tuple[Box, ...] = ()
     narratives: tuple[Narrative, ...] = ()  # narratives (issue 23): for exporters whose kinds hold NARRATIVES
+    # relationships and points (issue 23): given to exporters whose `kinds` name them
+    relationships: tuple[Relationship, ...] = ()
+    points: tuple[Point, ...] = ()
 
 
 @dataclass
@@ -65,6 +71,8 @@ class ExportContext:
     names: ClassDescriptions | None = None
     classes: frozenset[str] | None = None
     image_lists: list[Path] | None = None
+    # relationships and points (issue 23): the relationships to keep (None: all)
+    relationships: Sequence[RelationshipQuery] | None = None
 
     def credits(self) -> dict[str, Credit]:
         """Each image's credit, from its input row."""

@@ -8,8 +8,16 @@ from typing import Any, ClassVar
 
 from oidownload.dataset.attribution import NO_CREDIT, UNKNOWN, license_name
 from oidownload.dataset.geometry import pixels
-from oidownload.dataset.kinds import BOXES, NARRATIVES, AnnotationKind, BoxAttribute
+from oidownload.dataset.kinds import (
+    BOXES,
+    NARRATIVES,
+    POINTS,
+    RELATIONSHIPS,
+    AnnotationKind,
+    BoxAttribute,
+)
 from oidownload.exports.base import Annotated, ExportContext, categories
+from oidownload.exports.coco_kinds import TOLERANCE_PX, CocoKinds, record_mids
 
 
 class CocoExporter:
@@ -19,7 +27,7 @@ class CocoExporter:
     iscrowd=1: COCO evaluation then treats the box as a crowd region."""
 
     name: ClassVar[str] = "coco"
-    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, NARRATIVES})
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, NARRATIVES, RELATIONSHIPS, POINTS})
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = False
 
@@ -37,7 +45,11 @@ class CocoExporter:
         ctx = self.ctx
         credit = ctx.credits()
         cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
+        # relationships and points (issue 23): their classes are categories too
+        kinds = any(it.relationships or it.points for it in self.items)
+        cats = sorted(set(cats) | record_mids(self.items)) if kinds else cats
         cat_id = {mid: i + 1 for i, mid in enumerate(cats)}
+        extra = CocoKinds(ctx.name, cat_id)
         licenses: dict[str, int] = {}
         for it in self.items:
             licenses.setdefault(credit.get(it.image.image_id, NO_CREDIT).license, len(licenses) + 1)
@@ -54,6 +66,7 @@ class CocoExporter:
         n = 0
         for k, it in enumerate(self.items, 1):
             image, c = it.image, credit.get(it.image.image_id, NO_CREDIT)
+            first = len(doc["annotations"])
             doc["images"].append({
                 "id": k, "file_name": image.location, "width": image.width, "height": image.height,
                 "license": licenses[c.license], "flickr_url": c.original_url, "flickr_page_url": c.landing_url,
@@ -69,7 +82,15 @@ class CocoExporter:
                                       round(y + bh, 3)]],
                     "iscrowd": b.flag(BoxAttribute.IS_GROUP_OF), "attributes": dict(b.attrs),
                 })
-        ctx.result.boxes = n
+            if it.relationships or it.points:  # relationships and points (issue 23)
+                n = extra.add(it, k, doc["annotations"], first)
+        ctx.result.boxes = n - extra.points
+        if kinds:
+            extra.into(doc)
+            ctx.result.relationships, ctx.result.points = len(extra.relationships), extra.points
+            ctx.result.notes.append(f"{len(extra.relationships)} relationship(s), {extra.points} point(s); "
+                                    f"{extra.added_boxes} relationship box(es) matched no box annotation "
+                                    f"(within {TOLERANCE_PX} px) and were added")
         with ctx.tree.atomic_file("coco.json") as fh:
             json.dump(doc, fh)
         ctx.result.files.append(ctx.tree.path / "coco.json")

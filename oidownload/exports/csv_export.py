@@ -12,8 +12,20 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from oidownload.dataset.annotations import AnnotationTable
-from oidownload.dataset.geometry import point_to_written, to_written_frame, written_traces
-from oidownload.dataset.kinds import BOXES, COORDS, NARRATIVES, AnnotationKind
+from oidownload.dataset.geometry import (
+    point_inside,
+    point_to_written,
+    to_written_frame,
+    written_traces,
+)
+from oidownload.dataset.kinds import (
+    BOXES,
+    COORDS,
+    NARRATIVES,
+    POINTS,
+    RELATIONSHIPS,
+    AnnotationKind,
+)
 from oidownload.exports.base import Annotated, ExportContext
 
 
@@ -62,7 +74,10 @@ class CsvExporter:
                 result.files.append(ctx.tree.path / name)
                 continue
             target = ctx.tree.path / name
-            i_id, i_label = f.index("ImageID"), f.index("LabelName")
+            i_id, i_label = f.index(f.kind.image_column), f.index(f.kind.label_column)
+            if f.kind in _MOVED:  # relationships and points (issue 23): moved by their own rule
+                _moved_rows(ctx, f, name)
+                continue
             coords = [f.index(c) for c in COORDS] if f.kind is BOXES else []
             clicks = [(f.index(f"XClick{k}X"), f.index(f"XClick{k}Y")) for k in range(1, 5) if f.has(f"XClick{k}X")]
             with ctx.tree.atomic_file(name) as fh:
@@ -116,3 +131,53 @@ class CsvExporter:
         if cut:
             self.ctx.result.notes.append(f"{name}: {cut} trace point(s) outside a fill crop were dropped")
         return name
+
+# -- relationships and points (issue 23) --------------------------------------------------------------
+
+_MOVED = (RELATIONSHIPS, POINTS)
+_QUADS = [[f"{c}{k}" for c in COORDS] for k in (1, 2)]
+
+
+def _moved_rows(ctx: ExportContext, f: AnnotationTable, name: str) -> None:
+    """A relationship file's rows with both boxes in the written frame (dropped when a
+    crop cut either away), or a point file's with X,Y there (dropped outside the image)."""
+    images, result, mids = ctx.images, ctx.result, ctx.classes
+    i_id = f.index(f.kind.image_column)
+    labels = [f.index(c) for c in (("LabelName1", "LabelName2") if f.kind is RELATIONSHIPS else ("Label",))]
+    quads = [[f.index(c) for c in q] for q in _QUADS] if f.kind is RELATIONSHIPS else []
+    i_x, i_y = (f.index("X"), f.index("Y")) if f.kind is POINTS else (0, 0)
+    dropped = 0
+    with ctx.tree.atomic_file(name) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(f.columns)
+        for fields in f.rows(images):
+            if mids is not None and not any(fields[i] in mids for i in labels):
+                continue
+            image = images[fields[i_id]]
+            try:
+                if quads:
+                    moved = [to_written_frame(tuple(float(fields[i]) for i in q), image)  # type: ignore[arg-type]
+                             for q in quads]
+                    if any(b is None for b in moved):
+                        dropped += 1
+                        continue
+                    for q, b in zip(quads, moved, strict=True):
+                        for i, v in zip(q, b or (), strict=True):
+                            fields[i] = f"{v:.6f}"
+                else:
+                    point = point_inside(float(fields[i_x]), float(fields[i_y]), image)
+                    if point is None:
+                        dropped += 1
+                        continue
+                    fields[i_x], fields[i_y] = (f"{v:.6f}" for v in point)
+            except ValueError:
+                continue
+            if quads:
+                result.relationships += 1
+            else:
+                result.points += 1
+            w.writerow(fields)
+    result.files.append(ctx.tree.path / name)
+    if dropped:  # said as the other exports say it (exports._per_image), not as boxes
+        what = "relationship" if quads else "point"
+        result.notes.append(f"{name}: {dropped} {what}(s) cut away by the crop were left out")

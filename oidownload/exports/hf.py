@@ -10,8 +10,16 @@ from typing import Any, ClassVar
 from oidownload.dataset.attribution import NO_CREDIT
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import pixels
-from oidownload.dataset.kinds import BOXES, NARRATIVES, AnnotationKind, BoxAttribute
+from oidownload.dataset.kinds import (
+    BOXES,
+    NARRATIVES,
+    POINTS,
+    RELATIONSHIPS,
+    AnnotationKind,
+    BoxAttribute,
+)
 from oidownload.exports.base import Annotated, ExportContext, categories
+from oidownload.exports.hf_kinds import hf_columns, hf_features
 from oidownload.sinks.files import split_location
 
 HF_CARD_MARK = "written by `oidownload annotations --format hf`"
@@ -26,7 +34,7 @@ class HfExporter:
     card whose features make `category` a ClassLabel of those names."""
 
     name: ClassVar[str] = "hf"
-    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, NARRATIVES})
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, NARRATIVES, RELATIONSHIPS, POINTS})
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = True  # imagefolder reads metadata.jsonl beside the images: -d does not apply
 
@@ -47,6 +55,8 @@ class HfExporter:
         cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
         index = {mid: i for i, mid in enumerate(cats)}
         narrated = any(t.kind is NARRATIVES for t in ctx.tables)
+        # relationships and points (issue 23): columns only when the annotations hold them
+        extra = [k for k in (RELATIONSHIPS, POINTS) if any(t.kind is k for t in ctx.tables)]
         with contextlib.ExitStack() as stack:
             writers: dict[str, Any] = {}
             for it in self.items:
@@ -69,9 +79,12 @@ class HfExporter:
                                 "labels": [ctx.name(b.label) for b in own],
                                 "is_group_of": [b.flag(BoxAttribute.IS_GROUP_OF) for b in own]},
                     "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url, **told,
+                    **hf_columns(it, extra, ctx.name),
                 }, ensure_ascii=False) + "\n")
         result.boxes = sum(len(it.boxes) for it in self.items)
         result.captions = sum(len(it.narratives) for it in self.items)
+        result.relationships = sum(len(it.relationships) for it in self.items)
+        result.points = sum(len(it.points) for it in self.items)
         card = tree.path / "README.md"  # the dataset card, at the root load_dataset is pointed at
         label_names = _label_names(cats, ctx.names)
         there = tree.lstat("README.md")
@@ -81,7 +94,7 @@ class HfExporter:
                                 "`category` loads as integers (class names: the `labels` field)")
             return
         with tree.atomic_file("README.md") as fh:
-            fh.write(_hf_card(sorted(writers), label_names, narrated))
+            fh.write(_hf_card(sorted(writers), label_names, extra, narrated))
         result.files.append(card)
 
 
@@ -93,7 +106,8 @@ def _label_names(cats: list[str], names: ClassDescriptions | None) -> list[str]:
     return [f"{n} ({m})" if n in repeated else n for n, m in zip(shown, cats, strict=True)]
 
 
-def _hf_card(splits: list[str], label_names: list[str], narrated: bool = False) -> str:
+def _hf_card(splits: list[str], label_names: list[str], extra: list[AnnotationKind[Any]],
+             narrated: bool = False) -> str:
     """A dataset card (README.md) whose YAML `configs` entry gives the features, which
     `datasets.load_dataset("OUT")` applies; JSON is YAML, so no YAML writer is needed.
     Its data_files name the subset folders only (not annotations/, original/ or yolo/)."""
@@ -112,6 +126,7 @@ def _hf_card(splits: list[str], label_names: list[str], narrated: bool = False) 
         *({"name": k, **string} for k in ("title", "author", "license", "url")),
         # narratives (issue 23)
         *([{"name": "caption", **string}, {"name": "captions", "sequence": "string"}] if narrated else []),
+        *hf_features(extra),
     ]
     config = {"config_name": "default", "features": features,
               "data_files": [{"split": s, "path": f"{s}/**"} for s in splits]}

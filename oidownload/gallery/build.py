@@ -221,11 +221,39 @@ def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev
         "boxes": boxes, "labels": labels, "attribute_names": ATTRIBUTE_NAMES,
         "has_attributes": any(a != -1 for b in e.boxes for a in b[5]),
         "attribution": e.attribution, "prev": _sibling(prev), "next": _sibling(nxt), "position": i + 1, "count": n,
+        **kinds_context(e, data, palette),  # relationships and points (issue 23)
         # Small images are shown larger, so their boxes can be told apart.
         "captions": e.captions,  # narratives (issue 23): escaped by the template
         "display_width": max(im.width, min(640, round(640 * im.width / max(im.height, 1)))),
         "label_size": max(8.0, round(max(im.width, im.height) / 40, 1)),
     }
+
+
+def kinds_context(e: Entry, data: Collected, palette: list[str]) -> dict[str, Any]:
+    """relationships and points (issue 23): each relationship as its two boxes and the
+    line between their centres, labelled; each point as a dot coloured by its answer."""
+    im, names = e.written, data.classes.names
+
+    def px(b: tuple[float, float, float, float]) -> dict[str, float]:
+        xmin, xmax, ymin, ymax = b
+        return {"x": round(xmin * im.width, 1), "y": round(ymin * im.height, 1),
+                "w": round((xmax - xmin) * im.width, 1), "h": round((ymax - ymin) * im.height, 1),
+                "cx": round((xmin + xmax) / 2 * im.width, 1), "cy": round((ymin + ymax) / 2 * im.height, 1)}
+
+    rels = []
+    for c1, c2, b1, b2, predicate in e.relationships:
+        one, two = px(b1), px(b2)
+        label = f"{predicate} {names[c2]}" if predicate == "is" else predicate
+        rels.append({"one": one, "two": two, "subject": names[c1], "object": names[c2], "predicate": predicate,
+                     "label": label, "colour": palette[c1],
+                     "lx": round((one["cx"] + two["cx"]) / 2, 1), "ly": round((one["cy"] + two["cy"]) / 2, 1)})
+    dots = [{"x": round(x * im.width, 1), "y": round(y * im.height, 1), "name": names[c], "answer": answer,
+             "colour": ANSWER_COLOURS.get(answer, "#888888")} for c, x, y, answer in e.points]
+    return {"relationships": rels, "points": dots, "dot_size": max(2.0, round(max(im.width, im.height) / 100, 1))}
+
+
+# Point labels by answer: green yes, red no, grey unsure (the README's own chart colours).
+ANSWER_COLOURS = {"yes": "#1a9850", "no": "#d73027", "unsure": "#888888"}
 
 
 def _sibling(image_id: str | None) -> str | None:

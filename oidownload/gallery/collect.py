@@ -18,8 +18,8 @@ from oidownload.core.records import Row
 from oidownload.dataset import attribution
 from oidownload.dataset.annotations import AnnotationTable, open_table
 from oidownload.dataset.classes import ClassDescriptions
-from oidownload.dataset.geometry import WrittenBoxes
-from oidownload.dataset.kinds import ATTRIBUTES, BOXES, GALLERY, NARRATIVES
+from oidownload.dataset.geometry import WrittenBoxes, written_points, written_relationships
+from oidownload.dataset.kinds import ATTRIBUTES, BOXES, GALLERY, NARRATIVES, POINTS, RELATIONSHIPS
 from oidownload.inputs.rows import RowFilter, iter_rows, read_header
 from oidownload.state.reader import Written
 
@@ -34,6 +34,10 @@ _HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>`]{1,500}", re.IGNORECAS
 # attributes tuple holds 1, 0 or -1 (unknown) per name in ATTRIBUTES, and is shared.
 Box = tuple[int, float, float, float, float, tuple[int, ...]]
 Label = tuple[int, float, int]  # (class, confidence, source)
+# relationships and points (issue 23), in the written frame, normalised: (class 1,
+# class 2 (an attribute for `is`), box 1, box 2, predicate) and (class, x, y, answer).
+Rel = tuple[int, int, tuple[float, float, float, float], tuple[float, float, float, float], str]
+Dot = tuple[int, float, float, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,8 @@ class Entry:
     labels: list[Label] = field(default_factory=list)
     attribution: Attribution | None = None
     captions: list[str] = field(default_factory=list)  # narratives (issue 23), bounded to MAX_CAPTION
+    relationships: list[Rel] = field(default_factory=list)  # relationships and points (issue 23)
+    points: list[Dot] = field(default_factory=list)
 
     @property
     def image_id(self) -> str:
@@ -89,6 +95,7 @@ class Collected:
     label_files: int = 0
     narrative_files: int = 0  # narratives (issue 23)
     dropped: int = 0  # boxes a fill crop cut away
+    dropped_kinds: int = 0  # relationships and points a fill crop cut away (issue 23)
     notes: list[str] = field(default_factory=list)
 
 
@@ -123,6 +130,8 @@ def collect(
         elif f.kind is BOXES:
             result.box_files += 1
             _read_boxes(f, entries, result, names, classes)
+        elif f.kind in (RELATIONSHIPS, POINTS):
+            _read_kinds(f, entries, result, names, classes)
         else:
             result.label_files += 1
             _read_labels(f, entries, result, names)
@@ -162,6 +171,27 @@ def _read_boxes(f: AnnotationTable, entries: dict[str, Entry], result: Collected
     if reader.unreadable:
         result.notes.append(f"{f.name}: {reader.unreadable} box row(s) with a value that is not a number were "
                             "left out")
+
+
+def _read_kinds(f: AnnotationTable, entries: dict[str, Entry], result: Collected,
+                names: ClassDescriptions | None, mids: frozenset[str] | None) -> None:
+    """relationships and points (issue 23): by the exports' own readers, as boxes are."""
+    images = {i: e.written for i, e in entries.items()}
+    index = result.classes.index
+    if f.kind is RELATIONSHIPS:
+        rels = written_relationships(images, mids)
+        for r in rels.read([f]):
+            entries[r.image_id].relationships.append(
+                (index(r.label1, names), index(r.label2, names), r.box1, r.box2, bound(r.relationship)[:40]))
+        dropped, unreadable = rels.dropped, rels.unreadable
+    else:
+        points = written_points(images, mids)
+        for p in points.read([f]):
+            entries[p.image_id].points.append((index(p.label, names), p.x, p.y, bound(p.estimated)[:10]))
+        dropped, unreadable = points.dropped, points.unreadable
+    result.dropped_kinds += dropped
+    if unreadable:
+        result.notes.append(f"{f.name}: {unreadable} row(s) with a value that is not a number were left out")
 
 
 def _read_labels(f: AnnotationTable, entries: dict[str, Entry], result: Collected,

@@ -102,6 +102,46 @@ def figures(data: Collected, statuses: dict[str, int]) -> list[Figure]:
                [(s, s, (n,)) for s, n in sorted(sources.items(), key=lambda kv: (-kv[1], kv[0]))]),
     ]
     out += _caption_figures(data)  # narratives (issue 23)
+    out += kind_figures(data)  # relationships and points (issue 23)
+    return out
+
+
+# -- relationships and points (issue 23) --------------------------------------------------------------
+
+TOP_TRIPLETS = 20
+ANSWERS = ("yes", "no", "unsure")
+
+
+def kind_figures(data: Collected) -> list[Figure]:
+    """The most common triplets and predicates, and points per class by answer; none
+    when no relationship or point file was given."""
+    names, mids = data.classes.names, data.classes.mids
+    triplets = collections.Counter[tuple[int, str, int]]()
+    predicates = collections.Counter[str]()
+    points: dict[int, list[int]] = {}
+    for e in data.entries:
+        for c1, c2, _, _, p in e.relationships:
+            triplets[c1, p, c2] += 1
+            predicates[p] += 1
+        for c, _, _, answer in e.points:
+            counts = points.setdefault(c, [0, 0, 0])
+            if answer in ANSWERS:
+                counts[ANSWERS.index(answer)] += 1
+    out = []
+    if triplets:
+        top = sorted(triplets.items(), key=lambda kv: (-kv[1], names[kv[0][0]], kv[0][1], names[kv[0][2]]))
+        out += [
+            Figure("triplets", f"Most common relationships (top {TOP_TRIPLETS})", ("relationships",),
+                   [(f"{mids[a]} {p} {mids[b]}", f"{names[a]} {p} {names[b]}", (n,)) for (a, p, b), n in
+                    top[:TOP_TRIPLETS]], note="Subject, predicate, object; for `is` the object is an attribute."),
+            Figure("predicates", "Predicates", ("relationships",),
+                   [(p, p, (n,)) for p, n in sorted(predicates.items(), key=lambda kv: (-kv[1], kv[0]))]),
+        ]
+    if points:
+        order = sorted(points, key=lambda c: (-sum(points[c]), names[c]))
+        out.append(Figure("points", "Points per class", ANSWERS,
+                          [(mids[c], names[c], tuple(points[c])) for c in order], log=True,
+                          note="Point labels in the written images, by their answer (EstimatedYesNo). Log scale."))
     return out
 
 

@@ -18,7 +18,7 @@ import itertools
 import math
 import re
 import sys
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -45,6 +45,10 @@ class FileKind(enum.StrEnum):
     CLASSES = "classes"
     HIERARCHY = "hierarchy"
     MID_LIST = "mid_list"
+    # relationships and points (issue 23): the names of the right side of `is`, and the
+    # valid (class, class, predicate) list, which `db load` passes over with a line.
+    ATTRIBUTES = "attributes"
+    TRIPLETS = "triplets"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,12 @@ def detect(name: str, first_line: str) -> Detected | None:
     kinds = detect_kind(header)
     if len(kinds) == 1:
         return Detected(kinds[0], header)
+    # relationships and points (issue 23): whether the attributes file has a header is
+    # unconfirmed, so it is known by its name, with or without one.
+    if "attributes-description" in name and len(fields) == 2:
+        return Detected(FileKind.ATTRIBUTES, header if not MID_RE.fullmatch(fields[0]) else ())
+    if header == ("LabelName1", "LabelName2", "RelationshipLabel"):
+        return Detected(FileKind.TRIPLETS, header)
     if header == ("LabelName", "DisplayName"):
         return Detected(FileKind.CLASSES, header)
     if len(fields) == 2 and MID_RE.fullmatch(fields[0]):
@@ -111,6 +121,8 @@ def _converter(col: Column) -> Callable[[str], Any]:
         return (lambda v: _real(v) if v else None) if col.nullable else _real
     if col.type == "flag":
         return _flag
+    if col.type == "int":
+        return (lambda v: int(v) if v else None) if col.nullable else int
     return str
 
 
@@ -131,14 +143,20 @@ class Tally:
 Bad = Callable[[int, str], None]  # (line, why), for each refused row
 
 
-def _text_problem(fields: list[str], i_source: int, i_mid: int) -> str | None:
-    """Why a label's or box's Source or LabelName cannot be stored, or None: both are
-    short words (a MID of 600 KB once broke PostgreSQL's index on mid for good)."""
-    if not _SOURCE_RE.fullmatch(fields[i_source]):
+def _text_problem(fields: list[str], i_source: int | None, i_mids: Sequence[tuple[int, str]]) -> str | None:
+    """Why a row's Source or label MIDs cannot be stored, or None: both are short words
+    (a MID of 600 KB once broke PostgreSQL's index on mid for good)."""
+    if i_source is not None and not _SOURCE_RE.fullmatch(fields[i_source]):
         return f"Source {fields[i_source][:40]!r} is not a short word"
-    if not MID_RE.fullmatch(fields[i_mid]):
-        return f"LabelName {fields[i_mid][:40]!r} is not a MID such as /m/0k4j"
+    for i, name in i_mids:
+        if not MID_RE.fullmatch(fields[i]):
+            return f"{name} {fields[i][:40]!r} is not a MID such as /m/0k4j"
     return None
+
+
+# relationships and points (issue 23): the MID columns checked per kind (a point's or
+# relationship's label column is not LabelName, and a relationship has two).
+_MID_COLUMNS = {"relationships": ("LabelName1", "LabelName2")}
 
 
 def annotation_rows(lines: Iterable[str | None], kind: AnnotationKind[Any], header: tuple[str, ...], file_id: int,
@@ -148,7 +166,9 @@ def annotation_rows(lines: Iterable[str | None], kind: AnnotationKind[Any], head
     cols = table_columns(kind, header)
     index = [header.index(c.csv) for c in cols]
     convs = [_converter(c) for c in cols]
-    i_id, i_mid, i_source = header.index("ImageID"), header.index("LabelName"), header.index("Source")
+    i_id, i_mid = header.index(kind.image_column), header.index(kind.label_column)
+    i_source = header.index("Source") if "Source" in header else None
+    i_mids = [(header.index(c), c) for c in _MID_COLUMNS.get(kind.name, (kind.label_column,))]
     n = len(header)
     rest = list(zip(index, convs, strict=True))[1:]
     check_mid = known_mids if kind is BOXES else None
@@ -164,7 +184,7 @@ def annotation_rows(lines: Iterable[str | None], kind: AnnotationKind[Any], head
             tally.bad += 1
             bad(line_no, _why(exc, fields, index, cols))
             continue
-        problem = _text_problem(fields, i_source, i_mid)
+        problem = _text_problem(fields, i_source, i_mids)
         if problem is not None:
             tally.bad += 1
             bad(line_no, problem)

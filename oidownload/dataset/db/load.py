@@ -276,7 +276,7 @@ class Loader:
 
     def load(self, item: Item) -> FileResult:
         kind, name = item.detected.kind, item.detected.kind_name
-        if kind is FileKind.MID_LIST:
+        if kind in (FileKind.MID_LIST, FileKind.TRIPLETS):
             return FileResult(item.key, name, "skipped")
         old = self.db.execute("SELECT id, size, mtime_ns, kind, columns FROM loaded_files WHERE path = ?", (item.key,))
         # A narratives file asked for again with (or without) its traces is loaded again.
@@ -370,6 +370,11 @@ class Loader:
         if kind is FileKind.CLASSES:
             self.db.executemany(
                 "INSERT INTO classes (mid, name, file_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (mid) DO UPDATE SET name = excluded.name, file_id = excluded.file_id",
+                list(class_rows(lines, bool(header), file_id, bad, tally)))
+        elif kind is FileKind.ATTRIBUTES:  # relationships and points (issue 23)
+            self.db.executemany(
+                "INSERT INTO attributes (mid, name, file_id) VALUES (?, ?, ?) "
                 "ON CONFLICT (mid) DO UPDATE SET name = excluded.name, file_id = excluded.file_id",
                 list(class_rows(lines, bool(header), file_id, bad, tally)))
         elif kind is FileKind.IMAGES:

@@ -67,6 +67,8 @@ def create(db: Database) -> None:
             content_sha256 TEXT)            -- of the text read: the same content twice loads once""",
         *(_table(db, name, cols) for name, cols in TABLES.items()),
         "CREATE TABLE IF NOT EXISTS classes (mid TEXT PRIMARY KEY, name TEXT NOT NULL, file_id INTEGER NOT NULL)",
+        # relationships and points (issue 23): the right side of `is`
+        "CREATE TABLE IF NOT EXISTS attributes (mid TEXT PRIMARY KEY, name TEXT NOT NULL, file_id INTEGER NOT NULL)",
         """CREATE TABLE IF NOT EXISTS class_hierarchy (
             parent TEXT NOT NULL, child TEXT NOT NULL,
             relation TEXT NOT NULL,         -- subcategory or part
@@ -124,6 +126,9 @@ INDEXES = (
     ("labels_image_id", "labels", "image_id"),
     ("boxes_mid", "boxes", "mid, image_id"),
     ("boxes_image_id", "boxes", "image_id"),
+    # relationships and points (issue 23)
+    ("relationships_image_id", "relationships", "image_id"),
+    ("points_mid", "points", "mid, image_id"),
     ("class_closure_descendant", "class_closure", "descendant"),
     ("narratives_image_id", "narratives", "image_id"),  # narratives (issue 23)
 )
@@ -156,4 +161,14 @@ def has_schema(db: Database) -> bool:
                           "AND table_name = 'loaded_files'")
     else:
         rows = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'loaded_files'")
+    return bool(rows)
+
+
+def has_table(db: Database, name: str) -> bool:
+    """Whether a table exists: a database loaded before a table was added lacks it."""
+    if db.postgres:
+        rows = db.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
+                          "AND table_name = ?", (name,))
+    else:
+        rows = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
     return bool(rows)

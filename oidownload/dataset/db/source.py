@@ -17,7 +17,8 @@ from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.db import Database, connect, schema
 from oidownload.dataset.db.formats import table_columns
 from oidownload.dataset.hierarchy import Hierarchy
-from oidownload.dataset.kinds import BOXES, DB_LOAD, KINDS, AnnotationKind
+from oidownload.dataset.kinds import BOXES, DB_LOAD, KINDS, POINTS, AnnotationKind
+from oidownload.dataset.points import PointAnswer
 
 _ATTR_COLUMN = {c.csv: c.name for c in schema.BOX_ATTRIBUTES}
 
@@ -90,6 +91,14 @@ class DbAnnotations:
         pairs = [(str(m), str(n)) for m, n in self.db.execute("SELECT mid, name FROM classes")]
         return ClassDescriptions.from_pairs(pairs) if pairs else None
 
+    # relationships and points (issue 23)
+    def attribute_descriptions(self) -> ClassDescriptions | None:
+        """The attributes description loaded into the database (the right side of `is`)."""
+        if not schema.has_table(self.db, "attributes"):
+            return None
+        pairs = [(str(m), str(n)) for m, n in self.db.execute("SELECT mid, name FROM attributes")]
+        return ClassDescriptions.from_pairs(pairs) if pairs else None
+
     def hierarchy(self) -> Hierarchy | None:
         """The class hierarchy loaded into the database, or None when none was."""
         edges = [(str(p), str(c), str(r)) for p, c, r in
@@ -132,11 +141,20 @@ class DbAnnotations:
             where += " AND source = 'machine'"
         tables = [("boxes", where + "".join(f" AND ({_ATTR_COLUMN[a]} IS NULL OR {_ATTR_COLUMN[a]} <> 1)"
                                             for a in sorted(flt.exclude) if a in ATTRIBUTES))]
+        params: dict[str, tuple[Any, ...]] = {}
         if not flt.boxes_only:
             tables.append(("labels", where))
+            # relationships and points (issue 23): the same test as points.point_test
+            if any(k is POINTS for _, _, k, _ in files):
+                cond = "mid IN (SELECT mid FROM oi_mids) AND yes_votes >= ?"
+                params["points"] = (flt.min_yes_votes,)
+                if flt.point_answer is not PointAnswer.ANY:
+                    cond += " AND answer = ?"
+                    params["points"] += (flt.point_answer.value,)
+                tables.append(("points", cond))
         for table, cond in tables:
             for image_id, mid in self.db.stream(f"SELECT image_id, mid FROM {table} WHERE {cond}",
-                                                (flt.min_confidence,)):
+                                                params.get(table, (flt.min_confidence,))):
                 hex_id = int_to_id(image_id)
                 if within is None or hex_id in within:
                     yield hex_id, mid

@@ -1,0 +1,50 @@
+"""The HF export's `relationships` and `points` columns (issue 23): each a list of
+structs, so `datasets` loads them as sequences of dicts. Boxes are [x, y, width,
+height] and points [x, y], in pixels of the written image, as `objects` has them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from oidownload.dataset.geometry import coords_pixels
+from oidownload.dataset.kinds import POINTS, RELATIONSHIPS, AnnotationKind
+from oidownload.exports.base import Annotated
+
+_S = {"dtype": "string"}
+_BOX = {"sequence": "float32", "length": 4}
+FEATURES: dict[str, dict[str, Any]] = {
+    "relationships": {"name": "relationships", "sequence": [
+        {"name": "subject", **_S}, {"name": "subject_mid", **_S}, {"name": "subject_bbox", **_BOX},
+        {"name": "predicate", **_S},
+        {"name": "object", **_S}, {"name": "object_mid", **_S}, {"name": "object_bbox", **_BOX},
+    ]},
+    "points": {"name": "points", "sequence": [
+        {"name": "point", "sequence": "float32", "length": 2}, {"name": "label", **_S}, {"name": "mid", **_S},
+        {"name": "answer", **_S}, {"name": "yes_votes", "dtype": "int32"}, {"name": "no_votes", "dtype": "int32"},
+        {"name": "unsure_votes", "dtype": "int32"},
+    ]},
+}
+
+
+def hf_features(kinds: Sequence[AnnotationKind[Any]]) -> list[dict[str, Any]]:
+    return [FEATURES[k.name] for k in kinds]
+
+
+def hf_columns(it: Annotated, kinds: Sequence[AnnotationKind[Any]], name: Callable[[str], str]) -> dict[str, Any]:
+    """This image's columns for the kinds the export holds (an empty list when it has none)."""
+    out: dict[str, Any] = {}
+    image = it.image
+    if RELATIONSHIPS in kinds:
+        out["relationships"] = [{
+            "subject": name(r.label1), "subject_mid": r.label1, "subject_bbox": coords_pixels(r.box1, image),
+            "predicate": r.relationship,
+            "object": name(r.label2), "object_mid": r.label2, "object_bbox": coords_pixels(r.box2, image),
+        } for r in it.relationships]
+    if POINTS in kinds:
+        out["points"] = [{
+            "point": [round(p.x * image.width, 3), round(p.y * image.height, 3)], "label": name(p.label),
+            "mid": p.label, "answer": p.estimated, "yes_votes": p.yes_votes, "no_votes": p.no_votes,
+            "unsure_votes": p.unsure_votes,
+        } for p in it.points]
+    return out
