@@ -247,7 +247,8 @@ BOXES: AnnotationKind[Box] = AnnotationKind(
 SEGMENTATION: AnnotationKind[Mask] = AnnotationKind(
     "segmentation", "segmentation annotations",
     ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax", "PredictedIoU",
-     "Clicks"), "ImageID", "LabelName", _mask)
+     "Clicks"), "ImageID", "LabelName", _mask,
+    supported=frozenset({EXPORT, GALLERY}))  # masks (issue 22): exports and gallery read dataset/masks.py
 RELATIONSHIPS: AnnotationKind[Relationship] = AnnotationKind(
     "relationships", "visual relationship annotations",
     ("ImageID", "LabelName1", "LabelName2", *(f"{c}{k}" for k in (1, 2) for c in COORDS), "RelationshipLabel"),

@@ -18,7 +18,8 @@ from oidownload.core.fsio import Place, Tree
 from oidownload.dataset.annotations import AnnotationSource
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import WrittenBoxes
-from oidownload.dataset.kinds import BOXES, EXPORT, Box
+from oidownload.dataset.kinds import BOXES, EXPORT, SEGMENTATION, Box
+from oidownload.dataset.masks import FoundMask, WrittenMasks
 from oidownload.exports.attribution import AttributionExporter
 from oidownload.exports.base import Annotated, ExportContext, Exporter, ExportResult
 from oidownload.exports.coco import CocoExporter
@@ -26,12 +27,14 @@ from oidownload.exports.csv_export import CsvExporter
 from oidownload.exports.hf import HfExporter
 from oidownload.exports.voc import VocExporter
 from oidownload.exports.yolo import YoloExporter
+from oidownload.exports.yolo_seg import YoloSegExporter
 from oidownload.state.reader import StateDir
 
 __all__ = ["EXPORTERS", "Annotated", "ExportContext", "ExportResult", "Exporter", "export"]
 
 EXPORTERS: dict[str, type[Exporter]] = {
-    e.name: e for e in (CsvExporter, CocoExporter, YoloExporter, HfExporter, AttributionExporter, VocExporter)
+    e.name: e for e in (CsvExporter, CocoExporter, YoloExporter, HfExporter, AttributionExporter, VocExporter,
+                        YoloSegExporter)
 }
 
 
@@ -87,10 +90,10 @@ def export(
 
 
 def _run(exporter: Exporter, ctx: ExportContext) -> None:
-    # Boxes are the one kind with records for exporters so far; a format that wants
-    # another kind adds its reader here (kinds.py has the records).
-    if exporter.kinds - {BOXES}:
-        raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - {BOXES})} yet")
+    # Boxes and masks are the kinds with records for exporters so far; a format that
+    # wants another kind adds its reader here (kinds.py has the records).
+    if exporter.kinds - {BOXES, SEGMENTATION}:
+        raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - {BOXES, SEGMENTATION})} yet")
     exporter.start(ctx)
     try:
         boxes: dict[str, list[Box]] = {}
@@ -102,9 +105,37 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
             if reader.unreadable:
                 ctx.result.notes.append(f"{reader.unreadable} box row(s) with a coordinate or confidence that is not "
                                         "a number were left out")
+        masks, found = _masks(exporter, ctx)
         for image_id in sorted(ctx.images):
-            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ()))))
+            own = tuple(found.load(masks.pop(image_id, ()))) if found is not None else ()
+            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ())), own))
+        if found is not None:
+            ctx.result.notes += found.notes()
         exporter.finish()
     except BaseException:
         exporter.abort()
         raise
+
+
+# -- masks (issue 22) --------------------------------------------------------------------------------
+
+
+def _masks(exporter: Exporter, ctx: ExportContext) -> tuple[dict[str, list[FoundMask]], WrittenMasks | None]:
+    """The segmentation rows of the written images, per image (their pixels are read one
+    image at a time, just before add), and the reader that loads them; a format that
+    takes no masks says it leaves the segmentation files out."""
+    seg = [t for t in ctx.tables if t.kind is SEGMENTATION]
+    if exporter.kinds and SEGMENTATION not in exporter.kinds and seg:
+        ctx.result.notes.append(f"--format {exporter.name} takes no masks: {', '.join(t.name for t in seg)} left "
+                                f"out (formats with masks: {', '.join(mask_formats())})")
+    if SEGMENTATION not in exporter.kinds:
+        return {}, None
+    found = WrittenMasks(ctx.images, ctx.state.reader(), ctx.classes)
+    masks: dict[str, list[FoundMask]] = {}
+    for m in found.read(seg):
+        masks.setdefault(m.image.image_id, []).append(m)
+    return masks, found
+
+
+def mask_formats() -> list[str]:
+    return sorted(name for name, e in EXPORTERS.items() if SEGMENTATION in e.kinds or name == "csv")

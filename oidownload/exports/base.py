@@ -23,6 +23,7 @@ from oidownload.dataset.annotations import AnnotationTable
 from oidownload.dataset.attribution import Credit, credits
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.kinds import AnnotationKind, Box
+from oidownload.dataset.masks import FoundMask
 from oidownload.sinks import Reader
 from oidownload.state.reader import StateDir, Written
 
@@ -37,6 +38,7 @@ class ExportResult:
     boxes: int = 0
     labels: int = 0
     dropped: int = 0  # boxes a crop cut away entirely
+    masks: int = 0  # mask instances written (issue 22)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth telling the user
 
@@ -47,6 +49,7 @@ class Annotated:
 
     image: Written
     boxes: tuple[Box, ...] = ()
+    masks: tuple[FoundMask, ...] = ()  # with their pixels, for a format whose kinds hold SEGMENTATION
 
 
 @dataclass
@@ -100,9 +103,10 @@ class Exporter(Protocol):
         """Instead of finish, after a failure: leave nothing half-built behind."""
 
 
-def categories(boxes: Iterable[Box], mids: frozenset[str] | None) -> list[str]:
-    """The classes, in index order: the chosen ones, or every one the boxes have."""
-    return sorted(mids) if mids is not None else sorted({b.label for b in boxes})
+def categories(boxes: Iterable[Box], mids: frozenset[str] | None, also: Iterable[str] = ()) -> list[str]:
+    """The classes, in index order: the chosen ones, or every one the boxes (and the
+    labels `also`: of masks) have."""
+    return sorted(mids) if mids is not None else sorted({b.label for b in boxes} | set(also))
 
 
 def swap_in(tree: Tree, new: str, final: str) -> None:

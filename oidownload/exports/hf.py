@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import stat
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from oidownload.dataset.attribution import NO_CREDIT
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import pixels
-from oidownload.dataset.kinds import BOXES, AnnotationKind, BoxAttribute
+from oidownload.dataset.kinds import BOXES, SEGMENTATION, AnnotationKind, BoxAttribute
 from oidownload.exports.base import Annotated, ExportContext, categories
-from oidownload.sinks.files import split_location
+from oidownload.sinks.files import MASKS_DIR, split_location
 
 HF_CARD_MARK = "written by `oidownload annotations --format hf`"
 
@@ -26,7 +29,7 @@ class HfExporter:
     card whose features make `category` a ClassLabel of those names."""
 
     name: ClassVar[str] = "hf"
-    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES})
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, SEGMENTATION})
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = True  # imagefolder reads metadata.jsonl beside the images: -d does not apply
 
@@ -34,9 +37,12 @@ class HfExporter:
         self.ctx = ctx
         ctx.local_files()
         self.items: list[Annotated] = []
+        self.with_masks = any(t.kind is SEGMENTATION for t in ctx.tables)
 
     def add(self, item: Annotated) -> None:
-        self.items.append(item)  # the category indices need every class first
+        # The category indices need every class first; of a mask, its file is enough.
+        self.items.append(dataclasses.replace(item, masks=tuple(dataclasses.replace(m, bitmap=None)
+                                                                for m in item.masks)))
 
     def abort(self) -> None:
         pass
@@ -44,7 +50,8 @@ class HfExporter:
     def finish(self) -> None:
         ctx, tree, result = self.ctx, self.ctx.tree, self.ctx.result
         credit = ctx.credits()
-        cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
+        cats = categories((b for it in self.items for b in it.boxes), ctx.classes,
+                          (m.record.label for it in self.items for m in it.masks))
         index = {mid: i for i, mid in enumerate(cats)}
         with contextlib.ExitStack() as stack:
             writers: dict[str, Any] = {}
@@ -56,9 +63,12 @@ class HfExporter:
                     writers[folder] = stack.enter_context(tree.atomic_file(f"{folder}/metadata.jsonl",
                                                                            create_dirs=False))
                     result.files.append(tree.path / folder / "metadata.jsonl")
+                    if self.with_masks:
+                        self._link_masks(folder)
                 c = credit.get(image.image_id, NO_CREDIT)
                 own = it.boxes
                 writers[folder].write(json.dumps({
+                    **(_masks(it, index, ctx.name) if self.with_masks else {}),
                     "file_name": file_name, "image_id": image.image_id, "width": image.width, "height": image.height,
                     "objects": {"bbox": [pixels(b, image) for b in own], "category": [index[b.label] for b in own],
                                 "labels": [ctx.name(b.label) for b in own],
@@ -66,6 +76,7 @@ class HfExporter:
                     "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url,
                 }, ensure_ascii=False) + "\n")
         result.boxes = sum(len(it.boxes) for it in self.items)
+        result.masks = sum(len(it.masks) for it in self.items)
         card = tree.path / "README.md"  # the dataset card, at the root load_dataset is pointed at
         label_names = _label_names(cats, ctx.names)
         there = tree.lstat("README.md")
@@ -75,8 +86,23 @@ class HfExporter:
                                 "`category` loads as integers (class names: the `labels` field)")
             return
         with tree.atomic_file("README.md") as fh:
-            fh.write(_hf_card(sorted(writers), label_names))
+            fh.write(_hf_card(sorted(writers), label_names, self.with_masks))
         result.files.append(card)
+
+    # -- masks (issue 22) --------------------------------------------------------------------------
+
+    def _link_masks(self, folder: str) -> None:
+        """OUT/<subset>/masks, a relative symlink to OUT/masks/<subset>: imagefolder loads
+        only files below the folder of their metadata.jsonl (no `..`), and the masks live
+        beside the subsets, not in them. Nothing else reads through it: every walk of the
+        output skips symlinks."""
+        tree, rel, target = self.ctx.tree, f"{folder}/{MASKS_DIR}", f"../{MASKS_DIR}/{folder}"
+        there = tree.lstat(rel)
+        if there is None:
+            tree.symlink(target, rel)
+        elif not stat.S_ISLNK(there.st_mode) or os.readlink(tree.path / rel) != target:
+            self.ctx.result.notes.append(f"{tree.path / rel} is not the link to {target} this export makes, so it "
+                                         "was left as it is: the masks of that subset may not load")
 
 
 def _label_names(cats: list[str], names: ClassDescriptions | None) -> list[str]:
@@ -87,7 +113,24 @@ def _label_names(cats: list[str], names: ClassDescriptions | None) -> list[str]:
     return [f"{n} ({m})" if n in repeated else n for n, m in zip(shown, cats, strict=True)]
 
 
-def _hf_card(splits: list[str], label_names: list[str]) -> str:
+def _masks(it: Annotated, index: dict[str, int], name: Callable[[str], str]) -> dict[str, Any]:
+    """The image's masks: `masks_file_names`, which imagefolder loads as the list of images
+    `masks` (paths below the subset's folder, through its `masks` link), and
+    `mask_objects`, one entry a mask in the same order."""
+    image = it.image
+    return {
+        "masks_file_names": [f"{MASKS_DIR}/{m.file.split('/', 2)[2]}" for m in it.masks],
+        "mask_objects": {
+            "box_id": [m.record.box_id for m in it.masks], "category": [index[m.record.label] for m in it.masks],
+            "labels": [name(m.record.label) for m in it.masks],
+            "box": [[round(m.record.xmin * image.width, 3), round(m.record.ymin * image.height, 3),
+                     round((m.record.xmax - m.record.xmin) * image.width, 3),
+                     round((m.record.ymax - m.record.ymin) * image.height, 3)] for m in it.masks],
+        },
+    }
+
+
+def _hf_card(splits: list[str], label_names: list[str], with_masks: bool = False) -> str:
     """A dataset card (README.md) whose YAML `configs` entry gives the features, which
     `datasets.load_dataset("OUT")` applies; JSON is YAML, so no YAML writer is needed.
     Its data_files name the subset folders only (not annotations/, original/ or yolo/)."""
@@ -105,6 +148,16 @@ def _hf_card(splits: list[str], label_names: list[str]) -> str:
         ]},
         *({"name": k, **string} for k in ("title", "author", "license", "url")),
     ]
+    if with_masks:  # masks (issue 22)
+        features[5:5] = [
+            {"name": "masks", "list": "image"},
+            {"name": "mask_objects", "sequence": [
+                {"name": "box_id", **string},
+                {"name": "category", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(label_names)}}}},
+                {"name": "labels", **string},
+                {"name": "box", "sequence": "float32", "length": 4},
+            ]},
+        ]
     config = {"config_name": "default", "features": features,
               "data_files": [{"split": s, "path": f"{s}/**"} for s in splits]}
     return (f"---\n# {HF_CARD_MARK}; it is replaced by the next such export\n"
