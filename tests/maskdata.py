@@ -49,7 +49,9 @@ def written_size(download: Download, image_id: str) -> tuple[int, int]:
 def add_masks(download: Download, dest: Path, images: int = 8) -> Masked:
     """Writes the CSV in dest and the masks into download.out; returns what it wrote."""
     boxes = download.boxes()
-    chosen = [i for i in sorted(boxes) if boxes[i]][:images]
+    # Masks in each split: Hugging Face's imagefolder cannot type a column empty in one.
+    chosen = sorted(i for subset in ("train", "validation") for i in [
+        j for j in sorted(boxes) if boxes[j] and download.source[j]["Subset"] == subset][: images // 2])
     masked = Masked(dest / "train-annotations-object-segmentation.csv", [])
     for n, image_id in enumerate(chosen):
         w, h = written_size(download, image_id)

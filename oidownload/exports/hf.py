@@ -37,7 +37,7 @@ class HfExporter:
         self.ctx = ctx
         ctx.local_files()
         self.items: list[Annotated] = []
-        self.with_masks = any(t.kind is SEGMENTATION for t in ctx.tables)
+        self.with_masks = any(t.kind is SEGMENTATION for t in ctx.tables)  # masks (issue 22)
 
     def add(self, item: Annotated) -> None:
         # The category indices need every class first; of a mask, its file is enough.
@@ -50,6 +50,8 @@ class HfExporter:
     def finish(self) -> None:
         ctx, tree, result = self.ctx, self.ctx.tree, self.ctx.result
         credit = ctx.credits()
+        if self.with_masks:
+            self.with_masks = self._every_subset_has_masks()
         cats = categories((b for it in self.items for b in it.boxes), ctx.classes,
                           (m.record.label for it in self.items for m in it.masks))
         index = {mid: i for i, mid in enumerate(cats)}
@@ -76,7 +78,7 @@ class HfExporter:
                     "title": c.title, "author": c.author, "license": c.license, "url": c.landing_url,
                 }, ensure_ascii=False) + "\n")
         result.boxes = sum(len(it.boxes) for it in self.items)
-        result.masks = sum(len(it.masks) for it in self.items)
+        result.masks = sum(len(it.masks) for it in self.items) if self.with_masks else 0
         card = tree.path / "README.md"  # the dataset card, at the root load_dataset is pointed at
         label_names = _label_names(cats, ctx.names)
         there = tree.lstat("README.md")
@@ -90,6 +92,21 @@ class HfExporter:
         result.files.append(card)
 
     # -- masks (issue 22) --------------------------------------------------------------------------
+
+    def _every_subset_has_masks(self) -> bool:
+        """`datasets` refuses metadata files whose columns differ in type, and a column
+        of only empty lists has none: a subset without a single mask would make every
+        subset unloadable. Then the masks are left out, and the note says why."""
+        have: dict[str, int] = {}
+        for it in self.items:
+            folder = split_location(it.image.location)[0]
+            have[folder] = have.get(folder, 0) + len(it.masks)
+        bare = sorted(f for f, n in have.items() if not n)
+        if bare and any(have.values()):
+            self.ctx.result.notes.append(
+                f"no mask in {', '.join(bare)}: metadata.jsonl leaves the masks out, as `datasets` cannot type a "
+                "column that is empty in one split (export a selection where every split has masks)")
+        return not bare
 
     def _link_masks(self, folder: str) -> None:
         """OUT/<subset>/masks, a relative symlink to OUT/masks/<subset>: imagefolder loads
