@@ -41,8 +41,11 @@ class Masked:
 
 
 def written_size(download: Download, image_id: str) -> tuple[int, int]:
-    subset = download.source[image_id]["Subset"]
-    with Image.open(download.out / subset / image_id[:3] / f"{image_id}.jpg") as im:
+    return _size(download.out, download.source[image_id]["Subset"], image_id)
+
+
+def _size(out: Path, subset: str, image_id: str) -> tuple[int, int]:
+    with Image.open(out / subset / image_id[:3] / f"{image_id}.jpg") as im:
         return im.size
 
 
@@ -52,10 +55,15 @@ def add_masks(download: Download, dest: Path, images: int = 8) -> Masked:
     # Masks in each split: Hugging Face's imagefolder cannot type a column empty in one.
     chosen = sorted(i for subset in ("train", "validation") for i in [
         j for j in sorted(boxes) if boxes[j] and download.source[j]["Subset"] == subset][: images // 2])
+    return write_masks(download.out, [(i, download.source[i]["Subset"], boxes[i]) for i in chosen], dest)
+
+
+def write_masks(out: Path, picks: list[tuple[str, str, list[dict[str, str]]]], dest: Path) -> Masked:
+    """For each (ImageID, subset, its box rows): masks for up to two of its boxes."""
     masked = Masked(dest / "train-annotations-object-segmentation.csv", [])
-    for n, image_id in enumerate(chosen):
-        w, h = written_size(download, image_id)
-        big = [r for r in boxes[image_id]
+    for n, (image_id, subset, rows) in enumerate(picks):
+        w, h = _size(out, subset, image_id)
+        big = [r for r in rows
                if (float(r["XMax"]) - float(r["XMin"])) * w >= 14 and (float(r["YMax"]) - float(r["YMin"])) * h >= 14]
         for k, r in enumerate(big[:2]):
             box_id = hashlib.sha256(f"{image_id}{k}".encode()).hexdigest()[:8]
@@ -84,9 +92,8 @@ def add_masks(download: Download, dest: Path, images: int = 8) -> Masked:
                 draw.ellipse((cx - 4, cy - 4, cx + 4, cy + 4), fill=0)
             else:
                 draw.ellipse((px0, py0, px1, py1), fill=1)
-            subset = download.source[image_id]["Subset"]
             folders, name = member_path(subset, image_id, mask_suffix(box_id))
-            path = download.out.joinpath(*folders, name)
+            path = out.joinpath(*folders, name)
             path.parent.mkdir(parents=True, exist_ok=True)
             mask.save(path)
             masked.masks[box_id] = mask

@@ -47,7 +47,7 @@ class WrittenMasks:
     the written image's size)."""
 
     images: Mapping[str, Written]
-    reader: Reader
+    reader: Reader | None  # None: the rows only (read), never the pixels
     mids: frozenset[str] | None = None
     dropped: int = 0
     unreadable: int = 0
@@ -80,10 +80,12 @@ class WrittenMasks:
                 xmin, xmax, ymin, ymax = moved
                 yield FoundMask(dataclasses.replace(mask, xmin=xmin, xmax=xmax, ymin=ymin, ymax=ymax), image)
 
-    def data(self, m: FoundMask) -> bytes | None:
-        """The mask's PNG bytes as written; None (counted) when the output has none."""
+    def data(self, image: Written, box_id: str) -> bytes | None:
+        """The PNG bytes of the image's mask box_id as written; None (counted) when the
+        output has none."""
+        assert self.reader is not None, "a WrittenMasks without a reader reads rows only"
         try:
-            return self.reader.member(m.image.location, mask_suffix(m.record.box_id))
+            return self.reader.member(image.location, mask_suffix(box_id))
         except FileNotFoundError:
             self.missing += 1
             return None
@@ -92,7 +94,7 @@ class WrittenMasks:
         """Those of `masks` the output holds, with their pixels."""
         out = []
         for m in masks:
-            data = self.data(m)
+            data = self.data(m.image, m.record.box_id)
             if data is None:
                 continue
             try:

@@ -19,7 +19,8 @@ from oidownload.dataset import attribution
 from oidownload.dataset.annotations import AnnotationFile
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import WrittenBoxes
-from oidownload.dataset.kinds import ATTRIBUTES, BOXES, GALLERY
+from oidownload.dataset.kinds import ATTRIBUTES, BOXES, GALLERY, SEGMENTATION
+from oidownload.dataset.masks import WrittenMasks
 from oidownload.inputs.rows import RowFilter, iter_rows, read_header
 from oidownload.state.reader import Written
 
@@ -34,6 +35,7 @@ _HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>`]{1,500}", re.IGNORECAS
 # attributes tuple holds 1, 0 or -1 (unknown) per name in ATTRIBUTES, and is shared.
 Box = tuple[int, float, float, float, float, tuple[int, ...]]
 Label = tuple[int, float, int]  # (class, confidence, source)
+MaskMark = tuple[int, str]  # (class, BoxID): masks (issue 22), found in the output by build.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +54,16 @@ class Entry:
     boxes: list[Box] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)
     attribution: Attribution | None = None
+    masks: list[MaskMark] = field(default_factory=list)
 
     @property
     def image_id(self) -> str:
         return self.written.image_id
 
     def classes(self) -> set[int]:
-        """The classes the image has: a drawn box, or a positive image-level label."""
-        return {b[0] for b in self.boxes} | {lab[0] for lab in self.labels if lab[1] >= POSITIVE}
+        """The classes the image has: a drawn box or mask, or a positive image-level label."""
+        return ({b[0] for b in self.boxes} | {lab[0] for lab in self.labels if lab[1] >= POSITIVE}
+                | {m[0] for m in self.masks})
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Collected:
     label_sources: list[str]
     box_files: int = 0
     label_files: int = 0
+    mask_files: int = 0
     dropped: int = 0  # boxes a fill crop cut away
     notes: list[str] = field(default_factory=list)
 
@@ -118,6 +123,9 @@ def collect(
         if f.kind is BOXES:
             result.box_files += 1
             _read_boxes(f, entries, result, names, classes)
+        elif f.kind is SEGMENTATION:
+            result.mask_files += 1
+            _read_masks(f, entries, result, names, classes)
         else:
             result.label_files += 1
             _read_labels(f, entries, result, names)
@@ -144,6 +152,16 @@ def _read_boxes(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
     if reader.unreadable:
         result.notes.append(f"{f.name}: {reader.unreadable} box row(s) with a value that is not a number were "
                             "left out")
+
+
+def _read_masks(f: AnnotationFile, entries: dict[str, Entry], result: Collected,
+                names: ClassDescriptions | None, mids: frozenset[str] | None) -> None:
+    """The exports' own mask rows (dataset/masks.py); whether the output holds each mask
+    is found when its overlay is made."""
+    reader = WrittenMasks({i: e.written for i, e in entries.items()}, None, mids)
+    for m in reader.read([f]):
+        entries[m.image.image_id].masks.append((result.classes.index(m.record.label, names), m.record.box_id))
+    result.notes += reader.notes()
 
 
 def _read_labels(f: AnnotationFile, entries: dict[str, Entry], result: Collected,

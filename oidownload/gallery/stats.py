@@ -99,7 +99,27 @@ def figures(data: Collected, statuses: dict[str, int]) -> list[Figure]:
         Figure("source", "Source of each image", ("images",),
                [(s, s, (n,)) for s, n in sorted(sources.items(), key=lambda kv: (-kv[1], kv[0]))]),
     ]
+    masks = _masks_per_class(data)
+    if masks is not None:
+        out.insert(1, masks)
     return out
+
+
+def _masks_per_class(data: Collected) -> Figure | None:
+    """Masks (issue 22) drawn per class, and the images with one; None without masks."""
+    masks = collections.Counter[int]()
+    images = collections.Counter[int]()
+    for e in data.entries:
+        masks.update(c for c, _ in e.masks)
+        images.update({c for c, _ in e.masks})
+    if not masks:
+        return None
+    names, mids = data.classes.names, data.classes.mids
+    order = sorted(masks, key=lambda c: (-masks[c], names[c]))
+    return Figure("masks", "Masks per class", ("masks", "images"), [(mids[c], names[c], (masks[c], images[c]))
+                                                                     for c in order], log=True,
+                  note="Masks drawn per class (those the output holds), and the images with one. Log scale.",
+                  columns=("MID",), extra={mids[c]: [mids[c]] for c in order})
 
 
 def _status_rows(statuses: dict[str, int]) -> list[tuple[str, str, tuple[int, ...]]]:
