@@ -235,3 +235,27 @@ def test_csv_copies_the_segmentation_rows_in_the_written_frame(download: Downloa
         for c in ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax"):
             assert float(g[c]) == pytest.approx(float(r[c]), abs=1e-6)
         assert [c.split()[2] for c in g["Clicks"].split(";")] == ["1", "0"]
+
+
+# -- Hugging Face ------------------------------------------------------------------------------------
+
+
+def test_hf_leaves_the_masks_out_when_a_split_has_none(download: Download, masked: Masked, tmp_path: Path) -> None:
+    """`datasets` cannot type a column that is empty in a whole split: rather than a
+    dataset that does not load, no masks, and a note that says why."""
+    import csv
+
+    train_only = tmp_path / "train-only-segmentation.csv"
+    rows = [r for r in masked.rows if download.source[r["ImageID"]]["Subset"] == "train"]
+    with open(train_only, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, list(masked.rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    res = run_cli("annotations", download.out, "--format", "hf", "--annotations", BOXES[0], "--annotations",
+                  BOXES[1], "--annotations", train_only)
+    assert res.returncode == 0, res.stderr
+    assert "no mask in validation: metadata.jsonl leaves the masks out" in res.stderr
+    for subset in ("train", "validation"):
+        first = json.loads((download.out / subset / "metadata.jsonl").read_text().splitlines()[0])
+        assert "masks_file_names" not in first and "objects" in first
+    assert '"name": "masks"' not in (download.out / "README.md").read_text()
