@@ -211,7 +211,8 @@ import sys
 from ultralytics import YOLO
 model = YOLO("yolov8n-seg.yaml")
 r = model.train(data=sys.argv[1], epochs=1, imgsz=320, batch=8, workers=0, device="cpu", plots=False,
-                project=sys.argv[2], name="run", exist_ok=True, amp=False, val=True, verbose=False)
+                project=sys.argv[2], name="run", exist_ok=True, amp=False, val=True, verbose=False,
+                fraction=0.25)  # 10 of the 40 train images: the test is that it trains, not how well
 print("SEG-METRICS", r.results_dict if r is not None else None)
 """
     res = subprocess.run([sys.executable, "-c", train, str(dest / "yolo-seg" / "data.yaml"), str(tmp_path / "runs")],
