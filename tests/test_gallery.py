@@ -621,6 +621,10 @@ def test_a_mask_is_drawn_for_every_mask(built: Built, session: Callable[[int], S
         with Image.open(dest / m["href"]) as im:
             alpha = np.array(im.convert("RGBA"))[:, :, 3] > 0
         assert (alpha == (np.array(masked.masks[m["box"]]) > 0)).all()
+    art = artifacts()
+    if art is not None:  # what the masks look like, for a person to check in CI's artifacts
+        page.evaluate("location.hash = ''")
+        page.screenshot(path=str(art / "gallery-masks.png"), full_page=True)
     page.uncheck("#masks")
     assert page.evaluate("[...document.querySelectorAll('#grid image.mask')].every(m => "
                          "m.getBoundingClientRect().width === 0)")
@@ -632,6 +636,8 @@ def test_a_mask_is_drawn_for_every_mask(built: Built, session: Callable[[int], S
         assert sorted(boxes) == sorted(b for b in masked.masks if masked.image_of(b) == image_id) and len(boxes) == n
         assert p.evaluate("[...document.querySelectorAll('figure.full image.mask')].every(m => "
                           "m.getBoundingClientRect().width > 0)")
+        if art is not None and image_id == masked.image_of(masked.two_pieces):
+            p.screenshot(path=str(art / "gallery-masks-page.png"), full_page=True)
         p.uncheck("#show-masks")
         assert p.evaluate("[...document.querySelectorAll('figure.full image.mask')].every(m => "
                           "m.getBoundingClientRect().width === 0)")
