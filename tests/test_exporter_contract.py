@@ -9,6 +9,14 @@ pixels of the written files, image for image:
     hf           Hugging Face `datasets` (a child process, as a user runs it)
     voc          an XML parser and torchvision.datasets.VOCDetection
     attribution  Python's csv (credits, no boxes)
+    yolo-seg     (masks only: refuses a download without segmentation annotations)
+
+Every exporter that takes masks (SEGMENTATION in its kinds) also round-trips the masks
+tests/maskdata.py writes into the download, each equal to the written PNG:
+
+    coco         pycocotools' annToMask
+    hf           Hugging Face `datasets` (the `masks` images)
+    yolo-seg     Ultralytics' own label reader (YOLODataset), polygons filled by OpenCV
 
 A new exporter without a reader here fails test_every_exporter_has_a_reader."""
 
@@ -23,6 +31,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -31,7 +40,6 @@ from oidownload.exports import EXPORTERS
 from tests.conftest import (
     BOXES,
     DESCRIPTIONS,
-    V4,
     Download,
     class_names,
     journal_rows,
@@ -39,6 +47,7 @@ from tests.conftest import (
     rows_of,
     run_cli,
 )
+from tests.maskdata import Masked, add_masks
 from tests.test_exports import ultralytics_label_path
 
 # name → [(class display name, xmin, ymin, xmax, ymax)] in pixels of the written file, per ImageID
@@ -170,9 +179,16 @@ def read_attribution(download: Download) -> Boxes | None:
     return None  # credits only
 
 
+def read_yolo_seg(download: Download) -> Boxes | None:
+    res = run_cli("annotations", download.out, "--format", "yolo-seg", "-d", download.out.parent / "refused-seg")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "pass the segmentation annotations" in res.stderr
+    assert not (download.out.parent / "refused-seg" / "yolo-seg").exists()
+    return None  # masks only: MASK_READERS
+
+
 READERS: dict[str, Callable[[Download], Boxes | None]] = {
     "csv": read_csv, "coco": read_coco, "yolo": read_yolo, "hf": read_hf, "voc": read_voc,
-    "attribution": read_attribution,
+    "attribution": read_attribution, "yolo-seg": read_yolo_seg,
 }
 
 
@@ -233,13 +249,20 @@ def test_voc_keeps_the_box_attributes_and_escapes_untrusted_names(download: Down
     assert not [p for p in voc.parent.parent.iterdir() if p.name.startswith(".VOCdevkit")]  # swapped in whole
 
 
-def test_an_exporter_refuses_a_kind_it_does_not_handle(download: Download) -> None:
-    seg = V4 / "train-annotations-object-segmentation.head.csv"
+def test_an_exporter_refuses_a_kind_it_does_not_handle(download: Download, tmp_path: Path) -> None:
+    from oidownload.dataset.kinds import EXPORT, KINDS
+
+    unsupported = [k for k in KINDS.values() if EXPORT not in k.supported]
+    if not unsupported:
+        pytest.skip("every annotation kind is exported")
+    kind = unsupported[0]
+    other = tmp_path / f"{kind.name}.csv"
+    other.write_text(",".join(kind.signature) + "\n", encoding="utf-8")
     for fmt in ("coco", "csv"):
-        res = run_cli("annotations", download.out, "--format", fmt, "--annotations", BOXES[1], "--annotations", seg,
+        res = run_cli("annotations", download.out, "--format", fmt, "--annotations", BOXES[1], "--annotations", other,
                       "-d", download.out.parent / f"refused-{fmt}")
         assert res.returncode == 1 and "Traceback" not in res.stderr
-        assert "segmentation annotations are recognised but not yet supported by `annotations`" in res.stderr
+        assert f"{kind.what} are recognised but not yet supported by `annotations`" in res.stderr
         assert not (download.out.parent / f"refused-{fmt}").exists()
 
 
@@ -439,3 +462,139 @@ def test_relationships_and_points_round_trip_through_datasets(download: Download
             assert [p["answer"] for p in pts_of] == ["yes", "no", "unsure"] and all(len(p["point"]) == 2 for p in pts_of)
     finally:
         _export(download, "hf")  # the boxes-only metadata the other tests read
+# -- masks (issue 22) ----------------------------------------------------------------------------------
+
+# ImageID -> [(class display name, the mask's pixels as a bool array)]
+Masks = dict[str, list[tuple[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def masked(download: Download, tmp_path_factory: pytest.TempPathFactory) -> Masked:
+    return add_masks(download, tmp_path_factory.mktemp("masks"))
+
+
+def _mask_export(download: Download, masked: Masked, fmt: str) -> Path:
+    res = run_cli("annotations", download.out, "--format", fmt, "--annotations", BOXES[0], "--annotations", BOXES[1],
+                  "--annotations", masked.csv, "-d", download.out.parent / f"masks-{fmt}")
+    assert res.returncode == 0, res.stderr
+    return download.out.parent / f"masks-{fmt}"
+
+
+def masks_coco(download: Download, masked: Masked) -> Masks:
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(_mask_export(download, masked, "coco") / "coco.json"))
+    cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    found: Masks = {}
+    for a in coco.loadAnns(coco.getAnnIds()):
+        if isinstance(a["segmentation"], dict):
+            image_id = coco.loadImgs([a["image_id"]])[0]["open_images_id"]
+            found.setdefault(image_id, []).append((cats[a["category_id"]], coco.annToMask(a).astype(bool)))
+    return found
+
+
+_HF_MASKS = """
+import base64, json, sys
+import numpy as np
+import datasets
+ds = datasets.load_dataset(sys.argv[1], cache_dir=sys.argv[2])
+found = {}
+for part in ds.values():
+    names = part.features["mask_objects"]["category"].feature.names
+    for row in part:
+        masks = [np.array(m.convert("L")) > 0 for m in row["masks"]]
+        found[row["image_id"]] = [[names[c], list(m.shape), base64.b64encode(np.packbits(m)).decode()]
+                                  for c, m in zip(row["mask_objects"]["category"], masks, strict=True)]
+print(json.dumps(found))
+"""
+
+
+def masks_hf(download: Download, masked: Masked) -> Masks:
+    import base64
+
+    import numpy as np
+
+    require(importlib.util.find_spec("datasets") is not None, "Hugging Face datasets (pip install '.[test]')")
+    _mask_export(download, masked, "hf")
+    cache = download.out.parent / "hf-masks"
+    env = {**os.environ, "HF_HOME": str(cache / "home"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    loaded = subprocess.run([sys.executable, "-c", _HF_MASKS, str(download.out), str(cache / "datasets")],
+                            capture_output=True, text=True, env=env, timeout=240)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    rows = json.loads(loaded.stdout.splitlines()[-1])
+    found: Masks = {}
+    for image_id, masks in rows.items():
+        for name, (h, w), bits in masks:
+            m = np.unpackbits(np.frombuffer(base64.b64decode(bits), np.uint8))[: h * w].reshape(h, w).astype(bool)
+            found.setdefault(image_id, []).append((name, m))
+    return found
+
+
+_YOLO_SEG = """
+import json, sys
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.data import YOLODataset
+data = check_det_dataset(sys.argv[1])
+out = {}
+for split in ("train", "val"):
+    for lb in YOLODataset(img_path=data[split], data=data, task="segment", imgsz=320, augment=False).labels:
+        stem = lb["im_file"].rsplit("/", 1)[1].split(".")[0]
+        out[stem] = [[data["names"][int(c)], s.tolist()] for c, s in zip(lb["cls"].reshape(-1), lb["segments"])]
+print(json.dumps(out))
+"""
+
+
+def masks_yolo_seg(download: Download, masked: Masked) -> Masks:
+    import numpy as np
+
+    require(importlib.util.find_spec("ultralytics") is not None and importlib.util.find_spec("cv2") is not None,
+            "Ultralytics (README: Masks in the exports)")
+    import cv2
+
+    root = _mask_export(download, masked, "yolo-seg") / "yolo-seg"
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(download.out.parent / "yolo-config"), "YOLO_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", _YOLO_SEG, str(root / "data.yaml")], capture_output=True, text=True,
+                         timeout=240, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    found: Masks = {}
+    for image_id, segments in json.loads(res.stdout.splitlines()[-1]).items():
+        w, h = _size(download, image_id)
+        for name, points in segments:  # normalised, as Ultralytics keeps them
+            filled = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(filled, [np.round(np.array(points) * [w, h]).astype(np.int32)], 1)
+            found.setdefault(image_id, []).append((name, filled.astype(bool)))
+    return found
+
+
+# Readers, and the least IoU each must give (1.0: pixel for pixel; a polygon only approximates)
+MASK_READERS: dict[str, tuple[Callable[[Download, Masked], Masks], float]] = {
+    "coco": (masks_coco, 1.0), "hf": (masks_hf, 1.0), "yolo-seg": (masks_yolo_seg, 0.8),
+}
+
+
+def test_every_mask_exporter_has_a_mask_reader() -> None:
+    from oidownload.dataset.kinds import SEGMENTATION
+
+    assert set(MASK_READERS) == {n for n, e in EXPORTERS.items() if SEGMENTATION in e.kinds}
+
+
+@pytest.mark.parametrize("fmt", sorted(MASK_READERS))
+def test_masks_round_trip_through_their_reader(fmt: str, download: Download, masked: Masked) -> None:
+    import numpy as np
+
+    read, least = MASK_READERS[fmt]
+    got = {i: ms for i, ms in read(download, masked).items() if ms}
+    names = class_names()
+    want: Masks = {}
+    for box_id, mask in masked.masks.items():
+        want.setdefault(masked.image_of(box_id), []).append((names[masked.label_of(box_id)], np.array(mask) > 0))
+    assert set(got) == set(want)
+    for image_id, masks in want.items():
+        left = list(got[image_id])
+        assert len(left) == len(masks), image_id
+        for name, m in masks:
+            def iou(g: tuple[str, Any], m: Any = m) -> float:
+                return float((g[1] & m).sum() / (g[1] | m).sum()) if g[1].shape == m.shape else 0.0
+            best = max((g for g in left if g[0] == name), key=iou, default=None)
+            assert best is not None and iou(best) >= least, (fmt, image_id, name)
+            left.remove(best)

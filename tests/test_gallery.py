@@ -24,6 +24,7 @@ from PIL import Image
 
 from oidownload.testing.origin import Corpus, Fault, Origin, OriginThread
 from tests.conftest import V3, V4, journal_rows, require, run_cli
+from tests.maskdata import Masked, write_masks
 
 VAL = V3 / "validation"
 BOXES_CSV = VAL / "annotations-human-bbox.csv"
@@ -752,3 +753,83 @@ def test_captions_are_shown_and_the_word_filter_narrows_the_grid(built: Built, t
                 ["0 (empty)", "1-9", "10-19", "20-29", "30-39", "40-59", "60-79", "80-119", "\u2265 120"])
         for texts in captions.values() for t in texts)
     assert {k: int(v[0]) for k, v in _table(stats, "caption-length").items() if int(v[0])} == dict(lengths)
+# -- masks (issue 22) ------------------------------------------------------------------------------
+# The gallery of this module's download, built again with segmentation annotations after
+# tests/maskdata.py wrote masks into that output: every mask the output holds is drawn as
+# a tinted overlay on its tile and its image page (none that it lacks), the overlay's
+# pixels are the mask's, the toggles hide them, and the statistics count them per class.
+
+MASKS_JS = """() => [...document.querySelectorAll('#grid .tile')].map(t => ({
+  id: t.dataset.imageId,
+  masks: [...t.querySelectorAll('image.mask')].map(m => {
+    const r = m.getBoundingClientRect();
+    return {id: m.dataset.imageId, label: m.dataset.label, box: m.dataset.boxId, shown: r.width > 0 && r.height > 0,
+            href: m.getAttribute('href')};
+  })}))"""
+
+
+def _masked_gallery(built: Built, tmp_path: Path) -> tuple[Masked, Path]:
+    subset = {i: next(built.out.glob(f"*/{i[:3]}/{i}.jpg")).parent.parent.name for i in built.ok}
+    boxes = source_boxes(set(built.ok))
+    picks = [(i, subset[i], boxes[i]) for i in built.ok if boxes[i]][:10]
+    masked = write_masks(built.out, picks, tmp_path)
+    dest = tmp_path / "gallery"
+    res = run_cli("gallery", built.out, "-o", dest, "--annotations", BOXES_CSV, "--annotations", masked.csv,
+                  "--class-descriptions", DESCRIPTIONS, "--page-size", 6, "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    assert "1 mask(s) named by the segmentation rows are not in the output" in res.stderr
+    assert f", {len(masked.masks)} masks" in res.stderr
+    return masked, dest
+
+
+def test_a_mask_is_drawn_for_every_mask(built: Built, session: Callable[[int], Session], tmp_path: Path) -> None:
+    import numpy as np
+
+    masked, dest = _masked_gallery(built, tmp_path)
+    s = session(1280)
+    page = s.open((dest / "index.html").as_uri())
+    wait_render(page, None)
+    tiles: list[dict[str, Any]] = []
+    while True:
+        tiles += page.evaluate(MASKS_JS)
+        if page.locator("#next").is_disabled():
+            break
+        before = page.evaluate("document.body.dataset.ready")
+        page.click("#next")
+        wait_render(page, before)
+    drawn = [m for t in tiles for m in t["masks"]]
+    assert sorted(m["box"] for m in drawn) == sorted(masked.masks)  # each once; the missing one never
+    assert all(m["id"] == t["id"] for t in tiles for m in t["masks"]) and all(m["shown"] for m in drawn)
+    for m in drawn:
+        assert m["label"] == masked.label_of(m["box"]) and m["id"] == masked.image_of(m["box"])
+        # The overlay's opaque pixels are the mask's pixels.
+        with Image.open(dest / m["href"]) as im:
+            alpha = np.array(im.convert("RGBA"))[:, :, 3] > 0
+        assert (alpha == (np.array(masked.masks[m["box"]]) > 0)).all()
+    art = artifacts()
+    if art is not None:  # what the masks look like, for a person to check in CI's artifacts
+        page.evaluate("location.hash = ''")
+        page.screenshot(path=str(art / "gallery-masks.png"), full_page=True)
+    page.uncheck("#masks")
+    assert page.evaluate("[...document.querySelectorAll('#grid image.mask')].every(m => "
+                         "m.getBoundingClientRect().width === 0)")
+    # The image pages (no script there): the same masks, and a checkbox that hides them.
+    per_image = collections.Counter(masked.image_of(b) for b in masked.masks)
+    for image_id, n in per_image.items():
+        p = s.open((dest / "images" / image_id[:3] / f"{image_id}.html").as_uri())
+        boxes = p.evaluate("[...document.querySelectorAll('figure.full image.mask')].map(m => m.dataset.boxId)")
+        assert sorted(boxes) == sorted(b for b in masked.masks if masked.image_of(b) == image_id) and len(boxes) == n
+        assert p.evaluate("[...document.querySelectorAll('figure.full image.mask')].every(m => "
+                          "m.getBoundingClientRect().width > 0)")
+        if art is not None and image_id == masked.image_of(masked.two_pieces):
+            p.screenshot(path=str(art / "gallery-masks-page.png"), full_page=True)
+        p.uncheck("#show-masks")
+        assert p.evaluate("[...document.querySelectorAll('figure.full image.mask')].every(m => "
+                          "m.getBoundingClientRect().width === 0)")
+    # Statistics: masks per class, counted here from what was written.
+    stats = s.open((dest / "stats.html").as_uri())
+    rows = stats.evaluate("""[...document.querySelectorAll('#table-masks tbody tr')].map(r =>
+        [r.dataset.key, ...[...r.querySelectorAll('td.num')].map(c => Number(c.textContent))])""")
+    want = collections.Counter(masked.label_of(b) for b in masked.masks)
+    images = {mid: len({masked.image_of(b) for b in masked.masks if masked.label_of(b) == mid}) for mid in want}
+    assert {k: (n, i) for k, n, i in rows} == {mid: (want[mid], images[mid]) for mid in want}

@@ -67,6 +67,10 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
     hf:   OUT/<subset>/metadata.jsonl for Hugging Face's imagefolder (not in DEST:
           it must sit beside the images)
     attribution: ATTRIBUTION.csv and ATTRIBUTION.html (credits, grouped by licence)
+    yolo-seg: DEST/yolo-seg/ for Ultralytics' segment task: a polygon a mask
+
+    With segmentation annotations (…-object-segmentation.csv) and the masks in OUT:
+    coco and hf add each mask, csv copies the rows, yolo-seg writes the polygons.
 
     Widths and heights come from the journal (after resizing and turning). yolo and hf
     need the files output in a local folder.
@@ -82,6 +86,7 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
             f"{res.images} images, {res.boxes} boxes, {res.labels} labels"
             + (f", {res.relationships} relationships" if res.relationships else "")
             + (f", {res.points} points" if res.points else "")
+            + (f", {res.masks} masks" if res.masks else "")
             + (f", {res.dropped} boxes outside a crop dropped" if res.dropped else "")
             + (f", {res.captions} captions" if res.captions else "")  # narratives (issue 23)
             + f" -> {res.dest}",

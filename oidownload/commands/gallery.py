@@ -76,6 +76,7 @@ def gallery_cmd(out: str, dest: Path | None, page_size: int, annotation_files: t
         click.echo(f"oidownload: warning: {len(res.failed) - 10} more images without a thumbnail", err=True)
     click.echo(
         f"{res.images} images, {res.boxes} boxes of {res.classes} classes, {res.labels} labels"
+        + (f", {res.masks} masks" if res.masks else "")
         + (f", {res.dropped} boxes outside a crop" if res.dropped else "") + f" -> {res.dest}",
         err=True,
     )

@@ -304,7 +304,8 @@ BOXES: AnnotationKind[Box] = AnnotationKind(
 SEGMENTATION: AnnotationKind[Mask] = AnnotationKind(
     "segmentation", "segmentation annotations",
     ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax", "PredictedIoU",
-     "Clicks"), "ImageID", "LabelName", _mask)
+     "Clicks"), "ImageID", "LabelName", _mask,
+    supported=frozenset({EXPORT, GALLERY}))  # masks (issue 22): exports and gallery read dataset/masks.py
 # relationships and points (issue 23): their tables, and the consumers that read them.
 RELATIONSHIP_COLUMNS = (
     Column("image_id", "ImageID", "id"),

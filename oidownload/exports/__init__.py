@@ -31,10 +31,12 @@ from oidownload.dataset.kinds import (
     NARRATIVES,
     POINTS,
     RELATIONSHIPS,
+    SEGMENTATION,
     Box,
     Point,
     Relationship,
 )
+from oidownload.dataset.masks import FoundMask, WrittenMasks
 from oidownload.dataset.narratives import narratives_of
 from oidownload.dataset.relationships import RelationshipQuery
 from oidownload.exports.attribution import AttributionExporter
@@ -44,6 +46,7 @@ from oidownload.exports.csv_export import CsvExporter
 from oidownload.exports.hf import HfExporter
 from oidownload.exports.voc import VocExporter
 from oidownload.exports.yolo import YoloExporter
+from oidownload.exports.yolo_seg import YoloSegExporter
 from oidownload.state.reader import StateDir
 
 R = TypeVar("R")
@@ -51,7 +54,8 @@ R = TypeVar("R")
 __all__ = ["EXPORTERS", "Annotated", "ExportContext", "ExportResult", "Exporter", "export"]
 
 EXPORTERS: dict[str, type[Exporter]] = {
-    e.name: e for e in (CsvExporter, CocoExporter, YoloExporter, HfExporter, AttributionExporter, VocExporter)
+    e.name: e for e in (CsvExporter, CocoExporter, YoloExporter, HfExporter, AttributionExporter, VocExporter,
+                        YoloSegExporter)
 }
 
 
@@ -115,7 +119,7 @@ def export(
 def _run(exporter: Exporter, ctx: ExportContext) -> None:
     # Each kind with records is read here, in the written frame, for the formats that
     # declare it; a format that wants another kind adds its reader here.
-    readable = {BOXES, NARRATIVES, RELATIONSHIPS, POINTS}
+    readable = {BOXES, NARRATIVES, RELATIONSHIPS, POINTS, SEGMENTATION}
     if exporter.kinds - readable:
         raise TypeError(f"{exporter.name}: no records of {sorted(k.name for k in exporter.kinds - readable)} yet")
     exporter.start(ctx)
@@ -132,17 +136,21 @@ def _run(exporter: Exporter, ctx: ExportContext) -> None:
         # narratives (issue 23): their traces (when kept) move into the written frame
         told = narratives_of(ctx.tables, ctx.images) if NARRATIVES in exporter.kinds else {}
         cut = 0
-        for image_id, found in told.items():
-            for k, n in enumerate(found):
-                found[k], dropped = written_traces(n, ctx.images[image_id])
+        for image_id, found_told in told.items():
+            for k, n in enumerate(found_told):
+                found_told[k], dropped = written_traces(n, ctx.images[image_id])
                 cut += dropped
         if cut:
             ctx.result.notes.append(f"{cut} trace point(s) outside a fill crop were dropped")
         rels, points = _other_records(exporter, ctx)
+        masks, found = _masks(exporter, ctx)  # masks (issue 22): pixels loaded one image at a time
         for image_id in sorted(ctx.images):
-            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ())),
+            own = tuple(found.load(masks.pop(image_id, ()))) if found is not None else ()
+            exporter.add(Annotated(ctx.images[image_id], tuple(boxes.pop(image_id, ())), masks=own,
                                    narratives=tuple(told.pop(image_id, ())),
                                    relationships=tuple(rels.pop(image_id, ())), points=tuple(points.pop(image_id, ()))))
+        if found is not None:
+            ctx.result.notes += found.notes()
         exporter.finish()
     except BaseException:
         exporter.abort()
@@ -167,3 +175,25 @@ def _per_image(ctx: ExportContext, reader: WrittenRecords[R], what: str) -> dict
     if reader.unreadable:
         ctx.result.notes.append(f"{reader.unreadable} {what} row(s) with a value that is not a number were left out")
     return found
+# -- masks (issue 22) --------------------------------------------------------------------------------
+
+
+def _masks(exporter: Exporter, ctx: ExportContext) -> tuple[dict[str, list[FoundMask]], WrittenMasks | None]:
+    """The segmentation rows of the written images, per image (their pixels are read one
+    image at a time, just before add), and the reader that loads them; a format that
+    takes no masks says it leaves the segmentation files out."""
+    seg = [t for t in ctx.tables if t.kind is SEGMENTATION]
+    if exporter.kinds and SEGMENTATION not in exporter.kinds and seg:
+        ctx.result.notes.append(f"--format {exporter.name} takes no masks: {', '.join(t.name for t in seg)} left "
+                                f"out (formats with masks: {', '.join(mask_formats())})")
+    if SEGMENTATION not in exporter.kinds:
+        return {}, None
+    found = WrittenMasks(ctx.images, ctx.state.reader(), ctx.classes)
+    masks: dict[str, list[FoundMask]] = {}
+    for m in found.read(seg):
+        masks.setdefault(m.image.image_id, []).append(m)
+    return masks, found
+
+
+def mask_formats() -> list[str]:
+    return sorted(name for name, e in EXPORTERS.items() if SEGMENTATION in e.kinds or name == "csv")

@@ -23,6 +23,7 @@ from oidownload.dataset.annotations import AnnotationTable
 from oidownload.dataset.attribution import Credit, credits
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.kinds import AnnotationKind, Box, Narrative, Point, Relationship
+from oidownload.dataset.masks import FoundMask
 from oidownload.dataset.relationships import RelationshipQuery
 from oidownload.sinks import Reader
 from oidownload.state.reader import StateDir, Written
@@ -41,6 +42,7 @@ class ExportResult:
     dropped: int = 0  # boxes a crop cut away entirely
     relationships: int = 0  # relationships and points (issue 23) written
     points: int = 0
+    masks: int = 0  # mask instances written (issue 22)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth telling the user
 
@@ -55,6 +57,7 @@ class Annotated:
     # relationships and points (issue 23): given to exporters whose `kinds` name them
     relationships: tuple[Relationship, ...] = ()
     points: tuple[Point, ...] = ()
+    masks: tuple[FoundMask, ...] = ()  # with their pixels, for a format whose kinds hold SEGMENTATION
 
 
 @dataclass
@@ -110,9 +113,10 @@ class Exporter(Protocol):
         """Instead of finish, after a failure: leave nothing half-built behind."""
 
 
-def categories(boxes: Iterable[Box], mids: frozenset[str] | None) -> list[str]:
-    """The classes, in index order: the chosen ones, or every one the boxes have."""
-    return sorted(mids) if mids is not None else sorted({b.label for b in boxes})
+def categories(boxes: Iterable[Box], mids: frozenset[str] | None, also: Iterable[str] = ()) -> list[str]:
+    """The classes, in index order: the chosen ones, or every one the boxes (and the
+    labels `also`: of masks) have."""
+    return sorted(mids) if mids is not None else sorted({b.label for b in boxes} | set(also))
 
 
 def swap_in(tree: Tree, new: str, final: str) -> None:

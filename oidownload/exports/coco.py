@@ -1,8 +1,11 @@
-"""`--format coco`: DEST/coco.json, boxes in pixels of the written images; and, when the
-annotations hold localized narratives, DEST/captions.json (COCO captions)."""
+"""`--format coco`: DEST/coco.json, boxes in pixels of the written images, each mask
+instance (segmentation annotations) as its own annotation in compressed RLE, the
+relationships and points; and, when the annotations hold localized narratives,
+DEST/captions.json (COCO captions)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, ClassVar
 
@@ -13,9 +16,12 @@ from oidownload.dataset.kinds import (
     NARRATIVES,
     POINTS,
     RELATIONSHIPS,
+    SEGMENTATION,
     AnnotationKind,
     BoxAttribute,
 )
+from oidownload.dataset.masks import FoundMask
+from oidownload.dataset.maskshapes import coco_rle
 from oidownload.exports.base import Annotated, ExportContext, categories
 from oidownload.exports.coco_kinds import TOLERANCE_PX, CocoKinds, record_mids
 
@@ -24,19 +30,25 @@ class CocoExporter:
     """One JSON file. Each image names its own licence (COCO's `licenses` list holds
     each licence the images use), author, title and `flickr_url`. Each box is also a
     4-point polygon `segmentation` (pycocotools needs one), and IsGroupOf=1 becomes
-    iscrowd=1: COCO evaluation then treats the box as a crowd region."""
+    iscrowd=1: COCO evaluation then treats the box as a crowd region. A mask is an
+    annotation of its own (Open Images' masks and boxes are not linked), its
+    `segmentation` pycocotools' compressed RLE and its `bbox` and `area` the mask's."""
 
     name: ClassVar[str] = "coco"
-    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, NARRATIVES, RELATIONSHIPS, POINTS})
+    kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES, SEGMENTATION, NARRATIVES, RELATIONSHIPS,
+                                                                  POINTS})
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = False
 
     def start(self, ctx: ExportContext) -> None:
         self.ctx = ctx
         self.items: list[Annotated] = []
+        self.masks: list[list[dict[str, Any]]] = []  # per item: its mask annotations, without ids
 
     def add(self, item: Annotated) -> None:
-        self.items.append(item)  # the category ids need every class first
+        # The category ids need every class first; a mask is kept as its RLE, not its pixels.
+        self.items.append(dataclasses.replace(item, masks=()))
+        self.masks.append([_mask_annotation(m) for m in item.masks])
 
     def abort(self) -> None:
         pass
@@ -44,7 +56,8 @@ class CocoExporter:
     def finish(self) -> None:
         ctx = self.ctx
         credit = ctx.credits()
-        cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
+        cats = categories((b for it in self.items for b in it.boxes), ctx.classes,
+                          (m["label"] for ms in self.masks for m in ms))
         # relationships and points (issue 23): their classes are categories too
         kinds = any(it.relationships or it.points for it in self.items)
         cats = sorted(set(cats) | record_mids(self.items)) if kinds else cats
@@ -84,7 +97,11 @@ class CocoExporter:
                 })
             if it.relationships or it.points:  # relationships and points (issue 23)
                 n = extra.add(it, k, doc["annotations"], first)
-        ctx.result.boxes = n - extra.points
+            for m in self.masks[k - 1]:  # masks (issue 22)
+                n += 1
+                doc["annotations"].append({"id": n, "image_id": k, "category_id": cat_id[m.pop("label")], **m})
+                ctx.result.masks += 1
+        ctx.result.boxes = n - extra.points - ctx.result.masks
         if kinds:
             extra.into(doc)
             ctx.result.relationships, ctx.result.points = len(extra.relationships), extra.points
@@ -119,3 +136,15 @@ class CocoExporter:
             json.dump(doc, fh, ensure_ascii=False)
         ctx.result.captions = len(anns)
         ctx.result.files.append(ctx.tree.path / "captions.json")
+
+
+def _mask_annotation(m: FoundMask) -> dict[str, Any]:
+    """A mask as a COCO annotation (less its ids); `label` is taken out for the category."""
+    bitmap = m.bitmap
+    assert bitmap is not None
+    box = bitmap.bbox() or (0, 0, 0, 0)
+    return {
+        "label": m.record.label, "segmentation": coco_rle(bitmap),
+        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "area": bitmap.area(), "iscrowd": 0,
+        "open_images_box_id": m.record.box_id, "predicted_iou": m.record.predicted_iou,
+    }

@@ -1,5 +1,6 @@
 """`--format csv`: the Open Images rows of the downloaded images, one file per annotation
-file, filtered by class, with box coordinates and XClick points in the written frame.
+file, filtered by class, with box coordinates and XClick points in the written frame
+(segmentation rows too: their Box* coordinates and Clicks).
 Rows are copied as read (string fields), so this exporter takes no records."""
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from oidownload.dataset.kinds import (
     NARRATIVES,
     POINTS,
     RELATIONSHIPS,
+    SEGMENTATION,
     AnnotationKind,
 )
 from oidownload.exports.base import Annotated, ExportContext
+from oidownload.state.reader import Written
 
 
 def csv_names(files: Sequence[AnnotationTable]) -> list[str]:
@@ -79,6 +82,10 @@ class CsvExporter:
                 _moved_rows(ctx, f, name)
                 continue
             coords = [f.index(c) for c in COORDS] if f.kind is BOXES else []
+            # masks (issue 22): a segmentation row's box and its annotators' clicks
+            i_clicks = f.index("Clicks") if f.kind is SEGMENTATION else -1
+            if f.kind is SEGMENTATION:
+                coords = [f.index(f"Box{c}") for c in COORDS]
             clicks = [(f.index(f"XClick{k}X"), f.index(f"XClick{k}Y")) for k in range(1, 5) if f.has(f"XClick{k}X")]
             with ctx.tree.atomic_file(name) as fh:
                 w = csv.writer(fh, lineterminator="\n")
@@ -103,7 +110,11 @@ class CsvExporter:
                             except ValueError:
                                 continue  # an empty click stays empty
                             fields[ix], fields[iy] = f"{x:.6f}", f"{y:.6f}"
-                        result.boxes += 1
+                        if i_clicks >= 0:
+                            fields[i_clicks] = _clicks_to_written(fields[i_clicks], image)
+                            result.masks += 1
+                        else:
+                            result.boxes += 1
                     else:
                         result.labels += 1
                     w.writerow(fields)
@@ -181,3 +192,16 @@ def _moved_rows(ctx: ExportContext, f: AnnotationTable, name: str) -> None:
     if dropped:  # said as the other exports say it (exports._per_image), not as boxes
         what = "relationship" if quads else "point"
         result.notes.append(f"{name}: {dropped} {what}(s) cut away by the crop were left out")
+
+def _clicks_to_written(text: str, image: Written) -> str:
+    """A Clicks field (`x y flag;…`) with each point in the written frame; a click that
+    cannot be read is kept as it was."""
+    out = []
+    for click in text.split(";"):
+        parts = click.split()
+        try:
+            x, y = point_to_written(float(parts[0]), float(parts[1]), image)
+            out.append(" ".join([f"{x:.5f}", f"{y:.5f}", *parts[2:]]))
+        except (ValueError, IndexError):
+            out.append(click)
+    return ";".join(out)

@@ -29,10 +29,11 @@ class YoloExporter:
     kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset({BOXES})
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = False
+    folder: ClassVar[str] = "yolo"  # in DEST
 
     def start(self, ctx: ExportContext) -> None:
         self.ctx = ctx
-        self.out = LinkedTree(ctx.tree, "yolo", ctx.local_files())
+        self.out = LinkedTree(ctx.tree, self.folder, ctx.local_files())
         self.items: list[Annotated] = []
 
     def add(self, item: Annotated) -> None:
@@ -43,7 +44,7 @@ class YoloExporter:
 
     def finish(self) -> None:
         ctx, out = self.ctx, self.out
-        cats = categories((b for it in self.items for b in it.boxes), ctx.classes)
+        cats = self.categories()
         index = {mid: i for i, mid in enumerate(cats)}
         new = out.open()
         splits: set[str] = set()
@@ -54,14 +55,24 @@ class YoloExporter:
             out.link(image, f"images/{rel}/{image.image_id}.{image.ext}")
             fd = new.open(f"labels/{rel}/{image.image_id}.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write("".join(f"{index[b.label]} {(b.xmin + b.xmax) / 2:.6f} {(b.ymin + b.ymax) / 2:.6f} "
-                                 f"{b.xmax - b.xmin:.6f} {b.ymax - b.ymin:.6f}\n" for b in it.boxes))
+                fh.write(self.lines(it, index))
             splits.add(image.subset)
         with new.atomic_file("data.yaml") as fh:
-            fh.write(_data_yaml(out.path, splits, [ctx.name(m) for m in cats], ctx.result))
+            fh.write(_data_yaml(out.path, splits, [ctx.name(m) for m in cats], ctx.result, self.name))
         out.commit()
-        ctx.result.boxes = sum(len(it.boxes) for it in self.items)
+        self.count()
         ctx.result.files += [out.path / "data.yaml", out.path / "images", out.path / "labels"]
+
+    # The hooks a format with other label lines overrides (yolo_seg.py).
+    def categories(self) -> list[str]:
+        return categories((b for it in self.items for b in it.boxes), self.ctx.classes)
+
+    def lines(self, it: Annotated, index: dict[str, int]) -> str:
+        return "".join(f"{index[b.label]} {(b.xmin + b.xmax) / 2:.6f} {(b.ymin + b.ymax) / 2:.6f} "
+                       f"{b.xmax - b.xmin:.6f} {b.ymax - b.ymin:.6f}\n" for b in it.boxes)
+
+    def count(self) -> None:
+        self.ctx.result.boxes = sum(len(it.boxes) for it in self.items)
 
 
 def _yaml_str(text: str) -> str:
@@ -70,8 +81,8 @@ def _yaml_str(text: str) -> str:
     return json.dumps(text)
 
 
-def _data_yaml(root: Path, splits: set[str], names: list[str], result: ExportResult) -> str:
-    lines = ["# Ultralytics YOLO dataset written by `oidownload annotations --format yolo`",
+def _data_yaml(root: Path, splits: set[str], names: list[str], result: ExportResult, fmt: str = "yolo") -> str:
+    lines = [f"# Ultralytics YOLO dataset written by `oidownload annotations --format {fmt}`",
              f"path: {_yaml_str(os.path.abspath(root))}"]
     keys = {SPLITS.get(s, s): s for s in sorted(splits)}
     if "train" not in keys:

@@ -14,6 +14,7 @@ cost the first page what 100 do.
 from __future__ import annotations
 
 import collections
+import colorsys
 import concurrent.futures as cf
 import contextlib
 import json
@@ -31,6 +32,7 @@ from oidownload.core.fsio import Place, Tree
 from oidownload.core.records import Outcome, Status
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.hierarchy import Hierarchy
+from oidownload.dataset.masks import WrittenMasks
 from oidownload.engine.cpus import usable_cpus
 from oidownload.engine.progress import Progress
 from oidownload.gallery import charts, work
@@ -41,7 +43,7 @@ from oidownload.gallery.reads import input_lists, status_counts, written_images
 from oidownload.gallery.render import render
 from oidownload.gallery.stats import figures
 from oidownload.gallery.work import write_file
-from oidownload.sinks import is_remote
+from oidownload.sinks import Reader, is_remote
 from oidownload.state.reader import StateDir, Written
 
 MARKER = ".oidownload-gallery"
@@ -59,6 +61,7 @@ class GalleryResult:
     boxes: int = 0
     labels: int = 0
     classes: int = 0  # distinct classes of the drawn boxes (labels and negatives are not counted)
+    masks: int = 0  # masks drawn (issue 22)
     dropped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (ImageID, why) without a thumbnail
     notes: list[str] = field(default_factory=list)
@@ -84,6 +87,7 @@ def colours(data: Collected) -> list[str]:
     """A colour per class (by index), the same on every page of a gallery: the palette
     in order of boxes drawn, then a hue from the MID."""
     boxes = collections.Counter(b[0] for e in data.entries for b in e.boxes)
+    boxes.update(m[0] for e in data.entries for m in e.masks)
     out = [f"hsl({zlib.crc32(mid.encode()) % 360} 75% 42%)" for mid in data.classes.mids]
     for c, colour in zip(sorted(boxes, key=lambda c: (-boxes[c], data.classes.mids[c])), PALETTE, strict=False):
         out[c] = colour
@@ -143,13 +147,17 @@ def _build(state: StateDir, place: Place, images: list[Written], pool: cf.Proces
                            labels=sum(len(e.labels) for e in data.entries),
                            classes=len({b[0] for e in data.entries for b in e.boxes}),
                            dropped=data.dropped, notes=list(data.notes), hierarchy_page=hierarchy is not None)
-    if not data.box_files and not data.label_files:
+    if not data.box_files and not data.label_files and not data.mask_files:
         result.notes.append("no annotation files: the images are shown without boxes (pass --annotations)")
     progress.log("gallery", f"gallery: {result.boxes} boxes, {result.labels} labels; thumbnails and image pages")
     progress.set_total(len(images))
     palette = colours(data)
-    failed = _make_images(place, data, palette, pool, in_flight, progress)
+    marks = _MaskReads(state.reader()) if data.mask_files else None
+    failed = _make_images(place, data, palette, pool, in_flight, progress, marks)
     result.failed = sorted(failed.items())
+    if marks is not None:
+        result.masks = sum(len(e.masks) for e in data.entries)
+        result.notes += marks.found.notes()
     progress.close()
     progress.log("gallery", "gallery: index, data and statistics")
     try:
@@ -182,9 +190,49 @@ def _rel(image_id: str, suffix: str) -> str:
 # -- per image, in the pool --------------------------------------------------------------
 
 
-def _jobs(data: Collected, palette: list[str]) -> Iterator[work.Job]:
+# -- masks (issue 22) --------------------------------------------------------------------
+
+
+@dataclass
+class _MaskReads:
+    """Reads each mask of an image from the output, in this process, as its job is made:
+    a mask the output lacks is taken off its entry (and counted) before its page, tile
+    or statistics are written, so all three draw the same masks."""
+
+    reader: Reader
+    found: WrittenMasks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.found = WrittenMasks({}, self.reader)
+
+    def overlays(self, e: Entry, palette: list[str]) -> tuple[work.Overlay, ...]:
+        out, kept = [], []
+        for c, box_id in e.masks:
+            data = self.found.data(e.written, box_id)
+            if data is not None:
+                kept.append((c, box_id))
+                out.append(work.Overlay(_mask_rel(e.image_id, box_id), _rgb(palette[c]), data))
+        e.masks[:] = kept
+        return tuple(out)
+
+
+def _mask_rel(image_id: str, box_id: str) -> str:
+    return _rel(image_id, f"m-{box_id}.png")
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    """A palette colour (#rrggbb, or hsl(H S% L%) as colours() writes them) as RGB."""
+    if colour.startswith("#"):
+        return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+    h, s, lum = (float(v.rstrip("%")) for v in colour[4:-1].split())
+    r, g, b = colorsys.hls_to_rgb(h / 360, lum / 100, s / 100)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _jobs(data: Collected, palette: list[str], marks: _MaskReads | None = None) -> Iterator[work.Job]:
     entries = data.entries
     for i, e in enumerate(entries):
+        overlays = marks.overlays(e, palette) if marks is not None and e.masks else ()
         im = e.written
         # The extension names a file in the gallery: only a plain one (the journal is a file too).
         ext = im.ext if _EXT.fullmatch(im.ext) else "img"
@@ -192,7 +240,7 @@ def _jobs(data: Collected, palette: list[str]) -> Iterator[work.Job]:
         prev = entries[i - 1].image_id if i else None
         nxt = entries[i + 1].image_id if i + 1 < len(entries) else None
         yield work.Job(e.image_id, e.written.location, _rel(e.image_id, "html"), _rel(e.image_id, "t.jpg"), full,
-                       _page_context(e, data, palette, f"{e.image_id}.{ext}", prev, nxt, i, len(entries)))
+                       _page_context(e, data, palette, f"{e.image_id}.{ext}", prev, nxt, i, len(entries)), overlays)
 
 
 def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev: str | None, nxt: str | None, i: int, n: int) -> dict[str, Any]:
@@ -219,6 +267,8 @@ def _page_context(e: Entry, data: Collected, palette: list[str], full: str, prev
                   "crop": None if crop is None else ", ".join(f"{v:.4f}" for v in crop),
                   "src": full, "location": e.written.location},
         "boxes": boxes, "labels": labels, "attribute_names": ATTRIBUTE_NAMES,
+        "masks": [{"mid": mids[c], "name": names[c], "colour": palette[c], "box_id": box_id,
+                   "src": _mask_rel(e.image_id, box_id).rpartition("/")[2]} for c, box_id in e.masks],
         "has_attributes": any(a != -1 for b in e.boxes for a in b[5]),
         "attribution": e.attribution, "prev": _sibling(prev), "next": _sibling(nxt), "position": i + 1, "count": n,
         **kinds_context(e, data, palette),  # relationships and points (issue 23)
@@ -273,7 +323,7 @@ def _batches(jobs: Iterator[work.Job]) -> Iterator[list[work.Job]]:
 
 
 def _make_images(place: Place, data: Collected, palette: list[str], pool: cf.ProcessPoolExecutor | None,
-                 in_flight: int, progress: Progress) -> dict[str, str]:
+                 in_flight: int, progress: Progress, marks: _MaskReads | None = None) -> dict[str, str]:
     """Thumbnails, full-size copies and image pages. Returns the images that got no thumbnail."""
     failed: dict[str, str] = {}
 
@@ -285,12 +335,12 @@ def _make_images(place: Place, data: Collected, palette: list[str], pool: cf.Pro
         progress.tick()
 
     if pool is None:
-        for batch in _batches(_jobs(data, palette)):
+        for batch in _batches(_jobs(data, palette, marks)):
             record(work.make(place, batch))
         return failed
     # Bounded in flight: the page contexts of 50,000 images need not all exist at once.
     pending: set[cf.Future[list[work.Done]]] = set()
-    for batch in _batches(_jobs(data, palette)):
+    for batch in _batches(_jobs(data, palette, marks)):
         if len(pending) >= in_flight:
             finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for f in finished:
@@ -367,11 +417,13 @@ def _write_views(tree: Tree, data: Collected, result: GalleryResult, hierarchy: 
 
 
 def _tile(e: Entry, split_of: dict[str, int], thumb: bool) -> list[Any]:
-    """[id, split, width, height, thumbnail made, [class, x, y, w, h, ...], [classes]]: boxes
-    in pixels of the written image, one decimal (a tenth of a pixel is below what shows)."""
+    """[id, split, width, height, thumbnail made, [class, x, y, w, h, ...], [classes],
+    [class, BoxID, ...]]: boxes in pixels of the written image, one decimal (a tenth of a
+    pixel is below what shows); then the masks drawn (their overlays are beside the page)."""
     im = e.written
     w, h = im.width, im.height
     flat: list[float] = []
     for c, xmin, xmax, ymin, ymax, _ in e.boxes:
         flat += [c, round(xmin * w, 1), round(ymin * h, 1), round((xmax - xmin) * w, 1), round((ymax - ymin) * h, 1)]
-    return [e.image_id, split_of[im.subset], w, h, int(thumb), flat, sorted(e.classes())]
+    return [e.image_id, split_of[im.subset], w, h, int(thumb), flat, sorted(e.classes()),
+            [v for c, box_id in e.masks for v in (c, box_id)]]

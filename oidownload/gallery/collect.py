@@ -19,7 +19,16 @@ from oidownload.dataset import attribution
 from oidownload.dataset.annotations import AnnotationTable, open_table
 from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.geometry import WrittenBoxes, written_points, written_relationships
-from oidownload.dataset.kinds import ATTRIBUTES, BOXES, GALLERY, NARRATIVES, POINTS, RELATIONSHIPS
+from oidownload.dataset.kinds import (
+    ATTRIBUTES,
+    BOXES,
+    GALLERY,
+    NARRATIVES,
+    POINTS,
+    RELATIONSHIPS,
+    SEGMENTATION,
+)
+from oidownload.dataset.masks import WrittenMasks
 from oidownload.inputs.rows import RowFilter, iter_rows, read_header
 from oidownload.state.reader import Written
 
@@ -38,6 +47,7 @@ Label = tuple[int, float, int]  # (class, confidence, source)
 # class 2 (an attribute for `is`), box 1, box 2, predicate) and (class, x, y, answer).
 Rel = tuple[int, int, tuple[float, float, float, float], tuple[float, float, float, float], str]
 Dot = tuple[int, float, float, str]
+MaskMark = tuple[int, str]  # (class, BoxID): masks (issue 22), found in the output by build.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +69,16 @@ class Entry:
     captions: list[str] = field(default_factory=list)  # narratives (issue 23), bounded to MAX_CAPTION
     relationships: list[Rel] = field(default_factory=list)  # relationships and points (issue 23)
     points: list[Dot] = field(default_factory=list)
+    masks: list[MaskMark] = field(default_factory=list)
 
     @property
     def image_id(self) -> str:
         return self.written.image_id
 
     def classes(self) -> set[int]:
-        """The classes the image has: a drawn box, or a positive image-level label."""
-        return {b[0] for b in self.boxes} | {lab[0] for lab in self.labels if lab[1] >= POSITIVE}
+        """The classes the image has: a drawn box or mask, or a positive image-level label."""
+        return ({b[0] for b in self.boxes} | {lab[0] for lab in self.labels if lab[1] >= POSITIVE}
+                | {m[0] for m in self.masks})
 
 
 @dataclass
@@ -94,6 +106,7 @@ class Collected:
     box_files: int = 0
     label_files: int = 0
     narrative_files: int = 0  # narratives (issue 23)
+    mask_files: int = 0
     dropped: int = 0  # boxes a fill crop cut away
     dropped_kinds: int = 0  # relationships and points a fill crop cut away (issue 23)
     notes: list[str] = field(default_factory=list)
@@ -132,6 +145,9 @@ def collect(
             _read_boxes(f, entries, result, names, classes)
         elif f.kind in (RELATIONSHIPS, POINTS):
             _read_kinds(f, entries, result, names, classes)
+        elif f.kind is SEGMENTATION:
+            result.mask_files += 1
+            _read_masks(f, entries, result, names, classes)
         else:
             result.label_files += 1
             _read_labels(f, entries, result, names)
@@ -192,6 +208,16 @@ def _read_kinds(f: AnnotationTable, entries: dict[str, Entry], result: Collected
     result.dropped_kinds += dropped
     if unreadable:
         result.notes.append(f"{f.name}: {unreadable} row(s) with a value that is not a number were left out")
+
+
+def _read_masks(f: AnnotationTable, entries: dict[str, Entry], result: Collected,
+                names: ClassDescriptions | None, mids: frozenset[str] | None) -> None:
+    """The exports' own mask rows (dataset/masks.py); whether the output holds each mask
+    is found when its overlay is made."""
+    reader = WrittenMasks({i: e.written for i, e in entries.items()}, None, mids)
+    for m in reader.read([f]):
+        entries[m.image.image_id].masks.append((result.classes.index(m.record.label, names), m.record.box_id))
+    result.notes += reader.notes()
 
 
 def _read_labels(f: AnnotationTable, entries: dict[str, Entry], result: Collected,

@@ -103,6 +103,9 @@ def figures(data: Collected, statuses: dict[str, int]) -> list[Figure]:
     ]
     out += _caption_figures(data)  # narratives (issue 23)
     out += kind_figures(data)  # relationships and points (issue 23)
+    masks = _masks_per_class(data)
+    if masks is not None:
+        out.insert(1, masks)
     return out
 
 
@@ -157,6 +160,23 @@ def _caption_figures(data: Collected) -> list[Figure]:
     return [Figure("caption-length", "Caption length (words)", ("captions",),
                    _buckets(lengths, CAPTION_EDGES, CAPTION_LABELS), chart="columns",
                    note="Words in each localized narrative's caption (split at spaces).")]
+
+
+def _masks_per_class(data: Collected) -> Figure | None:
+    """Masks (issue 22) drawn per class, and the images with one; None without masks."""
+    masks = collections.Counter[int]()
+    images = collections.Counter[int]()
+    for e in data.entries:
+        masks.update(c for c, _ in e.masks)
+        images.update({c for c, _ in e.masks})
+    if not masks:
+        return None
+    names, mids = data.classes.names, data.classes.mids
+    order = sorted(masks, key=lambda c: (-masks[c], names[c]))
+    return Figure("masks", "Masks per class", ("masks", "images"), [(mids[c], names[c], (masks[c], images[c]))
+                                                                     for c in order], log=True,
+                  note="Masks drawn per class (those the output holds), and the images with one. Log scale.",
+                  columns=("MID",), extra={mids[c]: [mids[c]] for c in order})
 
 
 def _status_rows(statuses: dict[str, int]) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -35,6 +35,16 @@ class Job:
     thumb: str
     full: str
     context: dict[str, Any]  # the image page's
+    masks: tuple[Overlay, ...] = ()  # masks (issue 22)
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """A mask to tint: where its overlay goes, the class colour, the written 1-bit PNG."""
+
+    rel: str
+    rgb: tuple[int, int, int]
+    png: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,11 @@ def _one(reader: Reader, tree: Tree, job: Job) -> Done:
         _write_if_changed(tree, job.page, render("image.html", job.context).encode())  # makes the folder
     except OSError as exc:  # images/<abc> a symlink: refused
         return Done(job.image_id, f"cannot write its page: {exc.strerror or exc}", 0)
+    for overlay in job.masks:
+        try:
+            _write_if_changed(tree, overlay.rel, tinted(overlay))
+        except Exception as exc:  # the pool's boundary: Pillow raises many kinds of errors
+            return Done(job.image_id, f"cannot draw its mask {overlay.rel}: {exc}", 0)
     if tree.is_file(job.thumb) and tree.is_file(job.full):
         return Done(job.image_id, "", 0)  # made by an earlier build: images never change once ok
     try:
@@ -115,6 +130,21 @@ def _one(reader: Reader, tree: Tree, job: Job) -> Done:
     except Exception as exc:  # the pool's boundary: Pillow raises many kinds of errors
         return Done(job.image_id, f"cannot make a thumbnail: {exc}", len(data))
     return Done(job.image_id, "", len(data))
+
+
+MASK_ALPHA = 110  # of 255: the image shows through the tint
+
+
+def tinted(overlay: Overlay) -> bytes:
+    """The mask as a 2-colour palette PNG: outside transparent, inside the class colour
+    at MASK_ALPHA. As small as the 1-bit mask, and drawn by the page as a plain image
+    (no script, so the image pages keep their script-free CSP)."""
+    with Image.open(io.BytesIO(overlay.png)) as im:
+        bits = im.convert("L").point(lambda v: 1 if v else 0)
+    bits.putpalette([0, 0, 0, *overlay.rgb])
+    buf = io.BytesIO()
+    bits.convert("P").save(buf, "PNG", transparency=bytes([0, MASK_ALPHA]), optimize=True)
+    return buf.getvalue()
 
 
 def _place_full(reader: Reader, location: str, tree: Tree, full: str, data: bytes) -> None:

@@ -191,6 +191,12 @@ class Reader(Protocol):
 
     def describe(self, location: str) -> str: ...
 
+    # Masks (issue 22): another member of the image's sample, by its suffix.
+    def member(self, location: str, suffix: str) -> bytes:
+        """The bytes of the image's member `suffix` (a mask: files.mask_suffix(box_id)),
+        wherever the layout keeps it; FileNotFoundError when the output has none."""
+        ...
+
 
 def is_remote(out: str) -> bool:
     return "://" in out
@@ -313,3 +319,8 @@ class FileReader:
 
     def describe(self, location: str) -> str:
         return self.blobs.describe(location)
+
+    def member(self, location: str, suffix: str) -> bytes:
+        from oidownload.sinks.files import member_key
+
+        return self.blobs.read(member_key(location, suffix))

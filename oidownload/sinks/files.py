@@ -72,6 +72,13 @@ def check_box_id(box_id: str) -> str:
     return box_id
 
 
+def member_key(location: str, suffix: str) -> str:
+    """The path below OUT of another member of the image at `location` (a mask)."""
+    subset, _, rest = location.partition("/")
+    folders, name = member_path(subset, rest.rpartition("/")[2].partition(".")[0], suffix)
+    return "/".join((*folders, name))
+
+
 def relative_path(subset: str, image_id: str, ext: str) -> str:
     folders, name = member_path(subset, image_id, ext)
     return "/".join((*folders, name))

@@ -882,7 +882,8 @@ class TarReader:
 
     def read(self, location: str) -> bytes:
         path, members = self._sample(location)
-        suffix = next((k for k in members if k not in ("json", "txt") and not k.startswith("original.")), None)
+        suffix = next((k for k in members if k not in ("json", "txt") and not k.startswith("original.")
+                       and not k.endswith(".mask.png")), None)
         if suffix is None:
             raise FileNotFoundError(f"{self.describe(location)} has no image member")
         return self._member(path, members, suffix)
@@ -900,6 +901,12 @@ class TarReader:
             except ValueError:
                 pass  # the sample's JSON is damaged: only the input list can tell
         return Original(self._member(path, members, suffix), md5)
+
+    def member(self, location: str, suffix: str) -> bytes:
+        path, members = self._sample(location)
+        if suffix not in members:
+            raise FileNotFoundError(f"{self.describe(location)} has no member {suffix}")
+        return self._member(path, members, suffix)
 
     def local_path(self, location: str) -> Path | None:
         return None

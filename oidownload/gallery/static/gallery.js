@@ -87,6 +87,16 @@ function tile(meta, rec) {
     t.textContent = "no thumbnail";
     svg.appendChild(t);
   }
+  const masks = rec[7] || [];  // masks (issue 22): [class, BoxID, ...], overlays beside the page
+  for (let i = 0; i < masks.length; i += 2) {
+    const [c, boxId] = [masks[i], masks[i + 1]];
+    const [mid, name] = meta.classes[c];
+    const m = svgEl("image", { class: "mask", href: "images/" + dir + "/" + id + ".m-" + boxId + ".png", x: 0, y: 0, width: w, height: h, preserveAspectRatio: "none", "data-image-id": id, "data-label": mid, "data-box-id": boxId });
+    const title = svgEl("title", {});
+    title.textContent = name;
+    m.appendChild(title);
+    svg.appendChild(m);
+  }
   for (let i = 0; i < boxes.length; i += 5) {
     const [c, x, y, bw, bh] = boxes.slice(i, i + 5);
     const [mid, name, colour] = meta.classes[c];
@@ -188,6 +198,8 @@ function start() {
     document.getElementById("controls").addEventListener("submit", (ev) => { ev.preventDefault(); apply(); });
   }
   boxes.addEventListener("change", () => document.getElementById("grid").classList.toggle("noboxes", !boxes.checked));
+  const masks = document.getElementById("masks");
+  if (masks) masks.addEventListener("change", () => document.getElementById("grid").classList.toggle("nomasks", !masks.checked));
   document.getElementById("prev").addEventListener("click", () => { const s = readState(); writeState({ ...s, page: s.page - 1 }); });
   document.getElementById("next").addEventListener("click", () => { const s = readState(); writeState({ ...s, page: s.page + 1 }); });
   window.addEventListener("hashchange", render);
