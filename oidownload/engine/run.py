@@ -61,7 +61,7 @@ class RunResult:
 
 
 # What runs after a run whose journal is complete; its counts go in the summary.
-Finish = Callable[[Config, Progress], dict[str, int] | None]
+Finish = Callable[[Config, Progress, bool], dict[str, int] | None]  # (…, stopped: a signal or --max-runtime)
 
 
 def _fit_descriptors(cfg: Config, progress: Progress) -> Config:
@@ -270,7 +270,8 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
             exporter.sock.close()  # already closed unless the run failed before its loop
     if not run.halt.abandoned:
         marker.unlink(missing_ok=True)
-    compared = finish(cfg, progress) if finish is not None and run.halt.fatal is None else None
+    compared = (finish(cfg, progress, run.halt.code is not None)
+                if finish is not None and run.halt.fatal is None else None)
     tally = progress.tally
     tally.skipped = run.intake.filter.done_skipped
     if run.intake.filter.duplicates or run.recorder.conflicts:

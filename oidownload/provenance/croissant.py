@@ -399,7 +399,7 @@ def card(blobs: Blobs, state: StateDir, lock: Path, images: Path, exts: set[str]
     }
 
 
-def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
+def write_card(out: str, state: StateDir, lock: Path, grace: float | None = None) -> Path | None:
     """croissant.json and its images, boxes and labels files beside the lock: in OUT, or
     for a bucket made in the state dir (beside the lock's copy) and uploaded beside the
     data, as the lock is. None when `lock` is not the output's own lock."""
@@ -417,7 +417,7 @@ def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
                 gz.write(dumps_line(line))
         raw.flush()
         os.fsync(raw.fileno())
-    doc = card(open_blobs(out), state, lock, images, exts)
+    doc = card(open_blobs(out, grace), state, lock, images, exts)
     written = [images]
     for name, n in _write_annotations(root, state).items():
         if n:
@@ -430,5 +430,5 @@ def write_card(out: str, state: StateDir, lock: Path) -> Path | None:
         json.dump(doc, f, indent=1)  # ASCII: an odd byte of a path name cannot stop it
     if is_remote(out):
         for done in (*written, path):  # the card last: a card in the bucket names files already there
-            upload_beside(out, done)
+            upload_beside(out, done, grace)
     return path

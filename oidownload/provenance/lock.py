@@ -221,9 +221,11 @@ def _sweep(folder: Path) -> None:
         pass
 
 
-def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True, hash_missing: bool = False) -> LockResult:
+def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True, hash_missing: bool = False,
+               grace: float | None = None) -> LockResult:
     """Writes (replaces) the lock of OUT from its journals, then the Croissant card; with
-    `hash_missing`, images journaled without a SHA-256 are read back and hashed.
+    `hash_missing`, images journaled without a SHA-256 are read back and hashed; `grace`
+    bounds each request of a bucket (the download's --grace), as the run's own uploads are.
     InputError when OUT has no journal, OutputError when the lock cannot be written."""
     started = time.monotonic()
     state = StateDir.open(out, state_dir)
@@ -236,21 +238,21 @@ def write_lock(out: str, state_dir: Path | None = None, *, card: bool = True, ha
     except OSError as exc:
         raise OutputError(f"cannot write the lock {path}: {exc.strerror or exc}") from None
     if is_remote(out):
-        upload_beside(out, path)
+        upload_beside(out, path, grace)
     if card:
         from oidownload.provenance.croissant import write_card
 
-        write_card(out, state, path)
+        write_card(out, state, path, grace)
     result.seconds = time.monotonic() - started
     return result
 
 
-def upload_beside(out: str, path: Path) -> None:
+def upload_beside(out: str, path: Path, grace: float | None = None) -> None:
     """A bucket's lock (or card file) goes beside its data, under its own name; the copy
     in the state dir stays, for `status` and the next card."""
     from oidownload.sinks.s3 import S3Blobs, parse_uri, reason
 
-    blobs = S3Blobs(parse_uri(out))
+    blobs = S3Blobs(parse_uri(out), grace=grace)
     try:
         blobs.put_file(path.name, path)
     except Exception as exc:  # obstore raises its own kinds

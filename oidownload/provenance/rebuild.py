@@ -26,6 +26,7 @@ from oidownload.core.fsio import atomic_file
 from oidownload.engine.progress import Progress
 from oidownload.inputs.rows import V3_COLUMNS
 from oidownload.provenance.lock import Lock, write_lock
+from oidownload.sinks import is_remote
 from oidownload.state.report import running_tasks
 
 VERDICTS = ("identical", "different", "different_source", "missing")
@@ -193,19 +194,25 @@ def _last_writer(cfg: Config) -> str | None:
     return others[0] if others else None
 
 
-def finish_run(cfg: Config, progress: Progress) -> dict[str, int] | None:
+def finish_run(cfg: Config, progress: Progress, stopped: bool = False) -> dict[str, int] | None:
     """The end of every download (`run_download`'s finish): the lock and the Croissant
     card, rewritten by the last task of the output to finish (one pass over the whole
     output, not one per task); a failure is said, and costs the run nothing
     (`oidownload lock OUT` writes them again). With --from-lock, returns each verdict's
     count against that lock, for the summary."""
+    if stopped and is_remote(cfg.output.out):
+        # A stop is asked to end within --grace; uploads to a bucket that may be the reason
+        # for the stop could take many times that. The next run, or `oidownload lock`, writes them.
+        progress.log("lock", f"the lock and the card are not written to {cfg.output.out} after a stop: the next run "
+                     "writes them, or `oidownload lock` now", level="warning")
+        return None
     writer = _last_writer(cfg)
     if writer is not None:
         progress.log("lock", f"the lock and the card are left to task {writer}, still running: the last task of "
                      f"{cfg.output.out} to finish writes them (`oidownload lock` writes them now)", writer=writer)
         return None
     try:
-        res = write_lock(cfg.output.out, cfg.output.state_dir)
+        res = write_lock(cfg.output.out, cfg.output.state_dir, grace=cfg.run.grace)
     except Exception as exc:  # whatever it was, the images and the journal are done: say it, go on
         progress.log("lock", f"the lock file was not written: {type(exc).__name__}: {exc}", level="warning")
         return None

@@ -251,16 +251,16 @@ SINKS: dict[tuple[str, OutputKind], SinkFactory] = {
 }
 
 
-def _local_blobs(out: str) -> Blobs:
+def _local_blobs(out: str, grace: float | None = None) -> Blobs:
     from oidownload.sinks.files import LocalBlobs
 
     return LocalBlobs(out)
 
 
-def _store_blobs(out: str) -> Blobs:
+def _store_blobs(out: str, grace: float | None = None) -> Blobs:
     from oidownload.sinks.s3 import S3Blobs, parse_uri
 
-    return S3Blobs(parse_uri(out))
+    return S3Blobs(parse_uri(out), grace=grace)
 
 
 def _tar_reader(blobs: Blobs) -> Reader:
@@ -271,15 +271,17 @@ def _tar_reader(blobs: Blobs) -> Reader:
 
 # Reading back, the two axes stay apart: where the bytes are (blobs), and how the
 # layout finds an image in them (a reader over any blobs).
-BLOBS: dict[str, Callable[[str], Blobs]] = {LOCAL: _local_blobs, STORE: _store_blobs}
+BLOBS: dict[str, Callable[[str, float | None], Blobs]] = {LOCAL: _local_blobs, STORE: _store_blobs}
 READERS: dict[OutputKind, Callable[[Blobs], Reader]] = {
     OutputKind.FILES: lambda blobs: FileReader(blobs),
     OutputKind.WEBDATASET: _tar_reader,
 }
 
 
-def open_blobs(out: str) -> Blobs:
-    return BLOBS[where(out)](out)
+def open_blobs(out: str, grace: float | None = None) -> Blobs:
+    """What OUT holds, to read back; `grace` bounds each request of a store (a download's
+    own --grace), so a store that stops answering cannot hold a command's end."""
+    return BLOBS[where(out)](out, grace)
 
 
 def open_sink(output: OutputConfig, shard: Shard, grace: float | None = None) -> Sink:
