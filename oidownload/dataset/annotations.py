@@ -23,6 +23,7 @@ from oidownload.dataset.kinds import (
     ATTRIBUTES,
     BOXES,
     LABELS,
+    SEGMENTATION,
     SELECT,
     AnnotationKind,
     BoxAttribute,
@@ -128,6 +129,9 @@ class ClassFilter:
         f.kind.require(SELECT, f.where)
         if self.boxes_only and f.kind is not BOXES:
             return None
+        if f.kind is SEGMENTATION:  # masks (issue 22): a mask of the class picks its image
+            i_mid, mids = f.index("LabelName"), self.mids
+            return lambda fields: fields[i_mid] in mids
         if self.exclude and f.kind is BOXES and not all(f.has(a) for a in self.exclude):
             missing = sorted(a for a in self.exclude if not f.has(a))
             raise ConfigError(f"{f.where} has no {', '.join(missing)} column (V3 train boxes carry no attributes); drop the --exclude option for it")

@@ -868,7 +868,8 @@ class TarReader:
 
     def read(self, location: str) -> bytes:
         path, members = self._sample(location)
-        suffix = next((k for k in members if k != "json" and not k.startswith("original.")), None)
+        suffix = next((k for k in members if k != "json" and not k.startswith("original.")
+                       and ".mask." not in k), None)  # masks (issue 22) are no image
         if suffix is None:
             raise FileNotFoundError(f"{self.describe(location)} has no image member")
         return self._member(path, members, suffix)

@@ -127,10 +127,10 @@ class Tally:
 Bad = Callable[[int, str], None]  # (line, why), for each refused row
 
 
-def _text_problem(fields: list[str], i_source: int, i_mid: int) -> str | None:
+def _text_problem(fields: list[str], i_source: int | None, i_mid: int) -> str | None:
     """Why a label's or box's Source or LabelName cannot be stored, or None: both are
     short words (a MID of 600 KB once broke PostgreSQL's index on mid for good)."""
-    if not _SOURCE_RE.fullmatch(fields[i_source]):
+    if i_source is not None and not _SOURCE_RE.fullmatch(fields[i_source]):
         return f"Source {fields[i_source][:40]!r} is not a short word"
     if not MID_RE.fullmatch(fields[i_mid]):
         return f"LabelName {fields[i_mid][:40]!r} is not a MID such as /m/0k4j"
@@ -144,7 +144,9 @@ def annotation_rows(lines: Iterable[str | None], kind: AnnotationKind[Any], head
     cols = table_columns(kind, header)
     index = [header.index(c.csv) for c in cols]
     convs = [_converter(c) for c in cols]
-    i_id, i_mid, i_source = header.index("ImageID"), header.index("LabelName"), header.index("Source")
+    # masks (issue 22): segmentation rows have no Source; their LabelName is checked alone
+    i_id, i_mid = header.index("ImageID"), header.index("LabelName")
+    i_source = header.index("Source") if "Source" in header else None
     n = len(header)
     rest = list(zip(index, convs, strict=True))[1:]
     check_mid = known_mids if kind is BOXES else None

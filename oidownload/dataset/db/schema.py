@@ -40,7 +40,7 @@ IMAGES = (
 LABELS = LABEL_KIND.columns
 BOX_ATTRIBUTES = BOX_ATTRIBUTE_COLUMNS
 BOXES = BOX_KIND.columns
-TABLES = {"images": IMAGES, **{k.name: k.columns for k in KINDS.values() if DB_LOAD in k.supported}}
+TABLES = {"images": IMAGES, **{k.table: k.columns for k in KINDS.values() if DB_LOAD in k.supported}}
 
 
 def _table(db: Database, name: str, columns: tuple[Column, ...]) -> str:
@@ -124,6 +124,8 @@ INDEXES = (
     ("labels_image_id", "labels", "image_id"),
     ("boxes_mid", "boxes", "mid, image_id"),
     ("boxes_image_id", "boxes", "image_id"),
+    ("masks_mid", "masks", "mid, image_id"),  # masks (issue 22)
+    ("masks_image_id", "masks", "image_id"),
     ("class_closure_descendant", "class_closure", "descendant"),
 )
 

@@ -17,7 +17,7 @@ from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.db import Database, connect, schema
 from oidownload.dataset.db.formats import table_columns
 from oidownload.dataset.hierarchy import Hierarchy
-from oidownload.dataset.kinds import BOXES, DB_LOAD, KINDS, AnnotationKind
+from oidownload.dataset.kinds import BOXES, DB_LOAD, KINDS, SEGMENTATION, AnnotationKind
 
 _ATTR_COLUMN = {c.csv: c.name for c in schema.BOX_ATTRIBUTES}
 
@@ -49,7 +49,7 @@ class DbTable:
         return name in self.columns
 
     def rows(self, ids: Container[str] | None = None) -> Iterator[list[str]]:
-        table = self.kind.name
+        table = self.kind.table
         cols = ", ".join(self._db_columns)
         order = "rowid" if not self.db.postgres else "(image_id < 0), image_id"
         if ids is None:
@@ -134,9 +134,11 @@ class DbAnnotations:
                                             for a in sorted(flt.exclude) if a in ATTRIBUTES))]
         if not flt.boxes_only:
             tables.append(("labels", where))
+            if any(k is SEGMENTATION for _, _, k, _ in files):  # masks (issue 22): by class alone
+                tables.append(("masks", "mid IN (SELECT mid FROM oi_mids)"))
         for table, cond in tables:
-            for image_id, mid in self.db.stream(f"SELECT image_id, mid FROM {table} WHERE {cond}",
-                                                (flt.min_confidence,)):
+            args = () if table == "masks" else (flt.min_confidence,)
+            for image_id, mid in self.db.stream(f"SELECT image_id, mid FROM {table} WHERE {cond}", args):
                 hex_id = int_to_id(image_id)
                 if within is None or hex_id in within:
                     yield hex_id, mid

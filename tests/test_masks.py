@@ -1,0 +1,210 @@
+"""--masks (issue 22): masks read by Range from real-shaped zips at the local origin,
+framed as their images' pixels, journaled per mask."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from oidownload.state.reader import StateDir
+from oidownload.testing.origin import Corpus, Entry
+from tests.conftest import run_cli
+
+RECT = (0.2, 0.3, 0.7, 0.8)  # xmin, ymin, xmax, ymax, normalised
+W, H = 240, 160  # the stored image; its masks are drawn at half that
+IDS = ["0a00000000000001", "0a00000000000002", "0a00000000000003", "0a00000000000004"]
+ROTATIONS = ["0.0", "90.0", "180.0", "270.0"]
+LABEL = "/m/0k4j"
+
+
+def shape(w: int, h: int, mode: str) -> Image.Image:
+    im = Image.new(mode, (w, h), 0)
+    ImageDraw.Draw(im).rectangle((RECT[0] * w, RECT[1] * h, RECT[2] * w - 1, RECT[3] * h - 1), fill="white")
+    return im
+
+
+def png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def mask_path(image_id: str, box: str) -> str:
+    return f"{image_id}_m0k4j_{box}.png"
+
+
+def build_zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name, (2019, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+def bad_crc(data: bytes, name: str) -> bytes:
+    """The zip with `name`'s CRC-32 in the central directory changed."""
+    at = data.index(b"PK\x01\x02" + data[data.index(b"PK\x01\x02") + 4:][:0], 0)
+    while True:
+        at = data.index(b"PK\x01\x02", at)
+        nlen = int.from_bytes(data[at + 28:at + 30], "little")
+        if data[at + 46:at + 46 + nlen] == name.encode():
+            crc = int.from_bytes(data[at + 16:at + 20], "little") ^ 0xFFFF
+            return data[:at + 16] + crc.to_bytes(4, "little") + data[at + 20:]
+        at += 46
+
+
+def setup(tmp_path: Path, make_origin, *, extra_rows: int = 0, crc_broken: bool = False):
+    corpus = Corpus([png(shape(W, H, "RGB"))], [png(shape(W // 2, H // 2, "RGB"))])
+    for image_id, rot in zip(IDS, ROTATIONS, strict=True):
+        corpus.entries[image_id] = Entry(image_id, 0, 0, rotation=rot)
+    members = {mask_path(i, "aa01"): png(shape(W // 2, H // 2, "L")) for i in IDS}
+    # Neighbours in the zip that nobody asked for: never fetched.
+    rng = np.random.default_rng(0)
+    members.update({f"0b{k:014x}_m0k4j_ff{k:02x}.png": png(Image.fromarray(rng.random((60, 60)) > 0.5))
+                    for k in range(400)})
+    data = build_zip(members)
+    if crc_broken:
+        data = bad_crc(data, mask_path(IDS[1], "aa01"))
+    origin = make_origin(corpus, extra_files={"train-masks/train-masks-0.zip": data})
+    images = corpus.write_manifest(tmp_path / "images.csv", origin.base_url, rotation_column=True)
+    seg = tmp_path / "train-annotations-object-segmentation.csv"
+    with open(seg, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax",
+                    "PredictedIoU", "Clicks"])
+        for i in IDS:
+            w.writerow([mask_path(i, "aa01"), i, LABEL, "aa01", RECT[0], RECT[2], RECT[1], RECT[3], "0.9", "0.3 0.4 1"])
+        if extra_rows:  # a mask its zip does not hold
+            w.writerow([mask_path(IDS[0], "bb02"), IDS[0], LABEL, "bb02", 0.1, 0.2, 0.1, 0.2, "", ""])
+    return origin, images, seg, data, members
+
+
+def expected(side: int, rotation: str) -> np.ndarray:
+    """The rectangle after the fill crop (centre square), the resize and the turn."""
+    x0 = (W - H) / 2
+    a = np.zeros((side, side), bool)
+    u0, u1 = (RECT[0] * W - x0) / H * side, (RECT[2] * W - x0) / H * side
+    v0, v1 = RECT[1] * side, RECT[3] * side
+    ys, xs = np.mgrid[0:side, 0:side] + 0.5
+    a[(xs >= u0) & (xs < u1) & (ys >= v0) & (ys < v1)] = True
+    return np.rot90(a, int(float(rotation)) // 90)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def download(tmp_path: Path, images: Path, seg: Path, origin, *extra: object):
+    return run_cli("download", images, "-o", tmp_path / "out", "--annotations", seg, "--class", LABEL, "--masks",
+                   "--masks-url", f"{origin.base_url}/files", "--orientation", "upright", "--resize", 60,
+                   "--resize-mode", "fill", "--format", "png", "--processes", 1, "--progress", "none", *extra)
+
+
+def test_masks_follow_the_pixels_and_only_the_members_asked_for_are_fetched(tmp_path, make_origin):
+    origin, images, seg, data, members = setup(tmp_path, make_origin, extra_rows=1)
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    written = {m.image_id: m for m in StateDir.open(str(out)).masks()}
+    assert sorted(written) == IDS
+    for image_id, rot in zip(IDS, ROTATIONS, strict=True):
+        m = written[image_id]
+        assert m.location == f"masks/train/0a0/{image_id}_aa01.png" and (m.width, m.height) == (60, 60)
+        got = Image.open(out / m.location)
+        assert got.mode == "1" and got.size == (60, 60)
+        mask = np.asarray(got.convert("L")) > 127
+        assert iou(mask, expected(60, rot)) >= 0.98, rot
+        pixels = np.asarray(Image.open(out / "train" / "0a0" / f"{image_id}.png").convert("L")) > 127
+        assert iou(mask, pixels) >= 0.9, rot  # the shape drawn in the image itself
+    # The missing member is a per-mask status; its image stays ok.
+    conn = sqlite3.connect(next((out / ".oidownload").glob("journal-*.sqlite")))
+    rows = dict(conn.execute("SELECT box_id, status FROM masks WHERE box_id='bb02'"))
+    assert rows == {"bb02": "mask_missing"}
+    assert conn.execute("SELECT count(*) FROM outcomes WHERE status='ok'").fetchone()[0] == 4
+    # Bytes at the server: the directory + the 4 members + slack, not the 40 neighbours.
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        cd = len(data) - min(i.header_offset for i in zf.infolist() if not i.filename.startswith("0a"))
+        sizes = sum(zf.getinfo(mask_path(i, "aa01")).compress_size + 30 + 40 for i in IDS)
+    sent = origin.bytes_sent["/files/train-masks/train-masks-0.zip"]
+    # The first request is a 64 KB suffix (the directory and whatever precedes it in those bytes).
+    assert sent <= max(65536, len(data) - zf_cd_start(data)) + sizes + 16 * 1024 * 4
+    assert sent < len(data) / 2
+    # A rerun fetches nothing again.
+    origin.bytes_sent.clear()
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode == 0, r.stderr
+    assert origin.bytes_sent["/files/train-masks/train-masks-0.zip"] == 0
+    del cd, members
+
+
+def zf_cd_start(data: bytes) -> int:
+    eocd = data.rindex(b"PK\x05\x06")
+    return int.from_bytes(data[eocd + 16:eocd + 20], "little")
+
+
+def test_a_wrong_crc_is_that_masks_status(tmp_path, make_origin):
+    origin, images, seg, _, _ = setup(tmp_path, make_origin, crc_broken=True)
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode == 0, r.stderr
+    conn = sqlite3.connect(next((tmp_path / "out" / ".oidownload").glob("journal-*.sqlite")))
+    statuses = {int_id: s for int_id, s in conn.execute("SELECT id, status FROM masks")}
+    assert sorted(statuses.values()) == ["mask_crc", "ok", "ok", "ok"]
+    assert conn.execute("SELECT count(*) FROM outcomes WHERE status='ok'").fetchone()[0] == 4
+
+
+def test_a_server_that_ignores_range_is_refused_at_once(tmp_path, make_origin):
+    origin, images, seg, _data, _ = setup(tmp_path, make_origin)
+    origin.ignore_range = True
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode != 0
+    assert "ignored the Range request" in r.stderr
+    # (how little of the body is read is test_zipranges' test: a local socket buffers 300 KB whole)
+
+
+def test_webdataset_samples_carry_their_masks(tmp_path, make_origin):
+    origin, images, seg, _, _ = setup(tmp_path, make_origin)
+    r = download(tmp_path, images, seg, origin, "--output-format", "webdataset")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    tars = list(out.rglob("*.tar"))
+    names = []
+    for t in tars:
+        with tarfile.open(t) as tf:
+            names += tf.getnames()
+    for i in IDS:
+        assert f"{i}.aa01.mask.png" in names and f"{i}.png" in names
+    idx = [json.loads(p.read_text()) for p in out.rglob("*.idx.json")]
+    assert any("aa01.mask.png" in s["members"] for x in idx for s in x["samples"])
+    locations = [m.location for m in StateDir.open(str(out)).masks()]
+    assert all(loc.endswith(".aa01.mask.png") and ".tar#" in loc for loc in locations)
+
+
+def test_select_takes_segmentation_csvs(tmp_path, make_origin):
+    _origin, images, seg, _, _ = setup(tmp_path, make_origin)
+    dest = tmp_path / "sel.csv"
+    r = run_cli("select", images, "-o", dest, "--annotations", seg, "--class", LABEL)
+    assert r.returncode == 0, r.stderr
+    assert len(dest.read_text().splitlines()) == 1 + len(IDS)
+
+
+def test_db_load_fills_the_masks_table_and_select_db_agrees(tmp_path, make_origin):
+    _origin, images, seg, _, _ = setup(tmp_path, make_origin, extra_rows=1)
+    db = tmp_path / "oi.sqlite"
+    r = run_cli("db", "load", seg, "--db", db)
+    assert r.returncode == 0, r.stderr
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM masks").fetchone()[0] == 5
+    assert conn.execute("SELECT mask_path, box_id, predicted_iou, clicks FROM masks ORDER BY rowid LIMIT 1").fetchone() \
+        == (mask_path(IDS[0], "aa01"), "aa01", 0.9, "0.3 0.4 1")
+    dest = tmp_path / "sel.csv"
+    r = run_cli("select", images, "-o", dest, "--db", db, "--class", LABEL)
+    assert r.returncode == 0, r.stderr
+    assert len(dest.read_text().splitlines()) == 1 + len(IDS)
