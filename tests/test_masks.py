@@ -208,3 +208,160 @@ def test_db_load_fills_the_masks_table_and_select_db_agrees(tmp_path, make_origi
     r = run_cli("select", images, "-o", dest, "--db", db, "--class", LABEL)
     assert r.returncode == 0, r.stderr
     assert len(dest.read_text().splitlines()) == 1 + len(IDS)
+
+
+def journal_masks(out: Path) -> dict[tuple[int, str], str]:
+    found = list((out / ".oidownload").glob("journal-*.sqlite"))
+    if not found:
+        return {}
+    conn = sqlite3.connect(found[0])
+    try:
+        return {(int(i), str(b)): str(s) for i, b, s in conn.execute("SELECT id, box_id, status FROM masks")}
+    finally:
+        conn.close()
+
+
+def test_a_rerun_with_masks_fetches_only_the_masks_of_images_already_written(tmp_path, make_origin):
+    origin, images, seg, _, _ = setup(tmp_path, make_origin)
+    common = ("--orientation", "upright", "--resize", 60, "--resize-mode", "fill", "--format", "png",
+              "--processes", 1, "--progress", "none")
+    r = run_cli("download", images, "-o", tmp_path / "out", *common)
+    assert r.returncode == 0, r.stderr
+    before = sum(origin.requests[f"/o/{i}_o.jpg"] for i in IDS)
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode == 0, r.stderr
+    assert sum(origin.requests[f"/o/{i}_o.jpg"] for i in IDS) == before  # no image fetched again
+    written = {m.image_id: m for m in StateDir.open(str(tmp_path / "out")).masks()}
+    assert sorted(written) == IDS
+    for image_id, rot in zip(IDS, ROTATIONS, strict=True):
+        mask = np.asarray(Image.open(tmp_path / "out" / written[image_id].location).convert("L")) > 127
+        assert iou(mask, expected(60, rot)) >= 0.98, rot
+    # And a third run has nothing left to fetch.
+    origin.bytes_sent.clear()
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode == 0, r.stderr
+    assert not origin.bytes_sent
+
+
+def test_a_zip_changed_between_runs_has_its_directory_read_again(tmp_path, make_origin):
+    origin, images, seg, data, members = setup(tmp_path, make_origin)
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode == 0, r.stderr
+    # The zip is republished with one more mask (another ETag, members moved); the CSV gains its row.
+    new = png(shape(30, 20, "L"))
+    origin.extra_files["train-masks/train-masks-0.zip"] = build_zip({mask_path(IDS[2], "cc03"): new, **members})
+    with open(seg, "a", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerow([mask_path(IDS[2], "cc03"), IDS[2], LABEL, "cc03", 0, 1, 0, 1, "", ""])
+    origin.ranges_sent.clear()
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode == 0, r.stderr
+    statuses = journal_masks(tmp_path / "out")
+    assert sorted(statuses.values()) == ["ok"] * 5
+    got = Image.open(tmp_path / "out" / "masks" / "train" / "0a0" / f"{IDS[2]}_cc03.png")
+    assert got.size == (60, 60) and np.asarray(got.convert("L")).max() == 255
+    # One member request: the other masks were not fetched again.
+    sent = origin.ranges_sent["/files/train-masks/train-masks-0.zip"]
+    size = len(origin.extra_files["train-masks/train-masks-0.zip"])
+    assert len([r for r in sent if r[1] < size]) == 1
+
+
+def test_a_truncated_zip_is_one_clear_message(tmp_path, make_origin):
+    origin, images, seg, data, _ = setup(tmp_path, make_origin)
+    origin.extra_files["train-masks/train-masks-0.zip"] = data[: len(data) // 2]
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "not a zip" in r.stderr
+
+
+def test_masks_from_a_local_folder_of_zips_or_of_pngs(tmp_path, make_origin):
+    origin, images, seg, data, members = setup(tmp_path, make_origin)
+    zips = tmp_path / "zips"
+    (zips / "train-masks").mkdir(parents=True)
+    (zips / "train-masks" / "train-masks-0.zip").write_bytes(data)
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for name, body in members.items():
+        (pngs / name).write_bytes(body)
+    for folder, out in ((zips, "out-zips"), (pngs, "out-pngs")):
+        r = run_cli("download", images, "-o", tmp_path / out, "--annotations", seg, "--class", LABEL, "--masks",
+                    "--masks-url", folder, "--orientation", "upright", "--resize", 60, "--resize-mode", "fill",
+                    "--format", "png", "--processes", 1, "--progress", "none", "--keep-original")
+        assert r.returncode == 0, r.stderr
+        written = {m.image_id: m for m in StateDir.open(str(tmp_path / out)).masks()}
+        assert sorted(written) == IDS, out
+        for image_id in IDS:
+            kept = tmp_path / out / "original" / "masks" / "train" / "0a0" / f"{image_id}_aa01.png"
+            assert kept.read_bytes() == members[mask_path(image_id, "aa01")]  # byte-identical, as fetched
+
+
+def test_sigkill_mid_run_then_rerun_fetches_no_mask_twice(tmp_path, make_origin):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from oidownload.testing.origin import Latency
+
+    corpus = Corpus.generate(240, mix="tiny", seed=31)
+    rng = np.random.default_rng(1)
+    zips: dict[str, dict[str, bytes]] = {}
+    rows = []
+    for image_id in corpus.ids:
+        name = mask_path(image_id, "ab12")
+        zips.setdefault(image_id[0], {})[name] = png(Image.fromarray(rng.random((40, 30)) > 0.5))
+        rows.append([name, image_id, LABEL, "ab12", 0.1, 0.9, 0.1, 0.9, "", ""])
+    # A filler last, so that no mask lies in the first, 64 KB suffix request: each needs a request of its own.
+    filler = {"zz_filler.bin": rng.bytes(70_000)}
+    files = {f"train-masks/train-masks-{d}.zip": build_zip({**m, **filler}) for d, m in zips.items()}
+    origin = make_origin(corpus, latency=Latency(0.1, 0.5), extra_files=files)
+    images = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    seg = tmp_path / "seg.csv"
+    with open(seg, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax",
+                    "PredictedIoU", "Clicks"])
+        w.writerows(rows)
+    out = tmp_path / "out"
+    args = ("download", images, "-o", out, "--annotations", seg, "--class", LABEL, "--masks", "--masks-url",
+            f"{origin.base_url}/files", "--concurrency", 4, "--resize", 40, "--progress", "none")
+    where: dict[str, tuple[str, int]] = {}  # image id → (zip path, its member's local header offset)
+    for path, data in files.items():
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                if not info.filename.startswith("zz"):
+                    where[info.filename.split("_")[0]] = (f"/files/{path}", info.header_offset)
+
+    def fetched(image_id: str) -> int:
+        path, at = where[image_id]
+        size = len(files[path.removeprefix("/files/")])
+        return sum(1 for s, e in origin.ranges_sent[path] if s <= at < e and e < size)
+
+    seen: dict[str, int] = {}
+    kills = 0
+    pick = random.Random(3)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "oidownload", *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(pick.uniform(1.5, 3.0))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        time.sleep(0.5)
+        for (rid, _), status in journal_masks(out).items():
+            assert status == "ok"
+            seen.setdefault(f"{rid & (2**64 - 1):016x}", -1)
+        for image_id in list(seen):
+            if seen[image_id] < 0:
+                seen[image_id] = fetched(image_id)
+    assert kills >= 3 and seen
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert sorted(journal_masks(out).values()) == ["ok"] * 240
+    for image_id, n in seen.items():
+        # Never again once journaled (a kill between its fetch and its journaling costs one more).
+        assert fetched(image_id) == n >= 1, image_id
+    for image_id in corpus.ids:
+        assert (out / "masks" / "train" / image_id[:3] / f"{image_id}_ab12.png").is_file()

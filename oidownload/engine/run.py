@@ -24,6 +24,7 @@ from oidownload.engine.accel import pillow_build
 from oidownload.engine.attempt import pool_slots
 from oidownload.engine.cpus import usable_cpus
 from oidownload.engine.fds import fit_concurrency
+from oidownload.engine.maskrepair import run_repair
 from oidownload.engine.metrics import Exporter, Metrics, check_file, expand_path, listen
 from oidownload.engine.progress import Progress, Tally
 from oidownload.engine.stopping import Stopper
@@ -259,6 +260,9 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
                     progress.log("metrics", f"Prometheus metrics on {exporter.address}", metrics=exporter.address)
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
+            if run.halt.fatal is None and run.halt.code is None:
+                # masks (issue 22): the masks owed for images written before this run
+                run_repair(cfg, journal, sink.target, progress, shard.tag)
         finally:
             try:
                 sink.release()

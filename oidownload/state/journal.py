@@ -208,6 +208,20 @@ def not_a_journal(path: Path, why: str) -> str:
             "(the next download finds the images already in the output)")
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenFrame:
+    """An image the journal holds as ok, as its masks need it (masks, issue 22)."""
+
+    image_id: str
+    subset: str
+    location: str
+    width: int
+    height: int
+    orientation: int
+    crop: tuple[float, float, float, float] | None
+    masks: Mapping[str, tuple[str, bool]]  # box_id → (status, final)
+
+
 _MASK_UPSERT = """
 INSERT INTO masks(id, box_id, label, status, final, detail, location, width, height, nbytes, finished)
 VALUES(?,?,?,?,?,?,?,?,?,?,?)
@@ -687,6 +701,53 @@ class Journal:
             )
         except sqlite3.Error as exc:
             raise _describe(self.path, exc) from None
+
+    # masks (issue 22): the masks still owed for images already written, and their outcomes
+    def written_frames(self, image_ids: Iterable[str]) -> list[WrittenFrame]:
+        """The ok images among `image_ids`, with their frame and their masks' states
+        (box_id → (status, final)): what a rerun with --masks needs to fetch the masks
+        not yet ok (or final) of images it will not fetch again."""
+        out: list[WrittenFrame] = []
+        ids = [id_to_int(i) for i in image_ids]
+
+        def read(chunk: list[int]) -> None:
+            marks = ",".join("?" * len(chunk))
+            masks: dict[int, dict[str, tuple[str, bool]]] = {}
+            for rid, box_id, status, final in self.conn.execute(
+                    f"SELECT id, box_id, status, final FROM masks WHERE id IN ({marks})", chunk):
+                masks.setdefault(int(rid), {})[str(box_id)] = (str(status), bool(final))
+            for rid, subset, location, w, h, orientation, crop in self.conn.execute(
+                    "SELECT id, subset, coalesce(location, ''), width, height, coalesce(nullif(orientation, 0), 1), "
+                    f"crop FROM outcomes WHERE status='ok' AND id IN ({marks})", chunk):
+                box = tuple(float(v) for v in str(crop).split(",")) if crop else None
+                out.append(WrittenFrame(int_to_id(int(rid)), str(subset), str(location), int(w or 0), int(h or 0),
+                                        int(orientation), box if box is None or len(box) == 4 else None,
+                                        masks.get(int(rid), {})))
+
+        for k in range(0, len(ids), 500):
+            self._read(functools.partial(read, ids[k : k + 500]))
+        return out
+
+    def record_masks(self, written: Iterable[tuple[Outcome, Iterable[MaskOutcome]]]) -> None:
+        """Masks written for images already in the journal (their outcome unchanged)."""
+        now = time.time()
+        rows = [self._mask_row(o, m, now) for o, masks in written for m in masks]
+        if not rows:
+            return
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_MASK_UPSERT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise _describe(self.path, exc) from None
+
+    def mask_counts(self) -> dict[str, int]:
+        return self._read(lambda: {str(s): int(n) for s, n in
+                                   self.conn.execute("SELECT status, count(*) FROM masks GROUP BY status")})
 
     def done_set(self, *, retry_failed: bool) -> DoneSet:
         """Ids this task must not request again: every final outcome, or with

@@ -306,6 +306,10 @@ class Origin:
         self.requests: collections.Counter[str] = collections.Counter()
         self.bytes_sent: collections.Counter[str] = collections.Counter()  # body bytes, for /files/ only
         self.ignore_range = False  # /files/ answers a Range request 200 with the whole body
+        # masks (issue 22): each /files/ answer's [start, end) by path, and whether it waits
+        # the origin's latency as an image does (the benchmark's 50 ms)
+        self.ranges_sent: collections.defaultdict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+        self.files_latency = False
         self.served_ok: collections.Counter[str] = collections.Counter()
         self.times: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
         self.agents: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
@@ -387,6 +391,9 @@ class Origin:
             start = max(0, len(data) + start) if start < 0 else len(data)
         if start >= end:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+        if self.files_latency:
+            await asyncio.sleep(self.latency.sample(self.rng))
+        self.ranges_sent[request.path].append((start, end))
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
         return await self._send_file(request, web.StreamResponse(status=206, headers=headers), data[start:end])
 
