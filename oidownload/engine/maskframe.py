@@ -55,7 +55,9 @@ def framed(data: bytes, size: tuple[int, int], orientation: int,
         w, h = src.size
         if w * h > MAX_MASK_PIXELS:
             raise ValueError(f"{w}x{h} is too many pixels for a mask")
-        m = src.convert("L").point(lambda v: 255 if v >= 128 else 0, "1")
+        # A mask stored 1-bit is used as it is; any other mode is cut at half grey
+        # (without dithering, a value over 127 is in the mask).
+        m = src.copy() if src.mode == "1" else src.convert("L").convert("1", dither=Image.Dither.NONE)
     before = (size[1], size[0]) if orientation in _SWAPS else size
     box = None if crop is None else (crop[0] * w, crop[1] * h, crop[2] * w, crop[3] * h)
     if box is not None or m.size != before:
@@ -64,7 +66,7 @@ def framed(data: bytes, size: tuple[int, int], orientation: int,
     if turn is not None:
         m = m.transpose(turn)
     out = io.BytesIO()
-    m.save(out, "PNG", optimize=True)
+    m.save(out, "PNG")  # optimize=True tripled the cost of a mask for a few bytes (benchmarks/masks.py)
     return out.getvalue()
 
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
 from oidownload.core.config import Config
 from oidownload.core.errors import OidownloadError
 from oidownload.core.records import MaskOutcome, MaskRef, Status, clean_text
-from oidownload.engine.fetch import backoff
+from oidownload.engine.fetch import backoff, proxy_for
 from oidownload.engine.limits import ByteBudget, HostLimiter
 from oidownload.engine.maskframe import MaskIn
 from oidownload.sources import zipranges as zr
@@ -38,6 +39,8 @@ _STATUS = {
     zr.MemberStatus.TOO_LARGE: Status.TOO_LARGE,
 }
 _HTTP = re.compile(r"https?://", re.IGNORECASE)
+BATCHES_PER_ZIP = 4  # member reads of one zip under way at once (each of several requests)
+MAX_BATCH = 256  # images' requests served by one read: bounds its bytes (a few MB)
 
 
 @dataclass
@@ -54,6 +57,9 @@ class MaskFetch:
 class _Zip:
     reader: zr.RangeReader
     directory: zr.Directory
+    # Requests waiting for the next read of this zip's members, and the reads under way.
+    pending: list[tuple[list[str], asyncio.Future[dict[str, zr.Member]]]] = field(default_factory=list)
+    running: int = 0
 
 
 class MaskFetcher:
@@ -69,6 +75,7 @@ class MaskFetcher:
         self.cache_dir = cfg.output.state_dir / "zipdirs"
         self.rng = random.Random()
         self._zips: dict[str, asyncio.Future[_Zip]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.requests = 0
         self.bytes = 0
 
@@ -97,8 +104,7 @@ class MaskFetcher:
             try:
                 members = await self._members(session, source, names)
                 break
-            except zr.ZipChanged:
-                self._zips.pop(source, None)  # read its directory again, once more at most
+            except zr.ZipChanged:  # read its directory again, once more at most
                 if attempt > 1:
                     return self._all(out, refs, Status.CONNECTION, f"{source} kept changing while being read")
                 continue
@@ -114,7 +120,6 @@ class MaskFetcher:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 failure = (Status.TIMEOUT if isinstance(exc, TimeoutError) else Status.CONNECTION,
                            clean_text(f"{type(exc).__name__}: {exc}", 300))
-            self._zips.pop(source, None)
             delay = backoff(attempt, net, self.rng)
             if attempt > net.retries or loop.time() + delay >= deadline:
                 return self._all(out, refs, *failure)
@@ -138,6 +143,46 @@ class MaskFetcher:
         if not _HTTP.match(source) and Path(source).is_dir():
             return await asyncio.to_thread(zr.read_folder, Path(source), names)
         z = await self._zip(session, source)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, zr.Member]] = loop.create_future()
+        z.pending.append((names, fut))
+        if z.running < BATCHES_PER_ZIP:
+            z.running += 1
+            task = loop.create_task(self._batches(z, source))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            return await fut
+        except (zr.ZipError, aiohttp.ClientError, TimeoutError, OSError):
+            self._forget(source, z)  # opened again by the next try
+            raise
+
+    async def _batches(self, z: _Zip, source: str) -> None:
+        """Reads the members asked for while the previous read was in flight, all in one
+        go: masks of images whose ids are near are near in the zip (it is sorted by
+        name), so one request often serves several images."""
+        try:
+            while z.pending:
+                batch, z.pending = z.pending[:MAX_BATCH], z.pending[MAX_BATCH:]
+                names = list(dict.fromkeys(n for ns, _ in batch for n in ns))
+                try:
+                    got = await self._read(z, source, names)
+                except asyncio.CancelledError:
+                    for _, f in batch:
+                        f.cancel()
+                    raise
+                except BaseException as exc:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                for ns, f in batch:
+                    if not f.done():
+                        f.set_result({n: got[n] for n in ns})
+        finally:
+            z.running -= 1
+
+    async def _read(self, z: _Zip, source: str, names: list[str]) -> dict[str, zr.Member]:
         spans, _ = zr.plan_ranges(z.directory, names)
         need = sum(s.end - s.start for s in spans)
         held = await self.budget.reserve(max(1, need))
@@ -146,6 +191,7 @@ class MaskFetcher:
             if host:
                 async with self.limiter.slot(host):
                     got = await zr.read_members(z.reader, z.directory, names)
+                self.limiter.reward(host, need)
             else:
                 got = await zr.read_members(z.reader, z.directory, names)
         finally:
@@ -153,6 +199,12 @@ class MaskFetcher:
         self.requests += len(spans)
         self.bytes += need
         return got
+
+    def _forget(self, source: str, z: _Zip) -> None:
+        """Drops the opened zip `z` (not one opened again since by another image)."""
+        fut = self._zips.get(source)
+        if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is z:
+            del self._zips[source]
 
     async def _zip(self, session: aiohttp.ClientSession, source: str) -> _Zip:
         """The zip at `source`, its directory read once per run (concurrent callers wait
@@ -176,7 +228,8 @@ class MaskFetcher:
             cached = zr.cache_path(self.cache_dir, source).is_file()
             host = _host(source)
             async with self.limiter.slot(host):
-                reader = await zr.HttpRangeReader.open(session, source, zr.CHECK_BYTES if cached else zr.TAIL_BYTES)
+                reader = await zr.HttpRangeReader.open(session, source, zr.CHECK_BYTES if cached else zr.TAIL_BYTES,
+                                                       proxy_for(URL(source)))
                 directory = await zr.read_directory(reader, cache_dir=self.cache_dir, key=source)
         else:
             path = Path(source)
