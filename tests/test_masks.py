@@ -377,3 +377,22 @@ def test_status_and_the_summary_count_masks(tmp_path, make_origin):
     assert json.loads(st.stdout)["masks"] == {"mask_missing": 1, "ok": 4}
     st = run_cli("status", tmp_path / "out")
     assert "masks: 1 mask_missing, 4 ok" in st.stdout
+
+
+def test_postgresql_masks_table_selection_and_download(tmp_path, make_origin, pg_url):
+    import psycopg
+
+    origin, images, seg, _, _ = setup(tmp_path, make_origin, extra_rows=1)
+    r = run_cli("db", "load", seg, "--db", pg_url)
+    assert r.returncode == 0, r.stderr
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM masks").fetchone()[0] == 5
+    dest = tmp_path / "sel.csv"
+    r = run_cli("select", images, "-o", dest, "--db", pg_url, "--class", LABEL)
+    assert r.returncode == 0, r.stderr
+    assert len(dest.read_text().splitlines()) == 1 + len(IDS)
+    # --db gives the masks of the selection as the CSVs do.
+    r = run_cli("download", images, "-o", tmp_path / "out", "--db", pg_url, "--class", LABEL, "--masks",
+                "--masks-url", f"{origin.base_url}/files", "--progress", "none", "--processes", 1)
+    assert r.returncode == 0, r.stderr
+    assert sorted(journal_masks(tmp_path / "out").values()) == ["mask_missing", "ok", "ok", "ok", "ok"]
