@@ -124,6 +124,8 @@ def test_masks_follow_the_pixels_and_only_the_members_asked_for_are_fetched(tmp_
         assert iou(mask, expected(60, rot)) >= 0.98, rot
         pixels = np.asarray(Image.open(out / "train" / "0a0" / f"{image_id}.png").convert("L")) > 127
         assert iou(mask, pixels) >= 0.9, rot  # the shape drawn in the image itself
+    v = run_cli("verify", out)
+    assert v.returncode == 0, v.stdout + v.stderr
     # The missing member is a per-mask status; its image stays ok.
     conn = sqlite3.connect(next((out / ".oidownload").glob("journal-*.sqlite")))
     rows = dict(conn.execute("SELECT box_id, status FROM masks WHERE box_id='bb02'"))
@@ -183,6 +185,8 @@ def test_webdataset_samples_carry_their_masks(tmp_path, make_origin):
     assert any("aa01.mask.png" in s["members"] for x in idx for s in x["samples"])
     locations = [m.location for m in StateDir.open(str(out)).masks()]
     assert all(loc.endswith(".aa01.mask.png") and ".tar#" in loc for loc in locations)
+    v = run_cli("verify", out)  # mask members are no images of their own
+    assert v.returncode == 0, v.stdout + v.stderr
 
 
 def test_select_takes_segmentation_csvs(tmp_path, make_origin):
