@@ -400,3 +400,52 @@ def test_postgresql_masks_table_selection_and_download(tmp_path, make_origin, pg
                 "--masks-url", f"{origin.base_url}/files", "--progress", "none", "--processes", 1)
     assert r.returncode == 0, r.stderr
     assert sorted(journal_masks(tmp_path / "out").values()) == ["mask_missing", "ok", "ok", "ok", "ok"]
+
+
+def test_gzipped_segmentation_csv_and_a_bad_row_loaded_as_bad(tmp_path, make_origin):
+    import gzip
+
+    _origin, images, seg, _, _ = setup(tmp_path, make_origin)
+    with open(seg, "a", newline="") as f:
+        f.write(f"{mask_path(IDS[0], 'dd04')},{IDS[0]},{LABEL},dd04,abc,0.5,0.1,0.2,,\n")  # BoxXMin is no number
+    gz = tmp_path / "train-annotations-object-segmentation.csv.gz"
+    gz.write_bytes(gzip.compress(seg.read_bytes()))
+    dest = tmp_path / "sel.csv"
+    r = run_cli("select", images, "-o", dest, "--annotations", gz, "--class", LABEL)
+    assert r.returncode == 0, r.stderr
+    assert len(dest.read_text().splitlines()) == 1 + len(IDS)
+    db = tmp_path / "oi.sqlite"
+    r = run_cli("db", "load", gz, "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "4 rows, 1 bad" in r.stderr
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM masks").fetchone()[0] == 4
+
+
+def test_an_old_journal_gains_the_masks_table(tmp_path):
+    from oidownload.core.records import MaskOutcome, Outcome, Status
+    from oidownload.core.shard import Shard
+    from oidownload.state.journal import SCHEMA_VERSION, Journal
+
+    out = tmp_path / "out"
+    state = out / ".oidownload"
+    j = Journal(state, Shard(), str(out))
+    j.record([Outcome(IDS[0], Status.OK, subset="train", ext="png", location=f"train/0a0/{IDS[0]}.png")])
+    j.close()
+    path = next(state.glob("journal-*.sqlite"))
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE masks")  # as schema 2 had it
+    conn.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    conn.commit()
+    conn.close()
+    assert list(StateDir.open(str(out)).masks()) == []  # read as it is: no masks
+    j = Journal(state, Shard(), str(out))
+    j.record([Outcome(IDS[1], Status.OK, subset="train", ext="png", location=f"train/0a0/{IDS[1]}.png",
+                      masks=(MaskOutcome("aa01", LABEL, Status.OK, width=8, height=8),
+                             MaskOutcome("bb02", LABEL, Status.MASK_MISSING, "not in the zip")))])
+    j.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION) == "3"
+    conn.close()
+    assert [(m.image_id, m.box_id, m.location, m.width) for m in StateDir.open(str(out)).masks()] == \
+        [(IDS[1], "aa01", f"masks/train/0a0/{IDS[1]}_aa01.png", 8)]
