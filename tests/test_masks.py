@@ -449,3 +449,14 @@ def test_an_old_journal_gains_the_masks_table(tmp_path):
     conn.close()
     assert [(m.image_id, m.box_id, m.location, m.width) for m in StateDir.open(str(out)).masks()] == \
         [(IDS[1], "aa01", f"masks/train/0a0/{IDS[1]}_aa01.png", 8)]
+
+
+def test_a_missing_zip_is_asked_for_once_and_its_masks_are_missing(tmp_path, make_origin):
+    origin, images, seg, _, _ = setup(tmp_path, make_origin)
+    del origin.extra_files["train-masks/train-masks-0.zip"]
+    r = download(tmp_path, images, seg, origin)
+    assert r.returncode == 0, r.stderr
+    assert sorted(journal_masks(tmp_path / "out").values()) == ["mask_missing"] * 4
+    assert origin.requests["/files/train-masks/train-masks-0.zip"] == 1
+    conn = sqlite3.connect(next((tmp_path / "out" / ".oidownload").glob("journal-*.sqlite")))
+    assert conn.execute("SELECT count(*) FROM outcomes WHERE status='ok'").fetchone()[0] == 4

@@ -76,6 +76,7 @@ class MaskFetcher:
         self.rng = random.Random()
         self._zips: dict[str, asyncio.Future[_Zip]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._missing: dict[str, str] = {}  # zips found missing (404): why
         self.requests = 0
         self.bytes = 0
 
@@ -94,6 +95,8 @@ class MaskFetcher:
             out.failed = [MaskOutcome(r.box_id, r.label, Status.MASK_MISSING,
                                       f"no mask zip for the subset {clean_text(subset, 40)!r}") for r in refs]
             return out
+        if source in self._missing:
+            return self._all(out, refs, Status.MASK_MISSING, self._missing[source])
         names = [r.mask_path for r in refs]
         net = self.cfg.net
         loop = asyncio.get_running_loop()
@@ -109,14 +112,17 @@ class MaskFetcher:
                     return self._all(out, refs, Status.CONNECTION, f"{source} kept changing while being read")
                 continue
             except zr.ZipError as exc:
-                if exc.http_status in (404, 410):
-                    return self._all(out, refs, Status.MASK_MISSING, clean_text(str(exc), 300))
-                if exc.http_status is None or exc.http_status < 500:
+                code = exc.http_status
+                if code in (404, 410):
+                    # Said once per run: the other images of this zip do not ask again.
+                    self._missing[source] = clean_text(str(exc), 300)
+                    return self._all(out, refs, Status.MASK_MISSING, self._missing[source])
+                if code is None or (code < 500 and code != 429):
                     # The whole zip is unusable (Range ignored, not a zip): every mask would
                     # fail alike, so the run stops with one message.
                     self.fail(exc)
                     return self._all(out, refs, Status.CONNECTION, clean_text(str(exc), 300))
-                failure = (Status.HTTP_5XX, clean_text(str(exc), 300))
+                failure = (Status.HTTP_429 if code == 429 else Status.HTTP_5XX, clean_text(str(exc), 300))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 failure = (Status.TIMEOUT if isinstance(exc, TimeoutError) else Status.CONNECTION,
                            clean_text(f"{type(exc).__name__}: {exc}", 300))
