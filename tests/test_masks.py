@@ -460,3 +460,10 @@ def test_a_missing_zip_is_asked_for_once_and_its_masks_are_missing(tmp_path, mak
     assert origin.requests["/files/train-masks/train-masks-0.zip"] == 1
     conn = sqlite3.connect(next((tmp_path / "out" / ".oidownload").glob("journal-*.sqlite")))
     assert conn.execute("SELECT count(*) FROM outcomes WHERE status='ok'").fetchone()[0] == 4
+
+
+def test_the_default_masks_url_is_the_official_one():
+    from oidownload.core.options import default
+    from oidownload.dataset.releases import MASKS_URL
+
+    assert default("masks_url") == MASKS_URL  # core cannot import the dataset layer: kept equal here
