@@ -19,6 +19,7 @@ from oidownload.core.config import (
     Fallback,
     ImageConfig,
     LogFormat,
+    MaskConfig,
     NetConfig,
     Orientation,
     OutputConfig,
@@ -202,7 +203,27 @@ def build_config(p: DownloadParams, say: Say = say_nothing) -> Config:
     source = SourceConfig(SourceChoice(p["source"]), mirror.rstrip("/"), Fallback(p["fallback"]) is Fallback.CVDF)
     if source.fallback and source.choice in (SourceChoice.CVDF, SourceChoice.THUMBNAIL):
         raise ConfigError(f"--fallback cvdf applies to --source original or auto, not {source.choice.value}")
-    return Config(inputs=tuple(p["inputs"]), output=output, net=net, source=source, image=image, select=select, run=run)
+    return Config(inputs=tuple(p["inputs"]), output=output, net=net, source=source, image=image, select=select, run=run,
+                  masks=_masks(p, chosen, say))
+
+
+# masks (issue 22)
+def _masks(p: DownloadParams, chosen: Plan, say: Say) -> MaskConfig:
+    """--masks: the masks of the selection, from its segmentation rows."""
+    if not p.get("masks"):
+        return MaskConfig()
+    from oidownload.dataset.maskplan import mask_zips, wanted_masks
+    from oidownload.dataset.selection import open_annotations
+
+    annotations = tuple(chosen.annotations) or tuple(p["annotation_files"])
+    db = chosen.db or p["db"]
+    if not annotations and db is None:
+        raise ConfigError("--masks needs the segmentation CSVs in --annotations (or a --db they were loaded into)")
+    with open_annotations(annotations, db) as source:
+        wanted = wanted_masks(source, chosen.ids, chosen.classes or None)
+    n = sum(map(len, wanted.values()))
+    say("masks", f"--masks: {n} mask(s) of {len(wanted)} image(s) to fetch", masks=n, images=len(wanted))
+    return MaskConfig(wanted=wanted, zips=mask_zips(p["masks_url"]), url=p["masks_url"])
 
 
 def _sample_texts(chosen: Plan, state_dir: Path, say: Say) -> Path | None:

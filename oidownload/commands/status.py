@@ -26,12 +26,14 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> int:
     from oidownload.core.records import STATUS_MEANING, checked_words
     from oidownload.engine.progress import human_bytes, human_seconds
     from oidownload.provenance.lock import lock_status
+    from oidownload.state.reader import StateDir
     from oidownload.state.report import out_status
 
     st = out_status(out, state_dir)
     lock = lock_status(out, state_dir)
+    masks = StateDir.open(out, state_dir).mask_counts()  # masks (issue 22): by status, {} without --masks
     if as_json:
-        click.echo(json.dumps({**st.as_json(), "lock": lock}))
+        click.echo(json.dumps({**st.as_json(), "lock": lock, **({"masks": masks} if masks else {})}))
         return ExitCode.OK
     click.echo(f"{out}: {st.total} images journaled, {human_bytes(sum(c.bytes for c in st.counts.values()))} fetched")
     click.echo(f"{'status':<15}{'count':>10}{'bytes':>12}  meaning")
@@ -40,6 +42,8 @@ def status(out: str, as_json: bool, state_dir: Path | None) -> int:
         click.echo(f"{name:<15}{c.n:>10}{human_bytes(c.bytes):>12}  {meaning}")
     if st.sources:
         click.echo("written: " + "; ".join(checked_words(st.sources, st.unchecked)))
+    if masks:
+        click.echo("masks: " + ", ".join(f"{n} {k}" for k, n in sorted(masks.items())))
     click.echo(f"{'shard':<12}{'state':<10}{'done':>10}{'planned':>10}{'rate/s':>9}{'ETA':>9}  host")
     for s in st.shards:
         planned = "?" if s.planned is None else str(s.planned)

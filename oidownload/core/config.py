@@ -6,6 +6,7 @@ Tests vary it with `dataclasses.replace`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from oidownload.core.options import AUTO_CEILING as AUTO_CEILING
 from oidownload.core.options import AUTO_START as AUTO_START
 from oidownload.core.options import DEFAULT_QUALITY, default
 from oidownload.core.options import MAX_REDIRECTS as MAX_REDIRECTS
+from oidownload.core.records import MaskRef
 
 MB = 1024 * 1024
 # The table's choices as Config holds them.
@@ -145,6 +147,22 @@ class OutputConfig:
     texts: Path | None = None
 
 
+# masks (issue 22)
+@dataclass(frozen=True, slots=True)
+class MaskConfig:
+    """--masks: the masks wanted, by lower-case ImageID (from the segmentation rows of
+    the selection), and where each (split, first hex digit) zip is: a URL, a local zip,
+    or a folder of unpacked PNGs. Empty `wanted`: no mask work at all."""
+
+    wanted: Mapping[str, tuple[MaskRef, ...]] = field(default_factory=dict)
+    zips: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    url: str = ""  # --masks-url, for messages
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.wanted)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     inputs: tuple[Path, ...]
@@ -154,3 +172,4 @@ class Config:
     image: ImageConfig = ImageConfig()
     select: SelectConfig = SelectConfig()
     run: RunConfig = field(default_factory=RunConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)  # masks (issue 22)

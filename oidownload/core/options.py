@@ -255,8 +255,18 @@ _FETCH_AND_RUN = (
                "different_source or missing."),
 )
 
+# masks (issue 22)
+_MASKS = (
+    _flag("--masks", help="Also fetch the segmentation masks of the selected images (of the --class classes only, "
+                          "with --class), from the segmentation CSVs among --annotations (or --db); each is read "
+                          "from its zip by Range requests and written in its image's frame."),
+    _spec("--masks-url", default="https://storage.googleapis.com/openimages/v5/",  # = dataset.releases.MASKS_URL
+          help="Where the mask zips are (<url>/<split>-masks/<split>-masks-<digit>.zip): a URL, or a local folder "
+               "of those zips or of the unpacked PNGs."),
+)
+
 # `download`'s options in its --help order.
-DOWNLOAD_OPTIONS: tuple[OptionSpec, ...] = (*_OUTPUT, *SELECTION_OPTIONS, *_FETCH_AND_RUN)
+DOWNLOAD_OPTIONS: tuple[OptionSpec, ...] = (*_OUTPUT, *SELECTION_OPTIONS, *_FETCH_AND_RUN, *_MASKS)
 # `select`'s -o: the new images CSV (- for stdout).
 SELECT_OUTPUT = _spec("-o", "--output", dest="dest", scope="select", required=True, value=PATH,
                       help="The new images CSV (same columns as the input); - for stdout.")
@@ -361,6 +371,8 @@ class DownloadOptions(SelectOptions, total=False):
     metrics_file: Paths | None
     metrics_linger: float | str | None
     from_lock: Paths | None
+    masks: bool  # masks (issue 22)
+    masks_url: str
 
 
 class SelectionParams(TypedDict):
@@ -448,6 +460,8 @@ class DownloadParams(SelectionParams):
     metrics_file: Path | None
     metrics_linger: float | None
     from_lock: Path | None
+    masks: bool  # masks (issue 22)
+    masks_url: str
     explicit: frozenset[str]
 
 

@@ -35,6 +35,9 @@ class Status(enum.StrEnum):
     WRITE_ERROR = "write_error"
     WORKER_DIED = "worker_died"
     DAMAGED = "damaged"
+    # masks (issue 22): a mask's own statuses (its image keeps its own, usually ok)
+    MASK_MISSING = "mask_missing"
+    MASK_CRC = "mask_crc"
 
 
 # A retryable status is a fault of the moment (the network, the server's load, our
@@ -76,6 +79,8 @@ STATUS_MEANING: dict[Status, str] = {
     Status.WRITE_ERROR: "the file could not be written",
     Status.WORKER_DIED: "the worker processing the image died, twice (the out-of-memory killer?)",
     Status.DAMAGED: "`verify`, or a download resuming a shard, found the written image missing or damaged: the next download fetches it again",
+    Status.MASK_MISSING: "a mask (--masks) that its zip (or folder) does not hold",
+    Status.MASK_CRC: "a mask whose bytes do not match the CRC-32 in its zip's directory",
 }
 
 
@@ -214,3 +219,30 @@ class Outcome:
     # The row's OriginalMD5 and OriginalSize, kept for the lock (a rebuild from it checks them).
     original_md5: str | None = None
     original_size: int | None = None
+    # masks (issue 22): the image's masks, written with it (empty without --masks)
+    masks: tuple[MaskOutcome, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MaskRef:
+    """One mask asked for (--masks): its segmentation row's BoxID, class and MaskPath
+    (the PNG's member name in its split's zip)."""
+
+    box_id: str
+    label: str
+    mask_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class MaskOutcome:
+    """What became of one mask: `location` is where the output holds it (as an image's,
+    in its sink's form); width and height are the written mask's, the image's frame."""
+
+    box_id: str
+    label: str
+    status: Status
+    detail: str = ""
+    location: str = ""
+    width: int | None = None
+    height: int | None = None
+    nbytes: int = 0  # the member's bytes as fetched (inflated)

@@ -26,6 +26,7 @@ from oidownload.dataset.kinds import (
     NARRATIVES,
     POINTS,
     RELATIONSHIPS,
+    SEGMENTATION,
     SELECT,
     AnnotationKind,
     BoxAttribute,
@@ -153,6 +154,9 @@ class ClassFilter:
             return None
         if f.kind is POINTS:
             return point_test(f, self.mids, self.point_answer, self.min_yes_votes)
+        if f.kind is SEGMENTATION:  # masks (issue 22): a mask of the class picks its image
+            i_mid, mids = f.index("LabelName"), self.mids
+            return lambda fields: fields[i_mid] in mids
         if self.exclude and f.kind is BOXES and not all(f.has(a) for a in self.exclude):
             missing = sorted(a for a in self.exclude if not f.has(a))
             raise ConfigError(f"{f.where} has no {', '.join(missing)} column (V3 train boxes carry no attributes); drop the --exclude option for it")

@@ -204,6 +204,11 @@ class AnnotationKind(Generic[R]):
     build: Builder[R]
     columns: tuple[Column, ...] = ()  # its database table; () while `db load` does not load it
     supported: frozenset[str] = frozenset()  # the consumers that handle it
+    table_name: str = ""  # its database table, when not `name` (segmentation: masks)
+
+    @property
+    def table(self) -> str:
+        return self.table_name or self.name
 
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
@@ -301,11 +306,21 @@ LABELS: AnnotationKind[Label] = AnnotationKind(
     _label, LABEL_COLUMNS, _ALL)
 BOXES: AnnotationKind[Box] = AnnotationKind(
     "boxes", "box annotations", (*LABELS.signature, *COORDS), "ImageID", "LabelName", _box, BOX_COLUMNS, _ALL)
+# masks (issue 22): selected by and loaded into the `masks` table (image_id first, as
+# every table: the loader and DbTable.rows read it there).
+MASK_COLUMNS = (
+    Column("image_id", "ImageID", "id"),
+    Column("mask_path", "MaskPath", "text"),
+    Column("mid", "LabelName", "text"),
+    Column("box_id", "BoxID", "text"),
+    *(Column(f"box_{c[0].lower()}_{c[1:].lower()}", f"Box{c}", "real") for c in COORDS),
+    Column("predicted_iou", "PredictedIoU", "real", nullable=True),
+    Column("clicks", "Clicks", "text"),
+)
 SEGMENTATION: AnnotationKind[Mask] = AnnotationKind(
     "segmentation", "segmentation annotations",
     ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax", "PredictedIoU",
-     "Clicks"), "ImageID", "LabelName", _mask,
-    supported=frozenset({EXPORT, GALLERY}))  # masks (issue 22): exports and gallery read dataset/masks.py
+     "Clicks"), "ImageID", "LabelName", _mask, MASK_COLUMNS, frozenset({SELECT, DB_LOAD, EXPORT, GALLERY}), "masks")
 # relationships and points (issue 23): their tables, and the consumers that read them.
 RELATIONSHIP_COLUMNS = (
     Column("image_id", "ImageID", "id"),

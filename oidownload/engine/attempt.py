@@ -19,10 +19,12 @@ import aiohttp
 
 from oidownload.core.config import Config
 from oidownload.core.errors import OutputError
-from oidownload.core.records import Outcome, Row, Status
+from oidownload.core.records import MaskOutcome, Outcome, Row, Status
 from oidownload.engine.body import BodyWriter, MemfdPool
 from oidownload.engine.fetch import Failure, fetch_body
 from oidownload.engine.limits import ByteBudget, HostLimiter, Reservation
+from oidownload.engine.maskframe import MaskIn
+from oidownload.engine.masks import MaskFetcher
 from oidownload.engine.metrics import Metrics
 from oidownload.engine.process import Job
 from oidownload.engine.progress import Progress
@@ -54,6 +56,7 @@ class _Pooled:
     body: BodyWriter
     held: Reservation
     http_status: int
+    mask_failed: tuple[MaskOutcome, ...] = ()  # masks (issue 22) that failed before the pool
 
 
 class Attempts:
@@ -76,6 +79,8 @@ class Attempts:
         self.halt = halt
         self.fail = fail
         self.source = open_source(cfg.source)
+        # masks (issue 22): None without --masks, so that path does no mask work at all
+        self.masks = MaskFetcher(cfg, limiter, budget, fail) if cfg.masks.enabled else None
         self.metrics: Metrics | None = None
         self.rng = random.Random()
         self.pool_slots = asyncio.Semaphore(pool_slots(cfg.run.processes or 1))
@@ -127,13 +132,20 @@ class Attempts:
         body = result.body
         held.settle(body.size)
         expected_md5, checked_by, note = plan.via.checks(plan, result.etag)
+        masks_in: tuple[MaskIn, ...] = ()
+        mask_failed: tuple[MaskOutcome, ...] = ()
+        if self.masks is not None and (refs := self.masks.wanted(row.image_id)):
+            # masks (issue 22): fetched now, so that the worker frames them with the pixels
+            fetched = await self.masks.fetch(self.session, row.subset, row.image_id, refs)
+            masks_in, mask_failed = tuple(fetched.got), tuple(fetched.failed)
         job = Job(
             row.image_id, row.subset, plan.source,
             expected_size=plan.expected_size, expected_md5=expected_md5, checked_by=checked_by,
             rotation=row.rotation, has_rotation_column=row.has_rotation_column,
             file=row.file, line=row.line, encoding=result.encoding, max_decoded=self.cfg.net.max_body_bytes,
+            masks=masks_in,
         )
-        await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, held, result.http_status))
+        await self.to_pool(_Pooled(base, row, plan, tried, note, job, body, held, result.http_status, mask_failed))
 
     async def to_pool(self, p: _Pooled) -> None:
         """Hands a body to the pool; a pool found broken is restarted first."""
@@ -193,6 +205,8 @@ class Attempts:
             outcome.url = base.url
             if p.note and outcome.status is Status.OK:
                 outcome.detail = "; ".join(filter(None, (p.note, outcome.detail)))
+            if p.mask_failed and outcome.status is Status.OK:
+                outcome.masks = (*outcome.masks, *p.mask_failed)
         outcome.http_status = p.http_status
         outcome.seconds = asyncio.get_running_loop().time() - p.tried.t0
         # A staged image keeps its share of the budget until its sink has it out of

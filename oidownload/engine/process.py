@@ -24,6 +24,7 @@ from oidownload.core.config import ImageConfig, Orientation, OutputFormat, Resiz
 from oidownload.core.fsio import Buffer
 from oidownload.core.records import Outcome, Source, Status, clean_text
 from oidownload.engine.body import BodyRef, opened
+from oidownload.engine.maskframe import MaskIn, frame_masks
 from oidownload.sinks import Member, Target
 
 # What --format writes, as (Pillow format, file extension).
@@ -90,6 +91,7 @@ class Job:
     # Content-Encoding: checked as it is, then decoded, up to max_decoded bytes.
     encoding: str = ""
     max_decoded: int = 64 * 1024 * 1024
+    masks: tuple[MaskIn, ...] = ()  # masks (issue 22): fetched with the image, framed with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +164,15 @@ def process(job: Job, body: Buffer, settings: WorkerSettings) -> Outcome:
     members: list[Member] = [(r.ext, r.data)]
     if settings.image.keep_original and job.source is Source.ORIGINAL:
         members.append((f"original.{_sniff_ext(body)}", body))
+    if job.masks:  # masks (issue 22): in the image's frame, placed in the same sample
+        framed, mask_outcomes = frame_masks(job.masks, r.size, r.orientation, r.crop, settings.image.keep_original)
+        members.extend(framed)
+        outcome.masks = tuple(mask_outcomes)
     try:
         placed = settings.target.place(job.subset, job.image_id, members)
     except OSError as exc:
         outcome.errno = exc.errno
+        outcome.masks = ()
         name = errno_mod.errorcode.get(exc.errno or 0, "OSError")
         return _fail(outcome, Status.WRITE_ERROR, f"{name}: {exc.strerror or exc}")
     outcome.location, outcome.staged = placed.location, placed.staged

@@ -265,6 +265,8 @@ class Progress:
         lines.append(f"{'total':<15}{t.done:>10}  ({t.skipped} already done, skipped)")
         if t.ok_sources:
             lines.append("written: " + "; ".join(checked_words(dict(t.ok_sources), dict(t.ok_unchecked))))
+        if extra and extra.get("masks"):  # masks (issue 22): every mask of this task's output, by status
+            lines.append("masks: " + ", ".join(f"{n} {k}" for k, n in sorted(extra["masks"].items())))
         if extra and extra.get("from_lock"):  # download --from-lock: each image against the lock
             lines.append("against the lock: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in extra["from_lock"].items()))
         lines.append(

@@ -24,6 +24,7 @@ from oidownload.engine.accel import pillow_build
 from oidownload.engine.attempt import pool_slots
 from oidownload.engine.cpus import usable_cpus
 from oidownload.engine.fds import fit_concurrency
+from oidownload.engine.maskrepair import run_repair
 from oidownload.engine.metrics import Exporter, Metrics, check_file, expand_path, listen
 from oidownload.engine.progress import Progress, Tally
 from oidownload.engine.stopping import Stopper
@@ -226,6 +227,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     workers = start_workers(cfg.image, sink.target, processes)
     run: Task | None = None
     exporter: Exporter | None = None
+    mask_counts: dict[str, int] | None = None  # masks (issue 22): this task's, by status
     try:
         # Bound after the pool is forked, so that no worker holds the port open.
         exporter = _exporter(cfg, shard)
@@ -259,6 +261,11 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
                     progress.log("metrics", f"Prometheus metrics on {exporter.address}", metrics=exporter.address)
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 runner.run(run.main(len(done)))
+            if run.halt.fatal is None and run.halt.code is None:
+                # masks (issue 22): the masks owed for images written before this run
+                run_repair(cfg, journal, sink.target, progress, shard.tag)
+            if cfg.masks.enabled:
+                mask_counts = journal.mask_counts()
         finally:
             try:
                 sink.release()
@@ -287,6 +294,7 @@ def run_download(cfg: Config, shard: Shard, progress: Progress, stopper: Stopper
     progress.summary(wall=wall, cpu=cpu, extra={"pillow": pillow_build().describe(),
                                                 "main_cpu_s": round(_cpu_seconds(children=False) - main0, 3),
                                                 **({"from_lock": compared} if compared is not None else {}),
+                                                **({"masks": mask_counts} if mask_counts is not None else {}),
                                                 **({"hosts": rows} if (rows := run.limiter.rows()) else {})})
     if run.halt.fatal is not None:
         raise run.halt.fatal

@@ -99,7 +99,8 @@ def hash_shard(key: str) -> tuple[list[Seen], list[Found]]:
                 tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 image_id, _, suffix = member.name.partition(".")
-                if not member.isfile() or suffix in ("json", "txt") or suffix.startswith("original."):
+                # Masks (issue 22, `<id>.<BoxID>.mask.png`) and captions (`txt`) are no image of their own.
+                if not member.isfile() or suffix in ("json", "txt") or suffix.startswith("original.") or ".mask." in suffix:
                     continue
                 data = tar.extractfile(member)
                 body = data.read() if data is not None else b""

@@ -55,7 +55,20 @@ def member_path(subset: str, image_id: str, suffix: str) -> tuple[tuple[str, ...
         folders = (ORIGINAL_DIR, *folders)
     elif kind.endswith(".mask"):
         return (MASKS_DIR, *folders), f"{image_id}_{check_box_id(kind.removesuffix('.mask'))}.{ext}"
+    elif kind.endswith(".mask.original"):  # masks (issue 22): --keep-original's mask as fetched
+        box_id = check_box_id(kind.removesuffix(".mask.original"))
+        return (ORIGINAL_DIR, MASKS_DIR, *folders), f"{image_id}_{box_id}.{ext}"
     return folders, f"{image_id}.{ext}"
+
+
+def mask_location(image_location: str, subset: str, image_id: str, box_id: str) -> str:
+    """Where the output holds a mask written with its image (masks, issue 22): in a shard,
+    `<subset>/<shard>.tar#<ImageID>.<BoxID>.mask.png` (the image's location + the member's
+    suffix: the tar member's name after the `#`); elsewhere its path under OUT."""
+    if "#" in image_location:
+        return f"{image_location}.{mask_suffix(box_id)}"
+    folders, name = member_path(subset, image_id, mask_suffix(box_id))
+    return "/".join((*folders, name))
 
 
 def mask_suffix(box_id: str) -> str:

@@ -883,7 +883,7 @@ class TarReader:
     def read(self, location: str) -> bytes:
         path, members = self._sample(location)
         suffix = next((k for k in members if k not in ("json", "txt") and not k.startswith("original.")
-                       and not k.endswith(".mask.png")), None)
+                       and ".mask." not in k), None)  # masks (issue 22) and captions are no image
         if suffix is None:
             raise FileNotFoundError(f"{self.describe(location)} has no image member")
         return self._member(path, members, suffix)

@@ -140,17 +140,19 @@ class HttpRangeReader:
     headers apply; its transport errors propagate). Make it with `open`: the first request, a
     suffix one, learns the size and ETag, and its bytes serve later reads of the tail."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, proxy: str | None = None) -> None:
         self.session = session
         self.url = url
+        self.proxy = proxy  # the run's proxy rule for this URL (engine/fetch.py proxy_for)
         self.size = -1
         self.validator = ""
         self._tail_start = 0
         self._tail = b""
 
     @classmethod
-    async def open(cls, session: aiohttp.ClientSession, url: str, tail_bytes: int = TAIL_BYTES) -> HttpRangeReader:
-        reader = cls(session, url)
+    async def open(cls, session: aiohttp.ClientSession, url: str, tail_bytes: int = TAIL_BYTES,
+                   proxy: str | None = None) -> HttpRangeReader:
+        reader = cls(session, url, proxy)
         start, reader._tail = await reader._get(f"-{max(1, tail_bytes)}", None)
         reader._tail_start = start
         return reader
@@ -166,7 +168,7 @@ class HttpRangeReader:
     async def _get(self, spec: str, start: int | None) -> tuple[int, bytes]:
         """(where the answer starts, its body) of one Range request, checked before its body is read."""
         headers = {"Range": f"bytes={spec}", "Accept-Encoding": "identity"}
-        async with self.session.get(self.url, headers=headers) as resp:
+        async with self.session.get(self.url, headers=headers, proxy=self.proxy) as resp:
             try:
                 if resp.status != 206:
                     raise self._refusal(resp)

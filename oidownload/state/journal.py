@@ -28,12 +28,13 @@ from typing import TypeVar
 
 from oidownload.core.errors import JournalError, OutputError
 from oidownload.core.ids import id_to_int, int_to_id
-from oidownload.core.records import Conflict, Outcome, Status, clean_text, is_final
+from oidownload.core.records import Conflict, MaskOutcome, Outcome, Status, clean_text, is_final
 from oidownload.core.shard import Shard
+from oidownload.sinks.files import mask_location
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: the masks table (issue 22)
 # Disk space held back for the journal: freed when the disk fills, so the outcomes
 # of images already written can still be committed before the run stops.
 RESERVE_BYTES = 512 * 1024
@@ -140,10 +141,25 @@ CREATE TABLE IF NOT EXISTS conflicts(
     finished REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS conflicts_by_row ON conflicts(input, line, id);
+-- masks (issue 22): one row per mask of a written image (--masks), committed with it.
+CREATE TABLE IF NOT EXISTS masks(
+    id INTEGER NOT NULL,             -- the image's ImageID, as in outcomes
+    box_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    status TEXT NOT NULL,
+    final INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    location TEXT,                   -- where the output holds it (sinks.files.mask_location)
+    width INTEGER,
+    height INTEGER,
+    nbytes INTEGER NOT NULL,         -- the member's bytes as fetched
+    finished REAL NOT NULL,
+    PRIMARY KEY(id, box_id)
+);
 """
 
 _TABLES = frozenset({"meta", "inputs", "outcomes", "bad_rows", "counts", "progress", "sink_state", "source_counts",
-                     "unchecked_counts", "conflicts"})
+                     "unchecked_counts", "conflicts", "masks"})
 # Columns added after the first release; an older journal gains them when opened.
 _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outcomes": (("location", "TEXT"), ("sha256", "TEXT"), ("url", "TEXT"), ("original_md5", "TEXT"),
@@ -191,6 +207,29 @@ def not_a_journal(path: Path, why: str) -> str:
     return (f"{path} is not an oidownload journal ({why}); move it aside or use another --state-dir "
             "(the next download finds the images already in the output)")
 
+
+@dataclass(frozen=True, slots=True)
+class WrittenFrame:
+    """An image the journal holds as ok, as its masks need it (masks, issue 22)."""
+
+    image_id: str
+    subset: str
+    location: str
+    width: int
+    height: int
+    orientation: int
+    crop: tuple[float, float, float, float] | None
+    masks: Mapping[str, tuple[str, bool]]  # box_id → (status, final)
+
+
+_MASK_UPSERT = """
+INSERT INTO masks(id, box_id, label, status, final, detail, location, width, height, nbytes, finished)
+VALUES(?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(id, box_id) DO UPDATE SET label=excluded.label, status=excluded.status, final=excluded.final,
+    detail=excluded.detail, location=excluded.location, width=excluded.width, height=excluded.height,
+    nbytes=excluded.nbytes, finished=excluded.finished
+WHERE masks.status != 'ok' OR excluded.status = 'ok'
+"""
 
 # An ok row is never replaced by a failure: the image is in the output, and a later
 # duplicate row (or a rerun with --retry-failed that hits a dead link) must not hide
@@ -575,6 +614,9 @@ class Journal:
                     clean_text(f"a later outcome, {o.status.value} ({o.detail}), was not recorded: "
                                "the image is already ok"), now) for o in kept],
             )
+            masks = [self._mask_row(o, m, now) for o in good if o.status is Status.OK for m in o.masks]
+            if masks:  # masks (issue 22): an ok mask is never replaced by a failure
+                conn.executemany(_MASK_UPSERT, masks)
             conn.executemany(
                 "INSERT OR IGNORE INTO bad_rows VALUES(?,?,?,?,?)",
                 [(self.input_id(o.file), o.line, clean_text(o.detail), clean_text(o.image_id, 64), now) for o in bad],
@@ -602,6 +644,11 @@ class Journal:
             clean_text(o.location, 2048) or None, o.sha256, clean_text(o.url, 2048) or None,
             clean_text(o.original_md5, 64) if o.original_md5 else None, o.original_size,
         )
+
+    def _mask_row(self, o: Outcome, m: MaskOutcome, now: float) -> tuple[object, ...]:
+        location = mask_location(o.location, o.subset, o.image_id, m.box_id) if m.status is Status.OK else None
+        return (id_to_int(o.image_id), clean_text(m.box_id, 64), clean_text(m.label, 64), m.status.value,
+                int(is_final(m.status)), clean_text(m.detail), location, m.width, m.height, m.nbytes, now)
 
     def unfound(self, shard: str, kept: Collection[str], detail: str) -> int:
         """Turns the ok rows located in `shard` ("subset/name.tar") whose ImageID is not
@@ -654,6 +701,53 @@ class Journal:
             )
         except sqlite3.Error as exc:
             raise _describe(self.path, exc) from None
+
+    # masks (issue 22): the masks still owed for images already written, and their outcomes
+    def written_frames(self, image_ids: Iterable[str]) -> list[WrittenFrame]:
+        """The ok images among `image_ids`, with their frame and their masks' states
+        (box_id → (status, final)): what a rerun with --masks needs to fetch the masks
+        not yet ok (or final) of images it will not fetch again."""
+        out: list[WrittenFrame] = []
+        ids = [id_to_int(i) for i in image_ids]
+
+        def read(chunk: list[int]) -> None:
+            marks = ",".join("?" * len(chunk))
+            masks: dict[int, dict[str, tuple[str, bool]]] = {}
+            for rid, box_id, status, final in self.conn.execute(
+                    f"SELECT id, box_id, status, final FROM masks WHERE id IN ({marks})", chunk):
+                masks.setdefault(int(rid), {})[str(box_id)] = (str(status), bool(final))
+            for rid, subset, location, w, h, orientation, crop in self.conn.execute(
+                    "SELECT id, subset, coalesce(location, ''), width, height, coalesce(nullif(orientation, 0), 1), "
+                    f"crop FROM outcomes WHERE status='ok' AND id IN ({marks})", chunk):
+                box = tuple(float(v) for v in str(crop).split(",")) if crop else None
+                out.append(WrittenFrame(int_to_id(int(rid)), str(subset), str(location), int(w or 0), int(h or 0),
+                                        int(orientation), box if box is None or len(box) == 4 else None,
+                                        masks.get(int(rid), {})))
+
+        for k in range(0, len(ids), 500):
+            self._read(functools.partial(read, ids[k : k + 500]))
+        return out
+
+    def record_masks(self, written: Iterable[tuple[Outcome, Iterable[MaskOutcome]]]) -> None:
+        """Masks written for images already in the journal (their outcome unchanged)."""
+        now = time.time()
+        rows = [self._mask_row(o, m, now) for o, masks in written for m in masks]
+        if not rows:
+            return
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_MASK_UPSERT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise _describe(self.path, exc) from None
+
+    def mask_counts(self) -> dict[str, int]:
+        return self._read(lambda: {str(s): int(n) for s, n in
+                                   self.conn.execute("SELECT status, count(*) FROM masks GROUP BY status")})
 
     def done_set(self, *, retry_failed: bool) -> DoneSet:
         """Ids this task must not request again: every final outcome, or with

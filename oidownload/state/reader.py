@@ -120,6 +120,21 @@ class Written:
     out_bytes: int
 
 
+# masks (issue 22)
+@dataclass(frozen=True, slots=True)
+class WrittenMask:
+    """A mask the output holds (--masks), written in its image's frame: `location` is
+    OUT/masks/<subset>/<abc>/<ImageID>_<BoxID>.png relative to OUT (files, stores), or
+    `<subset>/<shard>.tar#<ImageID>.<BoxID>.mask.png` (webdataset: the tar member)."""
+
+    image_id: str
+    box_id: str
+    label: str
+    location: str
+    width: int
+    height: int
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class Entry:
     """One journaled row of one input file, for `report` (ordered by line)."""
@@ -424,6 +439,37 @@ class StateDir:
                 "coalesce(nullif(orientation, 0), 1), crop, coalesce(source, ''), verified, coalesce(out_bytes, 0)")
         for j in self.journals:
             yield from self._chunks(j, _written, cols, "status='ok'")
+
+    # masks (issue 22)
+    def _has_masks(self, journal: Path) -> bool:
+        return bool(self._query(journal, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='masks'"))
+
+    def masks(self) -> Iterator[WrittenMask]:
+        """Every mask written (status ok), across all the journals, by image then BoxID;
+        a journal from before masks (schema < 3) has none."""
+        for j in self.journals:
+            if not self._has_masks(j):
+                continue
+            last: tuple[int, str] | None = None
+            while True:
+                cond = "status='ok'" + ("" if last is None else " AND (id, box_id) > (?, ?)")
+                rows = self._execute(j, "SELECT id, box_id, label, coalesce(location, ''), coalesce(width, 0), "
+                                        f"coalesce(height, 0) FROM masks WHERE {cond} ORDER BY id, box_id "
+                                        f"LIMIT {_CHUNK}", () if last is None else last)
+                for rid, box_id, label, location, w, h in rows:
+                    yield WrittenMask(int_to_id(int(rid)), str(box_id), str(label), str(location), int(w), int(h))
+                if len(rows) < _CHUNK:
+                    break
+                last = (int(rows[-1][0]), str(rows[-1][1]))
+
+    def mask_counts(self) -> dict[str, int]:
+        """Masks by status, across all the journals (empty without --masks)."""
+        out: dict[str, int] = {}
+        for j in self.journals:
+            if self._has_masks(j):
+                for status, n in self._query(j, "SELECT status, count(*) FROM masks GROUP BY status"):
+                    out[str(status)] = out.get(str(status), 0) + int(str(n))
+        return out
 
     def inputs(self) -> list[InputInfo]:
         seen: dict[str, InputInfo] = {}

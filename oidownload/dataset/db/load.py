@@ -39,7 +39,7 @@ from oidownload.dataset.db.formats import (
     table_columns,
 )
 from oidownload.dataset.hierarchy import Hierarchy
-from oidownload.dataset.kinds import DB_LOAD, LABELS, NARRATIVES, AnnotationKind
+from oidownload.dataset.kinds import DB_LOAD, KINDS, LABELS, NARRATIVES, AnnotationKind
 from oidownload.dataset.narratives import NARRATIVE_LINE, narrative_rows
 from oidownload.inputs.csvrecords import then_lines
 from oidownload.inputs.text import MAX_LINE, bounded_lines, open_text
@@ -344,7 +344,8 @@ class Loader:
 
     def _delete(self, detected: Detected, file_id: int) -> None:
         name = detected.kind_name
-        table = {FileKind.CLASSES.value: "classes", FileKind.HIERARCHY.value: "class_hierarchy"}.get(name, name)
+        tables = {FileKind.CLASSES.value: "classes", FileKind.HIERARCHY.value: "class_hierarchy"}
+        table = tables.get(name) or (KINDS[name].table if name in KINDS else name)
         self.db.execute(f"DELETE FROM {table} WHERE file_id = ?", (file_id,))
 
     def _rows(self, item: Item, lines: Iterator[str | None], file_id: int, result: FileResult) -> None:
@@ -392,7 +393,7 @@ class Loader:
         elif isinstance(kind, AnnotationKind):
             columns = [*(c.name for c in table_columns(kind, header)), "file_id"]
             with _no_gc():
-                self.db.bulk(kind.name, columns,
+                self.db.bulk(kind.table, columns,
                              annotation_rows(lines, kind, header, file_id, self.known_mids(), bad, tally))
         result.rows, result.bad_rows = tally.rows, tally.bad
 

@@ -40,7 +40,7 @@ IMAGES = (
 LABELS = LABEL_KIND.columns
 BOX_ATTRIBUTES = BOX_ATTRIBUTE_COLUMNS
 BOXES = BOX_KIND.columns
-TABLES = {"images": IMAGES, **{k.name: k.columns for k in KINDS.values() if DB_LOAD in k.supported}}
+TABLES = {"images": IMAGES, **{k.table: k.columns for k in KINDS.values() if DB_LOAD in k.supported}}
 
 
 def _table(db: Database, name: str, columns: tuple[Column, ...]) -> str:
@@ -129,6 +129,8 @@ INDEXES = (
     # relationships and points (issue 23)
     ("relationships_image_id", "relationships", "image_id"),
     ("points_mid", "points", "mid, image_id"),
+    ("masks_mid", "masks", "mid, image_id"),  # masks (issue 22)
+    ("masks_image_id", "masks", "image_id"),
     ("class_closure_descendant", "class_closure", "descendant"),
     ("narratives_image_id", "narratives", "image_id"),  # narratives (issue 23)
 )

@@ -17,7 +17,7 @@ from oidownload.dataset.classes import ClassDescriptions
 from oidownload.dataset.db import Database, connect, schema
 from oidownload.dataset.db.formats import table_columns
 from oidownload.dataset.hierarchy import Hierarchy
-from oidownload.dataset.kinds import BOXES, DB_LOAD, KINDS, POINTS, AnnotationKind
+from oidownload.dataset.kinds import BOXES, DB_LOAD, KINDS, POINTS, SEGMENTATION, AnnotationKind
 from oidownload.dataset.points import PointAnswer
 
 _ATTR_COLUMN = {c.csv: c.name for c in schema.BOX_ATTRIBUTES}
@@ -50,7 +50,7 @@ class DbTable:
         return name in self.columns
 
     def rows(self, ids: Container[str] | None = None) -> Iterator[list[str]]:
-        table = self.kind.name
+        table = self.kind.table
         cols = ", ".join(self._db_columns)
         order = "rowid" if not self.db.postgres else "(image_id < 0), image_id"
         if ids is None:
@@ -152,6 +152,9 @@ class DbAnnotations:
                     cond += " AND answer = ?"
                     params["points"] += (flt.point_answer.value,)
                 tables.append(("points", cond))
+            if any(k is SEGMENTATION for _, _, k, _ in files):  # masks (issue 22): by class alone
+                tables.append(("masks", "mid IN (SELECT mid FROM oi_mids)"))
+                params["masks"] = ()
         for table, cond in tables:
             for image_id, mid in self.db.stream(f"SELECT image_id, mid FROM {table} WHERE {cond}",
                                                 params.get(table, (flt.min_confidence,))):
