@@ -22,7 +22,9 @@ SHARED = {
                "--exclude-truncated", "--exclude-group-of", "--exclude-depiction", "--exclude-inside",
                "--db", "--hierarchy", "--no-expand", "--with-parts", "--limit-per-class",
                # relationships and points (issue 23)
-               "--relationship", "--predicate", "--attributes", "--point-answer", "--min-yes-votes"},
+               "--relationship", "--predicate", "--attributes", "--point-answer", "--min-yes-votes",
+               # narratives (issue 23)
+               "--with-narrative", "--narrative-contains"},
     "status": {"--state-dir"}, "report": {"--state-dir"}, "annotations": {"--state-dir"}, "gallery": {"--state-dir"},
     "verify": {"--state-dir"}, "lock": {"--state-dir"},
 }

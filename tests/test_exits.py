@@ -140,7 +140,7 @@ def test_max_failure_rate_is_the_rate_of_the_whole_job(tmp_path: Path, make_orig
 
 # Zero means something for these, so it is allowed; negative and absurd values are not.
 ZERO_OK = {
-    "--retries": "no retry", "--max-redirects": "do not follow redirects", "--grace": "stop at once",
+    "--min-yes-votes": "no minimum of yes votes", "--retries": "no retry", "--max-redirects": "do not follow redirects", "--grace": "stop at once",
     "--max-failure-rate": "any final failure fails the run", "--shard-index": "the first task",
     "--min-confidence": "every label", "--seed": "a seed like any other", "--latency-ms": "no latency",
     "--jitter": "no jitter", "--port": "any free port",
