@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sqlite3
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -15,7 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from oidownload.state.reader import StateDir
-from oidownload.testing.origin import Corpus, Entry
+from oidownload.testing.fixtures import StartOrigin
+from oidownload.testing.origin import Corpus, Entry, Origin
 from tests.conftest import run_cli
 
 RECT = (0.2, 0.3, 0.7, 0.8)  # xmin, ymin, xmax, ymax, normalised
@@ -61,7 +63,8 @@ def bad_crc(data: bytes, name: str) -> bytes:
         at += 46
 
 
-def setup(tmp_path: Path, make_origin, *, extra_rows: int = 0, crc_broken: bool = False):
+def setup(tmp_path: Path, make_origin: StartOrigin, *, extra_rows: int = 0,
+          crc_broken: bool = False) -> tuple[Origin, Path, Path, bytes, dict[str, bytes]]:
     corpus = Corpus([png(shape(W, H, "RGB"))], [png(shape(W // 2, H // 2, "RGB"))])
     for image_id, rot in zip(IDS, ROTATIONS, strict=True):
         corpus.entries[image_id] = Entry(image_id, 0, 0, rotation=rot)
@@ -102,13 +105,14 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-def download(tmp_path: Path, images: Path, seg: Path, origin, *extra: object):
+def download(tmp_path: Path, images: Path, seg: Path, origin: Origin,
+             *extra: object) -> subprocess.CompletedProcess[str]:
     return run_cli("download", images, "-o", tmp_path / "out", "--annotations", seg, "--class", LABEL, "--masks",
                    "--masks-url", f"{origin.base_url}/files", "--orientation", "upright", "--resize", 60,
                    "--resize-mode", "fill", "--format", "png", "--processes", 1, "--progress", "none", *extra)
 
 
-def test_masks_follow_the_pixels_and_only_the_members_asked_for_are_fetched(tmp_path, make_origin):
+def test_masks_follow_the_pixels_and_only_the_members_asked_for_are_fetched(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, data, _members = setup(tmp_path, make_origin, extra_rows=1)
     r = download(tmp_path, images, seg, origin)
     assert r.returncode == 0, r.stderr
@@ -150,7 +154,7 @@ def zf_cd_start(data: bytes) -> int:
     return int.from_bytes(data[eocd + 16:eocd + 20], "little")
 
 
-def test_a_wrong_crc_is_that_masks_status(tmp_path, make_origin):
+def test_a_wrong_crc_is_that_masks_status(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, _, _ = setup(tmp_path, make_origin, crc_broken=True)
     r = download(tmp_path, images, seg, origin)
     assert r.returncode == 0, r.stderr
@@ -160,7 +164,7 @@ def test_a_wrong_crc_is_that_masks_status(tmp_path, make_origin):
     assert conn.execute("SELECT count(*) FROM outcomes WHERE status='ok'").fetchone()[0] == 4
 
 
-def test_a_server_that_ignores_range_is_refused_at_once(tmp_path, make_origin):
+def test_a_server_that_ignores_range_is_refused_at_once(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, _data, _ = setup(tmp_path, make_origin)
     origin.ignore_range = True
     r = download(tmp_path, images, seg, origin)
@@ -169,7 +173,7 @@ def test_a_server_that_ignores_range_is_refused_at_once(tmp_path, make_origin):
     # (how little of the body is read is test_zipranges' test: a local socket buffers 300 KB whole)
 
 
-def test_webdataset_samples_carry_their_masks(tmp_path, make_origin):
+def test_webdataset_samples_carry_their_masks(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, _, _ = setup(tmp_path, make_origin)
     r = download(tmp_path, images, seg, origin, "--output-format", "webdataset")
     assert r.returncode == 0, r.stderr
@@ -189,7 +193,7 @@ def test_webdataset_samples_carry_their_masks(tmp_path, make_origin):
     assert v.returncode == 0, v.stdout + v.stderr
 
 
-def test_select_takes_segmentation_csvs(tmp_path, make_origin):
+def test_select_takes_segmentation_csvs(tmp_path: Path, make_origin: StartOrigin) -> None:
     _origin, images, seg, _, _ = setup(tmp_path, make_origin)
     dest = tmp_path / "sel.csv"
     r = run_cli("select", images, "-o", dest, "--annotations", seg, "--class", LABEL)
@@ -197,7 +201,7 @@ def test_select_takes_segmentation_csvs(tmp_path, make_origin):
     assert len(dest.read_text().splitlines()) == 1 + len(IDS)
 
 
-def test_db_load_fills_the_masks_table_and_select_db_agrees(tmp_path, make_origin):
+def test_db_load_fills_the_masks_table_and_select_db_agrees(tmp_path: Path, make_origin: StartOrigin) -> None:
     _origin, images, seg, _, _ = setup(tmp_path, make_origin, extra_rows=1)
     db = tmp_path / "oi.sqlite"
     r = run_cli("db", "load", seg, "--db", db)
@@ -223,7 +227,7 @@ def journal_masks(out: Path) -> dict[tuple[int, str], str]:
         conn.close()
 
 
-def test_a_rerun_with_masks_fetches_only_the_masks_of_images_already_written(tmp_path, make_origin):
+def test_a_rerun_with_masks_fetches_only_the_masks_of_images_already_written(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, _, _ = setup(tmp_path, make_origin)
     common = ("--orientation", "upright", "--resize", 60, "--resize-mode", "fill", "--format", "png",
               "--processes", 1, "--progress", "none")
@@ -245,7 +249,7 @@ def test_a_rerun_with_masks_fetches_only_the_masks_of_images_already_written(tmp
     assert not origin.bytes_sent
 
 
-def test_a_zip_changed_between_runs_has_its_directory_read_again(tmp_path, make_origin):
+def test_a_zip_changed_between_runs_has_its_directory_read_again(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, _data, members = setup(tmp_path, make_origin)
     r = download(tmp_path, images, seg, origin)
     assert r.returncode == 0, r.stderr
@@ -267,7 +271,7 @@ def test_a_zip_changed_between_runs_has_its_directory_read_again(tmp_path, make_
     assert len([r for r in sent if r[1] < size]) == 1
 
 
-def test_a_truncated_zip_is_one_clear_message(tmp_path, make_origin):
+def test_a_truncated_zip_is_one_clear_message(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, data, _ = setup(tmp_path, make_origin)
     origin.extra_files["train-masks/train-masks-0.zip"] = data[: len(data) // 2]
     r = download(tmp_path, images, seg, origin)
@@ -275,7 +279,7 @@ def test_a_truncated_zip_is_one_clear_message(tmp_path, make_origin):
     assert "not a zip" in r.stderr
 
 
-def test_masks_from_a_local_folder_of_zips_or_of_pngs(tmp_path, make_origin):
+def test_masks_from_a_local_folder_of_zips_or_of_pngs(tmp_path: Path, make_origin: StartOrigin) -> None:
     _origin, images, seg, data, members = setup(tmp_path, make_origin)
     zips = tmp_path / "zips"
     (zips / "train-masks").mkdir(parents=True)
@@ -296,7 +300,7 @@ def test_masks_from_a_local_folder_of_zips_or_of_pngs(tmp_path, make_origin):
             assert kept.read_bytes() == members[mask_path(image_id, "aa01")]  # byte-identical, as fetched
 
 
-def test_sigkill_mid_run_then_rerun_fetches_no_mask_twice(tmp_path, make_origin):
+def test_sigkill_mid_run_then_rerun_fetches_no_mask_twice(tmp_path: Path, make_origin: StartOrigin) -> None:
     import random
     import signal
     import subprocess
@@ -371,7 +375,7 @@ def test_sigkill_mid_run_then_rerun_fetches_no_mask_twice(tmp_path, make_origin)
         assert (out / "masks" / "train" / image_id[:3] / f"{image_id}_ab12.png").is_file()
 
 
-def test_status_and_the_summary_count_masks(tmp_path, make_origin):
+def test_status_and_the_summary_count_masks(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, _, _ = setup(tmp_path, make_origin, extra_rows=1)
     r = download(tmp_path, images, seg, origin)
     assert r.returncode == 0, r.stderr
@@ -383,14 +387,14 @@ def test_status_and_the_summary_count_masks(tmp_path, make_origin):
     assert "masks: 1 mask_missing, 4 ok" in st.stdout
 
 
-def test_postgresql_masks_table_selection_and_download(tmp_path, make_origin, pg_url):
+def test_postgresql_masks_table_selection_and_download(tmp_path: Path, make_origin: StartOrigin, pg_url: str) -> None:
     import psycopg
 
     origin, images, seg, _, _ = setup(tmp_path, make_origin, extra_rows=1)
     r = run_cli("db", "load", seg, "--db", pg_url)
     assert r.returncode == 0, r.stderr
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT count(*) FROM masks").fetchone()[0] == 5
+        assert conn.execute("SELECT count(*) FROM masks").fetchone() == (5,)
     dest = tmp_path / "sel.csv"
     r = run_cli("select", images, "-o", dest, "--db", pg_url, "--class", LABEL)
     assert r.returncode == 0, r.stderr
@@ -402,7 +406,7 @@ def test_postgresql_masks_table_selection_and_download(tmp_path, make_origin, pg
     assert sorted(journal_masks(tmp_path / "out").values()) == ["mask_missing", "ok", "ok", "ok", "ok"]
 
 
-def test_gzipped_segmentation_csv_and_a_bad_row_loaded_as_bad(tmp_path, make_origin):
+def test_gzipped_segmentation_csv_and_a_bad_row_loaded_as_bad(tmp_path: Path, make_origin: StartOrigin) -> None:
     import gzip
 
     _origin, images, seg, _, _ = setup(tmp_path, make_origin)
@@ -422,7 +426,7 @@ def test_gzipped_segmentation_csv_and_a_bad_row_loaded_as_bad(tmp_path, make_ori
     assert conn.execute("SELECT count(*) FROM masks").fetchone()[0] == 4
 
 
-def test_an_old_journal_gains_the_masks_table(tmp_path):
+def test_an_old_journal_gains_the_masks_table(tmp_path: Path) -> None:
     from oidownload.core.records import MaskOutcome, Outcome, Status
     from oidownload.core.shard import Shard
     from oidownload.state.journal import SCHEMA_VERSION, Journal
@@ -451,7 +455,7 @@ def test_an_old_journal_gains_the_masks_table(tmp_path):
         [(IDS[1], "aa01", f"masks/train/0a0/{IDS[1]}_aa01.png", 8)]
 
 
-def test_a_missing_zip_is_asked_for_once_and_its_masks_are_missing(tmp_path, make_origin):
+def test_a_missing_zip_is_asked_for_once_and_its_masks_are_missing(tmp_path: Path, make_origin: StartOrigin) -> None:
     origin, images, seg, _, _ = setup(tmp_path, make_origin)
     del origin.extra_files["train-masks/train-masks-0.zip"]
     r = download(tmp_path, images, seg, origin)
@@ -462,7 +466,7 @@ def test_a_missing_zip_is_asked_for_once_and_its_masks_are_missing(tmp_path, mak
     assert conn.execute("SELECT count(*) FROM outcomes WHERE status='ok'").fetchone()[0] == 4
 
 
-def test_the_default_masks_url_is_the_official_one():
+def test_the_default_masks_url_is_the_official_one() -> None:
     from oidownload.core.options import default
     from oidownload.dataset.releases import MASKS_URL
 
