@@ -52,6 +52,7 @@ from oidownload.provenance.written_index import WrittenIndex
 from oidownload.sinks import Blobs, is_remote, open_blobs
 from oidownload.sinks.tar import SHARD_RE
 from oidownload.state.reader import Entry, StateDir, Written
+from oidownload.state.remembered import RememberedSelection
 
 CARD_NAME = "croissant.json"
 IMAGES_NAME = "oidownload.images.jsonl.gz"
@@ -168,13 +169,13 @@ def _write_annotations(root: Path, state: StateDir) -> dict[str, int]:
     with (its --annotations files, or its --db database): the card's boxes and labels
     files. Lines per kind; a kind with none has no file. Bounded memory: the written
     images wait in a temporary table, and the rows are joined to them a chunk at a time."""
-    remembered = [d for d in (_json(v) for v in state.meta("selection")) if d]
+    remembered = RememberedSelection.read(state)
     found: dict[str, int] = {}
     try:
         with _selection_source(remembered) as (source, names):
             tables = list(source.tables()) if source is not None else []
             if tables:
-                classes = frozenset(str(c) for m in remembered for c in m.get("classes", [])) or None
+                classes = remembered.classes
                 with WrittenIndex.build(state) as index:
                     wanted = index.wanted()
                     found[BOXES_NAME] = _write_lines(root / BOXES_NAME, (
@@ -195,18 +196,17 @@ def _write_annotations(root: Path, state: StateDir) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def _selection_source(remembered: list[dict[str, Any]]) -> Iterator[tuple[AnnotationSource | None,
-                                                                           dict[str, str]]]:
+def _selection_source(remembered: RememberedSelection) -> Iterator[tuple[AnnotationSource | None,
+                                                                        dict[str, str]]]:
     """The annotations the download selected with, as the `annotations` command opens
     them (`open_annotations`): the --db database, else the --annotations files still
     there; and the class names (the --class-descriptions file, else the database's)."""
-    db = next((str(m["db"]) for m in remembered if m.get("db")), None)
-    files = tuple(p for p in dict.fromkeys(Path(str(a)) for m in remembered for a in m.get("annotations", []))
-                  if p.is_file())
+    db = remembered.db
+    files = tuple(p for p in remembered.annotations if p.is_file())
     if db is None and not files:
         yield None, {}
         return
-    desc = next((Path(str(m["class_descriptions"])) for m in remembered if m.get("class_descriptions")), None)
+    desc = remembered.class_descriptions
     with open_annotations(() if db is not None else files, db) as source:
         loaded = class_names(source, desc if desc is not None and desc.is_file() else None)
         yield source, loaded.names if loaded is not None else {}
@@ -244,14 +244,6 @@ def _write_lines(path: Path, lines: Iterator[dict[str, Any]]) -> int:
         raw.flush()
         os.fsync(raw.fileno())
     return n
-
-
-def _json(value: str) -> dict[str, Any] | None:
-    try:
-        d = json.loads(value)
-    except ValueError:
-        return None
-    return d if isinstance(d, dict) else None
 
 
 _ANNOTATION_FIELDS = (

@@ -39,6 +39,7 @@ from oidownload.core.records import clean_text
 from oidownload.engine.accel import pillow_build
 from oidownload.sinks import Reader, is_remote
 from oidownload.state.reader import StateDir
+from oidownload.state.remembered import RememberedSelection
 from oidownload.state.settings import META_KEY as SETTINGS_KEY
 
 LOCK_NAME = "oidownload.lock.jsonl.gz"
@@ -152,7 +153,7 @@ def _inputs(state: StateDir, selection: dict[str, Any], cache: dict[tuple[str, i
 
 def header(state: StateDir, previous: Path | None = None) -> dict[str, Any]:
     out, kind = state.output()
-    selection = _meta_json(state, "selection_options")
+    selection = dict(RememberedSelection.read(state).options)
     return {
         "kind": KIND, "tool": "oidownload", "version": __version__, "pillow": pillow_build().describe(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
