@@ -246,3 +246,20 @@ def download(tmp_path_factory: pytest.TempPathFactory, synth_cache: Path) -> Ite
         assert res.returncode == 0, res.stderr
     assert set(journal_rows(out)) == set(source) and all(r[0] == "ok" for r in journal_rows(out).values())
     yield Download(out, source, hostile)
+
+
+# The fast lane (`pytest -m "not slow"`) leaves out what starts an engine of its own: a
+# PostgreSQL server, headless Chromium (and the modules marked slow themselves: Slurm, the
+# container, the crash and the longest hostile tests). Decided here from the fixtures a test
+# uses, so a new test against PostgreSQL or Chromium joins the slow lane by itself.
+_ENGINE_FIXTURES = {"pg_server", "pg_url", "chromium", "session"}
+_SLOW_MODULES = {"test_crash.py", "test_lock_tasks.py", "test_cluster.py", "test_container.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_postgres = any(str(v).startswith("postgres") for v in params.values())
+        if fixtures & _ENGINE_FIXTURES or on_postgres or item.path.name in _SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
