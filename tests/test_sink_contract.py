@@ -35,6 +35,7 @@ from oidownload.sinks import (
     SINKS,
     STORE,
     Blobs,
+    Member,
     Reader,
     Synced,
     open_blobs,
@@ -60,6 +61,9 @@ class Rule:
     # before close; close(complete=True) commits the rest.
     before_close: Callable[[int, int], int]
     why: str
+    # After a crash, an image published but not committed may still be readable (whole):
+    # an upload that succeeded after the last sync. Shards cut what was not committed.
+    uncommitted_stay: bool = False
 
 
 RULES: dict[Key, Rule] = {
@@ -68,7 +72,8 @@ RULES: dict[Key, Rule] = {
     (LOCAL, OutputKind.WEBDATASET): Rule(
         True, lambda n, s: n, "each sync fsyncs the open shard and commits its samples with its durable length"),
     (STORE, OutputKind.FILES): Rule(
-        True, lambda n, s: n, "each image commits at the first sync after its upload succeeded"),
+        True, lambda n, s: n, "each image commits at the first sync after its upload succeeded; one uploaded "
+        "after the last sync stays in the bucket, whole, and is uploaded again over itself", uncommitted_stay=True),
     (STORE, OutputKind.WEBDATASET): Rule(
         True, lambda n, s: n - n % s,
         "a shard is built in the state dir and uploaded when closed: only closed shards' samples commit before close"),
@@ -135,6 +140,7 @@ class Img:
     subset: str
     ext: str
     data: bytes
+    original: bytes | None = None  # --keep-original's verified original, kept beside it
 
 
 def _ids(owns: Owns, start: int = 0) -> Iterator[str]:
@@ -148,14 +154,22 @@ def _ids(owns: Owns, start: int = 0) -> Iterator[str]:
 
 def make_images(n: int, subsets: tuple[str, ...] = ("validation",), owns: Owns = lambda i: True,
                 start: int = 0) -> list[Img]:
-    """Small real images, JPEG and PNG in turn, each of its own colour."""
+    """Small real images, JPEG and PNG in turn, each of its own colour; every third with
+    a kept original."""
     out = []
     for k, image_id in enumerate(itertools.islice(_ids(owns, start), n)):
         ext = "jpg" if k % 2 == 0 else "png"
-        buf = io.BytesIO()
-        Image.new("RGB", (16 + k, 12), (40 * k % 256, 90, 200)).save(buf, "JPEG" if ext == "jpg" else "PNG")
-        out.append(Img(image_id, subsets[k % len(subsets)], ext, buf.getvalue()))
+        image = Image.new("RGB", (16 + k, 12), (40 * k % 256, 90, 200))
+        original = _encoded(image.resize((32 + k, 24)), "JPEG") if k % 3 == 0 else None
+        out.append(Img(image_id, subsets[k % len(subsets)], ext, _encoded(image, "JPEG" if ext == "jpg" else "PNG"),
+                       original))
     return out
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
 
 
 @dataclass
@@ -226,7 +240,10 @@ class Run:
                 self.state[k] = v
 
     def place(self, img: Img) -> Outcome:
-        placed = self.sink.target.place(img.subset, img.image_id, [(img.ext, img.data)])
+        members: list[Member] = [(img.ext, img.data)]
+        if img.original is not None:
+            members.append(("original.jpg", img.original))
+        placed = self.sink.target.place(img.subset, img.image_id, members)
         outcome = Outcome(img.image_id, Status.OK, subset=img.subset, ext=img.ext, out_bytes=len(img.data),
                           width=16, height=12, location=placed.location, staged=placed.staged)
         assert bool(outcome.staged) == self.out.rule.staged, self.out.rule.why
@@ -262,11 +279,14 @@ class Run:
 
 
 def assert_reads(out: Output, outcomes: dict[str, Outcome], images: dict[str, Img]) -> None:
-    """Every outcome's location reads back the very bytes placed, through the Reader."""
+    """Every outcome's location reads back the very bytes placed (and its kept original),
+    through the Reader."""
     reader = out.reader()
     for image_id, outcome in outcomes.items():
         assert outcome.location, outcome
         assert reader.read(outcome.location) == images[image_id].data, reader.describe(outcome.location)
+        kept = reader.original(outcome.location)
+        assert (kept.data if kept is not None else None) == images[image_id].original, reader.describe(outcome.location)
         assert image_id in reader.describe(outcome.location)
 
 
@@ -314,16 +334,19 @@ def test_close_commits_everything_and_the_reader_lists_exactly_that(output: Outp
     assert not list(output.config.state_dir.glob("staging/*/*")), "staged files outlived the run"
 
 
-def _leftover(out: Output, img: Img) -> Path | None:
-    """A worker killed mid-write leaves its temporary file (the files layout writes
-    below OUT); elsewhere a worker writes only into the staging folder."""
-    if out.key != (LOCAL, OutputKind.FILES):
-        return None
-    folders, name = relative_path(img.subset, img.image_id, img.ext).rsplit("/", 1)
-    path = Path(out.config.out) / folders / fsio.temp_name(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(img.data[: len(img.data) // 2])
-    return path
+def _leftovers(run: Run, img: Img) -> list[Path]:
+    """What a crash leaves of an image under way: a worker killed mid-write leaves its
+    temporary file below OUT (the files layout); a staged image the main process never
+    published stays in the staging folder."""
+    if not run.out.rule.staged:
+        folders, name = relative_path(img.subset, img.image_id, img.ext).rsplit("/", 1)
+        path = Path(run.out.config.out) / folders / fsio.temp_name(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(img.data[: len(img.data) // 2])
+        return [path]
+    placed = run.sink.target.place(img.subset, img.image_id, [(img.ext, img.data)])
+    assert placed.staged
+    return [Path(p) for p in placed.staged]
 
 
 def _crash_run(run: Run, first: list[Img], then: list[Img]) -> tuple[set[str], dict[str, str]]:
@@ -352,13 +375,19 @@ def _crash_run(run: Run, first: list[Img], then: list[Img]) -> tuple[set[str], d
     return synced, dict(run.state)
 
 
-def test_a_crash_keeps_what_sync_committed_and_nothing_half_written(output: Output) -> None:
-    images = make_images(8)
-    first, then, torn = images[:4], images[4:7], images[7]
+# With shards of 3: after the last sync one more image (a shard stays open with an
+# unsynced sample at its end), two (the open shard fills and closes before the crash),
+# or, when the last sync left no shard open, one that begins a new shard.
+@pytest.mark.parametrize(("before", "unsynced"), [(4, 1), (4, 2), (3, 1)],
+                         ids=["open-tail", "closed-since", "new-part"])
+def test_a_crash_keeps_what_sync_committed_and_nothing_half_written(output: Output, before: int,
+                                                                    unsynced: int) -> None:
+    images = make_images(7)
+    first, then, torn = images[:before], images[before : before + unsynced], images[6]
     crashed = Run(output)
     crashed.recover()
     synced, state = _crash_run(crashed, first, then)
-    leftover = _leftover(output, torn)
+    leftovers = _leftovers(crashed, torn)
 
     run = Run(output)
     found = run.recover(state, crashed=True)
@@ -374,10 +403,12 @@ def test_a_crash_keeps_what_sync_committed_and_nothing_half_written(output: Outp
     for image_id, outcome in crashed.published.items():
         if image_id not in journal and outcome.location:
             try:
-                assert reader.read(outcome.location) == by_id(images)[image_id].data
+                data = reader.read(outcome.location)
             except FileNotFoundError:
-                pass
-    assert leftover is None or not leftover.exists(), "recovery left this task's temporary file"
+                continue
+            assert output.rule.uncommitted_stay, f"{image_id} is readable but was never committed: {output.rule.why}"
+            assert data == by_id(images)[image_id].data
+    assert not [p for p in leftovers if p.exists()], "recovery left this task's leftovers"
     assert all(not part.startswith(".") and not key.endswith((".part", fsio.TMP_SUFFIX))
                for key, _ in output.blobs().walk("") for part in key.split("/")), "a temporary file is readable"
     assert set(output.listed()) <= set(crashed.published)
@@ -450,7 +481,7 @@ def test_another_tasks_images_are_neither_recovered_nor_rebuilt(output: Output) 
     crashed = Run(output, theirs)
     crashed.recover(done.state)
     _crash_run(crashed, other_open[:2], other_open[2:])
-    leftover = _leftover(output, other_torn)
+    leftovers = _leftovers(crashed, other_torn)
     files_before = output.local_files()
     keys_before = dict(output.blobs().walk(""))
 
@@ -460,7 +491,7 @@ def test_another_tasks_images_are_neither_recovered_nor_rebuilt(output: Output) 
     assert not {o.image_id for o in found.committed} & other_ids
     after = output.local_files()
     assert {p: s for p, s in files_before.items() if after.get(p) != s} == {}, "recovery touched another task's files"
-    assert leftover is None or leftover.exists()
+    assert all(p.exists() for p in leftovers), "recovery removed another task's leftovers"
     assert dict(output.blobs().walk("")) == keys_before
     assert not {o.image_id for o in run.sink.rebuild(ours.owns)}
 
