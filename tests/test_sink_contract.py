@@ -518,9 +518,7 @@ KNOWN_BUGS: dict[Key, str] = {
     (LOCAL, OutputKind.WEBDATASET): (
         "a --resplit run's recovery deletes the open shard (.part) a stopped run of the old split left, though the "
         "old split's journal holds its samples as ok and is merged into the done set (they are never fetched "
-        "again); and it adopts every sample of its task index's closed shards without asking `owns`"),
-    (STORE, OutputKind.WEBDATASET): (
-        "a --resplit run's recovery adopts every sample of its task index's closed shards without asking `owns`"),
+        "again)"),
 }
 
 

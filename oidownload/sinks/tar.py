@@ -290,7 +290,7 @@ class TarSink(Sink):
                 where[str(d["subset"])] = (int(d["seq"]), int(d.get("offset", 0)))
         for subset in sorted(set(where) | set(self.store.blobs.folders(""))):
             seq, offset = where.get(subset, (0, 0))
-            self._recover_subset(subset, seq, offset if subset in where else 0)
+            self._recover_subset(subset, seq, offset if subset in where else 0, owns)
         if self.store.remote:
             self._upload_leftovers()
         self._remove_stray_parts()
@@ -305,7 +305,7 @@ class TarSink(Sink):
         self._warnings = []
         return fresh
 
-    def _recover_subset(self, subset: str, seq: int, offset: int) -> None:
+    def _recover_subset(self, subset: str, seq: int, offset: int, owns: Callable[[str], bool]) -> None:
         """Shards close in order, so every closed shard of this task from the journal's
         open one onwards was closed after the journal last heard of it: each holds
         the samples its own headers show whole, and those its index names are adopted.
@@ -315,7 +315,9 @@ class TarSink(Sink):
                         and found[1] >= seq)
         for n, name, size in closed:
             held = held_samples(self.store.blobs, f"{subset}/{name}", size)
-            self.committed += self._adopt(subset, name, held)
+            # Only this task's images: after a re-split, a shard of the same index holds
+            # another task's too (the sink contract suite found it).
+            self.committed += [o for o in self._adopt(subset, name, held) if owns(o.image_id)]
             if n == seq and offset > 0:
                 # The journal's open shard, closed since: its journaled samples must be in it.
                 self.unproven.append(Unproven(f"{subset}/{name}", frozenset(held), (
