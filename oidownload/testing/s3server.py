@@ -60,7 +60,17 @@ class S3Server:
         store = self.store(bucket)
         obstore.put(store, ".keep", b"")  # SeaweedFS creates a bucket on its first signed write
         obstore.delete(store, ".keep")
-        return store
+        # Under load its filer can lag behind the write: wait until the bucket lists, so a
+        # test's first command never meets a bucket that is not there yet.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                obstore.list_with_delimiter(store, None)
+                return store
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def keys(self, bucket: str, prefix: str = "") -> dict[str, int]:
         import obstore
