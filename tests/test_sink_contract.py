@@ -90,9 +90,15 @@ def _store_place(request: pytest.FixtureRequest, tmp: Path) -> str:
     monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     for key, value in server.env.items():
         monkeypatch.setenv(key, value)
-    bucket = f"contract-{uuid.uuid4().hex[:12]}"
-    server.make_bucket(bucket)
-    return f"s3://{bucket}/run"
+    # One bucket for the whole suite, a prefix per test: each bucket takes SeaweedFS volumes
+    # of its own, and a bucket per test used up the server's for the suites after this one.
+    if not _BUCKETS:
+        server.make_bucket("contract")
+        _BUCKETS.add("contract")
+    return f"s3://contract/{uuid.uuid4().hex[:12]}/run"
+
+
+_BUCKETS: set[str] = set()
 
 
 PLACES: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {LOCAL: _local_place, STORE: _store_place}
