@@ -7,24 +7,15 @@ from typing import Any, ClassVar
 
 from oidownload.dataset.attribution import write_attribution
 from oidownload.dataset.kinds import AnnotationKind
-from oidownload.exports.base import Annotated, ExportContext
+from oidownload.exports.base import WholeExport
 from oidownload.inputs.text import STDIN, input_name, is_stream
 
 
-class AttributionExporter:
+class AttributionExporter(WholeExport):
     name: ClassVar[str] = "attribution"
     kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset()
     needs_annotations: ClassVar[bool] = False
     beside_images: ClassVar[bool] = False
-
-    def start(self, ctx: ExportContext) -> None:
-        self.ctx = ctx
-
-    def add(self, item: Annotated) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
     def finish(self) -> None:
         ctx, result = self.ctx, self.ctx.result

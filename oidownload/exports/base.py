@@ -113,6 +113,23 @@ class Exporter(Protocol):
         """Instead of finish, after a failure: leave nothing half-built behind."""
 
 
+class WholeExport:
+    """The part of an exporter that takes no records and does its work in finish()
+    (csv copies rows, attribution needs none): start keeps the context, add and abort
+    have nothing to do."""
+
+    ctx: ExportContext
+
+    def start(self, ctx: ExportContext) -> None:
+        self.ctx = ctx
+
+    def add(self, item: Annotated) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
 def categories(boxes: Iterable[Box], mids: frozenset[str] | None, also: Iterable[str] = ()) -> list[str]:
     """The classes, in index order: the chosen ones, or every one the boxes (and the
     labels `also`: of masks) have."""

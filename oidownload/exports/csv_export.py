@@ -28,7 +28,7 @@ from oidownload.dataset.kinds import (
     SEGMENTATION,
     AnnotationKind,
 )
-from oidownload.exports.base import Annotated, ExportContext
+from oidownload.exports.base import ExportContext, WholeExport
 from oidownload.state.reader import Written
 
 
@@ -54,20 +54,11 @@ def csv_names(files: Sequence[AnnotationTable]) -> list[str]:
     return names
 
 
-class CsvExporter:
+class CsvExporter(WholeExport):
     name: ClassVar[str] = "csv"
     kinds: ClassVar[frozenset[AnnotationKind[Any]]] = frozenset()
     needs_annotations: ClassVar[bool] = True
     beside_images: ClassVar[bool] = False
-
-    def start(self, ctx: ExportContext) -> None:
-        self.ctx = ctx
-
-    def add(self, item: Annotated) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
     def finish(self) -> None:
         ctx, images, result, mids = self.ctx, self.ctx.images, self.ctx.result, self.ctx.classes
