@@ -94,7 +94,11 @@ def start(folder: Path) -> S3Server:
     ports = {name: free_port() for name in (
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
         "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port", "debug.port", "s3.debug.port")}
-    args = [binary, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    # Each bucket takes volumes of its own, and by default their count is the free disk
+    # over 1 GiB: a CI machine with a few GiB free ran out after a dozen buckets
+    # ("No writable volumes and no free volumes left"). Volume files grow as written.
+    sizing = ["-volume.max=400", "-master.volumeSizeLimitMB=64"]
+    args = [binary, "mini", *sizing, f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={folder / 's3.json'}", *(f"-{k}={v}" for k, v in ports.items())]
     log = open(folder / "weed.log", "wb")  # noqa: SIM115 - the server outlives this function
