@@ -175,12 +175,14 @@ def _drive(lim: HostLimiter, requests: int, serve: Callable[[], Awaitable[None]]
         nonlocal peak, active
         while todo:
             todo.pop()
+            loop = asyncio.get_running_loop()
             async with lim.slot("h"):
+                sent = loop.time()
                 active += 1
                 peak = max(peak, active)
                 await serve()
                 active -= 1
-            lim.reward("h", 1000)
+            lim.reward("h", loop.time() - sent)
 
     async def scenario() -> None:
         todo = list(range(requests))
@@ -190,7 +192,7 @@ def _drive(lim: HostLimiter, requests: int, serve: Callable[[], Awaitable[None]]
     return peak
 
 
-def test_auto_doubles_while_it_pays_and_settles_at_the_knee() -> None:
+def test_auto_doubles_each_round_trip_and_settles_at_the_knee() -> None:
     # Bound by the round trip: every doubling doubles the throughput, up to the ceiling.
     lim = HostLimiter(256, auto=True)
     assert lim.limit("h") == 16
@@ -211,6 +213,29 @@ def test_auto_doubles_while_it_pays_and_settles_at_the_knee() -> None:
     assert _drive(fixed, 200, lambda: asyncio.sleep(0.005)) == 8 and fixed.limit("h") == 8
 
 
+def test_auto_settles_where_a_full_link_stays_full() -> None:
+    """A link that carries one request a millisecond, 20 ms away: 20 in flight fill it.
+    Past that the latency grows instead of the throughput, and the host settles with
+    headroom above 20, far below the ceiling it would reach were the latency ignored."""
+    free_at = 0.0
+    done: list[float] = []
+
+    async def link() -> None:
+        nonlocal free_at
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.02)
+        now = loop.time()
+        free_at = max(free_at, now) + 0.001
+        await asyncio.sleep(free_at - now)
+        done.append(loop.time())
+
+    lim = HostLimiter(256, auto=True)
+    _drive(lim, 2500, link)
+    assert 20 <= lim.limit("h") <= 64, lim.limit("h")
+    # Once settled the link is kept busy: the last 1,000 took about a second.
+    assert done[-1] - done[-1000] < 1.0 / 0.9, done[-1] - done[-1000]
+
+
 def test_auto_stops_growing_after_an_overload_and_cuts_once_per_round() -> None:
     async def scenario() -> list[int]:
         lim = HostLimiter(256, auto=True)
@@ -222,7 +247,7 @@ def test_auto_stops_growing_after_an_overload_and_cuts_once_per_round() -> None:
         lim.penalise("h", sent_at=sent)  # the same round: no second cut
         seen.append(lim.limit("h"))
         for _ in range(100):
-            lim.reward("h", 1000)
+            lim.reward("h", 0.01)
         seen.append(lim.limit("h"))  # additive now: +1 per `limit` successes
         return seen
 

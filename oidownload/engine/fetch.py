@@ -387,7 +387,7 @@ async def fetch_body(
             return Attempts(Failure(Status.TIMEOUT, f"no free connection to {clean_text(host, 200)} "
                                     "before the image's deadline"), attempt - 1)
         if isinstance(result, Fetched):
-            limiter.reward(host, result.body.size)
+            limiter.reward(host, loop.time() - sent)
             return Attempts(result, attempt)
         pause = result.retry_after
         if pause is not None and pause > net.retry_after_max:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 
 from oidownload.core.config import AUTO_START
 
@@ -156,28 +157,25 @@ class HostHeld(Exception):
         self.http_status = http_status
 
 
-# A measuring window closes after this many completions per slot of the limit: about
-# one round trip once the limit is reached. Short, so that the ramp from 16 to a few
-# hundred takes about a second at 100 ms; the thresholds below are wide enough for
-# its noise.
-_WINDOW_ROUNDS = 1
-# Doubling the limit must raise the delivered bytes/s by this much to double again
-# (a host bound by its round trip gives 2x); below _KEEP the step did not pay and
-# the limit goes back.
-_GROW = 1.25
-_KEEP = 1.05
-# A host that settled is probed once more (one doubling) after this many windows: the
-# link or the server may have changed.
-_REPROBE = 16
+# The knee: a round trip's mean latency this many times the least one seen means the
+# requests now queue (a full link, a busy server or a busy client) instead of adding
+# throughput. Wide enough for a jittery host's noise, narrow enough that a link of
+# 40 MB/s is still full when the limit settles.
+_INFLATE = 1.5
+# Settled at the in-flight count that carries the measured rate at the least latency
+# (Little's law), with this headroom: the bottleneck stays busy through jitter.
+_HEADROOM = 1.5
+# A host that settled is probed once more (up to twice its limit) after this many
+# rounds: the link or the server may have changed.
+_REPROBE = 64
 
 # _Host.phase
 _FIXED, _PROBE, _HOLD, _AIMD = 0, 1, 2, 3
 
 
 class _Host:
-    __slots__ = ("active", "ceiling", "cut_at", "full", "held_by", "limit", "not_before", "peak", "phase",
-                 "prev_limit", "prev_rate", "skip", "streak", "throttled", "users", "waiters", "win_bytes",
-                 "win_n", "win_t0", "windows")
+    __slots__ = ("active", "base", "ceiling", "cut_at", "floor", "held_by", "limit", "not_before", "peak", "phase",
+                 "round", "streak", "throttled", "top", "users", "waiters", "win_lat", "win_n", "windows")
 
     def __init__(self, limit: int, ceiling: int, phase: int) -> None:
         self.limit = limit
@@ -192,15 +190,14 @@ class _Host:
         self.held_by = 0  # the HTTP status that set not_before
         self.cut_at = 0.0  # loop time of the last cut
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        # The measuring window (--per-host auto): completions and bytes since win_t0,
-        # whether the limit was reached in it, and the rate the limit before gave.
-        self.win_t0 = 0.0
+        # The current round (--per-host auto): `round` completions, about one round trip;
+        # their count and summed latency.
+        self.round = limit
         self.win_n = 0
-        self.win_bytes = 0
-        self.full = False
-        self.skip = 0  # completions still to ignore after a change (sent under the old limit)
-        self.prev_rate = 0.0
-        self.prev_limit = limit
+        self.win_lat = 0.0
+        self.base = float("inf")  # the least mean latency of a round
+        self.floor = 0  # a re-probe settles no lower than the limit it started from
+        self.top = ceiling  # nor grows past twice that
         self.windows = 0
 
 
@@ -227,14 +224,14 @@ class HostLimiter:
     requests to it until then; every `limit` successes in a row give one slot back,
     up to N.
 
-    Auto (--per-host auto): each host starts at AUTO_START and doubles its limit
-    while doubling pays: the bytes/s it delivers over a window of _WINDOW_ROUNDS x
-    limit completions must rise by _GROW (a host bound by its round trip gives 2x;
-    a full link or a busy server gives little, its latency having grown instead).
-    A step that gained less than _KEEP is undone, one that gained a little is kept;
-    either way the host settles there, and is probed once more every _REPROBE
-    windows. Only windows in which the limit was reached count: a host that never
-    fills its limit has nothing to gain from a higher one. An overload answer (429,
+    Auto (--per-host auto): each host starts at AUTO_START and grows as TCP's slow
+    start does, one slot per completed request while requests wait for it (so it
+    doubles every round trip), until a round's mean latency grows to _INFLATE times
+    the least seen: more in flight now only queue (TCP Vegas's signal). It then
+    settles at what Little's law says carries the rate of that round at the least
+    latency, times _HEADROOM (BBR's estimate: bottleneck rate x minimum round trip),
+    or at the ceiling; and grows once more (up to 2x) every _REPROBE rounds, settling no
+    lower than before (only an overload lowers a limit). An overload answer (429,
     503, a reset or a timeout) ends the growth for good: the host is then AIMD as
     above, under the ceiling. The cost is a few counters per completed request.
 
@@ -268,8 +265,6 @@ class HostLimiter:
             if len(self._hosts) >= self._sweep_at:
                 self._sweep()
             h = self._hosts[host] = _Host(self.start, self.maximum, _PROBE if self.auto else _FIXED)
-            if self.auto:
-                h.win_t0 = asyncio.get_running_loop().time()
         return h
 
     def _sweep(self) -> None:
@@ -315,7 +310,6 @@ class HostLimiter:
             if h.active > h.peak:
                 h.peak = h.active
             return
-        h.full = True
         try:
             await self._wait(h, deadline)
         except BaseException:
@@ -389,13 +383,14 @@ class HostLimiter:
             if until > h.not_before:
                 h.not_before, h.held_by = until, http_status
 
-    def reward(self, host: str, nbytes: int = 0) -> None:
-        """One request to host succeeded with a body of nbytes."""
+    def reward(self, host: str, seconds: float | None = None) -> None:
+        """One request to host succeeded; `seconds` from its slot to its last byte
+        (auto measures rounds by it; without it a completion only counts)."""
         h = self._hosts.get(host)
         if h is None:
             return
         if h.phase == _PROBE or h.phase == _HOLD:
-            self._measure(h, nbytes)
+            self._measure(h, seconds)
             return
         if h.limit >= h.ceiling:
             return
@@ -405,46 +400,32 @@ class HostLimiter:
             h.streak = 0
             self._wake(h)
 
-    def _measure(self, h: _Host, nbytes: int) -> None:
-        if h.skip:
-            # Sent under the previous limit: the window starts after them.
-            h.skip -= 1
-            if not h.skip:
-                h.win_t0 = asyncio.get_running_loop().time()
-                h.full = False
+    def _measure(self, h: _Host, seconds: float | None) -> None:
+        if seconds is not None:
+            h.win_n += 1
+            h.win_lat += seconds
+        if h.phase == _PROBE and h.waiters and h.limit < h.top:
+            h.limit += 1
+            self._wake(h)
+        if h.win_n < h.round:
             return
-        h.win_n += 1
-        h.win_bytes += nbytes
-        if h.win_n < _WINDOW_ROUNDS * h.limit:
-            return
-        now = asyncio.get_running_loop().time()
-        rate = h.win_bytes / max(now - h.win_t0, 1e-6)
-        full = h.full
-        h.win_t0, h.win_n, h.win_bytes, h.full = now, 0, 0, False
-        if not full:
-            return  # the limit was not reached: a higher one would change nothing
+        # About `round` requests were in flight while this round's were (the limit it
+        # started at): at the least latency, that many x base/mean carry the same rate.
+        mean, flight = h.win_lat / h.win_n, h.round
+        h.win_n, h.win_lat, h.round = 0, 0.0, h.limit
+        h.base = min(h.base, mean)
         if h.phase == _HOLD:
             h.windows += 1
-            if h.windows < _REPROBE or h.limit >= h.ceiling:
-                return
-            h.phase, h.prev_rate = _PROBE, 0.0
-        if h.prev_rate:
-            gain = rate / h.prev_rate
-            if gain < _KEEP:
-                self._settle(h, h.prev_limit)
-                return
-            if gain < _GROW or h.limit >= h.ceiling:
-                self._settle(h, h.limit)
-                return
-        h.prev_rate, h.prev_limit = rate, h.limit
-        self._set(h, min(h.ceiling, 2 * h.limit))
+            if h.windows >= _REPROBE and h.limit < h.ceiling:
+                h.phase, h.floor, h.top = _PROBE, h.limit, min(h.ceiling, 2 * h.limit)
+        elif mean > _INFLATE * h.base:
+            need = math.ceil(flight * h.base / mean * _HEADROOM)
+            self._settle(h, max(h.floor, min(h.ceiling, max(AUTO_START, need))))
+        elif h.limit >= h.top:
+            self._settle(h, h.limit)
 
     def _settle(self, h: _Host, limit: int) -> None:
         h.phase, h.windows = _HOLD, 0
-        self._set(h, limit)
-
-    def _set(self, h: _Host, limit: int) -> None:
         if limit != h.limit:
-            h.limit = limit
-            h.skip = h.active
+            h.limit = h.round = limit
             self._wake(h)

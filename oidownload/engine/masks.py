@@ -195,9 +195,11 @@ class MaskFetcher:
         try:
             host = _host(source)
             if host:
+                loop = asyncio.get_running_loop()
                 async with self.limiter.slot(host):
+                    sent = loop.time()
                     got = await zr.read_members(z.reader, z.directory, names)
-                self.limiter.reward(host, need)
+                self.limiter.reward(host, loop.time() - sent)
             else:
                 got = await zr.read_members(z.reader, z.directory, names)
         finally:
