@@ -133,7 +133,7 @@ def i2d_cmd(exe: Path, manifest: Path, out: Path, args: argparse.Namespace) -> l
     return [
         str(exe), "--url_list", str(manifest), "--input_format", "csv", "--url_col", "url",
         "--output_format", "files", "--output_folder", str(out),
-        "--processes_count", str(args.processes), "--thread_count", str(args.concurrency),
+        "--processes_count", str(args.processes), "--thread_count", str(args.concurrency or 64),
         "--image_size", str(args.resize), "--resize_mode", "keep_ratio_largest", "--resize_only_if_bigger", "True",
         "--encode_format", "jpg", "--encode_quality", str(args.quality),
         # Four equal shards, so both processes get the same work.
@@ -155,8 +155,9 @@ def i2d_ok(out: Path) -> int:
 def run_ours(manifest: Path, out: Path | str, args: argparse.Namespace, extra: list[str] | None = None,
              env: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(out), "--processes", str(args.processes),
-           "--concurrency", str(args.concurrency), "--per-host", str(args.per_host), "--progress", "none",
-           "--log-format", "json", "--source", args.source]
+           "--per-host", args.per_host, "--progress", "none", "--log-format", "json", "--source", args.source]
+    if args.concurrency is not None:
+        cmd += ["--concurrency", str(args.concurrency)]
     if args.format == "keep":
         cmd += ["--format", "keep"]
     else:
@@ -193,9 +194,9 @@ def main() -> None:
     ap.add_argument("--resize", type=int, default=640)
     ap.add_argument("--quality", type=int, default=90)
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--per-host", type=int, default=16,
-                    help="the origin is one host; Flickr spreads images over 16+ (c1..c8, farm1..farm9)")
+    ap.add_argument("--concurrency", type=int, default=None, help="[default: oidownload's own]")
+    ap.add_argument("--per-host", default="auto",
+                    help="auto or N [default: auto, oidownload's own]; the origin is one host")
     ap.add_argument("--no-ceiling", action="store_true")
     ap.add_argument("--outputs", default="files",
                     help="comma list of files, webdataset, s3-files, s3-webdataset, alternated run by run")

@@ -306,8 +306,8 @@ class Origin:
         self.requests: collections.Counter[str] = collections.Counter()
         self.bytes_sent: collections.Counter[str] = collections.Counter()  # body bytes, for /files/ only
         self.ignore_range = False  # /files/ answers a Range request 200 with the whole body
-        # masks (issue 22): each /files/ answer's [start, end) by path, and whether it waits
-        # the origin's latency as an image does (the benchmark's 50 ms)
+        # masks (issue 22): each /files/ answer's [start, end) by path, and whether a GET of
+        # one waits the origin's latency as an image does (the benchmarks' mirror and masks)
         self.ranges_sent: collections.defaultdict[str, list[tuple[int, int]]] = collections.defaultdict(list)
         self.files_latency = False
         self._etags: dict[str, tuple[bytes, str]] = {}
@@ -381,6 +381,8 @@ class Origin:
         if request.method == "HEAD":  # aiohttp leaves the body out of a HEAD answer
             return web.Response(body=data, headers=headers)
         if "Range" not in request.headers or self.ignore_range:
+            if self.files_latency:
+                await asyncio.sleep(self.latency.sample(self.rng))
             return await self._send_file(request, web.StreamResponse(headers=headers), data)
         # bytes=a-b, bytes=a- (a resume, as a static file server does) and bytes=-n (a suffix)
         try:
