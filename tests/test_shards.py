@@ -24,7 +24,7 @@ from PIL import Image
 
 from oidownload.testing import journals
 from oidownload.testing.fixtures import StartOrigin
-from oidownload.testing.origin import Corpus, Latency
+from oidownload.testing.origin import Corpus, Fault, Latency
 from tests.conftest import run_cli
 
 
@@ -153,8 +153,8 @@ def test_bad_credentials_stop_before_any_download(tmp_path: Path, make_origin: S
     assert sum(origin.requests.values()) == 0
 
 
-def _journal_ok(state: Path) -> set[str]:
-    return {i for i, s in journals.statuses(state).items() if s == "ok"}
+def _journal_ok(state: Path, *, read_only: bool = False) -> set[str]:
+    return {i for i, s in journals.statuses(state, read_only=read_only).items() if s == "ok"}
 
 
 def _statuses(state: Path, ids: set[str]) -> dict[str, str]:
@@ -206,6 +206,42 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, 
     staged = list((state / "staging").rglob("*"))
     assert not [p for p in staged if p.is_file()]
     assert not list(state.rglob("*.part"))
+
+
+def test_a_resplit_after_a_stop_mid_shard_keeps_every_image_once(tmp_path: Path, make_origin: StartOrigin) -> None:
+    """A run stopped with its shard open (Ctrl-C, and the requests that hang outlast
+    --grace: they are abandoned, and the open shard stays open for the next run), then
+    the same output split two ways (--resplit): the new task 0 finds the old task 0's
+    open shard under its own names. The old journal holds those samples as done, so
+    nothing fetches them again: the shard must be closed with them in it, not cleaned
+    up as a leftover."""
+    corpus = Corpus.generate(30, mix="tiny", seed=76)
+    served, hung = corpus.ids[:15], corpus.ids[15:]
+    for image_id in hung:
+        corpus.entries[image_id].fault = Fault("hang", 1)  # the stopped run's requests only
+    origin = make_origin(corpus)
+    manifest = corpus.write_manifest(tmp_path / "images.csv", origin.base_url)
+    out = tmp_path / "out"
+    args = ["download", str(manifest), "-o", str(out), "--output-format", "webdataset", "--shard-size", "100",
+            "--resize", "48", "--concurrency", "20", "--progress", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "oidownload", *args, "--grace", "1"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _journal_ok(out / ".oidownload", read_only=True) != set(served):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert list(out.rglob(".*-00000-00000.tar.part")), "the stopped run left no open shard"
+    for k in range(2):
+        res = run_cli(*args, "--num-shards", "2", "--shard-index", str(k), "--resplit")
+        assert res.returncode == 0, res.stderr
+    fetched = Counter({i: n for path, n in origin.requests.items() for i in corpus.ids if f"/{i}_o.jpg" in path})
+    assert all(fetched[i] == 1 for i in served), fetched  # the stopped run's images were not fetched again
+    _check_shards(str(out), None, tmp_path, set(corpus.ids))
+    res = run_cli("verify", out, "--progress", "none")
+    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.parametrize("fmt", ["files", "webdataset"])

@@ -43,6 +43,7 @@ from oidownload.sinks import (
     open_sink,
 )
 from oidownload.sinks.files import relative_path
+from oidownload.state.journal import Journal
 
 Key = tuple[str, OutputKind]
 Owns = Callable[[str], bool]
@@ -520,12 +521,7 @@ def test_another_tasks_images_are_neither_recovered_nor_rebuilt(output: Output) 
 
 
 # Where a sink breaks the contract today: a strict xfail, so that the fix flips it.
-KNOWN_BUGS: dict[Key, str] = {
-    (LOCAL, OutputKind.WEBDATASET): (
-        "a --resplit run's recovery deletes the open shard (.part) a stopped run of the old split left, though the "
-        "old split's journal holds its samples as ok and is merged into the done set (they are never fetched "
-        "again)"),
-}
+KNOWN_BUGS: dict[Key, str] = {}
 
 
 def test_a_resplit_keeps_what_the_old_split_committed(output: Output, request: pytest.FixtureRequest) -> None:
@@ -548,11 +544,57 @@ def test_a_resplit_keeps_what_the_old_split_committed(output: Output, request: p
         old.sink.release()
 
     asyncio.run(stopped())
+    _journal_file(old)
     claimed: dict[Shard, set[str]] = {}
     for task in (Shard(0, 2), Shard(1, 2)):
         new = Run(output, task)
         claimed[task] = {o.image_id for o in new.recover(crashed=False).committed}
         new.sink.release()
     assert_reads(output, old.journal, by_id(images))
+    # As a loader sees the output too, not only through the Reader (which also reads a shard left open).
+    assert set(old.journal) <= set(output.listed())
     for task, ids in claimed.items():
         assert all(task.owns(i) for i in ids), f"{task.describe()} claims another task's images"
+
+
+def _journal_file(run: Run) -> None:
+    """What the engine keeps of a run in the state dir: its journal, with its outcomes
+    and the sink state journaled with them (a re-split's recovery reads the old split's)."""
+    journal = Journal(run.out.config.state_dir, run.shard, run.out.config.out)
+    try:
+        journal.record(list(run.journal.values()), run.state)
+    finally:
+        journal.close()
+
+
+async def _finish(run: Run, images: list[Img]) -> None:
+    run.sink.start()
+    for img in images:
+        run.place(img)
+    await run.close()
+
+
+def test_a_resplit_after_a_crash_keeps_each_image_once(output: Output) -> None:
+    """The old split crashes with a sample appended after its last sync, so not in its
+    journal; then the output is split another way. What the old journal committed stays
+    readable; the sample it did not commit is fetched again by its new owner, so the
+    output must not keep the crashed run's copy too."""
+    new_tasks = (Shard(0, 2), Shard(1, 2))
+    committed = make_images(4)
+    unsynced = make_images(1, owns=new_tasks[1].owns, start=1000)  # not the task that finds the open shard
+    images = by_id(committed + unsynced)
+    old = Run(output, Shard(0, 1))
+    old.recover()
+    _crash_run(old, committed, unsynced)
+    _journal_file(old)
+
+    journal = dict(old.journal)
+    for task in new_tasks:
+        new = Run(output, task)
+        new.recover(crashed=False)
+        done = set(journal) | set(new.journal)  # the old journal counts as done (merged into the done set)
+        asyncio.run(_finish(new, [img for i, img in images.items() if task.owns(i) and i not in done]))
+        journal.update(new.journal)
+    assert set(journal) == set(images)
+    assert_reads(output, journal, images)
+    assert set(output.listed()) == set(images)  # each once: the shard lister refuses an image in two samples

@@ -12,14 +12,19 @@ to the subset's open shard. A shard is closed (end-of-archive, fsync, index) bef
 its final name appears. Commit, for a local output: at every sync the open shards are
 fsynced and their durable length is journaled with their samples in one transaction;
 after a crash the open shard is cut back to that length and appended to, and a shard
-closed after the journal last heard of it is adopted whole from its index. For object
-storage, shards are built in the state dir and uploaded in order when closed; their
-samples commit when the upload succeeds, so a crash costs at most the open shards.
+closed after the journal last heard of it is adopted whole from its index. An open
+shard of this task's names that this run does not continue (another split's, after a
+--resplit: names carry the task's index, not the split) is closed as its own run
+would have closed it, cut to what a journal committed in it, or removed when no
+journal committed anything in it. For object storage,
+shards are built in the state dir and uploaded in order when closed; their samples
+commit when the upload succeeds, so a crash costs at most the open shards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -41,7 +46,7 @@ from oidownload.core.shard import Shard
 from oidownload.sinks import Blobs, Original, Release, Sink, Synced, Unproven
 from oidownload.sinks.staging import StagingTarget, clear_staging, member_suffix, staging_dir
 from oidownload.sinks.texts import SampleTexts
-from oidownload.state.journal import take_lock
+from oidownload.state.journal import other_sink_states, take_lock
 
 BLOCK = 512
 _END = bytes(2 * BLOCK)  # end-of-archive marker
@@ -84,6 +89,45 @@ def _header(name: str, size: int, mtime: int) -> bytes:
 
 def _padded(size: int) -> int:
     return size + (-size % BLOCK)
+
+
+def image_suffix(members: Mapping[str, object]) -> str | None:
+    """The member that is the written image: not its JSON, caption, kept original or
+    masks (issue 22)."""
+    return next((k for k in members if k not in ("json", "txt") and not k.startswith("original.")
+                 and ".mask." not in k), None)
+
+
+def journaled_open(state: Mapping[str, str]) -> dict[str, tuple[int, int]]:
+    """subset → (seq, durable length) of the open shard a journal's sink state points to."""
+    where: dict[str, tuple[int, int]] = {}
+    for key, value in state.items():
+        if key.startswith("tar:"):
+            d = json.loads(value)
+            where[str(d["subset"])] = (int(d["seq"]), int(d.get("offset", 0)))
+    return where
+
+
+def _journaled_lengths(states: list[Mapping[str, str]]) -> dict[tuple[str, int], int]:
+    """(subset, seq) → the longest durable length any of these journals holds for that
+    open shard."""
+    lengths: dict[tuple[str, int], int] = {}
+    for state in states:
+        for subset, (seq, offset) in journaled_open(state).items():
+            lengths[subset, seq] = max(offset, lengths.get((subset, seq), 0))
+    return lengths
+
+
+def index_doc(name: str, subset: str, size: int, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": INDEX_KIND, "shard": name, "subset": subset, "size": size, "samples": entries}
+
+
+def write_index(folder: Path, name: str, doc: dict[str, Any]) -> None:
+    """A closed shard's index, durable under its part name before the shard is published."""
+    with fsio.atomic_file(folder / index_part_name(name), "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sample_json(outcome: Outcome, row: Row | None) -> dict[str, Any]:
@@ -234,6 +278,7 @@ class TarSink(Sink):
         self.shard = shard
         self.store = store
         self.where = where
+        self.state_dir = output.state_dir
         self.staging = staging_dir(output.state_dir, shard.tag)
         self.target = StagingTarget(str(self.staging), output.fsync)
         self.shard_size = output.shard_size
@@ -283,17 +328,15 @@ class TarSink(Sink):
         clear_staging(self.staging)
         if self.store.remote:
             self.taken = {subset: self._listed_seqs(subset) for subset in self.store.blobs.folders("")}
-        where: dict[str, tuple[int, int]] = {}
-        for key, value in state.items():
-            if key.startswith("tar:"):
-                d = json.loads(value)
-                where[str(d["subset"])] = (int(d["seq"]), int(d.get("offset", 0)))
+        where = journaled_open(state)
         for subset in sorted(set(where) | set(self.store.blobs.folders(""))):
             seq, offset = where.get(subset, (0, 0))
             self._recover_subset(subset, seq, offset if subset in where else 0, owns)
         if self.store.remote:
             self._upload_leftovers()
-        self._remove_stray_parts()
+            self._remove_leftovers(lambda folder, name: False)
+        else:
+            self._remove_leftovers(self._sealer(state, owns))
         found = Synced(self.committed, self.state, unproven=self.unproven)
         self.committed, self.state, self.unproven = [], {}, []
         return found
@@ -324,7 +367,7 @@ class TarSink(Sink):
                     f"{self.store.blobs.describe(f'{subset}/{name}')} does not hold every sample the journal put in it")))
             self._closed(subset, n)
         if closed:
-            return  # the journal's open shard is among them; any later part held nothing committed
+            return  # the journal's open shard is among them; a later part is sealed (_seal)
         self.next_seq[subset] = seq
         if offset > 0 and not self.store.remote:
             self._continue(subset, seq, offset)
@@ -392,18 +435,85 @@ class TarSink(Sink):
         self.next_seq[subset] = max(self.next_seq.get(subset, 0), seq + 1)
         self.state[f"tar:{subset}"] = json.dumps({"subset": subset, "seq": self.next_seq[subset], "offset": 0})
 
-    def _remove_stray_parts(self) -> None:
-        """Open shards (and half-written indexes) of this task that no journal state
-        points to hold nothing committed: a shard begun just before a crash, or a state
-        dir that was lost."""
+    def _remove_leftovers(self, sealed: Callable[[Path, str], bool]) -> None:
+        """This task's open shards that no open shard of this run continues, its
+        half-written indexes and temporary files: removed, but for the open shards that
+        `sealed(folder, name)` closes instead (after it, so that a half-written index of
+        the same name is gone before a sealed shard's own is written)."""
         keep = {s.part for s in self.open.values()}
+        parts: list[tuple[Path, str]] = []
         for folder in self.store.part_folders():
             mine = tuple(f"{dots}{prefix}{self.shard.index:05d}-" for dots in (".", "..")
                          for prefix in ("", f"{folder.name}-"))
-            for entry in os.scandir(folder):
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
                 if (entry.name.startswith(mine) and entry.name.endswith((".part", fsio.TMP_SUFFIX))
                         and entry.is_file(follow_symlinks=False) and folder / entry.name not in keep):
-                    os.unlink(entry.path)
+                    if _shard_of_part(entry.name, folder.name) is None:
+                        os.unlink(entry.path)
+                    else:
+                        parts.append((folder, entry.name))
+        for folder, name in parts:
+            if not sealed(folder, name):
+                os.unlink(folder / name)
+
+    def _sealer(self, state: Mapping[str, str], owns: Callable[[str], bool]) -> Callable[[Path, str], bool]:
+        """Local: an open shard of this task's names that this run does not continue is
+        closed (`_seal`) up to the longest length a journal of this task's index
+        committed in it: this task's own, or another split's (after a --resplit the
+        names are shared, and that split's journal holds the samples as done, so they
+        are never fetched again). One that no journal points to (a run stopped before
+        its first sync, a lost state dir) is removed: nothing counts its samples as
+        done, so they are fetched again, and bytes no fsync covered are not trusted."""
+        lengths: dict[tuple[str, int], int] | None = None
+
+        def seal(folder: Path, part: str) -> bool:
+            nonlocal lengths
+            subset = folder.name
+            found = _shard_of_part(part, subset)
+            if found is None:
+                return False
+            if lengths is None:  # only now: most recoveries find no part to seal
+                lengths = _journaled_lengths([state, *other_sink_states(self.state_dir, self.shard)])
+            limit = lengths.get((subset, found[1]))
+            return limit is not None and self._seal(folder, part[1 : -len(".part")], found[1], limit, owns)
+
+        return seal
+
+    def _seal(self, folder: Path, name: str, seq: int, limit: int, owns: Callable[[str], bool]) -> bool:
+        """Closes the open shard `name` as a run that continued it would have: cut at
+        its last whole sample within `limit` bytes, ended,
+        indexed and published under its final name; this task's samples in it are
+        adopted. False (to be removed) when it holds no sample to keep, or a closed
+        shard already has its name."""
+        subset = folder.name
+        if limit == 0 or (folder / name).exists():
+            return False
+        fd = os.open(folder / part_name(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            end = min(limit, size)
+            samples, length = whole_samples(lambda pos, n: os.pread(fd, n, pos), end)
+            if not samples:
+                return False
+            if length < limit:
+                self._warnings.append(
+                    f"the open shard {folder / part_name(name)} holds {length} of the {limit} bytes a journal committed "
+                    "in it: `oidownload verify` finds the samples that are not there, and the next run fetches them")
+            os.ftruncate(fd, length)  # what follows was never journaled, or cannot be trusted
+            os.pwrite(fd, _END, length)
+            os.fsync(fd)
+            entries = [_sealed_entry(lambda pos, n: os.pread(fd, n, pos), s) for s in samples]
+        finally:
+            os.close(fd)
+        write_index(folder, name, index_doc(name, subset, length + len(_END), entries))
+        self.store.publish(subset, name)
+        self.touched.add(subset)
+        held = {s.outcome.image_id: s.members for s in samples}
+        self.committed += [o for o in self._adopt(subset, name, held) if owns(o.image_id)]
+        self.next_seq[subset] = max(self.next_seq.get(subset, 0), seq + 1)
+        if subset not in self.open:  # else the open shard's own state is the journal's to keep
+            self._closed(subset, seq)
+        return True
 
     def _listed_seqs(self, subset: str) -> list[int]:
         return [found[1] for name, _ in self.store.blobs.files(subset)
@@ -517,12 +627,8 @@ class TarSink(Sink):
         os.fsync(shard.fd)
         os.close(shard.fd)
         shard.fd = -1
-        index = {"kind": INDEX_KIND, "shard": shard.name, "subset": shard.subset, "size": shard.size,
-                 "samples": [s.index_entry() for s in shard.samples]}
-        with fsio.atomic_file(shard.folder / index_part_name(shard.name), "w") as f:
-            json.dump(index, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_index(shard.folder, shard.name, index_doc(shard.name, shard.subset, shard.size,
+                                                        [s.index_entry() for s in shard.samples]))
         del self.open[shard.subset]
         self.next_seq[shard.subset] = shard.seq + 1
         if self.store.remote:
@@ -727,6 +833,35 @@ def whole_samples(read_at: Callable[[int, int], bytes], end: int | None = None) 
     return samples, length
 
 
+def _shard_of_part(part: str, subset: str) -> tuple[int, int] | None:
+    """(task, seq) of an open shard's part name (`.<shard>.part`); None for anything else."""
+    if not (part.startswith(".") and part.endswith(".part")):
+        return None
+    return shard_of_name(part[1 : -len(".part")], subset)
+
+
+def _sealed_entry(read_at: Callable[[int, int], bytes], sample: _Sample) -> dict[str, Any]:
+    """The index entry of a sample of a shard sealed at recovery, from the sample
+    itself: the run that wrote it is gone, so its JSON member says what was written and
+    its image member gives the size and hash the worker's outcome had. A JSON that does
+    not parse leaves those fields empty; adoption then decides whether it counts."""
+    members = sample.members
+    meta: Any
+    try:
+        meta = json.loads(read_at(*members["json"]))
+    except ValueError:  # not JSON, or not UTF-8
+        meta = None
+    if not isinstance(meta, dict):
+        meta = {}
+    suffix = image_suffix(members)
+    data = read_at(*members[suffix]) if suffix is not None else b""
+    return {"key": sample.outcome.image_id, "members": members, "width": meta.get("width"),
+            "height": meta.get("height"), "ext": suffix or "", "source": meta.get("source"),
+            "verified": bool(meta.get("verified")), "out_bytes": len(data),
+            "orientation": meta.get("orientation") or 1, "crop": meta.get("crop"),
+            "sha256": hashlib.sha256(data).hexdigest() if suffix is not None else None}
+
+
 def _bucket_reader(blobs: Blobs, key: str) -> Callable[[int, int], bytes]:
     """Reads of a remote blob for a header scan, through a window of a few MB, so a
     shard's headers cost a few requests, not one each."""
@@ -884,8 +1019,7 @@ class TarReader:
 
     def read(self, location: str) -> bytes:
         path, members = self._sample(location)
-        suffix = next((k for k in members if k not in ("json", "txt") and not k.startswith("original.")
-                       and ".mask." not in k), None)  # masks (issue 22) and captions are no image
+        suffix = image_suffix(members)
         if suffix is None:
             raise FileNotFoundError(f"{self.describe(location)} has no image member")
         return self._member(path, members, suffix)

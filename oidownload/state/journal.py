@@ -759,24 +759,41 @@ def _done_where(retry_failed: bool) -> str:
     return "status='ok'" if retry_failed else "final=1"
 
 
+def _other_splits(state_dir: Path, shard: Shard) -> list[Path]:
+    """The journals of a different sharding than `shard`'s (the run was re-split)."""
+    return [p for p in journal_files(state_dir) if not p.name.endswith(f"-of-{shard.count}.sqlite")]
+
+
+def _read_other(path: Path, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """fn over another task's journal, read-only; a file that is not a journal, or is
+    damaged, is said as such."""
+    conn = connect(path, readonly=True)
+    try:
+        why = foreign_schema(conn, complete=True)
+        if why is not None:
+            raise OutputError(not_a_journal(path, why))
+        return fn(conn)
+    except sqlite3.Error as exc:
+        raise _describe(path, exc) from None
+    finally:
+        conn.close()
+
+
 def other_done_sets(state_dir: Path, shard: Shard, *, retry_failed: bool) -> list[DoneSet]:
     """Done ids from journals of a different sharding (the run was re-split): their
     images may now belong to this task and must not be fetched again."""
-    sets = []
-    for path in journal_files(state_dir):
-        if path.name.endswith(f"-of-{shard.count}.sqlite"):
-            continue
-        conn = connect(path, readonly=True)
-        try:
-            why = foreign_schema(conn, complete=True)
-            if why is not None:
-                raise OutputError(not_a_journal(path, why))
-            sets.append(load_done(conn, _done_where(retry_failed)))
-        except sqlite3.Error as exc:
-            raise _describe(path, exc) from None
-        finally:
-            conn.close()
-    return sets
+    return [_read_other(path, lambda conn: load_done(conn, _done_where(retry_failed)))
+            for path in _other_splits(state_dir, shard)]
+
+
+def other_sink_states(state_dir: Path, shard: Shard) -> list[dict[str, str]]:
+    """The sink state of the journals of other splits whose task had this task's index.
+    Output names carry a task's index, not its split, so after a re-split what such a
+    journal committed (the durable length of a shard it left open) sits under this
+    task's names: its sink must keep it, not clean it up as its own leftover."""
+    prefix = f"journal-{shard.index}-of-"
+    return [_read_other(path, lambda conn: {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM sink_state")})
+            for path in _other_splits(state_dir, shard) if path.name.startswith(prefix)]
 
 
 def take_lock(path: Path, purpose: str, busy: Callable[[str], str], *, required: bool = True) -> int:
