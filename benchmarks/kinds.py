@@ -15,6 +15,7 @@ Measures, each as a child process whose process tree's peak RSS is sampled from 
 Prints one JSON line per measurement.
 
     python benchmarks/kinds.py [--rel-rows 3300000] [--point-rows 10000000] [--pg DSN]
+    python benchmarks/kinds.py --rel-rows 0 --point-rows 66000000 --no-db-load   # V7's size
 """
 
 from __future__ import annotations
@@ -76,23 +77,28 @@ def main() -> None:
     ap.add_argument("--rel-rows", type=int, default=3_300_000)
     ap.add_argument("--point-rows", type=int, default=10_000_000)
     ap.add_argument("--pg", help="a PostgreSQL DSN for the db load (a fresh database is advised)")
+    ap.add_argument("--no-db-load", action="store_true", help="only the selects (e.g. for a 66M-row point file)")
     args = ap.parse_args()
     cli = [sys.executable, "-m", "oidownload"]
     rnd = random.Random(23)
     with tempfile.TemporaryDirectory(prefix="oid-kinds-") as tmp:
         t = Path(tmp)
-        rel_ids = image_ids(max(1, args.rel_rows * 2 // 9), rnd)
-        write_images(t / "rel-images.csv", rel_ids)
-        write_relationships(t / "vrd.csv", args.rel_rows, rel_ids, rnd)
-        measure("select --relationship", args.rel_rows,
-                [*cli, "select", str(t / "rel-images.csv"), "-o", str(t / "sel1.csv"), "--annotations",
-                 str(t / "vrd.csv"), "--class-descriptions", str(DESCRIPTIONS), "--relationship", "Man plays Guitar"])
+        if args.rel_rows > 0:
+            rel_ids = image_ids(max(1, args.rel_rows * 2 // 9), rnd)
+            write_images(t / "rel-images.csv", rel_ids)
+            write_relationships(t / "vrd.csv", args.rel_rows, rel_ids, rnd)
+            measure("select --relationship", args.rel_rows,
+                    [*cli, "select", str(t / "rel-images.csv"), "-o", str(t / "sel1.csv"), "--annotations",
+                     str(t / "vrd.csv"), "--class-descriptions", str(DESCRIPTIONS), "--relationship",
+                     "Man plays Guitar"])
         point_ids = image_ids(max(1, args.point_rows // 47), rnd)
         write_images(t / "point-images.csv", point_ids)
         write_points(t / "points.csv", args.point_rows, point_ids, rnd)
         measure("select --class (points)", args.point_rows,
                 [*cli, "select", str(t / "point-images.csv"), "-o", str(t / "sel2.csv"), "--annotations",
                  str(t / "points.csv"), "--class-descriptions", str(DESCRIPTIONS), "--class", "Guitar"])
+        if args.no_db_load:
+            return
         measure("db load points sqlite", args.point_rows,
                 [*cli, "db", "load", str(t / "points.csv"), "--db", str(t / "oi.sqlite")])
         if args.pg:
