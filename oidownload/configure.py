@@ -5,6 +5,7 @@ applied. The one builder both `oidownload download` and `oidownload.download` us
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from oidownload.core.config import (
     ProgressMode,
     ResizeMode,
     RunConfig,
+    SampleFields,
     SelectConfig,
     SourceChoice,
     SourceConfig,
@@ -188,8 +190,8 @@ def build_config(p: DownloadParams, say: Say = say_nothing) -> Config:
     out = str(p["out"])
     output = OutputConfig(out=out, state_dir=p["state_dir"] or default_state_dir(out), kind=OutputKind(p["output_format"]),
                           shard_size=p["shard_size"], fsync=p["fsync"])
-    if output.kind is OutputKind.WEBDATASET:  # narratives (issue 23): captions as <ImageID>.txt
-        output = dataclasses.replace(output, texts=_sample_texts(chosen, output.state_dir, say))
+    if output.kind is OutputKind.WEBDATASET:  # issue 23: captions, relationships and points in each sample
+        output = dataclasses.replace(output, sample_fields=_sample_fields(chosen, output.state_dir, say))
     mirror = p["mirror_url"]
     if "://" not in mirror or mirror.startswith("file:"):
         # A local copy is fetched like the mirror itself, over HTTP: one line serves it.
@@ -226,22 +228,33 @@ def _masks(p: DownloadParams, chosen: Plan, say: Say) -> MaskConfig:
     return MaskConfig(wanted=wanted, zips=mask_zips(p["masks_url"]), url=p["masks_url"])
 
 
-def _sample_texts(chosen: Plan, state_dir: Path, say: Say) -> Path | None:
-    """The captions of the selected images, for the shards; None without narratives."""
-    from oidownload.dataset.narratives import write_sample_texts
+def _sample_fields(chosen: Plan, state_dir: Path, say: Say) -> Callable[[], SampleFields] | None:
+    """What the shards' samples carry of the selection (issue 23): its captions,
+    relationships and points, put in the state dir before the run; None without any."""
+    import sqlite3
+
+    from oidownload.dataset.samplefields import FILE_NAME, SampleFieldsFile, write_sample_fields
     from oidownload.dataset.selection import open_annotations
 
-    path = Path(state_dir) / "narratives-texts.sqlite"
+    path = Path(state_dir) / FILE_NAME
     try:
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         with open_annotations(chosen.annotations, chosen.db) as source:
-            n = write_sample_texts(source, chosen.ids, path)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the captions for the shards in {state_dir}: {exc.strerror or exc}") from None
+            n = write_sample_fields(source, chosen, path)
+    except (OSError, sqlite3.Error) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"cannot write what the shards' samples carry in {state_dir}: {why}") from None
     if n is None:
         return None
-    say("selection", f"{n} captions of the selected images go into the shards as <ImageID>.txt")
-    return path
+    if n.captions:
+        say("selection", f"{n.captions} captions of the selected images go into the shards as <ImageID>.txt")
+    if n.relationships or n.points:
+        say("selection", f"{n.relationships} relationships and {n.points} points of the selected images go into "
+                         "the shards' <ImageID>.json, in the frame each image is written in")
+    for kind, bad in n.unreadable.items():
+        say("selection", f"{bad} row(s) of the {kind} files with a value that is not a number were left out",
+            level="warning")
+    return functools.partial(SampleFieldsFile, path)
 
 
 def _selection_options(p: DownloadParams) -> str:

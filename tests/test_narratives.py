@@ -221,6 +221,8 @@ def test_a_download_into_shards_carries_each_caption_as_txt(tmp_path: Path, make
             assert s["json"]["captions"] == want[key]
         else:
             assert "txt" not in s and "captions" not in s["json"]
+        # no relationship or point file among the annotations: no such keys at all
+        assert "relationships" not in s["json"] and "points" not in s["json"]
     assert len([s for s in samples if "txt" in s]) == len(want) == 6
     # The image is still what readers take as the sample's image (the txt comes before the JSON).
     with tarfile.open(shards[0]) as tf:

@@ -1,9 +1,12 @@
 """Relationships and points (issue 23) in the written frame: after `--resize-mode fill`
-and each upright turn, the two boxes of every exported relationship (COCO and CSV) and
-every point equal the CSV's coordinates moved independently (centre square, then the
-turn) times the written size, within 0.5 px; a point the crop cut away is dropped and
-counted; the COCO subject/object ids resolve to annotations of the right classes; and
---db (SQLite and a real PostgreSQL) exports the same as the CSVs.
+and each upright turn, the two boxes of every exported relationship (COCO, CSV, and HF
+as `datasets` loads it) and every point equal the CSV's coordinates moved independently
+(centre square, then the turn) times the written size, within 0.5 px; a point the crop
+cut away is dropped and counted; the COCO subject/object ids resolve to annotations of
+the right classes; --db (SQLite and a real PostgreSQL) exports the same as the CSVs; and
+a download into webdataset shards carries in each sample's JSON exactly the HF export's
+relationships and points of that image (read back with the webdataset library), kept
+by --class and --predicate as `annotations` keeps them.
 
 The relationship rows are built on real box rows of the real validation images (so
 most sides match a box annotation), plus one whose boxes match none.
@@ -12,17 +15,22 @@ most sides match a box annotation), plus one whose boxes match none.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from oidownload.testing.origin import Corpus, Origin, OriginThread
-from tests.conftest import V3, class_names, rows_of, run_cli
+from tests.conftest import V3, class_names, require, rows_of, run_cli
 from tests.test_gallery import Session, chromium, session  # noqa: F401 -- the browser fixtures
 
 VAL = V3 / "validation"
@@ -38,8 +46,9 @@ POINT_HEADER = ["ImageId", "X", "Y", "Label", "EstimatedYesNo", "Source", "YesVo
 
 class Made:
     def __init__(self, out: Path, state: Path, vrd: Path, points: Path, turns: dict[str, int],
-                 sizes: dict[str, tuple[int, int]]) -> None:
+                 sizes: dict[str, tuple[int, int]], corpus: Corpus) -> None:
         self.out, self.state, self.vrd, self.points, self.turns, self.sizes = out, state, vrd, points, turns, sizes
+        self.corpus = corpus  # served again for the downloads into shards
 
     def move(self, image_id: str, x: float, y: float) -> tuple[float, float]:
         """Independently: the centre square of the stored frame, then the turn; normalised."""
@@ -104,7 +113,7 @@ def made(tmp_path_factory: pytest.TempPathFactory, synth_cache: Path) -> Made:
             for _ in range(6):  # some near the edges, which a fill crop cuts away
                 w.writerow([image_id, f"{rng.random():.5f}", f"{rng.random():.5f}", "/m/0342h",
                             rng.choice(["yes", "no", "unsure"]), "ih", rng.randint(0, 3), rng.randint(0, 3), 0, ""])
-    return Made(out, state, vrd, points, turns, sizes)
+    return Made(out, state, vrd, points, turns, sizes, corpus)
 
 
 def _export(made: Made, fmt: str, dest: Path, *source: object) -> Path:
@@ -299,3 +308,151 @@ def test_annotations_keeps_only_the_asked_relationships(made: Made, tmp_path: Pa
     res = run_cli("annotations", made.out, "--format", "coco", "--state-dir", made.state, "-d", tmp_path / "bad",
                   "--class-descriptions", DESCRIPTIONS, *csv_sources(made), "--relationship", "Man plyas Guitar")
     assert res.returncode != 0 and "Traceback" not in res.stderr and "no known predicate" in res.stderr and "'plays'" in res.stderr
+
+
+# -- HF, loaded by `datasets` ---------------------------------------------------------------------------
+
+GUITAR = "/m/0342h"
+_HF_LOAD = """
+import json, sys
+import datasets
+ds = datasets.load_dataset("imagefolder", data_dir=sys.argv[1], cache_dir=sys.argv[2])
+print(json.dumps({row["image_id"]: [row["relationships"], row["points"]] for part in ds.values() for row in part}))
+"""
+
+
+def hf_metadata(made: Made, *flags: object) -> dict[str, dict[str, Any]]:
+    """`annotations --format hf` (written beside the images) with these flags: its
+    metadata.jsonl rows by ImageID."""
+    res = run_cli("annotations", made.out, "--format", "hf", "--state-dir", made.state,
+                  "--class-descriptions", DESCRIPTIONS, *csv_sources(made), *flags)
+    assert res.returncode == 0, res.stderr
+    lines = (made.out / "validation" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    return {row["image_id"]: row for row in map(json.loads, lines)}
+
+
+def flat(rows: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> tuple[
+        list[tuple[str, str, str, str, list[float], list[float]]], list[tuple[str, str, float, float]]]:
+    """ImageID → (relationships, points) in the shape of expected_relationships/points."""
+    rels = [(i, r["subject_mid"], r["object_mid"], r["predicate"], r["subject_bbox"], r["object_bbox"])
+            for i, (found, _) in rows.items() for r in found]
+    points = [(i, p["answer"], float(p["point"][0]), float(p["point"][1])) for i, (_, found) in rows.items()
+              for p in found]
+    return rels, points
+
+
+def test_hf_relationships_and_points_load_in_the_written_frame(made: Made, tmp_path: Path) -> None:
+    """What `datasets` loads: after the fill crop and each turn, both boxes of every
+    relationship and every point equal the CSV moved independently, within 0.5 px."""
+    require(importlib.util.find_spec("datasets") is not None, "Hugging Face datasets (pip install '.[test]')")
+    hf_metadata(made)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    loaded = subprocess.run([sys.executable, "-c", _HF_LOAD, str(made.out), str(tmp_path / "datasets")],
+                            capture_output=True, text=True, env=env, timeout=240)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    rows = json.loads(loaded.stdout.splitlines()[-1])
+    assert set(rows) == set(made.turns)
+    rels, points = flat(rows)
+    _same_relationships(rels, expected_relationships(made))
+    assert {made.turns[r[0]] for r in rels} == {0, 90, 180, 270}  # every turn has some
+    _same_points(points, expected_points(made))
+    names = class_names()
+    assert all(r["subject"] == names[r["subject_mid"]] for found, _ in rows.values() for r in found)
+
+
+# -- webdataset: the same fields in each sample's JSON --------------------------------------------------
+
+class Shards:
+    def __init__(self, outs: dict[str, Path], told: dict[str, list[str]]) -> None:
+        self.outs, self.told = outs, told  # download name → OUT; ImageID → its captions
+
+
+@pytest.fixture(scope="module")
+def shards(made: Made, tmp_path_factory: pytest.TempPathFactory) -> Shards:
+    """The same images downloaded into shards, with the same crop and turns: with every
+    annotation file and narratives, by class (the points select), by predicate, and
+    from a database (its classes name the MIDs)."""
+    tmp = tmp_path_factory.mktemp("relshards")
+    ids = sorted(made.turns)
+    told = {ids[0]: ["A man plays a guitar.", "Someone holds a guitar by a table."], ids[3]: ["A wooden table."]}
+    captions = tmp / "open_images_validation_captions.jsonl"
+    captions.write_text("".join(json.dumps({"dataset_id": "open_images_validation", "image_id": i, "annotator_id": k,
+                                            "caption": c}) + "\n" for i, cs in told.items() for k, c in enumerate(cs)),
+                        encoding="utf-8")
+    db = tmp / "oi.sqlite"
+    res = run_cli("db", "load", made.vrd, made.points, DESCRIPTIONS, "--db", db)
+    assert res.returncode == 0, res.stderr
+    named = ["--class-descriptions", DESCRIPTIONS]
+    runs: dict[str, list[object]] = {
+        "all": [*named, *csv_sources(made), "--annotations", captions],
+        "class": [*named, "--annotations", made.vrd, "--annotations", made.points, "--class", GUITAR,
+                  "--point-answer", "any"],
+        "predicate": [*named, *csv_sources(made), "--predicate", "at"],
+        "db": ["--db", db],
+    }
+    outs: dict[str, Path] = {}
+    with OriginThread(Origin(made.corpus)) as origin:
+        manifest = made.corpus.write_manifest(tmp / "images.csv", origin.base_url, rotation_column=True)
+        for name, flags in runs.items():
+            outs[name] = tmp / name
+            res = run_cli("download", manifest, "-o", outs[name], "--output-format", "webdataset", "--shard-size", "3",
+                          "--orientation", "upright", "--resize", str(SIZE), "--resize-mode", "fill",
+                          "--progress", "none", *flags)
+            assert res.returncode == 0, res.stderr
+    return Shards(outs, told)
+
+
+def samples(out: Path) -> dict[str, dict[str, Any]]:
+    """Every sample of OUT's shards, as the webdataset library reads and decodes them."""
+    import webdataset as wds
+
+    urls = sorted(str(p) for p in out.rglob("*.tar"))
+    return {s["__key__"]: s for s in wds.WebDataset(urls, shardshuffle=False).decode()}
+
+
+def test_each_sample_carries_the_hf_rows_relationships_and_points(made: Made, shards: Shards) -> None:
+    got = samples(shards.outs["all"])
+    assert set(got) == set(made.turns)
+    hf = hf_metadata(made)
+    for image_id, s in got.items():
+        assert s["json"]["relationships"] == hf[image_id]["relationships"]
+        assert s["json"]["points"] == hf[image_id]["points"]
+    # and, independently of the HF export: the CSV moved through the crop and the turn
+    rels, points = flat({i: (s["json"]["relationships"], s["json"]["points"]) for i, s in got.items()})
+    _same_relationships(rels, expected_relationships(made))
+    want = expected_points(made)
+    _same_points(points, want)
+    for image_id, s in got.items():  # a point the crop cut away is absent, not misplaced
+        assert len(s["json"]["points"]) == sum(1 for p in want if p[0] == image_id)
+    assert len(want) < len(rows_of(made.points))
+    for image_id, s in got.items():
+        if image_id in shards.told:
+            assert s["txt"] == shards.told[image_id][0] and s["json"]["captions"] == shards.told[image_id]
+        else:
+            assert "txt" not in s and "captions" not in s["json"]
+
+
+def test_the_selection_keeps_the_relationships_and_points_annotations_keeps(made: Made, shards: Shards) -> None:
+    """--class: points of the class, relationships with it on either side; --predicate:
+    those relationships only. A sample with none of a kind the files hold: an empty list."""
+    for name, flags in (("class", ["--class", GUITAR]), ("predicate", ["--predicate", "at"])):
+        got = samples(shards.outs[name])
+        assert set(got) == set(made.turns), name  # every image has a Guitar point and an `at` row
+        hf = hf_metadata(made, *flags)
+        for image_id, s in got.items():
+            assert s["json"]["relationships"] == hf[image_id]["relationships"], (name, image_id)
+            assert s["json"]["points"] == hf[image_id]["points"], (name, image_id)
+    by_class = [r for s in samples(shards.outs["class"]).values() for r in s["json"]["relationships"]]
+    assert [r["predicate"] for r in by_class] == ["plays"]  # the one row with Guitar on a side
+    assert by_class[0]["object"] == "Guitar" and by_class[0]["subject_mid"] == "/m/04yx4"
+    by_predicate = [r for s in samples(shards.outs["predicate"]).values() for r in s["json"]["relationships"]]
+    assert {r["predicate"] for r in by_predicate} == {"at"}
+    assert len(by_predicate) == sum(1 for r in expected_relationships(made) if r[3] == "at")
+
+
+def test_from_a_database_the_samples_carry_the_same(shards: Shards) -> None:
+    from_files, from_db = samples(shards.outs["all"]), samples(shards.outs["db"])
+    assert set(from_db) == set(from_files)
+    for image_id, s in from_db.items():
+        for key in ("relationships", "points"):
+            assert s["json"][key] == from_files[image_id]["json"][key], (key, image_id)

@@ -6,9 +6,10 @@ Tests vary it with `dataclasses.replace`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from oidownload.core.choices import Fallback as Fallback
 from oidownload.core.choices import LogFormat as LogFormat
@@ -22,7 +23,7 @@ from oidownload.core.options import AUTO_CEILING as AUTO_CEILING
 from oidownload.core.options import AUTO_START as AUTO_START
 from oidownload.core.options import DEFAULT_QUALITY, default
 from oidownload.core.options import MAX_REDIRECTS as MAX_REDIRECTS
-from oidownload.core.records import MaskRef
+from oidownload.core.records import MaskRef, Outcome
 
 MB = 1024 * 1024
 # The table's choices as Config holds them.
@@ -131,6 +132,24 @@ class RunConfig:
     metrics_linger: float = 0.0
 
 
+class SampleFields(Protocol):
+    """What a webdataset sample carries beside its image (issue 23): the captions, and
+    the relationships and points moved into the frame the outcome was written in. The
+    dataset layer implements it (dataset/samplefields.py); the sink only asks, as sinks
+    may not import that layer. It is declared here, at the bottom, because the output's
+    config hands it over: the engine passes it through without knowing what it holds."""
+
+    def fields(self, outcome: Outcome) -> dict[str, Any]:
+        """The keys this sample's `<ImageID>.json` gains (none: an empty dict)."""
+        ...
+
+    def text(self, outcome: Outcome) -> bytes | None:
+        """This sample's `<ImageID>.txt` member, if it has one."""
+        ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class OutputConfig:
     """Where results go (`out`: a folder or a URI) and where the journal lives."""
@@ -142,9 +161,10 @@ class OutputConfig:
     # Sync each image and its folder before the journal records it: survives a power
     # cut, at a cost per image (benchmarks/RESULTS.md).
     fsync: bool = default("fsync")
-    # narratives (issue 23): ImageID → captions (sinks/texts.py), for the webdataset
-    # sink's <ImageID>.txt; None without narratives in the selection.
-    texts: Path | None = None
+    # narratives, relationships and points (issue 23): opens what the webdataset sink
+    # adds to each sample (sinks/texts.py); a value until the sink opens it, so a Config
+    # holds no open file. None when the selection's annotations hold none of them.
+    sample_fields: Callable[[], SampleFields] | None = None
 
 
 # masks (issue 22)

@@ -7,7 +7,7 @@ gallery move boxes and points through here, so they agree on every pixel.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -178,52 +178,79 @@ def written_point(point: Point, image: Written) -> Point | None:
 
 
 @dataclass
+class KeptRecords(Generic[R]):
+    """The rows of one kind a selection keeps (a relationship with a selected class on
+    either side, a point of a selected class, and what `keep` accepts) as records in the
+    stored frame, in file order; `unreadable` counts the rows with a value that is not a
+    number. The exports move them at once; a download into shards keeps them until each
+    image's frame is known (dataset/samplefields.py), so both keep the same rows."""
+
+    kind: AnnotationKind[R]
+    mids: frozenset[str] | None = None
+    keep: Callable[[R], bool] | None = None  # a further test on the record (--relationship)
+    unreadable: int = 0
+
+    def read(self, tables: Iterable[AnnotationTable], ids: Container[str] | None) -> Iterator[R]:
+        mids = self.mids
+        for f in tables:
+            if f.kind is not self.kind:
+                continue
+            labels = [f.index(c) for c in (("LabelName1", "LabelName2") if self.kind is RELATIONSHIPS else ("Label",))]
+            record = self.kind.reader(f.columns)
+            for fields in f.rows(ids):
+                if mids is not None and not any(fields[i] in mids for i in labels):
+                    continue  # filtered on the strings: only kept rows become records
+                rec = record(fields)
+                if rec is None:
+                    self.unreadable += 1
+                    continue
+                if self.keep is None or self.keep(rec):
+                    yield rec
+
+
+@dataclass
 class WrittenRecords(Generic[R]):
-    """The relationships or points of the given images (a relationship with a selected
-    class on either side, a point of a selected class) in the written frame, in file
+    """The records KeptRecords keeps of the given images, in the written frame, in file
     order; `dropped` and `unreadable` as WrittenBoxes counts them."""
 
     kind: AnnotationKind[R]
     move: Callable[[R, Written], R | None]
     images: Mapping[str, Written]
     mids: frozenset[str] | None = None
-    keep: Callable[[R], bool] | None = None  # a further test on the record (--relationship)
+    keep: Callable[[R], bool] | None = None
     dropped: int = 0
     unreadable: int = 0
 
     def image_id(self, record: R) -> str:
-        return str(getattr(record, "image_id"))  # noqa: B009 -- both record types have it; R is unbounded
+        return image_id_of(record)
 
     def read(self, tables: Iterable[AnnotationTable]) -> Iterator[R]:
-        images, mids = self.images, self.mids
-        for f in tables:
-            if f.kind is not self.kind:
-                continue
-            i_id = f.index(self.kind.image_column)
-            labels = [f.index(c) for c in (("LabelName1", "LabelName2") if self.kind is RELATIONSHIPS else ("Label",))]
-            record = self.kind.reader(f.columns)
-            for fields in f.rows(images):
-                if mids is not None and not any(fields[i] in mids for i in labels):
-                    continue
-                rec = record(fields)
-                if rec is None:
-                    self.unreadable += 1
-                    continue
-                if self.keep is not None and not self.keep(rec):
-                    continue
-                moved = self.move(rec, images[fields[i_id]])
+        kept = KeptRecords(self.kind, self.mids, self.keep)
+        try:
+            for rec in kept.read(tables, self.images):
+                moved = self.move(rec, self.images[image_id_of(rec)])
                 if moved is None:
                     self.dropped += 1
                     continue
                 yield moved
+        finally:
+            self.unreadable += kept.unreadable
+
+
+def image_id_of(record: object) -> str:
+    return str(getattr(record, "image_id"))  # noqa: B009 -- relationships and points both have it; R is unbounded
+
+
+def relationship_test(wanted: Sequence[RelationshipQuery] | None) -> Callable[[Relationship], bool] | None:
+    """`wanted`: keep only the relationships one of these queries matches (None: all)."""
+    return None if wanted is None else (
+        lambda r: any(q.test(r.label1, r.label2, r.relationship) for q in wanted))
 
 
 def written_relationships(images: Mapping[str, Written], mids: frozenset[str] | None = None,
                           wanted: Sequence[RelationshipQuery] | None = None) -> WrittenRecords[Relationship]:
     """`wanted`: keep only the relationships one of these queries matches."""
-    keep = None if wanted is None else (
-        lambda r: any(q.test(r.label1, r.label2, r.relationship) for q in wanted))
-    return WrittenRecords(RELATIONSHIPS, written_relationship, images, mids, keep)
+    return WrittenRecords(RELATIONSHIPS, written_relationship, images, mids, relationship_test(wanted))
 
 
 def written_points(images: Mapping[str, Written], mids: frozenset[str] | None = None) -> WrittenRecords[Point]:

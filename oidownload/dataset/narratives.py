@@ -231,37 +231,3 @@ def narratives_of(tables: Sequence[AnnotationTable], images: Container[str]) -> 
             if n is not None:
                 found.setdefault(n.image_id, []).append(n)
     return found
-
-
-def write_sample_texts(source: AnnotationSource, ids: Container[str] | None, path: Path) -> int | None:
-    """The captions of the selected images (every image's when ids is None) into the
-    SQLite file the webdataset sink reads (sinks/texts.py), replaced whole; None, and no
-    file, when the source holds no narratives. Returns the captions written."""
-    import os
-    import sqlite3
-
-    from oidownload.sinks.texts import SCHEMA
-
-    tables = narrative_tables(source)
-    if not tables:
-        return None
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(tmp)
-    try:
-        for stmt in SCHEMA[:1]:
-            conn.execute(stmt)
-        n = 0
-        for t in tables:
-            i_id, i_caption = t.index("ImageID"), t.index("Caption")
-            rows = ((f[i_id].lower(), f[i_caption]) for f in t.rows(ids))
-            before = conn.total_changes
-            conn.executemany("INSERT INTO texts (image_id, caption) VALUES (?, ?)", rows)
-            n += conn.total_changes - before
-        for stmt in SCHEMA[1:]:
-            conn.execute(stmt)
-        conn.commit()
-    finally:
-        conn.close()
-    os.replace(tmp, path)
-    return n

@@ -175,6 +175,7 @@ def select_relationships_into(choice: ClassChoice, result: Plan) -> None:
         wanted = queries(resolver, choice.relationships, choice.predicates)
         picked, counts = select_relationships(source.tables(), wanted, within=result.ids)
     result.ids = frozenset(picked)
+    result.relationships = tuple(wanted)
     result.ids_from = f"the relationship selection ({len(picked)} images in the annotations)"
     result.notes.append(f"{len(picked)} images carry {len(wanted)} selected relationship(s)")
     none = [q.text for q, n in zip(wanted, counts, strict=True) if n == 0]

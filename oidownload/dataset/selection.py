@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oidownload.core.errors import ConfigError
 from oidownload.dataset.annotations import AnnotationSource, ClassFilter, CsvAnnotations, select_ids
@@ -16,6 +16,9 @@ from oidownload.dataset.hierarchy import Hierarchy, expand
 from oidownload.dataset.narratives import NarrativeChoice, narrative_ids
 from oidownload.dataset.sampling import per_class, sample
 from oidownload.inputs.listing import listed_ids
+
+if TYPE_CHECKING:
+    from oidownload.dataset.relationships import RelationshipQuery
 
 
 @dataclass
@@ -31,6 +34,9 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     # Where `ids` came from, in words, for the message of an empty selection.
     ids_from: str = "--ids"
+    # relationships and points (issue 23): --relationship/--predicate resolved, so what a
+    # download carries of them keeps only the matching ones, as `annotations` does
+    relationships: tuple[RelationshipQuery, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from oidownload.dataset.geometry import coords_pixels
-from oidownload.dataset.kinds import POINTS, RELATIONSHIPS, AnnotationKind
+from oidownload.dataset.fields import record_fields
+from oidownload.dataset.kinds import AnnotationKind
 from oidownload.exports.base import Annotated
 
 _S = {"dtype": "string"}
@@ -32,19 +32,6 @@ def hf_features(kinds: Sequence[AnnotationKind[Any]]) -> list[dict[str, Any]]:
 
 
 def hf_columns(it: Annotated, kinds: Sequence[AnnotationKind[Any]], name: Callable[[str], str]) -> dict[str, Any]:
-    """This image's columns for the kinds the export holds (an empty list when it has none)."""
-    out: dict[str, Any] = {}
-    image = it.image
-    if RELATIONSHIPS in kinds:
-        out["relationships"] = [{
-            "subject": name(r.label1), "subject_mid": r.label1, "subject_bbox": coords_pixels(r.box1, image),
-            "predicate": r.relationship,
-            "object": name(r.label2), "object_mid": r.label2, "object_bbox": coords_pixels(r.box2, image),
-        } for r in it.relationships]
-    if POINTS in kinds:
-        out["points"] = [{
-            "point": [round(p.x * image.width, 3), round(p.y * image.height, 3)], "label": name(p.label),
-            "mid": p.label, "answer": p.estimated, "yes_votes": p.yes_votes, "no_votes": p.no_votes,
-            "unsure_votes": p.unsure_votes,
-        } for p in it.points]
-    return out
+    """This image's columns for the kinds the export holds (an empty list when it has
+    none), in the shape a webdataset sample's JSON has them too (dataset/fields.py)."""
+    return record_fields(kinds, it.image, it.relationships, it.points, name)

@@ -45,7 +45,7 @@ from oidownload.core.records import Outcome, Row, Status, clean_text
 from oidownload.core.shard import Shard
 from oidownload.sinks import Blobs, Original, Release, Sink, Synced, Unproven
 from oidownload.sinks.staging import StagingTarget, clear_staging, member_suffix, staging_dir
-from oidownload.sinks.texts import SampleTexts
+from oidownload.sinks.texts import add_sample_fields
 from oidownload.state.journal import other_sink_states, take_lock
 
 BLOCK = 512
@@ -303,13 +303,16 @@ class TarSink(Sink):
         # answering would hold that thread, and the process's exit with it.
         self.taken: dict[str, list[int]] | None = None
         self.listing: asyncio.Task[None] | None = None  # remote: shards.json being written
-        # narratives (issue 23): each sample's captions, when the selection has narratives
-        self.texts = SampleTexts(output.texts) if output.texts is not None else None
+        # issue 23: each sample's captions, relationships and points, when the selection has them
+        self.fields = output.sample_fields() if output.sample_fields is not None else None
 
     def describe(self) -> str:
         return f"webdataset shards in {self.where}"
 
     def release(self) -> None:
+        if self.fields is not None:
+            self.fields.close()
+            self.fields = None
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
@@ -541,11 +544,7 @@ class TarSink(Sink):
 
     def publish(self, outcome: Outcome, row: Row | None, release: Release) -> None:
         sample = sample_json(outcome, row)
-        captions = self.texts.captions(outcome.image_id) if self.texts is not None else []
-        text = None
-        if captions:  # narratives (issue 23): the first as <ImageID>.txt, all in the JSON
-            sample["captions"] = captions
-            text = captions[0].encode()
+        text = add_sample_fields(self.fields, outcome, sample)
         meta = json.dumps(sample, ensure_ascii=False).encode()
         fut = asyncio.get_running_loop().run_in_executor(self.io, self._append, outcome, meta, text)
         self.appending.add(fut)
@@ -1050,3 +1049,39 @@ class TarReader:
     def describe(self, location: str) -> str:
         path, _, image_id = location.partition("#")
         return f"{self.blobs.describe(path)}#{image_id}"
+
+
+# -- rewriting a closed shard (`annotations --format webdataset`) ----------------------------------
+
+END_OF_ARCHIVE = _END
+
+
+def member_block(name: str, data: bytes, mtime: int) -> bytes:
+    """One whole member, as the sink writes it: its header, its bytes, the padding."""
+    return _header(name, len(data), mtime) + data + bytes(-len(data) % BLOCK)
+
+
+def member_end(offset: int, size: int) -> int:
+    """Where the member whose data starts at `offset` (`size` bytes) ends, padding included."""
+    return offset + _padded(size)
+
+
+def member_mtime(read_at: Callable[[int, int], bytes], offset: int) -> int:
+    """The mtime in the header of the member whose data starts at `offset`."""
+    return int(tarfile.TarInfo.frombuf(read_at(offset - BLOCK, BLOCK), "utf-8", "strict").mtime)
+
+
+def copy_range(src: int, dst: int, src_offset: int, dst_offset: int, size: int) -> None:
+    """size bytes of src from src_offset into dst at dst_offset, in the kernel where it can."""
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src, dst, size - done, offset_src=src_offset + done, offset_dst=dst_offset + done)
+        except OSError:
+            n = 0
+        if n == 0:
+            data = os.pread(src, min(1 << 20, size - done), src_offset + done)
+            if not data:
+                raise OSError(f"the shard ended after {done} of the {size} bytes to copy")
+            n = os.pwrite(dst, data, dst_offset + done)
+        done += n
