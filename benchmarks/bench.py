@@ -155,7 +155,7 @@ def i2d_ok(out: Path) -> int:
 def run_ours(manifest: Path, out: Path | str, args: argparse.Namespace, extra: list[str] | None = None,
              env: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "oidownload", "download", str(manifest), "-o", str(out), "--processes", str(args.processes),
-           "--per-host", args.per_host, "--progress", "none", "--log-format", "json", "--source", args.source]
+           "--per-host", str(args.per_host), "--progress", "none", "--log-format", "json", "--source", args.source]
     if args.concurrency is not None:
         cmd += ["--concurrency", str(args.concurrency)]
     if args.format == "keep":

@@ -10,6 +10,8 @@ pixels of the written files, image for image:
     voc          an XML parser and torchvision.datasets.VOCDetection
     attribution  Python's csv (credits, no boxes)
     yolo-seg     (masks only: refuses a download without segmentation annotations)
+    webdataset   the `webdataset` library, on the same corpus downloaded into shards (the
+                 files download itself is refused: the format writes into shards)
 
 Every exporter that takes masks (SEGMENTATION in its kinds) also round-trips the masks
 tests/maskdata.py writes into the download, each equal to the written PNG:
@@ -37,6 +39,8 @@ import pytest
 from PIL import Image
 
 from oidownload.exports import EXPORTERS
+from oidownload.inputs.rows import V3_COLUMNS
+from oidownload.testing.origin import Corpus, Origin, OriginThread
 from tests.conftest import (
     BOXES,
     DESCRIPTIONS,
@@ -186,9 +190,41 @@ def read_yolo_seg(download: Download) -> Boxes | None:
     return None  # masks only: MASK_READERS
 
 
+def read_webdataset(download: Download) -> Boxes | None:
+    import webdataset as wds
+
+    res = run_cli("annotations", download.out, "--format", "webdataset")
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "--output-format webdataset" in res.stderr
+    assert not (download.out / "oidownload.classes.txt").exists()  # refused before anything is written
+    # The same corpus (same seed, same ids) into shards, annotated there, read back.
+    corpus = Corpus.generate(0, mix="tiny", seed=51, ids=list(download.source))
+    for image_id, row in download.source.items():
+        corpus.entries[image_id].subset = row["Subset"]
+    out, manifest = download.out.parent / "wds-contract", download.out.parent / "wds-contract.csv"
+    with OriginThread(Origin(corpus)) as origin:
+        with open(manifest, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(V3_COLUMNS)
+            for image_id, row in download.source.items():
+                ours = dict(zip(V3_COLUMNS, corpus.manifest_row(image_id, origin.base_url), strict=True))
+                w.writerow([ours[c] if c in ("OriginalURL", "Thumbnail300KURL") else row[c] for c in V3_COLUMNS])
+        res = run_cli("download", manifest, "-o", out, "--output-format", "webdataset", "--resize", "120",
+                      "--progress", "none")
+        assert res.returncode == 0, res.stderr
+    res = run_cli("annotations", out, "--format", "webdataset", "--annotations", BOXES[0], "--annotations", BOXES[1],
+                  "--class-descriptions", DESCRIPTIONS)
+    assert res.returncode == 0, res.stderr
+    found: Boxes = {}
+    for s in wds.WebDataset(sorted(str(p) for p in out.rglob("*.tar")), shardshuffle=False).decode():
+        objects = s["json"]["objects"]
+        found[s["__key__"]] = [(name, x, y, x + w, y + h)
+                               for name, (x, y, w, h) in zip(objects["labels"], objects["bbox"], strict=True)]
+    return found
+
+
 READERS: dict[str, Callable[[Download], Boxes | None]] = {
     "csv": read_csv, "coco": read_coco, "yolo": read_yolo, "hf": read_hf, "voc": read_voc,
-    "attribution": read_attribution, "yolo-seg": read_yolo_seg,
+    "attribution": read_attribution, "yolo-seg": read_yolo_seg, "webdataset": read_webdataset,
 }
 
 

@@ -68,12 +68,16 @@ def annotations_cmd(out: str, fmt: str, annotation_files: tuple[Path, ...], db: 
           it must sit beside the images)
     attribution: ATTRIBUTION.csv and ATTRIBUTION.html (credits, grouped by licence)
     yolo-seg: DEST/yolo-seg/ for Ultralytics' segment task: a polygon a mask
+    webdataset: into OUT's own shards (download --output-format webdataset):
+          <ImageID>.txt the first caption, and captions, relationships, points
+          and objects in each <ImageID>.json; the shards that change are
+          rewritten whole (not in DEST)
 
     With segmentation annotations (…-object-segmentation.csv) and the masks in OUT:
     coco and hf add each mask, csv copies the rows, yolo-seg writes the polygons.
 
     Widths and heights come from the journal (after resizing and turning). yolo and hf
-    need the files output in a local folder.
+    need the files output in a local folder, webdataset the shards in one.
     """
     res = run_annotations(out, fmt, annotation_files, db, class_descriptions, class_names, hierarchy, with_parts,
                           dest, image_lists, state_dir, narrative_traces=narrative_traces,

@@ -45,8 +45,10 @@ from oidownload.exports.coco import CocoExporter
 from oidownload.exports.csv_export import CsvExporter
 from oidownload.exports.hf import HfExporter
 from oidownload.exports.voc import VocExporter
+from oidownload.exports.webdataset import WebdatasetExporter
 from oidownload.exports.yolo import YoloExporter
 from oidownload.exports.yolo_seg import YoloSegExporter
+from oidownload.sinks import is_remote
 from oidownload.state.reader import StateDir
 
 R = TypeVar("R")
@@ -55,7 +57,7 @@ __all__ = ["EXPORTERS", "Annotated", "ExportContext", "ExportResult", "Exporter"
 
 EXPORTERS: dict[str, type[Exporter]] = {
     e.name: e for e in (CsvExporter, CocoExporter, YoloExporter, HfExporter, AttributionExporter, VocExporter,
-                        YoloSegExporter)
+                        YoloSegExporter, WebdatasetExporter)
 }
 
 
@@ -89,7 +91,11 @@ def export(
     for t in tables:
         t.kind.require(EXPORT, t.where)  # before anything is written
     if exporter.beside_images:
-        dest = Path(state.where()[0])
+        where = state.where()[0]
+        if is_remote(where):  # a Tree below would only say "no such file"
+            raise InputError(f"--format {fmt} writes into the output itself, and {where} is in a bucket: run it on "
+                             "a local copy of the output, or download into a local folder")
+        dest = Path(where)
         what = f"cannot write the export beside the images in {dest}"
         try:
             tree = Tree.at(dest, create=False)
