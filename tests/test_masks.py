@@ -63,9 +63,11 @@ def bad_crc(data: bytes, name: str) -> bytes:
         at += 46
 
 
-def setup(tmp_path: Path, make_origin: StartOrigin, *, extra_rows: int = 0,
-          crc_broken: bool = False) -> tuple[Origin, Path, Path, bytes, dict[str, bytes]]:
-    corpus = Corpus([png(shape(W, H, "RGB"))], [png(shape(W // 2, H // 2, "RGB"))])
+def setup(tmp_path: Path, make_origin: StartOrigin, *, extra_rows: int = 0, crc_broken: bool = False,
+          padding: int = 0) -> tuple[Origin, Path, Path, bytes, dict[str, bytes]]:
+    # `padding`: random bytes after the PNG's end (decoders stop at IEND), for large bodies.
+    stored = png(shape(W, H, "RGB")) + np.random.default_rng(1).bytes(padding)
+    corpus = Corpus([stored], [png(shape(W // 2, H // 2, "RGB"))])
     for image_id, rot in zip(IDS, ROTATIONS, strict=True):
         corpus.entries[image_id] = Entry(image_id, 0, 0, rotation=rot)
     members = {mask_path(i, "aa01"): png(shape(W // 2, H // 2, "L")) for i in IDS}
@@ -106,10 +108,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def download(tmp_path: Path, images: Path, seg: Path, origin: Origin,
-             *extra: object) -> subprocess.CompletedProcess[str]:
+             *extra: object, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return run_cli("download", images, "-o", tmp_path / "out", "--annotations", seg, "--class", LABEL, "--masks",
                    "--masks-url", f"{origin.base_url}/files", "--orientation", "upright", "--resize", 60,
-                   "--resize-mode", "fill", "--format", "png", "--processes", 1, "--progress", "none", *extra)
+                   "--resize-mode", "fill", "--format", "png", "--processes", 1, "--progress", "none", *extra,
+                   timeout=timeout)
 
 
 def test_masks_follow_the_pixels_and_only_the_members_asked_for_are_fetched(tmp_path: Path, make_origin: StartOrigin) -> None:
@@ -147,6 +150,19 @@ def test_masks_follow_the_pixels_and_only_the_members_asked_for_are_fetched(tmp_
     r = download(tmp_path, images, seg, origin)
     assert r.returncode == 0, r.stderr
     assert origin.bytes_sent["/files/train-masks/train-masks-0.zip"] == 0
+
+
+def test_masks_never_wait_for_bytes_the_images_hold(tmp_path: Path, make_origin: StartOrigin) -> None:
+    """A body holds its share of the byte budget until its masks come. Bodies of 600 KB
+    against a budget of 1 MB: the first is held, the second waits for bytes, and a mask
+    read waiting on that same budget would wait behind it for ever (a run of 10,000
+    originals with --masks hung so). Here every image and mask ends ok, in seconds."""
+    origin, images, seg, _, _ = setup(tmp_path, make_origin, padding=600_000)
+    r = download(tmp_path, images, seg, origin, "--max-bytes-in-flight-mb", 1, timeout=90)
+    assert r.returncode == 0, r.stderr
+    conn = sqlite3.connect(next((tmp_path / "out" / ".oidownload").glob("journal-*.sqlite")))
+    assert conn.execute("SELECT status, count(*) FROM outcomes GROUP BY status").fetchall() == [("ok", 4)]
+    assert conn.execute("SELECT status, count(*) FROM masks GROUP BY status").fetchall() == [("ok", 4)]
 
 
 def zf_cd_start(data: bytes) -> int:

@@ -62,6 +62,10 @@ class _Zip:
     running: int = 0
 
 
+# The masks' byte budget: an eighth of the images' (--max-bytes-in-flight-mb), at least this.
+MIN_MASK_BUDGET = 4 * 1024 * 1024
+
+
 class MaskFetcher:
     """One per run: the opened zips (each directory read once) and the fetch of one
     image's masks. `fail` stops the run with a fatal error (a server ignoring Range)."""
@@ -70,7 +74,10 @@ class MaskFetcher:
                  fail: Callable[[OidownloadError], None]) -> None:
         self.cfg = cfg
         self.limiter = limiter
-        self.budget = budget
+        # A budget of their own: an image's body holds its bytes until its masks come, so
+        # mask reads waiting on the images' budget wait for ever once bodies fill it (a
+        # run of 10,000 originals hung so). Mask reads hold bytes only while they read.
+        self.budget = ByteBudget(max(MIN_MASK_BUDGET, budget.capacity // 8))
         self.fail = fail
         self.cache_dir = cfg.output.state_dir / "zipdirs"
         self.rng = random.Random()
