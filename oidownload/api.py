@@ -213,7 +213,7 @@ def export_annotations(out: str | os.PathLike[str], format: str = "coco", *,
                        relationship: str | Iterable[str] = (), predicate: str | Iterable[str] = (),
                        attributes: Paths | None = None) -> ExportResult:
     """The annotations of the images downloaded into OUT, as `oidownload annotations OUT
-    --format FORMAT` writes them (exports.EXPORTERS: coco, yolo, hf, csv, voc, attribution), with its options.
+    --format FORMAT` writes them (exports.EXPORTERS: coco, yolo, yolo-seg, hf, csv, voc, attribution, webdataset), with its options.
     Returns what was written: counts, files and notes."""
     from oidownload.exports import EXPORTERS
     from oidownload.runs import run_annotations
