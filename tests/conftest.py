@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,16 @@ def make_origin(synth_cache: Path) -> Iterator[StartOrigin]:
     yield start
     for t in threads:
         t.__exit__(None, None, None)
+
+
+def load_with_datasets(script: str, home: Path, *args: object) -> Any:
+    """Runs `script` (which prints JSON last) in a fresh Python with Hugging Face offline
+    and its cache in `home`: the export is read as a user's `datasets` reads it."""
+    env = {**os.environ, "HF_HOME": str(home), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    loaded = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env,
+                            timeout=240)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    return json.loads(loaded.stdout.splitlines()[-1])
 
 
 def run_cli(*args: object, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -47,6 +47,7 @@ from tests.conftest import (
     Download,
     class_names,
     journal_rows,
+    load_with_datasets,
     require,
     rows_of,
     run_cli,
@@ -475,11 +476,7 @@ def test_relationships_and_points_round_trip_through_datasets(download: Download
     try:
         _export(download, "hf", "--annotations", BOXES[0], "--annotations", BOXES[1], "--annotations", vrd,
                 "--annotations", points, "--class-descriptions", DESCRIPTIONS)
-        env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-        loaded = subprocess.run([sys.executable, "-c", _HF_KINDS, str(download.out), str(tmp_path / "datasets")],
-                                capture_output=True, text=True, env=env, timeout=240)
-        assert loaded.returncode == 0, loaded.stderr[-3000:]
-        rows = json.loads(loaded.stdout.splitlines()[-1])
+        rows = load_with_datasets(_HF_KINDS, tmp_path / "home", download.out, tmp_path / "datasets")
         assert set(rows) == set(download.source)
         names = class_names()
         for image_id, (relationships, pts_of) in rows.items():

@@ -18,10 +18,7 @@ import csv
 import importlib.util
 import io
 import json
-import os
 import random
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ import pytest
 from PIL import Image
 
 from oidownload.testing.origin import Corpus, Origin, OriginThread
-from tests.conftest import V3, class_names, require, rows_of, run_cli
+from tests.conftest import V3, class_names, load_with_datasets, require, rows_of, run_cli
 from tests.test_gallery import Session, chromium, session  # noqa: F401 -- the browser fixtures
 
 VAL = V3 / "validation"
@@ -346,11 +343,7 @@ def test_hf_relationships_and_points_load_in_the_written_frame(made: Made, tmp_p
     relationship and every point equal the CSV moved independently, within 0.5 px."""
     require(importlib.util.find_spec("datasets") is not None, "Hugging Face datasets (pip install '.[test]')")
     hf_metadata(made)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    loaded = subprocess.run([sys.executable, "-c", _HF_LOAD, str(made.out), str(tmp_path / "datasets")],
-                            capture_output=True, text=True, env=env, timeout=240)
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    rows = json.loads(loaded.stdout.splitlines()[-1])
+    rows = load_with_datasets(_HF_LOAD, tmp_path / "home", made.out, tmp_path / "datasets")
     assert set(rows) == set(made.turns)
     rels, points = flat(rows)
     _same_relationships(rels, expected_relationships(made))
